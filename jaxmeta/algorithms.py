@@ -1,0 +1,268 @@
+"""Gradient-based meta-learning algorithms as bundles of pure functions.
+
+Every algorithm is a `MetaLearner`, a NamedTuple of pure functions in the
+style of optax's `GradientTransformation`, hyperparameters closed over. Each
+function is written for ONE task; the meta-step (`jaxmeta.training`) vmaps
+them over the meta-batch, which is also what lets the meta-batch be sharded
+over devices.
+
+The central piece is `MetaLearner.task_update(meta_params, task)`, which
+returns a gradient-like pytree with the structure of `meta_params`:
+
+* MAML: the gradient of the query loss after adaptation w.r.t. the
+  initialisation, second-order terms included.
+* First-order MAML: the same with the inner gradients treated as constants,
+  i.e. the query gradient at the adapted parameters.
+* Reptile: `meta_params - adapted_params`, a pseudo-gradient. Averaged over
+  tasks and handed to `optax.sgd(eps)` it is exactly Nichol et al.'s rule
+  `theta <- theta + eps * mean(phi_i - theta)`; handed to any other optax
+  optimiser (Adam, a schedule) it is Reptile with that outer optimiser.
+
+The meta-step averages these over tasks and applies any optax optimiser, so
+the three algorithms share one training loop and one compiled step.
+
+Inner loops run under `lax.scan`: the compiled program holds the inner update
+once, whatever the number of inner steps.
+"""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmeta.losses import LossFn
+from jaxmeta.types import Array, Params, PRNGKey, Task
+
+ALGORITHMS = ('maml', 'fomaml', 'reptile')
+
+
+class MetaLearner(NamedTuple):
+  """A meta-learning algorithm as pure functions, each for one task.
+
+  Attributes:
+    name: the algorithm's name, e.g. 'maml'.
+    init: `init(key) -> meta_params`.
+    adapt: `adapt(meta_params, support_x, support_y, num_steps) ->
+      adapted_params`; `num_steps` is a static Python int.
+    task_update: `task_update(meta_params, task) -> (meta_grad, metrics)`;
+      `meta_grad` has the structure of `meta_params` (a pseudo-gradient for
+      Reptile) and `metrics` is a dict of scalars (query loss/metrics after
+      the training number of inner steps).
+    evaluate: `evaluate(meta_params, task, num_steps) -> metrics`: adapts on
+      the support set for `num_steps` (static) steps and scores the query set.
+      For every metric `m` of the loss function it returns `m` (after the
+      last step) and `m_by_step` of shape `[num_steps + 1]` (after 0, 1, ...,
+      `num_steps` steps; index 0 is before adaptation).
+  """
+  name: str
+  init: Callable[[PRNGKey], Params]
+  adapt: Callable[[Params, Array, Array, int], Params]
+  task_update: Callable[[Params, Task], tuple[Params, dict[str, Array]]]
+  evaluate: Callable[[Params, Task, int], dict[str, Array]]
+
+
+def inner_loop(loss_fn: LossFn,
+               params: Params,
+               x: Array,
+               y: Array,
+               num_steps: int,
+               inner_optimizer: optax.GradientTransformation,
+               first_order: bool = False,
+               query: tuple[Array, Array] | None = None,
+               ) -> tuple[Params, dict[str, Array]]:
+  """Runs `num_steps` steps of `inner_optimizer` on `loss_fn(params, x, y)`.
+
+  Args:
+    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)` for one batch.
+    params: the starting point (the meta-parameters).
+    x: support inputs, `[support_size, ...]`.
+    y: support targets, `[support_size, ...]`.
+    num_steps: number of inner steps, a static Python int (0 is allowed).
+    inner_optimizer: the inner update, e.g. `optax.sgd(inner_lr)` (plain
+      gradient descent, the MAML inner step).
+    first_order: if True, inner gradients are constants for the outer
+      derivative (`stop_gradient`): first-order MAML.
+    query: optional `(query_x, query_y)`; if given, the query metrics of the
+      parameters before every step are recorded.
+
+  Returns:
+    `(adapted_params, trace)` where `trace` maps `support_<m>` (and
+    `query_<m>` if `query` is given) to arrays `[num_steps]`: the metrics
+    before each step.
+  """
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(carry, _):
+    p, opt_state = carry
+    (_, support_metrics), grads = value_and_grad(p, x, y)
+    if first_order:
+      grads = jax.lax.stop_gradient(grads)
+    updates, opt_state = inner_optimizer.update(grads, opt_state, p)
+    trace = {f'support_{k}': v for k, v in support_metrics.items()}
+    if query is not None:
+      _, query_metrics = loss_fn(p, *query)
+      trace.update({f'query_{k}': v for k, v in query_metrics.items()})
+    return (optax.apply_updates(p, updates), opt_state), trace
+
+  (adapted, _), trace = jax.lax.scan(
+      step, (params, inner_optimizer.init(params)), None, length=num_steps)
+  return adapted, trace
+
+
+def _evaluate(adapt_with_query, loss_fn, params, task, num_steps):
+  """Shared `evaluate`: query metrics after 0..num_steps inner steps."""
+  adapted, trace = adapt_with_query(params, task, num_steps)
+  _, final = loss_fn(adapted, task.query_x, task.query_y)
+  out = {}
+  for k, v in final.items():
+    by_step = jnp.concatenate([trace[f'query_{k}'], v[None]])
+    out[k] = v
+    out[f'{k}_by_step'] = by_step  # [num_steps + 1]
+  return out
+
+
+def maml(init_fn: Callable[[PRNGKey], Params],
+         loss_fn: LossFn,
+         inner_lr: float,
+         num_inner_steps: int,
+         first_order: bool = False) -> MetaLearner:
+  """MAML (Finn, Abbeel & Levine 2017) and its first-order approximation.
+
+  For one task with support loss `L_s` and query loss `L_q`, the inner loop
+  takes `num_inner_steps` gradient steps `theta' = theta - a * grad L_s` and
+  the meta-objective is `L_q(theta'(theta))`. Its gradient, with one inner
+  step, is `(I - a * H_s(theta)) grad L_q(theta')` (eq. 1 of the paper and the
+  chain rule); `jax.grad` differentiates through the whole inner loop, so the
+  second-order terms are exact for any number of steps. With
+  `first_order=True` the Hessian terms are dropped: the result is
+  `grad L_q(theta')`.
+
+  Args:
+    init_fn: `init(key) -> params` of the model.
+    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)` (see `jaxmeta.losses`).
+    inner_lr: inner-loop learning rate `a`.
+    num_inner_steps: inner steps during meta-training.
+    first_order: drop the second-order terms (first-order MAML).
+
+  Returns:
+    A `MetaLearner`.
+
+  References:
+    Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
+    Deep Networks", Algorithm 2 and Section 5.2 (first-order approximation).
+  """
+  inner_optimizer = optax.sgd(inner_lr)
+
+  def adapt(params, support_x, support_y, num_steps):
+    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
+                            inner_optimizer, first_order)
+    return adapted
+
+  def meta_loss(params, task):
+    adapted = adapt(params, task.support_x, task.support_y, num_inner_steps)
+    return loss_fn(adapted, task.query_x, task.query_y)
+
+  def task_update(params, task):
+    meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task)
+    return meta_grad, metrics
+
+  def adapt_with_query(params, task, num_steps):
+    return inner_loop(loss_fn, params, task.support_x, task.support_y,
+                      num_steps, inner_optimizer, first_order,
+                      query=(task.query_x, task.query_y))
+
+  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
+  return MetaLearner('fomaml' if first_order else 'maml', init_fn, adapt,
+                     task_update, evaluate)
+
+
+def fomaml(init_fn: Callable[[PRNGKey], Params],
+           loss_fn: LossFn,
+           inner_lr: float,
+           num_inner_steps: int) -> MetaLearner:
+  """First-order MAML: `maml(..., first_order=True)`."""
+  return maml(init_fn, loss_fn, inner_lr, num_inner_steps, first_order=True)
+
+
+def reptile(init_fn: Callable[[PRNGKey], Params],
+            loss_fn: LossFn,
+            inner_lr: float,
+            num_inner_steps: int,
+            inner_optimizer: optax.GradientTransformation | None = None,
+            ) -> MetaLearner:
+  """Reptile (Nichol, Achiam & Schulman 2018).
+
+  Adapts `num_inner_steps` steps on the task's support set (full batch) and
+  returns the pseudo-gradient `theta - phi` (`phi` the adapted weights). The
+  meta-step averages it over tasks; with `optax.sgd(eps)` as the outer
+  optimiser the update is `theta + eps * mean_i(phi_i - theta)`, the paper's
+  batched rule (Algorithm 2); any optax optimiser can take it instead.
+
+  The query set plays no part in the update; `task_update` reports the query
+  metrics of the adapted weights for monitoring. Nichol et al. train on
+  minibatches of a task; here every inner step sees the whole support set
+  (give Reptile more shots for training to match their `--train-shots`).
+
+  Args:
+    init_fn: `init(key) -> params` of the model.
+    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)`.
+    inner_lr: inner learning rate (for the default SGD inner optimiser).
+    num_inner_steps: inner steps `k` per task during meta-training.
+    inner_optimizer: optional optax optimiser for the inner loop, e.g.
+      `optax.adam(1e-3, b1=0.)` as in the paper's Omniglot runs; default
+      `optax.sgd(inner_lr)`.
+
+  Returns:
+    A `MetaLearner`.
+
+  References:
+    Nichol et al. 2018, "On First-Order Meta-Learning Algorithms",
+    Algorithms 1 and 2.
+  """
+  if inner_optimizer is None:
+    inner_optimizer = optax.sgd(inner_lr)
+
+  def adapt(params, support_x, support_y, num_steps):
+    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
+                            inner_optimizer)
+    return adapted
+
+  def task_update(params, task):
+    adapted = adapt(params, task.support_x, task.support_y, num_inner_steps)
+    pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
+    _, metrics = loss_fn(adapted, task.query_x, task.query_y)
+    return pseudo_grad, metrics
+
+  def adapt_with_query(params, task, num_steps):
+    return inner_loop(loss_fn, params, task.support_x, task.support_y,
+                      num_steps, inner_optimizer,
+                      query=(task.query_x, task.query_y))
+
+  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
+  return MetaLearner('reptile', init_fn, adapt, task_update, evaluate)
+
+
+def make_learner(name: str,
+                 init_fn: Callable[[PRNGKey], Params],
+                 loss_fn: LossFn,
+                 inner_lr: float,
+                 num_inner_steps: int,
+                 inner_optimizer: optax.GradientTransformation | None = None,
+                 ) -> MetaLearner:
+  """Builds an algorithm by name: 'maml', 'fomaml' or 'reptile'.
+
+  `inner_optimizer` is only meaningful for Reptile; MAML's inner step is plain
+  gradient descent with `inner_lr`.
+  """
+  if name in ('maml', 'fomaml'):
+    if inner_optimizer is not None:
+      raise ValueError(f'{name} uses plain SGD with inner_lr in its inner '
+                       'loop; inner_optimizer applies to reptile only.')
+    return maml(init_fn, loss_fn, inner_lr, num_inner_steps,
+                first_order=(name == 'fomaml'))
+  if name == 'reptile':
+    return reptile(init_fn, loss_fn, inner_lr, num_inner_steps,
+                   inner_optimizer)
+  raise ValueError(f'Unknown algorithm {name!r}; choose one of {ALGORITHMS}.')

@@ -1,0 +1,219 @@
+"""Models as pure functions: `init(key) -> params` and `apply(params, x) -> y`.
+
+Why plain functions rather than flax modules: meta-learning differentiates
+*through* parameter updates, so the parameters must be an explicit input of
+every forward pass, the object `jax.grad` differentiates and the inner loop
+rewrites. With plain functions the parameters are an ordinary dict pytree that
+`jax.grad`, `jax.vmap`, optax and orbax all handle directly; there is no
+variable collection to thread through and no mutable batch-norm state (our
+batch norm always uses batch statistics, see `conv4`). Later algorithms extend
+this without a rewrite: Meta-SGD adds a learning-rate pytree of the same
+structure, ANIL splits the dict into `body` and `head`, MAML++ passes a step
+index to select per-step batch-norm parameters.
+
+Every model is a `Model(init, apply)` pair, the same shape as optax's
+`GradientTransformation`. `apply` is written for one batch of inputs of one
+task; callers vmap it over tasks.
+"""
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.types import Array, Params, PRNGKey
+
+CONV_IMPLS = ('auto', 'xla', 'patches')
+
+
+class Model(NamedTuple):
+  """A model as a pair of pure functions.
+
+  Attributes:
+    init: `init(key) -> params`, a dict pytree of float32 arrays.
+    apply: `apply(params, x) -> outputs` for one batch `x` of one task.
+  """
+  init: Callable[[PRNGKey], Params]
+  apply: Callable[[Params, Array], Array]
+
+
+def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
+  w = jax.nn.initializers.glorot_uniform()(key, (fan_in, fan_out), jnp.float32)
+  return {'w': w, 'b': jnp.zeros((fan_out,), jnp.float32)}
+
+
+def mlp(layer_sizes: Sequence[int],
+        log_softmax_output: bool = False) -> Model:
+  """A fully connected ReLU network.
+
+  Args:
+    layer_sizes: widths from input to output, e.g. `(784, 400, 10)` for the
+      MLP of the original design document or `(1, 40, 40, 1)` for sinusoids.
+    log_softmax_output: if True, the output is a log-softmax (log
+      probabilities), otherwise raw outputs (logits or regression values).
+
+  Returns:
+    A `Model`; `apply(params, x)` flattens `x` of shape `[batch, ...]` to
+    `[batch, layer_sizes[0]]` and returns `[batch, layer_sizes[-1]]`.
+  """
+  layer_sizes = tuple(int(s) for s in layer_sizes)
+  if len(layer_sizes) < 2 or min(layer_sizes) < 1:
+    raise ValueError(f'mlp needs >= 2 positive layer sizes, got {layer_sizes}.')
+
+  def init(key: PRNGKey) -> Params:
+    keys = jax.random.split(key, len(layer_sizes) - 1)
+    return {f'dense{i}': _glorot_dense(k, n_in, n_out)
+            for i, (k, n_in, n_out) in enumerate(
+                zip(keys, layer_sizes[:-1], layer_sizes[1:]))}
+
+  def apply(params: Params, x: Array) -> Array:
+    h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
+    num_layers = len(layer_sizes) - 1
+    for i in range(num_layers):
+      layer = params[f'dense{i}']
+      h = h @ layer['w'] + layer['b']
+      if i < num_layers - 1:
+        h = jax.nn.relu(h)
+    return jax.nn.log_softmax(h) if log_softmax_output else h
+
+  return Model(init, apply)
+
+
+def resolve_conv_impl(conv_impl: str = 'auto') -> str:
+  """Returns the convolution implementation to use on the default backend.
+
+  Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4:
+  on a 2-core CPU, XLA's native convolution is about 6x slower than image
+  patches + one matmul (5.2 s vs 0.87 s per step at meta-batch 4); on an H200
+  patches are also faster (12.2 vs 14.3 ms at meta-batch 32, 19.3 vs 28.1 ms
+  for 84x84x3 inputs). TPUs run native convolutions on the MXU, so 'xla' there.
+  Both are numerically equivalent (tested).
+
+  Args:
+    conv_impl: 'auto', 'xla' or 'patches'.
+
+  Returns:
+    'xla' or 'patches'.
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'Unknown conv_impl {conv_impl!r}; choose one of '
+                     f'{CONV_IMPLS}.')
+  if conv_impl != 'auto':
+    return conv_impl
+  return 'xla' if jax.default_backend() == 'tpu' else 'patches'
+
+
+def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
+  """3x3 convolution, stride 1, 'SAME' padding, NHWC.
+
+  Args:
+    x: `[batch, height, width, in_channels]`.
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO).
+    impl: 'xla' (lax.conv_general_dilated) or 'patches' (the nine shifted
+      copies of the padded input concatenated on channels, then one matmul).
+
+  Returns:
+    `[batch, height, width, out_channels]`.
+  """
+  if impl == 'xla':
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if impl != 'patches':
+    raise ValueError(f'Unknown conv impl {impl!r}.')
+  kh, kw, c_in, c_out = kernel.shape
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  # Channel order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
+  patches = jnp.concatenate(
+      [xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
+      axis=-1)  # [batch, h, w, kh * kw * c_in]
+  return patches @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+def batch_norm(x: Array, scale: Array, offset: Array,
+               eps: float = 1e-5) -> Array:
+  """Normalises with the statistics of the batch `x` itself (NHWC)."""
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.var(x, axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
+
+
+def max_pool_2x2(x: Array) -> Array:
+  """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
+
+  Written with reshape + max rather than `reduce_window` so that every order
+  of derivative stays an ordinary elementwise/reduction program.
+  """
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  x = x[:, :2 * h2, :2 * w2, :].reshape(b, h2, 2, w2, 2, c)
+  return jnp.max(x, axis=(2, 4))
+
+
+def conv4(num_classes: int,
+          input_shape: Sequence[int] = (28, 28, 1),
+          num_filters: int = 64,
+          num_blocks: int = 4,
+          conv_impl: str = 'auto') -> Model:
+  """Conv-4, the standard few-shot backbone (Vinyals et al. 2016; Finn et al.
+
+  2017): `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU,
+  2x2 max-pool], flatten, linear head with `num_classes` outputs (logits).
+
+  Batch norm always normalises with the statistics of the batch being
+  processed, as in MAML's reference implementation: there are no running
+  averages. During adaptation the statistics are the support set's; the loss
+  on the query set normalises with the query set's statistics. At test time
+  this is transductive: a query image's prediction depends on the other query
+  images of its task (all `ways * queries` of them are scored together), as in
+  the published MAML numbers. Score queries one by one and accuracy changes.
+
+  Args:
+    num_classes: width of the head (the number of ways).
+    input_shape: `(height, width, channels)` of one image.
+    num_filters: filters of every conv layer (64 for Omniglot, 32 for 84x84).
+    num_blocks: number of conv blocks.
+    conv_impl: 'auto', 'xla' or 'patches'; see `resolve_conv_impl`.
+
+  Returns:
+    A `Model`; `apply(params, x)` maps `[batch, H, W, C]` to logits
+    `[batch, num_classes]`.
+  """
+  height, width, channels = (int(s) for s in input_shape)
+  impl = resolve_conv_impl(conv_impl)
+  spatial_h, spatial_w = height, width
+  for _ in range(num_blocks):
+    spatial_h, spatial_w = spatial_h // 2, spatial_w // 2
+  if spatial_h < 1 or spatial_w < 1:
+    raise ValueError(f'Input {input_shape} is too small for {num_blocks} '
+                     'blocks of 2x2 max-pooling.')
+  feature_dim = spatial_h * spatial_w * num_filters
+
+  def init(key: PRNGKey) -> Params:
+    keys = jax.random.split(key, num_blocks + 1)
+    params = {}
+    c_in = channels
+    for i in range(num_blocks):
+      params[f'conv{i}'] = {
+          'w': jax.nn.initializers.glorot_uniform()(
+              keys[i], (3, 3, c_in, num_filters), jnp.float32),
+          'b': jnp.zeros((num_filters,), jnp.float32),
+          'scale': jnp.ones((num_filters,), jnp.float32),
+          'offset': jnp.zeros((num_filters,), jnp.float32),
+      }
+      c_in = num_filters
+    params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
+    return params
+
+  def apply(params: Params, x: Array) -> Array:
+    h = x  # [batch, H, W, C]
+    for i in range(num_blocks):
+      p = params[f'conv{i}']
+      h = conv2d_3x3_same(h, p['w'], impl) + p['b']
+      h = batch_norm(h, p['scale'], p['offset'])
+      h = max_pool_2x2(jax.nn.relu(h))
+    h = h.reshape(h.shape[0], -1)  # [batch, feature_dim]
+    return h @ params['head']['w'] + params['head']['b']
+
+  return Model(init, apply)

@@ -1,0 +1,151 @@
+"""The meta-training step and batched evaluation.
+
+`meta_train_step` is the whole of one meta-iteration: per-task inner
+adaptation, outer loss, meta-gradient (second order for MAML), averaging over
+the meta-batch and the optax update. Jitted once by the caller, it is one XLA
+program. `make_meta_train_step` optionally folds task sampling into that same
+program, so a training iteration is a single device call.
+"""
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmeta.algorithms import MetaLearner
+from jaxmeta.types import Array, Params, PRNGKey, Task
+
+
+class MetaTrainState(flax.struct.PyTreeNode):
+  """Everything a meta-training run carries from step to step.
+
+  Attributes:
+    step: int32 scalar, meta-iterations done so far.
+    params: the meta-parameters (the initialisation MAML learns).
+    opt_state: the outer optax optimiser's state.
+    key: the run's base PRNG key; step `t` draws its tasks from
+      `jax.random.fold_in(key, t)`, so a resumed run sees the same tasks.
+  """
+  step: Array
+  params: Params
+  opt_state: optax.OptState
+  key: PRNGKey
+
+
+def init_train_state(learner: MetaLearner,
+                     optimizer: optax.GradientTransformation,
+                     key: PRNGKey) -> MetaTrainState:
+  """Initialises meta-parameters, optimiser state and the data key."""
+  init_key, data_key = jax.random.split(key)
+  params = learner.init(init_key)
+  return MetaTrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=optimizer.init(params), key=data_key)
+
+
+def meta_gradient(learner: MetaLearner, params: Params,
+                  tasks: Task) -> tuple[Params, dict[str, Array]]:
+  """Mean over the meta-batch of the per-task meta-gradients.
+
+  Args:
+    learner: the algorithm.
+    params: meta-parameters.
+    tasks: a meta-batch, every leaf with a leading `[num_tasks]` axis.
+
+  Returns:
+    `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
+    the per-task metrics averaged over tasks.
+  """
+  grads, metrics = jax.vmap(learner.task_update, in_axes=(None, 0))(
+      params, tasks)
+  mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
+  return mean(grads), mean(metrics)
+
+
+def meta_train_step(learner: MetaLearner,
+                    optimizer: optax.GradientTransformation,
+                    state: MetaTrainState,
+                    tasks: Task) -> tuple[MetaTrainState, dict[str, Array]]:
+  """One meta-iteration on a given meta-batch of tasks.
+
+  Args:
+    learner: the algorithm.
+    optimizer: the outer (meta) optimiser.
+    state: the current `MetaTrainState`.
+    tasks: a meta-batch of tasks, leading axis `[num_tasks]`.
+
+  Returns:
+    The new state and a dict of scalar metrics: the algorithm's query metrics
+    averaged over tasks and `meta_grad_norm`.
+  """
+  grad, metrics = meta_gradient(learner, state.params, tasks)
+  updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, meta_grad_norm=optax.global_norm(grad))
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_meta_train_step(
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
+    sample_tasks: Callable[[PRNGKey], Task] | None = None,
+) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
+  """Returns the (unjitted) training step, to be jitted once by the caller.
+
+  Args:
+    learner: the algorithm.
+    optimizer: the outer optimiser.
+    sample_tasks: optional `sample_tasks(key) -> Task` drawing a meta-batch
+      on the device. If given, the step is `step(state)` and draws its tasks
+      from `fold_in(state.key, state.step)` inside the same program; otherwise
+      it is `step(state, tasks)`.
+
+  Returns:
+    `step(state[, tasks]) -> (new_state, metrics)`.
+  """
+  if sample_tasks is None:
+    def step(state, tasks):
+      return meta_train_step(learner, optimizer, state, tasks)
+    return step
+
+  def sampled_step(state):
+    tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
+    return meta_train_step(learner, optimizer, state, tasks)
+  return sampled_step
+
+
+def make_evaluate(learner: MetaLearner, num_steps: int
+                  ) -> Callable[[Params, Task], dict[str, Array]]:
+  """Per-task evaluation vmapped over a batch of tasks (jit it once).
+
+  Returns:
+    `evaluate(params, tasks) -> metrics`, every metric with a leading
+    `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`).
+  """
+  def evaluate(params, tasks):
+    return jax.vmap(learner.evaluate, in_axes=(None, 0, None))(
+        params, tasks, num_steps)
+  return evaluate
+
+
+def mean_and_ci95(values: Any) -> tuple[float, float]:
+  """Mean and the 95% confidence half-width `1.96 * std / sqrt(n)`.
+
+  The convention of the few-shot literature (Finn et al. 2017, Snell et al.
+  2017): per-task accuracies of `n` evaluation tasks, population std.
+
+  Args:
+    values: per-task values, shape `[n]`.
+
+  Returns:
+    `(mean, ci95)` as Python floats.
+  """
+  values = np.asarray(values, dtype=np.float64).reshape(-1)
+  if values.size == 0:
+    raise ValueError('mean_and_ci95 needs at least one value.')
+  return (float(values.mean()),
+          float(1.96 * values.std() / np.sqrt(values.size)))
