@@ -83,7 +83,7 @@ def meta_train_step(learner: MetaLearner,
   grad, metrics = meta_gradient(learner, state.params, tasks)
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, meta_grad_norm=optax.global_norm(grad))
+  metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   return new_state, metrics

@@ -1,0 +1,106 @@
+"""Models: shapes, batch norm on batch statistics, convolution variants."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmeta
+from jaxmeta import models
+
+
+def test_mlp_of_the_design_document_outputs_log_probabilities():
+  model = jaxmeta.mlp((784, 400, 10), log_softmax_output=True)
+  params = model.init(jax.random.key(0))
+  assert params['dense0']['w'].shape == (784, 400)
+  assert params['dense1']['w'].shape == (400, 10)
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  out = model.apply(params, x)
+  assert out.shape == (6, 10)
+  np.testing.assert_allclose(jnp.exp(out).sum(-1), np.ones(6), rtol=1e-5)
+
+
+def test_mlp_matches_numpy_forward():
+  model = jaxmeta.mlp((3, 4, 2))
+  params = model.init(jax.random.key(0))
+  x = np.random.RandomState(0).randn(5, 3).astype(np.float32)
+  p = jax.tree.map(np.asarray, params)
+  h = np.maximum(x @ p['dense0']['w'] + p['dense0']['b'], 0)
+  expected = h @ p['dense1']['w'] + p['dense1']['b']
+  np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('input_shape,filters,ways', [((28, 28, 1), 64, 5),
+                                                      ((84, 84, 3), 32, 20)])
+def test_conv4_shapes(input_shape, filters, ways):
+  model = jaxmeta.conv4(ways, input_shape, num_filters=filters)
+  params = model.init(jax.random.key(0))
+  spatial = input_shape[0] // 16  # Four VALID 2x2 pools: 28 -> 1, 84 -> 5.
+  assert params['head']['w'].shape == (spatial * spatial * filters, ways)
+  x = jnp.zeros((3,) + input_shape)
+  assert model.apply(params, x).shape == (3, ways)
+
+
+def _numpy_conv3x3_same(x, w):
+  """Direct loop over kernel taps: an independent reference."""
+  b, h, wd, _ = x.shape
+  out = np.zeros((b, h, wd, w.shape[-1]), np.float64)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  for i in range(3):
+    for j in range(3):
+      out += np.einsum('bhwc,cf->bhwf', xp[:, i:i + h, j:j + wd, :], w[i, j])
+  return out
+
+
+@pytest.mark.parametrize('impl', ['xla', 'patches'])
+def test_conv_impls_match_direct_convolution(impl):
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, 7, 6, 3).astype(np.float32)
+  w = rng.randn(3, 3, 3, 4).astype(np.float32)
+  np.testing.assert_allclose(models.conv2d_3x3_same(x, w, impl),
+                             _numpy_conv3x3_same(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impls_give_the_same_maml_gradient():
+  x = jax.random.uniform(jax.random.key(1), (2, 10, 28, 28, 1))
+  y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
+  tasks = jaxmeta.Task(x[:, :5], y[:, ::2], x[:, 5:], y[:, ::2])
+  grads = {}
+  for impl in ('xla', 'patches'):
+    model = jaxmeta.conv4(5, num_filters=8, conv_impl=impl)
+    learner = jaxmeta.maml(model.init,
+                           jaxmeta.classification_loss(model.apply), 0.4, 2)
+    params = model.init(jax.random.key(0))
+    grads[impl], _ = jax.jit(jaxmeta.meta_gradient, static_argnums=0)(
+        learner, params, tasks)
+  chex.assert_trees_all_close(grads['xla'], grads['patches'], rtol=2e-3,
+                              atol=1e-5)
+
+
+def test_batch_norm_uses_the_statistics_of_the_batch():
+  model = jaxmeta.conv4(5, num_filters=8)
+  params = model.init(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
+  # Batch statistics make every block invariant to a positive rescaling of
+  # its input (up to eps); running averages or no normalisation would not be.
+  np.testing.assert_allclose(model.apply(params, 10.0 * x),
+                             model.apply(params, x), rtol=1e-3, atol=1e-3)
+  # And an image's output depends on the rest of its batch (transductive).
+  alone = model.apply(params, x[:1])
+  together = model.apply(params, x)[:1]
+  assert not np.allclose(alone, together, atol=1e-3)
+
+
+def test_max_pool_floors_odd_sizes():
+  x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
+  out = models.max_pool_2x2(x)
+  assert out.shape == (2, 3, 3, 1)
+  np.testing.assert_array_equal(out[0, :, :, 0],
+                                np.asarray(x)[0, 1:6:2, 1:6:2, 0])
+
+
+def test_unknown_conv_impl_is_rejected():
+  with pytest.raises(ValueError, match='conv_impl'):
+    jaxmeta.conv4(5, conv_impl='cudnn')
