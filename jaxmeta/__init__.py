@@ -18,11 +18,13 @@ Typical use::
 """
 
 from jaxmeta.algorithms import ALGORITHMS
+from jaxmeta.algorithms import BASELINES
 from jaxmeta.algorithms import fomaml
 from jaxmeta.algorithms import inner_loop
 from jaxmeta.algorithms import make_learner
 from jaxmeta.algorithms import maml
 from jaxmeta.algorithms import MetaLearner
+from jaxmeta.algorithms import pretrain
 from jaxmeta.algorithms import reptile
 from jaxmeta.losses import classification_loss
 from jaxmeta.losses import LossFn

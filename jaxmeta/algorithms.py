@@ -36,6 +36,7 @@ from jaxmeta.losses import LossFn
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 ALGORITHMS = ('maml', 'fomaml', 'reptile')
+BASELINES = ('pretrain',)
 
 
 class MetaLearner(NamedTuple):
@@ -244,6 +245,51 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
   return MetaLearner('reptile', init_fn, adapt, task_update, evaluate)
 
 
+def pretrain(init_fn: Callable[[PRNGKey], Params],
+             loss_fn: LossFn,
+             inner_lr: float,
+             num_inner_steps: int = 0) -> MetaLearner:
+  """The conventional baseline: train one model on all tasks jointly.
+
+  `task_update` is the plain gradient of the loss on the task's support and
+  query sets together, at the current parameters (no adaptation): averaged
+  over a meta-batch it is minibatch training on the pooled data of all tasks.
+  `adapt`/`evaluate` fine-tune with SGD at `inner_lr`, so the pretrained model
+  is scored exactly as the meta-learned ones are (Finn et al. 2017, Figure 2:
+  "pretrained, step=0.01").
+
+  Args:
+    init_fn: `init(key) -> params` of the model.
+    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)`.
+    inner_lr: learning rate of the fine-tuning steps at evaluation.
+    num_inner_steps: unused in training; kept for a uniform signature.
+
+  Returns:
+    A `MetaLearner` named 'pretrain'.
+  """
+  del num_inner_steps
+  inner_optimizer = optax.sgd(inner_lr)
+
+  def adapt(params, support_x, support_y, num_steps):
+    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
+                            inner_optimizer)
+    return adapted
+
+  def task_update(params, task):
+    x = jnp.concatenate([task.support_x, task.query_x])
+    y = jnp.concatenate([task.support_y, task.query_y])
+    grad, metrics = jax.grad(loss_fn, has_aux=True)(params, x, y)
+    return grad, metrics
+
+  def adapt_with_query(params, task, num_steps):
+    return inner_loop(loss_fn, params, task.support_x, task.support_y,
+                      num_steps, inner_optimizer,
+                      query=(task.query_x, task.query_y))
+
+  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
+  return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
+
+
 def make_learner(name: str,
                  init_fn: Callable[[PRNGKey], Params],
                  loss_fn: LossFn,
@@ -251,7 +297,7 @@ def make_learner(name: str,
                  num_inner_steps: int,
                  inner_optimizer: optax.GradientTransformation | None = None,
                  ) -> MetaLearner:
-  """Builds an algorithm by name: 'maml', 'fomaml' or 'reptile'.
+  """Builds an algorithm by name: 'maml', 'fomaml', 'reptile' or 'pretrain'.
 
   `inner_optimizer` is only meaningful for Reptile; MAML's inner step is plain
   gradient descent with `inner_lr`.
@@ -265,4 +311,7 @@ def make_learner(name: str,
   if name == 'reptile':
     return reptile(init_fn, loss_fn, inner_lr, num_inner_steps,
                    inner_optimizer)
-  raise ValueError(f'Unknown algorithm {name!r}; choose one of {ALGORITHMS}.')
+  if name == 'pretrain':
+    return pretrain(init_fn, loss_fn, inner_lr, num_inner_steps)
+  raise ValueError(f'Unknown algorithm {name!r}; choose one of '
+                   f'{ALGORITHMS + BASELINES}.')

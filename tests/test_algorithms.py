@@ -324,3 +324,16 @@ def test_short_sinusoid_meta_training_cuts_post_adaptation_loss():
   # Untrained, 10 steps of adaptation leave MSE ~ 3; meta-trained, ~0.5.
   assert post < 0.35 * before, (post, before)
   assert post < 0.35 * pre, (post, pre)
+
+
+def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  params = model.init(jax.random.key(0))
+  task = _task(_classification_tasks(jax.random.key(8)), 0)
+  learner = jaxmeta.make_learner('pretrain', model.init, loss_fn, 0.1, 1)
+  grad, _ = learner.task_update(params, task)
+  pooled = lambda p: loss_fn(
+      p, jnp.concatenate([task.support_x, task.query_x]),
+      jnp.concatenate([task.support_y, task.query_y]))[0]
+  chex.assert_trees_all_close(grad, jax.grad(pooled)(params), rtol=1e-6)

@@ -1,0 +1,119 @@
+"""Pieces shared by the experiment modules: metrics, results, checkpoints."""
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def to_python(value: Any) -> Any:
+  """Converts arrays and numpy scalars inside `value` to JSON-able Python."""
+  if isinstance(value, Mapping):
+    return {str(k): to_python(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_python(v) for v in value]
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+  return value
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically: a crash never leaves a half-written file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(to_python(obj), f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Scalars to `workdir/metrics.jsonl` and TensorBoard event files.
+
+  The TensorBoard files are written by tensorboardX, which needs no
+  TensorFlow; `tensorboard --logdir WORKDIR/tensorboard` shows them.
+  """
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
+    scalars = {f'{prefix}{k}': float(np.asarray(v)) for k, v in
+               scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, int(step))
+
+  def close(self):
+    self._jsonl.close()
+    self._tb.close()
+
+
+class Checkpoints:
+  """Orbax checkpoints of a run: the last few, and the best on validation.
+
+  `workdir/checkpoints/<step>` keeps the latest `max_to_keep` saves;
+  `workdir/best/<step>` keeps the one with the best validation accuracy.
+  Each holds the train state pytree and the run's config (JSON). Orbax writes
+  into a temporary directory and renames it when complete, so a crash while
+  saving leaves the previous checkpoints intact.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    options = lambda n: ocp.CheckpointManagerOptions(
+        max_to_keep=n, create=True, enable_async_checkpointing=False)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        options=options(max_to_keep))
+    self.best = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'best'), options=options(1))
+
+  @staticmethod
+  def _save(manager, step, state, config, extra):
+    manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(to_python({'config': config, **extra}))),
+                 force=True)
+    manager.wait_until_finished()
+
+  def save_latest(self, step: int, state: Any, config: Mapping[str, Any],
+                  **extra):
+    self._save(self.latest, step, state, config, extra)
+
+  def save_best(self, step: int, state: Any, config: Mapping[str, Any],
+                **extra):
+    self._save(self.best, step, state, config, extra)
+
+  @staticmethod
+  def restore(manager, like: Any, step: int | None = None):
+    """Restores `(state, meta)` from `manager` (latest step by default)."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  @staticmethod
+  def read_meta(manager, step: int | None = None):
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      return None
+    return manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+
+  def close(self):
+    self.latest.close()
+    self.best.close()
