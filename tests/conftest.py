@@ -1,0 +1,27 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+OMNIGLOT_SOURCE_DIR = _REPO / 'data' / 'omniglot'
+
+
+@pytest.fixture(scope='session')
+def omniglot_data_dir(tmp_path_factory) -> str:
+  """A TFDS data dir holding the prepared 28x28 Omniglot cache.
+
+  Prepared once per test session from the repository's shipped zips
+  (`data/omniglot`), so tests never touch the user's TFDS cache or the network.
+  """
+  zips = [OMNIGLOT_SOURCE_DIR / name
+          for name in ('images_background.zip', 'images_evaluation.zip')]
+  missing = [str(p) for p in zips if not p.is_file()]
+  if missing:
+    pytest.skip(f'Omniglot zips not in the checkout: {missing}')
+  from jaxmeta.data import omniglot  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds_omniglot'))
+  omniglot.load('train', data_dir=data_dir,
+                source_dir=str(OMNIGLOT_SOURCE_DIR))
+  return data_dir

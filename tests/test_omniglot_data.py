@@ -1,0 +1,330 @@
+"""Tests of the Omniglot data: split sizes, disjointness, pixels, errors."""
+
+import hashlib
+import io
+from pathlib import Path
+import random
+import re
+import shutil
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxmeta.data import omniglot
+from jaxmeta.data import omniglot_tfds
+
+SOURCE_DIR = Path(__file__).resolve().parents[1] / 'data' / 'omniglot'
+SHARED_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'omniglot'
+ZIPS = ('images_background.zip', 'images_evaluation.zip')
+
+# (train, val, test) classes with the scheme's default rotations.
+EXPECTED_CLASSES = {
+    'vinyals': (4112, 688, 1692),
+    'maml': (1100 * 4, 100, 423),
+    'lake': ((964 - 100) * 4, 100, 659),
+}
+# (train, val, test) characters.
+EXPECTED_CHARACTERS = {
+    'vinyals': (1028, 172, 423),
+    'maml': (1100, 100, 423),
+    'lake': (864, 100, 659),
+}
+
+
+def _zip_characters(name):
+  """Sorted 'Alphabet/characterNN' of one shipped zip, read independently."""
+  with zipfile.ZipFile(SOURCE_DIR / name) as archive:
+    return sorted({'/'.join(n.split('/')[1:3]) for n in archive.namelist()
+                   if n.endswith('.png')})
+
+
+def _characters(class_names):
+  return {name.rsplit('/', 1)[0] for name in class_names}
+
+
+def _no_prepared_dataset(data_dir):
+  return not list(Path(data_dir).rglob('dataset_info.json'))
+
+
+# Shipped files.
+
+
+def test_shipped_files_match_their_sha256sums():
+  for line in (SOURCE_DIR / 'SHA256SUMS').read_text().splitlines():
+    digest, name = line.split()
+    actual = hashlib.sha256((SOURCE_DIR / name).read_bytes()).hexdigest()
+    assert actual == digest, name
+
+
+@pytest.mark.skipif(not SHARED_DIR.is_dir(), reason='../shared not present')
+def test_shipped_zips_match_shared_sha256sums():
+  shared = dict(reversed(line.split()) for line in
+                (SHARED_DIR / 'SHA256SUMS').read_text().splitlines())
+  for name in ZIPS + ('splits/vinyals/train.txt', 'splits/vinyals/trainval.txt',
+                      'splits/vinyals/test.txt', 'LICENSE'):
+    actual = hashlib.sha256((SOURCE_DIR / name).read_bytes()).hexdigest()
+    assert actual == shared[name], name
+
+
+def test_builder_registers_official_checksums():
+  infos = omniglot_tfds.JaxmetaOmniglot.url_infos
+  assert infos[omniglot_tfds.URLS['background']].checksum == (
+      'ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640')
+  assert infos[omniglot_tfds.URLS['evaluation']].checksum == (
+      '1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee')
+  assert infos[omniglot_tfds.URLS['background']].size == 9464212
+  assert infos[omniglot_tfds.URLS['evaluation']].size == 6462886
+
+
+# Splits.
+
+
+@pytest.mark.parametrize('scheme', omniglot.SPLIT_SCHEMES)
+def test_split_sizes_and_disjointness(omniglot_data_dir, scheme):
+  splits = {s: omniglot.load(s, scheme, data_dir=omniglot_data_dir)
+            for s in omniglot.SPLITS}
+  for split, expected in zip(omniglot.SPLITS, EXPECTED_CLASSES[scheme]):
+    images, names = splits[split]
+    assert images.shape == (expected, 20, 28, 28, 1)
+    assert images.dtype == np.uint8
+    assert len(names) == expected == len(set(names))
+  characters = {s: _characters(c.class_names) for s, c in splits.items()}
+  assert tuple(len(characters[s]) for s in omniglot.SPLITS) == (
+      EXPECTED_CHARACTERS[scheme])
+  assert not characters['train'] & characters['val']
+  assert not characters['train'] & characters['test']
+  assert not characters['val'] & characters['test']
+  everything = _zip_characters(ZIPS[0]) + _zip_characters(ZIPS[1])
+  assert set.union(*characters.values()) == set(everything)
+
+
+@pytest.mark.parametrize('scheme,split,rotations,classes', [
+    ('vinyals', 'train', False, 1028),
+    ('vinyals', 'val', True, 688),
+    ('maml', 'train', False, 1100),
+    ('maml', 'test', True, 423 * 4),
+    ('lake', 'val', True, 400),
+    ('lake', 'train', False, 864),
+])
+def test_forced_rotations(omniglot_data_dir, scheme, split, rotations,
+                          classes):
+  images, names = omniglot.load(split, scheme, rotations=rotations,
+                                data_dir=omniglot_data_dir)
+  assert images.shape[0] == len(names) == classes
+  rotation_names = {name.rsplit('/', 1)[1] for name in names}
+  assert rotation_names == (
+      {'rot000', 'rot090', 'rot180', 'rot270'} if rotations else {'rot000'})
+
+
+def test_vinyals_classes_are_the_list_files(omniglot_data_dir):
+  lines = {name: (SOURCE_DIR / 'splits' / 'vinyals' / f'{name}.txt')
+           .read_text().split() for name in ('train', 'trainval', 'test')}
+  expected = {
+      'train': lines['train'],
+      'val': [l for l in lines['trainval'] if l not in set(lines['train'])],
+      'test': lines['test'],
+  }
+  for split in omniglot.SPLITS:
+    names = omniglot.load(split, 'vinyals', data_dir=omniglot_data_dir)[1]
+    assert list(names) == expected[split]
+
+
+def test_maml_and_lake_splits_follow_the_documented_procedure(
+    omniglot_data_dir):
+  background = _zip_characters(ZIPS[0])
+  evaluation = _zip_characters(ZIPS[1])
+  shuffled = sorted(background + evaluation)
+  random.Random(1).shuffle(shuffled)
+  maml = {s: _characters(omniglot.load(s, 'maml', data_dir=omniglot_data_dir)
+                         .class_names) for s in omniglot.SPLITS}
+  assert maml['train'] == set(shuffled[:1100])
+  assert maml['val'] == set(shuffled[1100:1200])
+  assert maml['test'] == set(shuffled[1200:])
+
+  shuffled = list(background)
+  random.Random(0).shuffle(shuffled)
+  lake = {s: _characters(omniglot.load(s, 'lake', data_dir=omniglot_data_dir)
+                         .class_names) for s in omniglot.SPLITS}
+  assert lake['val'] == set(shuffled[:100])
+  assert lake['train'] == set(shuffled[100:])
+  assert lake['test'] == set(evaluation)
+
+
+def test_env_var_sets_the_data_dir(omniglot_data_dir, monkeypatch):
+  monkeypatch.setenv('JAXMETA_DATA_DIR', omniglot_data_dir)
+  assert omniglot.load('val', 'lake').images.shape == (100, 20, 28, 28, 1)
+
+
+# Pixels.
+
+
+def _expected_image(member, size=28):
+  """The documented preprocessing, straight from the PNG with PIL."""
+  with zipfile.ZipFile(SOURCE_DIR / 'images_evaluation.zip') as archive:
+    png = Image.open(io.BytesIO(archive.read(member)))
+    png.load()
+  assert png.size == (105, 105)
+  ink = np.where(np.array(png) > 0, 0.0, 1.0).astype(np.float32)  # Strokes=1.
+  small = Image.fromarray(ink, mode='F').resize((size, size),
+                                                Image.Resampling.BOX)
+  return np.round(np.array(small) * 255).astype(np.uint8)
+
+
+def test_known_image_round_trips(omniglot_data_dir):
+  with zipfile.ZipFile(SOURCE_DIR / 'images_evaluation.zip') as archive:
+    members = sorted(n for n in archive.namelist() if re.fullmatch(
+        r'images_evaluation/Angelic/character01/\d{4}_\d{2}\.png', n))
+  assert len(members) == 20 and members[0].endswith('_01.png')
+  images, names = omniglot.load('test', 'lake', rotations=False,
+                                data_dir=omniglot_data_dir)
+  index = names.index('Angelic/character01/rot000')
+  for drawer in (0, 19):
+    expected = _expected_image(members[drawer])
+    np.testing.assert_array_equal(images[index, drawer, :, :, 0], expected)
+  # Strokes are bright on a dark background.
+  assert 0 < images[index].mean() < 64
+  assert images[index].max() == 255
+
+
+def test_rotations_are_counter_clockwise(omniglot_data_dir):
+  images, names = omniglot.load('train', 'vinyals', data_dir=omniglot_data_dir)
+  base = names.index('Angelic/character01/rot000')
+  upright = images[base, 3, :, :, 0]
+  for k in range(4):
+    assert names[base + k] == f'Angelic/character01/rot{90 * k:03d}'
+    rotated = images[base + k, 3, :, :, 0]
+    # Counter-clockwise: the top row becomes the left column, reversed.
+    manual = upright
+    for _ in range(k):
+      manual = np.array([[manual[c, -1 - r] for c in range(28)]
+                         for r in range(28)])
+    np.testing.assert_array_equal(rotated, manual)
+
+
+# Errors.
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(split='validation'), 'Unknown split'),
+    (dict(scheme='ravi'), 'Unknown split scheme'),
+    (dict(image_size=0), 'image_size'),
+    (dict(image_size=28.0), 'image_size'),
+])
+def test_bad_arguments_raise(kwargs, message):
+  with pytest.raises(omniglot.OmniglotError, match=message):
+    omniglot.load(**kwargs)
+
+
+def test_bad_input_errors_are_value_errors():
+  assert issubclass(omniglot.OmniglotError, ValueError)
+
+
+def _copy_zips(tmp_path):
+  source = tmp_path / 'source'
+  source.mkdir()
+  for name in ZIPS:
+    shutil.copy(SOURCE_DIR / name, source / name)
+  return source
+
+
+def _assert_load_fails(source, tmp_path, match):
+  data_dir = tmp_path / 'tfds'
+  for _ in range(2):  # The failure is not cached either.
+    with pytest.raises(omniglot.OmniglotError, match=match):
+      omniglot.load('train', data_dir=str(data_dir), source_dir=str(source))
+  assert _no_prepared_dataset(data_dir)
+
+
+def test_truncated_zip_raises_and_is_not_cached(tmp_path):
+  source = _copy_zips(tmp_path)
+  path = source / 'images_evaluation.zip'
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  _assert_load_fails(source, tmp_path, 'not a readable zip')
+
+
+def test_corrupted_member_raises(tmp_path):
+  source = _copy_zips(tmp_path)
+  path = source / 'images_background.zip'
+  data = bytearray(path.read_bytes())
+  with zipfile.ZipFile(path) as archive:
+    info = archive.infolist()[1000]
+  name_length, extra_length = np.frombuffer(
+      data[info.header_offset + 26:info.header_offset + 30], '<u2')
+  start = info.header_offset + 30 + int(name_length) + int(extra_length) + 10
+  data[start:start + 20] = bytes(20)  # Zero 20 bytes of one PNG's data.
+  path.write_bytes(bytes(data))
+  _assert_load_fails(source, tmp_path, 'corrupted')
+
+
+def test_sha256sums_mismatch_raises(tmp_path):
+  source = _copy_zips(tmp_path)
+  shutil.copy(SOURCE_DIR / 'SHA256SUMS', source / 'SHA256SUMS')
+  with zipfile.ZipFile(source / 'images_evaluation.zip', 'a') as archive:
+    archive.writestr('images_evaluation/README.txt', 'extra')
+  _assert_load_fails(source, tmp_path, 'sha256')
+
+
+def test_missing_zip_raises(tmp_path):
+  source = _copy_zips(tmp_path)
+  (source / 'images_evaluation.zip').unlink()
+  _assert_load_fails(source, tmp_path, 'Missing Omniglot zip')
+
+
+def test_wrong_layout_inside_zip_raises(tmp_path):
+  source = _copy_zips(tmp_path)
+  with zipfile.ZipFile(SOURCE_DIR / 'images_background.zip') as archive:
+    name = next(n for n in archive.namelist() if n.endswith('.png'))
+    png = archive.read(name)
+  with zipfile.ZipFile(source / 'images_background.zip', 'w') as archive:
+    # Missing the top-level images_background/ folder.
+    archive.writestr('Angelic/character01/0001_01.png', png)
+  _assert_load_fails(source, tmp_path, 'Unexpected file')
+
+
+def test_missing_characters_raise(tmp_path):
+  source = _copy_zips(tmp_path)
+  with zipfile.ZipFile(SOURCE_DIR / 'images_background.zip') as archive:
+    names = [n for n in archive.namelist() if n.endswith('.png')][:40]
+    pngs = {n: archive.read(n) for n in names}
+  with zipfile.ZipFile(source / 'images_background.zip', 'w') as archive:
+    for name, png in pngs.items():
+      archive.writestr(name, png)
+  _assert_load_fails(source, tmp_path, 'holds 2 characters')
+
+
+def test_extracted_folders_instead_of_zips_raise(tmp_path):
+  source = tmp_path / 'source'
+  (source / 'images_background' / 'Angelic').mkdir(parents=True)
+  _assert_load_fails(source, tmp_path, 'extracted folders')
+
+
+def test_absent_zips_are_downloaded_from_the_official_urls(tmp_path,
+                                                           monkeypatch):
+  requested = []
+
+  def offline_download(self, urls):  # pylint: disable=unused-argument
+    requested.append(urls)
+    raise ConnectionError('offline')
+
+  monkeypatch.setattr(tfds.download.DownloadManager, 'download',
+                      offline_download)
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  _assert_load_fails(empty, tmp_path, 'downloading them .* failed')
+  assert requested[0] == omniglot_tfds.URLS
+
+
+def test_other_image_sizes_are_builder_configs(tmp_path):
+  assert omniglot_tfds.config_for_size(28).name == 'size28'
+  assert omniglot_tfds.config_for_size(84).name == 'size84'
+  builder = omniglot_tfds.JaxmetaOmniglot(
+      config=omniglot_tfds.config_for_size(14), data_dir=str(tmp_path))
+  assert builder.info.features['image'].shape == (14, 14, 1)
+  with zipfile.ZipFile(SOURCE_DIR / 'images_evaluation.zip') as archive:
+    name = next(n for n in archive.namelist() if n.endswith('.png'))
+    image = omniglot_tfds.preprocess(archive.read(name), 84)
+  assert image.shape == (84, 84, 1) and image.dtype == np.uint8
+  np.testing.assert_array_equal(image[:, :, 0], _expected_image(name, 84))
