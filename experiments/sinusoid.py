@@ -161,6 +161,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
+  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
   config = get_config()
   for name, flag in _OVERRIDES.items():
     if flag.value is not None:
@@ -170,7 +171,6 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   results = train_and_evaluate(config, _WORKDIR.value, _PROGRESS.value)
-  logging.info('results: %s', results)
   print(f"{results['algorithm']}: query MSE before adaptation "
         f"{results['pre_adaptation_mse']:.3f}, after "
         f"{config.eval_inner_steps} steps "

@@ -1,11 +1,30 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
+import tempfile
 
 import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_SOURCE_DIR = _REPO / 'data' / 'omniglot'
+
+
+def pytest_configure(config):
+  """Shares compiled XLA programs between tests and their subprocesses.
+
+  Many tests build the same meta-step (in-process and via `python -m
+  experiments...`); JAX's persistent compilation cache turns every repeat
+  compilation into a disk read. A fresh directory per session, so nothing
+  leaks between runs.
+  """
+  del config
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+        prefix='jaxmeta_xla_cache_')
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 
 @pytest.fixture(scope='session')
