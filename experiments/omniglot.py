@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_shots = 0  # Support shots per class in training; 0 = `shots`.
   c.train_queries = 0  # Query examples per class in training; 0 = `queries`.
   c.meta_batch_size = 8
+  c.task_chunk_size = 0  # > 0: tasks vmapped this many at a time (memory).
   c.inner_steps = 1
   c.eval_inner_steps = 3
   c.inner_lr = 0.4
@@ -118,6 +119,7 @@ PRESETS.update({
 
 # Fields that may differ when a run in a workdir is resumed or evaluated.
 _RESUMABLE_FIELDS = ('num_iterations', 'eval_every', 'num_eval_tasks',
+                     'task_chunk_size',
                      'eval_batch_size', 'checkpoint_every', 'keep_checkpoints',
                      'log_every', 'conv_impl')
 
@@ -140,7 +142,7 @@ flags.DEFINE_enum('meta_optimizer', None, ['adam', 'sgd'], 'Outer optimiser.')
 flags.DEFINE_enum('conv_impl', None, list(jaxmeta.models.CONV_IMPLS),
                   'Convolution implementation.')
 _INT_FLAGS = ('ways', 'shots', 'queries', 'train_shots', 'train_queries',
-              'meta_batch_size',
+              'meta_batch_size', 'task_chunk_size',
               'inner_steps', 'eval_inner_steps', 'num_iterations',
               'eval_every', 'num_val_tasks', 'num_eval_tasks',
               'eval_batch_size', 'image_size', 'num_filters', 'seed',
@@ -192,7 +194,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[name] < 1:
       raise ConfigError(f'--{name} must be >= 1, got {config[name]}.')
   for name in ('inner_steps', 'eval_inner_steps', 'num_iterations',
-               'train_shots', 'train_queries'):
+               'train_shots', 'train_queries', 'task_chunk_size'):
     if config[name] < 0:
       raise ConfigError(f'--{name} must be >= 0, got {config[name]}.')
   if config.inner_lr <= 0 or config.meta_lr <= 0:
@@ -208,6 +210,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'shots + queries = {shots} + {queries} exceeds the '
           f'{omniglot.NUM_DRAWINGS} drawings of an Omniglot character; lower '
           '--shots/--train_shots or --queries/--train_queries.')
+  chunk = config.task_chunk_size
+  if chunk and config.meta_batch_size % chunk:
+    raise ConfigError(f'--task_chunk_size={config.task_chunk_size} must '
+                      f'divide --meta_batch_size={config.meta_batch_size}.')
   if config.inner_optimizer == 'adam' and config.algorithm != 'reptile':
     raise ConfigError('--inner_optimizer=adam applies to reptile only; '
                       'MAML differentiates plain SGD inner steps.')
@@ -317,7 +323,8 @@ def _make_train_step(learner, optimizer, config):
   def train_step(state, images):
     sample = functools.partial(episodes.sample_tasks, images=images, **shape)
     new_state, metrics = jaxmeta.make_meta_train_step(
-        learner, optimizer, sample)(state)
+        learner, optimizer, sample,
+        task_chunk_size=config.task_chunk_size or None)(state)
     # A non-finite step is not applied: the state stays the last good one,
     # so the host can name the step and nothing bad reaches a checkpoint.
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(

@@ -45,29 +45,59 @@ def init_train_state(learner: MetaLearner,
                         opt_state=optimizer.init(params), key=data_key)
 
 
-def meta_gradient(learner: MetaLearner, params: Params,
-                  tasks: Task) -> tuple[Params, dict[str, Array]]:
+def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
+                  task_chunk_size: int | None = None
+                  ) -> tuple[Params, dict[str, Array]]:
   """Mean over the meta-batch of the per-task meta-gradients.
 
   Args:
     learner: the algorithm.
     params: meta-parameters.
     tasks: a meta-batch, every leaf with a leading `[num_tasks]` axis.
+    task_chunk_size: if set (and smaller than the meta-batch), tasks are
+      vmapped in chunks of this many and the chunks run one after another
+      under `lax.scan`, summing gradients: the same result with the
+      activation memory of one chunk (second-order MAML keeps every
+      activation of every task of the chunk alive). Must divide the
+      meta-batch size.
 
   Returns:
     `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
     the per-task metrics averaged over tasks.
   """
-  grads, metrics = jax.vmap(learner.task_update, in_axes=(None, 0))(
-      params, tasks)
-  mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
-  return mean(grads), mean(metrics)
+  task_grads = jax.vmap(learner.task_update, in_axes=(None, 0))
+  num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+  if task_chunk_size is None or task_chunk_size >= num_tasks:
+    grads, metrics = task_grads(params, tasks)
+    mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
+    return mean(grads), mean(metrics)
+  if task_chunk_size < 1 or num_tasks % task_chunk_size:
+    raise ValueError(f'task_chunk_size={task_chunk_size} must be >= 1 and '
+                     f'divide the meta-batch size {num_tasks}.')
+  chunks = jax.tree.map(
+      lambda v: v.reshape((num_tasks // task_chunk_size, task_chunk_size)
+                          + v.shape[1:]), tasks)
+
+  def accumulate(total, chunk):
+    grads, metrics = task_grads(params, chunk)
+    chunk_sum = jax.tree.map(lambda v: jnp.sum(v, axis=0), (grads, metrics))
+    return jax.tree.map(jnp.add, total, chunk_sum), None
+
+  zeros = jax.tree.map(
+      lambda s: jnp.zeros(s.shape[1:], s.dtype),
+      jax.eval_shape(task_grads, params,
+                     jax.tree.map(lambda v: v[0], chunks)))
+  (grad_sum, metric_sum), _ = jax.lax.scan(accumulate, zeros, chunks)
+  mean = lambda t: jax.tree.map(lambda v: v / num_tasks, t)
+  return mean(grad_sum), mean(metric_sum)
 
 
 def meta_train_step(learner: MetaLearner,
                     optimizer: optax.GradientTransformation,
                     state: MetaTrainState,
-                    tasks: Task) -> tuple[MetaTrainState, dict[str, Array]]:
+                    tasks: Task,
+                    task_chunk_size: int | None = None,
+                    ) -> tuple[MetaTrainState, dict[str, Array]]:
   """One meta-iteration on a given meta-batch of tasks.
 
   Args:
@@ -75,12 +105,14 @@ def meta_train_step(learner: MetaLearner,
     optimizer: the outer (meta) optimiser.
     state: the current `MetaTrainState`.
     tasks: a meta-batch of tasks, leading axis `[num_tasks]`.
+    task_chunk_size: see `meta_gradient`; trades speed for memory.
 
   Returns:
     The new state and a dict of scalar metrics: the algorithm's query metrics
     averaged over tasks and `meta_grad_norm`.
   """
-  grad, metrics = meta_gradient(learner, state.params, tasks)
+  grad, metrics = meta_gradient(learner, state.params, tasks,
+                                task_chunk_size)
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
@@ -93,6 +125,7 @@ def make_meta_train_step(
     learner: MetaLearner,
     optimizer: optax.GradientTransformation,
     sample_tasks: Callable[[PRNGKey], Task] | None = None,
+    task_chunk_size: int | None = None,
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
   """Returns the (unjitted) training step, to be jitted once by the caller.
 
@@ -103,18 +136,20 @@ def make_meta_train_step(
       on the device. If given, the step is `step(state)` and draws its tasks
       from `fold_in(state.key, state.step)` inside the same program; otherwise
       it is `step(state, tasks)`.
+    task_chunk_size: see `meta_gradient`; trades speed for memory.
 
   Returns:
     `step(state[, tasks]) -> (new_state, metrics)`.
   """
   if sample_tasks is None:
     def step(state, tasks):
-      return meta_train_step(learner, optimizer, state, tasks)
+      return meta_train_step(learner, optimizer, state, tasks,
+                             task_chunk_size)
     return step
 
   def sampled_step(state):
     tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
-    return meta_train_step(learner, optimizer, state, tasks)
+    return meta_train_step(learner, optimizer, state, tasks, task_chunk_size)
   return sampled_step
 
 

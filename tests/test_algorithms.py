@@ -337,3 +337,19 @@ def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
       p, jnp.concatenate([task.support_x, task.query_x]),
       jnp.concatenate([task.support_y, task.query_y]))[0]
   chex.assert_trees_all_close(grad, jax.grad(pooled)(params), rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
+def test_task_chunks_give_the_same_meta_gradient(name):
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  params = model.init(jax.random.key(0))
+  tasks = _classification_tasks(jax.random.key(9), num_tasks=6)
+  learner = jaxmeta.make_learner(name, model.init, loss_fn, 0.3, 2)
+  full = jaxmeta.meta_gradient(learner, params, tasks)
+  for chunk in (1, 2, 3):
+    chunked = jax.jit(functools.partial(jaxmeta.meta_gradient, learner,
+                                        task_chunk_size=chunk))(params, tasks)
+    chex.assert_trees_all_close(chunked, full, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='divide'):
+    jaxmeta.meta_gradient(learner, params, tasks, task_chunk_size=4)
