@@ -142,13 +142,17 @@ def batch_norm(x: Array, scale: Array, offset: Array,
 def max_pool_2x2(x: Array) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  Written with reshape + max rather than `reduce_window` so that every order
-  of derivative stays an ordinary elementwise/reduction program.
+  The elementwise maximum of the four strided sub-grids. Not `jnp.max` over
+  a reshaped window: its derivative divides by the number of elements equal
+  to the maximum, and in MAML's second-order pass XLA may recompute the
+  window in a fusion that rounds differently, find no equal element, and
+  return 0/0 = NaN (seen in float64 on Conv-4). `jnp.maximum` differentiates
+  by selection, with no division, at every order.
   """
-  b, h, w, c = x.shape
-  h2, w2 = h // 2, w // 2
-  x = x[:, :2 * h2, :2 * w2, :].reshape(b, h2, 2, w2, 2, c)
-  return jnp.max(x, axis=(2, 4))
+  h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+  corner = lambda i, j: x[:, i:2 * h2:2, j:2 * w2:2, :]
+  return jnp.maximum(jnp.maximum(corner(0, 0), corner(0, 1)),
+                     jnp.maximum(corner(1, 0), corner(1, 1)))
 
 
 def conv4(num_classes: int,

@@ -104,3 +104,26 @@ def test_max_pool_floors_odd_sizes():
 def test_unknown_conv_impl_is_rejected():
   with pytest.raises(ValueError, match='conv_impl'):
     jaxmeta.conv4(5, conv_impl='cudnn')
+
+
+def test_second_order_maml_gradient_through_max_pool_is_finite_in_float64():
+  # Regression: a jnp.max-over-window pool divides by the count of elements
+  # equal to the max; XLA's re-rounded recomputation made that 0/0 here.
+  with jax.enable_x64(True):
+    model = jaxmeta.conv4(5, num_filters=64, conv_impl='xla')
+    params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          model.init(jax.random.key(0)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (80, 28, 28, 1),
+                          jnp.float64)
+    y = jnp.tile(jnp.arange(5), 16)
+    learner = jaxmeta.maml(model.init,
+                           jaxmeta.classification_loss(model.apply), 0.4, 1)
+    grad, _ = learner.task_update(
+        params, jaxmeta.Task(x[:5], y[:5], x[5:], y[5:]))
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grad))
+
+
+def test_max_pool_gradient_selects_the_maximum():
+  x = jnp.array([[1., 3.], [2., 0.]]).reshape(1, 2, 2, 1)
+  g = jax.grad(lambda v: models.max_pool_2x2(v).sum())(x)
+  np.testing.assert_array_equal(g.reshape(2, 2), [[0., 1.], [0., 0.]])
