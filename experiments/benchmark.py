@@ -1,0 +1,759 @@
+r"""Meta-step speed of jaxmeta against PyTorch implementations, correctness first.
+
+For each configuration (model, task shapes, meta-batch) and algorithm (MAML,
+first-order MAML, Reptile) it builds ONE set of initial weights (jaxmeta's
+`conv4` init, fixed seed) and ONE meta-batch of random images and labels
+(`jax.random`, fixed seed; random data, not Omniglot: speed does not depend on
+pixel values), then:
+
+1. Cross-check: computes the mean meta-gradient with `jaxmeta.meta_gradient`
+   and with every PyTorch implementation on those weights and that batch, in
+   float32 with full-precision matmuls (no TF32, JAX matmul precision
+   'highest'), and compares them tensor by tensor. The reference is jaxmeta
+   with the FIRST of `--conv_impls` (list 'xla' first to make XLA's direct
+   convolution the reference); every other jaxmeta conv implementation and
+   every PyTorch implementation is checked against it. An implementation whose
+   relative error exceeds `--check_tol` gets no speed figure and the run exits
+   non-zero after writing its outputs.
+2. Timing: the whole meta-step (meta-gradient + Adam update) of each
+   implementation that passed: jaxmeta's jitted `make_meta_train_step` (state
+   donated), and the PyTorch step (`zero_grad`, meta-gradient, `Adam.step`).
+   Median and min over the timed steps after warm-up, synchronised with
+   `jax.block_until_ready` / `torch.cuda.synchronize`.
+
+Implementations: `jaxmeta` (one row per `--conv_impls` entry), `torch_loop`
+(per-task loop, learn2learn/higher style), `torch_func` (`torch.func` with
+`vmap` over tasks), `torch_higher` (the `higher` library). See
+`experiments/torch_baselines.py`.
+
+  python -m experiments.benchmark --out=/tmp/bench                 # full size
+  python -m experiments.benchmark --size=tiny --out=/tmp/bench      # CI, <1 min
+  python -m experiments.benchmark --configs=omniglot_5w1s_mb4 \
+      --conv_impls=xla,patches --out=benchmarks/cpu
+
+Outputs in `--out`: `benchmark.json` (settings, cross-checks, one row per
+configuration x algorithm x implementation), `benchmark.md` (a table) and
+`benchmark.png` (ms per meta-step, log scale).
+"""
+
+import dataclasses
+import datetime
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxmeta
+
+ALGORITHMS = ('maml', 'fomaml', 'reptile')
+TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
+IMPLEMENTATIONS = ('jaxmeta',) + TORCH_IMPLEMENTATIONS
+PRECISIONS = ('highest', 'default')
+# Gradients whose norm is below this fraction of the whole meta-gradient's
+# norm are zero in exact arithmetic (conv biases feeding batch norm: the
+# normalisation removes them), so their per-tensor relative error is rounding
+# noise over rounding noise; they are compared against the global norm.
+ZERO_GRAD_FRACTION = 1e-4
+# How much `--debug_perturb_check` scales a torch gradient tensor by.
+DEBUG_PERTURBATION = 1e-3
+MIN_TIMED_STEPS = 3
+BYTES_PER_MIB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """One benchmark configuration: model, task shapes and meta-batch.
+
+  Attributes:
+    name: configuration name used in flags and outputs.
+    ways: classes per task (the head's width).
+    shots: support examples per class.
+    queries: query examples per class.
+    meta_batch: tasks per meta-step.
+    inner_steps: inner SGD steps per task.
+    inner_lr: inner learning rate.
+    input_shape: `(height, width, channels)`.
+    num_filters: Conv-4 filters per layer.
+    num_blocks: Conv-4 blocks.
+    outer_lr: Adam learning rate of the meta-update.
+  """
+  name: str
+  ways: int
+  shots: int
+  queries: int
+  meta_batch: int
+  inner_steps: int
+  inner_lr: float
+  input_shape: tuple[int, int, int]
+  num_filters: int
+  num_blocks: int = 4
+  outer_lr: float = 1e-3
+
+
+CONFIGS = {c.name: c for c in (
+    BenchConfig('omniglot_5w1s', ways=5, shots=1, queries=15, meta_batch=32,
+                inner_steps=1, inner_lr=0.4, input_shape=(28, 28, 1),
+                num_filters=64),
+    # The CPU anchor: omniglot_5w1s at meta-batch 4 (2-core CPUs).
+    BenchConfig('omniglot_5w1s_mb4', ways=5, shots=1, queries=15,
+                meta_batch=4, inner_steps=1, inner_lr=0.4,
+                input_shape=(28, 28, 1), num_filters=64),
+    BenchConfig('omniglot_20w1s', ways=20, shots=1, queries=15,
+                meta_batch=16, inner_steps=5, inner_lr=0.1,
+                input_shape=(28, 28, 1), num_filters=64),
+    BenchConfig('miniimagenet_5w1s', ways=5, shots=1, queries=15,
+                meta_batch=4, inner_steps=5, inner_lr=0.01,
+                input_shape=(84, 84, 3), num_filters=32),
+    # CI size: two tasks, 8 filters, two inner steps (so that second-order
+    # terms through more than one step are cross-checked).
+    BenchConfig('tiny', ways=5, shots=1, queries=3, meta_batch=2,
+                inner_steps=2, inner_lr=0.4, input_shape=(28, 28, 1),
+                num_filters=8),
+)}
+DEFAULT_CONFIGS = {
+    'full': ('omniglot_5w1s', 'omniglot_20w1s', 'miniimagenet_5w1s'),
+    'tiny': ('tiny',),
+}
+DEFAULT_NUM_STEPS = {'full': 20, 'tiny': 3}
+DEFAULT_WARMUP_STEPS = {'full': 2, 'tiny': 1}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('out', None, 'Output directory.', required=True)
+flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
+                  'full: the paper configurations; tiny: CI shapes.')
+flags.DEFINE_list('configs', [], 'Configurations to run (default: those of '
+                  f'--size). Known: {sorted(CONFIGS)}.')
+flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run.')
+flags.DEFINE_list('implementations', list(IMPLEMENTATIONS),
+                  'Implementations to run.')
+flags.DEFINE_list('conv_impls', ['auto'], "jaxmeta conv implementations to "
+                  "time: any of auto, xla, patches ('both' = xla,patches).")
+flags.DEFINE_integer('num_steps', None, 'Timed meta-steps per row (default '
+                     '20; 3 at --size=tiny).')
+flags.DEFINE_integer('warmup_steps', None, 'Untimed steps after the first '
+                     '(default 2; 1 at --size=tiny).')
+flags.DEFINE_float('max_seconds_per_row', 0.0, 'If > 0, time fewer than '
+                   '--num_steps steps (at least 3) where the warm-up says they '
+                   'would take longer than this; the row records the count.')
+flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
+                  'Matmul precision of the TIMED steps on both sides: highest '
+                  '(float32, no TF32: what the cross-check uses) or default '
+                  '(JAX default precision; TF32 allowed in torch on CUDA).')
+flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
+                   'meta-gradient, per parameter tensor.')
+flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
+flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
+                    "'cpu' or 'cuda'.")
+flags.DEFINE_list('debug_perturb_check', [], 'Testing aid: torch '
+                  'implementations whose gradients are scaled by 1 + 1e-3 '
+                  'before the cross-check, which must then fail.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Run-wide settings (the parsed flags)."""
+  out: str
+  configs: tuple[str, ...]
+  algorithms: tuple[str, ...]
+  implementations: tuple[str, ...]
+  conv_impls: tuple[str, ...]
+  num_steps: int
+  warmup_steps: int
+  max_seconds_per_row: float = 0.0
+  timing_precision: str = 'highest'
+  check_tol: float = 1e-4
+  seed: int = 0
+  torch_device: str = 'auto'
+  debug_perturb_check: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------
+# Data, weights and the cross-check.
+
+
+def make_tasks(config: BenchConfig, key: jax.Array) -> jaxmeta.Task:
+  """A meta-batch of random images with balanced labels.
+
+  Returns:
+    A `Task` with `support_x` `[meta_batch, ways * shots, H, W, C]`,
+    `support_y` `[meta_batch, ways * shots]` int32 (and the same for the
+    query set with `ways * queries`).
+  """
+  support_key, query_key = jax.random.split(key)
+  def images(k, per_class):
+    shape = (config.meta_batch, config.ways * per_class) + config.input_shape
+    return jax.random.normal(k, shape, jnp.float32)
+  def labels(per_class):
+    one = jnp.repeat(jnp.arange(config.ways, dtype=jnp.int32), per_class)
+    return jnp.tile(one, (config.meta_batch, 1))
+  return jaxmeta.Task(images(support_key, config.shots),
+                      labels(config.shots),
+                      images(query_key, config.queries),
+                      labels(config.queries))
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+  """`{'conv0': {'w': a}}` -> `{'conv0/w': np.asarray(a)}`."""
+  return {f'{m}/{leaf}': np.array(v, np.float32)
+          for m, d in params.items() for leaf, v in d.items()}
+
+
+def cross_check(reference: dict[str, np.ndarray],
+                candidate: dict[str, np.ndarray],
+                tol: float) -> dict[str, Any]:
+  """Compares two meta-gradients tensor by tensor.
+
+  The error of tensor `t` is `||c_t - r_t|| / ||r_t||`, except for tensors
+  whose reference norm is below `ZERO_GRAD_FRACTION * ||r||` (zero in exact
+  arithmetic: conv biases before batch norm), whose error is
+  `||c_t - r_t|| / ||r||`.
+
+  Args:
+    reference: jaxmeta's meta-gradient, `{name: array}`.
+    candidate: the other implementation's, same names and shapes.
+    tol: largest allowed error per tensor.
+
+  Returns:
+    `{'passed', 'max_rel_err', 'worst_tensor', 'tensors': {name: {'rel_err',
+    'ref_norm', 'scale'}}, 'problems': [...]}`; `scale` is 'tensor' or
+    'global' (the near-zero rule).
+  """
+  problems = []
+  if set(reference) != set(candidate):
+    problems.append(f'parameter names differ: {sorted(set(reference))} vs '
+                    f'{sorted(set(candidate))}')
+  global_norm = float(np.sqrt(sum(
+      np.sum(np.square(v, dtype=np.float64)) for v in reference.values())))
+  tensors = {}
+  for name in sorted(set(reference) & set(candidate)):
+    ref = np.asarray(reference[name], np.float64)
+    cand = np.asarray(candidate[name], np.float64)
+    if ref.shape != cand.shape:
+      problems.append(f'{name}: shape {cand.shape} != {ref.shape}')
+      tensors[name] = {'rel_err': float('inf'), 'ref_norm': None,
+                       'scale': 'tensor'}
+      continue
+    ref_norm = float(np.linalg.norm(ref))
+    near_zero = ref_norm < ZERO_GRAD_FRACTION * global_norm
+    denom = global_norm if near_zero else ref_norm
+    diff = float(np.linalg.norm(cand - ref))
+    if denom > 0:
+      err = diff / denom
+    else:
+      err = 0.0 if diff == 0 else float('inf')
+    if not np.isfinite(cand).all():
+      err = float('inf')
+    tensors[name] = {'rel_err': err, 'ref_norm': ref_norm,
+                     'scale': 'global' if near_zero else 'tensor'}
+  errs = {n: t['rel_err'] for n, t in tensors.items()}
+  worst = max(errs, key=errs.get) if errs else None
+  max_err = errs[worst] if worst else float('inf')
+  passed = not problems and bool(errs) and max_err <= tol
+  return {'passed': passed, 'max_rel_err': max_err, 'worst_tensor': worst,
+          'tol': tol, 'tensors': tensors, 'problems': problems}
+
+
+# ----------------------------------------------------------------------------
+# Environment.
+
+
+def cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo, else `platform.processor()`."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def environment(torch_device: str | None) -> dict[str, Any]:
+  """Device names, library versions and machine facts for every row."""
+  jax_device = jax.devices()[0]
+  env = {
+      'jax_backend': jax.default_backend(),
+      'jax_device': f'{jax_device.platform}:{jax_device.device_kind}',
+      'cpu': cpu_name(),
+      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'platform': platform.platform(),
+      'versions': {p: package_version(p) for p in (
+          'jax', 'jaxlib', 'optax', 'numpy', 'torch', 'higher')},
+      'jaxmeta': getattr(jaxmeta, '__version__', None),
+  }
+  if torch_device is not None:
+    import torch  # pylint: disable=g-import-not-at-top
+    env['torch_device'] = (torch.cuda.get_device_name(0)
+                           if torch_device == 'cuda' else f'cpu:{cpu_name()}')
+    env['torch_num_threads'] = torch.get_num_threads()
+  return env
+
+
+def load_average() -> list[float] | None:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def summarise(times_s: Sequence[float], meta_batch: int) -> dict[str, Any]:
+  median = statistics.median(times_s)
+  return {
+      'median_ms': 1e3 * median,
+      'min_ms': 1e3 * min(times_s),
+      'max_ms': 1e3 * max(times_s),
+      'num_timed_steps': len(times_s),
+      'tasks_per_s': meta_batch / median,
+  }
+
+
+def timed_count(settings: Settings, last_warmup_s: float) -> int:
+  """Timed steps: `num_steps`, fewer if `max_seconds_per_row` says so."""
+  if settings.max_seconds_per_row <= 0 or last_warmup_s <= 0:
+    return settings.num_steps
+  affordable = int(settings.max_seconds_per_row / last_warmup_s)
+  return max(min(settings.num_steps, MIN_TIMED_STEPS), min(settings.num_steps,
+                                                          affordable))
+
+
+# ----------------------------------------------------------------------------
+# JAX side.
+
+
+def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
+  model = jaxmeta.conv4(config.ways, config.input_shape, config.num_filters,
+                        config.num_blocks, conv_impl=conv_impl)
+  learner = jaxmeta.make_learner(
+      algorithm, model.init, jaxmeta.classification_loss(model.apply),
+      config.inner_lr, config.inner_steps)
+  optimizer = optax.adam(config.outer_lr)
+  return learner, optimizer
+
+
+def jax_meta_gradient(config: BenchConfig, algorithm: str, conv_impl: str,
+                      params, tasks) -> dict[str, np.ndarray]:
+  """jaxmeta's mean meta-gradient at full float32 precision."""
+  learner, _ = jax_setup(config, algorithm, conv_impl)
+  with jax.default_matmul_precision('highest'):
+    grads, _ = jax.jit(functools.partial(jaxmeta.meta_gradient, learner))(
+        params, tasks)
+  return flatten_params(grads)
+
+
+def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
+             init_key: jax.Array, tasks: jaxmeta.Task,
+             settings: Settings) -> dict[str, Any]:
+  """Times jaxmeta's jitted meta-step (meta-gradient + Adam, state donated)."""
+  learner, optimizer = jax_setup(config, algorithm, conv_impl)
+  state = jaxmeta.init_train_state(learner, optimizer, init_key)
+  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer),
+                 donate_argnums=0)
+  precision = None if settings.timing_precision == 'default' else 'highest'
+  with jax.default_matmul_precision(precision):
+    start = time.perf_counter()
+    compiled = step.lower(state, tasks).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, tasks)
+    jax.block_until_ready((state, metrics))
+    first_step_s = time.perf_counter() - start
+    step_s = first_step_s - compile_s
+    for _ in range(settings.warmup_steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, tasks)
+      jax.block_until_ready((state, metrics))
+      step_s = time.perf_counter() - start
+    times = []
+    for _ in range(timed_count(settings, step_s)):
+      start = time.perf_counter()
+      state, metrics = compiled(state, tasks)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - start)
+  stats = jax.devices()[0].memory_stats()
+  peak = stats.get('peak_bytes_in_use') if stats else None
+  return dict(summarise(times, config.meta_batch), compile_s=compile_s,
+              first_step_s=first_step_s, peak_memory_bytes=peak,
+              final_query_loss=float(metrics['loss']))
+
+
+# ----------------------------------------------------------------------------
+# PyTorch side.
+
+
+def torch_device_name(requested: str) -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  if requested == 'auto':
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return requested
+
+
+def set_torch_precision(highest: bool) -> None:
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.backends.cudnn.allow_tf32 = not highest
+  torch.backends.cuda.matmul.allow_tf32 = not highest
+
+
+def torch_meta_gradient(tb, model, meta_grad, batch,
+                        perturb: bool) -> dict[str, np.ndarray]:
+  """Runs one torch meta-gradient and returns it in jaxmeta's layout."""
+  for p in model.parameters():
+    p.grad = None
+  meta_grad(model, batch)
+  grads = tb.grads_to_jax(model)
+  if perturb:
+    grads = {n: g * (1 + DEBUG_PERTURBATION) for n, g in grads.items()}
+  return grads
+
+
+def time_torch(tb, config: BenchConfig, model, meta_grad, batch,
+               device: str, settings: Settings) -> dict[str, Any]:
+  """Times `zero_grad` + meta-gradient + `Adam.step` of one implementation."""
+  import torch  # pylint: disable=g-import-not-at-top
+  optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+  step = tb.make_meta_step(meta_grad, model, optimizer)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  if device == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+  set_torch_precision(settings.timing_precision == 'highest')
+  start = time.perf_counter()
+  step(batch)
+  sync()
+  first_step_s = time.perf_counter() - start
+  step_s = first_step_s
+  for _ in range(settings.warmup_steps):
+    start = time.perf_counter()
+    step(batch)
+    sync()
+    step_s = time.perf_counter() - start
+  times = []
+  for _ in range(timed_count(settings, step_s)):
+    start = time.perf_counter()
+    step(batch)
+    sync()
+    times.append(time.perf_counter() - start)
+  peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  set_torch_precision(True)
+  return dict(summarise(times, config.meta_batch), compile_s=None,
+              first_step_s=first_step_s, peak_memory_bytes=peak)
+
+
+# ----------------------------------------------------------------------------
+# The run.
+
+
+def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
+  """Expands 'both' and keeps the order, without duplicates."""
+  out = []
+  for impl in conv_impls:
+    for i in (('xla', 'patches') if impl == 'both' else (impl,)):
+      if i not in jaxmeta.models.CONV_IMPLS:
+        raise ValueError(f'Unknown conv impl {i!r}.')
+      if i not in out:
+        out.append(i)
+  return tuple(out)
+
+
+def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
+  """Runs the cross-checks and the timings, writing outputs as it goes.
+
+  Returns:
+    `(results, ok)`: the content of `benchmark.json` and whether every
+    cross-check passed and every implementation ran.
+  """
+  for name, known in ((settings.configs, CONFIGS),
+                      (settings.algorithms, ALGORITHMS),
+                      (settings.implementations, IMPLEMENTATIONS)):
+    unknown = [n for n in name if n not in known]
+    if unknown:
+      raise ValueError(f'Unknown {unknown}; choose from {sorted(known)}.')
+  conv_impls = resolve_conv_impls(settings.conv_impls)
+  torch_impls = [i for i in settings.implementations
+                 if i in TORCH_IMPLEMENTATIONS]
+  tb = device = None
+  if torch_impls:
+    import torch  # pylint: disable=g-import-not-at-top
+    from experiments import torch_baselines as tb  # pylint: disable=g-import-not-at-top
+    device = torch_device_name(settings.torch_device)
+    torch.set_default_dtype(torch.float32)
+    set_torch_precision(True)
+  os.makedirs(settings.out, exist_ok=True)
+  results = {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'command': ' '.join(sys.argv),
+      'environment': environment(device),
+      'settings': dataclasses.asdict(settings),
+      'data': ('random N(0, 1) images and balanced labels from '
+               f'jax.random.key({settings.seed}); weights: jaxmeta.conv4 init '
+               'from the same seed, identical for every implementation'),
+      'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
+                         'off',
+      'timing_precision': settings.timing_precision,
+      'cross_checks': [],
+      'rows': [],
+  }
+  ok = True
+  for config_name in settings.configs:
+    config = CONFIGS[config_name]
+    data_key, init_key = jax.random.split(jax.random.key(settings.seed))
+    tasks = make_tasks(config, data_key)
+    batch = model = None
+    if torch_impls:
+      batch = tb.batch_from_numpy(*(np.asarray(a) for a in tasks),
+                                  device=device)
+      model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
+                       config.num_blocks).to(device)
+    for algorithm in settings.algorithms:
+      # Same initial weights as init_train_state gives the timed JAX step.
+      learner, optimizer = jax_setup(config, algorithm, conv_impls[0])
+      params = jaxmeta.init_train_state(learner, optimizer, init_key).params
+      reference = jax_meta_gradient(config, algorithm, conv_impls[0], params,
+                                    tasks)
+      candidates = [('jaxmeta', c) for c in conv_impls[1:]
+                    if 'jaxmeta' in settings.implementations]
+      candidates += [(i, None) for i in torch_impls]
+      check = {('jaxmeta', conv_impls[0]): {
+          'passed': True, 'max_rel_err': 0.0, 'reference': True}}
+      for impl, conv_impl in candidates:
+        entry = {'config': config_name, 'algorithm': algorithm,
+                 'implementation': impl, 'conv_impl': conv_impl,
+                 'reference': f'jaxmeta[{conv_impls[0]}]'}
+        try:
+          if impl == 'jaxmeta':
+            got = jax_meta_gradient(config, algorithm, conv_impl, params,
+                                    tasks)
+          else:
+            tb.params_from_jax(model, params)
+            meta_grad = tb.make_meta_grad(impl.removeprefix('torch_'),
+                                          algorithm, config.inner_lr,
+                                          config.inner_steps)
+            got = torch_meta_gradient(tb, model, meta_grad, batch,
+                                      impl in settings.debug_perturb_check)
+          entry.update(cross_check(reference, got, settings.check_tol))
+        except Exception as e:  # pylint: disable=broad-except
+          entry.update(passed=False, max_rel_err=None,
+                       problems=[f'{type(e).__name__}: {e}'],
+                       traceback=traceback.format_exc())
+        results['cross_checks'].append(entry)
+        check[(impl, conv_impl)] = entry
+        print(f'[check] {config_name} {algorithm} {impl}'
+              f'{"[" + conv_impl + "]" if conv_impl else ""}: '
+              f'{"ok" if entry["passed"] else "MISMATCH"} '
+              f'max_rel_err={entry.get("max_rel_err")} '
+              f'({entry.get("worst_tensor")})', flush=True)
+      timed = ([('jaxmeta', c) for c in conv_impls]
+               if 'jaxmeta' in settings.implementations else [])
+      timed += [(i, None) for i in torch_impls]
+      for impl, conv_impl in timed:
+        entry = check[(impl, conv_impl)]
+        row = {
+            'config': config_name, 'algorithm': algorithm,
+            'implementation': impl,
+            'conv_impl': (jaxmeta.resolve_conv_impl(conv_impl)
+                          if conv_impl else None),
+            'framework': 'jax' if impl == 'jaxmeta' else 'torch',
+            'device': (results['environment']['jax_device']
+                       if impl == 'jaxmeta'
+                       else results['environment']['torch_device']),
+            'settings': dict(dataclasses.asdict(config),
+                             outer_optimizer='adam',
+                             timing_precision=settings.timing_precision),
+            'versions': results['environment']['versions'],
+            'cross_check_passed': entry['passed'],
+            'cross_check_max_rel_err': entry.get('max_rel_err'),
+            'load_average_before': load_average(),
+        }
+        if not entry['passed']:
+          row['status'] = 'gradient_mismatch'
+          ok = False
+        else:
+          try:
+            if impl == 'jaxmeta':
+              row.update(time_jax(config, algorithm, conv_impl, init_key,
+                                  tasks, settings))
+            else:
+              tb.params_from_jax(model, params)
+              meta_grad = tb.make_meta_grad(impl.removeprefix('torch_'),
+                                            algorithm, config.inner_lr,
+                                            config.inner_steps)
+              row.update(time_torch(tb, config, model, meta_grad, batch,
+                                    device, settings))
+            row['status'] = 'ok'
+          except Exception as e:  # pylint: disable=broad-except
+            row.update(status='error', error=f'{type(e).__name__}: {e}')
+            ok = False
+        results['rows'].append(row)
+        print(f'[time] {config_name} {algorithm} {impl}'
+              f'{"[" + row["conv_impl"] + "]" if row["conv_impl"] else ""}: '
+              + (f'median {row["median_ms"]:.1f} ms, min {row["min_ms"]:.1f} '
+                 f'ms over {row["num_timed_steps"]} steps'
+                 if row['status'] == 'ok' else row['status']), flush=True)
+        write_outputs(results, settings.out, plot=False)
+  results['all_checks_passed'] = ok
+  write_outputs(results, settings.out, plot=True)
+  return results, ok
+
+
+# ----------------------------------------------------------------------------
+# Outputs.
+
+
+def row_label(row: dict[str, Any]) -> str:
+  if row['implementation'] == 'jaxmeta':
+    return f'jaxmeta [{row["conv_impl"]}]'
+  return row['implementation'].replace('_', ' ')
+
+
+def write_outputs(results: dict[str, Any], out: str, plot: bool) -> None:
+  """Writes benchmark.json and benchmark.md (and benchmark.png if `plot`)."""
+  tmp = os.path.join(out, 'benchmark.json.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=1, allow_nan=True)
+  os.replace(tmp, os.path.join(out, 'benchmark.json'))
+  with open(os.path.join(out, 'benchmark.md'), 'w') as f:
+    f.write(markdown(results))
+  if plot:
+    plot_rows(results['rows'], os.path.join(out, 'benchmark.png'))
+
+
+def _fmt(value, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The results as a markdown table with the machine and the date."""
+  env = results['environment']
+  lines = [
+      '# jaxmeta meta-step benchmark', '',
+      f'- Date (UTC): {results["date"]}',
+      f'- JAX device: {env["jax_device"]}; CPU: {env["cpu"]} '
+      f'({env["cpu_count"]} logical cores)',
+      f'- torch device: {env.get("torch_device", "-")}; torch threads: '
+      f'{env.get("torch_num_threads", "-")}',
+      '- Versions: ' + ', '.join(f'{k} {v}' for k, v in
+                                 env['versions'].items() if v),
+      f'- Timed precision: {results["timing_precision"]}; cross-check: '
+      f'{results["check_precision"]}, tolerance '
+      f'{results["settings"]["check_tol"]:g} relative per tensor',
+      f'- Data: {results["data"]}',
+      f'- Command: `{results["command"]}`',
+      '- ms per meta-step = the whole step (meta-gradient over the meta-batch '
+      '+ Adam update); median and min over the timed steps after warm-up. '
+      'first step = JAX compile + first run; torch first run.',
+      '',
+      '| config | algorithm | implementation | median ms | min ms | steps | '
+      'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
+      'grad check (max rel err) |',
+      '|' + '---|' * 12,
+  ]
+  loop_ms = {(r['config'], r['algorithm']): r['median_ms']
+             for r in results['rows']
+             if r['implementation'] == 'torch_loop' and r['status'] == 'ok'}
+  for r in results['rows']:
+    ok = r['status'] == 'ok'
+    base = loop_ms.get((r['config'], r['algorithm']))
+    speedup = (f'{base / r["median_ms"]:.2f}' if ok and base else '-')
+    peak = (r.get('peak_memory_bytes') / BYTES_PER_MIB
+            if r.get('peak_memory_bytes') else None)
+    check = ('ref' if r['implementation'] == 'jaxmeta'
+             and r['cross_check_max_rel_err'] == 0.0 else
+             _fmt(r['cross_check_max_rel_err'], '.1e'))
+    check = ('pass ' if r['cross_check_passed'] else 'FAIL ') + check
+    lines.append(
+        f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
+        f'{r["algorithm"]} | {row_label(r)} | '
+        + (' | '.join([_fmt(r.get('median_ms'), '.1f'),
+                       _fmt(r.get('min_ms'), '.1f'),
+                       str(r.get('num_timed_steps')),
+                       _fmt(r.get('tasks_per_s'), '.2f'),
+                       _fmt(r.get('compile_s'), '.2f'),
+                       _fmt(r.get('first_step_s'), '.2f'),
+                       _fmt(peak, '.0f'), speedup])
+           if ok else f'{r["status"]} | | | | | | | ')
+        + f' | {check} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
+  """Bar chart: ms per meta-step, one group per config x algorithm."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ok_rows = [r for r in rows if r['status'] == 'ok']
+  groups = list(dict.fromkeys(f'{r["config"]}\n{r["algorithm"]}'
+                              for r in rows))
+  labels = list(dict.fromkeys(row_label(r) for r in rows))
+  width = 0.8 / max(len(labels), 1)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.5))
+  for j, label in enumerate(labels):
+    xs, ys = [], []
+    for r in ok_rows:
+      if row_label(r) == label:
+        xs.append(groups.index(f'{r["config"]}\n{r["algorithm"]}')
+                  + (j - (len(labels) - 1) / 2) * width)
+        ys.append(r['median_ms'])
+    ax.bar(xs, ys, width=width, label=label)
+  ax.set_xticks(range(len(groups)))
+  ax.set_xticklabels(groups, fontsize=8)
+  if ok_rows:
+    ax.set_yscale('log')
+  ax.set_ylabel('ms per meta-step (median, log scale)')
+  ax.set_title('Meta-step time (lower is better)')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def settings_from_flags() -> Settings:
+  size = FLAGS.size
+  return Settings(
+      out=FLAGS.out,
+      configs=tuple(FLAGS.configs or DEFAULT_CONFIGS[size]),
+      algorithms=tuple(FLAGS.algorithms),
+      implementations=tuple(FLAGS.implementations),
+      conv_impls=tuple(FLAGS.conv_impls),
+      num_steps=(FLAGS.num_steps if FLAGS.num_steps is not None
+                 else DEFAULT_NUM_STEPS[size]),
+      warmup_steps=(FLAGS.warmup_steps if FLAGS.warmup_steps is not None
+                    else DEFAULT_WARMUP_STEPS[size]),
+      max_seconds_per_row=FLAGS.max_seconds_per_row,
+      timing_precision=FLAGS.timing_precision,
+      check_tol=FLAGS.check_tol,
+      seed=FLAGS.seed,
+      torch_device=FLAGS.torch_device,
+      debug_perturb_check=tuple(FLAGS.debug_perturb_check))
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  _, ok = run_benchmark(settings_from_flags())
+  if not ok:
+    print('FAILED: a meta-gradient cross-check failed or an implementation '
+          'raised; see benchmark.json.', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

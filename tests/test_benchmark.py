@@ -1,0 +1,162 @@
+"""Smoke test of experiments/benchmark.py at --size=tiny, and of its check.
+
+Never asserts a speed: only that the gradient cross-check passes for every
+PyTorch implementation, that it fails when the gradients differ, and that the
+three outputs are written with sane contents.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+pytest.importorskip('higher')
+
+import jaxmeta  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import torch_baselines  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_IMPLS = set(benchmark.TORCH_IMPLEMENTATIONS)
+
+
+def _run_cli(out_dir, *extra):
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark', '--size=tiny',
+       f'--out={out_dir}', '--num_steps=2', '--warmup_steps=1', *extra],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  out_dir = tmp_path_factory.mktemp('bench')
+  proc = _run_cli(out_dir)
+  return out_dir, proc
+
+
+def test_tiny_benchmark_passes_cross_check(tiny_run):
+  out_dir, proc = tiny_run
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out_dir / 'benchmark.json') as f:
+    results = json.load(f)
+  assert results['all_checks_passed'] is True
+  checked = {(c['algorithm'], c['implementation'])
+             for c in results['cross_checks'] if c['passed']}
+  for algorithm in benchmark.ALGORITHMS:
+    for impl in TORCH_IMPLS:
+      assert (algorithm, impl) in checked
+  for check in results['cross_checks']:
+    assert check['max_rel_err'] <= 1e-4
+
+
+def test_tiny_benchmark_outputs(tiny_run):
+  out_dir, _ = tiny_run
+  with open(out_dir / 'benchmark.json') as f:
+    results = json.load(f)
+  rows = results['rows']
+  impls = {r['implementation'] for r in rows}
+  assert impls == set(benchmark.IMPLEMENTATIONS)
+  assert len(rows) == len(benchmark.ALGORITHMS) * len(impls)
+  for row in rows:
+    assert row['status'] == 'ok'
+    assert row['num_timed_steps'] == 2
+    assert 0 < row['min_ms'] <= row['median_ms']
+    assert row['tasks_per_s'] > 0
+    assert row['device'] and row['versions']['jax']
+    assert row['settings']['meta_batch'] == benchmark.CONFIGS['tiny'].meta_batch
+  markdown = (out_dir / 'benchmark.md').read_text()
+  assert '| config | algorithm |' in markdown
+  assert results['environment']['cpu'] in markdown
+  assert markdown.count('| tiny (mb 2) |') == len(rows)
+  png = (out_dir / 'benchmark.png').read_bytes()
+  assert png.startswith(b'\x89PNG') and len(png) > 1000
+
+
+def test_cli_fails_when_a_torch_gradient_differs(tmp_path):
+  proc = _run_cli(tmp_path, '--algorithms=fomaml',
+                  '--implementations=jaxmeta,torch_loop',
+                  '--debug_perturb_check=torch_loop')
+  assert proc.returncode != 0
+  with open(tmp_path / 'benchmark.json') as f:
+    results = json.load(f)
+  assert results['all_checks_passed'] is False
+  (row,) = [r for r in results['rows'] if r['implementation'] == 'torch_loop']
+  assert row['status'] == 'gradient_mismatch'
+  assert 'median_ms' not in row
+  assert (tmp_path / 'benchmark.md').exists()
+
+
+def _tiny_setup(algorithm):
+  config = benchmark.CONFIGS['tiny']
+  data_key, init_key = jax.random.split(jax.random.key(0))
+  tasks = benchmark.make_tasks(config, data_key)
+  learner, optimizer = benchmark.jax_setup(config, algorithm, 'auto')
+  params = jaxmeta.init_train_state(learner, optimizer, init_key).params
+  reference = benchmark.jax_meta_gradient(config, algorithm, 'auto', params,
+                                          tasks)
+  model = torch_baselines.Conv4(config.ways, config.input_shape,
+                                config.num_filters, config.num_blocks)
+  batch = torch_baselines.batch_from_numpy(*(np.asarray(a) for a in tasks))
+  meta_grad = torch_baselines.make_meta_grad(
+      'loop', algorithm, config.inner_lr, config.inner_steps)
+  return params, reference, model, batch, meta_grad
+
+
+def test_cross_check_detects_perturbed_and_mismatched_gradients():
+  params, reference, model, batch, meta_grad = _tiny_setup('maml')
+  torch_baselines.params_from_jax(model, params)
+  meta_grad(model, batch)
+  good = torch_baselines.grads_to_jax(model)
+  assert benchmark.cross_check(reference, good, 1e-4)['passed']
+
+  # One tensor off by 0.1%.
+  perturbed = dict(good, **{'conv1/w': good['conv1/w'] * 1.001})
+  result = benchmark.cross_check(reference, perturbed, 1e-4)
+  assert not result['passed'] and result['worst_tensor'] == 'conv1/w'
+
+  # The head weight transposed the wrong way round (same as loading weights
+  # in NCHW flatten order): shapes differ.
+  bad_shape = dict(good, **{'head/w': good['head/w'].T})
+  assert not benchmark.cross_check(reference, bad_shape, 1e-4)['passed']
+
+  # Mismatched weights: torch evaluated at different initial weights.
+  other = jax.tree.map(lambda p: p * 1.01, params)
+  torch_baselines.params_from_jax(model, other)
+  for p in model.parameters():
+    p.grad = None
+  meta_grad(model, batch)
+  mismatched = torch_baselines.grads_to_jax(model)
+  assert not benchmark.cross_check(reference, mismatched, 1e-4)['passed']
+
+  # A NaN is never a pass, nor is a missing tensor.
+  nan = dict(good, **{'head/b': good['head/b'] * np.nan})
+  assert not benchmark.cross_check(reference, nan, 1e-4)['passed']
+  missing = {k: v for k, v in good.items() if k != 'head/b'}
+  assert not benchmark.cross_check(reference, missing, 1e-4)['passed']
+
+
+def test_torch_conv4_is_jaxmeta_conv4():
+  config = benchmark.CONFIGS['tiny']
+  model = jaxmeta.conv4(config.ways, config.input_shape, config.num_filters,
+                        config.num_blocks)
+  params = model.init(jax.random.key(1))
+  x = np.asarray(jax.random.normal(jax.random.key(2),
+                                   (6,) + config.input_shape))
+  with jax.default_matmul_precision('highest'):
+    expected = np.asarray(model.apply(params, x))
+  torch_model = torch_baselines.Conv4(config.ways, config.input_shape,
+                                      config.num_filters, config.num_blocks)
+  torch_baselines.params_from_jax(torch_model, params)
+  x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    got_module = torch_model(x_nchw).numpy()
+    got_functional = torch_baselines.conv4_functional(
+        list(torch_model.parameters()), x_nchw, config.num_blocks).numpy()
+  np.testing.assert_allclose(got_module, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got_functional, expected, rtol=1e-4, atol=1e-5)
