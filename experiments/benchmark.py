@@ -154,6 +154,9 @@ flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
                   '(JAX default precision; TF32 allowed in torch on CUDA).')
 flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
                    'meta-gradient, per parameter tensor.')
+flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
+                     'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
+                     'size (2 on CPU, the whole meta-batch on accelerators).')
 flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
 flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
                     "'cpu' or 'cuda'.")
@@ -178,6 +181,7 @@ class Settings:
   seed: int = 0
   torch_device: str = 'auto'
   debug_perturb_check: tuple[str, ...] = ()
+  task_chunk_size: int = 0
 
 
 # ----------------------------------------------------------------------------
@@ -368,7 +372,10 @@ def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
   """Times jaxmeta's jitted meta-step (meta-gradient + Adam, state donated)."""
   learner, optimizer = jax_setup(config, algorithm, conv_impl)
   state = jaxmeta.init_train_state(learner, optimizer, init_key)
-  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer),
+  chunk = (settings.task_chunk_size if settings.task_chunk_size > 0 else
+           jaxmeta.default_task_chunk_size(config.meta_batch))
+  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer,
+                                              task_chunk_size=chunk),
                  donate_argnums=0)
   precision = None if settings.timing_precision == 'default' else 'highest'
   with jax.default_matmul_precision(precision):
@@ -392,7 +399,8 @@ def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
       times.append(time.perf_counter() - start)
   stats = jax.devices()[0].memory_stats()
   peak = stats.get('peak_bytes_in_use') if stats else None
-  return dict(summarise(times, config.meta_batch), compile_s=compile_s,
+  return dict(summarise(times, config.meta_batch), task_chunk_size=chunk,
+              compile_s=compile_s,
               first_step_s=first_step_s, peak_memory_bytes=peak,
               final_query_loss=float(metrics['loss']))
 
@@ -743,7 +751,8 @@ def settings_from_flags() -> Settings:
       check_tol=FLAGS.check_tol,
       seed=FLAGS.seed,
       torch_device=FLAGS.torch_device,
-      debug_perturb_check=tuple(FLAGS.debug_perturb_check))
+      debug_perturb_check=tuple(FLAGS.debug_perturb_check),
+      task_chunk_size=FLAGS.task_chunk_size)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_shots = 0  # Support shots per class in training; 0 = `shots`.
   c.train_queries = 0  # Query examples per class in training; 0 = `queries`.
   c.meta_batch_size = 8
-  c.task_chunk_size = 0  # > 0: tasks vmapped this many at a time (memory).
+  c.task_chunk_size = 0  # Tasks vmapped at once; 0: default_task_chunk_size.
   c.inner_steps = 1
   c.eval_inner_steps = 3
   c.inner_lr = 0.4
@@ -324,7 +324,9 @@ def _make_train_step(learner, optimizer, config):
     sample = functools.partial(episodes.sample_tasks, images=images, **shape)
     new_state, metrics = jaxmeta.make_meta_train_step(
         learner, optimizer, sample,
-        task_chunk_size=config.task_chunk_size or None)(state)
+        task_chunk_size=(config.task_chunk_size or
+                         jaxmeta.default_task_chunk_size(
+                             config.meta_batch_size)))(state)
     # A non-finite step is not applied: the state stays the last good one,
     # so the host can name the step and nothing bad reaches a checkpoint.
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(

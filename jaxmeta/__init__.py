@@ -33,6 +33,7 @@ from jaxmeta.models import conv4
 from jaxmeta.models import mlp
 from jaxmeta.models import Model
 from jaxmeta.models import resolve_conv_impl
+from jaxmeta.training import default_task_chunk_size
 from jaxmeta.training import init_train_state
 from jaxmeta.training import make_evaluate
 from jaxmeta.training import make_meta_train_step

