@@ -56,8 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta_optimizer = 'adam'  # 'adam' or 'sgd'.
   c.meta_lr = 1e-3
   c.meta_lr_final = -1.0  # < 0: constant; else linear decay to this value.
-  c.num_iterations = 300
-  c.eval_every = 100
+  c.num_iterations = 500
+  c.eval_every = 250
   c.num_val_tasks = 100
   c.num_eval_tasks = 600
   c.eval_batch_size = 50  # Evaluation tasks per compiled call.
@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.conv_impl = 'auto'
   c.seed = 0
   c.eval_seed = 2017
-  c.checkpoint_every = 100
+  c.checkpoint_every = 250
   c.keep_checkpoints = 3
   c.log_every = 10
   return c
