@@ -25,7 +25,6 @@ Inner loops run under `lax.scan`: the compiled program holds the inner update
 once, whatever the number of inner steps.
 """
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -112,16 +111,30 @@ def inner_loop(loss_fn: LossFn,
   return adapted, trace
 
 
-def _evaluate(adapt_with_query, loss_fn, params, task, num_steps):
-  """Shared `evaluate`: query metrics after 0..num_steps inner steps."""
-  adapted, trace = adapt_with_query(params, task, num_steps)
-  _, final = loss_fn(adapted, task.query_x, task.query_y)
-  out = {}
-  for k, v in final.items():
-    by_step = jnp.concatenate([trace[f'query_{k}'], v[None]])
-    out[k] = v
-    out[f'{k}_by_step'] = by_step  # [num_steps + 1]
-  return out
+def _adaptation(loss_fn: LossFn,
+                inner_optimizer: optax.GradientTransformation,
+                first_order: bool = False):
+  """The `adapt` and `evaluate` functions every algorithm here shares."""
+
+  def adapt(params, support_x, support_y, num_steps):
+    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
+                            inner_optimizer, first_order)
+    return adapted
+
+  def evaluate(params, task, num_steps):
+    """Query metrics after 0..num_steps inner steps."""
+    adapted, trace = inner_loop(loss_fn, params, task.support_x,
+                                task.support_y, num_steps, inner_optimizer,
+                                first_order, query=(task.query_x, task.query_y))
+    _, final = loss_fn(adapted, task.query_x, task.query_y)
+    out = {}
+    for k, v in final.items():
+      out[k] = v
+      out[f'{k}_by_step'] = jnp.concatenate(
+          [trace[f'query_{k}'], v[None]])  # [num_steps + 1]
+    return out
+
+  return adapt, evaluate
 
 
 def maml(init_fn: Callable[[PRNGKey], Params],
@@ -154,12 +167,7 @@ def maml(init_fn: Callable[[PRNGKey], Params],
     Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
     Deep Networks", Algorithm 2 and Section 5.2 (first-order approximation).
   """
-  inner_optimizer = optax.sgd(inner_lr)
-
-  def adapt(params, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
-                            inner_optimizer, first_order)
-    return adapted
+  adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr), first_order)
 
   def meta_loss(params, task):
     adapted = adapt(params, task.support_x, task.support_y, num_inner_steps)
@@ -169,12 +177,6 @@ def maml(init_fn: Callable[[PRNGKey], Params],
     meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task)
     return meta_grad, metrics
 
-  def adapt_with_query(params, task, num_steps):
-    return inner_loop(loss_fn, params, task.support_x, task.support_y,
-                      num_steps, inner_optimizer, first_order,
-                      query=(task.query_x, task.query_y))
-
-  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
   return MetaLearner('fomaml' if first_order else 'maml', init_fn, adapt,
                      task_update, evaluate)
 
@@ -224,11 +226,7 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
   """
   if inner_optimizer is None:
     inner_optimizer = optax.sgd(inner_lr)
-
-  def adapt(params, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
-                            inner_optimizer)
-    return adapted
+  adapt, evaluate = _adaptation(loss_fn, inner_optimizer)
 
   def task_update(params, task):
     adapted = adapt(params, task.support_x, task.support_y, num_inner_steps)
@@ -236,12 +234,6 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
     _, metrics = loss_fn(adapted, task.query_x, task.query_y)
     return pseudo_grad, metrics
 
-  def adapt_with_query(params, task, num_steps):
-    return inner_loop(loss_fn, params, task.support_x, task.support_y,
-                      num_steps, inner_optimizer,
-                      query=(task.query_x, task.query_y))
-
-  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
   return MetaLearner('reptile', init_fn, adapt, task_update, evaluate)
 
 
@@ -268,12 +260,7 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
     A `MetaLearner` named 'pretrain'.
   """
   del num_inner_steps
-  inner_optimizer = optax.sgd(inner_lr)
-
-  def adapt(params, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
-                            inner_optimizer)
-    return adapted
+  adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr))
 
   def task_update(params, task):
     x = jnp.concatenate([task.support_x, task.query_x])
@@ -281,12 +268,6 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
     grad, metrics = jax.grad(loss_fn, has_aux=True)(params, x, y)
     return grad, metrics
 
-  def adapt_with_query(params, task, num_steps):
-    return inner_loop(loss_fn, params, task.support_x, task.support_y,
-                      num_steps, inner_optimizer,
-                      query=(task.query_x, task.query_y))
-
-  evaluate = functools.partial(_evaluate, adapt_with_query, loss_fn)
   return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
 
 
