@@ -131,38 +131,43 @@ DEFAULT_NUM_STEPS = {'full': 20, 'tiny': 3}
 DEFAULT_WARMUP_STEPS = {'full': 2, 'tiny': 1}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', None, 'Output directory.', required=True)
-flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
-                  'full: the paper configurations; tiny: CI shapes.')
-flags.DEFINE_list('configs', [], 'Configurations to run (default: those of '
-                  f'--size). Known: {sorted(CONFIGS)}.')
-flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run.')
-flags.DEFINE_list('implementations', list(IMPLEMENTATIONS),
-                  'Implementations to run.')
-flags.DEFINE_list('conv_impls', ['auto'], "jaxmeta conv implementations to "
-                  "time: any of auto, xla, patches ('both' = xla,patches).")
-flags.DEFINE_integer('num_steps', None, 'Timed meta-steps per row (default '
-                     '20; 3 at --size=tiny).')
-flags.DEFINE_integer('warmup_steps', None, 'Untimed steps after the first '
-                     '(default 2; 1 at --size=tiny).')
-flags.DEFINE_float('max_seconds_per_row', 0.0, 'If > 0, time fewer than '
-                   '--num_steps steps (at least 3) where the warm-up says they '
-                   'would take longer than this; the row records the count.')
-flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
-                  'Matmul precision of the TIMED steps on both sides: highest '
-                  '(float32, no TF32: what the cross-check uses) or default '
-                  '(JAX default precision; TF32 allowed in torch on CUDA).')
-flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
-                   'meta-gradient, per parameter tensor.')
-flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
-                     'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
-                     'size (2 on CPU, the whole meta-batch on accelerators).')
-flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
-flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
-                    "'cpu' or 'cuda'.")
-flags.DEFINE_list('debug_perturb_check', [], 'Testing aid: torch '
-                  'implementations whose gradients are scaled by 1 + 1e-3 '
-                  'before the cross-check, which must then fail.')
+
+
+def define_flags() -> None:
+  """Defines the flags; only when run as a program, so that the experiment
+  modules can be imported together (absl flags are global)."""
+  flags.DEFINE_string('out', None, 'Output directory.', required=True)
+  flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
+                    'full: the paper configurations; tiny: CI shapes.')
+  flags.DEFINE_list('configs', [], 'Configurations to run (default: those of '
+                    f'--size). Known: {sorted(CONFIGS)}.')
+  flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run.')
+  flags.DEFINE_list('implementations', list(IMPLEMENTATIONS),
+                    'Implementations to run.')
+  flags.DEFINE_list('conv_impls', ['auto'], "jaxmeta conv implementations to "
+                    "time: any of auto, xla, patches ('both' = xla,patches).")
+  flags.DEFINE_integer('num_steps', None, 'Timed meta-steps per row (default '
+                       '20; 3 at --size=tiny).')
+  flags.DEFINE_integer('warmup_steps', None, 'Untimed steps after the first '
+                       '(default 2; 1 at --size=tiny).')
+  flags.DEFINE_float('max_seconds_per_row', 0.0, 'If > 0, time fewer than '
+                     '--num_steps steps (at least 3) where the warm-up says they '
+                     'would take longer than this; the row records the count.')
+  flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
+                    'Matmul precision of the TIMED steps on both sides: highest '
+                    '(float32, no TF32: what the cross-check uses) or default '
+                    '(JAX default precision; TF32 allowed in torch on CUDA).')
+  flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
+                     'meta-gradient, per parameter tensor.')
+  flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
+                       'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
+                       'size (2 on CPU, the whole meta-batch on accelerators).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
+  flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
+                      "'cpu' or 'cuda'.")
+  flags.DEFINE_list('debug_perturb_check', [], 'Testing aid: torch '
+                    'implementations whose gradients are scaled by 1 + 1e-3 '
+                    'before the cross-check, which must then fail.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -774,4 +779,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -123,38 +123,45 @@ _RESUMABLE_FIELDS = ('num_iterations', 'eval_every', 'num_eval_tasks',
                      'eval_batch_size', 'checkpoint_every', 'keep_checkpoints',
                      'log_every', 'conv_impl')
 
-flags.DEFINE_string('workdir', None, 'Directory of the run (required).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                  'train: meta-train (resuming if the workdir has a run), then '
-                  'test; eval: test the best checkpoint of the workdir.')
-flags.DEFINE_enum('preset', None, sorted(PRESETS), 'Published settings.')
-flags.DEFINE_string('data_dir', None, 'TFDS data dir for the prepared cache.')
-flags.DEFINE_string('source_dir', None,
-                    'Directory with the Omniglot zips (default: the copy '
-                    'shipped in data/omniglot).')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-flags.DEFINE_enum('algorithm', None, list(jaxmeta.ALGORITHMS), 'Algorithm.')
-flags.DEFINE_enum('split', None, list(omniglot.SPLIT_SCHEMES),
-                  'Character split.')
-flags.DEFINE_enum('inner_optimizer', None, ['sgd', 'adam'],
-                  'Inner optimiser (adam only for reptile).')
-flags.DEFINE_enum('meta_optimizer', None, ['adam', 'sgd'], 'Outer optimiser.')
-flags.DEFINE_enum('conv_impl', None, list(jaxmeta.models.CONV_IMPLS),
-                  'Convolution implementation.')
 _INT_FLAGS = ('ways', 'shots', 'queries', 'train_shots', 'train_queries',
-              'meta_batch_size', 'task_chunk_size',
-              'inner_steps', 'eval_inner_steps', 'num_iterations',
-              'eval_every', 'num_val_tasks', 'num_eval_tasks',
-              'eval_batch_size', 'image_size', 'num_filters', 'seed',
-              'eval_seed', 'checkpoint_every', 'keep_checkpoints', 'log_every')
-for _name in _INT_FLAGS:
-  flags.DEFINE_integer(_name, None, f'Overrides config.{_name}.')
-for _name in ('inner_lr', 'meta_lr', 'meta_lr_final'):
-  flags.DEFINE_float(_name, None, f'Overrides config.{_name}.')
-_CONFIG_FLAGS = _INT_FLAGS + ('inner_lr', 'meta_lr', 'meta_lr_final',
-                              'algorithm', 'split', 'inner_optimizer',
-                              'meta_optimizer', 'conv_impl')
+              'meta_batch_size', 'task_chunk_size', 'inner_steps',
+              'eval_inner_steps', 'num_iterations', 'eval_every',
+              'num_val_tasks', 'num_eval_tasks', 'eval_batch_size',
+              'image_size', 'num_filters', 'seed', 'eval_seed',
+              'checkpoint_every', 'keep_checkpoints', 'log_every')
+_FLOAT_FLAGS = ('inner_lr', 'meta_lr', 'meta_lr_final')
+_CONFIG_FLAGS = _INT_FLAGS + _FLOAT_FLAGS + (
+    'algorithm', 'split', 'inner_optimizer', 'meta_optimizer', 'conv_impl')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the flags; only when run as a program, so that the experiment
+  modules can be imported together (absl flags are global)."""
+  flags.DEFINE_string('workdir', None, 'Directory of the run (required).')
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                    'train: meta-train (resuming if the workdir has a run), '
+                    'then test; eval: test the best checkpoint of the workdir.')
+  flags.DEFINE_enum('preset', None, sorted(PRESETS), 'Published settings.')
+  flags.DEFINE_string('data_dir', None,
+                      'TFDS data dir for the prepared cache.')
+  flags.DEFINE_string('source_dir', None,
+                      'Directory with the Omniglot zips (default: the copy '
+                      'shipped in data/omniglot).')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+  flags.DEFINE_enum('algorithm', None, list(jaxmeta.ALGORITHMS), 'Algorithm.')
+  flags.DEFINE_enum('split', None, list(omniglot.SPLIT_SCHEMES),
+                    'Character split.')
+  flags.DEFINE_enum('inner_optimizer', None, ['sgd', 'adam'],
+                    'Inner optimiser (adam only for reptile).')
+  flags.DEFINE_enum('meta_optimizer', None, ['adam', 'sgd'],
+                    'Outer optimiser.')
+  flags.DEFINE_enum('conv_impl', None, list(jaxmeta.models.CONV_IMPLS),
+                    'Convolution implementation.')
+  for name in _INT_FLAGS:
+    flags.DEFINE_integer(name, None, f'Overrides config.{name}.')
+  for name in _FLOAT_FLAGS:
+    flags.DEFINE_float(name, None, f'Overrides config.{name}.')
 
 
 class ConfigError(ValueError):
@@ -521,4 +528,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -24,19 +24,23 @@ from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
 from experiments import common
 
-_OUT = flags.DEFINE_string('out', None, 'Output directory.')
-_NUM_TASKS = flags.DEFINE_integer('num_tasks', 32, 'Tasks per meta-batch.')
-_WAYS = flags.DEFINE_integer('ways', 20, 'Classes per task.')
-_SHOTS = flags.DEFINE_integer('shots', 5, 'Support examples per class.')
-_QUERIES = flags.DEFINE_integer('queries', 15, 'Query examples per class.')
-_NUM_FILTERS = flags.DEFINE_integer('num_filters', 64, 'Conv-4 filters.')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed meta-steps.')
-_SAMPLE_REPEATS = flags.DEFINE_integer('sample_repeats', 50,
-                                       'Timed sampling calls.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir.')
-_TASK_CHUNK_SIZE = flags.DEFINE_integer(
-    'task_chunk_size', 4, 'Tasks vmapped at once in the meta-step (0: all); '
-    'second-order MAML on 32 x 400 images needs ~27 GB unchunked.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the flags; only when run as a program (absl flags are global)."""
+  flags.DEFINE_string('out', None, 'Output directory.')
+  flags.DEFINE_integer('num_tasks', 32, 'Tasks per meta-batch.')
+  flags.DEFINE_integer('ways', 20, 'Classes per task.')
+  flags.DEFINE_integer('shots', 5, 'Support examples per class.')
+  flags.DEFINE_integer('queries', 15, 'Query examples per class.')
+  flags.DEFINE_integer('num_filters', 64, 'Conv-4 filters.')
+  flags.DEFINE_integer('repeats', 5, 'Timed meta-steps.')
+  flags.DEFINE_integer('sample_repeats', 50, 'Timed sampling calls.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir.')
+  flags.DEFINE_integer(
+      'task_chunk_size', 4, 'Tasks vmapped at once in the meta-step (0: '
+      'all); second-order MAML on 32 x 400 images needs ~27 GB unchunked.')
 
 
 def _median_seconds(fn, repeats):
@@ -92,11 +96,11 @@ def run(out: str, num_tasks: int, ways: int, shots: int, queries: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _OUT.value:
+  if not FLAGS.out:
     raise app.UsageError('--out is required.')
-  r = run(_OUT.value, _NUM_TASKS.value, _WAYS.value, _SHOTS.value,
-          _QUERIES.value, _NUM_FILTERS.value, _REPEATS.value,
-          _SAMPLE_REPEATS.value, _DATA_DIR.value, _TASK_CHUNK_SIZE.value)
+  r = run(FLAGS.out, FLAGS.num_tasks, FLAGS.ways, FLAGS.shots, FLAGS.queries,
+          FLAGS.num_filters, FLAGS.repeats, FLAGS.sample_repeats,
+          FLAGS.data_dir, FLAGS.task_chunk_size)
   print(f"{r['num_tasks']} tasks of {r['ways']}-way {r['shots']}-shot "
         f"{r['queries']}-query on {r['device']}: sampling "
         f"{r['sample_median_ms']:.2f} ms, MAML meta-step "
@@ -105,4 +109,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -48,33 +48,28 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-_ALGORITHM = flags.DEFINE_enum(
-    'algorithm', None, jaxmeta.ALGORITHMS + jaxmeta.BASELINES,
-    'Algorithm (default maml).')
-_NUM_ITERATIONS = flags.DEFINE_integer('num_iterations', None,
-                                       'Meta-training iterations.')
-_SHOTS = flags.DEFINE_integer('shots', None, 'Support points K per task.')
-_INNER_STEPS = flags.DEFINE_integer('inner_steps', None,
-                                    'Inner steps in meta-training.')
-_EVAL_INNER_STEPS = flags.DEFINE_integer('eval_inner_steps', None,
-                                         'Inner steps at evaluation.')
-_INNER_LR = flags.DEFINE_float('inner_lr', None, 'Inner learning rate.')
-_META_LR = flags.DEFINE_float('meta_lr', None, 'Adam learning rate.')
-_META_BATCH_SIZE = flags.DEFINE_integer('meta_batch_size', None,
-                                        'Tasks per meta-batch.')
-_NUM_EVAL_TASKS = flags.DEFINE_integer('num_eval_tasks', None,
-                                       'Held-out evaluation tasks.')
-_SEED = flags.DEFINE_integer('seed', None, 'Seed of initialisation and data.')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+FLAGS = flags.FLAGS
+_OVERRIDES = ('algorithm', 'num_iterations', 'shots', 'inner_steps',
+              'eval_inner_steps', 'inner_lr', 'meta_lr', 'meta_batch_size',
+              'num_eval_tasks', 'seed')
 
-_OVERRIDES = {
-    'algorithm': _ALGORITHM, 'num_iterations': _NUM_ITERATIONS,
-    'shots': _SHOTS, 'inner_steps': _INNER_STEPS,
-    'eval_inner_steps': _EVAL_INNER_STEPS, 'inner_lr': _INNER_LR,
-    'meta_lr': _META_LR, 'meta_batch_size': _META_BATCH_SIZE,
-    'num_eval_tasks': _NUM_EVAL_TASKS, 'seed': _SEED,
-}
+
+def define_flags() -> None:
+  """Defines the command-line flags; only when run as a program, so that the
+  experiment modules can be imported together (absl flags are global)."""
+  flags.DEFINE_string('workdir', None, 'Output directory.')
+  flags.DEFINE_enum('algorithm', None, jaxmeta.ALGORITHMS + jaxmeta.BASELINES,
+                    'Algorithm (default maml).')
+  flags.DEFINE_integer('num_iterations', None, 'Meta-training iterations.')
+  flags.DEFINE_integer('shots', None, 'Support points K per task.')
+  flags.DEFINE_integer('inner_steps', None, 'Inner steps in meta-training.')
+  flags.DEFINE_integer('eval_inner_steps', None, 'Inner steps at evaluation.')
+  flags.DEFINE_float('inner_lr', None, 'Inner learning rate.')
+  flags.DEFINE_float('meta_lr', None, 'Adam learning rate.')
+  flags.DEFINE_integer('meta_batch_size', None, 'Tasks per meta-batch.')
+  flags.DEFINE_integer('num_eval_tasks', None, 'Held-out evaluation tasks.')
+  flags.DEFINE_integer('seed', None, 'Seed of initialisation and data.')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -159,25 +154,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
   logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
   config = get_config()
-  for name, flag in _OVERRIDES.items():
-    if flag.value is not None:
-      config[name] = flag.value
+  for name in _OVERRIDES:
+    if FLAGS[name].value is not None:
+      config[name] = FLAGS[name].value
   try:
     validate(config)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  results = train_and_evaluate(config, _WORKDIR.value, _PROGRESS.value)
+  results = train_and_evaluate(config, FLAGS.workdir, FLAGS.progress)
   print(f"{results['algorithm']}: query MSE before adaptation "
         f"{results['pre_adaptation_mse']:.3f}, after "
         f"{config.eval_inner_steps} steps "
         f"{results['post_adaptation_mse']:.3f} "
         f"(+- {results['post_adaptation_mse_ci95']:.3f}, "
-        f"{config.num_eval_tasks} tasks); {_WORKDIR.value}/results.json")
+        f"{config.num_eval_tasks} tasks); {FLAGS.workdir}/results.json")
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
