@@ -186,8 +186,9 @@ def test_command_line_flags_and_eval_mode(tmp_path, omniglot_data_dir):
 def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
   """5-way 1-shot on real Omniglot: chance is 20%."""
   config = experiment.build_config(overrides=dict(
-      algorithm='fomaml', num_filters=16, meta_batch_size=8, queries=5,
-      num_iterations=150, eval_every=150, checkpoint_every=150, log_every=50,
+      algorithm='maml', num_filters=16, meta_batch_size=8, queries=5,
+      meta_lr=3e-3, num_iterations=150, eval_every=150, checkpoint_every=150, log_every=50,
       num_val_tasks=40, num_eval_tasks=100, eval_inner_steps=3))
   results = run(config, tmp_path, omniglot_data_dir)
-  assert results['test_accuracy'] - results['test_ci95'] > 0.45, results
+  # Measured: 67.4% +- 2.7% (100 test tasks) in under a minute on 2 cores.
+  assert results['test_accuracy'] - results['test_ci95'] > 0.5, results
