@@ -5,9 +5,22 @@ import os
 import tempfile
 from typing import Any, Mapping
 
+from absl import app
+from absl import flags
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+def check_command_line(argv, required_flag: str) -> None:
+  """The start of every experiment's `main`: no stray arguments, the output
+  flag given, and library INFO logs (orbax saves, TFDS reads) silenced."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS[required_flag].value:
+    raise app.UsageError(f'--{required_flag} is required.')
+  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
 
 
 def to_python(value: Any) -> Any:

@@ -23,7 +23,6 @@ from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -500,12 +499,7 @@ def config_from_flags() -> ml_collections.ConfigDict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
-  # Orbax and tensorflow-datasets log every save and read at INFO.
-  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
+  common.check_command_line(argv, 'workdir')
   try:
     config = config_from_flags()
     validate(config)

@@ -94,10 +94,7 @@ def run(out: str, num_tasks: int, ways: int, shots: int, queries: int,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.out:
-    raise app.UsageError('--out is required.')
+  common.check_command_line(argv, 'out')
   r = run(FLAGS.out, FLAGS.num_tasks, FLAGS.ways, FLAGS.shots, FLAGS.queries,
           FLAGS.num_filters, FLAGS.repeats, FLAGS.sample_repeats,
           FLAGS.data_dir, FLAGS.task_chunk_size)

@@ -15,7 +15,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -152,11 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
-  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
+  common.check_command_line(argv, 'workdir')
   config = get_config()
   for name in _OVERRIDES:
     if FLAGS[name].value is not None:
