@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxmeta.types import Array, Params, PRNGKey
 
-CONV_IMPLS = ('auto', 'xla', 'patches')
+CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf')
 
 
 class Model(NamedTuple):
@@ -82,25 +82,31 @@ def mlp(layer_sizes: Sequence[int],
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   """Returns the convolution implementation to use on the default backend.
 
-  Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4:
-  on a 2-core CPU, XLA's native convolution is about 6x slower than image
-  patches + one matmul (5.2 s vs 0.87 s per step at meta-batch 4); on an H200
-  patches are also faster (12.2 vs 14.3 ms at meta-batch 32, 19.3 vs 28.1 ms
-  for 84x84x3 inputs). TPUs run native convolutions on the MXU, so 'xla' there.
-  Both are numerically equivalent (tested).
+  Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4
+  (see `benchmarks/`): on a 2-core CPU, XLA's native convolution is the
+  slowest by far (its gradients and the second-order terms run as slow
+  generic convolutions: 4.7 s per step at meta-batch 4), NHWC patches take
+  about 420 ms and channels-first patches about 345 ms, so 'patches_cf' there.
+  On an H200 NHWC patches beat XLA's convolution (12.2 vs 14.3 ms at
+  meta-batch 32, 19.3 vs 28.1 ms for 84x84x3 inputs; 'patches_cf' is not
+  measured on a GPU yet), so 'patches' on GPUs. TPUs run native convolutions
+  on the MXU, so 'xla' there. All are numerically equivalent (tested).
 
   Args:
-    conv_impl: 'auto', 'xla' or 'patches'.
+    conv_impl: one of `CONV_IMPLS`.
 
   Returns:
-    'xla' or 'patches'.
+    'xla', 'patches' or 'patches_cf'.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'Unknown conv_impl {conv_impl!r}; choose one of '
                      f'{CONV_IMPLS}.')
   if conv_impl != 'auto':
     return conv_impl
-  return 'xla' if jax.default_backend() == 'tpu' else 'patches'
+  backend = jax.default_backend()
+  if backend == 'tpu':
+    return 'xla'
+  return 'patches_cf' if backend == 'cpu' else 'patches'
 
 
 def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
@@ -131,28 +137,93 @@ def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   return patches @ kernel.reshape(kh * kw * c_in, c_out)
 
 
+def conv2d_3x3_same_cf(x: Array, kernel: Array) -> Array:
+  """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
+
+  The nine shifted copies of the padded input are stacked on the leading
+  (channel) axis, and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
+  rest. With channels leading, building the copies moves whole contiguous
+  rows, and every matmul of the backward pass (filter gradient: contraction
+  over the minor `B H W` axis of both operands) needs no transposed copy;
+  XLA:CPU runs this layout 1.2x faster than NHWC patches (see
+  `resolve_conv_impl`).
+
+  Args:
+    x: `[in_channels, batch, height, width]`.
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
+
+  Returns:
+    `[out_channels, batch, height, width]`.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  _, b, h, w = x.shape
+  xp = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
+  # Row order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
+  patches = jnp.concatenate(
+      [xp[:, :, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+      axis=0)  # [kh * kw * c_in, batch, h, w]
+  out = kernel.reshape(kh * kw * c_in, c_out).T @ patches.reshape(
+      kh * kw * c_in, b * h * w)
+  return out.reshape(c_out, b, h, w)
+
+
 def batch_norm(x: Array, scale: Array, offset: Array,
-               eps: float = 1e-5) -> Array:
-  """Normalises with the statistics of the batch `x` itself (NHWC)."""
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  var = jnp.var(x, axis=(0, 1, 2))
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
+               eps: float = 1e-5, channel_axis: int = -1) -> Array:
+  """Normalises with the statistics of the batch `x` itself.
+
+  Args:
+    x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
+      (`channel_axis=0`).
+    scale: `[C]`.
+    offset: `[C]`.
+    eps: added to the variance.
+    channel_axis: the axis of `x` that holds the channels.
+
+  Returns:
+    `x` normalised per channel over every other axis, then scaled and offset.
+  """
+  channel_axis = channel_axis % x.ndim
+  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.var(x, axis=axes, keepdims=True)
+  return ((x - mean) * jax.lax.rsqrt(var + eps) * scale.reshape(shape)
+          + offset.reshape(shape))
 
 
-def max_pool_2x2(x: Array) -> Array:
+def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  The elementwise maximum of the four strided sub-grids. Not `jnp.max` over
-  a reshaped window: its derivative divides by the number of elements equal
-  to the maximum, and in MAML's second-order pass XLA may recompute the
+  The elementwise maximum of the four sub-grids of each 2x2 window, taken
+  from a reshape that splits each spatial axis into (size // 2, 2). Not
+  `jnp.max` over the window: its derivative divides by the number of elements
+  equal to the maximum, and in MAML's second-order pass XLA may recompute the
   window in a fusion that rounds differently, find no equal element, and
   return 0/0 = NaN (seen in float64 on Conv-4). `jnp.maximum` differentiates
-  by selection, with no division, at every order.
+  by selection, with no division, at every order. The reshape (rather than
+  strided slices) keeps every slice and its gradient contiguous.
+
+  Args:
+    x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
+      NHWC, (2, 3) for `[C, B, H, W]`.
+    spatial_axes: the (height, width) axes, adjacent.
+
+  Returns:
+    `x` with both spatial sizes halved (floored).
   """
-  h2, w2 = x.shape[1] // 2, x.shape[2] // 2
-  corner = lambda i, j: x[:, i:2 * h2:2, j:2 * w2:2, :]
-  return jnp.maximum(jnp.maximum(corner(0, 0), corner(0, 1)),
-                     jnp.maximum(corner(1, 0), corner(1, 1)))
+  ah, aw = spatial_axes
+  if aw != ah + 1:
+    raise ValueError(f'spatial_axes must be adjacent, got {spatial_axes}.')
+  h2, w2 = x.shape[ah] // 2, x.shape[aw] // 2
+  x = jax.lax.slice_in_dim(x, 0, 2 * h2, axis=ah)
+  x = jax.lax.slice_in_dim(x, 0, 2 * w2, axis=aw)
+  x = x.reshape(x.shape[:ah] + (h2, 2, w2, 2) + x.shape[aw + 1:])
+  pick = lambda i, j: jax.lax.index_in_dim(
+      jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
+      i, axis=ah + 1, keepdims=False)
+  return jnp.maximum(jnp.maximum(pick(0, 0), pick(0, 1)),
+                     jnp.maximum(pick(1, 0), pick(1, 1)))
 
 
 def conv4(num_classes: int,
@@ -178,7 +249,8 @@ def conv4(num_classes: int,
     input_shape: `(height, width, channels)` of one image.
     num_filters: filters of every conv layer (64 for Omniglot, 32 for 84x84).
     num_blocks: number of conv blocks.
-    conv_impl: 'auto', 'xla' or 'patches'; see `resolve_conv_impl`.
+    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
+      same function of the same parameters (HWIO kernels, NHWC inputs).
 
   Returns:
     A `Model`; `apply(params, x)` maps `[batch, H, W, C]` to logits
@@ -211,12 +283,21 @@ def conv4(num_classes: int,
     return params
 
   def apply(params: Params, x: Array) -> Array:
-    h = x  # [batch, H, W, C]
-    for i in range(num_blocks):
-      p = params[f'conv{i}']
-      h = conv2d_3x3_same(h, p['w'], impl) + p['b']
-      h = batch_norm(h, p['scale'], p['offset'])
-      h = max_pool_2x2(jax.nn.relu(h))
+    if impl == 'patches_cf':
+      h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
+      for i in range(num_blocks):
+        p = params[f'conv{i}']
+        h = conv2d_3x3_same_cf(h, p['w']) + p['b'][:, None, None, None]
+        h = batch_norm(h, p['scale'], p['offset'], channel_axis=0)
+        h = max_pool_2x2(jax.nn.relu(h), spatial_axes=(2, 3))
+      h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order
+    else:
+      h = x  # [batch, H, W, C]
+      for i in range(num_blocks):
+        p = params[f'conv{i}']
+        h = conv2d_3x3_same(h, p['w'], impl) + p['b']
+        h = batch_norm(h, p['scale'], p['offset'])
+        h = max_pool_2x2(jax.nn.relu(h))
     h = h.reshape(h.shape[0], -1)  # [batch, feature_dim]
     return h @ params['head']['w'] + params['head']['b']
 

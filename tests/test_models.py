@@ -63,20 +63,66 @@ def test_conv_impls_match_direct_convolution(impl):
                              _numpy_conv3x3_same(x, w), rtol=1e-4, atol=1e-4)
 
 
+def test_channels_first_conv_matches_direct_convolution():
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, 7, 6, 3).astype(np.float32)  # NHWC
+  w = rng.randn(3, 3, 3, 4).astype(np.float32)
+  out = models.conv2d_3x3_same_cf(np.transpose(x, (3, 0, 1, 2)), w)
+  np.testing.assert_allclose(np.transpose(out, (1, 2, 3, 0)),
+                             _numpy_conv3x3_same(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_channel_axis():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 2)) * 3.0 + 1.0  # NHWC
+  scale, offset = jnp.array([2.0, 0.5]), jnp.array([0.1, -1.0])
+  nhwc = models.batch_norm(x, scale, offset)
+  cf = models.batch_norm(jnp.transpose(x, (3, 0, 1, 2)), scale, offset,
+                         channel_axis=0)
+  np.testing.assert_allclose(np.transpose(cf, (1, 2, 3, 0)), nhwc,
+                             rtol=1e-5, atol=1e-5)
+  xn = np.asarray(x, np.float64)
+  mean, var = xn.mean(axis=(0, 1, 2)), xn.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(
+      nhwc, (xn - mean) / np.sqrt(var + 1e-5) * scale + offset, rtol=1e-5,
+      atol=1e-5)
+
+
 def test_conv_impls_give_the_same_maml_gradient():
   x = jax.random.uniform(jax.random.key(1), (2, 10, 28, 28, 1))
   y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
   tasks = jaxmeta.Task(x[:, :5], y[:, ::2], x[:, 5:], y[:, ::2])
   grads = {}
-  for impl in ('xla', 'patches'):
+  for impl in ('xla', 'patches', 'patches_cf'):
     model = jaxmeta.conv4(5, num_filters=8, conv_impl=impl)
     learner = jaxmeta.maml(model.init,
                            jaxmeta.classification_loss(model.apply), 0.4, 2)
     params = model.init(jax.random.key(0))
     grads[impl], _ = jax.jit(jaxmeta.meta_gradient, static_argnums=0)(
         learner, params, tasks)
-  chex.assert_trees_all_close(grads['xla'], grads['patches'], rtol=2e-3,
-                              atol=1e-5)
+  for impl in ('patches', 'patches_cf'):
+    chex.assert_trees_all_close(grads['xla'], grads[impl], rtol=2e-3,
+                                atol=1e-5)
+
+
+@pytest.mark.parametrize('input_shape', [(28, 28, 1), (21, 19, 3)])
+def test_conv4_impls_are_the_same_function_of_the_same_parameters(
+    input_shape):
+  x = jax.random.uniform(jax.random.key(1), (6,) + input_shape)
+  out = {}
+  for impl in ('xla', 'patches', 'patches_cf'):
+    model = jaxmeta.conv4(5, input_shape, num_filters=8, conv_impl=impl)
+    out[impl] = model.apply(model.init(jax.random.key(0)), x)
+  np.testing.assert_allclose(out['patches'], out['xla'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out['patches_cf'], out['xla'], rtol=1e-4,
+                             atol=1e-4)
+
+
+def test_resolve_conv_impl():
+  assert jaxmeta.resolve_conv_impl('xla') == 'xla'
+  assert jaxmeta.resolve_conv_impl('patches_cf') == 'patches_cf'
+  expected = {'cpu': 'patches_cf', 'tpu': 'xla'}.get(jax.default_backend(),
+                                                     'patches')
+  assert jaxmeta.resolve_conv_impl('auto') == expected
 
 
 def test_batch_norm_uses_the_statistics_of_the_batch():
@@ -101,16 +147,30 @@ def test_max_pool_floors_odd_sizes():
                                 np.asarray(x)[0, 1:6:2, 1:6:2, 0])
 
 
+def test_max_pool_matches_numpy_on_any_spatial_axes():
+  x = np.random.RandomState(0).randn(3, 2, 7, 6).astype(np.float32)
+  ref = x[:, :, :6, :6].reshape(3, 2, 3, 2, 3, 2).max(axis=(3, 5))
+  np.testing.assert_array_equal(models.max_pool_2x2(x, spatial_axes=(2, 3)),
+                                ref)
+  np.testing.assert_array_equal(
+      models.max_pool_2x2(np.transpose(x, (1, 2, 3, 0))),
+      np.transpose(ref, (1, 2, 3, 0)))
+  with pytest.raises(ValueError, match='adjacent'):
+    models.max_pool_2x2(x, spatial_axes=(1, 3))
+
+
 def test_unknown_conv_impl_is_rejected():
   with pytest.raises(ValueError, match='conv_impl'):
     jaxmeta.conv4(5, conv_impl='cudnn')
 
 
-def test_second_order_maml_gradient_through_max_pool_is_finite_in_float64():
+@pytest.mark.parametrize('impl', ['xla', 'patches_cf'])
+def test_second_order_maml_gradient_through_max_pool_is_finite_in_float64(
+    impl):
   # Regression: a jnp.max-over-window pool divides by the count of elements
   # equal to the max; XLA's re-rounded recomputation made that 0/0 here.
   with jax.enable_x64(True):
-    model = jaxmeta.conv4(5, num_filters=64, conv_impl='xla')
+    model = jaxmeta.conv4(5, num_filters=64, conv_impl=impl)
     params = jax.tree.map(lambda a: a.astype(jnp.float64),
                           model.init(jax.random.key(0)))
     x = jax.random.normal(jax.random.PRNGKey(1), (80, 28, 28, 1),
