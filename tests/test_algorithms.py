@@ -191,6 +191,30 @@ def test_reptile_update_is_interpolation_towards_adapted_weights():
                               rtol=1e-5, atol=1e-6)
 
 
+def test_reptile_without_query_metrics_does_the_same_update():
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  tasks = _classification_tasks(jax.random.key(2))
+  params = model.init(jax.random.key(3))
+  with_query = jaxmeta.reptile(model.init, loss_fn, 0.2, 3)
+  without = jaxmeta.reptile(model.init, loss_fn, 0.2, 3, query_metrics=False)
+  grad_q, metrics_q = jaxmeta.meta_gradient(with_query, params, tasks)
+  grad, metrics = jaxmeta.meta_gradient(without, params, tasks)
+  chex.assert_trees_all_close(grad, grad_q, rtol=1e-6, atol=1e-7)
+  assert set(metrics_q) == {'loss', 'accuracy'}
+  assert set(metrics) == {'support_loss', 'support_accuracy'}
+  # The support loss of the last inner step, at the weights after 2 steps.
+  support_losses = []
+  for i in range(tasks.support_x.shape[0]):
+    t = _task(tasks, i)
+    phi = with_query.adapt(params, t.support_x, t.support_y, 2)
+    support_losses.append(loss_fn(phi, t.support_x, t.support_y)[0])
+  np.testing.assert_allclose(metrics['support_loss'], np.mean(support_losses),
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match='num_inner_steps'):
+    jaxmeta.reptile(model.init, loss_fn, 0.2, 0, query_metrics=False)
+
+
 @pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
 def test_vmap_over_tasks_equals_loop_over_tasks(name):
   model = _tanh_mlp()
