@@ -2,6 +2,8 @@
 
 import json
 import os
+import platform
+import sys
 import tempfile
 from typing import Any, Mapping
 
@@ -130,3 +132,46 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
+_REEXEC_MARKER = 'JAXMETA_REEXECUTED'
+
+
+def reexec_with_huge_pages() -> None:
+  """Restarts this program with glibc's malloc on transparent huge pages.
+
+  XLA:CPU allocates the temporary buffers of a compiled program afresh on
+  every call (over 100 MB for a Conv-4 MAML step). glibc serves such sizes
+  with fresh `mmap`s, and with 4 KiB pages the kernel takes tens of
+  thousands of page faults per step to map and zero them: 76k per Omniglot
+  5-way 1-shot MAML step at meta-batch 4, 330 with huge pages, and the step
+  1.2x faster (437 -> 365 ms, medians of 10 steps, 2-core CPU). glibc reads
+  `GLIBC_TUNABLES` only at start-up, so the experiments' entry points call
+  this first: if the tunable is missing it re-executes the same command line
+  with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (the kernel still
+  decides, following /sys/kernel/mm/transparent_hugepage). It does nothing
+  off Linux, with a libc other than glibc >= 2.35, when the tunable is
+  already set, or with `JAXMETA_HUGE_PAGES=0` in the environment.
+  """
+  if os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0':
+    return
+  if os.environ.get(_REEXEC_MARKER) or sys.platform != 'linux':
+    return
+  libc, version = platform.libc_ver()
+  try:
+    major_minor = tuple(int(v) for v in version.split('.')[:2])
+  except ValueError:
+    return
+  if libc != 'glibc' or major_minor < (2, 35):
+    return
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return
+  env = dict(os.environ, **{
+      _REEXEC_MARKER: '1',
+      'GLIBC_TUNABLES': ':'.join(t for t in (tunables, HUGE_PAGES_TUNABLE)
+                                 if t)})
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)

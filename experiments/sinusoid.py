@@ -170,5 +170,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  common.reexec_with_huge_pages()
   define_flags()
   app.run(main)
