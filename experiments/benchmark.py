@@ -57,6 +57,7 @@ import numpy as np
 import optax
 
 import jaxmeta
+from experiments import common
 
 ALGORITHMS = ('maml', 'fomaml', 'reptile')
 TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
@@ -319,6 +320,9 @@ def environment(torch_device: str | None) -> dict[str, Any]:
       'versions': {p: package_version(p) for p in (
           'jax', 'jaxlib', 'optax', 'numpy', 'torch', 'higher')},
       'jaxmeta': getattr(jaxmeta, '__version__', None),
+      # Set by `common.reexec_with_huge_pages` (both JAX and PyTorch run in
+      # this one process, under the same allocator settings).
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
   }
   if torch_device is not None:
     import torch  # pylint: disable=g-import-not-at-top
@@ -362,9 +366,15 @@ def timed_count(settings: Settings, last_warmup_s: float) -> int:
 def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
   model = jaxmeta.conv4(config.ways, config.input_shape, config.num_filters,
                         config.num_blocks, conv_impl=conv_impl)
-  learner = jaxmeta.make_learner(
-      algorithm, model.init, jaxmeta.classification_loss(model.apply),
-      config.inner_lr, config.inner_steps)
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  if algorithm == 'reptile':
+    # The PyTorch Reptiles do the update only; so does this one (no query
+    # scoring for monitoring, see `jaxmeta.reptile`).
+    learner = jaxmeta.reptile(model.init, loss_fn, config.inner_lr,
+                              config.inner_steps, query_metrics=False)
+  else:
+    learner = jaxmeta.make_learner(algorithm, model.init, loss_fn,
+                                   config.inner_lr, config.inner_steps)
   optimizer = optax.adam(config.outer_lr)
   return learner, optimizer
 
@@ -415,7 +425,8 @@ def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
   return dict(summarise(times, config.meta_batch), task_chunk_size=chunk,
               compile_s=compile_s,
               first_step_s=first_step_s, peak_memory_bytes=peak,
-              final_query_loss=float(metrics['loss']))
+              final_loss=float(metrics.get('loss',
+                                           metrics.get('support_loss'))))
 
 
 # ----------------------------------------------------------------------------
@@ -675,6 +686,7 @@ def markdown(results: dict[str, Any]) -> str:
       f'{env.get("torch_num_threads", "-")}',
       '- Versions: ' + ', '.join(f'{k} {v}' for k, v in
                                  env['versions'].items() if v),
+      f'- GLIBC_TUNABLES: {env.get("glibc_tunables") or "-"}',
       f'- Timed precision: {results["timing_precision"]}; cross-check: '
       f'{results["check_precision"]}, tolerance '
       f'{results["settings"]["check_tol"]:g} relative per tensor',
@@ -779,5 +791,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  common.reexec_with_huge_pages()
   define_flags()
   app.run(main)

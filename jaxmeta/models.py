@@ -83,11 +83,11 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   """Returns the convolution implementation to use on the default backend.
 
   Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4
-  (see `benchmarks/`): on a 2-core CPU, XLA's native convolution is the
+  (`benchmarks/cpu`): on a 2-core CPU, XLA's native convolution is the
   slowest by far (its gradients and the second-order terms run as slow
-  generic convolutions: 4.7 s per step at meta-batch 4), NHWC patches take
-  about 420 ms and channels-first patches about 345 ms, so 'patches_cf' there.
-  On an H200 NHWC patches beat XLA's convolution (12.2 vs 14.3 ms at
+  generic convolutions: 4.1 s per step at meta-batch 4), NHWC patches take
+  410 ms and channels-first patches 335 ms, so 'patches_cf' there. On an
+  H200 NHWC patches beat XLA's convolution (12.2 vs 14.3 ms at
   meta-batch 32, 19.3 vs 28.1 ms for 84x84x3 inputs; 'patches_cf' is not
   measured on a GPU yet), so 'patches' on GPUs. TPUs run native convolutions
   on the MXU, so 'xla' there. All are numerically equivalent (tested).
