@@ -1,0 +1,59 @@
+"""Tests of experiments/common.py's start-up restart with huge pages."""
+
+import os
+import platform
+import sys
+
+import pytest
+
+from experiments import common
+
+
+class _Exec(Exception):
+  pass
+
+
+@pytest.fixture
+def execve(monkeypatch):
+  calls = []
+
+  def fake_execve(path, argv, env):
+    calls.append((path, argv, env))
+    raise _Exec()
+
+  monkeypatch.setattr(os, 'execve', fake_execve)
+  monkeypatch.setattr(sys, 'platform', 'linux')
+  monkeypatch.setattr(platform, 'libc_ver', lambda: ('glibc', '2.36'))
+  for name in ('GLIBC_TUNABLES', 'JAXMETA_HUGE_PAGES', 'JAXMETA_REEXECUTED'):
+    monkeypatch.delenv(name, raising=False)
+  return calls
+
+
+def test_restarts_the_same_command_with_the_tunable_added(execve,
+                                                          monkeypatch):
+  monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
+  monkeypatch.setattr(sys, 'orig_argv',
+                      ['python3', '-m', 'experiments.omniglot', '--x=1'])
+  with pytest.raises(_Exec):
+    common.reexec_with_huge_pages()
+  (path, argv, env), = execve
+  assert path == sys.executable
+  assert argv == [sys.executable, '-m', 'experiments.omniglot', '--x=1']
+  assert env['GLIBC_TUNABLES'] == ('glibc.malloc.arena_max=2:'
+                                   'glibc.malloc.hugetlb=1')
+
+
+@pytest.mark.parametrize('env, libc', [
+    ({'JAXMETA_HUGE_PAGES': '0'}, ('glibc', '2.36')),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, ('glibc', '2.36')),
+    ({'JAXMETA_REEXECUTED': '1'}, ('glibc', '2.36')),
+    ({}, ('glibc', '2.31')),
+    ({}, ('', '')),
+])
+def test_does_nothing_when_off_set_or_unsupported(execve, monkeypatch, env,
+                                                  libc):
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setattr(platform, 'libc_ver', lambda: libc)
+  common.reexec_with_huge_pages()
+  assert not execve
