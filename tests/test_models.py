@@ -120,9 +120,10 @@ def test_conv4_impls_are_the_same_function_of_the_same_parameters(
 def test_resolve_conv_impl():
   assert jaxmeta.resolve_conv_impl('xla') == 'xla'
   assert jaxmeta.resolve_conv_impl('patches_cf') == 'patches_cf'
-  expected = {'cpu': 'patches_cf', 'tpu': 'xla'}.get(jax.default_backend(),
-                                                     'patches')
+  expected = 'xla' if jax.default_backend() == 'tpu' else 'patches_cf'
   assert jaxmeta.resolve_conv_impl('auto') == expected
+  with pytest.raises(ValueError, match='Unknown conv_impl'):
+    jaxmeta.resolve_conv_impl('winograd')
 
 
 def test_batch_norm_uses_the_statistics_of_the_batch():
