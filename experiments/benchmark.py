@@ -70,6 +70,11 @@ PRECISIONS = ('highest', 'default')
 ZERO_GRAD_FRACTION = 1e-4
 # How much `--debug_perturb_check` scales a torch gradient tensor by.
 DEBUG_PERTURBATION = 1e-3
+# Largest relative error between a PyTorch implementation's float64
+# meta-gradient and jaxmeta's (the float64 check): the same function computed
+# in float64 agrees to ~1e-13 even where float32 rounding, amplified by the
+# problem's conditioning, leaves 1e-3; a larger gap is a different function.
+FLOAT64_TOL = 1e-8
 MIN_TIMED_STEPS = 3
 BYTES_PER_MIB = 2**20
 
@@ -159,7 +164,13 @@ def define_flags() -> None:
                     '(float32, no TF32: what the cross-check uses) or default '
                     '(JAX default precision; TF32 allowed in torch on CUDA).')
   flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
-                     'meta-gradient, per parameter tensor.')
+                     'float32 meta-gradient against the reference, per '
+                     'parameter tensor (see `verdict` for the float64 rule).')
+  flags.DEFINE_bool('float64_check', True, 'Also compute the meta-gradient in '
+                    'float64 (jaxmeta, and every PyTorch implementation): '
+                    "reports each float32 result's error against it, and "
+                    'fails a PyTorch implementation whose float64 gradient '
+                    f'differs from jaxmeta\'s by more than {FLOAT64_TOL:g}.')
   flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
                        'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
                        'size (2 on CPU, the whole meta-batch on accelerators).')
@@ -188,6 +199,7 @@ class Settings:
   torch_device: str = 'auto'
   debug_perturb_check: tuple[str, ...] = ()
   task_chunk_size: int = 0
+  float64_check: bool = True
 
 
 # ----------------------------------------------------------------------------
@@ -223,9 +235,9 @@ def make_tasks(config: BenchConfig, key: jax.Array) -> jaxmeta.Task:
                       labels(config.queries))
 
 
-def flatten_params(params) -> dict[str, np.ndarray]:
-  """`{'conv0': {'w': a}}` -> `{'conv0/w': np.asarray(a)}`."""
-  return {f'{m}/{leaf}': np.array(v, np.float32)
+def flatten_params(params, dtype=np.float32) -> dict[str, np.ndarray]:
+  """`{'conv0': {'w': a}}` -> `{'conv0/w': np.asarray(a, dtype)}`."""
+  return {f'{m}/{leaf}': np.array(v, dtype)
           for m, d in params.items() for leaf, v in d.items()}
 
 
@@ -282,6 +294,56 @@ def cross_check(reference: dict[str, np.ndarray],
   passed = not problems and bool(errs) and max_err <= tol
   return {'passed': passed, 'max_rel_err': max_err, 'worst_tensor': worst,
           'tol': tol, 'tensors': tensors, 'problems': problems}
+
+
+def verdict(entry: dict[str, Any], tol: float,
+            reference_vs_float64: float | None) -> tuple[bool, str]:
+  """Whether an implementation's meta-gradient passes the cross-check.
+
+  Passes if it computes the same function (its float64 meta-gradient agrees
+  with jaxmeta's to `FLOAT64_TOL`, where the float64 check ran) and either
+  its float32 meta-gradient agrees with the reference's to `tol`, or it is at
+  least as close to the float64 meta-gradient as the reference's float32 one
+  is (or within `tol` of it). The second way exists because at full size no
+  two float32 implementations agree to 1e-4: a max-pool window whose two
+  largest inputs are closer than float32 resolves routes the gradient to a
+  different pixel in each (one window in one of 32 Omniglot tasks moves that
+  task's gradient by 4%), while in float64 they agree to 1e-14.
+
+  Args:
+    entry: `cross_check(reference, candidate, tol)` of the float32
+      meta-gradients, with `vs_float64_max_rel_err` and `float64_agreement`
+      where the float64 check ran.
+    tol: the float32 tolerance.
+    reference_vs_float64: the reference's own float32 error against float64.
+
+  Returns:
+    `(passed, how)`: how is 'float32' or 'float64' (the rule that passed it),
+    or why it failed: 'error', 'float64 mismatch', 'float32 mismatch'.
+  """
+  if entry.get('problems'):
+    return False, 'error'
+  agreement = entry.get('float64_agreement')
+  if agreement is not None and not agreement <= FLOAT64_TOL:
+    return False, 'float64 mismatch'
+  if entry.get('max_rel_err') is not None and entry['max_rel_err'] <= tol:
+    return True, 'float32'
+  vs_float64 = entry.get('vs_float64_max_rel_err')
+  if (agreement is not None and vs_float64 is not None
+      and reference_vs_float64 is not None
+      and vs_float64 <= max(tol, reference_vs_float64)):
+    return True, 'float64'
+  return False, 'float32 mismatch'
+
+
+def float64_errors(truth: dict[str, np.ndarray] | None,
+                   got: dict[str, np.ndarray]) -> dict[str, Any]:
+  """A float32 meta-gradient's error against the float64 one (if computed)."""
+  if truth is None:
+    return {}
+  result = cross_check(truth, got, float('inf'))
+  return {'vs_float64_max_rel_err': result['max_rel_err'],
+          'vs_float64_worst_tensor': result['worst_tensor']}
 
 
 # ----------------------------------------------------------------------------
@@ -379,14 +441,60 @@ def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
   return learner, optimizer
 
 
+def _enable_x64():
+  """A context in which JAX computes in float64 (its API moved in 0.8)."""
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
+
+
+def _compile_unoptimised(fn, *args):
+  """Compiles `fn` for a one-off check: on GPUs without autotuning.
+
+  XLA:GPU autotunes every matmul and convolution of a program, which took 45 s
+  of the 50 s compile of a full-precision Omniglot MAML meta-gradient on an
+  H200; a check computed once does not need the fastest kernels.
+  """
+  lowered = jax.jit(fn).lower(*args)
+  options = ({'xla_gpu_autotune_level': 0}
+             if jax.default_backend() == 'gpu' else None)
+  return lowered.compile(compiler_options=options)
+
+
 def jax_meta_gradient(config: BenchConfig, algorithm: str, conv_impl: str,
-                      params, tasks) -> dict[str, np.ndarray]:
-  """jaxmeta's mean meta-gradient at full float32 precision."""
+                      params, tasks, float64: bool = False
+                      ) -> dict[str, np.ndarray]:
+  """jaxmeta's mean meta-gradient at full float32 (or float64) precision."""
   learner, _ = jax_setup(config, algorithm, conv_impl)
+  fn = functools.partial(jaxmeta.meta_gradient, learner)
+  if float64:
+    with _enable_x64(), jax.default_matmul_precision('highest'):
+      to64 = lambda v: (jnp.asarray(v, jnp.float64)
+                        if jnp.issubdtype(v.dtype, jnp.floating) else v)
+      params, tasks = jax.tree.map(to64, (params, tasks))
+      grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
+      return flatten_params(grads, np.float64)
   with jax.default_matmul_precision('highest'):
-    grads, _ = jax.jit(functools.partial(jaxmeta.meta_gradient, learner))(
-        params, tasks)
+    grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
   return flatten_params(grads)
+
+
+def program_peak_bytes(compiled) -> int | None:
+  """Device memory one run of a compiled program needs, from XLA's analysis.
+
+  Arguments + outputs - donated (aliased) buffers + temporaries. Not the
+  device's `peak_bytes_in_use`: that counts since the process started, so
+  every row after the largest would report the largest (seen on an H200).
+  """
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes
+             - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
 def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
@@ -420,11 +528,11 @@ def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
       state, metrics = compiled(state, tasks)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - start)
-  stats = jax.devices()[0].memory_stats()
-  peak = stats.get('peak_bytes_in_use') if stats else None
   return dict(summarise(times, config.meta_batch), task_chunk_size=chunk,
               compile_s=compile_s,
-              first_step_s=first_step_s, peak_memory_bytes=peak,
+              first_step_s=first_step_s,
+              peak_memory_bytes=program_peak_bytes(compiled),
+              peak_memory_source='XLA memory analysis of the compiled step',
               final_loss=float(metrics.get('loss',
                                            metrics.get('support_loss'))))
 
@@ -458,6 +566,21 @@ def torch_meta_gradient(tb, model, meta_grad, batch,
   return grads
 
 
+def torch_meta_gradient_float64(tb, config: BenchConfig, implementation: str,
+                                algorithm: str, params, batch,
+                                device: str) -> dict[str, np.ndarray]:
+  """One PyTorch implementation's meta-gradient in float64 (same weights)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
+                   config.num_blocks).to(device=device, dtype=torch.float64)
+  tb.params_from_jax(model, params)  # float32 values, exact in float64
+  batch = tb.TorchBatch(*(t.double() if t.is_floating_point() else t
+                          for t in batch))
+  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
+                                algorithm, config.inner_lr, config.inner_steps)
+  return torch_meta_gradient(tb, model, meta_grad, batch, perturb=False)
+
+
 def time_torch(tb, config: BenchConfig, model, meta_grad, batch,
                device: str, settings: Settings) -> dict[str, Any]:
   """Times `zero_grad` + meta-gradient + `Adam.step` of one implementation."""
@@ -487,7 +610,9 @@ def time_torch(tb, config: BenchConfig, model, meta_grad, batch,
   peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
   set_torch_precision(True)
   return dict(summarise(times, config.meta_batch), compile_s=None,
-              first_step_s=first_step_s, peak_memory_bytes=peak)
+              first_step_s=first_step_s, peak_memory_bytes=peak,
+              peak_memory_source=('torch.cuda.max_memory_allocated' if peak
+                                  else None))
 
 
 # ----------------------------------------------------------------------------
@@ -541,7 +666,8 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
                f'jax.random.key({settings.seed}); weights: jaxmeta.conv4 init '
                'from the same seed, identical for every implementation'),
       'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
-                         'off',
+                         'off' + ('; and float64' if settings.float64_check
+                                  else ''),
       'timing_precision': settings.timing_precision,
       'cross_checks': [],
       'rows': [],
@@ -563,11 +689,16 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       params = jaxmeta.init_train_state(learner, optimizer, init_key).params
       reference = jax_meta_gradient(config, algorithm, conv_impls[0], params,
                                     tasks)
+      # The float64 meta-gradient: what every float32 result approximates.
+      truth = (jax_meta_gradient(config, algorithm, conv_impls[0], params,
+                                 tasks, float64=True)
+               if settings.float64_check else None)
       candidates = [('jaxmeta', c) for c in conv_impls[1:]
                     if 'jaxmeta' in settings.implementations]
       candidates += [(i, None) for i in torch_impls]
       check = {('jaxmeta', conv_impls[0]): {
-          'passed': True, 'max_rel_err': 0.0, 'reference': True}}
+          'passed': True, 'max_rel_err': 0.0, 'reference': True,
+          **float64_errors(truth, reference)}}
       for impl, conv_impl in candidates:
         entry = {'config': config_name, 'algorithm': algorithm,
                  'implementation': impl, 'conv_impl': conv_impl,
@@ -584,8 +715,21 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
             got = torch_meta_gradient(tb, model, meta_grad, batch,
                                       impl in settings.debug_perturb_check)
           entry.update(cross_check(reference, got, settings.check_tol))
+          entry.update(float64_errors(truth, got))
+          if truth is not None:
+            if impl == 'jaxmeta':
+              got64 = jax_meta_gradient(config, algorithm, conv_impl, params,
+                                        tasks, float64=True)
+            else:
+              got64 = torch_meta_gradient_float64(
+                  tb, config, impl, algorithm, params, batch, device)
+            entry['float64_agreement'] = cross_check(
+                truth, got64, FLOAT64_TOL)['max_rel_err']
+          entry['passed'], entry['verdict'] = verdict(
+              entry, settings.check_tol,
+              check[('jaxmeta', conv_impls[0])].get('vs_float64_max_rel_err'))
         except Exception as e:  # pylint: disable=broad-except
-          entry.update(passed=False, max_rel_err=None,
+          entry.update(passed=False, verdict='error', max_rel_err=None,
                        problems=[f'{type(e).__name__}: {e}'],
                        traceback=traceback.format_exc())
         results['cross_checks'].append(entry)
@@ -593,8 +737,11 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
         print(f'[check] {config_name} {algorithm} {impl}'
               f'{"[" + conv_impl + "]" if conv_impl else ""}: '
               f'{"ok" if entry["passed"] else "MISMATCH"} '
+              f'({entry["verdict"]}) '
               f'max_rel_err={entry.get("max_rel_err")} '
-              f'({entry.get("worst_tensor")})', flush=True)
+              f'({entry.get("worst_tensor")}); vs float64 '
+              f'{entry.get("vs_float64_max_rel_err")}, float64 agreement '
+              f'{entry.get("float64_agreement")}', flush=True)
       timed = ([('jaxmeta', c) for c in conv_impls]
                if 'jaxmeta' in settings.implementations else [])
       timed += [(i, None) for i in torch_impls]
@@ -614,7 +761,10 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
                              timing_precision=settings.timing_precision),
             'versions': results['environment']['versions'],
             'cross_check_passed': entry['passed'],
+            'cross_check_verdict': entry.get('verdict', 'reference'),
             'cross_check_max_rel_err': entry.get('max_rel_err'),
+            'cross_check_vs_float64': entry.get('vs_float64_max_rel_err'),
+            'float64_agreement': entry.get('float64_agreement'),
             'load_average_before': load_average(),
         }
         if not entry['passed']:
@@ -695,11 +845,18 @@ def markdown(results: dict[str, Any]) -> str:
       '- ms per meta-step = the whole step (meta-gradient over the meta-batch '
       '+ Adam update); median and min over the timed steps after warm-up. '
       'first step = JAX compile + first run; torch first run.',
+      '- grad check: max relative error per tensor of the float32 '
+      'meta-gradient against the reference; vs float64: its error against '
+      'the float64 meta-gradient, and in brackets the float64 agreement (that '
+      f'implementation in float64 against jaxmeta in float64, <= {FLOAT64_TOL:g} '
+      'required). Pass: float64 agreement, and float32 error within the '
+      'tolerance or "(f64 rule)": no further from float64 than the '
+      'reference\'s own float32 result.',
       '',
       '| config | algorithm | implementation | median ms | min ms | steps | '
       'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
-      'grad check (max rel err) |',
-      '|' + '---|' * 12,
+      'grad check (max rel err) | vs float64 (f64 agreement) |',
+      '|' + '---|' * 13,
   ]
   loop_ms = {(r['config'], r['algorithm']): r['median_ms']
              for r in results['rows']
@@ -714,6 +871,11 @@ def markdown(results: dict[str, Any]) -> str:
              and r['cross_check_max_rel_err'] == 0.0 else
              _fmt(r['cross_check_max_rel_err'], '.1e'))
     check = ('pass ' if r['cross_check_passed'] else 'FAIL ') + check
+    if r.get('cross_check_verdict') == 'float64':
+      check += ' (f64 rule)'
+    vs64 = _fmt(r.get('cross_check_vs_float64'), '.1e')
+    if r.get('float64_agreement') is not None:
+      vs64 += f' ({r["float64_agreement"]:.0e})'
     lines.append(
         f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
         f'{r["algorithm"]} | {row_label(r)} | '
@@ -725,7 +887,7 @@ def markdown(results: dict[str, Any]) -> str:
                        _fmt(r.get('first_step_s'), '.2f'),
                        _fmt(peak, '.0f'), speedup])
            if ok else f'{r["status"]} | | | | | | | ')
-        + f' | {check} |')
+        + f' | {check} | {vs64} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -778,7 +940,8 @@ def settings_from_flags() -> Settings:
       seed=FLAGS.seed,
       torch_device=FLAGS.torch_device,
       debug_perturb_check=tuple(FLAGS.debug_perturb_check),
-      task_chunk_size=FLAGS.task_chunk_size)
+      task_chunk_size=FLAGS.task_chunk_size,
+      float64_check=FLAGS.float64_check)
 
 
 def main(argv: Sequence[str]) -> None:

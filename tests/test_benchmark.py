@@ -5,6 +5,7 @@ PyTorch implementation, that it fails when the gradients differ, and that the
 three outputs are written with sane contents.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -53,6 +54,11 @@ def test_tiny_benchmark_passes_cross_check(tiny_run):
       assert (algorithm, impl) in checked
   for check in results['cross_checks']:
     assert check['max_rel_err'] <= 1e-4
+    # Each implementation's float32 result is within 1e-4 of the float64
+    # meta-gradient, and in float64 each computes jaxmeta's function.
+    assert check['vs_float64_max_rel_err'] <= 1e-4
+    assert check['float64_agreement'] <= benchmark.FLOAT64_TOL
+    assert check['verdict'] == 'float32'
 
 
 def test_tiny_benchmark_outputs(tiny_run):
@@ -70,6 +76,9 @@ def test_tiny_benchmark_outputs(tiny_run):
     assert row['tasks_per_s'] > 0
     assert row['device'] and row['versions']['jax']
     assert row['settings']['meta_batch'] == benchmark.CONFIGS['tiny'].meta_batch
+    if row['implementation'] == 'jaxmeta':
+      # From XLA's analysis of the step, on any backend.
+      assert row['peak_memory_bytes'] > 0
   markdown = (out_dir / 'benchmark.md').read_text()
   assert '| config | algorithm |' in markdown
   assert results['environment']['cpu'] in markdown
@@ -139,6 +148,59 @@ def test_cross_check_detects_perturbed_and_mismatched_gradients():
   assert not benchmark.cross_check(reference, nan, 1e-4)['passed']
   missing = {k: v for k, v in good.items() if k != 'head/b'}
   assert not benchmark.cross_check(reference, missing, 1e-4)['passed']
+
+
+def test_float64_check_separates_rounding_from_a_different_function():
+  config = benchmark.CONFIGS['tiny']
+  params, reference, _, batch, _ = _tiny_setup('maml')
+  data_key, _ = jax.random.split(jax.random.key(0))
+  tasks = benchmark.make_tasks(config, data_key)
+  truth = benchmark.jax_meta_gradient(config, 'maml', 'auto', params, tasks,
+                                      float64=True)
+  assert all(v.dtype == np.float64 for v in truth.values())
+  # float32 jaxmeta is a rounding away from float64 ...
+  assert benchmark.cross_check(truth, reference, 1e-4)['passed']
+  # ... and every torch implementation in float64 is the same function.
+  for impl in benchmark.TORCH_IMPLEMENTATIONS:
+    got = benchmark.torch_meta_gradient_float64(
+        torch_baselines, config, impl, 'maml', params, batch, 'cpu')
+    assert all(v.dtype == np.float64 for v in got.values())
+    assert benchmark.cross_check(truth, got, 1e-12)['passed'], impl
+  # An inner learning rate 0.1% off is a different function: 1e-3 apart in
+  # float64, far beyond FLOAT64_TOL.
+  other = dataclasses.replace(config, inner_lr=config.inner_lr * 1.001)
+  got = benchmark.torch_meta_gradient_float64(
+      torch_baselines, other, 'torch_loop', 'maml', params, batch, 'cpu')
+  assert not benchmark.cross_check(truth, got, benchmark.FLOAT64_TOL)['passed']
+
+
+def test_verdict():
+  tol = 1e-4
+  def entry(f32, vs64, agreement, problems=()):
+    return {'max_rel_err': f32, 'vs_float64_max_rel_err': vs64,
+            'float64_agreement': agreement, 'problems': list(problems)}
+  verdict = lambda e, ref=3e-2: benchmark.verdict(e, tol, ref)
+  assert verdict(entry(5e-5, 1e-5, 1e-14)) == (True, 'float32')
+  # Float32 off by 5e-2, but no further from float64 than the reference's
+  # own float32 result (3e-2 away) ... yet not if it is further.
+  assert verdict(entry(5e-2, 2e-2, 1e-14)) == (True, 'float64')
+  assert verdict(entry(5e-2, 4e-2, 1e-14)) == (False, 'float32 mismatch')
+  # A different function fails however close its float32 result.
+  assert verdict(entry(5e-5, 1e-5, 1e-3)) == (False, 'float64 mismatch')
+  assert verdict(entry(5e-5, 1e-5, float('nan'))) == (False,
+                                                      'float64 mismatch')
+  # Without the float64 check only the float32 rule applies.
+  assert verdict(entry(5e-5, None, None), None) == (True, 'float32')
+  assert verdict(entry(5e-2, None, None), None) == (False, 'float32 mismatch')
+  assert verdict(entry(5e-5, 1e-5, 1e-14, ['shape'])) == (False, 'error')
+
+
+def test_program_peak_bytes_counts_one_program():
+  f = jax.jit(lambda x: (x @ x).sum())
+  compiled = f.lower(jax.numpy.ones((256, 256))).compile()
+  peak = benchmark.program_peak_bytes(compiled)
+  # At least the 256x256 float32 argument; not a process-wide counter.
+  assert 256 * 256 * 4 <= peak < 64 * 2**20
 
 
 def test_torch_conv4_is_jaxmeta_conv4():
