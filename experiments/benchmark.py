@@ -12,14 +12,18 @@ pixel values), then:
    'highest'), and compares them tensor by tensor. The reference is jaxmeta
    with the FIRST of `--conv_impls` (list 'xla' first to make XLA's direct
    convolution the reference); every other jaxmeta conv implementation and
-   every PyTorch implementation is checked against it. An implementation whose
-   relative error exceeds `--check_tol` gets no speed figure and the run exits
-   non-zero after writing its outputs.
+   every PyTorch implementation is checked against it, and (`--float64_check`,
+   default) computed again in float64 against jaxmeta's float64 result; see
+   `verdict` for the pass rule. An implementation that fails gets no speed
+   figure and the run exits non-zero after writing its outputs.
 2. Timing: the whole meta-step (meta-gradient + Adam update) of each
    implementation that passed: jaxmeta's jitted `make_meta_train_step` (state
    donated), and the PyTorch step (`zero_grad`, meta-gradient, `Adam.step`).
-   Median and min over the timed steps after warm-up, synchronised with
-   `jax.block_until_ready` / `torch.cuda.synchronize`.
+   The implementations of one configuration and algorithm are compiled and
+   run once each, then stepped round-robin (warm-up, then timed), so that a
+   change of load on a shared machine does not bias their ratios. Median and
+   min over the timed steps, synchronised with `jax.block_until_ready` /
+   `torch.cuda.synchronize`.
 
 Implementations: `jaxmeta` (one row per `--conv_impls` entry), `torch_loop`
 (per-task loop, learn2learn/higher style), `torch_func` (`torch.func` with
@@ -47,7 +51,7 @@ import statistics
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -499,44 +503,57 @@ def program_peak_bytes(compiled) -> int | None:
              - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
-def time_jax(config: BenchConfig, algorithm: str, conv_impl: str,
-             init_key: jax.Array, tasks: jaxmeta.Task,
-             settings: Settings) -> dict[str, Any]:
-  """Times jaxmeta's jitted meta-step (meta-gradient + Adam, state donated)."""
+@dataclasses.dataclass
+class Timer:
+  """One implementation's meta-step, compiled and run once, ready to time.
+
+  Attributes:
+    step: runs one synchronised meta-step (device work finished on return).
+    info: row fields known before timing (compile and first-step time, peak
+      memory, ...).
+    finish: returns row fields known after timing (e.g. the final loss).
+  """
+  step: Callable[[], None]
+  info: dict[str, Any]
+  finish: Callable[[], dict[str, Any]] = lambda: {}
+
+
+def start_jax_timer(config: BenchConfig, algorithm: str, conv_impl: str,
+                    init_key: jax.Array, tasks: jaxmeta.Task,
+                    settings: Settings) -> Timer:
+  """Compiles jaxmeta's jitted meta-step (meta-gradient + Adam, state
+  donated) and runs it once."""
   learner, optimizer = jax_setup(config, algorithm, conv_impl)
-  state = jaxmeta.init_train_state(learner, optimizer, init_key)
   chunk = (settings.task_chunk_size if settings.task_chunk_size > 0 else
            jaxmeta.default_task_chunk_size(config.meta_batch))
   step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer,
                                               task_chunk_size=chunk),
                  donate_argnums=0)
+  carry = {'state': jaxmeta.init_train_state(learner, optimizer, init_key)}
+  # The precision is fixed when the step is traced and compiled.
   precision = None if settings.timing_precision == 'default' else 'highest'
   with jax.default_matmul_precision(precision):
     start = time.perf_counter()
-    compiled = step.lower(state, tasks).compile()
-    compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, tasks)
-    jax.block_until_ready((state, metrics))
-    first_step_s = time.perf_counter() - start
-    step_s = first_step_s - compile_s
-    for _ in range(settings.warmup_steps):
-      start = time.perf_counter()
-      state, metrics = compiled(state, tasks)
-      jax.block_until_ready((state, metrics))
-      step_s = time.perf_counter() - start
-    times = []
-    for _ in range(timed_count(settings, step_s)):
-      start = time.perf_counter()
-      state, metrics = compiled(state, tasks)
-      jax.block_until_ready((state, metrics))
-      times.append(time.perf_counter() - start)
-  return dict(summarise(times, config.meta_batch), task_chunk_size=chunk,
-              compile_s=compile_s,
-              first_step_s=first_step_s,
-              peak_memory_bytes=program_peak_bytes(compiled),
-              peak_memory_source='XLA memory analysis of the compiled step',
-              final_loss=float(metrics.get('loss',
-                                           metrics.get('support_loss'))))
+    compiled = step.lower(carry['state'], tasks).compile()
+  compile_s = time.perf_counter() - start
+
+  def run():
+    carry['state'], carry['metrics'] = compiled(carry['state'], tasks)
+    jax.block_until_ready((carry['state'], carry['metrics']))
+
+  run()
+  first_step_s = time.perf_counter() - start
+
+  def finish():
+    metrics = carry['metrics']
+    return {'final_loss': float(metrics.get('loss',
+                                            metrics.get('support_loss')))}
+
+  return Timer(run, dict(
+      task_chunk_size=chunk, compile_s=compile_s, first_step_s=first_step_s,
+      first_run_s=first_step_s - compile_s,
+      peak_memory_bytes=program_peak_bytes(compiled),
+      peak_memory_source='XLA memory analysis of the compiled step'), finish)
 
 
 # ----------------------------------------------------------------------------
@@ -583,38 +600,81 @@ def torch_meta_gradient_float64(tb, config: BenchConfig, implementation: str,
   return torch_meta_gradient(tb, model, meta_grad, batch, perturb=False)
 
 
-def time_torch(tb, config: BenchConfig, model, meta_grad, batch,
-               device: str, settings: Settings) -> dict[str, Any]:
-  """Times `zero_grad` + meta-gradient + `Adam.step` of one implementation."""
+def start_torch_timer(tb, config: BenchConfig, implementation: str,
+                      algorithm: str, params, batch, device: str,
+                      settings: Settings) -> Timer:
+  """A fresh model at `params` and its `zero_grad` + meta-gradient +
+  `Adam.step`, run once (its peak memory is this first step's)."""
   import torch  # pylint: disable=g-import-not-at-top
+  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
+                   config.num_blocks).to(device)
+  tb.params_from_jax(model, params)
+  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
+                                algorithm, config.inner_lr, config.inner_steps)
   optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
-  step = tb.make_meta_step(meta_grad, model, optimizer)
+  meta_step = tb.make_meta_step(meta_grad, model, optimizer)
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def run():
+    meta_step(batch)
+    sync()
+
   if device == 'cuda':
     torch.cuda.reset_peak_memory_stats()
-  set_torch_precision(settings.timing_precision == 'highest')
   start = time.perf_counter()
-  step(batch)
-  sync()
+  run()
   first_step_s = time.perf_counter() - start
-  step_s = first_step_s
-  for _ in range(settings.warmup_steps):
-    start = time.perf_counter()
-    step(batch)
-    sync()
-    step_s = time.perf_counter() - start
-  times = []
-  for _ in range(timed_count(settings, step_s)):
-    start = time.perf_counter()
-    step(batch)
-    sync()
-    times.append(time.perf_counter() - start)
   peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
-  set_torch_precision(True)
-  return dict(summarise(times, config.meta_batch), compile_s=None,
-              first_step_s=first_step_s, peak_memory_bytes=peak,
-              peak_memory_source=('torch.cuda.max_memory_allocated' if peak
-                                  else None))
+  return Timer(run, dict(
+      compile_s=None, first_step_s=first_step_s, first_run_s=first_step_s,
+      peak_memory_bytes=peak,
+      peak_memory_source='torch.cuda.max_memory_allocated' if peak else None))
+
+
+def time_interleaved(timers: Sequence[Timer], settings: Settings,
+                     meta_batch: int) -> list[dict[str, Any]]:
+  """Times the implementations of one configuration round-robin.
+
+  One step of each in turn (warm-up, then timed), so that a change in the
+  machine's load between implementations (seen on shared CPUs: the same step
+  410 vs 510 ms in two processes minutes apart) shifts all of them rather
+  than the ratios between them. An implementation whose warm-up says it would
+  overrun `max_seconds_per_row` drops out of the rotation after fewer steps.
+
+  Returns:
+    One dict per timer: the row fields, or `{'status': 'error', 'error'}`.
+  """
+  results = [dict(timer.info) for timer in timers]
+  last = [timer.info['first_run_s'] for timer in timers]
+  active = list(range(len(timers)))
+
+  def run(k: int) -> float | None:
+    try:
+      start = time.perf_counter()
+      timers[k].step()
+      return time.perf_counter() - start
+    except Exception as e:  # pylint: disable=broad-except
+      results[k] = {'status': 'error', 'error': f'{type(e).__name__}: {e}'}
+      active.remove(k)
+      return None
+
+  for _ in range(settings.warmup_steps):
+    for k in list(active):
+      seconds = run(k)
+      if seconds is not None:
+        last[k] = seconds
+  wanted = {k: timed_count(settings, last[k]) for k in active}
+  times = {k: [] for k in active}
+  for i in range(max(wanted.values(), default=0)):
+    for k in list(active):
+      if i < wanted[k]:
+        seconds = run(k)
+        if seconds is not None:
+          times[k].append(seconds)
+  for k in active:
+    results[k].update(summarise(times[k], meta_batch), status='ok',
+                      timing='interleaved', **timers[k].finish())
+  return results
 
 
 # ----------------------------------------------------------------------------
@@ -747,6 +807,9 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       timed = ([('jaxmeta', c) for c in conv_impls]
                if 'jaxmeta' in settings.implementations else [])
       timed += [(i, None) for i in torch_impls]
+      rows, timers, timed_rows = [], [], []
+      if torch_impls:
+        set_torch_precision(settings.timing_precision == 'highest')
       for impl, conv_impl in timed:
         entry = check[(impl, conv_impl)]
         row = {
@@ -769,32 +832,36 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
             'float64_agreement': entry.get('float64_agreement'),
             'load_average_before': load_average(),
         }
+        rows.append(row)
         if not entry['passed']:
           row['status'] = 'gradient_mismatch'
-          ok = False
-        else:
-          try:
-            if impl == 'jaxmeta':
-              row.update(time_jax(config, algorithm, conv_impl, init_key,
-                                  tasks, settings))
-            else:
-              tb.params_from_jax(model, params)
-              meta_grad = tb.make_meta_grad(impl.removeprefix('torch_'),
-                                            algorithm, config.inner_lr,
-                                            config.inner_steps)
-              row.update(time_torch(tb, config, model, meta_grad, batch,
-                                    device, settings))
-            row['status'] = 'ok'
-          except Exception as e:  # pylint: disable=broad-except
-            row.update(status='error', error=f'{type(e).__name__}: {e}')
-            ok = False
+          continue
+        try:
+          if impl == 'jaxmeta':
+            timers.append(start_jax_timer(config, algorithm, conv_impl,
+                                          init_key, tasks, settings))
+          else:
+            timers.append(start_torch_timer(tb, config, impl, algorithm,
+                                            params, batch, device, settings))
+          timed_rows.append(row)
+        except Exception as e:  # pylint: disable=broad-except
+          row.update(status='error', error=f'{type(e).__name__}: {e}')
+      for row, timing in zip(timed_rows,
+                             time_interleaved(timers, settings,
+                                              config.meta_batch)):
+        row.update(timing)
+      del timers  # frees the device memory of this configuration's steps
+      if torch_impls:
+        set_torch_precision(True)
+      for row in rows:
+        ok = ok and row['status'] == 'ok'
         results['rows'].append(row)
-        print(f'[time] {config_name} {algorithm} {impl}'
+        print(f'[time] {config_name} {algorithm} {row["implementation"]}'
               f'{"[" + row["conv_impl"] + "]" if row["conv_impl"] else ""}: '
               + (f'median {row["median_ms"]:.1f} ms, min {row["min_ms"]:.1f} '
                  f'ms over {row["num_timed_steps"]} steps'
                  if row['status'] == 'ok' else row['status']), flush=True)
-        write_outputs(results, settings.out, plot=False)
+      write_outputs(results, settings.out, plot=False)
   results['all_checks_passed'] = ok
   write_outputs(results, settings.out, plot=True)
   return results, ok

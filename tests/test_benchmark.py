@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -198,6 +199,38 @@ def test_verdict():
   assert verdict(entry(5e-5, None, None), None) == (True, 'float32')
   assert verdict(entry(5e-2, None, None), None) == (False, 'float32 mismatch')
   assert verdict(entry(5e-5, 1e-5, 1e-14, ['shape'])) == (False, 'error')
+
+
+def test_time_interleaved_steps_round_robin():
+  calls = []
+
+  def timer(name, seconds, fail_at=None):
+    count = {'n': 0}
+    def step():
+      count['n'] += 1
+      calls.append(name)
+      if count['n'] == fail_at:
+        raise RuntimeError('boom')
+      time.sleep(seconds)
+    return benchmark.Timer(step, {'first_run_s': seconds, 'compile_s': None},
+                           lambda: {'final_loss': name})
+
+  settings = benchmark.Settings(
+      out='', configs=(), algorithms=(), implementations=(), conv_impls=(),
+      num_steps=4, warmup_steps=1, max_seconds_per_row=0.5)
+  fast, slow = timer('fast', 0.0), timer('slow', 0.2)
+  bad = timer('bad', 0.0, fail_at=3)
+  results = benchmark.time_interleaved([fast, slow, bad], settings, 2)
+  # One step of each in turn: a warm-up round, then timed rounds; 'bad'
+  # leaves the rotation when it raises, 'slow' after the 3 steps that
+  # max_seconds_per_row affords it (0.5 s / 0.2 s, but at least 3).
+  assert calls == ['fast', 'slow', 'bad'] * 3 + ['fast', 'slow', 'fast']
+  assert results[0]['num_timed_steps'] == 4
+  assert results[0]['status'] == 'ok' and results[0]['final_loss'] == 'fast'
+  assert results[0]['timing'] == 'interleaved'
+  assert results[1]['num_timed_steps'] == 3
+  assert results[1]['min_ms'] >= 200
+  assert results[2] == {'status': 'error', 'error': 'RuntimeError: boom'}
 
 
 def test_program_peak_bytes_counts_one_program():
