@@ -20,8 +20,8 @@ pixel values), then:
    implementation that passed: jaxmeta's jitted `make_meta_train_step` (state
    donated), and the PyTorch step (`zero_grad`, meta-gradient, `Adam.step`).
    The implementations of one configuration and algorithm are compiled and
-   run once each, then stepped round-robin (warm-up, then timed), so that a
-   change of load on a shared machine does not bias their ratios. Median and
+   run once each, then timed in turns of `--interleave_block` steps, so that
+   a change of load on a shared machine does not bias their ratios. Median and
    min over the timed steps, synchronised with `jax.block_until_ready` /
    `torch.cuda.synchronize`.
 
@@ -178,6 +178,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
                        'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
                        'size (2 on CPU, the whole meta-batch on accelerators).')
+  flags.DEFINE_integer('interleave_block', 5, 'Timed steps of one '
+                       'implementation per turn (each turn starts with one '
+                       'untimed step); see `time_interleaved`.')
   flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
   flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
                       "'cpu' or 'cuda'.")
@@ -204,6 +207,7 @@ class Settings:
   debug_perturb_check: tuple[str, ...] = ()
   task_chunk_size: int = 0
   float64_check: bool = True
+  interleave_block: int = 5
 
 
 # ----------------------------------------------------------------------------
@@ -633,13 +637,19 @@ def start_torch_timer(tb, config: BenchConfig, implementation: str,
 
 def time_interleaved(timers: Sequence[Timer], settings: Settings,
                      meta_batch: int) -> list[dict[str, Any]]:
-  """Times the implementations of one configuration round-robin.
+  """Times the implementations of one configuration in interleaved blocks.
 
-  One step of each in turn (warm-up, then timed), so that a change in the
-  machine's load between implementations (seen on shared CPUs: the same step
-  410 vs 510 ms in two processes minutes apart) shifts all of them rather
-  than the ratios between them. An implementation whose warm-up says it would
-  overrun `max_seconds_per_row` drops out of the rotation after fewer steps.
+  After `warmup_steps` steps of each, the implementations take turns: each
+  turn is one untimed step (the others' steps in between leave caches,
+  allocators and thread pools cold) and then up to `interleave_block` timed
+  steps. A change in the machine's load (seen on shared CPUs: the same step
+  410 vs 510 ms in two processes minutes apart) then shifts every
+  implementation rather than the ratios between them. Turns of a single step
+  are not the default: on 2 CPU cores they gave medians up to 1.9x those of
+  a sequential run minutes earlier (torch.func MAML 748 vs 392 ms), each
+  step paying for the other framework's last. An implementation whose
+  warm-up says it would overrun `max_seconds_per_row` leaves the rotation
+  after fewer steps.
 
   Returns:
     One dict per timer: the row fields, or `{'status': 'error', 'error'}`.
@@ -658,22 +668,29 @@ def time_interleaved(timers: Sequence[Timer], settings: Settings,
       active.remove(k)
       return None
 
-  for _ in range(settings.warmup_steps):
-    for k in list(active):
+  for k in list(active):
+    for _ in range(settings.warmup_steps):
       seconds = run(k)
-      if seconds is not None:
-        last[k] = seconds
+      if seconds is None:
+        break
+      last[k] = seconds
   wanted = {k: timed_count(settings, last[k]) for k in active}
   times = {k: [] for k in active}
-  for i in range(max(wanted.values(), default=0)):
+  block = max(1, settings.interleave_block)
+  while any(len(times[k]) < wanted[k] for k in active):
     for k in list(active):
-      if i < wanted[k]:
+      todo = min(block, wanted[k] - len(times[k]))
+      if todo <= 0 or run(k) is None:  # the untimed step
+        continue
+      for _ in range(todo):
         seconds = run(k)
-        if seconds is not None:
-          times[k].append(seconds)
+        if seconds is None:
+          break
+        times[k].append(seconds)
   for k in active:
     results[k].update(summarise(times[k], meta_batch), status='ok',
-                      timing='interleaved', **timers[k].finish())
+                      timing=f'interleaved blocks of {block}',
+                      **timers[k].finish())
   return results
 
 
@@ -1010,7 +1027,8 @@ def settings_from_flags() -> Settings:
       torch_device=FLAGS.torch_device,
       debug_perturb_check=tuple(FLAGS.debug_perturb_check),
       task_chunk_size=FLAGS.task_chunk_size,
-      float64_check=FLAGS.float64_check)
+      float64_check=FLAGS.float64_check,
+      interleave_block=FLAGS.interleave_block)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -201,7 +201,7 @@ def test_verdict():
   assert verdict(entry(5e-5, 1e-5, 1e-14, ['shape'])) == (False, 'error')
 
 
-def test_time_interleaved_steps_round_robin():
+def test_time_interleaved_takes_turns_in_blocks():
   calls = []
 
   def timer(name, seconds, fail_at=None):
@@ -217,17 +217,19 @@ def test_time_interleaved_steps_round_robin():
 
   settings = benchmark.Settings(
       out='', configs=(), algorithms=(), implementations=(), conv_impls=(),
-      num_steps=4, warmup_steps=1, max_seconds_per_row=0.5)
+      num_steps=4, warmup_steps=1, max_seconds_per_row=0.5,
+      interleave_block=2)
   fast, slow = timer('fast', 0.0), timer('slow', 0.2)
   bad = timer('bad', 0.0, fail_at=3)
   results = benchmark.time_interleaved([fast, slow, bad], settings, 2)
-  # One step of each in turn: a warm-up round, then timed rounds; 'bad'
-  # leaves the rotation when it raises, 'slow' after the 3 steps that
-  # max_seconds_per_row affords it (0.5 s / 0.2 s, but at least 3).
-  assert calls == ['fast', 'slow', 'bad'] * 3 + ['fast', 'slow', 'fast']
+  # A warm-up step each, then turns of one untimed + up to 2 timed steps;
+  # 'bad' leaves the rotation when it raises, 'slow' after the 3 timed steps
+  # that max_seconds_per_row affords it (0.5 s / 0.2 s, but at least 3).
+  assert calls == (['fast', 'slow', 'bad'] + ['fast'] * 3 + ['slow'] * 3
+                   + ['bad'] * 2 + ['fast'] * 3 + ['slow'] * 2)
   assert results[0]['num_timed_steps'] == 4
   assert results[0]['status'] == 'ok' and results[0]['final_loss'] == 'fast'
-  assert results[0]['timing'] == 'interleaved'
+  assert results[0]['timing'] == 'interleaved blocks of 2'
   assert results[1]['num_timed_steps'] == 3
   assert results[1]['min_ms'] >= 200
   assert results[2] == {'status': 'error', 'error': 'RuntimeError: boom'}
