@@ -314,10 +314,11 @@ def verdict(entry: dict[str, Any], tol: float,
   within the reference's own float32 error `e` (its distance from the float64
   meta-gradient) of the reference or of the float64 meta-gradient. The
   second way exists because at full size no two float32 implementations
-  agree to 1e-4: a max-pool window whose two largest inputs are closer than
-  float32 resolves routes the gradient to another pixel (one window in one of
-  32 Omniglot tasks moves that task's gradient by 4%), differently in each
-  implementation, while in float64 they agree to 1e-14.
+  agree to 1e-4: a max-pool window whose two largest inputs (or a ReLU whose
+  input) are closer than float32 resolves (to each other, to zero) routes
+  the gradient another way (one window in one of 32 Omniglot tasks moves
+  that task's gradient by 4%), differently in each implementation, while in
+  float64 they agree to 1e-14.
 
   Args:
     entry: `cross_check(reference, candidate, tol)` of the float32
