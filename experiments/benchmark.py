@@ -180,7 +180,7 @@ def define_flags() -> None:
                        'size (2 on CPU, the whole meta-batch on accelerators).')
   flags.DEFINE_integer('interleave_block', 5, 'Timed steps of one '
                        'implementation per turn (each turn starts with one '
-                       'untimed step); see `time_interleaved`.')
+                       'untimed step); see `time_interleaved`.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
   flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
                       "'cpu' or 'cuda'.")
@@ -452,20 +452,13 @@ def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
   return learner, optimizer
 
 
-def _enable_x64():
-  """A context in which JAX computes in float64 (its API moved in 0.8)."""
-  if hasattr(jax, 'enable_x64'):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
-  return enable_x64()
-
-
 def _compile_unoptimised(fn, *args):
   """Compiles `fn` for a one-off check: on GPUs without autotuning.
 
-  XLA:GPU autotunes every matmul and convolution of a program, which took 45 s
-  of the 50 s compile of a full-precision Omniglot MAML meta-gradient on an
-  H200; a check computed once does not need the fastest kernels.
+  XLA:GPU autotunes every matmul and convolution of a program; on an H200 the
+  full-precision Omniglot 5w1s MAML step took 45 s to compile (22 s at
+  default precision). A check computed once does not need the fastest
+  kernels.
   """
   lowered = jax.jit(fn).lower(*args)
   options = ({'xla_gpu_autotune_level': 0}
@@ -480,7 +473,7 @@ def jax_meta_gradient(config: BenchConfig, algorithm: str, conv_impl: str,
   learner, _ = jax_setup(config, algorithm, conv_impl)
   fn = functools.partial(jaxmeta.meta_gradient, learner)
   if float64:
-    with _enable_x64(), jax.default_matmul_precision('highest'):
+    with jax.enable_x64(True), jax.default_matmul_precision('highest'):
       to64 = lambda v: (jnp.asarray(v, jnp.float64)
                         if jnp.issubdtype(v.dtype, jnp.floating) else v)
       params, tasks = jax.tree.map(to64, (params, tasks))
@@ -578,6 +571,17 @@ def set_torch_precision(highest: bool) -> None:
   torch.backends.cuda.matmul.allow_tf32 = not highest
 
 
+def torch_setup(tb, config: BenchConfig, implementation: str, algorithm: str,
+                params, device: str, dtype=None):
+  """A fresh torch `Conv4` at jaxmeta's `params`, and its meta-gradient."""
+  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
+                   config.num_blocks).to(device=device, dtype=dtype)
+  tb.params_from_jax(model, params)  # float32 values, exact in float64
+  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
+                                algorithm, config.inner_lr, config.inner_steps)
+  return model, meta_grad
+
+
 def torch_meta_gradient(tb, model, meta_grad, batch,
                         perturb: bool) -> dict[str, np.ndarray]:
   """Runs one torch meta-gradient and returns it in jaxmeta's layout."""
@@ -595,13 +599,10 @@ def torch_meta_gradient_float64(tb, config: BenchConfig, implementation: str,
                                 device: str) -> dict[str, np.ndarray]:
   """One PyTorch implementation's meta-gradient in float64 (same weights)."""
   import torch  # pylint: disable=g-import-not-at-top
-  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
-                   config.num_blocks).to(device=device, dtype=torch.float64)
-  tb.params_from_jax(model, params)  # float32 values, exact in float64
+  model, meta_grad = torch_setup(tb, config, implementation, algorithm,
+                                 params, device, torch.float64)
   batch = tb.TorchBatch(*(t.double() if t.is_floating_point() else t
                           for t in batch))
-  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
-                                algorithm, config.inner_lr, config.inner_steps)
   return torch_meta_gradient(tb, model, meta_grad, batch, perturb=False)
 
 
@@ -611,11 +612,8 @@ def start_torch_timer(tb, config: BenchConfig, implementation: str,
   """A fresh model at `params` and its `zero_grad` + meta-gradient +
   `Adam.step`, run once (its peak memory is this first step's)."""
   import torch  # pylint: disable=g-import-not-at-top
-  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
-                   config.num_blocks).to(device)
-  tb.params_from_jax(model, params)
-  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
-                                algorithm, config.inner_lr, config.inner_steps)
+  model, meta_grad = torch_setup(tb, config, implementation, algorithm,
+                                 params, device)
   optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
   meta_step = tb.make_meta_step(meta_grad, model, optimizer)
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
@@ -757,12 +755,10 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     config = CONFIGS[config_name]
     data_key, init_key = jax.random.split(jax.random.key(settings.seed))
     tasks = make_tasks(config, data_key)
-    batch = model = None
+    batch = None
     if torch_impls:
       batch = tb.batch_from_numpy(*(np.asarray(a) for a in tasks),
                                   device=device)
-      model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
-                       config.num_blocks).to(device)
     for algorithm in settings.algorithms:
       # Same initial weights as init_train_state gives the timed JAX step.
       learner, optimizer = jax_setup(config, algorithm, conv_impls[0])
@@ -788,10 +784,8 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
             got = jax_meta_gradient(config, algorithm, conv_impl, params,
                                     tasks)
           else:
-            tb.params_from_jax(model, params)
-            meta_grad = tb.make_meta_grad(impl.removeprefix('torch_'),
-                                          algorithm, config.inner_lr,
-                                          config.inner_steps)
+            model, meta_grad = torch_setup(tb, config, impl, algorithm,
+                                           params, device)
             got = torch_meta_gradient(tb, model, meta_grad, batch,
                                       impl in settings.debug_perturb_check)
           entry.update(cross_check(reference, got, settings.check_tol))
