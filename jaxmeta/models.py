@@ -197,14 +197,20 @@ def batch_norm(x: Array, scale: Array, offset: Array,
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  The elementwise maximum of the four sub-grids of each 2x2 window, taken
-  from a reshape that splits each spatial axis into (size // 2, 2). Not
-  `jnp.max` over the window: its derivative divides by the number of elements
-  equal to the maximum, and in MAML's second-order pass XLA may recompute the
-  window in a fusion that rounds differently, find no equal element, and
-  return 0/0 = NaN (seen in float64 on Conv-4). `jnp.maximum` differentiates
-  by selection, with no division, at every order. The reshape (rather than
-  strided slices) keeps every slice and its gradient contiguous.
+  The four sub-grids of each 2x2 window come from a reshape that splits each
+  spatial axis into (size // 2, 2) (contiguous slices, unlike strided ones),
+  and are reduced pairwise by selection: `where(a >= b, a, b)`. On a tie the
+  earlier element of the window (row-major) wins and receives the whole
+  gradient, as in PyTorch's `max_pool2d`. Why not the alternatives:
+  `jnp.max` over the window divides by the number of elements equal to the
+  maximum in its derivative, and in MAML's second-order pass XLA may
+  recompute the window in a fusion that rounds differently, find no equal
+  element and return 0/0 = NaN (seen in float64 on Conv-4); `jnp.maximum`
+  splits a tie's gradient in halves, through compare/select/divide chains
+  that made the pool's backward pass the costliest elementwise fusion of the
+  CPU MAML step. A selection differentiates to the same selection at every
+  order, with no division. Ties are common: binary Omniglot strokes give
+  identical patches, hence identical activations.
 
   Args:
     x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
@@ -224,8 +230,9 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   pick = lambda i, j: jax.lax.index_in_dim(
       jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
       i, axis=ah + 1, keepdims=False)
-  return jnp.maximum(jnp.maximum(pick(0, 0), pick(0, 1)),
-                     jnp.maximum(pick(1, 0), pick(1, 1)))
+  first_max = lambda a, b: jax.lax.select(a >= b, a, b)
+  return first_max(first_max(pick(0, 0), pick(0, 1)),
+                   first_max(pick(1, 0), pick(1, 1)))
 
 
 def conv4(num_classes: int,
@@ -245,6 +252,12 @@ def conv4(num_classes: int,
   this is transductive: a query image's prediction depends on the other query
   images of its task (all `ways * queries` of them are scored together), as in
   the published MAML numbers. Score queries one by one and accuracy changes.
+
+  The ReLU is applied after the max-pool: the two commute (ReLU is monotone),
+  ties included (`max_pool_2x2` passes a tie's gradient to the first element
+  of the window; PyTorch's pool of the ReLU does too, and where the maximum
+  is <= 0 both pass no gradient), and the ReLU and its derivative then touch
+  a quarter of the elements.
 
   Args:
     num_classes: width of the head (the number of ways).
@@ -291,7 +304,7 @@ def conv4(num_classes: int,
         p = params[f'conv{i}']
         h = conv2d_3x3_same_cf(h, p['w']) + p['b'][:, None, None, None]
         h = batch_norm(h, p['scale'], p['offset'], channel_axis=0)
-        h = max_pool_2x2(jax.nn.relu(h), spatial_axes=(2, 3))
+        h = jax.nn.relu(max_pool_2x2(h, spatial_axes=(2, 3)))
       h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order
     else:
       h = x  # [batch, H, W, C]
@@ -299,7 +312,7 @@ def conv4(num_classes: int,
         p = params[f'conv{i}']
         h = conv2d_3x3_same(h, p['w'], impl) + p['b']
         h = batch_norm(h, p['scale'], p['offset'])
-        h = max_pool_2x2(jax.nn.relu(h))
+        h = jax.nn.relu(max_pool_2x2(h))
     h = h.reshape(h.shape[0], -1)  # [batch, feature_dim]
     return h @ params['head']['w'] + params['head']['b']
 

@@ -188,3 +188,61 @@ def test_max_pool_gradient_selects_the_maximum():
   x = jnp.array([[1., 3.], [2., 0.]]).reshape(1, 2, 2, 1)
   g = jax.grad(lambda v: models.max_pool_2x2(v).sum())(x)
   np.testing.assert_array_equal(g.reshape(2, 2), [[0., 1.], [0., 0.]])
+
+
+@pytest.mark.parametrize('window, winner', [
+    ([[2., 2.], [2., 2.]], (0, 0)),
+    ([[1., 2.], [2., 2.]], (0, 1)),
+    ([[1., 0.], [2., 2.]], (1, 0)),
+    ([[-1., 0.], [-3., 0.]], (0, 1)),
+])
+def test_max_pool_tie_gives_the_whole_gradient_to_the_first_maximum(
+    window, winner):
+  # PyTorch's max_pool2d does the same: the first maximum, row-major.
+  x = jnp.array(window).reshape(1, 2, 2, 1)
+  expected = np.zeros((2, 2), np.float32)
+  expected[winner] = 1.
+  g = jax.grad(lambda v: models.max_pool_2x2(v).sum())(x)
+  np.testing.assert_array_equal(g.reshape(2, 2), expected)
+  # Second order: the selection is locally linear, its Hessian is zero.
+  hvp = jax.grad(lambda v: jnp.vdot(
+      jax.grad(lambda u: (models.max_pool_2x2(u) ** 2).sum())(v),
+      jnp.ones_like(v)))(x)
+  expected_hvp = 2. * expected
+  np.testing.assert_array_equal(hvp.reshape(2, 2), expected_hvp)
+
+
+def _numpy_conv4_block_output(x, w, b, scale, offset):
+  """One Conv-4 block in NumPy float64, pooling the ReLU (the usual order)."""
+  n, h, wd, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = sum(np.einsum('nhwc,co->nhwo', xp[:, i:i + h, j:j + wd], w[i, j])
+          for i in range(3) for j in range(3)) + b
+  mean = y.mean(axis=(0, 1, 2))
+  var = y.var(axis=(0, 1, 2))
+  y = (y - mean) / np.sqrt(var + 1e-5) * scale + offset
+  y = np.maximum(y, 0.)
+  return y.reshape(n, h // 2, 2, wd // 2, 2, -1).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize('impl', ['xla', 'patches', 'patches_cf'])
+def test_conv4_block_pools_the_relu_like_numpy(impl):
+  # The model applies the ReLU after the pool; the two orders must agree,
+  # negative batch-norm scales included (the pool must not be moved past
+  # the batch norm).
+  rng = np.random.RandomState(0)
+  x = rng.rand(3, 6, 6, 2)
+  w = rng.randn(3, 3, 2, 4)
+  b, offset = rng.randn(4), rng.randn(4)
+  scale = np.array([1.5, -0.7, 0.3, -2.])
+  model = jaxmeta.conv4(2, input_shape=(6, 6, 2), num_filters=4,
+                        num_blocks=1, conv_impl=impl)
+  head_w = rng.randn(3 * 3 * 4, 2)
+  params = {'conv0': {'w': w, 'b': b, 'scale': scale, 'offset': offset},
+            'head': {'w': head_w, 'b': np.zeros(2)}}
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    out = model.apply(params, jnp.asarray(x, jnp.float64))
+  features = _numpy_conv4_block_output(x, w, b, scale, offset)
+  np.testing.assert_allclose(out, features.reshape(3, -1) @ head_w,
+                             rtol=1e-10, atol=1e-10)
