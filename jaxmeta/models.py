@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxmeta.types import Array, Params, PRNGKey
 
-CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf')
+CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf', 'patches_cf_2pass')
 
 
 class Model(NamedTuple):
@@ -90,15 +90,19 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   matmuls, meta-batch 32, the three timed interleaved in one process):
   channels-first patches 9.4 ms, NHWC patches 11.3 ms, XLA's convolution
   18.5 ms (vmapped per-task weights become grouped cuDNN convolutions that
-  run as generic, FFT and layout-transposing kernels). So 'patches_cf' on
-  CPUs and GPUs. TPUs run native convolutions on the MXU, so 'xla' there.
-  All compute the same function (tested).
+  run as generic, FFT and layout-transposing kernels). Building the nine
+  shifted copies in two passes ('patches_cf_2pass': three column shifts,
+  then three row shifts of those) took the CPU step from 432 to 360 ms
+  (medians, interleaved; after the max-pool change); it has not been timed
+  on a GPU yet. So 'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs. TPUs
+  run native convolutions on the MXU, so 'xla' there. All compute the same
+  function (tested).
 
   Args:
     conv_impl: one of `CONV_IMPLS`.
 
   Returns:
-    'xla', 'patches' or 'patches_cf'.
+    'xla', 'patches', 'patches_cf' or 'patches_cf_2pass'.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'Unknown conv_impl {conv_impl!r}; choose one of '
@@ -108,6 +112,8 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   backend = jax.default_backend()
   if backend == 'tpu':
     return 'xla'
+  if backend == 'cpu':
+    return 'patches_cf_2pass'
   return 'patches_cf'
 
 
@@ -139,7 +145,8 @@ def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   return patches @ kernel.reshape(kh * kw * c_in, c_out)
 
 
-def conv2d_3x3_same_cf(x: Array, kernel: Array) -> Array:
+def conv2d_3x3_same_cf(x: Array, kernel: Array,
+                       two_pass: bool = False) -> Array:
   """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
 
   The nine shifted copies of the padded input are stacked on the leading
@@ -150,9 +157,16 @@ def conv2d_3x3_same_cf(x: Array, kernel: Array) -> Array:
   XLA:CPU runs this layout 1.2x faster than NHWC patches (see
   `resolve_conv_impl`).
 
+  With `two_pass`, the copies are built in two passes: the three column
+  shifts of the padded input, `[3 c_in, B, H + 2, W]`, then the three row
+  shifts of that. Same patches, same matmul; but the derivative of the copy
+  (the sum of nine shifted gradients, col2im) becomes two sums of three,
+  which XLA:CPU runs much faster than one nine-input fusion of pads.
+
   Args:
     x: `[in_channels, batch, height, width]`.
     kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
+    two_pass: build the shifted copies in two passes (see above).
 
   Returns:
     `[out_channels, batch, height, width]`.
@@ -161,9 +175,15 @@ def conv2d_3x3_same_cf(x: Array, kernel: Array) -> Array:
   _, b, h, w = x.shape
   xp = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
   # Row order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
-  patches = jnp.concatenate(
-      [xp[:, :, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
-      axis=0)  # [kh * kw * c_in, batch, h, w]
+  if two_pass:
+    columns = jnp.concatenate([xp[:, :, :, j:j + w] for j in range(kw)],
+                              axis=0)  # [kw * c_in, batch, h + 2, w]
+    patches = jnp.concatenate([columns[:, :, i:i + h, :] for i in range(kh)],
+                              axis=0)  # [kh * kw * c_in, batch, h, w]
+  else:
+    patches = jnp.concatenate(
+        [xp[:, :, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+        axis=0)  # [kh * kw * c_in, batch, h, w]
   out = kernel.reshape(kh * kw * c_in, c_out).T @ patches.reshape(
       kh * kw * c_in, b * h * w)
   return out.reshape(c_out, b, h, w)
@@ -298,11 +318,13 @@ def conv4(num_classes: int,
     return params
 
   def apply(params: Params, x: Array) -> Array:
-    if impl == 'patches_cf':
+    if impl in ('patches_cf', 'patches_cf_2pass'):
+      two_pass = impl == 'patches_cf_2pass'
       h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
       for i in range(num_blocks):
         p = params[f'conv{i}']
-        h = conv2d_3x3_same_cf(h, p['w']) + p['b'][:, None, None, None]
+        h = (conv2d_3x3_same_cf(h, p['w'], two_pass)
+             + p['b'][:, None, None, None])
         h = batch_norm(h, p['scale'], p['offset'], channel_axis=0)
         h = jax.nn.relu(max_pool_2x2(h, spatial_axes=(2, 3)))
       h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order

@@ -9,6 +9,9 @@ import pytest
 import jaxmeta
 from jaxmeta import models
 
+# Every implementation; 'xla' first (the reference).
+IMPLS = ('xla', 'patches', 'patches_cf', 'patches_cf_2pass')
+
 
 def test_mlp_of_the_design_document_outputs_log_probabilities():
   model = jaxmeta.mlp((784, 400, 10), log_softmax_output=True)
@@ -92,16 +95,45 @@ def test_conv_impls_give_the_same_maml_gradient():
   y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
   tasks = jaxmeta.Task(x[:, :5], y[:, ::2], x[:, 5:], y[:, ::2])
   grads = {}
-  for impl in ('xla', 'patches', 'patches_cf'):
+  for impl in IMPLS:
     model = jaxmeta.conv4(5, num_filters=8, conv_impl=impl)
     learner = jaxmeta.maml(model.init,
                            jaxmeta.classification_loss(model.apply), 0.4, 2)
     params = model.init(jax.random.key(0))
     grads[impl], _ = jax.jit(jaxmeta.meta_gradient, static_argnums=0)(
         learner, params, tasks)
-  for impl in ('patches', 'patches_cf'):
+  for impl in IMPLS[1:]:
     chex.assert_trees_all_close(grads['xla'], grads[impl], rtol=2e-3,
                                 atol=1e-5)
+
+
+def test_conv_impls_give_the_same_maml_gradient_in_float64():
+  # Float32 near-ties of max-pool windows and ReLUs move float32 gradients
+  # by ~1e-4 between implementations; in float64 they must agree exactly
+  # (up to rounding), second-order terms through two inner steps included.
+  with jax.enable_x64(True):
+    x = jax.random.uniform(jax.random.key(1), (2, 10, 12, 12, 2),
+                           jnp.float64)
+    y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
+    tasks = jaxmeta.Task(x[:, :5], y[:, ::2], x[:, 5:], y[:, ::2])
+    grads = {}
+    for impl in IMPLS:
+      model = jaxmeta.conv4(5, (12, 12, 2), num_filters=6, num_blocks=2,
+                            conv_impl=impl)
+      learner = jaxmeta.maml(
+          model.init, jaxmeta.classification_loss(model.apply), 0.4, 2)
+      params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                            model.init(jax.random.key(0)))
+      grads[impl], _ = jaxmeta.meta_gradient(learner, params, tasks)
+  for impl in IMPLS[1:]:
+    # Conv biases are cancelled by batch norm: their gradient is rounding.
+    for name in grads['xla']:
+      for leaf in grads['xla'][name]:
+        if leaf != 'b' or name == 'head':
+          np.testing.assert_allclose(grads[impl][name][leaf],
+                                     grads['xla'][name][leaf],
+                                     rtol=1e-9, atol=1e-12,
+                                     err_msg=f'{impl} {name}/{leaf}')
 
 
 @pytest.mark.parametrize('input_shape', [(28, 28, 1), (21, 19, 3)])
@@ -109,18 +141,19 @@ def test_conv4_impls_are_the_same_function_of_the_same_parameters(
     input_shape):
   x = jax.random.uniform(jax.random.key(1), (6,) + input_shape)
   out = {}
-  for impl in ('xla', 'patches', 'patches_cf'):
+  for impl in IMPLS:
     model = jaxmeta.conv4(5, input_shape, num_filters=8, conv_impl=impl)
     out[impl] = model.apply(model.init(jax.random.key(0)), x)
-  np.testing.assert_allclose(out['patches'], out['xla'], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(out['patches_cf'], out['xla'], rtol=1e-4,
-                             atol=1e-4)
+  for impl in IMPLS[1:]:
+    np.testing.assert_allclose(out[impl], out['xla'], rtol=1e-4, atol=1e-4,
+                               err_msg=impl)
 
 
 def test_resolve_conv_impl():
   assert jaxmeta.resolve_conv_impl('xla') == 'xla'
   assert jaxmeta.resolve_conv_impl('patches_cf') == 'patches_cf'
-  expected = 'xla' if jax.default_backend() == 'tpu' else 'patches_cf'
+  expected = {'tpu': 'xla', 'cpu': 'patches_cf_2pass'}.get(
+      jax.default_backend(), 'patches_cf')
   assert jaxmeta.resolve_conv_impl('auto') == expected
   with pytest.raises(ValueError, match='Unknown conv_impl'):
     jaxmeta.resolve_conv_impl('winograd')
@@ -225,7 +258,7 @@ def _numpy_conv4_block_output(x, w, b, scale, offset):
   return y.reshape(n, h // 2, 2, wd // 2, 2, -1).max(axis=(2, 4))
 
 
-@pytest.mark.parametrize('impl', ['xla', 'patches', 'patches_cf'])
+@pytest.mark.parametrize('impl', IMPLS)
 def test_conv4_block_pools_the_relu_like_numpy(impl):
   # The model applies the ReLU after the pool; the two orders must agree,
   # negative batch-norm scales included (the pool must not be moved past
