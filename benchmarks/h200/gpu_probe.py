@@ -44,6 +44,8 @@ VARIANTS = [
     ('xla', 'highest', None),
     ('patches', None, 8),
     ('xla', None, 8),
+    # Added after the H200 run (not in probe.log): the CPU default.
+    ('patches_cf_2pass', None, None),
 ]
 only = os.environ.get('PROBE_VARIANTS')
 if only:
