@@ -258,6 +258,23 @@ def _numpy_conv4_block_output(x, w, b, scale, offset):
   return y.reshape(n, h // 2, 2, wd // 2, 2, -1).max(axis=(2, 4))
 
 
+@pytest.mark.parametrize('impl', ['xla', 'patches_cf_2pass'])
+def test_conv_bias_is_cancelled_by_batch_norm_and_gets_zero_gradient(impl):
+  model = jaxmeta.conv4(5, num_filters=8, conv_impl=impl)
+  params = model.init(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
+  shifted = jax.tree.map(lambda a: a, params)
+  for i in range(4):
+    shifted[f'conv{i}'] = dict(params[f'conv{i}'], b=jnp.full((8,), 3.0))
+  # The same function: apply leaves the bias out, which the NumPy reference
+  # of `test_conv4_block_pools_the_relu_like_numpy` (which adds it) checks.
+  np.testing.assert_array_equal(model.apply(shifted, x),
+                                model.apply(params, x))
+  grads = jax.grad(lambda p: model.apply(p, x).sum())(params)
+  for i in range(4):
+    np.testing.assert_array_equal(grads[f'conv{i}']['b'], np.zeros(8))
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 def test_conv4_block_pools_the_relu_like_numpy(impl):
   # The model applies the ReLU after the pool; the two orders must agree,
