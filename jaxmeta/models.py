@@ -219,9 +219,10 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
 
   The four sub-grids of each 2x2 window come from a reshape that splits each
   spatial axis into (size // 2, 2) (contiguous slices, unlike strided ones),
-  and are reduced pairwise by selection: `where(a >= b, a, b)`. On a tie the
-  earlier element of the window (row-major) wins and receives the whole
-  gradient, as in PyTorch's `max_pool2d`. Why not the alternatives:
+  and are reduced pairwise by selection: `where(a >= b or a is NaN, a, b)`.
+  On a tie the earlier element of the window (row-major) wins and receives
+  the whole gradient, and a NaN anywhere in the window is the result, both
+  as in PyTorch's `max_pool2d`. Why not the alternatives:
   `jnp.max` over the window divides by the number of elements equal to the
   maximum in its derivative, and in MAML's second-order pass XLA may
   recompute the window in a fusion that rounds differently, find no equal
@@ -250,7 +251,7 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   pick = lambda i, j: jax.lax.index_in_dim(
       jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
       i, axis=ah + 1, keepdims=False)
-  first_max = lambda a, b: jax.lax.select(a >= b, a, b)
+  first_max = lambda a, b: jax.lax.select((a >= b) | jnp.isnan(a), a, b)
   return first_max(first_max(pick(0, 0), pick(0, 1)),
                    first_max(pick(1, 0), pick(1, 1)))
 

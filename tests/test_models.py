@@ -245,6 +245,15 @@ def test_max_pool_tie_gives_the_whole_gradient_to_the_first_maximum(
   np.testing.assert_array_equal(hvp.reshape(2, 2), expected_hvp)
 
 
+@pytest.mark.parametrize('nan_at', [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_max_pool_propagates_nan_from_any_position(nan_at):
+  window = np.array([[1., 2.], [3., 0.]], np.float32)
+  window[nan_at] = np.nan
+  x = np.stack([window, np.ones((2, 2), np.float32)]).reshape(1, 4, 2, 1)
+  out = np.asarray(models.max_pool_2x2(x)).ravel()
+  assert np.isnan(out[0]) and out[1] == 1.
+
+
 def _numpy_conv4_block_output(x, w, b, scale, offset):
   """One Conv-4 block in NumPy float64, pooling the ReLU (the usual order)."""
   n, h, wd, _ = x.shape
