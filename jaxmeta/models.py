@@ -209,8 +209,9 @@ def batch_norm(x: Array, scale: Array, offset: Array,
   shape = [1] * x.ndim
   shape[channel_axis] = x.shape[channel_axis]
   mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.var(x, axis=axes, keepdims=True)
-  return ((x - mean) * jax.lax.rsqrt(var + eps) * scale.reshape(shape)
+  centred = x - mean
+  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+  return (centred * (jax.lax.rsqrt(var + eps) * scale.reshape(shape))
           + offset.reshape(shape))
 
 
