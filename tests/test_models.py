@@ -90,6 +90,58 @@ def test_batch_norm_channel_axis():
       atol=1e-5)
 
 
+@pytest.mark.parametrize('channel_axis', [-1, 0])
+def test_batch_norm_gradients_match_the_textbook_backward(channel_axis):
+  # float64, so that the comparison is exact to rounding. First order
+  # against the closed-form backward pass (Ioffe & Szegedy 2015) in NumPy;
+  # second order (a meta-gradient differentiates the gradient again)
+  # against autodiff of the textbook formula with `jnp.var`.
+  rng = np.random.RandomState(0)
+  x = rng.randn(3, 4, 5, 2) * 3.0 + 1.0  # NHWC
+  g = rng.randn(3, 4, 5, 2)
+  scale, offset = np.array([2.0, -0.5]), np.array([0.1, -1.0])
+  to_layout = lambda a: a if channel_axis == -1 else np.transpose(a, (3, 0, 1, 2))
+  xl, gl = to_layout(x), to_layout(g)
+
+  def textbook(x, scale, offset):
+    axes = tuple(a for a in range(4) if a != channel_axis % 4)
+    shape = [1] * 4
+    shape[channel_axis] = 2
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.var(x, axis=axes, keepdims=True)
+    return ((x - mean) / jnp.sqrt(var + 1e-5) * scale.reshape(shape)
+            + offset.reshape(shape))
+
+  ours = lambda x, s, o: models.batch_norm(x, s, o, channel_axis=channel_axis)
+  loss = lambda bn: lambda x, s, o: jnp.sum(bn(x, s, o) * gl)
+  with jax.enable_x64(True):
+    grads = jax.grad(loss(ours), argnums=(0, 1, 2))(
+        jnp.asarray(xl), jnp.asarray(scale), jnp.asarray(offset))
+    # Closed form, in NHWC.
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    inv = 1.0 / np.sqrt(var + 1e-5)
+    xhat = (x - mean) * inv
+    dscale = np.sum(g * xhat, axis=(0, 1, 2))
+    doffset = np.sum(g, axis=(0, 1, 2))
+    dx = scale * inv / n * (n * g - doffset - xhat * dscale)
+    np.testing.assert_allclose(grads[0], to_layout(dx), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(grads[1], dscale, rtol=1e-10)
+    np.testing.assert_allclose(grads[2], doffset, rtol=1e-10)
+
+    def grad_norm(bn):
+      def f(x, s, o):
+        return sum(jnp.sum(jnp.square(t)) for t in jax.grad(
+            loss(bn), argnums=(0, 1, 2))(x, s, o))
+      return f
+    args = (jnp.asarray(xl), jnp.asarray(scale), jnp.asarray(offset))
+    second = jax.grad(grad_norm(ours), argnums=(0, 1, 2))(*args)
+    expected = jax.grad(grad_norm(textbook), argnums=(0, 1, 2))(*args)
+    for got, want in zip(second, expected):
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
 def test_conv_impls_give_the_same_maml_gradient():
   x = jax.random.uniform(jax.random.key(1), (2, 10, 28, 28, 1))
   y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
