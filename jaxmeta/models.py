@@ -193,6 +193,12 @@ def batch_norm(x: Array, scale: Array, offset: Array,
                eps: float = 1e-5, channel_axis: int = -1) -> Array:
   """Normalises with the statistics of the batch `x` itself.
 
+  Two-pass statistics: the mean, then the mean square of `x - mean`. The
+  centred input is computed once and serves the variance and the output,
+  so that the derivative reduces over it twice and keeps no other
+  activation-sized residual (`jnp.var` computed the mean again and made the
+  CPU MAML step 1.06-1.13x slower).
+
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
       (`channel_axis=0`).
