@@ -100,7 +100,8 @@ def test_batch_norm_gradients_match_the_textbook_backward(channel_axis):
   x = rng.randn(3, 4, 5, 2) * 3.0 + 1.0  # NHWC
   g = rng.randn(3, 4, 5, 2)
   scale, offset = np.array([2.0, -0.5]), np.array([0.1, -1.0])
-  to_layout = lambda a: a if channel_axis == -1 else np.transpose(a, (3, 0, 1, 2))
+  to_layout = lambda a: (a if channel_axis == -1
+                         else np.transpose(a, (3, 0, 1, 2)))
   xl, gl = to_layout(x), to_layout(g)
 
   def textbook(x, scale, offset):
@@ -112,7 +113,8 @@ def test_batch_norm_gradients_match_the_textbook_backward(channel_axis):
     return ((x - mean) / jnp.sqrt(var + 1e-5) * scale.reshape(shape)
             + offset.reshape(shape))
 
-  ours = lambda x, s, o: models.batch_norm(x, s, o, channel_axis=channel_axis)
+  ours = lambda x, s, o: models.batch_norm(x, s, o,
+                                          channel_axis=channel_axis)
   loss = lambda bn: lambda x, s, o: jnp.sum(bn(x, s, o) * gl)
   with jax.enable_x64(True):
     grads = jax.grad(loss(ours), argnums=(0, 1, 2))(
