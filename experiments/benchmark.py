@@ -675,22 +675,62 @@ def time_interleaved(timers: Sequence[Timer], settings: Settings,
       last[k] = seconds
   wanted = {k: timed_count(settings, last[k]) for k in active}
   times = {k: [] for k in active}
+  turns = {k: [] for k in active}  # per turn: its timed steps
   block = max(1, settings.interleave_block)
   while any(len(times[k]) < wanted[k] for k in active):
     for k in list(active):
       todo = min(block, wanted[k] - len(times[k]))
       if todo <= 0 or run(k) is None:  # the untimed step
         continue
+      turn = []
       for _ in range(todo):
         seconds = run(k)
         if seconds is None:
           break
-        times[k].append(seconds)
+        turn.append(seconds)
+      times[k].extend(turn)
+      if turn:
+        turns[k].append(turn)
   for k in active:
     results[k].update(summarise(times[k], meta_batch), status='ok',
                       timing=f'interleaved blocks of {block}',
+                      step_ms=[1e3 * t for t in times[k]],
+                      turn_median_ms=[1e3 * statistics.median(t)
+                                      for t in turns[k]],
                       **timers[k].finish())
   return results
+
+
+def add_paired_speedups(rows: Sequence[dict[str, Any]],
+                        baseline: str = 'torch_loop') -> None:
+  """Adds each timed row's speed-up over `baseline`, paired turn by turn.
+
+  The implementations of one configuration and algorithm take turns (see
+  `time_interleaved`), so turn `i` of every implementation falls in the same
+  round. `paired_x_vs_<baseline>` is the median over rounds of (the
+  baseline's median step time in that round / this row's), with the first
+  and third quartiles in `..._quartiles`. A burst of load that hits a few
+  turns moves it less than it moves the ratio of the two overall medians
+  (`x vs torch loop` in the table): on this 2-core CPU two runs ten minutes
+  apart gave MAML ratios of medians of 0.94 and 1.08.
+
+  Args:
+    rows: the result rows (modified in place); rows without
+      `turn_median_ms` (not timed) are left alone.
+    baseline: the implementation to compare against.
+  """
+  key = f'paired_x_vs_{baseline}'
+  base = {(r['config'], r['algorithm']): r['turn_median_ms'] for r in rows
+          if r['implementation'] == baseline and r.get('turn_median_ms')}
+  for r in rows:
+    base_turns = base.get((r['config'], r['algorithm']))
+    if not base_turns or not r.get('turn_median_ms'):
+      continue
+    ratios = [b / t for b, t in zip(base_turns, r['turn_median_ms'])]
+    r[key] = statistics.median(ratios)
+    r[key + '_quartiles'] = (list(statistics.quantiles(ratios, n=4,
+                                                       method='inclusive'))
+                             [::2] if len(ratios) > 1 else [r[key]] * 2)
 
 
 # ----------------------------------------------------------------------------
@@ -862,6 +902,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
                              time_interleaved(timers, settings,
                                               config.meta_batch)):
         row.update(timing)
+      add_paired_speedups(rows)
       del timers  # frees the device memory of this configuration's steps
       if torch_impls:
         set_torch_precision(True)
@@ -926,6 +967,10 @@ def markdown(results: dict[str, Any]) -> str:
       '- ms per meta-step = the whole step (meta-gradient over the meta-batch '
       '+ Adam update); median and min over the timed steps after warm-up. '
       'first step = JAX compile + first run; torch first run.',
+      '- x vs torch loop: the loop\'s median over this row\'s. paired: the '
+      'implementations take turns; the median over turns of the loop\'s '
+      'turn time over this row\'s in the same round, with its quartiles '
+      '(less moved by a burst of load on a shared machine).',
       '- grad check: max relative error per tensor of the float32 '
       'meta-gradient against the reference; vs float64: its error against '
       'the float64 meta-gradient, and in brackets the float64 agreement (that '
@@ -936,8 +981,9 @@ def markdown(results: dict[str, Any]) -> str:
       '',
       '| config | algorithm | implementation | median ms | min ms | steps | '
       'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
+      'paired x vs loop [quartiles] | '
       'grad check (max rel err) | vs float64 (f64 agreement) |',
-      '|' + '---|' * 13,
+      '|' + '---|' * 14,
   ]
   loop_ms = {(r['config'], r['algorithm']): r['median_ms']
              for r in results['rows']
@@ -946,6 +992,10 @@ def markdown(results: dict[str, Any]) -> str:
     ok = r['status'] == 'ok'
     base = loop_ms.get((r['config'], r['algorithm']))
     speedup = (f'{base / r["median_ms"]:.2f}' if ok and base else '-')
+    paired = '-'
+    if ok and r.get('paired_x_vs_torch_loop') is not None:
+      q1, q3 = r['paired_x_vs_torch_loop_quartiles']
+      paired = f'{r["paired_x_vs_torch_loop"]:.2f} [{q1:.2f}, {q3:.2f}]'
     peak = (r.get('peak_memory_bytes') / BYTES_PER_MIB
             if r.get('peak_memory_bytes') else None)
     check = ('ref' if r['implementation'] == 'jaxmeta'
@@ -966,8 +1016,8 @@ def markdown(results: dict[str, Any]) -> str:
                        _fmt(r.get('tasks_per_s'), '.2f'),
                        _fmt(r.get('compile_s'), '.2f'),
                        _fmt(r.get('first_step_s'), '.2f'),
-                       _fmt(peak, '.0f'), speedup])
-           if ok else f'{r["status"]} | | | | | | | ')
+                       _fmt(peak, '.0f'), speedup, paired])
+           if ok else f'{r["status"]} | | | | | | | | ')
         + f' | {check} | {vs64} |')
   return '\n'.join(lines) + '\n'
 

@@ -80,6 +80,11 @@ def test_tiny_benchmark_outputs(tiny_run):
     if row['implementation'] == 'jaxmeta':
       # From XLA's analysis of the step, on any backend.
       assert row['peak_memory_bytes'] > 0
+    assert len(row['step_ms']) == 2
+    assert row['turn_median_ms']
+    assert row['paired_x_vs_torch_loop'] > 0
+    if row['implementation'] == 'torch_loop':
+      assert row['paired_x_vs_torch_loop'] == 1.0
   markdown = (out_dir / 'benchmark.md').read_text()
   assert '| config | algorithm |' in markdown
   assert results['environment']['cpu'] in markdown
@@ -233,6 +238,37 @@ def test_time_interleaved_takes_turns_in_blocks():
   assert results[1]['num_timed_steps'] == 3
   assert results[1]['min_ms'] >= 200
   assert results[2] == {'status': 'error', 'error': 'RuntimeError: boom'}
+  # Per turn: 'fast' 2 + 2 timed steps, 'slow' 2 + 1.
+  assert len(results[0]['turn_median_ms']) == 2
+  assert len(results[0]['step_ms']) == 4
+  assert len(results[1]['turn_median_ms']) == 2
+  assert results[1]['turn_median_ms'][1] == results[1]['step_ms'][2]
+
+
+def test_paired_speedups_pair_turns_of_the_same_round():
+  def row(impl, turns, config='c', algorithm='maml'):
+    return {'config': config, 'algorithm': algorithm,
+            'implementation': impl, 'status': 'ok', 'turn_median_ms': turns}
+  rows = [
+      row('jaxmeta', [50.0, 100.0, 400.0]),
+      row('torch_loop', [100.0, 200.0, 400.0]),
+      # Fewer turns (max_seconds_per_row): paired with the first rounds.
+      row('torch_func', [200.0, 100.0]),
+      # Another algorithm has its own loop.
+      row('jaxmeta', [10.0, 10.0], algorithm='reptile'),
+      row('torch_loop', [30.0, 30.0], algorithm='reptile'),
+      {'config': 'c', 'algorithm': 'maml', 'implementation': 'torch_higher',
+       'status': 'gradient_mismatch'},
+  ]
+  benchmark.add_paired_speedups(rows)
+  # Ratios 2, 2, 1: median 2, quartiles (inclusive) 1.5 and 2.
+  assert rows[0]['paired_x_vs_torch_loop'] == 2.0
+  assert rows[0]['paired_x_vs_torch_loop_quartiles'] == [1.5, 2.0]
+  assert rows[1]['paired_x_vs_torch_loop'] == 1.0
+  # Ratios 0.5 and 2.
+  assert rows[2]['paired_x_vs_torch_loop'] == 1.25
+  assert rows[3]['paired_x_vs_torch_loop'] == 3.0
+  assert 'paired_x_vs_torch_loop' not in rows[5]
 
 
 def test_program_peak_bytes_counts_one_program():
