@@ -728,9 +728,11 @@ def add_paired_speedups(rows: Sequence[dict[str, Any]],
       continue
     ratios = [b / t for b, t in zip(base_turns, r['turn_median_ms'])]
     r[key] = statistics.median(ratios)
-    r[key + '_quartiles'] = (list(statistics.quantiles(ratios, n=4,
-                                                       method='inclusive'))
-                             [::2] if len(ratios) > 1 else [r[key]] * 2)
+    if len(ratios) > 1:
+      q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    else:
+      q1 = q3 = r[key]
+    r[key + '_quartiles'] = [q1, q3]
 
 
 # ----------------------------------------------------------------------------
