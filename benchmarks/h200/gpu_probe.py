@@ -1,8 +1,9 @@
 """Conv/precision variants of one jaxmeta meta-step, timed interleaved, and
 the kernel time of each from a JAX profiler trace.
 
-The script behind `probe.log` and `probe_omniglot_5w1s_maml.json` (see
-NOTES.md), kept to reproduce them. From the repository root:
+The script behind `probe_omniglot_5w1s_maml.json` (and the earlier
+`earlier/probe.log` and `earlier/probe_omniglot_5w1s_maml.json`; see
+NOTES.md), kept to reproduce them; `device_run.sh` runs it. From the repository root:
 
   PYTHONPATH=. python benchmarks/h200/gpu_probe.py OUTDIR [config] [algorithm]
 
@@ -44,7 +45,7 @@ VARIANTS = [
     ('xla', 'highest', None),
     ('patches', None, 8),
     ('xla', None, 8),
-    # Added after the H200 run (not in probe.log): the CPU default.
+    # The CPU default (added after the run in earlier/probe.log).
     ('patches_cf_2pass', None, None),
 ]
 only = os.environ.get('PROBE_VARIANTS')
