@@ -7,7 +7,8 @@ first-order MAML, Reptile) it builds ONE set of initial weights (jaxmeta's
 pixel values), then:
 
 1. Cross-check: computes the mean meta-gradient with `jaxmeta.meta_gradient`
-   and with every PyTorch implementation on those weights and that batch, in
+   (with the timed step's task chunking: the checked program is the timed
+   one) and with every PyTorch implementation on those weights and that batch, in
    float32 with full-precision matmuls (no TF32, JAX matmul precision
    'highest'), and compares them tensor by tensor. The reference is jaxmeta
    with the FIRST of `--conv_impls` (list 'xla' first to make XLA's direct
@@ -176,8 +177,9 @@ def define_flags() -> None:
                     'fails a PyTorch implementation whose float64 gradient '
                     f'differs from jaxmeta\'s by more than {FLOAT64_TOL:g}.')
   flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
-                       'in the timed meta-step; 0: jaxmeta.default_task_chunk_'
-                       'size (2 on CPU, the whole meta-batch on accelerators).')
+                       'in the timed meta-step and its cross-check; 0: '
+                       'jaxmeta.default_task_chunk_size (one task at a time '
+                       'on CPUs, the whole meta-batch on accelerators).')
   flags.DEFINE_integer('interleave_block', 5, 'Timed steps of one '
                        'implementation per turn (each turn starts with one '
                        'untimed step); see `time_interleaved`.', lower_bound=1)
@@ -466,12 +468,26 @@ def _compile_unoptimised(fn, *args):
   return lowered.compile(compiler_options=options)
 
 
+def jax_task_chunk_size(config: BenchConfig,
+                        settings: Settings) -> int | None:
+  """The task chunking of jaxmeta's timed step: `--task_chunk_size`, else
+  the backend's default (one task at a time on CPUs, all at once on
+  accelerators). The cross-check computes the meta-gradient with the same
+  chunking, so that it checks the program that is timed."""
+  if settings.task_chunk_size > 0:
+    return settings.task_chunk_size
+  return jaxmeta.default_task_chunk_size(config.meta_batch)
+
+
 def jax_meta_gradient(config: BenchConfig, algorithm: str, conv_impl: str,
-                      params, tasks, float64: bool = False
+                      params, tasks, float64: bool = False,
+                      task_chunk_size: int | None = None
                       ) -> dict[str, np.ndarray]:
-  """jaxmeta's mean meta-gradient at full float32 (or float64) precision."""
+  """jaxmeta's mean meta-gradient at full float32 (or float64) precision,
+  `task_chunk_size` tasks vmapped at a time (None: all)."""
   learner, _ = jax_setup(config, algorithm, conv_impl)
-  fn = functools.partial(jaxmeta.meta_gradient, learner)
+  fn = functools.partial(jaxmeta.meta_gradient, learner,
+                         task_chunk_size=task_chunk_size)
   if float64:
     with jax.enable_x64(True), jax.default_matmul_precision('highest'):
       to64 = lambda v: (jnp.asarray(v, jnp.float64)
@@ -522,8 +538,7 @@ def start_jax_timer(config: BenchConfig, algorithm: str, conv_impl: str,
   """Compiles jaxmeta's jitted meta-step (meta-gradient + Adam, state
   donated) and runs it once."""
   learner, optimizer = jax_setup(config, algorithm, conv_impl)
-  chunk = (settings.task_chunk_size if settings.task_chunk_size > 0 else
-           jaxmeta.default_task_chunk_size(config.meta_batch))
+  chunk = jax_task_chunk_size(config, settings)
   step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer,
                                               task_chunk_size=chunk),
                  donate_argnums=0)
@@ -801,15 +816,16 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     if torch_impls:
       batch = tb.batch_from_numpy(*(np.asarray(a) for a in tasks),
                                   device=device)
+    chunk = jax_task_chunk_size(config, settings)
     for algorithm in settings.algorithms:
       # Same initial weights as init_train_state gives the timed JAX step.
       learner, optimizer = jax_setup(config, algorithm, conv_impls[0])
       params = jaxmeta.init_train_state(learner, optimizer, init_key).params
       reference = jax_meta_gradient(config, algorithm, conv_impls[0], params,
-                                    tasks)
+                                    tasks, task_chunk_size=chunk)
       # The float64 meta-gradient: what every float32 result approximates.
       truth = (jax_meta_gradient(config, algorithm, conv_impls[0], params,
-                                 tasks, float64=True)
+                                 tasks, float64=True, task_chunk_size=chunk)
                if settings.float64_check else None)
       candidates = [('jaxmeta', c) for c in conv_impls[1:]
                     if 'jaxmeta' in settings.implementations]
@@ -820,11 +836,12 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       for impl, conv_impl in candidates:
         entry = {'config': config_name, 'algorithm': algorithm,
                  'implementation': impl, 'conv_impl': conv_impl,
-                 'reference': f'jaxmeta[{conv_impls[0]}]'}
+                 'reference': f'jaxmeta[{conv_impls[0]}]',
+                 'jax_task_chunk_size': chunk}
         try:
           if impl == 'jaxmeta':
             got = jax_meta_gradient(config, algorithm, conv_impl, params,
-                                    tasks)
+                                    tasks, task_chunk_size=chunk)
           else:
             model, meta_grad = torch_setup(tb, config, impl, algorithm,
                                            params, device)
@@ -835,7 +852,8 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
           if truth is not None:
             if impl == 'jaxmeta':
               got64 = jax_meta_gradient(config, algorithm, conv_impl, params,
-                                        tasks, float64=True)
+                                        tasks, float64=True,
+                                        task_chunk_size=chunk)
             else:
               got64 = torch_meta_gradient_float64(
                   tb, config, impl, algorithm, params, batch, device)

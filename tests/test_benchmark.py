@@ -206,6 +206,30 @@ def test_verdict():
   assert verdict(entry(5e-5, 1e-5, 1e-14, ['shape'])) == (False, 'error')
 
 
+def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
+  # The check must compute the meta-gradient the way the timed step does:
+  # here two tasks vmapped at once, where a CPU's default would scan one at a
+  # time (and an accelerator's would vmap all).
+  chunks = []
+  real = jaxmeta.meta_gradient
+
+  def spy(learner, params, tasks, task_chunk_size=None):
+    chunks.append(task_chunk_size)
+    return real(learner, params, tasks, task_chunk_size=task_chunk_size)
+
+  monkeypatch.setattr(jaxmeta, 'meta_gradient', spy)
+  settings = benchmark.Settings(
+      out=str(tmp_path), configs=('tiny',), algorithms=('fomaml',),
+      implementations=('jaxmeta',), conv_impls=('patches_cf', 'patches'),
+      num_steps=1, warmup_steps=0, task_chunk_size=2)
+  results, ok = benchmark.run_benchmark(settings)
+  assert ok
+  # Reference and candidate, each in float32 and float64.
+  assert chunks == [2, 2, 2, 2]
+  assert [c['jax_task_chunk_size'] for c in results['cross_checks']] == [2]
+  assert [r['task_chunk_size'] for r in results['rows']] == [2, 2]
+
+
 def test_time_interleaved_takes_turns_in_blocks():
   calls = []
 
