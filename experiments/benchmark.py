@@ -821,11 +821,14 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       # Same initial weights as init_train_state gives the timed JAX step.
       learner, optimizer = jax_setup(config, algorithm, conv_impls[0])
       params = jaxmeta.init_train_state(learner, optimizer, init_key).params
-      reference = jax_meta_gradient(config, algorithm, conv_impls[0], params,
-                                    tasks, task_chunk_size=chunk)
+
+      def jax_grad(conv_impl, float64=False):
+        return jax_meta_gradient(config, algorithm, conv_impl, params, tasks,
+                                 float64=float64, task_chunk_size=chunk)
+
+      reference = jax_grad(conv_impls[0])
       # The float64 meta-gradient: what every float32 result approximates.
-      truth = (jax_meta_gradient(config, algorithm, conv_impls[0], params,
-                                 tasks, float64=True, task_chunk_size=chunk)
+      truth = (jax_grad(conv_impls[0], float64=True)
                if settings.float64_check else None)
       candidates = [('jaxmeta', c) for c in conv_impls[1:]
                     if 'jaxmeta' in settings.implementations]
@@ -840,8 +843,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
                  'jax_task_chunk_size': chunk}
         try:
           if impl == 'jaxmeta':
-            got = jax_meta_gradient(config, algorithm, conv_impl, params,
-                                    tasks, task_chunk_size=chunk)
+            got = jax_grad(conv_impl)
           else:
             model, meta_grad = torch_setup(tb, config, impl, algorithm,
                                            params, device)
@@ -851,9 +853,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
           entry.update(float64_errors(truth, got))
           if truth is not None:
             if impl == 'jaxmeta':
-              got64 = jax_meta_gradient(config, algorithm, conv_impl, params,
-                                        tasks, float64=True,
-                                        task_chunk_size=chunk)
+              got64 = jax_grad(conv_impl, float64=True)
             else:
               got64 = torch_meta_gradient_float64(
                   tb, config, impl, algorithm, params, batch, device)
