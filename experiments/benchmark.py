@@ -779,6 +779,12 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     unknown = [n for n in name if n not in known]
     if unknown:
       raise ValueError(f'Unknown {unknown}; choose from {sorted(known)}.')
+  for name in settings.configs:
+    meta_batch = CONFIGS[name].meta_batch
+    chunk = settings.task_chunk_size
+    if 0 < chunk < meta_batch and meta_batch % chunk:
+      raise ValueError(f'--task_chunk_size={chunk} must divide the meta-batch '
+                       f'size of {name} ({meta_batch}).')
   conv_impls = resolve_conv_impls(settings.conv_impls)
   torch_impls = [i for i in settings.implementations
                  if i in TORCH_IMPLEMENTATIONS]

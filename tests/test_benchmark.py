@@ -230,6 +230,17 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
   assert [r['task_chunk_size'] for r in results['rows']] == [2, 2]
 
 
+def test_task_chunk_size_must_divide_the_meta_batch(tmp_path):
+  settings = benchmark.Settings(
+      out=str(tmp_path), configs=('omniglot_5w1s_mb4',),
+      algorithms=('reptile',), implementations=('jaxmeta',),
+      conv_impls=('auto',), num_steps=1, warmup_steps=0, task_chunk_size=3)
+  with pytest.raises(ValueError, match='must divide the meta-batch size of '
+                     r'omniglot_5w1s_mb4 \(4\)'):
+    benchmark.run_benchmark(settings)
+  assert not os.listdir(tmp_path)  # Failed before any work.
+
+
 def test_time_interleaved_takes_turns_in_blocks():
   calls = []
 
