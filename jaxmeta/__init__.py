@@ -29,9 +29,11 @@ from jaxmeta.algorithms import reptile
 from jaxmeta.losses import classification_loss
 from jaxmeta.losses import LossFn
 from jaxmeta.losses import regression_loss
+from jaxmeta.models import BACKBONES
 from jaxmeta.models import conv4
 from jaxmeta.models import mlp
 from jaxmeta.models import Model
+from jaxmeta.models import register_backbone
 from jaxmeta.models import resolve_conv_impl
 from jaxmeta.training import default_task_chunk_size
 from jaxmeta.training import init_train_state

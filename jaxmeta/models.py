@@ -25,6 +25,24 @@ from jaxmeta.types import Array, Params, PRNGKey
 
 CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf', 'patches_cf_2pass')
 
+# name -> `builder(num_outputs, input_shape, **options) -> Model`, filled by
+# `register_backbone`; the experiment harness builds backbones by name.
+BACKBONES: dict[str, Callable[..., 'Model']] = {}
+
+
+def register_backbone(name: str):
+  """Decorator: `@register_backbone('conv4')` adds a builder to `BACKBONES`.
+
+  A builder takes the number of outputs (the ways, or 1 for regression), the
+  shape of one input without the batch axis, and its own keyword options.
+  """
+  def add(builder):
+    if name in BACKBONES and BACKBONES[name] is not builder:
+      raise ValueError(f'Backbone {name!r} is already registered.')
+    BACKBONES[name] = builder
+    return builder
+  return add
+
 
 class Model(NamedTuple):
   """A model as a pair of pure functions.
@@ -264,6 +282,7 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
                    first_max(pick(1, 0), pick(1, 1)))
 
 
+@register_backbone('conv4')
 def conv4(num_classes: int,
           input_shape: Sequence[int] = (28, 28, 1),
           num_filters: int = 64,
@@ -355,3 +374,22 @@ def conv4(num_classes: int,
     return h @ params['head']['w'] + params['head']['b']
 
   return Model(init, apply)
+
+
+@register_backbone('mlp')
+def mlp_backbone(num_outputs: int, input_shape: Sequence[int],
+                 hidden: Sequence[int] = (40, 40)) -> Model:
+  """`mlp` with the backbone signature: flattened input, `hidden`, outputs.
+
+  Args:
+    num_outputs: width of the output layer.
+    input_shape: shape of one input (flattened to its size).
+    hidden: widths of the hidden ReLU layers.
+
+  Returns:
+    `mlp((prod(input_shape), *hidden, num_outputs))`.
+  """
+  size = 1
+  for s in input_shape:
+    size *= int(s)
+  return mlp((size, *hidden, num_outputs))

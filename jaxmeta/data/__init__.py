@@ -1,17 +1,22 @@
-"""Data for few-shot learning: Omniglot splits and episodic task sampling.
+"""Data for few-shot learning: datasets by name and episodic task sampling.
 
-`omniglot.load` gives a split as one uint8 array `[classes, 20, S, S, 1]`;
+`load(name, split, ...)` gives a split of a registered dataset (`DATASETS`)
+as one uint8 array `[classes, examples, H, W, C]`;
 `episodes.sample_task` / `sample_tasks` draw N-way K-shot tasks from it inside
 `jit`.
 """
 
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
+from jaxmeta.data import registry
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
 from jaxmeta.data.episodes import eval_task_keys
 from jaxmeta.data.episodes import sample_task
 from jaxmeta.data.episodes import sample_tasks
-from jaxmeta.data.omniglot import ClassImages
 from jaxmeta.data.omniglot import OmniglotError
 from jaxmeta.data.omniglot import SPLIT_SCHEMES
+from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import DATASETS
+from jaxmeta.data.registry import load
+from jaxmeta.data.registry import register

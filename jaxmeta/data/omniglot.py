@@ -50,15 +50,16 @@ import functools
 import os
 from pathlib import Path
 import random
-from typing import NamedTuple
 
 import numpy as np
 
 from jaxmeta.data import omniglot_tfds
+from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.omniglot_tfds import OmniglotError
+from jaxmeta.data.registry import register
+from jaxmeta.data.registry import SPLITS
 
 SPLIT_SCHEMES = ('vinyals', 'maml', 'lake')
-SPLITS = ('train', 'val', 'test')
 ROTATIONS = (0, 90, 180, 270)
 NUM_DRAWINGS = omniglot_tfds.NUM_DRAWINGS
 DEFAULT_SOURCE_DIR = omniglot_tfds.DEFAULT_SOURCE_DIR
@@ -73,19 +74,7 @@ _LAKE_SEED = 0
 _LAKE_NUM_VAL = 100
 
 
-class ClassImages(NamedTuple):
-  """All drawings of every class of one split.
-
-  Attributes:
-    images: uint8 `[classes, drawings (= 20), S, S, 1]`, strokes 255 and
-      background 0; drawings ordered by drawer 1..20.
-    class_names: one per class, `'Alphabet/characterNN/rotDDD'`, e.g.
-      `'Angelic/character01/rot090'`.
-  """
-  images: np.ndarray
-  class_names: tuple[str, ...]
-
-
+@register('omniglot')
 def load(split: str = 'train', scheme: str = 'vinyals', *,
          image_size: int = 28, rotations: bool | None = None,
          data_dir: str | None = None,
