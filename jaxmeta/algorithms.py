@@ -25,6 +25,7 @@ Inner loops run under `lax.scan`: the compiled program holds the inner update
 once, whatever the number of inner steps.
 """
 
+import inspect
 from typing import Callable, NamedTuple
 
 import jax
@@ -290,6 +291,15 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
   return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
 
 
+# name -> builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options).
+REGISTRY: dict[str, Callable[..., MetaLearner]] = {
+    'maml': maml,
+    'fomaml': fomaml,
+    'reptile': reptile,
+    'pretrain': pretrain,
+}
+
+
 def make_learner(name: str,
                  init_fn: Callable[[PRNGKey], Params],
                  loss_fn: LossFn,
@@ -297,21 +307,26 @@ def make_learner(name: str,
                  num_inner_steps: int,
                  inner_optimizer: optax.GradientTransformation | None = None,
                  ) -> MetaLearner:
-  """Builds an algorithm by name: 'maml', 'fomaml', 'reptile' or 'pretrain'.
+  """Builds the algorithm `name` of `REGISTRY`.
 
-  `inner_optimizer` is only meaningful for Reptile; MAML's inner step is plain
-  gradient descent with `inner_lr`.
+  `inner_optimizer` is only meaningful for algorithms whose builder takes
+  one (Reptile); MAML's inner step is plain gradient descent with `inner_lr`,
+  which its second-order derivative differentiates.
   """
-  if name in ('maml', 'fomaml'):
-    if inner_optimizer is not None:
+  if name not in REGISTRY:
+    raise ValueError(f'Unknown algorithm {name!r}; choose one of '
+                     f'{sorted(REGISTRY)}.')
+  builder = REGISTRY[name]
+  options = {}
+  if inner_optimizer is not None:
+    if 'inner_optimizer' not in inspect.signature(builder).parameters:
       raise ValueError(f'{name} uses plain SGD with inner_lr in its inner '
-                       'loop; inner_optimizer applies to reptile only.')
-    return maml(init_fn, loss_fn, inner_lr, num_inner_steps,
-                first_order=(name == 'fomaml'))
-  if name == 'reptile':
-    return reptile(init_fn, loss_fn, inner_lr, num_inner_steps,
-                   inner_optimizer)
-  if name == 'pretrain':
-    return pretrain(init_fn, loss_fn, inner_lr, num_inner_steps)
-  raise ValueError(f'Unknown algorithm {name!r}; choose one of '
-                   f'{ALGORITHMS + BASELINES}.')
+                       'loop; inner_optimizer applies to '
+                       f'{_takes_inner_optimizer()} only.')
+    options['inner_optimizer'] = inner_optimizer
+  return builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options)
+
+
+def _takes_inner_optimizer() -> list[str]:
+  return [n for n, b in REGISTRY.items()
+          if 'inner_optimizer' in inspect.signature(b).parameters]

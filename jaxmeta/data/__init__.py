@@ -17,6 +17,7 @@ from jaxmeta.data.episodes import sample_tasks
 from jaxmeta.data.omniglot import OmniglotError
 from jaxmeta.data.omniglot import SPLIT_SCHEMES
 from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import DataError
 from jaxmeta.data.registry import DATASETS
 from jaxmeta.data.registry import load
 from jaxmeta.data.registry import register

@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxmeta.data import registry
+
 # The project's shipped copy of the Omniglot source files (see its README.md).
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / 'data' / 'omniglot'
 
@@ -67,7 +69,7 @@ _MEMBER_RE = re.compile(
 _LAYOUT = 'images_<background|evaluation>/<Alphabet>/characterNN/<ID>_<drawer>.png'
 
 
-class OmniglotError(ValueError):
+class OmniglotError(registry.DataError):
   """Omniglot data is missing, corrupted, badly laid out or asked for wrongly.
 
   The message always names the problem and how to fix it.
