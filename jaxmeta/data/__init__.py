@@ -6,9 +6,11 @@ as one uint8 array `[classes, examples, H, W, C]`;
 `jit`.
 """
 
+from jaxmeta.data import cifar100
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
 from jaxmeta.data import registry
+from jaxmeta.data.cifar100 import Cifar100Error
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
 from jaxmeta.data.episodes import eval_task_keys
