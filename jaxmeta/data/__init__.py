@@ -8,6 +8,7 @@ as one uint8 array `[classes, examples, H, W, C]`;
 
 from jaxmeta.data import cifar100
 from jaxmeta.data import episodes
+from jaxmeta.data import miniimagenet
 from jaxmeta.data import omniglot
 from jaxmeta.data import registry
 from jaxmeta.data.cifar100 import Cifar100Error
@@ -16,6 +17,7 @@ from jaxmeta.data.episodes import EpisodeConfigError
 from jaxmeta.data.episodes import eval_task_keys
 from jaxmeta.data.episodes import sample_task
 from jaxmeta.data.episodes import sample_tasks
+from jaxmeta.data.miniimagenet import MiniImageNetError
 from jaxmeta.data.omniglot import OmniglotError
 from jaxmeta.data.omniglot import SPLIT_SCHEMES
 from jaxmeta.data.registry import ClassImages
