@@ -7,12 +7,14 @@ as one uint8 array `[classes, examples, H, W, C]`;
 the device. Registered: 'omniglot', 'miniimagenet', 'cifar_fs', 'fc100'.
 """
 
+from jaxmeta.data import augment
 from jaxmeta.data import cifar100
 from jaxmeta.data import episodes
 from jaxmeta.data import host_episodes
 from jaxmeta.data import miniimagenet
 from jaxmeta.data import omniglot
 from jaxmeta.data import registry
+from jaxmeta.data.augment import AugmentConfig
 from jaxmeta.data.cifar100 import Cifar100Error
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
