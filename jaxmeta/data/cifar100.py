@@ -180,28 +180,31 @@ def _read_cache(data_dir: str | None,
     builder = cifar100_tfds.JaxmetaCifar100(
         data_dir=data_dir, file_format='array_record', source_dir=folder)
     builder.download_and_prepare()
-  sources = builder.as_data_source()
-  columns = [read_all(sources[name]) for name in cifar100_tfds.FILES]
-  images = np.concatenate([c['image'] for c in columns])
-  names = np.char.add(
-      np.char.add(np.concatenate([c['coarse_label_name'] for c in columns]),
-                  '/'),
-      np.concatenate([c['fine_label_name'] for c in columns]))
-  file_order = np.concatenate([np.full(len(c['index']), i)
-                               for i, c in enumerate(columns)])
-  rows = np.concatenate([c['index'] for c in columns])
-  fine = np.concatenate([c['fine_label_name'] for c in columns])
-  order = np.lexsort((rows, file_order, fine))
-  class_names, counts = np.unique(names[order], return_counts=True)
-  # np.unique sorts 'coarse/fine'; re-sort by fine name (CIFAR's label order).
-  class_names = sorted(class_names.tolist(), key=lambda n: n.split('/')[1])
+  source = builder.as_data_source()['classes']
   per_class = cifar100_tfds.EXAMPLES_PER_CLASS
-  if (len(class_names) != cifar100_tfds.NUM_FINE
-      or (counts != per_class).any()):
+  fix = (f'Fix: delete {builder.data_dir} and load again to rebuild the '
+         'cache.')
+  if len(source) != cifar100_tfds.NUM_FINE:
     raise Cifar100Error(
-        f'The prepared CIFAR-100 cache in {builder.data_dir} does not hold '
-        f'{cifar100_tfds.NUM_FINE} classes of {per_class} images. Fix: delete '
-        'that folder and load again to rebuild it.')
-  images = images[order].reshape(
-      (cifar100_tfds.NUM_FINE, per_class) + cifar100_tfds.IMAGE_SHAPE)
+        f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+        f'{len(source)} classes, not {cifar100_tfds.NUM_FINE}. {fix}')
+  images = np.empty((cifar100_tfds.NUM_FINE, per_class)
+                    + cifar100_tfds.IMAGE_SHAPE, np.uint8)
+  names = []
+  for i in range(len(source)):
+    record = source[i]
+    fine, coarse = (record[k].decode() if isinstance(record[k], bytes)
+                    else str(record[k])
+                    for k in ('fine_label_name', 'coarse_label_name'))
+    if record['images'].shape != images.shape[1:]:
+      raise Cifar100Error(
+          f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+          f'{record["images"].shape} images of class {fine!r}, expected '
+          f'{images.shape[1:]}. {fix}')
+    images[i] = record['images']
+    names.append(f'{coarse}/{fine}')
+  # Records are in TFDS's order; sort by fine name, CIFAR's label order.
+  order = sorted(range(len(names)), key=lambda i: names[i].split('/')[1])
+  class_names = [names[i] for i in order]
+  images = images[order]
   return images, tuple(class_names)
