@@ -52,7 +52,6 @@ from jaxmeta.data.registry import SPLITS
 SCHEMES = ('ravi',)
 SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
 DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
-_READ_CHUNK = 1024  # Records per read from the cache.
 
 
 @register('miniimagenet')
@@ -146,35 +145,31 @@ def _read_split(builder, split: str) -> ClassImages:
   classes = miniimagenet_tfds.read_split_list(split)
   size = builder.builder_config.image_size
   source = builder.as_data_source()[split]
-  class_index = {wnid: i for i, wnid in enumerate(classes)}
-  counts = {wnid: len(indices) for wnid, indices in classes.items()}
-  per_class = next(iter(counts.values()))
+  per_class = {len(indices) for indices in classes.values()}
   fix = (f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
          'from the source.')
-  if set(counts.values()) != {per_class} or len(source) != per_class * len(
-      classes):
+  if len(per_class) != 1 or len(source) != len(classes):
     raise MiniImageNetError(
         f'The prepared mini-ImageNet cache in {builder.data_dir} has '
-        f'{len(source)} {split} images; the split list {len(classes)} classes '
-        f'x {per_class}. {fix}')
-  images = np.empty((len(classes), per_class, size, size, 3), np.uint8)
-  filled = np.zeros((len(classes), per_class), bool)
-  for start in range(0, len(source), _READ_CHUNK):
-    for record in source.__getitems__(
-        range(start, min(start + _READ_CHUNK, len(source)))):
-      wnid = record['wnid']
-      wnid = wnid.decode() if isinstance(wnid, bytes) else wnid
-      i, j = class_index.get(wnid), int(record['position'])
-      if i is None or not 0 <= j < per_class:
-        raise MiniImageNetError(
-            f'The prepared mini-ImageNet cache in {builder.data_dir} holds '
-            f'{wnid} image {j}, which the {split} split list does not name. '
-            f'{fix}')
-      images[i, j] = record['image']
-      filled[i, j] = True
+        f'{len(source)} {split} classes, the split list {len(classes)} (with '
+        f'{sorted(per_class)} images each). {fix}')
+  class_index = {wnid: i for i, wnid in enumerate(classes)}
+  images = np.empty((len(classes), per_class.pop(), size, size, 3), np.uint8)
+  filled = np.zeros(len(classes), bool)
+  for record in range(len(source)):  # One class at a time: no second copy.
+    record = source[record]
+    wnid = record['wnid']
+    wnid = wnid.decode() if isinstance(wnid, bytes) else str(wnid)
+    i = class_index.get(wnid)
+    if i is None or record['images'].shape != images.shape[1:]:
+      raise MiniImageNetError(
+          f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
+          f'{wnid} with images {record["images"].shape}; the {split} split '
+          f'list wants {images.shape[1:]} per class of its classes. {fix}')
+    images[i] = record['images']
+    filled[i] = True
   if not filled.all():
-    wnid = list(classes)[int(np.argwhere(~filled)[0, 0])]
     raise MiniImageNetError(
-        f'The prepared mini-ImageNet cache in {builder.data_dir} lacks images '
-        f'of class {wnid}. {fix}')
+        f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
+        f'{list(classes)[int(np.argmin(filled))]}. {fix}')
   return ClassImages(images=images, class_names=tuple(classes))

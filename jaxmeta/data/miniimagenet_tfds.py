@@ -26,6 +26,11 @@ with `Image.Resampling.LANCZOS` (PIL's antialiased resize, formerly
 pickles' images are used unchanged (84x84; they were made by other code, so
 their pixels differ slightly from ours: the two are separate builder configs).
 
+The cache holds one record per class (its images `[600, S, S, 3]` as raw
+bytes, `Encoding.BYTES`): the loader always reads whole classes, and TFDS
+decodes records one by one in Python, so 100 large records read far faster
+than 60,000 small ones.
+
 Everything runs without TensorFlow: `tfds.features.Tensor(uint8)` images,
 array_record files, read back with `builder.as_data_source()`.
 """
@@ -312,6 +317,7 @@ def config_source(kind: str) -> str:
 class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
+  name = 'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -349,11 +355,15 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
             f'2017), uint8 [{size}, {size}, 3] RGB images, from '
             f'{self.builder_config.source}.'),
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(size, size, 3),
-                                          dtype=np.uint8),
+            # One record per class: its images in split-list order.
+            'images': tfds.features.Tensor(
+                shape=(None, size, size, 3), dtype=np.uint8,
+                encoding=tfds.features.Encoding.BYTES),
             'wnid': tfds.features.Text(),
-            'position': np.int64,  # Within its class, in split-list order.
-            'index': np.int64,  # The split list's 1-based ILSVRC index.
+            # Per image: the split list's 1-based ILSVRC index (ILSVRC
+            # sources) or the row of the pickle's image_data (pickles).
+            'source_indices': tfds.features.Tensor(shape=(None,),
+                                                   dtype=np.int64),
         }),
         homepage='https://github.com/twitter/meta-learning-lstm',
         citation=(
@@ -400,10 +410,10 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
                 'pickles': self._generate_from_pickles}[source.kind]
     return generate(source.path, classes, selected)
 
-  def _example(self, wnid: str, position: int, index: int,
-               image: np.ndarray) -> tuple[str, dict[str, Any]]:
-    return f'{wnid}/{position:04d}', {
-        'image': image, 'wnid': wnid, 'position': position, 'index': index}
+  def _example(self, wnid: str, images: list[np.ndarray],
+               source_indices) -> tuple[str, dict[str, Any]]:
+    return wnid, {'images': np.stack(images), 'wnid': wnid,
+                  'source_indices': np.asarray(source_indices, np.int64)}
 
   def _decode(self, jpeg: bytes, wnid: str, where: str) -> np.ndarray:
     try:
@@ -417,9 +427,9 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   def _generate_from_folder(self, root, classes, selected):
     del root
     for wnid, indices in classes.items():
-      for position, (index, path) in enumerate(zip(indices, selected[wnid])):
-        yield self._example(wnid, position, index,
-                            self._decode(path.read_bytes(), wnid, str(path)))
+      yield self._example(
+          wnid, [self._decode(path.read_bytes(), wnid, str(path))
+                 for path in selected[wnid]], indices)
 
   def _generate_from_tar(self, path, classes, selected):
     try:
@@ -429,18 +439,16 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
         for wnid, indices in classes.items():
           inner_file = outer.extractfile(members[f'{wnid}.tar'])
           with tarfile.open(fileobj=inner_file, mode='r:') as inner:
-            for position, (index, name) in enumerate(
-                zip(indices, selected[wnid])):
-              jpeg = inner.extractfile(name).read()
-              yield self._example(
-                  wnid, position, index,
-                  self._decode(jpeg, wnid, f'{path}:{wnid}.tar:{name}'))
+            images = [
+                self._decode(inner.extractfile(name).read(), wnid,
+                             f'{path}:{wnid}.tar:{name}')
+                for name in selected[wnid]]
+          yield self._example(wnid, images, indices)
     except (tarfile.TarError, EOFError, zlib.error) as e:
       raise _tar_error(path, e) from e
 
   def _generate_from_pickles(self, root, classes, selected):
     del root
     data, rows = selected
-    for wnid, indices in classes.items():
-      for position, row in enumerate(rows[wnid]):
-        yield self._example(wnid, position, indices[position], data[row])
+    for wnid in classes:
+      yield self._example(wnid, list(data[rows[wnid]]), rows[wnid])
