@@ -248,3 +248,18 @@ def test_bad_arguments(loader, kwargs, message):
 
 def test_errors_are_value_errors():
   assert issubclass(cifar100.Cifar100Error, ValueError)
+
+
+def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _write_archive(tmp_path / 'manual', *_fake_cifar())
+  builder = cifar100_tfds.JaxmetaCifar100(data_dir=str(tmp_path / 'd'),
+                                          file_format='array_record')
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'manual')))
+  assert len(builder.as_data_source()['classes']) == 100
+  empty = cifar100_tfds.JaxmetaCifar100(data_dir=str(tmp_path / 'e'),
+                                        file_format='array_record')
+  with pytest.raises(cifar100.Cifar100Error, match='cifar-100-python'):
+    empty.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp_path / 'nothing')))

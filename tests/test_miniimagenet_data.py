@@ -182,10 +182,10 @@ def test_tar_source_matches_folder_and_one_image_matches_pil(tmp_path):
   np.testing.assert_array_equal(from_tar.images[0, 1], expected)
 
 
-def test_other_image_size(tmp_path):
-  folder = _write_folder(tmp_path / 'ilsvrc', _fake_ilsvrc())
+def test_other_image_size_and_a_train_subfolder(tmp_path):
+  _write_folder(tmp_path / 'ILSVRC' / 'train', _fake_ilsvrc())
   data = miniimagenet.load('val', image_size=32, data_dir=str(tmp_path / 'd'),
-                           source_dir=str(folder))
+                           source_dir=str(tmp_path / 'ILSVRC'))
   assert data.images.shape == (1, 2, 32, 32, 3)
 
 
@@ -336,3 +336,20 @@ def test_bad_arguments(kwargs, message):
 
 def test_errors_are_value_errors():
   assert issubclass(miniimagenet.MiniImageNetError, ValueError)
+
+
+def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _write_pickles(tmp_path / 'manual', _fake_pickles())
+  builder = miniimagenet_tfds.JaxmetaMiniImageNet(
+      data_dir=str(tmp_path / 'd'), config='pickles84',
+      file_format='array_record')
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'manual')))
+  assert len(builder.as_data_source()['train']) == len(LISTS['train'])
+  wrong = miniimagenet_tfds.JaxmetaMiniImageNet(
+      data_dir=str(tmp_path / 'e'), config='ilsvrc84',
+      file_format='array_record')
+  with pytest.raises(miniimagenet.MiniImageNetError, match='holds pickles'):
+    wrong.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp_path / 'manual')))

@@ -273,7 +273,10 @@ class JaxmetaCifar100(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     folder = self._source_dir
     if folder is None:
-      folder = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
+      try:
+        folder = Path(os.fspath(dl_manager.manual_dir))
+      except AssertionError as e:  # TFDS's way to say: missing or empty.
+        raise Cifar100Error(f'{e} {_GET_IT}') from e
     source = locate(folder)
     if source is None:
       raise Cifar100Error(f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. '

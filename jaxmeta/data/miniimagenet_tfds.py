@@ -375,7 +375,10 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     folder = self._source_dir
     if folder is None:
-      folder = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
+      try:
+        folder = Path(os.fspath(dl_manager.manual_dir))
+      except AssertionError as e:  # TFDS's way to say: missing or empty.
+        raise MiniImageNetError(f'{e} {_GET_IT}') from e
     source = locate(folder)
     if source is None:
       raise MiniImageNetError(f'No mini-ImageNet source in {folder}. {_GET_IT}')
