@@ -189,6 +189,53 @@ def test_other_image_size_and_a_train_subfolder(tmp_path):
   assert data.images.shape == (1, 2, 32, 32, 3)
 
 
+def _csv_named_files(seed=0):
+  """{split: {wnid: {csv file name: 84x84 jpeg bytes}}}."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for split, classes in LISTS.items():
+    out[split] = {}
+    for wnid, indices in classes.items():
+      out[split][wnid] = {}
+      for i in indices:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (84, 84, 3), np.uint8)).save(
+            buffer, format='JPEG')
+        out[split][wnid][f'{wnid}{i:08d}.jpg'] = buffer.getvalue()
+  return out
+
+
+@pytest.mark.parametrize('layout', ['images', 'split_folders'])
+def test_csv_named_image_files(tmp_path, layout):
+  files = _csv_named_files()
+  root = tmp_path / 'mini'
+  for split, classes in files.items():
+    for wnid, named in classes.items():
+      folder = root / ('images' if layout == 'images' else f'{split}/{wnid}')
+      folder.mkdir(parents=True, exist_ok=True)
+      for name, data in named.items():
+        (folder / name).write_bytes(data)
+  for split, classes in LISTS.items():
+    data = miniimagenet.load(split, data_dir=str(tmp_path / 'd'),
+                             source_dir=str(root))
+    assert data.class_names == tuple(classes)
+    for c, (wnid, indices) in enumerate(classes.items()):
+      for j, index in enumerate(indices):
+        jpeg = files[split][wnid][f'{wnid}{index:08d}.jpg']
+        with Image.open(io.BytesIO(jpeg)) as image:  # 84x84: not resampled.
+          np.testing.assert_array_equal(data.images[c, j],
+                                        np.asarray(image.convert('RGB')))
+  assert (tmp_path / 'd' / 'jaxmeta_miniimagenet' / 'images84').is_dir()
+  wnid = ALL_WNIDS[-1]
+  name = f'{wnid}{LISTS["test"][wnid][0]:08d}.jpg'
+  next(root.rglob(name)).unlink()
+  with pytest.raises(miniimagenet.MiniImageNetError,
+                     match=f'Class {wnid} of the test split is incomplete: no '
+                     f'{name}'):
+    miniimagenet.load('test', data_dir=str(tmp_path / 'e'),
+                      source_dir=str(root))
+
+
 def test_pickles_source_exact(tmp_path):
   content = _fake_pickles()
   source = _write_pickles(tmp_path / 'p', content)

@@ -14,9 +14,12 @@ there): 64 / 16 / 20 classes of ILSVRC-2012, 600 images each (38,400 / 9,600 /
 Images are not shipped and cannot be downloaded (ImageNet's terms). The first
 load prepares a TFDS cache from one of (see `jaxmeta.data.miniimagenet_tfds`):
 the extracted ILSVRC-2012 training images (`nXXXXXXXX/nXXXXXXXX_<k>.JPEG`),
-`ILSVRC2012_img_train.tar`, or the `mini-imagenet-cache-{train,val,test}.pkl`
-pickles. ILSVRC images are converted to RGB and resized whole to SxS with PIL's
-LANCZOS filter; the pickles' images are used as they are (84x84). A CSV row
+`ILSVRC2012_img_train.tar`, ready-made mini-ImageNet image files named as in
+the CSVs (`images/n0153282900000005.jpg` or `train/n01532829/...`), or the
+`mini-imagenet-cache-{train,val,test}.pkl` pickles. Images are converted to
+RGB and resized whole to SxS with PIL's LANCZOS filter (ready-made files only
+if they are not SxS already); the pickles' images are used as they are
+(84x84). A CSV row
 `n0153282900000005.jpg` is class n01532829's 5th ILSVRC file in numeric order of
 `k` in `n01532829_<k>.JPEG`.
 
@@ -24,9 +27,9 @@ Where the source is looked for, when no cache is prepared: the `source_dir`
 argument, else `$JAXMETA_MINIIMAGENET_DIR`, else TFDS's manual dir
 (`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
 `$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
-~/tensorflow_datasets). The cache is per source kind (ILSVRC or pickles) and
-image size; with no source found, an existing ILSVRC cache is used, else a
-pickles cache.
+~/tensorflow_datasets). The cache is per source family (ILSVRC, ready-made
+images, pickles) and image size; with no source found, an existing cache is
+used, in that order of preference.
 
 Order: classes in the CSV's order (sorted WordNet ids); images of a class in
 the CSV's order (ascending ILSVRC index), or the pickle's `class_dict` order.
@@ -66,8 +69,9 @@ def load(split: str = 'train', scheme: str = 'ravi', *, image_size: int = 84,
     image_size: side S of the square images. 84 is the standard; other sizes
       (e.g. 224 for ResNets as in Chen et al. 2019) need the ILSVRC images.
     data_dir: TFDS data dir of the cache (see the module docstring).
-    source_dir: folder holding the ILSVRC class folders, the train tar or the
-      three pickles (or the tar itself); only read to prepare the cache.
+    source_dir: folder holding the ILSVRC class folders, the train tar,
+      CSV-named image files or the three pickles (or the tar itself); only
+      read to prepare the cache.
 
   Returns:
     `ClassImages` with images uint8 `[classes, 600, S, S, 3]` and WordNet ids
@@ -127,7 +131,8 @@ def _prepared_builder(data_dir: str | None, source_dir: str | None,
     if not builder.is_prepared():
       builder.download_and_prepare()
     return builder
-  candidates = [probe]
+  candidates = [probe, _builder(
+      data_dir, miniimagenet_tfds.config_for('images', image_size))]
   if image_size == miniimagenet_tfds.PICKLE_SIZE:
     candidates.append(_builder(
         data_dir, miniimagenet_tfds.config_for('pickles', image_size)))

@@ -8,6 +8,10 @@ builder reads one of three sources a user already has:
   folders `nXXXXXXXX/` holding `nXXXXXXXX_<k>.JPEG`;
 * `'tar'`: `ILSVRC2012_img_train.tar` itself, a tar of per-class tars
   `nXXXXXXXX.tar` (read in place, nothing is extracted to disk);
+* `'images'`: mini-ImageNet image files named as in the CSVs
+  (`n0153282900000005.jpg`), as Ravi & Larochelle's `images/` folder or the
+  `{train,val,test}/<wnid>/` folders that common preparation scripts write
+  (e.g. MAML's `proc_images.py`); usually already 84x84;
 * `'pickles'`: the preprocessed caches `mini-imagenet-cache-{train,val,test}.pkl`
   (Ren et al., 2018), dicts with `image_data` uint8 `[N, 84, 84, 3]` and
   `class_dict` {wnid: [row indices]}.
@@ -23,8 +27,10 @@ decode the JPEG with PIL, convert to RGB (a few ILSVRC images are grayscale or
 CMYK), resize the whole image (no crop; the aspect ratio is not kept) to SxS
 with `Image.Resampling.LANCZOS` (PIL's antialiased resize, formerly
 `Image.ANTIALIAS`, as in MAML's `proc_images.py`), uint8 `[S, S, 3]`. The
-pickles' images are used unchanged (84x84; they were made by other code, so
-their pixels differ slightly from ours: the two are separate builder configs).
+pickles' images are used unchanged (84x84). Ready-made image files are decoded
+the same way and resized only if they are not SxS. Both were made by other
+code, so their pixels differ slightly from ours: each source family ('ilsvrc'
+for folder and tar, 'images', 'pickles') is its own builder config.
 
 The cache holds one record per class (its images `[600, S, S, 3]` as raw
 bytes, `Encoding.BYTES`): the loader always reads whole classes, and TFDS
@@ -64,12 +70,15 @@ IMAGENET_URL = 'https://image-net.org/challenges/LSVRC/2012/'
 
 _CSV_NAME_RE = re.compile(r'^(n\d{8})(\d{8})\.jpg$')
 _WNID_RE = re.compile(r'^n\d{8}$')
+_ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
 
 _GET_IT = (
     'mini-ImageNet cannot be downloaded for you (ImageNet\'s terms); bring one '
     f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
     f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
-    f'{IMAGENET_URL} after accepting its terms), or (c) the three files '
+    f'{IMAGENET_URL} after accepting its terms), (c) mini-ImageNet images '
+    'named as in the split CSVs (nXXXXXXXX000000NN.jpg) in images/ or in '
+    'train/, val/, test/ class folders, or (d) the three files '
     f'{", ".join(PICKLE_NAMES.values())}; and pass `source_dir=` the folder '
     f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
     '(<data_dir>/downloads/manual).')
@@ -79,7 +88,9 @@ Put one of these in the TFDS manual dir (default <data_dir>/downloads/manual/),
 or pass `source_dir=` to the builder / loader, or set ${SOURCE_ENV}:
 (a) the ILSVRC-2012 training images, extracted: nXXXXXXXX/nXXXXXXXX_<k>.JPEG;
 (b) {TAR_NAME} (from {IMAGENET_URL}, after accepting ImageNet's terms);
-(c) mini-imagenet-cache-train.pkl, mini-imagenet-cache-val.pkl and
+(c) mini-ImageNet images named as in the split CSVs (nXXXXXXXX000000NN.jpg),
+    in images/ or in train/<wnid>/, val/<wnid>/, test/<wnid>/;
+(d) mini-imagenet-cache-train.pkl, mini-imagenet-cache-val.pkl and
     mini-imagenet-cache-test.pkl.
 """
 
@@ -92,7 +103,7 @@ class MiniImageNetError(ValueError):
 
 
 class Source(NamedTuple):
-  """A located source: kind 'folder' | 'tar' | 'pickles', and its path."""
+  """A located source: kind 'folder' | 'tar' | 'images' | 'pickles', its path."""
   kind: str
   path: Path
 
@@ -135,8 +146,10 @@ def locate(folder: os.PathLike | str) -> Source | None:
   """The mini-ImageNet source in `folder`, or None if there is none.
 
   Looks for, in this order: class folders `nXXXXXXXX/` (in `folder` or in
-  `folder/train`), `ILSVRC2012_img_train.tar` (or `folder` being that tar),
-  the three cache pickles.
+  `folder/train`) of ILSVRC files (kind 'folder') or of CSV-named files (kind
+  'images'), CSV-named files in `folder/images` ('images'),
+  `ILSVRC2012_img_train.tar` or `folder` being that tar ('tar'), the three
+  cache pickles ('pickles').
 
   Raises:
     MiniImageNetError: if only some of the three pickles are there.
@@ -147,9 +160,15 @@ def locate(folder: os.PathLike | str) -> Source | None:
   if not folder.is_dir():
     return None
   for candidate in (folder, folder / 'train'):
-    if candidate.is_dir() and any(
-        p.is_dir() and _WNID_RE.match(p.name) for p in candidate.iterdir()):
+    kind = _class_folders_kind(candidate)
+    if kind == 'folder':
       return Source('folder', candidate)
+    if kind == 'images':
+      return Source('images', folder)
+  images = folder / 'images'
+  if images.is_dir() and any(_CSV_NAME_RE.match(p.name)
+                             for p in images.iterdir()):
+    return Source('images', folder)
   if (folder / TAR_NAME).is_file():
     return Source('tar', folder / TAR_NAME)
   present = [n for n in PICKLE_NAMES.values() if (folder / n).is_file()]
@@ -163,15 +182,33 @@ def locate(folder: os.PathLike | str) -> Source | None:
   return None
 
 
+def _class_folders_kind(folder: Path) -> str | None:
+  """'folder' | 'images' if `folder` holds class folders of ILSVRC or
+  CSV-named files (judged by the first such file), else None."""
+  if not folder.is_dir():
+    return None
+  for sub in sorted(folder.iterdir()):
+    if sub.is_dir() and _WNID_RE.match(sub.name):
+      for path in sub.iterdir():
+        if _ILSVRC_FILE_RE.match(path.name):
+          return 'folder'
+        if _CSV_NAME_RE.match(path.name):
+          return 'images'
+  return None
+
+
 def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
-  """Decodes one ILSVRC JPEG to RGB, resizes it whole with LANCZOS to SxS.
+  """Decodes one JPEG to RGB, resizes it whole with LANCZOS to SxS.
+
+  An image already SxS is not resampled.
 
   Returns:
     uint8 `[S, S, 3]`.
   """
   with Image.open(io.BytesIO(jpeg)) as image:
-    image = image.convert('RGB').resize((image_size, image_size),
-                                        Image.Resampling.LANCZOS)
+    image = image.convert('RGB')
+    if image.size != (image_size, image_size):
+      image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -206,6 +243,30 @@ def scan_folder(root: Path, classes: dict[str, list[int]]
           if (k := _jpeg_k(p.name, wnid)) is not None}
     names = _ilsvrc_index(ks, wnid, indices, str(folder))
     selected[wnid] = [folder / n for n in names]
+  return selected
+
+
+def scan_images(root: Path, split: str, classes: dict[str, list[int]]
+                ) -> dict[str, list[Path]]:
+  """wnid -> paths of CSV-named files, in split-list order; checks presence.
+
+  A file `n0153282900000005.jpg` of split s is looked for in `root/images/`,
+  `root/s/n01532829/` and `root/n01532829/`.
+  """
+  selected = {}
+  for wnid, indices in classes.items():
+    folders = (root / 'images', root / split / wnid, root / wnid)
+    paths = []
+    for index in indices:
+      name = f'{wnid}{index:08d}.jpg'
+      path = next((f / name for f in folders if (f / name).is_file()), None)
+      if path is None:
+        raise MiniImageNetError(
+            f'Class {wnid} of the {split} split is incomplete: no {name} in '
+            f'{[str(f) for f in folders]}. Fix: complete the images of class '
+            f'{wnid}. {_GET_IT}')
+      paths.append(path)
+    selected[wnid] = paths
   return selected
 
 
@@ -295,7 +356,7 @@ def read_pickle(path: Path, classes: dict[str, list[int]]
 @dataclasses.dataclass
 class MiniImageNetConfig(tfds.core.BuilderConfig):
   """Builder config: where the pixels come from and their size."""
-  source: str = 'ilsvrc'  # 'ilsvrc' (folder or tar) | 'pickles'
+  source: str = 'ilsvrc'  # 'ilsvrc' (folder or tar) | 'images' | 'pickles'
   image_size: int = 84
 
 
@@ -310,8 +371,8 @@ def config_for(source: str, image_size: int) -> MiniImageNetConfig:
 
 
 def config_source(kind: str) -> str:
-  """Source kind ('folder' | 'tar' | 'pickles') -> builder config source."""
-  return 'pickles' if kind == 'pickles' else 'ilsvrc'
+  """Source kind ('folder' | 'tar' | 'images' | 'pickles') -> config source."""
+  return {'folder': 'ilsvrc', 'tar': 'ilsvrc'}.get(kind, kind)
 
 
 class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
@@ -325,6 +386,9 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
       MiniImageNetConfig(
           name='ilsvrc84', source='ilsvrc', image_size=84,
           description='ILSVRC-2012 images resized to 84x84 (LANCZOS).'),
+      MiniImageNetConfig(
+          name='images84', source='images', image_size=84,
+          description='Ready-made mini-ImageNet image files, 84x84.'),
       MiniImageNetConfig(
           name='pickles84', source='pickles', image_size=84,
           description='The mini-imagenet-cache pickles, 84x84, unchanged.'),
@@ -400,6 +464,8 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
       selected = {s: scan_folder(source.path, lists[s]) for s in SPLITS}
     elif source.kind == 'tar':
       selected = {s: scan_tar(source.path, lists[s]) for s in SPLITS}
+    elif source.kind == 'images':
+      selected = {s: scan_images(source.path, s, lists[s]) for s in SPLITS}
     else:
       selected = {s: read_pickle(source.path / PICKLE_NAMES[s], lists[s])
                   for s in SPLITS}
@@ -410,6 +476,7 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
                          selected):
     generate = {'folder': self._generate_from_folder,
                 'tar': self._generate_from_tar,
+                'images': self._generate_from_folder,
                 'pickles': self._generate_from_pickles}[source.kind]
     return generate(source.path, classes, selected)
 
