@@ -29,7 +29,7 @@ def _fine_to_coarse():
 
 
 def _fake_cifar(seed=0, per_class=PER_CLASS, row_length=3072):
-  """The pickles' content: (meta, {'train': ..., 'test': ...}), Python 2 style keys."""
+  """The pickles' content (meta, {'train': ..., 'test': ...}), bytes keys."""
   rng = np.random.default_rng(seed)
   fine_to_coarse = _fine_to_coarse()
   fine_names = sorted(fine_to_coarse)

@@ -103,7 +103,11 @@ def load_fc100(split: str = 'train', scheme: str = 'oreshkin', *,
 
 
 def split_list(dataset: str, split: str) -> list:
-  """The shipped list of one split: CIFAR-FS [[coarse, fine], ...], FC100 [coarse, ...]."""
+  """The shipped list of one split.
+
+  Returns:
+    CIFAR-FS: `[[coarse, fine], ...]`; FC100: `[coarse, ...]`.
+  """
   path = SPLITS_DIR / _LIST_FOLDERS[dataset] / f'{split}.json'
   try:
     return json.loads(path.read_text())
@@ -170,13 +174,13 @@ def _read_cache(data_dir: str | None,
   builder = cifar100_tfds.JaxmetaCifar100(data_dir=data_dir,
                                           file_format='array_record')
   if not builder.is_prepared():
-    folder, how = _source_folder(
-        source_dir, Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual')
+    manual_dir = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
+    folder, how = _source_folder(source_dir, manual_dir)
     if cifar100_tfds.locate(folder) is None:
       raise Cifar100Error(
           f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
           f'no {cifar100_tfds.ARCHIVE_NAME} or {cifar100_tfds.FOLDER_NAME}/ in '
-          f'{folder} ({how}). {cifar100_tfds._GET_IT}')  # pylint: disable=protected-access
+          f'{folder} ({how}). {cifar100_tfds.HOW_TO_GET}')
     builder = cifar100_tfds.JaxmetaCifar100(
         data_dir=data_dir, file_format='array_record', source_dir=folder)
     builder.download_and_prepare()

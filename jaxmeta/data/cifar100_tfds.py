@@ -11,7 +11,7 @@ well under a second, 60,000 took about 20 s on a CPU. Images are stored as raw
 bytes (`Encoding.BYTES`), not TFDS's default int64 list, which is several
 times slower to write and read.
 
-Source: `cifar-100-python.tar.gz` (from https://www.cs.toronto.edu/~kriz/cifar.html)
+Source: `cifar-100-python.tar.gz` (https://www.cs.toronto.edu/~kriz/cifar.html)
 or the folder `cifar-100-python/` it extracts to, holding the Python pickles
 `train`, `test` and `meta`. The pickles were written by Python 2: their keys are
 byte strings and `data` is a NumPy uint8 array `[N, 3072]` whose rows are three
@@ -47,7 +47,8 @@ IMAGE_SHAPE = (32, 32, 3)
 # Images of each fine class, train and test pickles together (500 + 100).
 EXAMPLES_PER_CLASS = 600
 
-_GET_IT = (
+# Appended to every error about the source: what to bring, where to put it.
+HOW_TO_GET = (
     f'Get it from {URL} (161 MB; https://www.cs.toronto.edu/~kriz/cifar.html) '
     f'and put {ARCHIVE_NAME} (or the {FOLDER_NAME}/ folder it extracts to) in '
     f'that folder, or pass `source_dir=` / set ${SOURCE_ENV} to the folder '
@@ -76,7 +77,7 @@ class Cifar100Arrays(NamedTuple):
 
 
 def rows_to_images(rows: np.ndarray) -> np.ndarray:
-  """CIFAR rows `[N, 3072]` (R, G, B planes, each row-major) -> `[N, 32, 32, 3]`."""
+  """CIFAR rows `[N, 3072]` (R, G, B planes, row-major) -> `[N, 32, 32, 3]`."""
   return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
@@ -106,11 +107,11 @@ def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
     # ValueError, ... depending on where they break.
     raise Cifar100Error(
         f'{where} is not a readable CIFAR-100 pickle (truncated or corrupted?): '
-        f'{e!r}. Fix: replace it by an intact copy. {_GET_IT}') from e
+        f'{e!r}. Fix: replace it by an intact copy. {HOW_TO_GET}') from e
   if not isinstance(content, dict):
     raise Cifar100Error(
         f'{where} holds a {type(content).__name__}, not the dict of a CIFAR-100 '
-        f'pickle. {_GET_IT}')
+        f'pickle. {HOW_TO_GET}')
   return {k.decode('latin1') if isinstance(k, bytes) else k: v
           for k, v in content.items()}
 
@@ -125,7 +126,7 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
       if not path.is_file():
         raise Cifar100Error(
             f'{source} lacks the pickle {name!r} (it needs meta, train and '
-            f'test). Fix: extract {ARCHIVE_NAME} again. {_GET_IT}')
+            f'test). Fix: extract {ARCHIVE_NAME} again. {HOW_TO_GET}')
       members[name] = (path.read_bytes(), str(path))
     return members
   try:
@@ -139,12 +140,12 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     raise Cifar100Error(
         f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
-        f'Fix: download it again. {_GET_IT}') from e
+        f'Fix: download it again. {HOW_TO_GET}') from e
   missing = [n for n in names if n not in members]
   if missing:
     raise Cifar100Error(
         f'{source} lacks the pickle(s) {missing} ({FOLDER_NAME}/meta, train, '
-        f'test). Fix: use the original archive. {_GET_IT}')
+        f'test). Fix: use the original archive. {HOW_TO_GET}')
   return members
 
 
@@ -154,7 +155,7 @@ def _names(meta: Mapping[str, Any], key: str, count: int,
   if not isinstance(names, (list, tuple)) or len(names) != count:
     raise Cifar100Error(
         f'{where}: {key!r} should list {count} names, got '
-        f'{type(names).__name__} of length {len(names or ())}. {_GET_IT}')
+        f'{type(names).__name__} of length {len(names or ())}. {HOW_TO_GET}')
   return tuple(n.decode('latin1') if isinstance(n, bytes) else str(n)
                for n in names)
 
@@ -187,23 +188,23 @@ def read_cifar100(source: os.PathLike | str) -> tuple[
     missing = [k for k in ('data', 'fine_labels', 'coarse_labels')
                if k not in content]
     if missing:
-      raise Cifar100Error(f'{where} lacks the key(s) {missing}. {_GET_IT}')
+      raise Cifar100Error(f'{where} lacks the key(s) {missing}. {HOW_TO_GET}')
     data = np.asarray(content['data'])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
       raise Cifar100Error(
           f'{where}: data should be uint8 [N, 3072] (32x32 RGB planes), got '
-          f'{data.dtype} {list(data.shape)}. {_GET_IT}')
+          f'{data.dtype} {list(data.shape)}. {HOW_TO_GET}')
     fine = np.asarray(content['fine_labels'], np.int64)
     coarse = np.asarray(content['coarse_labels'], np.int64)
     if fine.shape != (len(data),) or coarse.shape != (len(data),):
       raise Cifar100Error(
           f'{where}: {len(data)} images but {fine.size} fine and {coarse.size} '
-          f'coarse labels. {_GET_IT}')
+          f'coarse labels. {HOW_TO_GET}')
     if (fine.size and (fine.min() < 0 or fine.max() >= NUM_FINE
                        or coarse.min() < 0 or coarse.max() >= NUM_COARSE)):
       raise Cifar100Error(
           f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
-          f'0..{NUM_COARSE - 1}). {_GET_IT}')
+          f'0..{NUM_COARSE - 1}). {HOW_TO_GET}')
     arrays[name] = Cifar100Arrays(rows_to_images(data), fine, coarse)
 
   fine = np.concatenate([arrays[n].fine_labels for n in FILES])
@@ -216,14 +217,14 @@ def read_cifar100(source: os.PathLike | str) -> tuple[
         f'{source}: every fine class should have {EXAMPLES_PER_CLASS} images '
         f'(train and test together), but {wrong[:5]} (class, images)'
         f'{" and more" if len(wrong) > 5 else ""} do not. Fix: use the '
-        f'original, complete archive. {_GET_IT}')
+        f'original, complete archive. {HOW_TO_GET}')
   for i in range(NUM_FINE):
     parents = np.unique(coarse[fine == i])
     if len(parents) != 1:
       raise Cifar100Error(
           f'{source}: fine class {fine_names[i]!r} is in superclasses '
           f'{[coarse_names[j] for j in parents]}; each fine class belongs to '
-          f'exactly one. {_GET_IT}')
+          f'exactly one. {HOW_TO_GET}')
   return arrays, fine_names, coarse_names
 
 
@@ -276,11 +277,11 @@ class JaxmetaCifar100(tfds.core.GeneratorBasedBuilder):
       try:
         folder = Path(os.fspath(dl_manager.manual_dir))
       except AssertionError as e:  # TFDS's way to say: missing or empty.
-        raise Cifar100Error(f'{e} {_GET_IT}') from e
+        raise Cifar100Error(f'{e} {HOW_TO_GET}') from e
     source = locate(folder)
     if source is None:
       raise Cifar100Error(f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. '
-                          f'{_GET_IT}')
+                          f'{HOW_TO_GET}')
     # Read and check everything before writing anything.
     arrays, fine_names, coarse_names = read_cifar100(source)
     return {'classes': self._generate_examples(arrays, fine_names, coarse_names)}

@@ -142,7 +142,7 @@ def _prepared_builder(data_dir: str | None, source_dir: str | None,
   raise MiniImageNetError(
       f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
       f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-      f'{miniimagenet_tfds._GET_IT}')  # pylint: disable=protected-access
+      f'{miniimagenet_tfds.HOW_TO_GET}')
 
 
 def _read_split(builder, split: str) -> ClassImages:

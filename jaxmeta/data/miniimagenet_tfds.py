@@ -72,7 +72,8 @@ _CSV_NAME_RE = re.compile(r'^(n\d{8})(\d{8})\.jpg$')
 _WNID_RE = re.compile(r'^n\d{8}$')
 _ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
 
-_GET_IT = (
+# Appended to every error about the source: what to bring, where to put it.
+HOW_TO_GET = (
     'mini-ImageNet cannot be downloaded for you (ImageNet\'s terms); bring one '
     f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
     f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
@@ -221,7 +222,7 @@ def _ilsvrc_index(k_by_name: dict[str, int], wnid: str,
         f'Class {wnid} has {len(ordered)} images in {where}, but the split '
         f'list needs image #{max(indices)} (1-based, in numeric order of '
         f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
-        f'ILSVRC-2012 training class {wnid}. {_GET_IT}')
+        f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}')
   return [ordered[i - 1] for i in indices]
 
 
@@ -238,7 +239,7 @@ def scan_folder(root: Path, classes: dict[str, list[int]]
     folder = root / wnid
     if not folder.is_dir():
       raise MiniImageNetError(
-          f'Class {wnid} is missing: no folder {folder}. {_GET_IT}')
+          f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}')
     ks = {p.name: k for p in folder.iterdir()
           if (k := _jpeg_k(p.name, wnid)) is not None}
     names = _ilsvrc_index(ks, wnid, indices, str(folder))
@@ -264,7 +265,7 @@ def scan_images(root: Path, split: str, classes: dict[str, list[int]]
         raise MiniImageNetError(
             f'Class {wnid} of the {split} split is incomplete: no {name} in '
             f'{[str(f) for f in folders]}. Fix: complete the images of class '
-            f'{wnid}. {_GET_IT}')
+            f'{wnid}. {HOW_TO_GET}')
       paths.append(path)
     selected[wnid] = paths
   return selected
@@ -273,7 +274,7 @@ def scan_images(root: Path, split: str, classes: dict[str, list[int]]
 def _tar_error(path: Path, e: Exception) -> MiniImageNetError:
   return MiniImageNetError(
       f'{path} is not a readable tar (truncated or corrupted?): {e!r}. Fix: '
-      f'replace it by an intact copy of {TAR_NAME}. {_GET_IT}')
+      f'replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}')
 
 
 def scan_tar(path: Path, classes: dict[str, list[int]]
@@ -289,7 +290,7 @@ def scan_tar(path: Path, classes: dict[str, list[int]]
         if member is None:
           raise MiniImageNetError(
               f'Class {wnid} is missing: {path} has no member {wnid}.tar '
-              f'(an incomplete or truncated tar?). {_GET_IT}')
+              f'(an incomplete or truncated tar?). {HOW_TO_GET}')
         with tarfile.open(fileobj=outer.extractfile(member),
                           mode='r:') as inner:
           ks = {m.name: k for m in inner.getmembers()
@@ -316,7 +317,7 @@ def read_pickle(path: Path, classes: dict[str, list[int]]
   except Exception as e:  # pylint: disable=broad-except
     raise MiniImageNetError(
         f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
-        f'Fix: replace it by an intact copy. {_GET_IT}') from e
+        f'Fix: replace it by an intact copy. {HOW_TO_GET}') from e
   if isinstance(content, dict):
     content = {k.decode() if isinstance(k, bytes) else k: v
                for k, v in content.items()}
@@ -324,31 +325,32 @@ def read_pickle(path: Path, classes: dict[str, list[int]]
       or 'class_dict' not in content):
     raise MiniImageNetError(
         f'{path} should hold a dict with keys image_data and class_dict. '
-        f'{_GET_IT}')
+        f'{HOW_TO_GET}')
   data = content['image_data']
   if (not isinstance(data, np.ndarray) or data.dtype != np.uint8
       or data.ndim != 4 or data.shape[1:] != (PICKLE_SIZE, PICKLE_SIZE, 3)):
     raise MiniImageNetError(
         f'{path}: image_data should be uint8 [N, {PICKLE_SIZE}, {PICKLE_SIZE}, '
         f'3], got {getattr(data, "dtype", type(data).__name__)} '
-        f'{list(getattr(data, "shape", ()))}. {_GET_IT}')
+        f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}')
   class_dict = {k.decode() if isinstance(k, bytes) else k: v
                 for k, v in dict(content['class_dict']).items()}
   if set(class_dict) != set(classes):
+    extra = sorted(set(class_dict) - set(classes))[:5]
+    lacking = sorted(set(classes) - set(class_dict))[:5]
     raise MiniImageNetError(
-        f'{path} holds classes {sorted(set(class_dict) - set(classes))[:5]} '
-        f'not in the split list and lacks {sorted(set(classes) - set(class_dict))[:5]}'
-        f'. Fix: use the pickle of this split. {_GET_IT}')
+        f'{path} holds classes {extra} not in the split list and lacks '
+        f'{lacking}. Fix: use the pickle of this split. {HOW_TO_GET}')
   out = {}
   for wnid, indices in classes.items():
     rows = np.asarray(class_dict[wnid], np.int64)
     if rows.shape != (len(indices),):
       raise MiniImageNetError(
           f'{path}: class {wnid} has {rows.size} images, the split list '
-          f'{len(indices)}. {_GET_IT}')
+          f'{len(indices)}. {HOW_TO_GET}')
     if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
       raise MiniImageNetError(
-          f'{path}: class {wnid} points at rows outside image_data. {_GET_IT}')
+          f'{path}: class {wnid} points at rows outside image_data. {HOW_TO_GET}')
     out[wnid] = rows
   return data, out
 
@@ -442,10 +444,10 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
       try:
         folder = Path(os.fspath(dl_manager.manual_dir))
       except AssertionError as e:  # TFDS's way to say: missing or empty.
-        raise MiniImageNetError(f'{e} {_GET_IT}') from e
+        raise MiniImageNetError(f'{e} {HOW_TO_GET}') from e
     source = locate(folder)
     if source is None:
-      raise MiniImageNetError(f'No mini-ImageNet source in {folder}. {_GET_IT}')
+      raise MiniImageNetError(f'No mini-ImageNet source in {folder}. {HOW_TO_GET}')
     wanted = self.builder_config.source
     if config_source(source.kind) != wanted:
       raise MiniImageNetError(
