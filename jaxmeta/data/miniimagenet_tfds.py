@@ -184,8 +184,11 @@ def locate(folder: os.PathLike | str) -> Source | None:
 
 
 def _class_folders_kind(folder: Path) -> str | None:
-  """'folder' | 'images' if `folder` holds class folders of ILSVRC or
-  CSV-named files (judged by the first such file), else None."""
+  """The kind of class folders `folder` holds: 'folder', 'images' or None.
+
+  'folder': class folders of ILSVRC files (`n01532829_1234.JPEG`); 'images':
+  of CSV-named files (`n0153282900000005.jpg`); judged by the first such file.
+  """
   if not folder.is_dir():
     return None
   for sub in sorted(folder.iterdir()):
