@@ -36,6 +36,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxmeta.data import registry
+
 ARCHIVE_NAME = 'cifar-100-python.tar.gz'
 FOLDER_NAME = 'cifar-100-python'
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
@@ -62,7 +64,7 @@ Download: {URL}
 """
 
 
-class Cifar100Error(ValueError):
+class Cifar100Error(registry.DataError):
   """CIFAR-100 data is missing, corrupted, malformed or asked for wrongly.
 
   The message always names the problem and how to fix it.

@@ -59,6 +59,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxmeta.data import registry
+
 SPLITS = ('train', 'val', 'test')
 SPLITS_DIR = (Path(__file__).resolve().parent / 'splits' / 'miniimagenet' /
               'ravi')
@@ -96,7 +98,7 @@ or pass `source_dir=` to the builder / loader, or set ${SOURCE_ENV}:
 """
 
 
-class MiniImageNetError(ValueError):
+class MiniImageNetError(registry.DataError):
   """mini-ImageNet data is missing, corrupted, malformed or asked for wrongly.
 
   The message always names the problem and how to fix it.
