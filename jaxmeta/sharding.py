@@ -51,6 +51,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 import optax
 
 from jaxmeta import training
@@ -145,9 +146,25 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   """Puts a full copy of every leaf on every device of `mesh`.
 
   For the train state and for data every device reads (the image array of a
-  split). In a multi-process run every process must pass the same values.
+  split). In a multi-process run every process must pass the same values:
+  each process copies its own to its own devices, nothing is sent between
+  processes.
   """
-  return jax.device_put(tree, replicated(mesh))
+  sharding = replicated(mesh)
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda v: _global_replica(v, sharding), tree)
+
+
+def _global_replica(value: Any, sharding: NamedSharding) -> Array:
+  """A replicated array over devices of several processes, from host data."""
+  if jax.dtypes.issubdtype(getattr(value, 'dtype', None), jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(
+        _global_replica(jax.random.key_data(value), sharding),
+        impl=jax.random.key_impl(value))
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding,
+                                      lambda index: host[index])
 
 
 def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
