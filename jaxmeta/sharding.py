@@ -18,17 +18,24 @@ Typical use (one process, or every process of a multi-host job)::
   mesh = sharding.make_mesh()        # 1-D, all devices of all processes.
   state = sharding.replicate(jaxmeta.init_train_state(...), mesh)
   images = sharding.replicate(images, mesh)  # uint8 [classes, drawings, ...]
+  # One task from (key, images): episodes.sample_task with the shape bound.
   sample = functools.partial(episodes.sample_task, ways=5, shots=1,
                              queries=15)
   step = jax.jit(sharding.shard_train_step(
-      learner, optimizer, mesh, sample_task=lambda k, im: sample(k, im),
-      meta_batch_size=32), donate_argnums=0)
+      learner, optimizer, mesh, sample_task=sample, meta_batch_size=32,
+      task_chunk_size=None), donate_argnums=0)
   state, metrics = step(state, images)    # metrics: replicated scalars
-  evaluate = jax.jit(sharding.shard_evaluate(
-      learner, num_steps=3, mesh=mesh, sample_task=...))
-  per_task = evaluate(state.params, sharding.shard_tasks(keys, mesh), images)
+  evaluate = jax.jit(sharding.shard_evaluate(learner, num_steps=3, mesh=mesh,
+                                             sample_task=sample))
+  keys = sharding.shard_tasks(episodes.eval_task_keys(seed, 600), mesh)
+  per_task = evaluate(state.params, keys, images)  # accuracy: [600], sharded
   if sharding.is_main_process():
     ...  # Logging, checkpoints.
+
+Without a sampler, `step(state, tasks)` takes a meta-batch `[num_tasks, ...]`
+(`shard_tasks` on one process, `tasks_from_process_local` when each process
+reads its own tasks) and `evaluate(params, tasks)` likewise. Every
+meta-batch must divide by the number of devices (a ValueError says so).
 
 `shard_train_step` and `shard_evaluate` return unjitted functions, like
 `make_meta_train_step` and `make_evaluate`: the training program jits them
@@ -150,17 +157,24 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   each process copies its own to its own devices, nothing is sent between
   processes.
   """
-  sharding = replicated(mesh)
+  return _put(tree, replicated(mesh))
+
+
+def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
+  """`device_put` that also works when `sharding` spans several processes.
+
+  `jax.device_put` only reaches this process's devices; across processes,
+  every process builds its own shards from its (identical) host copy.
+  """
   if sharding.is_fully_addressable:
     return jax.device_put(tree, sharding)
-  return jax.tree.map(lambda v: _global_replica(v, sharding), tree)
+  return jax.tree.map(lambda v: _global_from_host(v, sharding), tree)
 
 
-def _global_replica(value: Any, sharding: NamedSharding) -> Array:
-  """A replicated array over devices of several processes, from host data."""
+def _global_from_host(value: Any, sharding: NamedSharding) -> Array:
   if jax.dtypes.issubdtype(getattr(value, 'dtype', None), jax.dtypes.prng_key):
     return jax.random.wrap_key_data(
-        _global_replica(jax.random.key_data(value), sharding),
+        _global_from_host(jax.random.key_data(value), sharding),
         impl=jax.random.key_impl(value))
   host = np.asarray(value)
   return jax.make_array_from_callback(host.shape, sharding,
@@ -170,15 +184,16 @@ def _global_replica(value: Any, sharding: NamedSharding) -> Array:
 def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   """Splits a meta-batch (every leaf `[num_tasks, ...]`) over the devices.
 
-  For a meta-batch held by one process (single-process runs). In a
-  multi-process run where each process holds its own tasks, use
+  For a meta-batch that every process holds whole (one process, or the
+  same evaluation keys on every process); each device receives only its
+  rows. Where each process holds only its own tasks, use
   `tasks_from_process_local`.
 
   Raises:
     ValueError: if `num_tasks` does not divide by the number of devices.
   """
   check_divisible(jax.tree.leaves(tasks)[0].shape[0], mesh)
-  return jax.device_put(tasks, task_sharding(mesh))
+  return _put(tasks, task_sharding(mesh))
 
 
 def tasks_from_process_local(local_tasks: PyTree,

@@ -24,6 +24,7 @@ import pytest
 
 import jaxmeta
 from jaxmeta import sharding
+from jaxmeta import xla_costs
 from jaxmeta.data import episodes
 
 if jax.device_count() != NUM_DEVICES:
@@ -147,6 +148,11 @@ def test_one_all_reduce_of_gradient_and_metrics_no_host_transfer(
       + ['f32[]'] * (len(metrics) - 1))  # meta_grad_norm: after the mean.
   assert reduced == expected
   assert not _HOST_TRANSFER.search(hlo), _HOST_TRANSFER.search(hlo)
+  costs = xla_costs.compiled_costs(compiled)
+  assert (costs['all_reduce_count'], costs['other_collective_count']) == (1, 0)
+  assert costs['all_reduce_bytes'] == 4 * (
+      sum(p.size for p in jax.tree.leaves(new_state.params))
+      + len(metrics) - 1)
 
 
 def test_state_and_metrics_come_back_replicated(mesh):

@@ -6,8 +6,9 @@ LOCAL_DEVICES OUT_DIR`. It joins the run on 127.0.0.1:PORT, takes three
 sharded meta-steps that sample their tasks on the devices and writes the
 parameters to OUT_DIR/process_<id>.npz; process 0 also writes those of the
 same three steps taken by `make_meta_train_step` on one device. It also
-builds a global meta-batch from each process's own half of the tasks and
-checks that each process's devices hold that half.
+builds a global meta-batch from each process's own half of the tasks, and
+one from keys every process holds whole, and checks which rows each
+process's devices hold.
 """
 
 import functools
@@ -65,6 +66,13 @@ def main(port, process_id, num_processes, local_devices, out_dir):
   assert global_tasks.support_x.sharding == sharding.task_sharding(mesh)
   for shard in global_tasks.support_x.addressable_shards:
     np.testing.assert_array_equal(shard.data, tasks.support_x[shard.index])
+  # Evaluation keys, the same on every process, split over all devices.
+  keys = episodes.eval_task_keys(0, 2 * jax.device_count())
+  sharded_keys = sharding.shard_tasks(keys, mesh)
+  key_data = np.asarray(jax.random.key_data(keys))
+  for shard in sharded_keys.addressable_shards:
+    np.testing.assert_array_equal(jax.random.key_data(shard.data),
+                                  key_data[shard.index[0]])
   flat = lambda tree: {jax.tree_util.keystr(path): np.asarray(leaf)
                        for path, leaf in
                        jax.tree_util.tree_leaves_with_path(tree)}
