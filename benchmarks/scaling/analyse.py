@@ -76,9 +76,9 @@ LATENCIES_S = (0.0, 10e-6, 30e-6)
 COMM_FRACTION = 0.05
 
 
-def _learner(cfg, inner_steps=None):
+def _learner(cfg, inner_steps=None, conv_impl='auto'):
   model = jaxmeta.conv4(cfg['ways'], cfg['input_shape'],
-                        num_filters=cfg['num_filters'])
+                        num_filters=cfg['num_filters'], conv_impl=conv_impl)
   return model, jaxmeta.maml(
       model.init, jaxmeta.classification_loss(model.apply),
       inner_lr=cfg['inner_lr'],
@@ -143,6 +143,12 @@ def main():
     model, learner = _learner(cfg)
     params = jax.eval_shape(model.init, jax.random.key(0))
     task = xla_costs.task_costs(learner, params, _task_struct(cfg))
+    # The convolution each platform's 'auto' picks: channels-first patches
+    # on GPUs, XLA's convolution on TPUs (the CPU's is in `task`).
+    task_by_conv_impl = {
+        impl: xla_costs.task_costs(_learner(cfg, conv_impl=impl)[1], params,
+                                   _task_struct(cfg))
+        for impl in ('patches_cf', 'xla')}
     steps = {b: _sharded_step_costs(cfg, b, mesh)
              for b in cfg['tasks_per_device']}
     (b1, s1), (b2, s2) = sorted(steps.items())
@@ -159,7 +165,8 @@ def main():
     xla_flops_per_task = flops_per_task
     flops_per_task += (cfg['inner_steps'] - 1) * inner_step_flops
     entry = dict(
-        cfg, task=task, sharded_step=steps,
+        cfg, task=task, task_by_conv_impl=task_by_conv_impl,
+        conv_impl_cpu=jaxmeta.resolve_conv_impl('auto'), sharded_step=steps,
         flops_per_task=flops_per_task,
         xla_flops_per_task=xla_flops_per_task,
         inner_step_flops=inner_step_flops,
@@ -181,7 +188,7 @@ def main():
     results['configs'][name] = entry
     print(name, json.dumps({k: v for k, v in entry.items()
                             if k not in ('sharded_step',)}, indent=1,
-                           default=str))
+                           default=str), flush=True)
   with open(args.out, 'w') as f:
     json.dump(results, f, indent=1, default=str)
 
