@@ -21,6 +21,7 @@ from experiments import checkpoints
 from experiments import common
 from experiments import tasks
 from experiments import train
+from jaxmeta import sharding
 import jaxmeta.data
 
 FLAGS = flags.FLAGS
@@ -52,6 +53,9 @@ def define_flags(default_config: str | None = None) -> None:
 
 def main(argv) -> None:
   common.check_command_line(argv, 'workdir')
+  # Joins a multi-process run when a launcher (SLURM, Open MPI, a TPU pod)
+  # started one; before anything touches a device.
+  sharding.initialize_distributed()
   if FLAGS.config is None:
     common.exit_with_one_line('--config is required, e.g. '
                               '--config=experiments/configs/default.py.')

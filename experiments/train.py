@@ -30,6 +30,7 @@ import optax
 import tqdm
 
 import jaxmeta
+from jaxmeta import sharding
 from jaxmeta.data import episodes
 from experiments import checkpoints as checkpoints_lib
 from experiments import common
@@ -158,29 +159,52 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def make_mesh() -> jax.sharding.Mesh | None:
+  """A mesh over every device of every process, or None on one device."""
+  return sharding.make_mesh() if jax.device_count() > 1 else None
+
+
 def make_train_step(learner: jaxmeta.MetaLearner,
                     optimizer: optax.GradientTransformation,
                     family: tasks.TaskFamily,
-                    config: ml_collections.ConfigDict):
+                    config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh | None = None):
   """The jitted step `(state, train_data) -> (state, metrics)`.
 
-  Tasks are drawn inside the step from `fold_in(state.key, state.step)`. A
-  step whose loss, meta-gradient, new parameters or new optimiser state are
-  not all finite is not applied: the state stays the last good one (so its
-  `step` names the failing step) and `metrics['finite']` is False.
+  Tasks are drawn inside the step from `fold_in(state.key, state.step)`; with
+  a `mesh`, the meta-batch is split over its devices, each drawing and
+  adapting its own tasks, and the meta-gradient is averaged across them in
+  the same program (`jaxmeta.sharding`). A step whose loss, meta-gradient,
+  new parameters or new optimiser state are not all finite is not applied:
+  the state stays the last good one (so its `step` names the failing step)
+  and `metrics['finite']` is False.
   """
   chunk = (config.task_chunk_size
            or jaxmeta.default_task_chunk_size(config.meta_batch_size))
 
-  def sample_tasks(key, data):
-    keys = jax.random.split(key, config.meta_batch_size)
-    return jax.vmap(lambda k: family.sample(k, data, True))(keys)
+  def sample_task(key, data):
+    return family.sample(key, data, True)
+
+  if mesh is None:
+    def sample_tasks(key, data):
+      keys = jax.random.split(key, config.meta_batch_size)
+      return jax.vmap(lambda k: sample_task(k, data))(keys)
+
+    def meta_step(state, data):
+      return jaxmeta.make_meta_train_step(
+          learner, optimizer, functools.partial(sample_tasks, data=data),
+          task_chunk_size=chunk)(state)
+  else:
+    try:
+      meta_step = sharding.shard_train_step(
+          learner, optimizer, mesh, sample_task=sample_task,
+          meta_batch_size=config.meta_batch_size, task_chunk_size=chunk)
+    except ValueError as e:
+      raise ConfigError(f'config.meta_batch_size / task_chunk_size: {e}'
+                        ) from e
 
   def train_step(state, data):
-    step = jaxmeta.make_meta_train_step(
-        learner, optimizer, functools.partial(sample_tasks, data=data),
-        task_chunk_size=chunk)
-    new_state, metrics = step(state)
+    new_state, metrics = meta_step(state, data)
     finite = (jnp.isfinite(metrics['loss'])
               & jnp.isfinite(metrics['meta_grad_norm'])
               & _all_finite((new_state.params, new_state.opt_state)))
@@ -195,14 +219,23 @@ class Evaluator:
   """A metric over a fixed set of tasks, in compiled chunks of tasks."""
 
   def __init__(self, learner: jaxmeta.MetaLearner, family: tasks.TaskFamily,
-               config: ml_collections.ConfigDict):
-    self._chunk = config.eval_batch_size
+               config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None):
     metric = family.metric
-    evaluate = jaxmeta.make_evaluate(learner, config.eval_inner_steps)
+    sample_task = lambda key, data: family.sample(key, data, False)
+    if mesh is None:
+      self._chunk = config.eval_batch_size
+      evaluate = jaxmeta.make_evaluate(learner, config.eval_inner_steps)
+      evaluate_keys = lambda params, keys, data: evaluate(
+          params, jax.vmap(lambda k: sample_task(k, data))(keys))
+    else:
+      # Every device scores the same number of tasks of each chunk.
+      self._chunk = -(-config.eval_batch_size // mesh.size) * mesh.size
+      evaluate_keys = sharding.shard_evaluate(
+          learner, config.eval_inner_steps, mesh, sample_task=sample_task)
 
     def run_chunk(params, data, keys):
-      tasks_ = jax.vmap(lambda k: family.sample(k, data, False))(keys)
-      metrics = evaluate(params, tasks_)
+      metrics = evaluate_keys(params, keys, data)
       return metrics[metric], metrics[f'{metric}_by_step']
 
     self._run_chunk = jax.jit(run_chunk)
@@ -299,11 +332,18 @@ class _Run:
       jax.random.PRNGKey(config.eval_seed)
     except (OverflowError, ValueError, TypeError) as e:
       raise ConfigError(f'config.seed / config.eval_seed: {e}') from e
+    self.mesh = make_mesh()
+    if self.mesh is not None:
+      try:
+        sharding.check_divisible(config.meta_batch_size, self.mesh)
+      except ValueError as e:
+        raise ConfigError(f'config.meta_batch_size: {e}') from e
     try:
       self.family = tasks.build(config, data_dir, source_dir)
-      self.data = {first_split: self.family.load(first_split)}
     except tasks.TaskFamilyError as e:
       raise ConfigError(str(e)) from e
+    self.data = {}
+    self.load(first_split)
     self.learner = build_learner(
         config, self.family, self.family.input_shape(self.data[first_split]))
     self.optimizer = build_optimizer(config)
@@ -313,16 +353,23 @@ class _Run:
         self.family.higher_is_better, read_only=read_only)
 
   def load(self, split):
+    """The data of `split`, on every device of the mesh if there is one."""
     if split not in self.data:
       try:
-        self.data[split] = self.family.load(split)
+        data = self.family.load(split)
       except tasks.TaskFamilyError as e:
         raise ConfigError(str(e)) from e
+      if self.mesh is not None and data is not None:
+        data = sharding.replicate(data, self.mesh)
+      self.data[split] = data
     return self.data[split]
 
   def init_state(self) -> jaxmeta.MetaTrainState:
-    return jaxmeta.init_train_state(self.learner, self.optimizer,
-                                    jax.random.PRNGKey(self.config.seed))
+    """The initial state (replicated over the mesh if there is one)."""
+    state = jaxmeta.init_train_state(self.learner, self.optimizer,
+                                     jax.random.PRNGKey(self.config.seed))
+    return state if self.mesh is None else sharding.replicate(state,
+                                                              self.mesh)
 
   def meta(self) -> dict[str, Any]:
     return {'config': self.config.to_dict(),
@@ -340,7 +387,7 @@ class _Run:
       raise RunError(f'Checkpoint step {step} in {self.workdir}/checkpoints '
                      'holds non-finite parameters; it cannot be evaluated.')
     keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
-    values, by_step = Evaluator(self.learner, self.family, config)(
+    values, by_step = Evaluator(self.learner, self.family, config, self.mesh)(
         state.params, self.load('test'), keys)
     mean, ci95 = jaxmeta.mean_and_ci95(values)
     m = self.metric
@@ -374,6 +421,22 @@ def summary(results: dict[str, Any], path: str) -> str:
           f"{figure} (95% CI, {results['num_test_tasks']} tasks, "
           f"{results['eval_inner_steps']} inner steps; best validation step "
           f"{results['best_step']}). Results: {path}")
+
+
+class _NoWriter:
+  """The metric writer of the processes other than the main one."""
+
+  def write(self, *args, **kwargs):
+    del args, kwargs
+
+  def close(self):
+    pass
+
+
+def _say(line: str) -> None:
+  """Prints a line on the main process (above a progress bar, if any)."""
+  if sharding.is_main_process():
+    tqdm.tqdm.write(line)
 
 
 def _keep_records_up_to(path: str, step: int) -> None:
@@ -427,17 +490,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   restored = checkpoints.restore_latest_readable(state)
   if restored is not None:
     state = restored[0]
-    print(f'Resuming from step {int(state.step)} of {workdir}.')
-  common.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    _say(f'Resuming from step {int(state.step)} of {workdir}.')
+  main_process = sharding.is_main_process()  # Only it writes files.
+  if main_process:
+    common.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-  train_step = make_train_step(run.learner, run.optimizer, run.family, config)
-  evaluator = Evaluator(run.learner, run.family, config)
+  train_step = make_train_step(run.learner, run.optimizer, run.family, config,
+                               run.mesh)
+  evaluator = Evaluator(run.learner, run.family, config, run.mesh)
   val_keys = episodes.eval_task_keys(config.eval_seed + 1,
                                      config.num_val_tasks)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   start_step = int(state.step)
-  _keep_records_up_to(metrics_path, start_step)
-  writer = common.MetricWriter(workdir)
+  if main_process:
+    _keep_records_up_to(metrics_path, start_step)
+  writer = common.MetricWriter(workdir) if main_process else _NoWriter()
   metric = run.metric
 
   def validate_now(state):
@@ -449,7 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   start = time.time()
   bar = tqdm.tqdm(total=config.num_iterations, initial=start_step,
-                  disable=not progress,
+                  disable=not (progress and main_process),
                   desc=f'{config.dataset} {config.algorithm}')
   step = start_step
   compile_seconds, first_timed_step = None, step
@@ -478,7 +545,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if evaluate:
       value = validate_now(state)
       best = checkpoints.best_metric()
-      bar.write(f'step {step}: val {metric} {value:.4f} (best before '
+      _say(f'step {step}: val {metric} {value:.4f} (best before '
                 f'{"none" if best is None else f"{best:.4f}"})')
     if save:
       checkpoints.save(step, state, run.meta(), value)
@@ -512,8 +579,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       'ci95': results['test_ci95']}, prefix='test/')
   writer.close()
   checkpoints.close()
-  print(summary(results, results_path))
-  common.write_json(results_path, results)
+  _say(summary(results, results_path))
+  if main_process:
+    common.write_json(results_path, results)
   return results
 
 
@@ -551,7 +619,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   results = run.test()
   run.checkpoints.close()
   path = os.path.join(workdir, 'eval.json')
-  print(summary(results, path))
+  _say(summary(results, path))
+  if not sharding.is_main_process():
+    return results
   try:
     common.write_json(path, results)
   except OSError as e:

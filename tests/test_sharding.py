@@ -2,7 +2,9 @@
 
 The sharded cases need several devices, and JAX fixes the CPU device count
 when its backend starts, so they run in one subprocess with 8 virtual CPU
-devices (`tests/sharding_cases.py`, all cases in one interpreter). The
+devices (`tests/sharding_cases.py` for the library and
+`tests/sharded_train_cases.py` for the training program, all cases in one
+interpreter). The
 multi-process case starts two processes that join one run on 127.0.0.1
 (`tests/sharding_multiprocess_worker.py`). Everything is bounded by
 timeouts, so a hang fails the test instead of stalling the suite.
@@ -44,7 +46,8 @@ def _env():
 def test_sharded_cases_on_8_virtual_cpu_devices():
   result = subprocess.run(
       [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-       str(_TESTS / 'sharding_cases.py')],
+       str(_TESTS / 'sharding_cases.py'),
+       str(_TESTS / 'sharded_train_cases.py')],
       cwd=_REPO, env=_env(), capture_output=True, text=True, timeout=300,
       check=False)
   output = result.stdout + result.stderr

@@ -1,0 +1,80 @@
+"""The training program on 8 virtual CPU devices.
+
+Run by `tests/test_sharding.py` in the subprocess that has 8 devices (the
+device count is fixed when JAX starts its backend); by hand:
+`pytest tests/sharded_train_cases.py`.
+"""
+
+import json
+
+import jax
+
+NUM_DEVICES = 8
+try:
+  jax.config.update('jax_num_cpu_devices', NUM_DEVICES)
+except RuntimeError:  # The backend is already up with its own device count.
+  pass
+
+import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import numpy as np
+import pytest
+
+from experiments import train
+import test_train  # tests/ is on sys.path under pytest.
+
+if jax.device_count() != NUM_DEVICES:
+  pytest.skip(f'needs {NUM_DEVICES} CPU devices, JAX has '
+              f'{jax.device_count()} (run this file in its own process)',
+              allow_module_level=True)
+
+
+def _unsharded_replay(config, workdir, steps):
+  """The same steps with the one-device step, from the same initial state."""
+  built = train._Run(config, str(workdir), None, None, 'train')
+  state = jax.device_put(built.init_state(), jax.devices()[0])
+  data = built.family.load('train')
+  step = train.make_train_step(built.learner, built.optimizer, built.family,
+                               config, mesh=None)
+  for _ in range(steps):
+    state, _ = step(state, data)
+  built.checkpoints.close()
+  return state
+
+
+@pytest.mark.parametrize('family', ['images', 'sinusoid'])
+def test_sharded_run_matches_one_device_and_resumes(tmp_path, tiny_dataset,
+                                                    family):
+  if family == 'images':
+    config = test_train.tiny_config(tiny_dataset, meta_batch_size=8,
+                                    eval_batch_size=5)
+    make = lambda **o: test_train.tiny_config(tiny_dataset, meta_batch_size=8,
+                                              eval_batch_size=5, **o)
+  else:
+    config = test_train.tiny_sinusoid(meta_batch_size=8)
+    make = lambda **o: test_train.tiny_sinusoid(meta_batch_size=8, **o)
+  results = test_train.run(config, tmp_path / 'straight')
+  test_train.run(make(num_iterations=2), tmp_path / 'resumed')
+  resumed = test_train.run(config, tmp_path / 'resumed')
+  assert resumed['resumed_from_step'] == 2
+  straight_state, _ = test_train.restore(config, tmp_path / 'straight')
+  resumed_state, _ = test_train.restore(config, tmp_path / 'resumed')
+  chex.assert_trees_all_equal(straight_state, resumed_state)
+  assert straight_state.params is not None
+  sharded_leaf = jax.tree.leaves(straight_state.params)[0]
+  assert len(sharded_leaf.sharding.device_set) == NUM_DEVICES
+  replay = _unsharded_replay(config, tmp_path / 'replay', 4)
+  chex.assert_trees_all_close(jax.device_get(straight_state.params),
+                              jax.device_get(replay.params), atol=1e-5,
+                              rtol=1e-5)
+  on_disk = json.loads((tmp_path / 'straight' / 'results.json').read_text())
+  assert set(on_disk) == set(results)
+  metric = 'accuracy' if family == 'images' else 'mse'
+  assert {f'test_{metric}', 'test_ci95', f'best_val_{metric}',
+          'steps_per_second', 'iterations'} <= set(on_disk)
+  assert np.isfinite(on_disk[f'test_{metric}'])
+
+
+def test_a_meta_batch_that_does_not_divide_is_refused(tmp_path, tiny_dataset):
+  with pytest.raises(train.ConfigError, match=r'12 tasks .* 8 devices'):
+    test_train.run(test_train.tiny_config(tiny_dataset, meta_batch_size=12),
+                   tmp_path)
