@@ -1,0 +1,71 @@
+"""A short training run that SIGKILLs itself at its N-th file-system event.
+
+Used by `tests/test_kill_and_resume.py`: `python tests/kill_driver.py WORKDIR
+N` runs a tiny sinusoid training (a checkpoint and a validation at every
+step) in WORKDIR, counting the calls that write, rename or delete files
+(Python's os/shutil/pathlib calls, which orbax's saves go through, and
+the program's own JSON, metric and checkpoint writes), and kills itself with
+SIGKILL just before the N-th one (N = 0: never). It prints the number of
+events it saw when it finishes.
+"""
+
+import builtins
+import os
+import pathlib
+import shutil
+import signal
+import sys
+
+_count = 0
+_kill_at = 0
+
+
+def _event():
+  global _count
+  _count += 1
+  if _count == _kill_at:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _counted(fn):
+  def wrapped(*args, **kwargs):
+    _event()
+    return fn(*args, **kwargs)
+  return wrapped
+
+
+def _counted_open(fn):
+  def wrapped(file, mode='r', *args, **kwargs):
+    if any(c in mode for c in 'wax+'):
+      _event()
+    return fn(file, mode, *args, **kwargs)
+  return wrapped
+
+
+def main():
+  global _kill_at
+  workdir, _kill_at = sys.argv[1], int(sys.argv[2])
+  sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
+  for module, name in ((os, 'rename'), (os, 'replace'), (os, 'makedirs'),
+                       (os, 'mkdir'), (os, 'remove'), (os, 'unlink'),
+                       (os, 'rmdir'), (shutil, 'rmtree'), (shutil, 'move'),
+                       (pathlib.Path, 'rename'), (pathlib.Path, 'replace'),
+                       (pathlib.Path, 'mkdir'), (pathlib.Path, 'unlink'),
+                       (pathlib.Path, 'rmdir'), (pathlib.Path, 'write_text'),
+                       (pathlib.Path, 'write_bytes')):
+    setattr(module, name, _counted(getattr(module, name)))
+  builtins.open = _counted_open(builtins.open)
+  config = sinusoid.get_config()
+  config.model.hidden = (8,)
+  config.update(num_iterations=6, eval_every=2, checkpoint_every=1,
+                keep_checkpoints=2, log_every=1, num_val_tasks=4,
+                num_eval_tasks=6, eval_batch_size=6, meta_batch_size=2)
+  train.train_and_evaluate(config, workdir, progress=False)
+  print(f'EVENTS {_count}')
+
+
+if __name__ == '__main__':
+  main()
