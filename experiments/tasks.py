@@ -25,7 +25,9 @@ import jax
 import ml_collections
 
 import jaxmeta
+from jaxmeta.data import augment as augment_lib
 from jaxmeta.data import episodes
+from jaxmeta.data import host_episodes
 from jaxmeta.data import sinusoid
 
 
@@ -46,8 +48,15 @@ class TaskFamily(NamedTuple):
     higher_is_better: whether a larger `metric` is better.
     load: `load(split) -> data` for 'train', 'val' or 'test', on the device
       (None where tasks are generated); cached.
-    sample: `sample(key, data, train) -> Task`, one task; `train` selects
-      the training task shape (`train_shots`, `train_queries`).
+    sample: `sample(key, data, train) -> Task`, one task on the device;
+      `train` selects the training task shape (`train_shots`,
+      `train_queries`) and the training augmentation.
+    sample_host: None, or `sample_host(key, data, num_tasks) -> Task`, a
+      training meta-batch drawn on the host from a split kept in host memory
+      (`config.sampler = 'host'`, for splits too large for the device);
+      `augment` is then applied on the device.
+    augment: `augment(key, task) -> task`, the training augmentation of one
+      task (the identity without one).
   """
   input_shape: Callable[[Any], tuple[int, ...]]
   num_outputs: int
@@ -56,6 +65,9 @@ class TaskFamily(NamedTuple):
   higher_is_better: bool
   load: Callable[[str], Any]
   sample: Callable[[jax.Array, Any, bool], jaxmeta.Task]
+  sample_host: Callable[[jax.Array, Any, int], jaxmeta.Task] | None = None
+  augment: Callable[[jax.Array, jaxmeta.Task], jaxmeta.Task] = (
+      lambda key, task: task)
 
 
 def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -70,6 +82,8 @@ def episodic(config: ml_collections.ConfigDict, data_dir: str | None = None,
   loader = jaxmeta.data.DATASETS[config.dataset]
   options = dict(config.data)
   shapes = {True: train_shape(config), False: (config.shots, config.queries)}
+  on_host = config.sampler == 'host'
+  augment_task = make_augment(config)
 
   @functools.cache
   def load(split):
@@ -82,16 +96,40 @@ def episodic(config: ml_collections.ConfigDict, data_dir: str | None = None,
       except episodes.EpisodeConfigError as e:
         raise TaskFamilyError(
             f'The {split} split of {config.dataset} ({options}): {e}') from e
+    if on_host and split == 'train':
+      return data.images  # Stays in host memory: see `sample_host`.
     return jax.device_put(data.images)  # uint8 [classes, examples, H, W, C]
 
   def sample(key, images, train):
     shots, queries = shapes[train]
-    return episodes.sample_task(key, images, config.ways, shots, queries)
+    task = episodes.sample_task(key, images, config.ways, shots, queries)
+    return augment_task(jax.random.fold_in(key, 1), task) if train else task
+
+  def sample_host(key, images, num_tasks):
+    return host_episodes.sample_tasks_host(key, images, num_tasks, config.ways,
+                                           *shapes[True])
 
   return TaskFamily(input_shape=lambda images: tuple(images.shape[2:]),
                     num_outputs=config.ways,
                     make_loss=jaxmeta.classification_loss, metric='accuracy',
-                    higher_is_better=True, load=load, sample=sample)
+                    higher_is_better=True, load=load, sample=sample,
+                    sample_host=sample_host if on_host else None,
+                    augment=augment_task)
+
+
+def make_augment(config: ml_collections.ConfigDict):
+  """`augment(key, task) -> task` from `config.augment` (support and query
+  images alike, one draw per image; see `jaxmeta.data.augment`)."""
+  settings = augment_lib.AugmentConfig(**config.augment)
+  if settings == augment_lib.AugmentConfig():
+    return lambda key, task: task
+
+  def augment_task(key, task):
+    support_key, query_key = jax.random.split(key)
+    return task._replace(
+        support_x=augment_lib.augment(support_key, task.support_x, settings),
+        query_x=augment_lib.augment(query_key, task.query_x, settings))
+  return augment_task
 
 
 def sinusoid_family(config: ml_collections.ConfigDict,
@@ -99,9 +137,9 @@ def sinusoid_family(config: ml_collections.ConfigDict,
                     source_dir: str | None = None) -> TaskFamily:
   """Sinusoid regression: `shots` support and `queries` query points."""
   del data_dir, source_dir  # Tasks are generated.
-  for name in ('shots', 'queries'):
-    if config[name] < 1:
-      raise TaskFamilyError(f'{name} must be >= 1, got {config[name]}.')
+  if config.sampler != 'device':
+    raise TaskFamilyError('sinusoid tasks are generated on the device: '
+                          "config.sampler must be 'device'.")
   shapes = {True: train_shape(config), False: (config.shots, config.queries)}
 
   def sample(key, data, train):

@@ -49,6 +49,7 @@ _NON_NEGATIVE_FIELDS = ('inner_steps', 'eval_inner_steps', 'num_iterations',
                         'train_shots', 'train_queries', 'task_chunk_size')
 _INNER_OPTIMIZERS = ('sgd', 'adam')
 _META_OPTIMIZERS = ('adam', 'sgd')
+_SAMPLERS = ('device', 'host')
 # The step counter is an int32 on the device.
 _MAX_INT = 2**31 - 1
 
@@ -118,6 +119,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.inner_optimizer not in _INNER_OPTIMIZERS:
     raise ConfigError(f'config.inner_optimizer must be one of '
                       f'{_INNER_OPTIMIZERS}, got {config.inner_optimizer!r}.')
+  if config.sampler not in _SAMPLERS:
+    raise ConfigError(f'config.sampler must be one of {_SAMPLERS}, got '
+                      f'{config.sampler!r}.')
+  try:
+    jaxmeta.data.augment.check_config(
+        jaxmeta.data.AugmentConfig(**config.augment))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.augment: {e}') from e
   if config.meta_optimizer not in _META_OPTIMIZERS:
     raise ConfigError(f'config.meta_optimizer must be one of '
                       f'{_META_OPTIMIZERS}, got {config.meta_optimizer!r}.')
@@ -169,9 +178,12 @@ def make_train_step(learner: jaxmeta.MetaLearner,
                     family: tasks.TaskFamily,
                     config: ml_collections.ConfigDict,
                     mesh: jax.sharding.Mesh | None = None):
-  """The jitted step `(state, train_data) -> (state, metrics)`.
+  """The jitted step `(state, batch) -> (state, metrics)`.
 
-  Tasks are drawn inside the step from `fold_in(state.key, state.step)`; with
+  `batch` is the training split, and tasks are drawn inside the step from
+  `fold_in(state.key, state.step)`; or, where the family draws its
+  meta-batches on the host (`family.sample_host`), the meta-batch itself,
+  augmented inside the step. With
   a `mesh`, the meta-batch is split over its devices, each drawing and
   adapting its own tasks, and the meta-gradient is averaged across them in
   the same program (`jaxmeta.sharding`). A step whose loss, meta-gradient,
@@ -185,7 +197,18 @@ def make_train_step(learner: jaxmeta.MetaLearner,
   def sample_task(key, data):
     return family.sample(key, data, True)
 
-  if mesh is None:
+  if family.sample_host is not None:
+    sharded = None if mesh is None else sharding.shard_train_step(
+        learner, optimizer, mesh, task_chunk_size=chunk)
+
+    def meta_step(state, tasks):
+      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+      keys = jax.random.split(key, config.meta_batch_size)
+      tasks = jax.vmap(family.augment)(keys, tasks)
+      if sharded is None:
+        return jaxmeta.meta_train_step(learner, optimizer, state, tasks, chunk)
+      return sharded(state, tasks)
+  elif mesh is None:
     def sample_tasks(key, data):
       keys = jax.random.split(key, config.meta_batch_size)
       return jax.vmap(lambda k: sample_task(k, data))(keys)
@@ -521,7 +544,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = start_step
   compile_seconds, first_timed_step = None, step
   while step < config.num_iterations:
-    state, metrics = train_step(state, train_data)
+    batch = train_data
+    if run.family.sample_host is not None:
+      batch = run.family.sample_host(
+          jax.random.fold_in(state.key, state.step), train_data,
+          config.meta_batch_size)
+    state, metrics = train_step(state, batch)
     step += 1
     if compile_seconds is None:
       jax.block_until_ready(state)

@@ -117,3 +117,14 @@ def test_augment_batch_under_jit():
     assert flipped[i] or np.array_equal(flips[i], images[i])
   with pytest.raises(ValueError, match=r'\[n, H, W, C\]'):
     aug.augment(jax.random.key(0), images[0], config)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('crop_padding', -1, 'crop_padding'), ('crop_mode', 'wrap', 'crop_mode'),
+    ('brightness', -0.1, 'brightness'),
+    ('saturation', float('nan'), 'saturation')])
+def test_check_config_names_the_bad_field(field, value, message):
+  aug.check_config(aug.AugmentConfig())
+  aug.check_config(aug.standard_config(84))
+  with pytest.raises(ValueError, match=message):
+    aug.check_config(aug.AugmentConfig()._replace(**{field: value}))

@@ -54,6 +54,21 @@ class AugmentConfig(NamedTuple):
   saturation: float = 0.0
 
 
+def check_config(config: AugmentConfig) -> None:
+  """Raises a ValueError naming the first field that cannot be applied."""
+  if (isinstance(config.crop_padding, bool)
+      or not isinstance(config.crop_padding, int) or config.crop_padding < 0):
+    raise ValueError('crop_padding must be an int >= 0, got '
+                     f'{config.crop_padding!r}.')
+  if config.crop_mode not in ('constant', 'reflect'):
+    raise ValueError("crop_mode must be 'constant' or 'reflect', got "
+                     f'{config.crop_mode!r}.')
+  for name in ('brightness', 'contrast', 'saturation'):
+    value = getattr(config, name)
+    if not 0.0 <= value < float('inf'):
+      raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
+
+
 def standard_config(image_size: int) -> AugmentConfig:
   """Crop (padding 4 for images up to 32 pixels, else 8), flip, jitter 0.4."""
   return AugmentConfig(crop_padding=4 if image_size <= 32 else 8, flip=True,
