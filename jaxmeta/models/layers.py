@@ -1,22 +1,7 @@
-"""Models as pure functions: `init(key) -> params` and `apply(params, x) -> y`.
+"""Layers shared by the backbones: convolutions, batch norm, pooling.
 
-Why plain functions rather than flax modules: meta-learning differentiates
-*through* parameter updates, so the parameters must be an explicit input of
-every forward pass, the object `jax.grad` differentiates and the inner loop
-rewrites. With plain functions the parameters are an ordinary dict pytree that
-`jax.grad`, `jax.vmap`, optax and orbax all handle directly; there is no
-variable collection to thread through and no mutable batch-norm state (our
-batch norm always uses batch statistics, see `conv4`). Later algorithms extend
-this without a rewrite: Meta-SGD adds a learning-rate pytree of the same
-structure, ANIL splits the dict into `body` and `head`, MAML++ passes a step
-index to select per-step batch-norm parameters.
-
-Every model is a `Model(init, apply)` pair, the same shape as optax's
-`GradientTransformation`. `apply` is written for one batch of inputs of one
-task; callers vmap it over tasks.
+Pure functions of arrays; every backbone of `jaxmeta.models` composes them.
 """
-
-from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,76 +10,10 @@ from jaxmeta.types import Array, Params, PRNGKey
 
 CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf', 'patches_cf_2pass')
 
-# name -> `builder(num_outputs, input_shape, **options) -> Model`, filled by
-# `register_backbone`; the experiment harness builds backbones by name.
-BACKBONES: dict[str, Callable[..., 'Model']] = {}
-
-
-def register_backbone(name: str):
-  """Decorator: `@register_backbone('conv4')` adds a builder to `BACKBONES`.
-
-  A builder takes the number of outputs (the ways, or 1 for regression), the
-  shape of one input without the batch axis, and its own keyword options.
-  """
-  def add(builder):
-    if name in BACKBONES and BACKBONES[name] is not builder:
-      raise ValueError(f'Backbone {name!r} is already registered.')
-    BACKBONES[name] = builder
-    return builder
-  return add
-
-
-class Model(NamedTuple):
-  """A model as a pair of pure functions.
-
-  Attributes:
-    init: `init(key) -> params`, a dict pytree of float32 arrays.
-    apply: `apply(params, x) -> outputs` for one batch `x` of one task.
-  """
-  init: Callable[[PRNGKey], Params]
-  apply: Callable[[Params, Array], Array]
-
 
 def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
   w = jax.nn.initializers.glorot_uniform()(key, (fan_in, fan_out), jnp.float32)
   return {'w': w, 'b': jnp.zeros((fan_out,), jnp.float32)}
-
-
-def mlp(layer_sizes: Sequence[int],
-        log_softmax_output: bool = False) -> Model:
-  """A fully connected ReLU network.
-
-  Args:
-    layer_sizes: widths from input to output, e.g. `(784, 400, 10)` for the
-      MLP of the original design document or `(1, 40, 40, 1)` for sinusoids.
-    log_softmax_output: if True, the output is a log-softmax (log
-      probabilities), otherwise raw outputs (logits or regression values).
-
-  Returns:
-    A `Model`; `apply(params, x)` flattens `x` of shape `[batch, ...]` to
-    `[batch, layer_sizes[0]]` and returns `[batch, layer_sizes[-1]]`.
-  """
-  layer_sizes = tuple(int(s) for s in layer_sizes)
-  if len(layer_sizes) < 2 or min(layer_sizes) < 1:
-    raise ValueError(f'mlp needs >= 2 positive layer sizes, got {layer_sizes}.')
-
-  def init(key: PRNGKey) -> Params:
-    keys = jax.random.split(key, len(layer_sizes) - 1)
-    return {f'dense{i}': _glorot_dense(k, n_in, n_out)
-            for i, (k, n_in, n_out) in enumerate(
-                zip(keys, layer_sizes[:-1], layer_sizes[1:]))}
-
-  def apply(params: Params, x: Array) -> Array:
-    h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
-    num_layers = len(layer_sizes) - 1
-    for i in range(num_layers):
-      layer = params[f'dense{i}']
-      h = h @ layer['w'] + layer['b']
-      if i < num_layers - 1:
-        h = jax.nn.relu(h)
-    return jax.nn.log_softmax(h) if log_softmax_output else h
-
-  return Model(init, apply)
 
 
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
@@ -280,116 +199,3 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   first_max = lambda a, b: jax.lax.select((a >= b) | jnp.isnan(a), a, b)
   return first_max(first_max(pick(0, 0), pick(0, 1)),
                    first_max(pick(1, 0), pick(1, 1)))
-
-
-@register_backbone('conv4')
-def conv4(num_classes: int,
-          input_shape: Sequence[int] = (28, 28, 1),
-          num_filters: int = 64,
-          num_blocks: int = 4,
-          conv_impl: str = 'auto') -> Model:
-  """Conv-4, the standard few-shot backbone (Vinyals et al. 2016; Finn et al.
-
-  2017): `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU,
-  2x2 max-pool], flatten, linear head with `num_classes` outputs (logits).
-
-  Batch norm always normalises with the statistics of the batch being
-  processed, as in MAML's reference implementation: there are no running
-  averages. During adaptation the statistics are the support set's; the loss
-  on the query set normalises with the query set's statistics. At test time
-  this is transductive: a query image's prediction depends on the other query
-  images of its task (all `ways * queries` of them are scored together), as in
-  the published MAML numbers. Score queries one by one and accuracy changes.
-
-  The ReLU is applied after the max-pool: the two commute (ReLU is monotone),
-  ties included (`max_pool_2x2` passes a tie's gradient to the first element
-  of the window; PyTorch's pool of the ReLU does too, and where the maximum
-  is <= 0 both pass no gradient), and the ReLU and its derivative then touch
-  a quarter of the elements.
-
-  Each conv layer has a bias `b` in its parameters, as in the reference
-  Conv-4 and PyTorch's `nn.Conv2d`, but `apply` does not add it: batch norm
-  subtracts the batch mean right after, which cancels any bias exactly
-  (`(h + b) - mean(h + b) = h - mean(h)`, the variance is unchanged). So the
-  function is the same, and the gradient of `b` is exactly zero instead of
-  rounding noise around zero. Adding it anyway cost a full pass over every
-  activation for its gradient (the CPU MAML step 1.07-1.11x slower).
-
-  Args:
-    num_classes: width of the head (the number of ways).
-    input_shape: `(height, width, channels)` of one image.
-    num_filters: filters of every conv layer (64 for Omniglot, 32 for 84x84).
-    num_blocks: number of conv blocks.
-    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
-      same function of the same parameters (HWIO kernels, NHWC inputs).
-
-  Returns:
-    A `Model`; `apply(params, x)` maps `[batch, H, W, C]` to logits
-    `[batch, num_classes]`.
-  """
-  height, width, channels = (int(s) for s in input_shape)
-  impl = resolve_conv_impl(conv_impl)
-  spatial_h, spatial_w = height, width
-  for _ in range(num_blocks):
-    spatial_h, spatial_w = spatial_h // 2, spatial_w // 2
-  if spatial_h < 1 or spatial_w < 1:
-    raise ValueError(f'Input {input_shape} is too small for {num_blocks} '
-                     'blocks of 2x2 max-pooling.')
-  feature_dim = spatial_h * spatial_w * num_filters
-
-  def init(key: PRNGKey) -> Params:
-    keys = jax.random.split(key, num_blocks + 1)
-    params = {}
-    c_in = channels
-    for i in range(num_blocks):
-      params[f'conv{i}'] = {
-          'w': jax.nn.initializers.glorot_uniform()(
-              keys[i], (3, 3, c_in, num_filters), jnp.float32),
-          'b': jnp.zeros((num_filters,), jnp.float32),
-          'scale': jnp.ones((num_filters,), jnp.float32),
-          'offset': jnp.zeros((num_filters,), jnp.float32),
-      }
-      c_in = num_filters
-    params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
-    return params
-
-  def apply(params: Params, x: Array) -> Array:
-    if impl in ('patches_cf', 'patches_cf_2pass'):
-      two_pass = impl == 'patches_cf_2pass'
-      h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
-      for i in range(num_blocks):
-        p = params[f'conv{i}']
-        h = conv2d_3x3_same_cf(h, p['w'], two_pass)  # No bias: see above.
-        h = batch_norm(h, p['scale'], p['offset'], channel_axis=0)
-        h = jax.nn.relu(max_pool_2x2(h, spatial_axes=(2, 3)))
-      h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order
-    else:
-      h = x  # [batch, H, W, C]
-      for i in range(num_blocks):
-        p = params[f'conv{i}']
-        h = conv2d_3x3_same(h, p['w'], impl)  # No bias: see above.
-        h = batch_norm(h, p['scale'], p['offset'])
-        h = jax.nn.relu(max_pool_2x2(h))
-    h = h.reshape(h.shape[0], -1)  # [batch, feature_dim]
-    return h @ params['head']['w'] + params['head']['b']
-
-  return Model(init, apply)
-
-
-@register_backbone('mlp')
-def mlp_backbone(num_outputs: int, input_shape: Sequence[int],
-                 hidden: Sequence[int] = (40, 40)) -> Model:
-  """`mlp` with the backbone signature: flattened input, `hidden`, outputs.
-
-  Args:
-    num_outputs: width of the output layer.
-    input_shape: shape of one input (flattened to its size).
-    hidden: widths of the hidden ReLU layers.
-
-  Returns:
-    `mlp((prod(input_shape), *hidden, num_outputs))`.
-  """
-  size = 1
-  for s in input_shape:
-    size *= int(s)
-  return mlp((size, *hidden, num_outputs))
