@@ -42,6 +42,7 @@ from jaxmeta.training import make_meta_train_step
 from jaxmeta.training import mean_and_ci95
 from jaxmeta.training import meta_gradient
 from jaxmeta.training import meta_train_step
+from jaxmeta.training import model_key
 from jaxmeta.training import MetaTrainState
 from jaxmeta.types import Array
 from jaxmeta.types import Params

@@ -29,7 +29,11 @@ class Model(NamedTuple):
 
   Attributes:
     init: `init(key) -> params`, a dict pytree of float32 arrays.
-    apply: `apply(params, x) -> outputs` for one batch `x` of one task.
+    apply: `apply(params, x, *, key=None) -> outputs` for one batch `x` of
+      one task. `key` feeds the model's randomness in training (dropout,
+      DropBlock); with None the model is deterministic (evaluation). The
+      losses of `jaxmeta.losses` pass `key=` only when they have one, so an
+      `apply(params, x)` without it works wherever no key is given.
   """
   init: Callable[[PRNGKey], Params]
   apply: Callable[[Params, Array], Array]

@@ -58,8 +58,8 @@ def conv4(num_classes: int,
       same function of the same parameters (HWIO kernels, NHWC inputs).
 
   Returns:
-    A `Model`; `apply(params, x)` maps `[batch, H, W, C]` to logits
-    `[batch, num_classes]`.
+    A `Model`; `apply(params, x, *, key=None)` maps `[batch, H, W, C]` to
+    logits `[batch, num_classes]` (`key` is accepted and ignored).
   """
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
@@ -87,7 +87,9 @@ def conv4(num_classes: int,
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
     return params
 
-  def apply(params: Params, x: Array) -> Array:
+  def apply(params: Params, x: Array, *, key: PRNGKey | None = None
+            ) -> Array:
+    del key  # Deterministic: no dropout.
     if impl in ('patches_cf', 'patches_cf_2pass'):
       two_pass = impl == 'patches_cf_2pass'
       h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]

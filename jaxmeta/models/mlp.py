@@ -21,8 +21,9 @@ def mlp(layer_sizes: Sequence[int],
       probabilities), otherwise raw outputs (logits or regression values).
 
   Returns:
-    A `Model`; `apply(params, x)` flattens `x` of shape `[batch, ...]` to
-    `[batch, layer_sizes[0]]` and returns `[batch, layer_sizes[-1]]`.
+    A `Model`; `apply(params, x, *, key=None)` flattens `x` of shape
+    `[batch, ...]` to `[batch, layer_sizes[0]]` and returns
+    `[batch, layer_sizes[-1]]` (`key` is accepted and ignored).
   """
   layer_sizes = tuple(int(s) for s in layer_sizes)
   if len(layer_sizes) < 2 or min(layer_sizes) < 1:
@@ -34,7 +35,9 @@ def mlp(layer_sizes: Sequence[int],
             for i, (k, n_in, n_out) in enumerate(
                 zip(keys, layer_sizes[:-1], layer_sizes[1:]))}
 
-  def apply(params: Params, x: Array) -> Array:
+  def apply(params: Params, x: Array, *, key: PRNGKey | None = None
+            ) -> Array:
+    del key  # Deterministic: no dropout.
     h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
     num_layers = len(layer_sizes) - 1
     for i in range(num_layers):
