@@ -25,9 +25,12 @@ from jaxmeta.models.base import register_backbone
 from jaxmeta.models.conv4 import conv4
 from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import CONV_IMPLS
+from jaxmeta.models.layers import dropblock
 from jaxmeta.models.layers import conv2d_3x3_same
 from jaxmeta.models.layers import conv2d_3x3_same_cf
 from jaxmeta.models.layers import max_pool_2x2
 from jaxmeta.models.layers import resolve_conv_impl
 from jaxmeta.models.mlp import mlp
 from jaxmeta.models.mlp import mlp_backbone
+from jaxmeta.models.resnet12 import resnet12
+from jaxmeta.models.resnet12 import resnet12_embed

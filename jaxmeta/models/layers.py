@@ -199,3 +199,63 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   first_max = lambda a, b: jax.lax.select((a >= b) | jnp.isnan(a), a, b)
   return first_max(first_max(pick(0, 0), pick(0, 1)),
                    first_max(pick(1, 0), pick(1, 1)))
+
+
+def dropblock(x: Array, key: PRNGKey, drop_rate: float, block_size: int,
+              channels_first: bool = False) -> Array:
+  """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
+
+  Every channel of every example gets its own mask (Algorithm 1 of the
+  paper, the per-channel variant it reports as better, and what MetaOptNet
+  uses). Block centres are drawn with probability `gamma` on the positions
+  where a whole `block_size x block_size` block fits, every drawn centre
+  zeroes its block, and the output is rescaled by `count(mask) /
+  count_ones(mask)` over the whole tensor (Algorithm 1, line 7). `gamma` is
+  eq. (1), written for an `h x w` map:
+
+    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1)),
+
+  with the block clipped to the map (`bh = min(block_size, h)`, likewise
+  `bw`, as in the paper's reference code), so that about `drop_rate` of the
+  activations are dropped (a little less where blocks overlap). The
+  rescaling keeps the mean activation; positions near the border, covered by
+  fewer blocks, are dropped less often and so come out larger on average
+  (`x * P(kept) / mean P(kept)`). With `block_size = 1` this is dropout with
+  rate `drop_rate`, rescaled by the kept count.
+
+  The mask is drawn in NHWC order whatever the layout, so both layouts of a
+  backbone drop the same activations for the same key.
+
+  Args:
+    x: activations, `[batch, H, W, C]`, or `[C, batch, H, W]` with
+      `channels_first`.
+    key: PRNG key of the masks.
+    drop_rate: the fraction of activations to drop, `1 - keep_prob`.
+    block_size: side of the square blocks.
+    channels_first: the layout of `x`.
+
+  Returns:
+    `x` with the dropped blocks zeroed and the rest rescaled.
+
+  References:
+    Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
+    convolutional networks", Algorithm 1 and eq. (1).
+  """
+  if channels_first:
+    c, b, h, w = x.shape
+  else:
+    b, h, w, c = x.shape
+  bh, bw = min(block_size, h), min(block_size, w)
+  gamma = min(1.0, drop_rate * h * w / (bh * bw * (h - bh + 1) * (w - bw + 1)))
+  centres = jax.random.bernoulli(key, gamma, (b, h - bh + 1, w - bw + 1, c))
+  # A position is dropped if a drawn centre's block covers it: a max over
+  # the block-shaped window of the centres, padded to the map's size.
+  padded = jnp.pad(centres.astype(x.dtype),
+                   ((0, 0), (bh - 1, bh - 1), (bw - 1, bw - 1), (0, 0)))
+  dropped = jax.lax.reduce_window(padded, jnp.zeros((), x.dtype), jax.lax.max,
+                                  (1, bh, bw, 1), (1, 1, 1, 1), 'VALID')
+  kept = 1 - dropped  # [batch, H, W, C]
+  kept = kept * (kept.size / jnp.maximum(jnp.sum(kept), 1))
+  if channels_first:
+    kept = jnp.transpose(kept, (3, 0, 1, 2))
+  return x * kept
