@@ -51,8 +51,9 @@ class MetaLearner(NamedTuple):
       pseudo-gradient for Reptile) and `metrics` is a dict of scalars (query
       loss/metrics after the training number of inner steps). `key`, if
       given, is the task's key for the model's randomness (dropout,
-      DropBlock): every inner step and the query loss get their own key
-      folded from it; with None the losses are called without a key.
+      DropBlock): the inner loop gets `fold_in(key, 0)` (see `inner_loop`)
+      and the query loss `fold_in(key, 1)`; 'pretrain' hands `key` to its
+      one loss. With None the losses are called without a key.
     evaluate: `evaluate(meta_params, task, num_steps) -> metrics`: adapts on
       the support set for `num_steps` (static) steps and scores the query set,
       without a key (evaluation is deterministic).

@@ -47,18 +47,26 @@ def init_train_state(learner: MetaLearner,
                         opt_state=optimizer.init(params), key=data_key)
 
 
-# Stream of the model's keys under a step's key: `fold_in(step_key, j)` for
-# small `j` is `split(step_key, n)[j]`, the key a sampler gives task `j`.
+# Stream of the model's keys under a step's key. With JAX's default
+# (partitionable) threefry, `split(k, n)[j]` is `fold_in(k, j)`: a small
+# constant would be the key a sampler splitting the step's key gives task j.
 _MODEL_STREAM = 0x4D444C  # 'MDL'
 
 
 def model_key(state: MetaTrainState) -> PRNGKey:
   """The key of the model's randomness at `state.step` (dropout, DropBlock).
 
-  `fold_in(fold_in(state.key, step), MODEL_STREAM)`: tasks are drawn from
+  `fold_in(fold_in(state.key, step), MODEL_STREAM)`. Tasks are drawn from
   `fold_in(state.key, step)` itself, and a sampler that splits it into `n`
-  keys gets `fold_in(., 0..n-1)`, so a small constant (`fold_in(., 1)`)
-  would be task 1's key; the stream constant is beyond any meta-batch size.
+  keys gets `fold_in(., 0..n-1)`; the stream constant lies beyond any
+  meta-batch size, so the model's key is none of the tasks' keys.
+
+  Args:
+    state: the current train state.
+
+  Returns:
+    A PRNG key, the same for the same `state.key` and `state.step` (a resumed
+    run draws the same masks).
   """
   return jax.random.fold_in(jax.random.fold_in(state.key, state.step),
                             _MODEL_STREAM)

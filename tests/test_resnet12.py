@@ -189,6 +189,28 @@ def test_maml_meta_gradient_matches_finite_differences():
       np.testing.assert_allclose(analytic, finite, rtol=1e-6)
 
 
+def test_meta_gradient_with_dropblock_keys():
+  model = jaxmeta.resnet12(2, (16, 16, 3), drop_rate=0.3, dropblock_size=2,
+                           **_TINY)
+  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
+                         inner_lr=0.1, num_inner_steps=1)
+  params = learner.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  tasks = jaxmeta.Task(
+      jnp.asarray(rng.uniform(size=(2, 2, 16, 16, 3)), jnp.float32),
+      jnp.tile(jnp.arange(2), (2, 1)),
+      jnp.asarray(rng.uniform(size=(2, 4, 16, 16, 3)), jnp.float32),
+      jnp.tile(jnp.repeat(jnp.arange(2), 2), (2, 1)))
+  meta_grad = jax.jit(lambda k: jaxmeta.meta_gradient(
+      learner, params, tasks, key=k)[0]['block0']['conv0'])
+  keyless = jax.jit(lambda: jaxmeta.meta_gradient(
+      learner, params, tasks)[0]['block0']['conv0'])()
+  g1, g1_again, g2 = (meta_grad(jax.random.key(k)) for k in (1, 1, 2))
+  np.testing.assert_array_equal(g1, g1_again)
+  assert not np.allclose(g1, g2)
+  assert not np.allclose(g1, keyless)
+
+
 def test_registered_and_import_paths():
   assert models.BACKBONES['resnet12'] is jaxmeta.resnet12
   assert models.BACKBONES['conv4'] is models.conv4 is jaxmeta.conv4
