@@ -37,15 +37,21 @@ Implementations: `jaxmeta` (one row per `--conv_impls` entry), `torch_loop`
       --conv_impls=xla,patches --out=benchmarks/cpu
 
 Outputs in `--out`: `benchmark.json` (settings, cross-checks, one row per
-configuration x algorithm x implementation), `benchmark.md` (a table) and
-`benchmark.png` (ms per meta-step, log scale).
+configuration x algorithm x implementation; strict JSON: a non-finite number,
+e.g. the relative error of a NaN gradient, is written as null),
+`benchmark.md` (a table) and `benchmark.png` (ms per meta-step, log scale).
+
+Algorithms: those of `jaxmeta.ALGORITHMS` that
+`experiments/torch_baselines.py` implements (`torch_baselines.ALGORITHMS`).
+PyTorch (`requirements-benchmark.txt`) is optional: without it,
+`--implementations=jaxmeta` times every algorithm of `jaxmeta.ALGORITHMS`.
 """
 
 import dataclasses
 import datetime
 import functools
 import importlib.metadata
-import json
+import math
 import os
 import platform
 import statistics
@@ -64,7 +70,36 @@ import optax
 import jaxmeta
 from experiments import common
 
-ALGORITHMS = ('maml', 'fomaml', 'reptile')
+
+class BenchmarkError(ValueError):
+  """A bad request or a missing dependency: one line, printed without a trace."""
+
+
+NO_TORCH = ('the PyTorch implementations need torch and higher: install '
+            'requirements-benchmark.txt (pip install -r '
+            'requirements-benchmark.txt), or pass --implementations=jaxmeta')
+
+
+def import_torch_baselines():
+  """Returns `experiments.torch_baselines`, or raises BenchmarkError(NO_TORCH).
+  """
+  try:
+    from experiments import torch_baselines  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise BenchmarkError(f'{NO_TORCH} ({e}).') from e
+  return torch_baselines
+
+
+try:
+  _torch_baselines = import_torch_baselines()
+except BenchmarkError:
+  _torch_baselines = None
+# The algorithms with a PyTorch baseline; every library algorithm for
+# jaxmeta-only runs where PyTorch is not installed.
+ALGORITHMS = (_torch_baselines.ALGORITHMS if _torch_baselines is not None
+              else jaxmeta.ALGORITHMS)
+# Concrete conv implementations (`--conv_impls=all` expands to them).
+ALL_CONV_IMPLS = tuple(i for i in jaxmeta.models.CONV_IMPLS if i != 'auto')
 TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
 IMPLEMENTATIONS = ('jaxmeta',) + TORCH_IMPLEMENTATIONS
 PRECISIONS = ('highest', 'default')
@@ -144,51 +179,88 @@ DEFAULT_WARMUP_STEPS = {'full': 2, 'tiny': 1}
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def _check_names(flag: str, known: Sequence[str], extra: Sequence[str] = ()):
+  """A flag validator: every entry of the list flag is one of `known`."""
+  def check(values):
+    unknown = [v for v in values or () if v not in known and v not in extra]
+    if unknown:
+      raise flags.ValidationError(
+          f'--{flag}: unknown {unknown}; choose from '
+          f'{", ".join(list(known) + list(extra))}.')
+    return True
+  return check
+
+
+def _check_out(out):
+  if out is not None and os.path.exists(out) and not os.path.isdir(out):
+    raise flags.ValidationError(
+        f'--out={out} is an existing file; the benchmark writes a folder '
+        '(benchmark.json, .md, .png). Fix: name a new or existing folder.')
+  return True
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines the flags; only when run as a program, so that the experiment
   modules can be imported together (absl flags are global)."""
-  flags.DEFINE_string('out', None, 'Output directory.', required=True)
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('out', None, 'Output directory.', required=True, **fv)
   flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
-                    'full: the paper configurations; tiny: CI shapes.')
+                    'full: the paper configurations; tiny: CI shapes.', **fv)
   flags.DEFINE_list('configs', [], 'Configurations to run (default: those of '
-                    f'--size). Known: {sorted(CONFIGS)}.')
-  flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run.')
+                    f'--size). Known: {sorted(CONFIGS)}.', **fv)
+  flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run, any '
+                    f'of {", ".join(ALGORITHMS)}.', **fv)
   flags.DEFINE_list('implementations', list(IMPLEMENTATIONS),
-                    'Implementations to run.')
-  flags.DEFINE_list('conv_impls', ['auto'], "jaxmeta conv implementations to "
-                    "time: any of auto, xla, patches ('both' = xla,patches).")
+                    'Implementations to run, any of '
+                    f'{", ".join(IMPLEMENTATIONS)}.', **fv)
+  flags.DEFINE_list('conv_impls', ['auto'], 'jaxmeta conv implementations to '
+                    f'time: any of {", ".join(jaxmeta.models.CONV_IMPLS)}; '
+                    f"'all' (or 'both') = {','.join(ALL_CONV_IMPLS)}.", **fv)
   flags.DEFINE_integer('num_steps', None, 'Timed meta-steps per row (default '
-                       '20; 3 at --size=tiny).')
+                       '20; 3 at --size=tiny).', **fv)
   flags.DEFINE_integer('warmup_steps', None, 'Untimed steps after the first '
-                       '(default 2; 1 at --size=tiny).')
+                       '(default 2; 1 at --size=tiny).', **fv)
   flags.DEFINE_float('max_seconds_per_row', 0.0, 'If > 0, time fewer than '
                      '--num_steps steps (at least 3) where the warm-up says they '
-                     'would take longer than this; the row records the count.')
+                     'would take longer than this; the row records the count.',
+                     **fv)
   flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
                     'Matmul precision of the TIMED steps on both sides: highest '
                     '(float32, no TF32: what the cross-check uses) or default '
-                    '(JAX default precision; TF32 allowed in torch on CUDA).')
+                    '(JAX default precision; TF32 allowed in torch on CUDA).',
+                    **fv)
   flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
                      'float32 meta-gradient against the reference, per '
-                     'parameter tensor (see `verdict` for the float64 rule).')
+                     'parameter tensor (see `verdict` for the float64 rule).',
+                     **fv)
   flags.DEFINE_bool('float64_check', True, 'Also compute the meta-gradient in '
                     'float64 (jaxmeta, and every PyTorch implementation): '
                     "reports each float32 result's error against it, and "
                     'fails a PyTorch implementation whose float64 gradient '
-                    f'differs from jaxmeta\'s by more than {FLOAT64_TOL:g}.')
+                    f'differs from jaxmeta\'s by more than {FLOAT64_TOL:g}.',
+                    **fv)
   flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
                        'in the timed meta-step and its cross-check; 0: '
                        'jaxmeta.default_task_chunk_size (one task at a time '
-                       'on CPUs, the whole meta-batch on accelerators).')
+                       'on CPUs, the whole meta-batch on accelerators).', **fv)
   flags.DEFINE_integer('interleave_block', 5, 'Timed steps of one '
                        'implementation per turn (each turn starts with one '
-                       'untimed step); see `time_interleaved`.', lower_bound=1)
-  flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the batch.')
+                       'untimed step); see `time_interleaved`.', lower_bound=1,
+                       **fv)
+  flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the '
+                       'batch.', **fv)
   flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
-                      "'cpu' or 'cuda'.")
+                      "'cpu' or 'cuda'.", **fv)
   flags.DEFINE_list('debug_perturb_check', [], 'Testing aid: torch '
                     'implementations whose gradients are scaled by 1 + 1e-3 '
-                    'before the cross-check, which must then fail.')
+                    'before the cross-check, which must then fail.', **fv)
+  for flag, known, extra in (('configs', sorted(CONFIGS), ()),
+                             ('algorithms', ALGORITHMS, ()),
+                             ('implementations', IMPLEMENTATIONS, ()),
+                             ('conv_impls', jaxmeta.models.CONV_IMPLS,
+                              ('all', 'both'))):
+    flags.register_validator(flag, _check_names(flag, known, extra), **fv)
+  flags.register_validator('out', _check_out, **fv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -755,12 +827,13 @@ def add_paired_speedups(rows: Sequence[dict[str, Any]],
 
 
 def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
-  """Expands 'both' and keeps the order, without duplicates."""
+  """Expands 'all' (alias 'both') and keeps the order, without duplicates."""
   out = []
   for impl in conv_impls:
-    for i in (('xla', 'patches') if impl == 'both' else (impl,)):
+    for i in (ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,)):
       if i not in jaxmeta.models.CONV_IMPLS:
-        raise ValueError(f'Unknown conv impl {i!r}.')
+        raise BenchmarkError(f'Unknown conv impl {i!r}; choose from '
+                             f'{jaxmeta.models.CONV_IMPLS} or all.')
       if i not in out:
         out.append(i)
   return tuple(out)
@@ -778,20 +851,23 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
                       (settings.implementations, IMPLEMENTATIONS)):
     unknown = [n for n in name if n not in known]
     if unknown:
-      raise ValueError(f'Unknown {unknown}; choose from {sorted(known)}.')
+      raise BenchmarkError(f'Unknown {unknown}; choose from {sorted(known)}.')
+  if os.path.exists(settings.out) and not os.path.isdir(settings.out):
+    raise BenchmarkError(f'--out={settings.out} is an existing file; name a '
+                         'folder.')
   for name in settings.configs:
     meta_batch = CONFIGS[name].meta_batch
     chunk = settings.task_chunk_size
     if 0 < chunk < meta_batch and meta_batch % chunk:
-      raise ValueError(f'--task_chunk_size={chunk} must divide the meta-batch '
-                       f'size of {name} ({meta_batch}).')
+      raise BenchmarkError(f'--task_chunk_size={chunk} must divide the '
+                           f'meta-batch size of {name} ({meta_batch}).')
   conv_impls = resolve_conv_impls(settings.conv_impls)
   torch_impls = [i for i in settings.implementations
                  if i in TORCH_IMPLEMENTATIONS]
   tb = device = None
   if torch_impls:
+    tb = import_torch_baselines()
     import torch  # pylint: disable=g-import-not-at-top
-    from experiments import torch_baselines as tb  # pylint: disable=g-import-not-at-top
     device = torch_device_name(settings.torch_device)
     torch.set_default_dtype(torch.float32)
     set_torch_precision(True)
@@ -956,12 +1032,28 @@ def row_label(row: dict[str, Any]) -> str:
   return row['implementation'].replace('_', ' ')
 
 
+def finite_or_null(value: Any) -> Any:
+  """`value` with every non-finite float (NaN, +-inf) replaced by None.
+
+  JSON has no NaN or Infinity (Python's `json` writes them, but strict
+  parsers refuse the file); null says "no finite value" in every parser.
+  """
+  if isinstance(value, dict):
+    return {k: finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_or_null(v) for v in value]
+  if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+    return None
+  return value
+
+
 def write_outputs(results: dict[str, Any], out: str, plot: bool) -> None:
-  """Writes benchmark.json and benchmark.md (and benchmark.png if `plot`)."""
-  tmp = os.path.join(out, 'benchmark.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=1, allow_nan=True)
-  os.replace(tmp, os.path.join(out, 'benchmark.json'))
+  """Writes benchmark.json and benchmark.md (and benchmark.png if `plot`).
+
+  benchmark.json is strict JSON: non-finite numbers are written as null.
+  """
+  common.write_json(os.path.join(out, 'benchmark.json'),
+                    finite_or_null(common.to_python(results)))
   with open(os.path.join(out, 'benchmark.md'), 'w') as f:
     f.write(markdown(results))
   if plot:
@@ -1104,7 +1196,10 @@ def settings_from_flags() -> Settings:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  _, ok = run_benchmark(settings_from_flags())
+  try:
+    _, ok = run_benchmark(settings_from_flags())
+  except BenchmarkError as e:
+    sys.exit(f'benchmark: error: {e}')
   if not ok:
     print('FAILED: a meta-gradient cross-check failed or an implementation '
           'raised; see benchmark.json.', file=sys.stderr)

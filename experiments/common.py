@@ -1,4 +1,4 @@
-"""Pieces shared by the experiment modules: metrics, results, checkpoints."""
+"""Pieces shared by the experiment modules: command line, metrics, results."""
 
 import json
 import os
@@ -7,22 +7,22 @@ import sys
 import tempfile
 from typing import Any, Mapping
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 
 def check_command_line(argv, required_flag: str) -> None:
   """The start of every experiment's `main`: no stray arguments, the output
-  flag given, and library INFO logs (orbax saves, TFDS reads) silenced."""
+  flag given, and library logs below errors (orbax saves, TFDS reads)
+  silenced."""
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    exit_with_one_line(f'Unexpected arguments: {argv[1:]} (flags are '
+                       '--name=value; --helpfull lists them).')
   if not flags.FLAGS[required_flag].value:
-    raise app.UsageError(f'--{required_flag} is required.')
-  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
+    exit_with_one_line(f'--{required_flag} is required.')
+  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
 
 
 def to_python(value: Any) -> Any:
@@ -74,64 +74,35 @@ class MetricWriter:
     self._tb.close()
 
 
-class Checkpoints:
-  """Orbax checkpoints of a run: the last few, and the best on validation.
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with every error as one line (no `--help` dump).
 
-  `workdir/checkpoints/<step>` keeps the latest `max_to_keep` saves;
-  `workdir/best/<step>` keeps the one with the best validation accuracy.
-  Each holds the train state pytree and the run's config (JSON). Orbax writes
-  into a temporary directory and renames it when complete, so a crash while
-  saving leaves the previous checkpoints intact.
+  Besides absl's own errors, config_flags raises plain exceptions for an
+  unknown `--config.<field>` or a config file's `get_config` error; each is
+  reported with its last line, which names the problem.
   """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with_one_line(last_line(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    exit_with_one_line(f'--config: {last_line(e)}')
+  return []  # Not reached.
 
-  def __init__(self, workdir: str, max_to_keep: int):
-    options = lambda n: ocp.CheckpointManagerOptions(
-        max_to_keep=n, create=True, enable_async_checkpointing=False)
-    self.latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
-        options=options(max_to_keep))
-    self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'best'), options=options(1))
 
-  @staticmethod
-  def _save(manager, step, state, config, extra):
-    manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(to_python({'config': config, **extra}))),
-                 force=True)
-    manager.wait_until_finished()
+def last_line(error: BaseException) -> str:
+  """The last line of an error's message that says something."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()
+           and not l.strip().startswith('Pass --help')]
+  return lines[-1] if lines else type(error).__name__
 
-  def save_latest(self, step: int, state: Any, config: Mapping[str, Any],
-                  **extra):
-    self._save(self.latest, step, state, config, extra)
 
-  def save_best(self, step: int, state: Any, config: Mapping[str, Any],
-                **extra):
-    self._save(self.best, step, state, config, extra)
-
-  @staticmethod
-  def restore(manager, like: Any, step: int | None = None):
-    """Restores `(state, meta)` from `manager` (latest step by default)."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
-
-  @staticmethod
-  def read_meta(manager, step: int | None = None):
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
-    return manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
-
-  def close(self):
-    self.latest.close()
-    self.best.close()
+def exit_with_one_line(error: BaseException | str, code: int = 1) -> None:
+  """Ends the program with `Error: <message>` on stderr: no traceback, no
+  flag help, for errors that already name the problem and the fix."""
+  sys.stdout.flush()
+  print(f'Error: {error}', file=sys.stderr)
+  sys.exit(code)
 
 
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'

@@ -32,13 +32,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import jaxmeta
+
 # torch.nn.BatchNorm2d's default epsilon is also jaxmeta.models.batch_norm's.
 BN_EPS = 1e-5
 POOL_SIZE = 2
 KERNEL_SIZE = 3
 
 IMPLEMENTATIONS = ('loop', 'func', 'higher')
-ALGORITHMS = ('maml', 'fomaml', 'reptile')
+# The library's algorithms that every implementation here writes: MAML
+# (second order), first-order MAML and Reptile; the benchmark times these.
+_WRITTEN_HERE = frozenset({'maml', 'fomaml', 'reptile'})
+ALGORITHMS = tuple(a for a in jaxmeta.ALGORITHMS if a in _WRITTEN_HERE)
 
 
 class TorchBatch(NamedTuple):
@@ -153,11 +158,6 @@ def _jax_param_layout(num_blocks: int) -> list[tuple[str, str, str]]:
   return layout + [('head', 'w', 'dense'), ('head', 'b', 'vec')]
 
 
-def jax_param_names(num_blocks: int) -> list[str]:
-  """jaxmeta parameter names (`conv0/w`, ...) in `Conv4.parameters()` order."""
-  return [f'{m}/{leaf}' for m, leaf, _ in _jax_param_layout(num_blocks)]
-
-
 def params_from_jax(model: Conv4, jax_params) -> None:
   """Copies jaxmeta conv4 parameters into the torch model (in place).
 
@@ -222,7 +222,8 @@ def make_loop_meta_grad(algorithm: str, inner_lr: float,
                         num_inner_steps: int) -> MetaGradFn:
   """Per-task loop; leaves the mean meta-gradient in `.grad`."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'Unknown algorithm {algorithm!r}.')
+    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
+                     f'choose from {ALGORITHMS}.')
   second_order = algorithm == 'maml'
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -264,7 +265,8 @@ def make_func_meta_grad(algorithm: str, inner_lr: float,
                         num_inner_steps: int) -> MetaGradFn:
   """torch.func implementation; leaves the mean meta-gradient in `.grad`."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'Unknown algorithm {algorithm!r}.')
+    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
+                     f'choose from {ALGORITHMS}.')
   from torch import func as tfunc  # pylint: disable=g-import-not-at-top
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -307,7 +309,8 @@ def make_higher_meta_grad(algorithm: str, inner_lr: float,
                           num_inner_steps: int) -> MetaGradFn:
   """`higher.innerloop_ctx` implementation; leaves the mean meta-gradient."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'Unknown algorithm {algorithm!r}.')
+    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
+                     f'choose from {ALGORITHMS}.')
   import higher  # pylint: disable=g-import-not-at-top
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:

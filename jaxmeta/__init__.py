@@ -25,6 +25,7 @@ from jaxmeta.algorithms import make_learner
 from jaxmeta.algorithms import maml
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import pretrain
+from jaxmeta.algorithms import REGISTRY as ALGORITHM_REGISTRY
 from jaxmeta.algorithms import reptile
 from jaxmeta.losses import classification_loss
 from jaxmeta.losses import LossFn

@@ -25,17 +25,48 @@ Inner loops run under `lax.scan`: the compiled program holds the inner update
 once, whatever the number of inner steps.
 """
 
+import inspect
+import math
+import numbers
+import operator
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 ALGORITHMS = ('maml', 'fomaml', 'reptile')
 BASELINES = ('pretrain',)
+
+
+def _check_num_steps(num_steps, name: str = 'num_inner_steps') -> int:
+  """Returns `num_steps` as an int >= 0, or raises ValueError naming it."""
+  try:
+    if isinstance(num_steps, bool):
+      raise TypeError
+    steps = operator.index(num_steps)
+  except TypeError:
+    raise ValueError(f'{name} must be a Python int >= 0 (a static number of '
+                     f'inner steps), got {num_steps!r}.') from None
+  if steps < 0:
+    raise ValueError(f'{name} must be >= 0 (0 means no adaptation), got '
+                     f'{steps}.')
+  return steps
+
+
+def _check_inner_lr(inner_lr) -> None:
+  """Raises ValueError if a numeric `inner_lr` is not finite and positive.
+
+  Anything else (a schedule, an array) is left to the inner optimiser.
+  """
+  if isinstance(inner_lr, numbers.Real) and not (
+      math.isfinite(inner_lr) and inner_lr > 0):
+    raise ValueError('inner_lr must be a finite number > 0, got '
+                     f'{inner_lr!r}; to skip adaptation use 0 inner steps.')
 
 
 class MetaLearner(NamedTuple):
@@ -106,6 +137,10 @@ def inner_loop(loss_fn: LossFn,
     `query_<m>` if `query` is given) to arrays `[num_steps]`: the metrics
     before each step.
   """
+  num_steps = _check_num_steps(num_steps, 'num_steps')
+  check_batch(x, y, 'support')
+  if query is not None:
+    check_batch(*query, 'query')
   value_and_grad = jax.value_and_grad(
       lambda p, x, y, k: _loss(loss_fn, p, x, y, k), has_aux=True)
 
@@ -198,8 +233,8 @@ def maml(init_fn: Callable[[PRNGKey], Params],
     init_fn: `init(key) -> params` of the model.
     loss_fn: `loss_fn(params, x, y, key=None) -> (loss, metrics)` (see
       `jaxmeta.losses`).
-    inner_lr: inner-loop learning rate `a`.
-    num_inner_steps: inner steps during meta-training.
+    inner_lr: inner-loop learning rate `a`, > 0.
+    num_inner_steps: inner steps during meta-training, a Python int >= 0.
     first_order: drop the second-order terms (first-order MAML).
 
   Returns:
@@ -209,9 +244,12 @@ def maml(init_fn: Callable[[PRNGKey], Params],
     Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
     Deep Networks", Algorithm 2 and Section 5.2 (first-order approximation).
   """
+  num_inner_steps = _check_num_steps(num_inner_steps)
+  _check_inner_lr(inner_lr)
   adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr), first_order)
 
   def meta_loss(params, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
     inner_key, query_key = _split_task_key(key)
     adapted = adapt(params, task.support_x, task.support_y, num_inner_steps,
                     inner_key)
@@ -277,7 +315,9 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
     Nichol et al. 2018, "On First-Order Meta-Learning Algorithms",
     Algorithms 1 and 2.
   """
+  num_inner_steps = _check_num_steps(num_inner_steps)
   if inner_optimizer is None:
+    _check_inner_lr(inner_lr)
     inner_optimizer = optax.sgd(inner_lr)
   adapt, evaluate = _adaptation(loss_fn, inner_optimizer)
 
@@ -293,6 +333,7 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
                                 inner_optimizer, key=inner_key)
     pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
     if query_metrics:
+      check_batch(task.query_x, task.query_y, 'query')
       _, metrics = _loss(loss_fn, adapted, task.query_x, task.query_y,
                          query_key)
     else:
@@ -319,15 +360,19 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
     init_fn: `init(key) -> params` of the model.
     loss_fn: `loss_fn(params, x, y) -> (loss, metrics)`.
     inner_lr: learning rate of the fine-tuning steps at evaluation.
-    num_inner_steps: unused in training; kept for a uniform signature.
+    num_inner_steps: unused in training (must still be >= 0); kept for a
+      uniform signature.
 
   Returns:
     A `MetaLearner` named 'pretrain'.
   """
-  del num_inner_steps
+  _check_num_steps(num_inner_steps)
+  _check_inner_lr(inner_lr)
   adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr))
 
   def task_update(params, task, key=None):
+    check_batch(task.support_x, task.support_y, 'support')
+    check_batch(task.query_x, task.query_y, 'query')
     x = jnp.concatenate([task.support_x, task.query_x])
     y = jnp.concatenate([task.support_y, task.query_y])
     grad, metrics = jax.grad(_loss, argnums=1, has_aux=True)(
@@ -337,6 +382,15 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
   return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
 
 
+# name -> builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options).
+REGISTRY: dict[str, Callable[..., MetaLearner]] = {
+    'maml': maml,
+    'fomaml': fomaml,
+    'reptile': reptile,
+    'pretrain': pretrain,
+}
+
+
 def make_learner(name: str,
                  init_fn: Callable[[PRNGKey], Params],
                  loss_fn: LossFn,
@@ -344,21 +398,26 @@ def make_learner(name: str,
                  num_inner_steps: int,
                  inner_optimizer: optax.GradientTransformation | None = None,
                  ) -> MetaLearner:
-  """Builds an algorithm by name: 'maml', 'fomaml', 'reptile' or 'pretrain'.
+  """Builds the algorithm `name` of `REGISTRY`.
 
-  `inner_optimizer` is only meaningful for Reptile; MAML's inner step is plain
-  gradient descent with `inner_lr`.
+  `inner_optimizer` is only meaningful for algorithms whose builder takes
+  one (Reptile); MAML's inner step is plain gradient descent with `inner_lr`,
+  which its second-order derivative differentiates.
   """
-  if name in ('maml', 'fomaml'):
-    if inner_optimizer is not None:
+  if name not in REGISTRY:
+    raise ValueError(f'Unknown algorithm {name!r}; choose one of '
+                     f'{sorted(REGISTRY)}.')
+  builder = REGISTRY[name]
+  options = {}
+  if inner_optimizer is not None:
+    if 'inner_optimizer' not in inspect.signature(builder).parameters:
       raise ValueError(f'{name} uses plain SGD with inner_lr in its inner '
-                       'loop; inner_optimizer applies to reptile only.')
-    return maml(init_fn, loss_fn, inner_lr, num_inner_steps,
-                first_order=(name == 'fomaml'))
-  if name == 'reptile':
-    return reptile(init_fn, loss_fn, inner_lr, num_inner_steps,
-                   inner_optimizer)
-  if name == 'pretrain':
-    return pretrain(init_fn, loss_fn, inner_lr, num_inner_steps)
-  raise ValueError(f'Unknown algorithm {name!r}; choose one of '
-                   f'{ALGORITHMS + BASELINES}.')
+                       'loop; inner_optimizer applies to '
+                       f'{_takes_inner_optimizer()} only.')
+    options['inner_optimizer'] = inner_optimizer
+  return builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options)
+
+
+def _takes_inner_optimizer() -> list[str]:
+  return [n for n, b in REGISTRY.items()
+          if 'inner_optimizer' in inspect.signature(b).parameters]

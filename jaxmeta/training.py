@@ -127,8 +127,11 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
   def accumulate(total, chunk):
     return jax.tree.map(jnp.add, total, chunk_sum_fn(chunk)), None
 
+  # zeros_like keeps the abstract value's varying mesh axes: under
+  # `jax.shard_map` the chunk sums vary over the task axis, and the scan
+  # carry must too (check_vma), which `jnp.zeros(shape, dtype)` is not.
   zeros = jax.tree.map(
-      lambda s: jnp.zeros(s.shape, s.dtype),
+      jnp.zeros_like,
       jax.eval_shape(chunk_sum_fn, jax.tree.map(lambda v: v[0], chunks)))
   (grad_sum, metric_sum), _ = jax.lax.scan(accumulate, zeros, chunks)
   mean = lambda t: jax.tree.map(lambda v: v / num_tasks, t)

@@ -44,3 +44,35 @@ def omniglot_data_dir(tmp_path_factory) -> str:
   omniglot.load('train', data_dir=data_dir,
                 source_dir=str(OMNIGLOT_SOURCE_DIR))
   return data_dir
+
+
+TINY_DATASET = 'tiny_images'
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset() -> str:
+  """Registers `'tiny_images'`: random uint8 class images per split.
+
+  12 classes x 6 examples of 8x8x1 per split, different per split and the
+  same on every call; options `image_size` and `channels` change the shape.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxmeta.data import registry  # pylint: disable=g-import-not-at-top
+
+  def load(split, *, data_dir=None, source_dir=None, scheme='random',
+           image_size=8, channels=1):
+    del data_dir, source_dir
+    if split not in registry.SPLITS:
+      raise registry.DataError(f'Unknown split {split!r}.')
+    rng = np.random.default_rng(registry.SPLITS.index(split))
+    images = rng.integers(0, 256, (12, 6, image_size, image_size, channels),
+                          dtype=np.uint8)
+    # Classes that differ in mean brightness, so that a model can learn.
+    images = (images // 2 + (np.arange(12) * 10)[:, None, None, None, None]
+              ).astype(np.uint8)
+    names = tuple(f'{scheme}/{split}/{i}' for i in range(12))
+    return registry.ClassImages(images, names)
+
+  registry.register(TINY_DATASET)(load)
+  yield TINY_DATASET
+  del registry.DATASETS[TINY_DATASET]

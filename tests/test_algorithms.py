@@ -377,3 +377,54 @@ def test_task_chunks_give_the_same_meta_gradient(name):
     chex.assert_trees_all_close(chunked, full, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='divide'):
     jaxmeta.meta_gradient(learner, params, tasks, task_chunk_size=4)
+
+
+@pytest.mark.parametrize('build', [
+    jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain])
+def test_negative_inner_steps_are_refused_by_name(build):
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  with pytest.raises(ValueError, match='num_inner_steps must be >= 0'):
+    build(model.init, loss_fn, 0.1, -1)
+
+
+def test_inner_loop_refuses_negative_steps_by_name():
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  task = _task(_classification_tasks(jax.random.key(0)), 0)
+  with pytest.raises(ValueError, match='num_steps must be >= 0'):
+    jaxmeta.inner_loop(loss_fn, model.init(jax.random.key(1)), task.support_x,
+                       task.support_y, -1, optax.sgd(0.1))
+
+
+@pytest.mark.parametrize('build', [
+    jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain])
+@pytest.mark.parametrize('inner_lr', [0.0, -0.1, float('nan'), float('inf')])
+def test_non_positive_or_non_finite_inner_lr_is_refused(build, inner_lr):
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  with pytest.raises(ValueError, match='inner_lr must be a finite number > 0'):
+    build(model.init, loss_fn, inner_lr, 1)
+
+
+def test_reptile_with_its_own_inner_optimizer_ignores_inner_lr():
+  model = _tanh_mlp()
+  loss_fn = jaxmeta.classification_loss(model.apply)
+  jaxmeta.reptile(model.init, loss_fn, 0.0, 1, optax.adam(1e-3))
+
+
+@pytest.mark.parametrize('name', ['maml', 'fomaml', 'reptile', 'pretrain'])
+@pytest.mark.parametrize('field', ['support_y', 'query_y'])
+def test_labels_of_the_wrong_length_are_refused_at_trace_time(name, field):
+  model = _tanh_mlp()
+  learner = jaxmeta.make_learner(
+      name, model.init, jaxmeta.classification_loss(model.apply), 0.1, 1)
+  tasks = _classification_tasks(jax.random.key(0))
+  tasks = tasks._replace(**{field: getattr(tasks, field)[:, :-1]})
+  params = learner.init(jax.random.key(1))
+  what = field.split('_')[0]
+  with pytest.raises(ValueError, match=f'The {what} inputs and targets'):
+    jax.jit(jax.vmap(learner.task_update, (None, 0)))(params, tasks)
+  with pytest.raises(ValueError, match=f'The {what} inputs and targets'):
+    jax.jit(jax.vmap(learner.evaluate, (None, 0, None)),
+            static_argnums=2)(params, tasks, 1)

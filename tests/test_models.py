@@ -351,3 +351,12 @@ def test_conv4_block_pools_the_relu_like_numpy(impl):
   features = _numpy_conv4_block_output(x, w, b, scale, offset)
   np.testing.assert_allclose(out, features.reshape(3, -1) @ head_w,
                              rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('field', ['num_classes', 'num_filters', 'num_blocks'])
+@pytest.mark.parametrize('value', [0, -1])
+def test_conv4_refuses_non_positive_sizes_by_name(field, value):
+  kwargs = dict(num_classes=5, num_filters=4, num_blocks=2)
+  kwargs[field] = value
+  with pytest.raises(ValueError, match=f'{field} to be an int >= 1'):
+    jaxmeta.conv4(**kwargs)

@@ -4,8 +4,10 @@ import hashlib
 import io
 from pathlib import Path
 import random
+import os
 import re
 import shutil
+import time
 import zipfile
 
 import numpy as np
@@ -17,6 +19,8 @@ from jaxmeta.data import omniglot
 from jaxmeta.data import omniglot_tfds
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / 'data' / 'omniglot'
+SPLITS_DIR = (Path(__file__).resolve().parents[1] / 'jaxmeta' / 'data' /
+              'splits' / 'omniglot' / 'vinyals')
 SHARED_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'omniglot'
 ZIPS = ('images_background.zip', 'images_evaluation.zip')
 
@@ -52,10 +56,11 @@ def _no_prepared_dataset(data_dir):
 # Shipped files.
 
 
-def test_shipped_files_match_their_sha256sums():
-  for line in (SOURCE_DIR / 'SHA256SUMS').read_text().splitlines():
+@pytest.mark.parametrize('folder', [SOURCE_DIR, SPLITS_DIR])
+def test_shipped_files_match_their_sha256sums(folder):
+  for line in (folder / 'SHA256SUMS').read_text().splitlines():
     digest, name = line.split()
-    actual = hashlib.sha256((SOURCE_DIR / name).read_bytes()).hexdigest()
+    actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     assert actual == digest, name
 
 
@@ -65,7 +70,9 @@ def test_shipped_zips_match_shared_sha256sums():
                 (SHARED_DIR / 'SHA256SUMS').read_text().splitlines())
   for name in ZIPS + ('splits/vinyals/train.txt', 'splits/vinyals/trainval.txt',
                       'splits/vinyals/test.txt', 'LICENSE'):
-    actual = hashlib.sha256((SOURCE_DIR / name).read_bytes()).hexdigest()
+    path = (SPLITS_DIR / Path(name).name if name.startswith('splits/')
+            else SOURCE_DIR / name)
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
     assert actual == shared[name], name
 
 
@@ -120,7 +127,7 @@ def test_forced_rotations(omniglot_data_dir, scheme, split, rotations,
 
 
 def test_vinyals_classes_are_the_list_files(omniglot_data_dir):
-  lines = {name: (SOURCE_DIR / 'splits' / 'vinyals' / f'{name}.txt')
+  lines = {name: (SPLITS_DIR / f'{name}.txt')
            .read_text().split() for name in ('train', 'trainval', 'test')}
   expected = {
       'train': lines['train'],
@@ -301,8 +308,16 @@ def test_extracted_folders_instead_of_zips_raise(tmp_path):
   _assert_load_fails(source, tmp_path, 'extracted folders')
 
 
+def _nowhere_else(monkeypatch):
+  """No zips in $JAXMETA_OMNIGLOT_DIR or the checkout for this test."""
+  monkeypatch.delenv(omniglot_tfds.SOURCE_DIR_ENV, raising=False)
+  monkeypatch.setattr(omniglot_tfds, 'DEFAULT_SOURCE_DIR', None)
+
+
 def test_absent_zips_are_downloaded_from_the_official_urls(tmp_path,
                                                            monkeypatch):
+  _nowhere_else(monkeypatch)
+  monkeypatch.setattr(omniglot_tfds, 'can_reach', lambda url: True)
   requested = []
 
   def offline_download(self, urls):  # pylint: disable=unused-argument
@@ -328,3 +343,157 @@ def test_other_image_sizes_are_builder_configs(tmp_path):
     image = omniglot_tfds.preprocess(archive.read(name), 84)
   assert image.shape == (84, 84, 1) and image.dtype == np.uint8
   np.testing.assert_array_equal(image[:, :, 0], _expected_image(name, 84))
+
+
+def test_offline_without_zips_fails_in_seconds(tmp_path, monkeypatch):
+  # Before: no probe, and TFDS's download retries took ~3.5 minutes.
+  _nowhere_else(monkeypatch)
+  # A port on which nothing listens: the probe is refused at once, and the
+  # test touches no network.
+  monkeypatch.setattr(omniglot_tfds, 'URLS', {
+      s: f'http://127.0.0.1:9/{name}'
+      for s, name in omniglot_tfds.ZIP_NAMES.items()})
+
+  def download(self, urls):  # pylint: disable=unused-argument
+    raise AssertionError('download attempted although the host is down')
+
+  monkeypatch.setattr(tfds.download.DownloadManager, 'download', download)
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  start = time.monotonic()
+  with pytest.raises(omniglot.OmniglotError,
+                     match=r'cannot be reached.*JAXMETA_OMNIGLOT_DIR.*'
+                           r'downloads/manual'):
+    omniglot.load('train', 'lake', data_dir=str(tmp_path / 'tfds'),
+                  source_dir=str(empty))
+  assert time.monotonic() - start < 10
+
+
+def test_can_reach_answers_quickly_for_a_refused_port():
+  start = time.monotonic()
+  assert not omniglot_tfds.can_reach('http://127.0.0.1:9/x.zip', timeout=3)
+  assert time.monotonic() - start < 5
+
+
+def test_zips_are_looked_for_in_the_documented_order(tmp_path, monkeypatch):
+  monkeypatch.setenv(omniglot_tfds.SOURCE_DIR_ENV, str(tmp_path / 'env'))
+  monkeypatch.setattr(omniglot_tfds, 'DEFAULT_SOURCE_DIR', tmp_path / 'repo')
+  folders = [f for _, f in omniglot_tfds.source_dirs(tmp_path / 'arg',
+                                                     tmp_path / 'manual')]
+  assert folders == [tmp_path / 'arg', tmp_path / 'env', tmp_path / 'repo',
+                     tmp_path / 'manual']
+  _nowhere_else(monkeypatch)
+  assert [f for _, f in omniglot_tfds.source_dirs(None, tmp_path / 'm')] == [
+      tmp_path / 'm']
+
+
+def test_zips_in_the_env_var_folder_are_used(tmp_path, monkeypatch):
+  # The search stops at the first folder holding both zips; a bad copy there
+  # is reported, proving it was the one read.
+  _nowhere_else(monkeypatch)
+  source = tmp_path / 'env'
+  source.mkdir()
+  for name in ZIPS:
+    (source / name).write_bytes(b'not a zip')
+  monkeypatch.setenv(omniglot_tfds.SOURCE_DIR_ENV, str(source))
+  with pytest.raises(omniglot.OmniglotError,
+                     match=re.escape(str(source / 'images_background.zip'))):
+    omniglot.load('train', 'lake', data_dir=str(tmp_path / 'tfds'))
+
+
+def test_zips_in_the_tfds_manual_dir_are_used(tmp_path, monkeypatch):
+  _nowhere_else(monkeypatch)
+  manual = tmp_path / 'tfds' / 'downloads' / 'manual'
+  manual.mkdir(parents=True)
+  for name in ZIPS:
+    (manual / name).write_bytes(b'not a zip')
+  with pytest.raises(omniglot.OmniglotError,
+                     match=re.escape(str(manual / 'images_background.zip'))):
+    omniglot.load('train', 'lake', data_dir=str(tmp_path / 'tfds'))
+
+
+def test_vinyals_lists_are_package_data_read_without_a_checkout(monkeypatch):
+  _nowhere_else(monkeypatch)
+  assert SPLITS_DIR.parent.parent.parent == Path(omniglot.__file__).parent
+  sizes = [len(omniglot._split_characters('vinyals', s, None, None))
+           for s in omniglot.SPLITS]
+  assert sizes == list(EXPECTED_CHARACTERS['vinyals'])
+
+
+def _write_vinyals_lists(folder, train, trainval, test):
+  lists = folder / 'splits' / 'vinyals'
+  lists.mkdir(parents=True)
+  for name, characters in (('train', train), ('trainval', trainval),
+                           ('test', test)):
+    (lists / f'{name}.txt').write_text(
+        ''.join(f'{c}/rot{r:03d}\n' for c in characters for r in (0, 90)))
+
+
+def test_overlapping_split_lists_are_refused(tmp_path):
+  # Before: accepted, so test characters were also trained on.
+  train = ['Greek/character01', 'Greek/character02']
+  _write_vinyals_lists(tmp_path, train, train + ['Greek/character03'],
+                       ['Greek/character02', 'Greek/character04'])
+  with pytest.raises(omniglot.OmniglotError,
+                     match=r"test and train splits share 1 characters, e\.g\. "
+                           r"\['Greek/character02'\]"):
+    omniglot.load('test', 'vinyals', data_dir=str(tmp_path / 'tfds'),
+                  source_dir=str(tmp_path))
+
+
+def test_check_disjoint_names_the_shared_characters():
+  omniglot.check_disjoint({'train': ['a/c1'], 'val': ['a/c2'],
+                           'test': ['a/c3']}, 'x')
+  with pytest.raises(omniglot.OmniglotError, match=r"train and val .*'a/c2'"):
+    omniglot.check_disjoint({'train': ['a/c1', 'a/c2'], 'val': ['a/c2'],
+                             'test': []}, 'x')
+
+
+def _corrupted_copy(omniglot_data_dir, tmp_path, corrupt):
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(omniglot_data_dir, data_dir)
+  version_dir = next(data_dir.rglob('dataset_info.json')).parent
+  corrupt(version_dir)
+  return data_dir, version_dir
+
+
+def _truncate_record(version_dir):
+  path = next(version_dir.glob('*background.array_record*'))
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def _garbage_info(version_dir):
+  (version_dir / 'dataset_info.json').write_text('garbage')
+
+
+@pytest.mark.parametrize('corrupt', [_truncate_record, _garbage_info])
+def test_corrupted_cache_names_the_folder_to_delete(omniglot_data_dir,
+                                                    tmp_path, corrupt):
+  # Before: a raw RuntimeError from the record reader, or a protobuf
+  # ParseError.
+  data_dir, version_dir = _corrupted_copy(omniglot_data_dir, tmp_path, corrupt)
+  with pytest.raises(omniglot.OmniglotError,
+                     match=f'cache in {re.escape(str(version_dir))} cannot be '
+                           'read.*delete that folder'):
+    omniglot.load('train', 'lake', data_dir=str(data_dir))
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('')
+  for data_dir in (path, path / 'below'):
+    with pytest.raises(omniglot.OmniglotError, match='is a file'):
+      omniglot.load('train', 'lake', data_dir=str(data_dir))
+
+
+def test_read_only_data_dir_is_refused(tmp_path, monkeypatch):
+  # Permissions do not bind root, so the answer of os.access is faked.
+  real_access = os.access
+  read_only = tmp_path / 'ro'
+  read_only.mkdir()
+  monkeypatch.setattr(
+      os, 'access',
+      lambda p, mode, **kw: (False if Path(p) == read_only and mode & os.W_OK
+                             else real_access(p, mode, **kw)))
+  with pytest.raises(omniglot.OmniglotError, match='is read-only'):
+    omniglot.load('train', 'lake', data_dir=str(read_only / 'tfds'))

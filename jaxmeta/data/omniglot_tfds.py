@@ -30,7 +30,9 @@ import io
 import os
 from pathlib import Path
 import re
+import socket
 from typing import Mapping, NamedTuple
+import urllib.parse
 import zipfile
 import zlib
 
@@ -39,8 +41,18 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-# The project's shipped copy of the Omniglot source files (see its README.md).
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / 'data' / 'omniglot'
+from jaxmeta.data import registry
+
+# The project's shipped copy of the Omniglot source files (see its README.md):
+# `data/omniglot` of a checkout; None where that folder does not exist (an
+# installed package, whose parents are site-packages).
+_CHECKOUT_SOURCE_DIR = Path(__file__).resolve().parents[2] / 'data' / 'omniglot'
+DEFAULT_SOURCE_DIR = (_CHECKOUT_SOURCE_DIR if _CHECKOUT_SOURCE_DIR.is_dir()
+                      else None)
+# Environment variable naming a folder that holds the two zips.
+SOURCE_DIR_ENV = 'JAXMETA_OMNIGLOT_DIR'
+# Seconds to wait for the download host before declaring the network absent.
+PROBE_TIMEOUT_S = 3.0
 
 # TFDS split name -> official zip file name.
 SOURCES = ('background', 'evaluation')
@@ -67,7 +79,7 @@ _MEMBER_RE = re.compile(
 _LAYOUT = 'images_<background|evaluation>/<Alphabet>/characterNN/<ID>_<drawer>.png'
 
 
-class OmniglotError(ValueError):
+class OmniglotError(registry.DataError):
   """Omniglot data is missing, corrupted, badly laid out or asked for wrongly.
 
   The message always names the problem and how to fix it.
@@ -152,9 +164,10 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
     OmniglotError: naming the problem and the fix.
   """
   path = Path(path)
+  shipped = (f', or by the project\'s shipped copy in {DEFAULT_SOURCE_DIR}'
+             if DEFAULT_SOURCE_DIR is not None else '')
   fix = (f'Fix: replace it by an intact copy of the official {ZIP_NAMES[source]}'
-         f' ({URLS[source]}), or by the project\'s shipped copy in '
-         f'{DEFAULT_SOURCE_DIR}.')
+         f' ({URLS[source]}){shipped}.')
   try:
     with zipfile.ZipFile(path) as archive:
       bad_member = archive.testzip()  # Reads every member, checks its CRC.
@@ -219,8 +232,8 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
     raise OmniglotError(
         f'Missing Omniglot zip(s) {missing} next to the other one in '
         f'{source_dir}. Fix: copy both images_background.zip and '
-        'images_evaluation.zip there (or the shipped copies from '
-        f'{DEFAULT_SOURCE_DIR}), or point `source_dir` at a folder with both.')
+        'images_evaluation.zip there, or point `source_dir` at a folder with '
+        'both.')
   extracted = [s for s in SOURCES if (source_dir / f'images_{s}').is_dir()]
   if extracted:
     raise OmniglotError(
@@ -229,6 +242,48 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
         'images_evaluation.zip in that folder (or zip the folders in the '
         f'official layout {_LAYOUT}).')
   return None
+
+
+def source_dirs(source_dir: os.PathLike | str | None,
+                manual_dir: os.PathLike | str | None) -> list[tuple[str, Path]]:
+  """Where to look for the two zips, in order, each with how it was chosen.
+
+  1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
+  checkout's `data/omniglot`, if it exists; 4. TFDS's manual dir,
+  `<data_dir>/downloads/manual`. Only then are the zips downloaded.
+
+  Args:
+    source_dir: the folder the caller named, or None.
+    manual_dir: TFDS's manual download folder of the data dir, or None.
+
+  Returns:
+    `(description, folder)` pairs.
+  """
+  candidates = []
+  if source_dir is not None:
+    candidates.append(('source_dir', Path(source_dir)))
+  if os.environ.get(SOURCE_DIR_ENV):
+    candidates.append((f'${SOURCE_DIR_ENV}', Path(os.environ[SOURCE_DIR_ENV])))
+  if DEFAULT_SOURCE_DIR is not None:
+    candidates.append(('the checkout\'s data/omniglot', DEFAULT_SOURCE_DIR))
+  if manual_dir is not None:
+    candidates.append(('TFDS manual dir', Path(manual_dir)))
+  return candidates
+
+
+def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+  """Whether a TCP connection to `url`'s host and port opens within `timeout`.
+
+  One attempt, no retries: tells a machine without network in seconds,
+  where TFDS's download retries would take minutes to give up.
+  """
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    with socket.create_connection((parts.hostname, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
 
 
 @dataclasses.dataclass
@@ -270,12 +325,15 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
 
     Args:
       source_dir: folder holding images_background.zip and
-        images_evaluation.zip; default: the project's shipped `data/omniglot`.
-        If neither zip is there, they are downloaded from the official URLs
-        (checked against the sha256 in `checksums.tsv`).
+        images_evaluation.zip, looked at first; then the folders of
+        `source_dirs` (`$JAXMETA_OMNIGLOT_DIR`, the checkout's
+        `data/omniglot`, `<data_dir>/downloads/manual`). If none holds the
+        zips, they are downloaded from the official URLs (checked against the
+        sha256 in `checksums.tsv`), after a quick check that the download host
+        can be reached.
       **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
     """
-    self._source_dir = Path(source_dir or DEFAULT_SOURCE_DIR)
+    self._source_dir = None if source_dir is None else Path(source_dir)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -306,20 +364,18 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    zips = locate_zips(self._source_dir)
+    candidates = source_dirs(
+        self._source_dir, Path(os.fspath(self.data_dir_root)) / 'downloads' /
+        'manual')
+    zips = None
+    for _, folder in candidates:
+      zips = locate_zips(folder)
+      if zips is not None:
+        for path in zips.values():
+          _check_sha256sums(folder, path)
+        break
     if zips is None:
-      try:
-        downloaded = dl_manager.download(URLS)
-      except Exception as e:  # pylint: disable=broad-except
-        raise OmniglotError(
-            f'The Omniglot zips are not in {self._source_dir} and downloading '
-            f'them from {list(URLS.values())} failed: {e!r}. Fix: put '
-            'images_background.zip and images_evaluation.zip in that folder, '
-            'or pass `source_dir=` a folder that has them.') from e
-      zips = {s: Path(os.fspath(p)) for s, p in downloaded.items()}
-    else:
-      for path in zips.values():
-        _check_sha256sums(self._source_dir, path)
+      zips = self._download(dl_manager, candidates)
     # Scan (integrity and layout) both zips before writing anything.
     indices = {s: scan_zip(zips[s], s) for s in SOURCES}
     return {
@@ -327,6 +383,28 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
                                    drawings=indices[s])
         for s in SOURCES
     }
+
+  def _download(self, dl_manager: tfds.download.DownloadManager,
+                candidates: list[tuple[str, Path]]) -> dict[str, Path]:
+    """Downloads the zips, failing in seconds when offline."""
+    looked = '; '.join(f'{how}: {folder}' for how, folder in candidates)
+    fix = ('Fix: put images_background.zip and images_evaluation.zip in one '
+           f'of these folders, in this order of precedence: `source_dir=`, '
+           f'${SOURCE_DIR_ENV}, the checkout\'s data/omniglot, '
+           '<data_dir>/downloads/manual.')
+    if not can_reach(URLS['background']):
+      raise OmniglotError(
+          f'The Omniglot zips are in none of the places looked in ({looked}) '
+          f'and {urllib.parse.urlsplit(URLS["background"]).netloc} cannot be '
+          f'reached (no network?) to download them. {fix}')
+    try:
+      downloaded = dl_manager.download(URLS)
+    except Exception as e:  # pylint: disable=broad-except
+      raise OmniglotError(
+          f'The Omniglot zips are in none of the places looked in ({looked}) '
+          f'and downloading them from {list(URLS.values())} failed: {e!r}. '
+          f'{fix}') from e
+    return {s: Path(os.fspath(p)) for s, p in downloaded.items()}
 
   def _generate_examples(self, zip_path: Path, source: str,
                          drawings: list[Drawing]):

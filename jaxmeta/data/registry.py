@@ -18,6 +18,14 @@ import numpy as np
 SPLITS = ('train', 'val', 'test')
 
 
+class DataError(ValueError):
+  """Missing, malformed or unusable data; the message names the fix.
+
+  Every dataset's own error type derives from it, so that a program can
+  report any of them as one line.
+  """
+
+
 class ClassImages(NamedTuple):
   """Every example of every class of one split.
 

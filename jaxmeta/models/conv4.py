@@ -1,5 +1,6 @@
 """Conv-4, the standard few-shot backbone."""
 
+import numbers
 from typing import Sequence
 
 import jax
@@ -61,6 +62,14 @@ def conv4(num_classes: int,
     A `Model`; `apply(params, x, *, key=None)` maps `[batch, H, W, C]` to
     logits `[batch, num_classes]` (`key` is accepted and ignored).
   """
+  for name, value in (('num_classes', num_classes),
+                      ('num_filters', num_filters), ('num_blocks', num_blocks)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+        value < 1):
+      raise ValueError(f'conv4 needs {name} to be an int >= 1, got {value!r}.')
+  if len(input_shape) != 3 or min(int(s) for s in input_shape) < 1:
+    raise ValueError('conv4 needs input_shape = (height, width, channels) '
+                     f'of positive sizes, got {tuple(input_shape)}.')
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
   spatial_h, spatial_w = height, width
