@@ -35,6 +35,7 @@ from jaxmeta.models import conv4
 from jaxmeta.models import mlp
 from jaxmeta.models import Model
 from jaxmeta.models import register_backbone
+from jaxmeta.models import resnet12
 from jaxmeta.models import resolve_conv_impl
 from jaxmeta.training import default_task_chunk_size
 from jaxmeta.training import init_train_state
@@ -43,6 +44,7 @@ from jaxmeta.training import make_meta_train_step
 from jaxmeta.training import mean_and_ci95
 from jaxmeta.training import meta_gradient
 from jaxmeta.training import meta_train_step
+from jaxmeta.training import model_key
 from jaxmeta.training import MetaTrainState
 from jaxmeta.types import Array
 from jaxmeta.types import Params

@@ -77,12 +77,17 @@ class MetaLearner(NamedTuple):
     init: `init(key) -> meta_params`.
     adapt: `adapt(meta_params, support_x, support_y, num_steps) ->
       adapted_params`; `num_steps` is a static Python int.
-    task_update: `task_update(meta_params, task) -> (meta_grad, metrics)`;
-      `meta_grad` has the structure of `meta_params` (a pseudo-gradient for
-      Reptile) and `metrics` is a dict of scalars (query loss/metrics after
-      the training number of inner steps).
+    task_update: `task_update(meta_params, task, key=None) -> (meta_grad,
+      metrics)`; `meta_grad` has the structure of `meta_params` (a
+      pseudo-gradient for Reptile) and `metrics` is a dict of scalars (query
+      loss/metrics after the training number of inner steps). `key`, if
+      given, is the task's key for the model's randomness (dropout,
+      DropBlock): the inner loop gets `fold_in(key, 0)` (see `inner_loop`)
+      and the query loss `fold_in(key, 1)`; 'pretrain' hands `key` to its
+      one loss. With None the losses are called without a key.
     evaluate: `evaluate(meta_params, task, num_steps) -> metrics`: adapts on
-      the support set for `num_steps` (static) steps and scores the query set.
+      the support set for `num_steps` (static) steps and scores the query set,
+      without a key (evaluation is deterministic).
       For every metric `m` of the loss function it returns `m` (after the
       last step) and `m_by_step` of shape `[num_steps + 1]` (after 0, 1, ...,
       `num_steps` steps; index 0 is before adaptation).
@@ -90,7 +95,7 @@ class MetaLearner(NamedTuple):
   name: str
   init: Callable[[PRNGKey], Params]
   adapt: Callable[[Params, Array, Array, int], Params]
-  task_update: Callable[[Params, Task], tuple[Params, dict[str, Array]]]
+  task_update: Callable[..., tuple[Params, dict[str, Array]]]
   evaluate: Callable[[Params, Task, int], dict[str, Array]]
 
 
@@ -102,11 +107,13 @@ def inner_loop(loss_fn: LossFn,
                inner_optimizer: optax.GradientTransformation,
                first_order: bool = False,
                query: tuple[Array, Array] | None = None,
+               key: PRNGKey | None = None,
                ) -> tuple[Params, dict[str, Array]]:
   """Runs `num_steps` steps of `inner_optimizer` on `loss_fn(params, x, y)`.
 
   Args:
-    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)` for one batch.
+    loss_fn: `loss_fn(params, x, y, key=None) -> (loss, metrics)` for one
+      batch.
     params: the starting point (the meta-parameters).
     x: support inputs, `[support_size, ...]`.
     y: support targets, `[support_size, ...]`.
@@ -117,6 +124,13 @@ def inner_loop(loss_fn: LossFn,
       derivative (`stop_gradient`): first-order MAML.
     query: optional `(query_x, query_y)`; if given, the query metrics of the
       parameters before every step are recorded.
+    key: optional key for the model's randomness. Step `i` derives
+      `step_key = fold_in(key, i)` and calls the support loss with
+      `fold_in(step_key, 0)` and the query loss with `fold_in(step_key, 1)`
+      (no key is both handed to a loss and folded from: `split(k, n)[j]`
+      equals `fold_in(k, j)`, so a model splitting its key would otherwise
+      draw the keys of the next step or of the query loss). With None the
+      losses get no key.
 
   Returns:
     `(adapted_params, trace)` where `trace` maps `support_<m>` (and
@@ -127,23 +141,49 @@ def inner_loop(loss_fn: LossFn,
   check_batch(x, y, 'support')
   if query is not None:
     check_batch(*query, 'query')
-  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  value_and_grad = jax.value_and_grad(
+      lambda p, x, y, k: _loss(loss_fn, p, x, y, k), has_aux=True)
 
-  def step(carry, _):
+  def step(carry, i):
     p, opt_state = carry
-    (_, support_metrics), grads = value_and_grad(p, x, y)
+    if key is None:
+      support_key = query_key = None
+    else:
+      step_key = jax.random.fold_in(key, i)
+      support_key = jax.random.fold_in(step_key, 0)
+      query_key = jax.random.fold_in(step_key, 1)
+    (_, support_metrics), grads = value_and_grad(p, x, y, support_key)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = inner_optimizer.update(grads, opt_state, p)
     trace = {f'support_{k}': v for k, v in support_metrics.items()}
     if query is not None:
-      _, query_metrics = loss_fn(p, *query)
+      _, query_metrics = _loss(loss_fn, p, *query, query_key)
       trace.update({f'query_{k}': v for k, v in query_metrics.items()})
     return (optax.apply_updates(p, updates), opt_state), trace
 
+  # Without a key the scan has no inputs, the program of a key-free loop.
+  steps = None if key is None else jnp.arange(num_steps, dtype=jnp.uint32)
   (adapted, _), trace = jax.lax.scan(
-      step, (params, inner_optimizer.init(params)), None, length=num_steps)
+      step, (params, inner_optimizer.init(params)), steps, length=num_steps)
   return adapted, trace
+
+
+def _split_task_key(key: PRNGKey | None
+                    ) -> tuple[PRNGKey | None, PRNGKey | None]:
+  """A task's key -> (inner-loop key, query-loss key), or (None, None)."""
+  if key is None:
+    return None, None
+  return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+def _loss(loss_fn: LossFn, params: Params, x: Array, y: Array,
+          key: PRNGKey | None):
+  """`loss_fn(params, x, y)`, with the key only when there is one, so that
+  loss functions written without a `key` argument keep working."""
+  if key is None:
+    return loss_fn(params, x, y)
+  return loss_fn(params, x, y, key)
 
 
 def _adaptation(loss_fn: LossFn,
@@ -151,9 +191,10 @@ def _adaptation(loss_fn: LossFn,
                 first_order: bool = False):
   """The `adapt` and `evaluate` functions every algorithm here shares."""
 
-  def adapt(params, support_x, support_y, num_steps):
+  def adapt(params, support_x, support_y, num_steps, key=None):
+    # `key` is for meta-training only; `MetaLearner.adapt` is called without.
     adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
-                            inner_optimizer, first_order)
+                            inner_optimizer, first_order, key=key)
     return adapted
 
   def evaluate(params, task, num_steps):
@@ -190,7 +231,8 @@ def maml(init_fn: Callable[[PRNGKey], Params],
 
   Args:
     init_fn: `init(key) -> params` of the model.
-    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)` (see `jaxmeta.losses`).
+    loss_fn: `loss_fn(params, x, y, key=None) -> (loss, metrics)` (see
+      `jaxmeta.losses`).
     inner_lr: inner-loop learning rate `a`, > 0.
     num_inner_steps: inner steps during meta-training, a Python int >= 0.
     first_order: drop the second-order terms (first-order MAML).
@@ -206,13 +248,15 @@ def maml(init_fn: Callable[[PRNGKey], Params],
   _check_inner_lr(inner_lr)
   adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr), first_order)
 
-  def meta_loss(params, task):
+  def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
-    adapted = adapt(params, task.support_x, task.support_y, num_inner_steps)
-    return loss_fn(adapted, task.query_x, task.query_y)
+    inner_key, query_key = _split_task_key(key)
+    adapted = adapt(params, task.support_x, task.support_y, num_inner_steps,
+                    inner_key)
+    return _loss(loss_fn, adapted, task.query_x, task.query_y, query_key)
 
-  def task_update(params, task):
-    meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task)
+  def task_update(params, task, key=None):
+    meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task, key)
     return meta_grad, metrics
 
   return MetaLearner('fomaml' if first_order else 'maml', init_fn, adapt,
@@ -282,14 +326,16 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
                      'step\'s support metrics: num_inner_steps must be >= 1, '
                      f'got {num_inner_steps}.')
 
-  def task_update(params, task):
+  def task_update(params, task, key=None):
+    inner_key, query_key = _split_task_key(key)
     adapted, trace = inner_loop(loss_fn, params, task.support_x,
                                 task.support_y, num_inner_steps,
-                                inner_optimizer)
+                                inner_optimizer, key=inner_key)
     pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
     if query_metrics:
       check_batch(task.query_x, task.query_y, 'query')
-      _, metrics = loss_fn(adapted, task.query_x, task.query_y)
+      _, metrics = _loss(loss_fn, adapted, task.query_x, task.query_y,
+                         query_key)
     else:
       metrics = {k: v[-1] for k, v in trace.items()}
     return pseudo_grad, metrics
@@ -324,12 +370,13 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
   _check_inner_lr(inner_lr)
   adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr))
 
-  def task_update(params, task):
+  def task_update(params, task, key=None):
     check_batch(task.support_x, task.support_y, 'support')
     check_batch(task.query_x, task.query_y, 'query')
     x = jnp.concatenate([task.support_x, task.query_x])
     y = jnp.concatenate([task.support_y, task.query_y])
-    grad, metrics = jax.grad(loss_fn, has_aux=True)(params, x, y)
+    grad, metrics = jax.grad(_loss, argnums=1, has_aux=True)(
+        loss_fn, params, x, y, key)
     return grad, metrics
 
   return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)

@@ -1,8 +1,13 @@
 """Per-batch losses with the signature the algorithms expect.
 
-A loss function is `loss_fn(params, x, y) -> (loss, metrics)`: a scalar loss
-on one batch of one task and a dict of scalar metrics. Build one from a
-model's `apply` with `classification_loss` or `regression_loss`.
+A loss function is `loss_fn(params, x, y, key=None) -> (loss, metrics)`: a
+scalar loss on one batch of one task and a dict of scalar metrics. Build one
+from a model's `apply` with `classification_loss` or `regression_loss`.
+
+`key` feeds the model's randomness during meta-training (dropout, DropBlock):
+with a key the loss calls `apply(params, x, key=key)`, without one
+`apply(params, x)`, so a model whose `apply` takes no key works as long as
+no key is passed, and evaluation (no key) is deterministic.
 """
 
 from typing import Callable
@@ -12,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmeta.types import Array, Params
+from jaxmeta.types import Array, Params, PRNGKey
 
-LossFn = Callable[[Params, Array, Array], tuple[Array, dict[str, Array]]]
+LossFn = Callable[..., tuple[Array, dict[str, Array]]]
 
 
 def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
@@ -34,16 +39,25 @@ def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
         f'give one target per {what} example.')
 
 
-def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
+def _call(apply_fn: Callable[..., Array], params: Params, x: Array,
+          key: PRNGKey | None) -> Array:
+  """`apply_fn(params, x)`, with `key=key` only when a key is given."""
+  if key is None:
+    return apply_fn(params, x)
+  return apply_fn(params, x, key=key)
+
+
+def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Softmax cross-entropy on integer labels, with accuracy as a metric.
 
   Args:
-    apply_fn: `apply(params, x) -> logits [batch, classes]` (log-softmax
-      outputs work too: the softmax of log-probabilities is unchanged).
+    apply_fn: `apply(params, x[, key=key]) -> logits [batch, classes]`
+      (log-softmax outputs work too: the softmax of log-probabilities is
+      unchanged).
 
   Returns:
-    `loss_fn(params, x [batch, ...], y [batch] int) -> (mean loss,
-    {'loss', 'accuracy'})`.
+    `loss_fn(params, x [batch, ...], y [batch] int, key=None) -> (mean loss,
+    {'loss', 'accuracy'})`; `key` is handed to `apply_fn` when not None.
 
   Labels must lie in `[0, classes)`, `classes` the number of logits. Their
   number and dtype are checked when the loss is traced (ValueError). Their
@@ -57,13 +71,14 @@ def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
   non-finite losses; in MAML a bad support label makes the adapted weights,
   hence the query loss, NaN too.
   """
-  def loss_fn(params: Params, x: Array, y: Array):
+  def loss_fn(params: Params, x: Array, y: Array,
+              key: PRNGKey | None = None):
     check_batch(x, y)
     if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
       raise ValueError(
           'classification_loss needs integer class labels of shape [batch], '
           f'got {jnp.result_type(y)} {jnp.shape(y)}.')
-    logits = apply_fn(params, x)  # [batch, classes]
+    logits = _call(apply_fn, params, x, key)  # [batch, classes]
     num_classes = logits.shape[-1]
     if not isinstance(y, jax.core.Tracer):
       bad = np.asarray(y)
@@ -83,18 +98,20 @@ def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
   return loss_fn
 
 
-def regression_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
+def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Mean squared error, with 'mse' as a metric.
 
   Args:
-    apply_fn: `apply(params, x) -> predictions`, same shape as `y`.
+    apply_fn: `apply(params, x[, key=key]) -> predictions`, same shape as `y`.
 
   Returns:
-    `loss_fn(params, x, y) -> (mse, {'loss', 'mse'})`.
+    `loss_fn(params, x, y, key=None) -> (mse, {'loss', 'mse'})`; `key` is
+    handed to `apply_fn` when not None.
   """
-  def loss_fn(params: Params, x: Array, y: Array):
+  def loss_fn(params: Params, x: Array, y: Array,
+              key: PRNGKey | None = None):
     check_batch(x, y)
-    pred = apply_fn(params, x)
+    pred = _call(apply_fn, params, x, key)
     mse = jnp.mean(jnp.square(pred - y))
     return mse, {'loss': mse, 'mse': mse}
   return loss_fn

@@ -27,7 +27,9 @@ class MetaTrainState(flax.struct.PyTreeNode):
     params: the meta-parameters (the initialisation MAML learns).
     opt_state: the outer optax optimiser's state.
     key: the run's base PRNG key; step `t` draws its tasks from
-      `jax.random.fold_in(key, t)`, so a resumed run sees the same tasks.
+      `jax.random.fold_in(key, t)`, so a resumed run sees the same tasks
+      (and, with `make_meta_train_step(..., model_keys=True)`, the same
+      dropout or DropBlock masks: see `model_key`).
   """
   step: Array
   params: Params
@@ -45,8 +47,34 @@ def init_train_state(learner: MetaLearner,
                         opt_state=optimizer.init(params), key=data_key)
 
 
+# Stream of the model's keys under a step's key. With JAX's default
+# (partitionable) threefry, `split(k, n)[j]` is `fold_in(k, j)`: a small
+# constant would be the key a sampler splitting the step's key gives task j.
+_MODEL_STREAM = 0x4D444C  # 'MDL'
+
+
+def model_key(state: MetaTrainState) -> PRNGKey:
+  """The key of the model's randomness at `state.step` (dropout, DropBlock).
+
+  `fold_in(fold_in(state.key, step), MODEL_STREAM)`. Tasks are drawn from
+  `fold_in(state.key, step)` itself, and a sampler that splits it into `n`
+  keys gets `fold_in(., 0..n-1)`; the stream constant lies beyond any
+  meta-batch size, so the model's key is none of the tasks' keys.
+
+  Args:
+    state: the current train state.
+
+  Returns:
+    A PRNG key, the same for the same `state.key` and `state.step` (a resumed
+    run draws the same masks).
+  """
+  return jax.random.fold_in(jax.random.fold_in(state.key, state.step),
+                            _MODEL_STREAM)
+
+
 def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
-                  task_chunk_size: int | None = None
+                  task_chunk_size: int | None = None,
+                  key: PRNGKey | None = None,
                   ) -> tuple[Params, dict[str, Array]]:
   """Mean over the meta-batch of the per-task meta-gradients.
 
@@ -60,13 +88,22 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
       activation memory of one chunk (second-order MAML keeps every
       activation of every task of the chunk alive). Must divide the
       meta-batch size.
+    key: optional key for the model's randomness: split into one key per
+      task (`split(key, num_tasks)`, task `i` gets key `i` whatever the
+      chunking), each handed to `learner.task_update`. None: no keys, the
+      deterministic meta-gradient.
 
   Returns:
     `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
     the per-task metrics averaged over tasks.
   """
-  task_grads = jax.vmap(learner.task_update, in_axes=(None, 0))
+  task_update = learner.task_update
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+  if key is not None:
+    # The keys travel with the tasks: vmapped, chunked and scanned alike.
+    tasks = (tasks, jax.random.split(key, num_tasks))
+    task_update = lambda p, task_and_key: learner.task_update(p, *task_and_key)
+  task_grads = jax.vmap(task_update, in_axes=(None, 0))
   if task_chunk_size is None or task_chunk_size >= num_tasks:
     grads, metrics = task_grads(params, tasks)
     mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
@@ -82,7 +119,7 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
     # One task per scan step, not vmapped: a vmap over a chunk of one still
     # adds a batch axis to every matmul, which XLA:CPU runs slower.
     chunks = tasks
-    chunk_sum_fn = lambda chunk: learner.task_update(params, chunk)
+    chunk_sum_fn = lambda chunk: task_update(params, chunk)
   else:
     chunk_sum_fn = lambda chunk: jax.tree.map(
         lambda v: jnp.sum(v, axis=0), task_grads(params, chunk))
@@ -131,6 +168,7 @@ def meta_train_step(learner: MetaLearner,
                     state: MetaTrainState,
                     tasks: Task,
                     task_chunk_size: int | None = None,
+                    key: PRNGKey | None = None,
                     ) -> tuple[MetaTrainState, dict[str, Array]]:
   """One meta-iteration on a given meta-batch of tasks.
 
@@ -140,13 +178,15 @@ def meta_train_step(learner: MetaLearner,
     state: the current `MetaTrainState`.
     tasks: a meta-batch of tasks, leading axis `[num_tasks]`.
     task_chunk_size: see `meta_gradient`; trades speed for memory.
+    key: the key of the model's randomness for this step (see
+      `meta_gradient`), or None.
 
   Returns:
     The new state and a dict of scalar metrics: the algorithm's query metrics
     averaged over tasks and `meta_grad_norm`.
   """
   grad, metrics = meta_gradient(learner, state.params, tasks,
-                                task_chunk_size)
+                                task_chunk_size, key)
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
@@ -160,6 +200,7 @@ def make_meta_train_step(
     optimizer: optax.GradientTransformation,
     sample_tasks: Callable[[PRNGKey], Task] | None = None,
     task_chunk_size: int | None = None,
+    model_keys: bool = False,
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
   """Returns the (unjitted) training step, to be jitted once by the caller.
 
@@ -171,19 +212,25 @@ def make_meta_train_step(
       from `fold_in(state.key, state.step)` inside the same program; otherwise
       it is `step(state, tasks)`.
     task_chunk_size: see `meta_gradient`; trades speed for memory.
+    model_keys: if True, the model gets a key during meta-training (dropout,
+      DropBlock active): `model_key(state)`, split over the tasks by
+      `meta_gradient`; the model's `apply` must then accept `key=`. If False
+      (default), no keys: the step is what it was before keys existed.
 
   Returns:
     `step(state[, tasks]) -> (new_state, metrics)`.
   """
+  key_of = model_key if model_keys else lambda state: None
   if sample_tasks is None:
     def step(state, tasks):
       return meta_train_step(learner, optimizer, state, tasks,
-                             task_chunk_size)
+                             task_chunk_size, key_of(state))
     return step
 
   def sampled_step(state):
     tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
-    return meta_train_step(learner, optimizer, state, tasks, task_chunk_size)
+    return meta_train_step(learner, optimizer, state, tasks, task_chunk_size,
+                           key_of(state))
   return sampled_step
 
 

@@ -21,7 +21,7 @@ from experiments.configs import sinusoid as sinusoid_config
 TINY_MODEL_OPTIONS = {
     'conv4': {'num_filters': 4, 'num_blocks': 2},
     'mlp': {'hidden': (8,)},
-    'resnet12': {'widths': (2, 2, 2, 2)},
+    'resnet12': {'widths': (2, 2, 2)},  # 8x8 images: three 2x2 pools.
 }
 
 
