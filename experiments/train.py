@@ -186,7 +186,9 @@ def make_train_step(learner: jaxmeta.MetaLearner,
   augmented inside the step. With
   a `mesh`, the meta-batch is split over its devices, each drawing and
   adapting its own tasks, and the meta-gradient is averaged across them in
-  the same program (`jaxmeta.sharding`). A step whose loss, meta-gradient,
+  the same program (`jaxmeta.sharding`). The model gets a key in training
+  (`jaxmeta.model_key`: dropout and DropBlock are active), the same on any
+  number of devices. A step whose loss, meta-gradient,
   new parameters or new optimiser state are not all finite is not applied:
   the state stays the last good one (so its `step` names the failing step)
   and `metrics['finite']` is False.
@@ -199,14 +201,15 @@ def make_train_step(learner: jaxmeta.MetaLearner,
 
   if family.sample_host is not None:
     sharded = None if mesh is None else sharding.shard_train_step(
-        learner, optimizer, mesh, task_chunk_size=chunk)
+        learner, optimizer, mesh, task_chunk_size=chunk, model_keys=True)
 
     def meta_step(state, tasks):
       key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
       keys = jax.random.split(key, config.meta_batch_size)
       tasks = jax.vmap(family.augment)(keys, tasks)
       if sharded is None:
-        return jaxmeta.meta_train_step(learner, optimizer, state, tasks, chunk)
+        return jaxmeta.meta_train_step(learner, optimizer, state, tasks, chunk,
+                                       jaxmeta.model_key(state))
       return sharded(state, tasks)
   elif mesh is None:
     def sample_tasks(key, data):
@@ -216,12 +219,13 @@ def make_train_step(learner: jaxmeta.MetaLearner,
     def meta_step(state, data):
       return jaxmeta.make_meta_train_step(
           learner, optimizer, functools.partial(sample_tasks, data=data),
-          task_chunk_size=chunk)(state)
+          task_chunk_size=chunk, model_keys=True)(state)
   else:
     try:
       meta_step = sharding.shard_train_step(
           learner, optimizer, mesh, sample_task=sample_task,
-          meta_batch_size=config.meta_batch_size, task_chunk_size=chunk)
+          meta_batch_size=config.meta_batch_size, task_chunk_size=chunk,
+          model_keys=True)
     except ValueError as e:
       raise ConfigError(f'config.meta_batch_size / task_chunk_size: {e}'
                         ) from e

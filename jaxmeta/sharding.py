@@ -274,6 +274,7 @@ def shard_train_step(
     sample_task: Callable[..., Task] | None = None,
     meta_batch_size: int | None = None,
     task_chunk_size: int | None = None,
+    model_keys: bool = False,
 ) -> Callable[..., tuple[training.MetaTrainState, dict[str, Array]]]:
   """`make_meta_train_step` with the meta-batch split over `mesh`'s devices.
 
@@ -296,6 +297,10 @@ def shard_train_step(
       `sample_task`.
     task_chunk_size: see `training.meta_gradient`; must divide the tasks of
       one device.
+    model_keys: as in `training.make_meta_train_step`: task `i` of the
+      meta-batch gets key `i` of `split(training.model_key(state),
+      num_tasks)`, on whichever device adapts it, so the model's randomness
+      is that of the unsharded step.
 
   Returns:
     `step(state, tasks)` or `step(state, *data)` -> `(new_state, metrics)`,
@@ -309,8 +314,14 @@ def shard_train_step(
   axis = _axis(mesh)
 
   def local_step(state, tasks):
+    task_keys = None
+    if model_keys:
+      per_device = jax.tree.leaves(tasks)[0].shape[0]
+      task_keys = _local_task_keys(training.model_key(state),
+                                   per_device * mesh.size, per_device, axis)
     grad, metrics = training.meta_gradient(
-        learner, _per_device(state.params, axis), tasks, task_chunk_size)
+        learner, _per_device(state.params, axis), tasks, task_chunk_size,
+        task_keys=task_keys)
     # One collective: the gradient and the metrics in a single all-reduce.
     # Every device has the same number of tasks, so the mean of the device
     # means is the mean over the meta-batch.

@@ -75,6 +75,7 @@ def model_key(state: MetaTrainState) -> PRNGKey:
 def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
                   task_chunk_size: int | None = None,
                   key: PRNGKey | None = None,
+                  task_keys: Array | None = None,
                   ) -> tuple[Params, dict[str, Array]]:
   """Mean over the meta-batch of the per-task meta-gradients.
 
@@ -92,6 +93,8 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
       task (`split(key, num_tasks)`, task `i` gets key `i` whatever the
       chunking), each handed to `learner.task_update`. None: no keys, the
       deterministic meta-gradient.
+    task_keys: instead of `key`, the per-task keys `[num_tasks]` themselves
+      (a device's slice of a meta-batch's keys under `jaxmeta.sharding`).
 
   Returns:
     `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
@@ -99,9 +102,13 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
   """
   task_update = learner.task_update
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+  if key is not None and task_keys is not None:
+    raise ValueError('meta_gradient takes key or task_keys, not both.')
   if key is not None:
+    task_keys = jax.random.split(key, num_tasks)
+  if task_keys is not None:
     # The keys travel with the tasks: vmapped, chunked and scanned alike.
-    tasks = (tasks, jax.random.split(key, num_tasks))
+    tasks = (tasks, task_keys)
     task_update = lambda p, task_and_key: learner.task_update(p, *task_and_key)
   task_grads = jax.vmap(task_update, in_axes=(None, 0))
   if task_chunk_size is None or task_chunk_size >= num_tasks:

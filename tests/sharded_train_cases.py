@@ -15,6 +15,7 @@ try:
 except RuntimeError:  # The backend is already up with its own device count.
   pass
 
+import ml_collections  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np
 import pytest
@@ -41,14 +42,19 @@ def _unsharded_replay(config, workdir, steps):
   return state
 
 
-@pytest.mark.parametrize('family', ['images', 'sinusoid'])
+@pytest.mark.parametrize('family', ['images', 'sinusoid', 'dropblock'])
 def test_sharded_run_matches_one_device_and_resumes(tmp_path, tiny_dataset,
                                                     family):
-  if family == 'images':
-    config = test_train.tiny_config(tiny_dataset, meta_batch_size=8,
-                                    eval_batch_size=5)
-    make = lambda **o: test_train.tiny_config(tiny_dataset, meta_batch_size=8,
-                                              eval_batch_size=5, **o)
+  if family in ('images', 'dropblock'):
+    def make(**o):
+      c = test_train.tiny_config(tiny_dataset, meta_batch_size=8,
+                                 eval_batch_size=5, **o)
+      if family == 'dropblock':  # Model keys: each task's own DropBlock mask.
+        c.backbone = 'resnet12'
+        c.model = ml_collections.ConfigDict(
+            {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1})
+      return c
+    config = make()
   else:
     config = test_train.tiny_sinusoid(meta_batch_size=8)
     make = lambda **o: test_train.tiny_sinusoid(meta_batch_size=8, **o)
@@ -68,7 +74,7 @@ def test_sharded_run_matches_one_device_and_resumes(tmp_path, tiny_dataset,
                               rtol=1e-5)
   on_disk = json.loads((tmp_path / 'straight' / 'results.json').read_text())
   assert set(on_disk) == set(results)
-  metric = 'accuracy' if family == 'images' else 'mse'
+  metric = 'mse' if family == 'sinusoid' else 'accuracy'
   assert {f'test_{metric}', 'test_ci95', f'best_val_{metric}',
           'steps_per_second', 'iterations'} <= set(on_disk)
   assert np.isfinite(on_disk[f'test_{metric}'])

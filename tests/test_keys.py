@@ -101,6 +101,20 @@ def test_maml_meta_gradient_follows_the_key_schedule(task_chunk_size):
                grad, expected)
 
 
+def test_per_task_keys_are_the_split_of_the_step_key():
+  learner = _learner()
+  params, tasks = learner.init(jax.random.key(0)), _tasks()
+  key = jax.random.key(7)
+  num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+  by_key, _ = jaxmeta.meta_gradient(learner, params, tasks, 1, key=key)
+  by_task, _ = jaxmeta.meta_gradient(
+      learner, params, tasks, 1, task_keys=jax.random.split(key, num_tasks))
+  jax.tree.map(np.testing.assert_array_equal, by_key, by_task)
+  with pytest.raises(ValueError, match='key or task_keys'):
+    jaxmeta.meta_gradient(learner, params, tasks, key=key,
+                          task_keys=jax.random.split(key, num_tasks))
+
+
 @pytest.mark.parametrize('name', ['maml', 'fomaml', 'reptile', 'pretrain'])
 def test_keys_change_the_meta_gradient_reproducibly(name):
   learner = _learner(name)

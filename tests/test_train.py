@@ -188,6 +188,30 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, after), before)
 
 
+def test_the_model_gets_its_key_in_training(tiny_dataset):
+  """DropBlock is active in the step: it equals the keyed library step."""
+  config = tiny_config(tiny_dataset, backbone='resnet12')
+  config.model = ml_collections.ConfigDict(
+      {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1})
+  built = train._Run(config, '/nonexistent', None, None, 'train')
+  data = built.family.load('train')
+  step = train.make_train_step(built.learner, built.optimizer, built.family,
+                               config)
+  new, _ = step(built.init_state(), data)
+  reference = {}
+  for keyed in (True, False):
+    sample = lambda key, keyed=keyed: jax.vmap(
+        lambda k: built.family.sample(k, data, True))(
+            jax.random.split(key, config.meta_batch_size))
+    reference[keyed], _ = jax.jit(jaxmeta.make_meta_train_step(
+        built.learner, built.optimizer, sample, task_chunk_size=1,
+        model_keys=keyed))(built.init_state())
+  chex.assert_trees_all_close(new.params, reference[True].params, atol=1e-6)
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(new.params, reference[False].params,
+                                atol=1e-6)
+
+
 def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path,
                                                         tiny_dataset):
   config = tiny_config(tiny_dataset, meta_optimizer='sgd', meta_lr=1e38,

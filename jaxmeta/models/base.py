@@ -15,6 +15,9 @@ def register_backbone(name: str):
 
   A builder takes the number of outputs (the ways, or 1 for regression), the
   shape of one input without the batch axis, and its own keyword options.
+  The model's `apply(params, x, *, key=None)` must accept a key: the
+  training program passes one in meta-training (dropout, DropBlock) and none
+  at evaluation; a deterministic model ignores it.
   """
   def add(builder):
     if name in BACKBONES and BACKBONES[name] is not builder:
