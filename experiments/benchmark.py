@@ -75,14 +75,15 @@ class BenchmarkError(ValueError):
   """A bad request or a missing dependency: one line, printed without a trace."""
 
 
-NO_TORCH = ('the PyTorch implementations need torch and higher: install '
-            'requirements-benchmark.txt (pip install -r '
-            'requirements-benchmark.txt), or pass --implementations=jaxmeta')
+NO_TORCH = (
+  'the PyTorch implementations need torch and higher: install '
+  'requirements-benchmark.txt (pip install -r '
+  'requirements-benchmark.txt), or pass --implementations=jaxmeta'
+)
 
 
 def import_torch_baselines():
-  """Returns `experiments.torch_baselines`, or raises BenchmarkError(NO_TORCH).
-  """
+  """Returns `experiments.torch_baselines`, or raises BenchmarkError(NO_TORCH)."""
   try:
     from experiments import torch_baselines  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -96,8 +97,11 @@ except BenchmarkError:
   _torch_baselines = None
 # The algorithms with a PyTorch baseline; every library algorithm for
 # jaxmeta-only runs where PyTorch is not installed.
-ALGORITHMS = (_torch_baselines.ALGORITHMS if _torch_baselines is not None
-              else jaxmeta.ALGORITHMS)
+ALGORITHMS = (
+  _torch_baselines.ALGORITHMS
+  if _torch_baselines is not None
+  else jaxmeta.ALGORITHMS
+)
 # Concrete conv implementations (`--conv_impls=all` expands to them).
 ALL_CONV_IMPLS = tuple(i for i in jaxmeta.models.CONV_IMPLS if i != 'auto')
 TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
@@ -136,6 +140,7 @@ class BenchConfig:
     num_blocks: Conv-4 blocks.
     outer_lr: Adam learning rate of the meta-update.
   """
+
   name: str
   ways: int
   shots: int
@@ -149,29 +154,72 @@ class BenchConfig:
   outer_lr: float = 1e-3
 
 
-CONFIGS = {c.name: c for c in (
-    BenchConfig('omniglot_5w1s', ways=5, shots=1, queries=15, meta_batch=32,
-                inner_steps=1, inner_lr=0.4, input_shape=(28, 28, 1),
-                num_filters=64),
+CONFIGS = {
+  c.name: c
+  for c in (
+    BenchConfig(
+      'omniglot_5w1s',
+      ways=5,
+      shots=1,
+      queries=15,
+      meta_batch=32,
+      inner_steps=1,
+      inner_lr=0.4,
+      input_shape=(28, 28, 1),
+      num_filters=64,
+    ),
     # The CPU anchor: omniglot_5w1s at meta-batch 4 (2-core CPUs).
-    BenchConfig('omniglot_5w1s_mb4', ways=5, shots=1, queries=15,
-                meta_batch=4, inner_steps=1, inner_lr=0.4,
-                input_shape=(28, 28, 1), num_filters=64),
-    BenchConfig('omniglot_20w1s', ways=20, shots=1, queries=15,
-                meta_batch=16, inner_steps=5, inner_lr=0.1,
-                input_shape=(28, 28, 1), num_filters=64),
-    BenchConfig('miniimagenet_5w1s', ways=5, shots=1, queries=15,
-                meta_batch=4, inner_steps=5, inner_lr=0.01,
-                input_shape=(84, 84, 3), num_filters=32),
+    BenchConfig(
+      'omniglot_5w1s_mb4',
+      ways=5,
+      shots=1,
+      queries=15,
+      meta_batch=4,
+      inner_steps=1,
+      inner_lr=0.4,
+      input_shape=(28, 28, 1),
+      num_filters=64,
+    ),
+    BenchConfig(
+      'omniglot_20w1s',
+      ways=20,
+      shots=1,
+      queries=15,
+      meta_batch=16,
+      inner_steps=5,
+      inner_lr=0.1,
+      input_shape=(28, 28, 1),
+      num_filters=64,
+    ),
+    BenchConfig(
+      'miniimagenet_5w1s',
+      ways=5,
+      shots=1,
+      queries=15,
+      meta_batch=4,
+      inner_steps=5,
+      inner_lr=0.01,
+      input_shape=(84, 84, 3),
+      num_filters=32,
+    ),
     # CI size: two tasks, 8 filters, two inner steps (so that second-order
     # terms through more than one step are cross-checked).
-    BenchConfig('tiny', ways=5, shots=1, queries=3, meta_batch=2,
-                inner_steps=2, inner_lr=0.4, input_shape=(28, 28, 1),
-                num_filters=8),
-)}
+    BenchConfig(
+      'tiny',
+      ways=5,
+      shots=1,
+      queries=3,
+      meta_batch=2,
+      inner_steps=2,
+      inner_lr=0.4,
+      input_shape=(28, 28, 1),
+      num_filters=8,
+    ),
+  )
+}
 DEFAULT_CONFIGS = {
-    'full': ('omniglot_5w1s', 'omniglot_20w1s', 'miniimagenet_5w1s'),
-    'tiny': ('tiny',),
+  'full': ('omniglot_5w1s', 'omniglot_20w1s', 'miniimagenet_5w1s'),
+  'tiny': ('tiny',),
 }
 DEFAULT_NUM_STEPS = {'full': 20, 'tiny': 3}
 DEFAULT_WARMUP_STEPS = {'full': 2, 'tiny': 1}
@@ -181,21 +229,25 @@ FLAGS = flags.FLAGS
 
 def _check_names(flag: str, known: Sequence[str], extra: Sequence[str] = ()):
   """A flag validator: every entry of the list flag is one of `known`."""
+
   def check(values):
     unknown = [v for v in values or () if v not in known and v not in extra]
     if unknown:
       raise flags.ValidationError(
-          f'--{flag}: unknown {unknown}; choose from '
-          f'{", ".join(list(known) + list(extra))}.')
+        f'--{flag}: unknown {unknown}; choose from '
+        f'{", ".join(list(known) + list(extra))}.'
+      )
     return True
+
   return check
 
 
 def _check_out(out):
   if out is not None and os.path.exists(out) and not os.path.isdir(out):
     raise flags.ValidationError(
-        f'--out={out} is an existing file; the benchmark writes a folder '
-        '(benchmark.json, .md, .png). Fix: name a new or existing folder.')
+      f'--out={out} is an existing file; the benchmark writes a folder '
+      '(benchmark.json, .md, .png). Fix: name a new or existing folder.'
+    )
   return True
 
 
@@ -204,61 +256,125 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   modules can be imported together (absl flags are global)."""
   fv = dict(flag_values=flag_values)
   flags.DEFINE_string('out', None, 'Output directory.', required=True, **fv)
-  flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
-                    'full: the paper configurations; tiny: CI shapes.', **fv)
-  flags.DEFINE_list('configs', [], 'Configurations to run (default: those of '
-                    f'--size). Known: {sorted(CONFIGS)}.', **fv)
-  flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Algorithms to run, any '
-                    f'of {", ".join(ALGORITHMS)}.', **fv)
-  flags.DEFINE_list('implementations', list(IMPLEMENTATIONS),
-                    'Implementations to run, any of '
-                    f'{", ".join(IMPLEMENTATIONS)}.', **fv)
-  flags.DEFINE_list('conv_impls', ['auto'], 'jaxmeta conv implementations to '
-                    f'time: any of {", ".join(jaxmeta.models.CONV_IMPLS)}; '
-                    f"'all' (or 'both') = {','.join(ALL_CONV_IMPLS)}.", **fv)
-  flags.DEFINE_integer('num_steps', None, 'Timed meta-steps per row (default '
-                       '20; 3 at --size=tiny).', **fv)
-  flags.DEFINE_integer('warmup_steps', None, 'Untimed steps after the first '
-                       '(default 2; 1 at --size=tiny).', **fv)
-  flags.DEFINE_float('max_seconds_per_row', 0.0, 'If > 0, time fewer than '
-                     '--num_steps steps (at least 3) where the warm-up says they '
-                     'would take longer than this; the row records the count.',
-                     **fv)
-  flags.DEFINE_enum('timing_precision', 'highest', PRECISIONS,
-                    'Matmul precision of the TIMED steps on both sides: highest '
-                    '(float32, no TF32: what the cross-check uses) or default '
-                    '(JAX default precision; TF32 allowed in torch on CUDA).',
-                    **fv)
-  flags.DEFINE_float('check_tol', 1e-4, 'Largest relative error of the '
-                     'float32 meta-gradient against the reference, per '
-                     'parameter tensor (see `verdict` for the float64 rule).',
-                     **fv)
-  flags.DEFINE_bool('float64_check', True, 'Also compute the meta-gradient in '
-                    'float64 (jaxmeta, and every PyTorch implementation): '
-                    "reports each float32 result's error against it, and "
-                    'fails a PyTorch implementation whose float64 gradient '
-                    f'differs from jaxmeta\'s by more than {FLOAT64_TOL:g}.',
-                    **fv)
-  flags.DEFINE_integer('task_chunk_size', 0, 'jaxmeta: tasks vmapped at once '
-                       'in the timed meta-step and its cross-check; 0: '
-                       'jaxmeta.default_task_chunk_size (one task at a time '
-                       'on CPUs, the whole meta-batch on accelerators).', **fv)
-  flags.DEFINE_integer('interleave_block', 5, 'Timed steps of one '
-                       'implementation per turn (each turn starts with one '
-                       'untimed step); see `time_interleaved`.', lower_bound=1,
-                       **fv)
-  flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and the '
-                       'batch.', **fv)
-  flags.DEFINE_string('torch_device', 'auto', "'auto' (cuda if available), "
-                      "'cpu' or 'cuda'.", **fv)
-  flags.DEFINE_list('debug_perturb_check', [], 'Testing aid: torch '
-                    'implementations whose gradients are scaled by 1 + 1e-3 '
-                    'before the cross-check, which must then fail.', **fv)
-  for flag, known, extra in (('configs', sorted(CONFIGS), ()),
-                             ('algorithms', ALGORITHMS, ()),
-                             ('implementations', IMPLEMENTATIONS, ()),
-                             ('conv_impls', jaxmeta.models.CONV_IMPLS,
-                              ('all', 'both'))):
+  flags.DEFINE_enum(
+    'size',
+    'full',
+    ['full', 'tiny'],
+    'full: the paper configurations; tiny: CI shapes.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'configs',
+    [],
+    'Configurations to run (default: those of '
+    f'--size). Known: {sorted(CONFIGS)}.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'algorithms',
+    list(ALGORITHMS),
+    f'Algorithms to run, any of {", ".join(ALGORITHMS)}.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'implementations',
+    list(IMPLEMENTATIONS),
+    f'Implementations to run, any of {", ".join(IMPLEMENTATIONS)}.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'conv_impls',
+    ['auto'],
+    'jaxmeta conv implementations to '
+    f'time: any of {", ".join(jaxmeta.models.CONV_IMPLS)}; '
+    f"'all' (or 'both') = {','.join(ALL_CONV_IMPLS)}.",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'num_steps',
+    None,
+    'Timed meta-steps per row (default 20; 3 at --size=tiny).',
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'warmup_steps',
+    None,
+    'Untimed steps after the first (default 2; 1 at --size=tiny).',
+    **fv,
+  )
+  flags.DEFINE_float(
+    'max_seconds_per_row',
+    0.0,
+    'If > 0, time fewer than '
+    '--num_steps steps (at least 3) where the warm-up says they '
+    'would take longer than this; the row records the count.',
+    **fv,
+  )
+  flags.DEFINE_enum(
+    'timing_precision',
+    'highest',
+    PRECISIONS,
+    'Matmul precision of the TIMED steps on both sides: highest '
+    '(float32, no TF32: what the cross-check uses) or default '
+    '(JAX default precision; TF32 allowed in torch on CUDA).',
+    **fv,
+  )
+  flags.DEFINE_float(
+    'check_tol',
+    1e-4,
+    'Largest relative error of the '
+    'float32 meta-gradient against the reference, per '
+    'parameter tensor (see `verdict` for the float64 rule).',
+    **fv,
+  )
+  flags.DEFINE_bool(
+    'float64_check',
+    True,
+    'Also compute the meta-gradient in '
+    'float64 (jaxmeta, and every PyTorch implementation): '
+    "reports each float32 result's error against it, and "
+    'fails a PyTorch implementation whose float64 gradient '
+    f"differs from jaxmeta's by more than {FLOAT64_TOL:g}.",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'task_chunk_size',
+    0,
+    'jaxmeta: tasks vmapped at once '
+    'in the timed meta-step and its cross-check; 0: '
+    'jaxmeta.default_task_chunk_size (one task at a time '
+    'on CPUs, the whole meta-batch on accelerators).',
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'interleave_block',
+    5,
+    'Timed steps of one '
+    'implementation per turn (each turn starts with one '
+    'untimed step); see `time_interleaved`.',
+    lower_bound=1,
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'seed', 0, 'Seed of the initial weights and the batch.', **fv
+  )
+  flags.DEFINE_string(
+    'torch_device', 'auto', "'auto' (cuda if available), 'cpu' or 'cuda'.", **fv
+  )
+  flags.DEFINE_list(
+    'debug_perturb_check',
+    [],
+    'Testing aid: torch '
+    'implementations whose gradients are scaled by 1 + 1e-3 '
+    'before the cross-check, which must then fail.',
+    **fv,
+  )
+  for flag, known, extra in (
+    ('configs', sorted(CONFIGS), ()),
+    ('algorithms', ALGORITHMS, ()),
+    ('implementations', IMPLEMENTATIONS, ()),
+    ('conv_impls', jaxmeta.models.CONV_IMPLS, ('all', 'both')),
+  ):
     flags.register_validator(flag, _check_names(flag, known, extra), **fv)
   flags.register_validator('out', _check_out, **fv)
 
@@ -266,6 +382,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Run-wide settings (the parsed flags)."""
+
   out: str
   configs: tuple[str, ...]
   algorithms: tuple[str, ...]
@@ -303,29 +420,37 @@ def make_tasks(config: BenchConfig, key: jax.Array) -> jaxmeta.Task:
     query set with `ways * queries`).
   """
   support_key, query_key = jax.random.split(key)
+
   def images(k, per_class):
     shape = (config.meta_batch, config.ways * per_class) + config.input_shape
     if config.input_shape[-1] == 1:
       return jax.random.bernoulli(k, 0.2, shape).astype(jnp.float32)
     return jax.random.uniform(k, shape, jnp.float32)
+
   def labels(per_class):
     one = jnp.repeat(jnp.arange(config.ways, dtype=jnp.int32), per_class)
     return jnp.tile(one, (config.meta_batch, 1))
-  return jaxmeta.Task(images(support_key, config.shots),
-                      labels(config.shots),
-                      images(query_key, config.queries),
-                      labels(config.queries))
+
+  return jaxmeta.Task(
+    images(support_key, config.shots),
+    labels(config.shots),
+    images(query_key, config.queries),
+    labels(config.queries),
+  )
 
 
 def flatten_params(params, dtype=np.float32) -> dict[str, np.ndarray]:
   """`{'conv0': {'w': a}}` -> `{'conv0/w': np.asarray(a, dtype)}`."""
-  return {f'{m}/{leaf}': np.array(v, dtype)
-          for m, d in params.items() for leaf, v in d.items()}
+  return {
+    f'{m}/{leaf}': np.array(v, dtype)
+    for m, d in params.items()
+    for leaf, v in d.items()
+  }
 
 
-def cross_check(reference: dict[str, np.ndarray],
-                candidate: dict[str, np.ndarray],
-                tol: float) -> dict[str, Any]:
+def cross_check(
+  reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], tol: float
+) -> dict[str, Any]:
   """Compares two meta-gradients tensor by tensor.
 
   The error of tensor `t` is `||c_t - r_t|| / ||r_t||`, except for tensors
@@ -345,18 +470,26 @@ def cross_check(reference: dict[str, np.ndarray],
   """
   problems = []
   if set(reference) != set(candidate):
-    problems.append(f'parameter names differ: {sorted(set(reference))} vs '
-                    f'{sorted(set(candidate))}')
-  global_norm = float(np.sqrt(sum(
-      np.sum(np.square(v, dtype=np.float64)) for v in reference.values())))
+    problems.append(
+      f'parameter names differ: {sorted(set(reference))} vs '
+      f'{sorted(set(candidate))}'
+    )
+  global_norm = float(
+    np.sqrt(
+      sum(np.sum(np.square(v, dtype=np.float64)) for v in reference.values())
+    )
+  )
   tensors = {}
   for name in sorted(set(reference) & set(candidate)):
     ref = np.asarray(reference[name], np.float64)
     cand = np.asarray(candidate[name], np.float64)
     if ref.shape != cand.shape:
       problems.append(f'{name}: shape {cand.shape} != {ref.shape}')
-      tensors[name] = {'rel_err': float('inf'), 'ref_norm': None,
-                       'scale': 'tensor'}
+      tensors[name] = {
+        'rel_err': float('inf'),
+        'ref_norm': None,
+        'scale': 'tensor',
+      }
       continue
     ref_norm = float(np.linalg.norm(ref))
     near_zero = ref_norm < ZERO_GRAD_FRACTION * global_norm
@@ -368,18 +501,28 @@ def cross_check(reference: dict[str, np.ndarray],
       err = 0.0 if diff == 0 else float('inf')
     if not np.isfinite(cand).all():
       err = float('inf')
-    tensors[name] = {'rel_err': err, 'ref_norm': ref_norm,
-                     'scale': 'global' if near_zero else 'tensor'}
+    tensors[name] = {
+      'rel_err': err,
+      'ref_norm': ref_norm,
+      'scale': 'global' if near_zero else 'tensor',
+    }
   errs = {n: t['rel_err'] for n, t in tensors.items()}
   worst = max(errs, key=errs.get) if errs else None
   max_err = errs[worst] if worst else float('inf')
   passed = not problems and bool(errs) and max_err <= tol
-  return {'passed': passed, 'max_rel_err': max_err, 'worst_tensor': worst,
-          'tol': tol, 'tensors': tensors, 'problems': problems}
+  return {
+    'passed': passed,
+    'max_rel_err': max_err,
+    'worst_tensor': worst,
+    'tol': tol,
+    'tensors': tensors,
+    'problems': problems,
+  }
 
 
-def verdict(entry: dict[str, Any], tol: float,
-            reference_vs_float64: float | None) -> tuple[bool, str]:
+def verdict(
+  entry: dict[str, Any], tol: float, reference_vs_float64: float | None
+) -> tuple[bool, str]:
   """Whether an implementation's meta-gradient passes the cross-check.
 
   Passes if it computes the same function (its float64 meta-gradient agrees
@@ -413,22 +556,27 @@ def verdict(entry: dict[str, Any], tol: float,
   if entry.get('max_rel_err') is not None and entry['max_rel_err'] <= tol:
     return True, 'float32'
   vs_float64 = entry.get('vs_float64_max_rel_err')
-  if (agreement is not None and vs_float64 is not None
-      and reference_vs_float64 is not None
-      and min(entry['max_rel_err'], vs_float64)
-      <= max(tol, reference_vs_float64)):
+  if (
+    agreement is not None
+    and vs_float64 is not None
+    and reference_vs_float64 is not None
+    and min(entry['max_rel_err'], vs_float64) <= max(tol, reference_vs_float64)
+  ):
     return True, 'float64'
   return False, 'float32 mismatch'
 
 
-def float64_errors(truth: dict[str, np.ndarray] | None,
-                   got: dict[str, np.ndarray]) -> dict[str, Any]:
+def float64_errors(
+  truth: dict[str, np.ndarray] | None, got: dict[str, np.ndarray]
+) -> dict[str, Any]:
   """A float32 meta-gradient's error against the float64 one (if computed)."""
   if truth is None:
     return {}
   result = cross_check(truth, got, float('inf'))
-  return {'vs_float64_max_rel_err': result['max_rel_err'],
-          'vs_float64_worst_tensor': result['worst_tensor']}
+  return {
+    'vs_float64_max_rel_err': result['max_rel_err'],
+    'vs_float64_worst_tensor': result['worst_tensor'],
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -458,23 +606,29 @@ def environment(torch_device: str | None) -> dict[str, Any]:
   """Device names, library versions and machine facts for every row."""
   jax_device = jax.devices()[0]
   env = {
-      'jax_backend': jax.default_backend(),
-      'jax_device': f'{jax_device.platform}:{jax_device.device_kind}',
-      'cpu': cpu_name(),
-      'cpu_count': os.cpu_count(),
-      'python': platform.python_version(),
-      'platform': platform.platform(),
-      'versions': {p: package_version(p) for p in (
-          'jax', 'jaxlib', 'optax', 'numpy', 'torch', 'higher')},
-      'jaxmeta': getattr(jaxmeta, '__version__', None),
-      # Set by `common.reexec_with_huge_pages` (both JAX and PyTorch run in
-      # this one process, under the same allocator settings).
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+    'jax_backend': jax.default_backend(),
+    'jax_device': f'{jax_device.platform}:{jax_device.device_kind}',
+    'cpu': cpu_name(),
+    'cpu_count': os.cpu_count(),
+    'python': platform.python_version(),
+    'platform': platform.platform(),
+    'versions': {
+      p: package_version(p)
+      for p in ('jax', 'jaxlib', 'optax', 'numpy', 'torch', 'higher')
+    },
+    'jaxmeta': getattr(jaxmeta, '__version__', None),
+    # Set by `common.reexec_with_huge_pages` (both JAX and PyTorch run in
+    # this one process, under the same allocator settings).
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
   }
   if torch_device is not None:
     import torch  # pylint: disable=g-import-not-at-top
-    env['torch_device'] = (torch.cuda.get_device_name(0)
-                           if torch_device == 'cuda' else f'cpu:{cpu_name()}')
+
+    env['torch_device'] = (
+      torch.cuda.get_device_name(0)
+      if torch_device == 'cuda'
+      else f'cpu:{cpu_name()}'
+    )
     env['torch_num_threads'] = torch.get_num_threads()
   return env
 
@@ -489,11 +643,11 @@ def load_average() -> list[float] | None:
 def summarise(times_s: Sequence[float], meta_batch: int) -> dict[str, Any]:
   median = statistics.median(times_s)
   return {
-      'median_ms': 1e3 * median,
-      'min_ms': 1e3 * min(times_s),
-      'max_ms': 1e3 * max(times_s),
-      'num_timed_steps': len(times_s),
-      'tasks_per_s': meta_batch / median,
+    'median_ms': 1e3 * median,
+    'min_ms': 1e3 * min(times_s),
+    'max_ms': 1e3 * max(times_s),
+    'num_timed_steps': len(times_s),
+    'tasks_per_s': meta_batch / median,
   }
 
 
@@ -502,8 +656,10 @@ def timed_count(settings: Settings, last_warmup_s: float) -> int:
   if settings.max_seconds_per_row <= 0 or last_warmup_s <= 0:
     return settings.num_steps
   affordable = int(settings.max_seconds_per_row / last_warmup_s)
-  return max(min(settings.num_steps, MIN_TIMED_STEPS), min(settings.num_steps,
-                                                          affordable))
+  return max(
+    min(settings.num_steps, MIN_TIMED_STEPS),
+    min(settings.num_steps, affordable),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -511,17 +667,28 @@ def timed_count(settings: Settings, last_warmup_s: float) -> int:
 
 
 def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
-  model = jaxmeta.conv4(config.ways, config.input_shape, config.num_filters,
-                        config.num_blocks, conv_impl=conv_impl)
+  model = jaxmeta.conv4(
+    config.ways,
+    config.input_shape,
+    config.num_filters,
+    config.num_blocks,
+    conv_impl=conv_impl,
+  )
   loss_fn = jaxmeta.classification_loss(model.apply)
   if algorithm == 'reptile':
     # The PyTorch Reptiles do the update only; so does this one (no query
     # scoring for monitoring, see `jaxmeta.reptile`).
-    learner = jaxmeta.reptile(model.init, loss_fn, config.inner_lr,
-                              config.inner_steps, query_metrics=False)
+    learner = jaxmeta.reptile(
+      model.init,
+      loss_fn,
+      config.inner_lr,
+      config.inner_steps,
+      query_metrics=False,
+    )
   else:
-    learner = jaxmeta.make_learner(algorithm, model.init, loss_fn,
-                                   config.inner_lr, config.inner_steps)
+    learner = jaxmeta.make_learner(
+      algorithm, model.init, loss_fn, config.inner_lr, config.inner_steps
+    )
   optimizer = optax.adam(config.outer_lr)
   return learner, optimizer
 
@@ -535,13 +702,13 @@ def _compile_unoptimised(fn, *args):
   kernels.
   """
   lowered = jax.jit(fn).lower(*args)
-  options = ({'xla_gpu_autotune_level': 0}
-             if jax.default_backend() == 'gpu' else None)
+  options = (
+    {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+  )
   return lowered.compile(compiler_options=options)
 
 
-def jax_task_chunk_size(config: BenchConfig,
-                        settings: Settings) -> int | None:
+def jax_task_chunk_size(config: BenchConfig, settings: Settings) -> int | None:
   """The task chunking of jaxmeta's timed step: `--task_chunk_size`, else
   the backend's default (one task at a time on CPUs, all at once on
   accelerators). The cross-check computes the meta-gradient with the same
@@ -551,19 +718,28 @@ def jax_task_chunk_size(config: BenchConfig,
   return jaxmeta.default_task_chunk_size(config.meta_batch)
 
 
-def jax_meta_gradient(config: BenchConfig, algorithm: str, conv_impl: str,
-                      params, tasks, float64: bool = False,
-                      task_chunk_size: int | None = None
-                      ) -> dict[str, np.ndarray]:
+def jax_meta_gradient(
+  config: BenchConfig,
+  algorithm: str,
+  conv_impl: str,
+  params,
+  tasks,
+  float64: bool = False,
+  task_chunk_size: int | None = None,
+) -> dict[str, np.ndarray]:
   """jaxmeta's mean meta-gradient at full float32 (or float64) precision,
   `task_chunk_size` tasks vmapped at a time (None: all)."""
   learner, _ = jax_setup(config, algorithm, conv_impl)
-  fn = functools.partial(jaxmeta.meta_gradient, learner,
-                         task_chunk_size=task_chunk_size)
+  fn = functools.partial(
+    jaxmeta.meta_gradient, learner, task_chunk_size=task_chunk_size
+  )
   if float64:
     with jax.enable_x64(True), jax.default_matmul_precision('highest'):
-      to64 = lambda v: (jnp.asarray(v, jnp.float64)
-                        if jnp.issubdtype(v.dtype, jnp.floating) else v)
+      to64 = lambda v: (
+        jnp.asarray(v, jnp.float64)
+        if jnp.issubdtype(v.dtype, jnp.floating)
+        else v
+      )
       params, tasks = jax.tree.map(to64, (params, tasks))
       grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
       return flatten_params(grads, np.float64)
@@ -585,8 +761,12 @@ def program_peak_bytes(compiled) -> int | None:
     return None
   if m is None:
     return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes
-             - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  return int(
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    - m.alias_size_in_bytes
+    + m.temp_size_in_bytes
+  )
 
 
 @dataclasses.dataclass
@@ -599,21 +779,28 @@ class Timer:
       memory, ...).
     finish: returns row fields known after timing (e.g. the final loss).
   """
+
   step: Callable[[], None]
   info: dict[str, Any]
   finish: Callable[[], dict[str, Any]] = lambda: {}
 
 
-def start_jax_timer(config: BenchConfig, algorithm: str, conv_impl: str,
-                    init_key: jax.Array, tasks: jaxmeta.Task,
-                    settings: Settings) -> Timer:
+def start_jax_timer(
+  config: BenchConfig,
+  algorithm: str,
+  conv_impl: str,
+  init_key: jax.Array,
+  tasks: jaxmeta.Task,
+  settings: Settings,
+) -> Timer:
   """Compiles jaxmeta's jitted meta-step (meta-gradient + Adam, state
   donated) and runs it once."""
   learner, optimizer = jax_setup(config, algorithm, conv_impl)
   chunk = jax_task_chunk_size(config, settings)
-  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer,
-                                              task_chunk_size=chunk),
-                 donate_argnums=0)
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, task_chunk_size=chunk),
+    donate_argnums=0,
+  )
   carry = {'state': jaxmeta.init_train_state(learner, optimizer, init_key)}
   # The precision is fixed when the step is traced and compiled.
   precision = None if settings.timing_precision == 'default' else 'highest'
@@ -631,14 +818,22 @@ def start_jax_timer(config: BenchConfig, algorithm: str, conv_impl: str,
 
   def finish():
     metrics = carry['metrics']
-    return {'final_loss': float(metrics.get('loss',
-                                            metrics.get('support_loss')))}
+    return {
+      'final_loss': float(metrics.get('loss', metrics.get('support_loss')))
+    }
 
-  return Timer(run, dict(
-      task_chunk_size=chunk, compile_s=compile_s, first_step_s=first_step_s,
+  return Timer(
+    run,
+    dict(
+      task_chunk_size=chunk,
+      compile_s=compile_s,
+      first_step_s=first_step_s,
       first_run_s=first_step_s - compile_s,
       peak_memory_bytes=program_peak_bytes(compiled),
-      peak_memory_source='XLA memory analysis of the compiled step'), finish)
+      peak_memory_source='XLA memory analysis of the compiled step',
+    ),
+    finish,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -647,6 +842,7 @@ def start_jax_timer(config: BenchConfig, algorithm: str, conv_impl: str,
 
 def torch_device_name(requested: str) -> str:
   import torch  # pylint: disable=g-import-not-at-top
+
   if requested == 'auto':
     return 'cuda' if torch.cuda.is_available() else 'cpu'
   return requested
@@ -654,23 +850,37 @@ def torch_device_name(requested: str) -> str:
 
 def set_torch_precision(highest: bool) -> None:
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.backends.cudnn.allow_tf32 = not highest
   torch.backends.cuda.matmul.allow_tf32 = not highest
 
 
-def torch_setup(tb, config: BenchConfig, implementation: str, algorithm: str,
-                params, device: str, dtype=None):
+def torch_setup(
+  tb,
+  config: BenchConfig,
+  implementation: str,
+  algorithm: str,
+  params,
+  device: str,
+  dtype=None,
+):
   """A fresh torch `Conv4` at jaxmeta's `params`, and its meta-gradient."""
-  model = tb.Conv4(config.ways, config.input_shape, config.num_filters,
-                   config.num_blocks).to(device=device, dtype=dtype)
+  model = tb.Conv4(
+    config.ways, config.input_shape, config.num_filters, config.num_blocks
+  ).to(device=device, dtype=dtype)
   tb.params_from_jax(model, params)  # float32 values, exact in float64
-  meta_grad = tb.make_meta_grad(implementation.removeprefix('torch_'),
-                                algorithm, config.inner_lr, config.inner_steps)
+  meta_grad = tb.make_meta_grad(
+    implementation.removeprefix('torch_'),
+    algorithm,
+    config.inner_lr,
+    config.inner_steps,
+  )
   return model, meta_grad
 
 
-def torch_meta_gradient(tb, model, meta_grad, batch,
-                        perturb: bool) -> dict[str, np.ndarray]:
+def torch_meta_gradient(
+  tb, model, meta_grad, batch, perturb: bool
+) -> dict[str, np.ndarray]:
   """Runs one torch meta-gradient and returns it in jaxmeta's layout."""
   for p in model.parameters():
     p.grad = None
@@ -681,26 +891,44 @@ def torch_meta_gradient(tb, model, meta_grad, batch,
   return grads
 
 
-def torch_meta_gradient_float64(tb, config: BenchConfig, implementation: str,
-                                algorithm: str, params, batch,
-                                device: str) -> dict[str, np.ndarray]:
+def torch_meta_gradient_float64(
+  tb,
+  config: BenchConfig,
+  implementation: str,
+  algorithm: str,
+  params,
+  batch,
+  device: str,
+) -> dict[str, np.ndarray]:
   """One PyTorch implementation's meta-gradient in float64 (same weights)."""
   import torch  # pylint: disable=g-import-not-at-top
-  model, meta_grad = torch_setup(tb, config, implementation, algorithm,
-                                 params, device, torch.float64)
-  batch = tb.TorchBatch(*(t.double() if t.is_floating_point() else t
-                          for t in batch))
+
+  model, meta_grad = torch_setup(
+    tb, config, implementation, algorithm, params, device, torch.float64
+  )
+  batch = tb.TorchBatch(
+    *(t.double() if t.is_floating_point() else t for t in batch)
+  )
   return torch_meta_gradient(tb, model, meta_grad, batch, perturb=False)
 
 
-def start_torch_timer(tb, config: BenchConfig, implementation: str,
-                      algorithm: str, params, batch, device: str,
-                      settings: Settings) -> Timer:
+def start_torch_timer(
+  tb,
+  config: BenchConfig,
+  implementation: str,
+  algorithm: str,
+  params,
+  batch,
+  device: str,
+  settings: Settings,
+) -> Timer:
   """A fresh model at `params` and its `zero_grad` + meta-gradient +
   `Adam.step`, run once (its peak memory is this first step's)."""
   import torch  # pylint: disable=g-import-not-at-top
-  model, meta_grad = torch_setup(tb, config, implementation, algorithm,
-                                 params, device)
+
+  model, meta_grad = torch_setup(
+    tb, config, implementation, algorithm, params, device
+  )
   optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
   meta_step = tb.make_meta_step(meta_grad, model, optimizer)
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
@@ -715,14 +943,21 @@ def start_torch_timer(tb, config: BenchConfig, implementation: str,
   run()
   first_step_s = time.perf_counter() - start
   peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
-  return Timer(run, dict(
-      compile_s=None, first_step_s=first_step_s, first_run_s=first_step_s,
+  return Timer(
+    run,
+    dict(
+      compile_s=None,
+      first_step_s=first_step_s,
+      first_run_s=first_step_s,
       peak_memory_bytes=peak,
-      peak_memory_source='torch.cuda.max_memory_allocated' if peak else None))
+      peak_memory_source='torch.cuda.max_memory_allocated' if peak else None,
+    ),
+  )
 
 
-def time_interleaved(timers: Sequence[Timer], settings: Settings,
-                     meta_batch: int) -> list[dict[str, Any]]:
+def time_interleaved(
+  timers: Sequence[Timer], settings: Settings, meta_batch: int
+) -> list[dict[str, Any]]:
   """Times the implementations of one configuration in interleaved blocks.
 
   After `warmup_steps` steps of each, the implementations take turns: each
@@ -779,17 +1014,20 @@ def time_interleaved(timers: Sequence[Timer], settings: Settings,
       if turn:
         turns[k].append(turn)
   for k in active:
-    results[k].update(summarise(times[k], meta_batch), status='ok',
-                      timing=f'interleaved blocks of {block}',
-                      step_ms=[1e3 * t for t in times[k]],
-                      turn_median_ms=[1e3 * statistics.median(t)
-                                      for t in turns[k]],
-                      **timers[k].finish())
+    results[k].update(
+      summarise(times[k], meta_batch),
+      status='ok',
+      timing=f'interleaved blocks of {block}',
+      step_ms=[1e3 * t for t in times[k]],
+      turn_median_ms=[1e3 * statistics.median(t) for t in turns[k]],
+      **timers[k].finish(),
+    )
   return results
 
 
-def add_paired_speedups(rows: Sequence[dict[str, Any]],
-                        baseline: str = 'torch_loop') -> None:
+def add_paired_speedups(
+  rows: Sequence[dict[str, Any]], baseline: str = 'torch_loop'
+) -> None:
   """Adds each timed row's speed-up over `baseline`, paired turn by turn.
 
   The implementations of one configuration and algorithm take turns (see
@@ -807,8 +1045,11 @@ def add_paired_speedups(rows: Sequence[dict[str, Any]],
     baseline: the implementation to compare against.
   """
   key = f'paired_x_vs_{baseline}'
-  base = {(r['config'], r['algorithm']): r['turn_median_ms'] for r in rows
-          if r['implementation'] == baseline and r.get('turn_median_ms')}
+  base = {
+    (r['config'], r['algorithm']): r['turn_median_ms']
+    for r in rows
+    if r['implementation'] == baseline and r.get('turn_median_ms')
+  }
   for r in rows:
     base_turns = base.get((r['config'], r['algorithm']))
     if not base_turns or not r.get('turn_median_ms'):
@@ -830,10 +1071,12 @@ def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
   """Expands 'all' (alias 'both') and keeps the order, without duplicates."""
   out = []
   for impl in conv_impls:
-    for i in (ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,)):
+    for i in ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,):
       if i not in jaxmeta.models.CONV_IMPLS:
-        raise BenchmarkError(f'Unknown conv impl {i!r}; choose from '
-                             f'{jaxmeta.models.CONV_IMPLS} or all.')
+        raise BenchmarkError(
+          f'Unknown conv impl {i!r}; choose from '
+          f'{jaxmeta.models.CONV_IMPLS} or all.'
+        )
       if i not in out:
         out.append(i)
   return tuple(out)
@@ -846,48 +1089,57 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     `(results, ok)`: the content of `benchmark.json` and whether every
     cross-check passed and every implementation ran.
   """
-  for name, known in ((settings.configs, CONFIGS),
-                      (settings.algorithms, ALGORITHMS),
-                      (settings.implementations, IMPLEMENTATIONS)):
+  for name, known in (
+    (settings.configs, CONFIGS),
+    (settings.algorithms, ALGORITHMS),
+    (settings.implementations, IMPLEMENTATIONS),
+  ):
     unknown = [n for n in name if n not in known]
     if unknown:
       raise BenchmarkError(f'Unknown {unknown}; choose from {sorted(known)}.')
   if os.path.exists(settings.out) and not os.path.isdir(settings.out):
-    raise BenchmarkError(f'--out={settings.out} is an existing file; name a '
-                         'folder.')
+    raise BenchmarkError(
+      f'--out={settings.out} is an existing file; name a folder.'
+    )
   for name in settings.configs:
     meta_batch = CONFIGS[name].meta_batch
     chunk = settings.task_chunk_size
     if 0 < chunk < meta_batch and meta_batch % chunk:
-      raise BenchmarkError(f'--task_chunk_size={chunk} must divide the '
-                           f'meta-batch size of {name} ({meta_batch}).')
+      raise BenchmarkError(
+        f'--task_chunk_size={chunk} must divide the '
+        f'meta-batch size of {name} ({meta_batch}).'
+      )
   conv_impls = resolve_conv_impls(settings.conv_impls)
-  torch_impls = [i for i in settings.implementations
-                 if i in TORCH_IMPLEMENTATIONS]
+  torch_impls = [
+    i for i in settings.implementations if i in TORCH_IMPLEMENTATIONS
+  ]
   tb = device = None
   if torch_impls:
     tb = import_torch_baselines()
     import torch  # pylint: disable=g-import-not-at-top
+
     device = torch_device_name(settings.torch_device)
     torch.set_default_dtype(torch.float32)
     set_torch_precision(True)
   os.makedirs(settings.out, exist_ok=True)
   results = {
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec='seconds'),
-      'command': ' '.join(sys.argv),
-      'environment': environment(device),
-      'settings': dataclasses.asdict(settings),
-      'data': ('random [0, 1] images (Bernoulli(0.2) strokes for 1 channel, '
-               'uniform for 3) and balanced labels from '
-               f'jax.random.key({settings.seed}); weights: jaxmeta.conv4 init '
-               'from the same seed, identical for every implementation'),
-      'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
-                         'off' + ('; and float64' if settings.float64_check
-                                  else ''),
-      'timing_precision': settings.timing_precision,
-      'cross_checks': [],
-      'rows': [],
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    'command': ' '.join(sys.argv),
+    'environment': environment(device),
+    'settings': dataclasses.asdict(settings),
+    'data': (
+      'random [0, 1] images (Bernoulli(0.2) strokes for 1 channel, '
+      'uniform for 3) and balanced labels from '
+      f'jax.random.key({settings.seed}); weights: jaxmeta.conv4 init '
+      'from the same seed, identical for every implementation'
+    ),
+    'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
+    'off' + ('; and float64' if settings.float64_check else ''),
+    'timing_precision': settings.timing_precision,
+    'cross_checks': [],
+    'rows': [],
   }
   ok = True
   for config_name in settings.configs:
@@ -896,8 +1148,9 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     tasks = make_tasks(config, data_key)
     batch = None
     if torch_impls:
-      batch = tb.batch_from_numpy(*(np.asarray(a) for a in tasks),
-                                  device=device)
+      batch = tb.batch_from_numpy(
+        *(np.asarray(a) for a in tasks), device=device
+      )
     chunk = jax_task_chunk_size(config, settings)
     for algorithm in settings.algorithms:
       # Same initial weights as init_train_state gives the timed JAX step.
@@ -905,32 +1158,56 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       params = jaxmeta.init_train_state(learner, optimizer, init_key).params
 
       def jax_grad(conv_impl, float64=False):
-        return jax_meta_gradient(config, algorithm, conv_impl, params, tasks,
-                                 float64=float64, task_chunk_size=chunk)
+        return jax_meta_gradient(
+          config,
+          algorithm,
+          conv_impl,
+          params,
+          tasks,
+          float64=float64,
+          task_chunk_size=chunk,
+        )
 
       reference = jax_grad(conv_impls[0])
       # The float64 meta-gradient: what every float32 result approximates.
-      truth = (jax_grad(conv_impls[0], float64=True)
-               if settings.float64_check else None)
-      candidates = [('jaxmeta', c) for c in conv_impls[1:]
-                    if 'jaxmeta' in settings.implementations]
+      truth = (
+        jax_grad(conv_impls[0], float64=True)
+        if settings.float64_check
+        else None
+      )
+      candidates = [
+        ('jaxmeta', c)
+        for c in conv_impls[1:]
+        if 'jaxmeta' in settings.implementations
+      ]
       candidates += [(i, None) for i in torch_impls]
-      check = {('jaxmeta', conv_impls[0]): {
-          'passed': True, 'max_rel_err': 0.0, 'reference': True,
-          **float64_errors(truth, reference)}}
+      check = {
+        ('jaxmeta', conv_impls[0]): {
+          'passed': True,
+          'max_rel_err': 0.0,
+          'reference': True,
+          **float64_errors(truth, reference),
+        }
+      }
       for impl, conv_impl in candidates:
-        entry = {'config': config_name, 'algorithm': algorithm,
-                 'implementation': impl, 'conv_impl': conv_impl,
-                 'reference': f'jaxmeta[{conv_impls[0]}]',
-                 'jax_task_chunk_size': chunk}
+        entry = {
+          'config': config_name,
+          'algorithm': algorithm,
+          'implementation': impl,
+          'conv_impl': conv_impl,
+          'reference': f'jaxmeta[{conv_impls[0]}]',
+          'jax_task_chunk_size': chunk,
+        }
         try:
           if impl == 'jaxmeta':
             got = jax_grad(conv_impl)
           else:
-            model, meta_grad = torch_setup(tb, config, impl, algorithm,
-                                           params, device)
-            got = torch_meta_gradient(tb, model, meta_grad, batch,
-                                      impl in settings.debug_perturb_check)
+            model, meta_grad = torch_setup(
+              tb, config, impl, algorithm, params, device
+            )
+            got = torch_meta_gradient(
+              tb, model, meta_grad, batch, impl in settings.debug_perturb_check
+            )
           entry.update(cross_check(reference, got, settings.check_tol))
           entry.update(float64_errors(truth, got))
           if truth is not None:
@@ -938,28 +1215,42 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
               got64 = jax_grad(conv_impl, float64=True)
             else:
               got64 = torch_meta_gradient_float64(
-                  tb, config, impl, algorithm, params, batch, device)
-            entry['float64_agreement'] = cross_check(
-                truth, got64, FLOAT64_TOL)['max_rel_err']
+                tb, config, impl, algorithm, params, batch, device
+              )
+            entry['float64_agreement'] = cross_check(truth, got64, FLOAT64_TOL)[
+              'max_rel_err'
+            ]
           entry['passed'], entry['verdict'] = verdict(
-              entry, settings.check_tol,
-              check[('jaxmeta', conv_impls[0])].get('vs_float64_max_rel_err'))
+            entry,
+            settings.check_tol,
+            check[('jaxmeta', conv_impls[0])].get('vs_float64_max_rel_err'),
+          )
         except Exception as e:  # pylint: disable=broad-except
-          entry.update(passed=False, verdict='error', max_rel_err=None,
-                       problems=[f'{type(e).__name__}: {e}'],
-                       traceback=traceback.format_exc())
+          entry.update(
+            passed=False,
+            verdict='error',
+            max_rel_err=None,
+            problems=[f'{type(e).__name__}: {e}'],
+            traceback=traceback.format_exc(),
+          )
         results['cross_checks'].append(entry)
         check[(impl, conv_impl)] = entry
-        print(f'[check] {config_name} {algorithm} {impl}'
-              f'{"[" + conv_impl + "]" if conv_impl else ""}: '
-              f'{"ok" if entry["passed"] else "MISMATCH"} '
-              f'({entry["verdict"]}) '
-              f'max_rel_err={entry.get("max_rel_err")} '
-              f'({entry.get("worst_tensor")}); vs float64 '
-              f'{entry.get("vs_float64_max_rel_err")}, float64 agreement '
-              f'{entry.get("float64_agreement")}', flush=True)
-      timed = ([('jaxmeta', c) for c in conv_impls]
-               if 'jaxmeta' in settings.implementations else [])
+        print(
+          f'[check] {config_name} {algorithm} {impl}'
+          f'{"[" + conv_impl + "]" if conv_impl else ""}: '
+          f'{"ok" if entry["passed"] else "MISMATCH"} '
+          f'({entry["verdict"]}) '
+          f'max_rel_err={entry.get("max_rel_err")} '
+          f'({entry.get("worst_tensor")}); vs float64 '
+          f'{entry.get("vs_float64_max_rel_err")}, float64 agreement '
+          f'{entry.get("float64_agreement")}',
+          flush=True,
+        )
+      timed = (
+        [('jaxmeta', c) for c in conv_impls]
+        if 'jaxmeta' in settings.implementations
+        else []
+      )
       timed += [(i, None) for i in torch_impls]
       rows, timers, timed_rows = [], [], []
       if torch_impls:
@@ -967,24 +1258,30 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       for impl, conv_impl in timed:
         entry = check[(impl, conv_impl)]
         row = {
-            'config': config_name, 'algorithm': algorithm,
-            'implementation': impl,
-            'conv_impl': (jaxmeta.resolve_conv_impl(conv_impl)
-                          if conv_impl else None),
-            'framework': 'jax' if impl == 'jaxmeta' else 'torch',
-            'device': (results['environment']['jax_device']
-                       if impl == 'jaxmeta'
-                       else results['environment']['torch_device']),
-            'settings': dict(dataclasses.asdict(config),
-                             outer_optimizer='adam',
-                             timing_precision=settings.timing_precision),
-            'versions': results['environment']['versions'],
-            'cross_check_passed': entry['passed'],
-            'cross_check_verdict': entry.get('verdict', 'reference'),
-            'cross_check_max_rel_err': entry.get('max_rel_err'),
-            'cross_check_vs_float64': entry.get('vs_float64_max_rel_err'),
-            'float64_agreement': entry.get('float64_agreement'),
-            'load_average_before': load_average(),
+          'config': config_name,
+          'algorithm': algorithm,
+          'implementation': impl,
+          'conv_impl': (
+            jaxmeta.resolve_conv_impl(conv_impl) if conv_impl else None
+          ),
+          'framework': 'jax' if impl == 'jaxmeta' else 'torch',
+          'device': (
+            results['environment']['jax_device']
+            if impl == 'jaxmeta'
+            else results['environment']['torch_device']
+          ),
+          'settings': dict(
+            dataclasses.asdict(config),
+            outer_optimizer='adam',
+            timing_precision=settings.timing_precision,
+          ),
+          'versions': results['environment']['versions'],
+          'cross_check_passed': entry['passed'],
+          'cross_check_verdict': entry.get('verdict', 'reference'),
+          'cross_check_max_rel_err': entry.get('max_rel_err'),
+          'cross_check_vs_float64': entry.get('vs_float64_max_rel_err'),
+          'float64_agreement': entry.get('float64_agreement'),
+          'load_average_before': load_average(),
         }
         rows.append(row)
         if not entry['passed']:
@@ -992,17 +1289,23 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
           continue
         try:
           if impl == 'jaxmeta':
-            timers.append(start_jax_timer(config, algorithm, conv_impl,
-                                          init_key, tasks, settings))
+            timers.append(
+              start_jax_timer(
+                config, algorithm, conv_impl, init_key, tasks, settings
+              )
+            )
           else:
-            timers.append(start_torch_timer(tb, config, impl, algorithm,
-                                            params, batch, device, settings))
+            timers.append(
+              start_torch_timer(
+                tb, config, impl, algorithm, params, batch, device, settings
+              )
+            )
           timed_rows.append(row)
         except Exception as e:  # pylint: disable=broad-except
           row.update(status='error', error=f'{type(e).__name__}: {e}')
-      for row, timing in zip(timed_rows,
-                             time_interleaved(timers, settings,
-                                              config.meta_batch)):
+      for row, timing in zip(
+        timed_rows, time_interleaved(timers, settings, config.meta_batch)
+      ):
         row.update(timing)
       add_paired_speedups(rows)
       del timers  # frees the device memory of this configuration's steps
@@ -1011,11 +1314,17 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
       for row in rows:
         ok = ok and row['status'] == 'ok'
         results['rows'].append(row)
-        print(f'[time] {config_name} {algorithm} {row["implementation"]}'
-              f'{"[" + row["conv_impl"] + "]" if row["conv_impl"] else ""}: '
-              + (f'median {row["median_ms"]:.1f} ms, min {row["min_ms"]:.1f} '
-                 f'ms over {row["num_timed_steps"]} steps'
-                 if row['status'] == 'ok' else row['status']), flush=True)
+        print(
+          f'[time] {config_name} {algorithm} {row["implementation"]}'
+          f'{"[" + row["conv_impl"] + "]" if row["conv_impl"] else ""}: '
+          + (
+            f'median {row["median_ms"]:.1f} ms, min {row["min_ms"]:.1f} '
+            f'ms over {row["num_timed_steps"]} steps'
+            if row['status'] == 'ok'
+            else row['status']
+          ),
+          flush=True,
+        )
       write_outputs(results, settings.out, plot=False)
   results['all_checks_passed'] = ok
   write_outputs(results, settings.out, plot=True)
@@ -1052,8 +1361,10 @@ def write_outputs(results: dict[str, Any], out: str, plot: bool) -> None:
 
   benchmark.json is strict JSON: non-finite numbers are written as null.
   """
-  common.write_json(os.path.join(out, 'benchmark.json'),
-                    finite_or_null(common.to_python(results)))
+  common.write_json(
+    os.path.join(out, 'benchmark.json'),
+    finite_or_null(common.to_python(results)),
+  )
   with open(os.path.join(out, 'benchmark.md'), 'w') as f:
     f.write(markdown(results))
   if plot:
@@ -1068,57 +1379,66 @@ def markdown(results: dict[str, Any]) -> str:
   """The results as a markdown table with the machine and the date."""
   env = results['environment']
   lines = [
-      '# jaxmeta meta-step benchmark', '',
-      f'- Date (UTC): {results["date"]}',
-      f'- JAX device: {env["jax_device"]}; CPU: {env["cpu"]} '
-      f'({env["cpu_count"]} logical cores)',
-      f'- torch device: {env.get("torch_device", "-")}; torch threads: '
-      f'{env.get("torch_num_threads", "-")}',
-      '- Versions: ' + ', '.join(f'{k} {v}' for k, v in
-                                 env['versions'].items() if v),
-      f'- GLIBC_TUNABLES: {env.get("glibc_tunables") or "-"}',
-      f'- Timed precision: {results["timing_precision"]}; cross-check: '
-      f'{results["check_precision"]}, tolerance '
-      f'{results["settings"]["check_tol"]:g} relative per tensor',
-      f'- Data: {results["data"]}',
-      f'- Command: `{results["command"]}`',
-      '- ms per meta-step = the whole step (meta-gradient over the meta-batch '
-      '+ Adam update); median and min over the timed steps after warm-up. '
-      'first step = JAX compile + first run; torch first run.',
-      '- x vs torch loop: the loop\'s median over this row\'s. paired: the '
-      'implementations take turns; the median over turns of the loop\'s '
-      'turn time over this row\'s in the same round, with its quartiles '
-      '(less moved by a burst of load on a shared machine).',
-      '- grad check: max relative error per tensor of the float32 '
-      'meta-gradient against the reference; vs float64: its error against '
-      'the float64 meta-gradient, and in brackets the float64 agreement (that '
-      f'implementation in float64 against jaxmeta in float64, <= {FLOAT64_TOL:g} '
-      'required). Pass: float64 agreement, and float32 error within the '
-      'tolerance or "(f64 rule)": within the reference\'s own float32 error '
-      '(its distance from float64) of the reference or of float64.',
-      '',
-      '| config | algorithm | implementation | median ms | min ms | steps | '
-      'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
-      'paired x vs loop [quartiles] | '
-      'grad check (max rel err) | vs float64 (f64 agreement) |',
-      '|' + '---|' * 14,
+    '# jaxmeta meta-step benchmark',
+    '',
+    f'- Date (UTC): {results["date"]}',
+    f'- JAX device: {env["jax_device"]}; CPU: {env["cpu"]} '
+    f'({env["cpu_count"]} logical cores)',
+    f'- torch device: {env.get("torch_device", "-")}; torch threads: '
+    f'{env.get("torch_num_threads", "-")}',
+    '- Versions: '
+    + ', '.join(f'{k} {v}' for k, v in env['versions'].items() if v),
+    f'- GLIBC_TUNABLES: {env.get("glibc_tunables") or "-"}',
+    f'- Timed precision: {results["timing_precision"]}; cross-check: '
+    f'{results["check_precision"]}, tolerance '
+    f'{results["settings"]["check_tol"]:g} relative per tensor',
+    f'- Data: {results["data"]}',
+    f'- Command: `{results["command"]}`',
+    '- ms per meta-step = the whole step (meta-gradient over the meta-batch '
+    '+ Adam update); median and min over the timed steps after warm-up. '
+    'first step = JAX compile + first run; torch first run.',
+    "- x vs torch loop: the loop's median over this row's. paired: the "
+    "implementations take turns; the median over turns of the loop's "
+    "turn time over this row's in the same round, with its quartiles "
+    '(less moved by a burst of load on a shared machine).',
+    '- grad check: max relative error per tensor of the float32 '
+    'meta-gradient against the reference; vs float64: its error against '
+    'the float64 meta-gradient, and in brackets the float64 agreement (that '
+    f'implementation in float64 against jaxmeta in float64, <= {FLOAT64_TOL:g} '
+    'required). Pass: float64 agreement, and float32 error within the '
+    'tolerance or "(f64 rule)": within the reference\'s own float32 error '
+    '(its distance from float64) of the reference or of float64.',
+    '',
+    '| config | algorithm | implementation | median ms | min ms | steps | '
+    'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
+    'paired x vs loop [quartiles] | '
+    'grad check (max rel err) | vs float64 (f64 agreement) |',
+    '|' + '---|' * 14,
   ]
-  loop_ms = {(r['config'], r['algorithm']): r['median_ms']
-             for r in results['rows']
-             if r['implementation'] == 'torch_loop' and r['status'] == 'ok'}
+  loop_ms = {
+    (r['config'], r['algorithm']): r['median_ms']
+    for r in results['rows']
+    if r['implementation'] == 'torch_loop' and r['status'] == 'ok'
+  }
   for r in results['rows']:
     ok = r['status'] == 'ok'
     base = loop_ms.get((r['config'], r['algorithm']))
-    speedup = (f'{base / r["median_ms"]:.2f}' if ok and base else '-')
+    speedup = f'{base / r["median_ms"]:.2f}' if ok and base else '-'
     paired = '-'
     if ok and r.get('paired_x_vs_torch_loop') is not None:
       q1, q3 = r['paired_x_vs_torch_loop_quartiles']
       paired = f'{r["paired_x_vs_torch_loop"]:.2f} [{q1:.2f}, {q3:.2f}]'
-    peak = (r.get('peak_memory_bytes') / BYTES_PER_MIB
-            if r.get('peak_memory_bytes') else None)
-    check = ('ref' if r['implementation'] == 'jaxmeta'
-             and r['cross_check_max_rel_err'] == 0.0 else
-             _fmt(r['cross_check_max_rel_err'], '.1e'))
+    peak = (
+      r.get('peak_memory_bytes') / BYTES_PER_MIB
+      if r.get('peak_memory_bytes')
+      else None
+    )
+    check = (
+      'ref'
+      if r['implementation'] == 'jaxmeta'
+      and r['cross_check_max_rel_err'] == 0.0
+      else _fmt(r['cross_check_max_rel_err'], '.1e')
+    )
     check = ('pass ' if r['cross_check_passed'] else 'FAIL ') + check
     if r.get('cross_check_verdict') == 'float64':
       check += ' (f64 rule)'
@@ -1126,28 +1446,39 @@ def markdown(results: dict[str, Any]) -> str:
     if r.get('float64_agreement') is not None:
       vs64 += f' ({r["float64_agreement"]:.0e})'
     lines.append(
-        f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
-        f'{r["algorithm"]} | {row_label(r)} | '
-        + (' | '.join([_fmt(r.get('median_ms'), '.1f'),
-                       _fmt(r.get('min_ms'), '.1f'),
-                       str(r.get('num_timed_steps')),
-                       _fmt(r.get('tasks_per_s'), '.2f'),
-                       _fmt(r.get('compile_s'), '.2f'),
-                       _fmt(r.get('first_step_s'), '.2f'),
-                       _fmt(peak, '.0f'), speedup, paired])
-           if ok else f'{r["status"]} | | | | | | | | ')
-        + f' | {check} | {vs64} |')
+      f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
+      f'{r["algorithm"]} | {row_label(r)} | '
+      + (
+        ' | '.join(
+          [
+            _fmt(r.get('median_ms'), '.1f'),
+            _fmt(r.get('min_ms'), '.1f'),
+            str(r.get('num_timed_steps')),
+            _fmt(r.get('tasks_per_s'), '.2f'),
+            _fmt(r.get('compile_s'), '.2f'),
+            _fmt(r.get('first_step_s'), '.2f'),
+            _fmt(peak, '.0f'),
+            speedup,
+            paired,
+          ]
+        )
+        if ok
+        else f'{r["status"]} | | | | | | | | '
+      )
+      + f' | {check} | {vs64} |'
+    )
   return '\n'.join(lines) + '\n'
 
 
 def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
   """Bar chart: ms per meta-step, one group per config x algorithm."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   ok_rows = [r for r in rows if r['status'] == 'ok']
-  groups = list(dict.fromkeys(f'{r["config"]}\n{r["algorithm"]}'
-                              for r in rows))
+  groups = list(dict.fromkeys(f'{r["config"]}\n{r["algorithm"]}' for r in rows))
   labels = list(dict.fromkeys(row_label(r) for r in rows))
   width = 0.8 / max(len(labels), 1)
   fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.5))
@@ -1155,8 +1486,10 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
     xs, ys = [], []
     for r in ok_rows:
       if row_label(r) == label:
-        xs.append(groups.index(f'{r["config"]}\n{r["algorithm"]}')
-                  + (j - (len(labels) - 1) / 2) * width)
+        xs.append(
+          groups.index(f'{r["config"]}\n{r["algorithm"]}')
+          + (j - (len(labels) - 1) / 2) * width
+        )
         ys.append(r['median_ms'])
     ax.bar(xs, ys, width=width, label=label)
   ax.set_xticks(range(len(groups)))
@@ -1174,24 +1507,31 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
 def settings_from_flags() -> Settings:
   size = FLAGS.size
   return Settings(
-      out=FLAGS.out,
-      configs=tuple(FLAGS.configs or DEFAULT_CONFIGS[size]),
-      algorithms=tuple(FLAGS.algorithms),
-      implementations=tuple(FLAGS.implementations),
-      conv_impls=tuple(FLAGS.conv_impls),
-      num_steps=(FLAGS.num_steps if FLAGS.num_steps is not None
-                 else DEFAULT_NUM_STEPS[size]),
-      warmup_steps=(FLAGS.warmup_steps if FLAGS.warmup_steps is not None
-                    else DEFAULT_WARMUP_STEPS[size]),
-      max_seconds_per_row=FLAGS.max_seconds_per_row,
-      timing_precision=FLAGS.timing_precision,
-      check_tol=FLAGS.check_tol,
-      seed=FLAGS.seed,
-      torch_device=FLAGS.torch_device,
-      debug_perturb_check=tuple(FLAGS.debug_perturb_check),
-      task_chunk_size=FLAGS.task_chunk_size,
-      float64_check=FLAGS.float64_check,
-      interleave_block=FLAGS.interleave_block)
+    out=FLAGS.out,
+    configs=tuple(FLAGS.configs or DEFAULT_CONFIGS[size]),
+    algorithms=tuple(FLAGS.algorithms),
+    implementations=tuple(FLAGS.implementations),
+    conv_impls=tuple(FLAGS.conv_impls),
+    num_steps=(
+      FLAGS.num_steps
+      if FLAGS.num_steps is not None
+      else DEFAULT_NUM_STEPS[size]
+    ),
+    warmup_steps=(
+      FLAGS.warmup_steps
+      if FLAGS.warmup_steps is not None
+      else DEFAULT_WARMUP_STEPS[size]
+    ),
+    max_seconds_per_row=FLAGS.max_seconds_per_row,
+    timing_precision=FLAGS.timing_precision,
+    check_tol=FLAGS.check_tol,
+    seed=FLAGS.seed,
+    torch_device=FLAGS.torch_device,
+    debug_perturb_check=tuple(FLAGS.debug_perturb_check),
+    task_chunk_size=FLAGS.task_chunk_size,
+    float64_check=FLAGS.float64_check,
+    interleave_block=FLAGS.interleave_block,
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -1201,8 +1541,11 @@ def main(argv: Sequence[str]) -> None:
   except BenchmarkError as e:
     sys.exit(f'benchmark: error: {e}')
   if not ok:
-    print('FAILED: a meta-gradient cross-check failed or an implementation '
-          'raised; see benchmark.json.', file=sys.stderr)
+    print(
+      'FAILED: a meta-gradient cross-check failed or an implementation '
+      'raised; see benchmark.json.',
+      file=sys.stderr,
+    )
     sys.exit(1)
 
 

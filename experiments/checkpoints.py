@@ -46,65 +46,97 @@ class Checkpoints:
       (evaluation); an unreadable step is then a `CheckpointError`.
   """
 
-  def __init__(self, workdir: str, keep: int, metric: str,
-               higher_is_better: bool, read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    keep: int,
+    metric: str,
+    higher_is_better: bool,
+    read_only: bool = False,
+  ):
     self.workdir = os.path.abspath(workdir)
     self.read_only = read_only
     self.metric = metric
     self._sign = 1.0 if higher_is_better else -1.0
     score = lambda m: self._sign * float(m[metric])
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
         ocp.checkpoint_managers.LatestN(n=keep),
         ocp.checkpoint_managers.BestN(
-            get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False),
-    ])
+          get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    )
     self.manager = ocp.CheckpointManager(
-        os.path.join(self.workdir, 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(
-            best_fn=score, best_mode='max', preservation_policy=policy,
-            create=not read_only, cleanup_tmp_directories=not read_only,
-            read_only=read_only, enable_async_checkpointing=False))
+      os.path.join(self.workdir, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(
+        best_fn=score,
+        best_mode='max',
+        preservation_policy=policy,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
     """The validated step with the best metric (the latest of ties)."""
-    steps = [s for s in self.manager.all_steps()
-             if self.manager.metrics(s) is not None]
+    steps = [
+      s for s in self.manager.all_steps() if self.manager.metrics(s) is not None
+    ]
     if not steps:
       return None
     return self.manager.best_step()
 
   def best_metric(self) -> float | None:
     step = self.best_step()
-    return None if step is None else float(
-        self.manager.metrics(step)[self.metric])
+    return (
+      None if step is None else float(self.manager.metrics(step)[self.metric])
+    )
 
-  def save(self, step: int, state: Any, meta: Mapping[str, Any],
-           val_metric: float | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    meta: Mapping[str, Any],
+    val_metric: float | None = None,
+  ) -> None:
     """Saves `state` and `meta` at `step` (with the metric if validated)."""
     metrics = None if val_metric is None else {self.metric: float(val_metric)}
-    self.manager.save(int(step), args=ocp.args.Composite(
+    self.manager.save(
+      int(step),
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(common.to_python(dict(meta)))),
-                      metrics=metrics, force=True)
+        meta=ocp.args.JsonSave(common.to_python(dict(meta))),
+      ),
+      metrics=metrics,
+      force=True,
+    )
     self.manager.wait_until_finished()
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
+    return self.manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    ).meta
 
   def restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
     """Restores `(state, meta)` of `step`, shaped like `like`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     return restored.state, restored.meta
 
-  def restore_latest_readable(self, like: Any, steps: list[int] | None = None
-                              ) -> tuple[Any, dict[str, Any]] | None:
+  def restore_latest_readable(
+    self, like: Any, steps: list[int] | None = None
+  ) -> tuple[Any, dict[str, Any]] | None:
     """Restores the latest step that reads back, moving broken ones aside.
 
     Args:
@@ -114,8 +146,9 @@ class Checkpoints:
     Returns:
       `(state, meta)`, or None if no step reads back (or none exists).
     """
-    candidates = sorted(self.manager.all_steps() if steps is None else steps,
-                        reverse=True)
+    candidates = sorted(
+      self.manager.all_steps() if steps is None else steps, reverse=True
+    )
     for step in candidates:
       try:
         return self.restore(like, step)
@@ -128,8 +161,9 @@ class Checkpoints:
     """Moves an unreadable step to `workdir/unreadable/` and says so."""
     if self.read_only:
       raise CheckpointError(
-          f'Checkpoint step {step} in {self.workdir}/checkpoints could not be '
-          f'read ({type(error).__name__}: {error}).') from error
+        f'Checkpoint step {step} in {self.workdir}/checkpoints could not be '
+        f'read ({type(error).__name__}: {error}).'
+      ) from error
     source = os.path.join(self.manager.directory, str(step))
     target_dir = os.path.join(self.workdir, 'unreadable')
     os.makedirs(target_dir, exist_ok=True)
@@ -141,9 +175,12 @@ class Checkpoints:
     shutil.move(source, target)
     self.manager.reload()
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    print(f'Warning: checkpoint step {step} could not be read '
-          f'({type(error).__name__}: {first_line[:200]}); moved it to {target} '
-          'and fell back to the previous checkpoint.', file=sys.stderr)
+    print(
+      f'Warning: checkpoint step {step} could not be read '
+      f'({type(error).__name__}: {first_line[:200]}); moved it to {target} '
+      'and fell back to the previous checkpoint.',
+      file=sys.stderr,
+    )
 
   def close(self) -> None:
     self.manager.close()

@@ -18,8 +18,10 @@ def check_command_line(argv, required_flag: str) -> None:
   flag given, and library logs below errors (orbax saves, TFDS reads)
   silenced."""
   if len(argv) > 1:
-    exit_with_one_line(f'Unexpected arguments: {argv[1:]} (flags are '
-                       '--name=value; --helpfull lists them).')
+    exit_with_one_line(
+      f'Unexpected arguments: {argv[1:]} (flags are '
+      '--name=value; --helpfull lists them).'
+    )
   if not flags.FLAGS[required_flag].value:
     exit_with_one_line(f'--{required_flag} is required.')
   logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
@@ -42,6 +44,9 @@ def write_json(path: str, obj: Any) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # As open() would; mkstemp makes it 0600.
   with os.fdopen(fd, 'w') as f:
     json.dump(to_python(obj), f, indent=2, sort_keys=True)
     f.write('\n')
@@ -57,13 +62,13 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
-    scalars = {f'{prefix}{k}': float(np.asarray(v)) for k, v in
-               scalars.items()}
+    scalars = {f'{prefix}{k}': float(np.asarray(v)) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
     self._jsonl.flush()
     for name, value in scalars.items():
@@ -92,8 +97,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def last_line(error: BaseException) -> str:
   """The last line of an error's message that says something."""
-  lines = [l.strip() for l in str(error).splitlines() if l.strip()
-           and not l.strip().startswith('Pass --help')]
+  lines = [
+    line.strip()
+    for line in str(error).splitlines()
+    if line.strip() and not line.strip().startswith('Pass --help')
+  ]
   return lines[-1] if lines else type(error).__name__
 
 
@@ -139,10 +147,15 @@ def reexec_with_huge_pages() -> None:
   tunables = os.environ.get('GLIBC_TUNABLES', '')
   if 'glibc.malloc.hugetlb' in tunables:
     return
-  env = dict(os.environ, **{
+  env = dict(
+    os.environ,
+    **{
       _REEXEC_MARKER: '1',
-      'GLIBC_TUNABLES': ':'.join(t for t in (tunables, HUGE_PAGES_TUNABLE)
-                                 if t)})
+      'GLIBC_TUNABLES': ':'.join(
+        t for t in (tunables, HUGE_PAGES_TUNABLE) if t
+      ),
+    },
+  )
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)

@@ -26,28 +26,46 @@ import jaxmeta.data
 
 FLAGS = flags.FLAGS
 # Errors that already name the problem and the fix: printed as one line.
-_USER_ERRORS = (train.ConfigError, train.RunError, checkpoints.CheckpointError,
-                tasks.TaskFamilyError, jaxmeta.data.EpisodeConfigError,
-                jaxmeta.data.DataError)
+_USER_ERRORS = (
+  train.ConfigError,
+  train.RunError,
+  checkpoints.CheckpointError,
+  tasks.TaskFamilyError,
+  jaxmeta.data.EpisodeConfigError,
+  jaxmeta.data.DataError,
+)
 
 
 def define_flags(default_config: str | None = None) -> None:
   """Defines the flags; only when run as a program, so that the experiment
   modules can be imported together (absl flags are global)."""
   config_flags.DEFINE_config_file(
-      'config', default_config,
-      'Config file, `path/to/file.py[:preset]`; override any field with '
-      '--config.<field>=<value>.', lock_config=True)
+    'config',
+    default_config,
+    'Config file, `path/to/file.py[:preset]`; override any field with '
+    '--config.<field>=<value>.',
+    lock_config=True,
+  )
   flags.DEFINE_string('workdir', None, 'Directory of the run (required).')
-  flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                    'train: meta-train (resuming if the workdir has a run), '
-                    'then test; eval: test the best checkpoint of the workdir.')
-  flags.DEFINE_string('data_dir', None,
-                      'TFDS data dir of the prepared datasets (default '
-                      '$JAXMETA_DATA_DIR, else TFDS\'s default).')
-  flags.DEFINE_string('source_dir', None,
-                      'Folder with the dataset\'s source files (for Omniglot '
-                      'the zips; default: the copy shipped in data/omniglot).')
+  flags.DEFINE_enum(
+    'mode',
+    'train',
+    ['train', 'eval'],
+    'train: meta-train (resuming if the workdir has a run), '
+    'then test; eval: test the best checkpoint of the workdir.',
+  )
+  flags.DEFINE_string(
+    'data_dir',
+    None,
+    'TFDS data dir of the prepared datasets (default '
+    "$JAXMETA_DATA_DIR, else TFDS's default).",
+  )
+  flags.DEFINE_string(
+    'source_dir',
+    None,
+    "Folder with the dataset's source files (for Omniglot "
+    'the zips; default: the copy shipped in data/omniglot).',
+  )
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
@@ -57,8 +75,9 @@ def main(argv) -> None:
   # started one; before anything touches a device.
   sharding.initialize_distributed()
   if FLAGS.config is None:
-    common.exit_with_one_line('--config is required, e.g. '
-                              '--config=experiments/configs/default.py.')
+    common.exit_with_one_line(
+      '--config is required, e.g. --config=experiments/configs/default.py.'
+    )
   config = FLAGS.config
   try:
     config.to_dict()  # config_flags defers the error of an unreadable file.
@@ -69,8 +88,9 @@ def main(argv) -> None:
     if FLAGS.mode == 'eval':
       train.evaluate(config, FLAGS.workdir, **kwargs)
     else:
-      train.train_and_evaluate(config, FLAGS.workdir,
-                               progress=FLAGS.progress, **kwargs)
+      train.train_and_evaluate(
+        config, FLAGS.workdir, progress=FLAGS.progress, **kwargs
+      )
   except _USER_ERRORS as e:
     common.exit_with_one_line(e)
 

@@ -14,8 +14,15 @@ import os
 
 from experiments import main
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
-                              'default.py')
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(__file__), 'configs', 'default.py'
+)
+
+
+def run() -> None:
+  """The program (also the `jaxmeta-omniglot` command)."""
+  main.run(DEFAULT_CONFIG)
+
 
 if __name__ == '__main__':
-  main.run(DEFAULT_CONFIG)
+  run()

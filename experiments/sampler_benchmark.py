@@ -39,8 +39,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('sample_repeats', 50, 'Timed sampling calls.')
   flags.DEFINE_string('data_dir', None, 'TFDS data dir.')
   flags.DEFINE_integer(
-      'task_chunk_size', 4, 'Tasks vmapped at once in the meta-step (0: '
-      'all); second-order MAML on 32 x 400 images needs ~27 GB unchunked.')
+    'task_chunk_size',
+    4,
+    'Tasks vmapped at once in the meta-step (0: '
+    'all); second-order MAML on 32 x 400 images needs ~27 GB unchunked.',
+  )
 
 
 def _median_seconds(fn, repeats):
@@ -53,41 +56,60 @@ def _median_seconds(fn, repeats):
   return statistics.median(times), min(times)
 
 
-def run(out: str, num_tasks: int, ways: int, shots: int, queries: int,
-        num_filters: int, repeats: int, sample_repeats: int,
-        data_dir: str | None = None, task_chunk_size: int = 0) -> dict:
+def run(
+  out: str,
+  num_tasks: int,
+  ways: int,
+  shots: int,
+  queries: int,
+  num_filters: int,
+  repeats: int,
+  sample_repeats: int,
+  data_dir: str | None = None,
+  task_chunk_size: int = 0,
+) -> dict:
   """Times sampling and a meta-step; writes and returns the figures."""
   images = jax.device_put(omniglot.load('train', data_dir=data_dir).images)
   shape = dict(num_tasks=num_tasks, ways=ways, shots=shots, queries=queries)
-  sample = jax.jit(lambda key, imgs: episodes.sample_tasks(key, imgs,
-                                                           **shape))
+  sample = jax.jit(lambda key, imgs: episodes.sample_tasks(key, imgs, **shape))
   key = jax.random.PRNGKey(0)
   sample_s, sample_min = _median_seconds(
-      lambda i: sample(jax.random.fold_in(key, i), images), sample_repeats)
+    lambda i: sample(jax.random.fold_in(key, i), images), sample_repeats
+  )
 
   model = jaxmeta.conv4(ways, images.shape[2:], num_filters=num_filters)
-  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
-                         inner_lr=0.1, num_inner_steps=1)
+  learner = jaxmeta.maml(
+    model.init,
+    jaxmeta.classification_loss(model.apply),
+    inner_lr=0.1,
+    num_inner_steps=1,
+  )
   optimizer = optax.adam(1e-3)
   state = jaxmeta.init_train_state(learner, optimizer, key)
-  step = jax.jit(jaxmeta.make_meta_train_step(
-      learner, optimizer, task_chunk_size=task_chunk_size or None))
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(
+      learner, optimizer, task_chunk_size=task_chunk_size or None
+    )
+  )
   tasks = sample(key, images)
-  step_s, step_min = _median_seconds(lambda i: step(state, tasks)[1],
-                                     repeats)
+  step_s, step_min = _median_seconds(lambda i: step(state, tasks)[1], repeats)
   results = {
-      'device': jax.devices()[0].device_kind,
-      'platform': platform.processor() or platform.machine(),
-      'cpu_count': os.cpu_count(),
-      'jax_version': jax.__version__,
-      'num_classes': int(images.shape[0]),
-      **shape, 'num_filters': num_filters,
-      'task_chunk_size': task_chunk_size,
-      'sample_median_ms': 1e3 * sample_s, 'sample_min_ms': 1e3 * sample_min,
-      'meta_step_median_ms': 1e3 * step_s, 'meta_step_min_ms': 1e3 * step_min,
-      'sample_fraction_of_meta_step': sample_s / step_s,
-      'repeats': repeats, 'sample_repeats': sample_repeats,
-      'date': time.strftime('%Y-%m-%d'),
+    'device': jax.devices()[0].device_kind,
+    'platform': platform.processor() or platform.machine(),
+    'cpu_count': os.cpu_count(),
+    'jax_version': jax.__version__,
+    'num_classes': int(images.shape[0]),
+    **shape,
+    'num_filters': num_filters,
+    'task_chunk_size': task_chunk_size,
+    'sample_median_ms': 1e3 * sample_s,
+    'sample_min_ms': 1e3 * sample_min,
+    'meta_step_median_ms': 1e3 * step_s,
+    'meta_step_min_ms': 1e3 * step_min,
+    'sample_fraction_of_meta_step': sample_s / step_s,
+    'repeats': repeats,
+    'sample_repeats': sample_repeats,
+    'date': time.strftime('%Y-%m-%d'),
   }
   common.write_json(os.path.join(out, 'sampler_benchmark.json'), results)
   return results
@@ -95,14 +117,25 @@ def run(out: str, num_tasks: int, ways: int, shots: int, queries: int,
 
 def main(argv):
   common.check_command_line(argv, 'out')
-  r = run(FLAGS.out, FLAGS.num_tasks, FLAGS.ways, FLAGS.shots, FLAGS.queries,
-          FLAGS.num_filters, FLAGS.repeats, FLAGS.sample_repeats,
-          FLAGS.data_dir, FLAGS.task_chunk_size)
-  print(f"{r['num_tasks']} tasks of {r['ways']}-way {r['shots']}-shot "
-        f"{r['queries']}-query on {r['device']}: sampling "
-        f"{r['sample_median_ms']:.2f} ms, MAML meta-step "
-        f"{r['meta_step_median_ms']:.1f} ms (median): sampling is "
-        f"{100 * r['sample_fraction_of_meta_step']:.2f}% of a meta-step.")
+  r = run(
+    FLAGS.out,
+    FLAGS.num_tasks,
+    FLAGS.ways,
+    FLAGS.shots,
+    FLAGS.queries,
+    FLAGS.num_filters,
+    FLAGS.repeats,
+    FLAGS.sample_repeats,
+    FLAGS.data_dir,
+    FLAGS.task_chunk_size,
+  )
+  print(
+    f'{r["num_tasks"]} tasks of {r["ways"]}-way {r["shots"]}-shot '
+    f'{r["queries"]}-query on {r["device"]}: sampling '
+    f'{r["sample_median_ms"]:.2f} ms, MAML meta-step '
+    f'{r["meta_step_median_ms"]:.1f} ms (median): sampling is '
+    f'{100 * r["sample_fraction_of_meta_step"]:.2f}% of a meta-step.'
+  )
 
 
 if __name__ == '__main__':

@@ -14,8 +14,15 @@ import os
 
 from experiments import main
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
-                              'sinusoid.py')
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(__file__), 'configs', 'sinusoid.py'
+)
+
+
+def run() -> None:
+  """The program (also the `jaxmeta-sinusoid` command)."""
+  main.run(DEFAULT_CONFIG)
+
 
 if __name__ == '__main__':
-  main.run(DEFAULT_CONFIG)
+  run()

@@ -58,6 +58,7 @@ class TaskFamily(NamedTuple):
     augment: `augment(key, task) -> task`, the training augmentation of one
       task (the identity without one).
   """
+
   input_shape: Callable[[Any], tuple[int, ...]]
   num_outputs: int
   make_loss: Callable[..., jaxmeta.LossFn]
@@ -67,17 +68,23 @@ class TaskFamily(NamedTuple):
   sample: Callable[[jax.Array, Any, bool], jaxmeta.Task]
   sample_host: Callable[[jax.Array, Any, int], jaxmeta.Task] | None = None
   augment: Callable[[jax.Array, jaxmeta.Task], jaxmeta.Task] = (
-      lambda key, task: task)
+    lambda key, task: task
+  )
 
 
 def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(shots, queries) per class of the training tasks."""
-  return (config.train_shots or config.shots,
-          config.train_queries or config.queries)
+  return (
+    config.train_shots or config.shots,
+    config.train_queries or config.queries,
+  )
 
 
-def episodic(config: ml_collections.ConfigDict, data_dir: str | None = None,
-             source_dir: str | None = None) -> TaskFamily:
+def episodic(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
   """N-way K-shot classification on a registered class-image dataset."""
   loader = jaxmeta.data.DATASETS[config.dataset]
   options = dict(config.data)
@@ -91,11 +98,13 @@ def episodic(config: ml_collections.ConfigDict, data_dir: str | None = None,
     num_classes, num_examples = data.images.shape[:2]
     for shots, queries in set(shapes.values()):
       try:
-        episodes.check_episode_config(num_classes, num_examples, config.ways,
-                                      shots, queries)
+        episodes.check_episode_config(
+          num_classes, num_examples, config.ways, shots, queries
+        )
       except episodes.EpisodeConfigError as e:
         raise TaskFamilyError(
-            f'The {split} split of {config.dataset} ({options}): {e}') from e
+          f'The {split} split of {config.dataset} ({options}): {e}'
+        ) from e
     if on_host and split == 'train':
       return data.images  # Stays in host memory: see `sample_host`.
     return jax.device_put(data.images)  # uint8 [classes, examples, H, W, C]
@@ -106,15 +115,21 @@ def episodic(config: ml_collections.ConfigDict, data_dir: str | None = None,
     return augment_task(jax.random.fold_in(key, 1), task) if train else task
 
   def sample_host(key, images, num_tasks):
-    return host_episodes.sample_tasks_host(key, images, num_tasks, config.ways,
-                                           *shapes[True])
+    return host_episodes.sample_tasks_host(
+      key, images, num_tasks, config.ways, *shapes[True]
+    )
 
-  return TaskFamily(input_shape=lambda images: tuple(images.shape[2:]),
-                    num_outputs=config.ways,
-                    make_loss=jaxmeta.classification_loss, metric='accuracy',
-                    higher_is_better=True, load=load, sample=sample,
-                    sample_host=sample_host if on_host else None,
-                    augment=augment_task)
+  return TaskFamily(
+    input_shape=lambda images: tuple(images.shape[2:]),
+    num_outputs=config.ways,
+    make_loss=jaxmeta.classification_loss,
+    metric='accuracy',
+    higher_is_better=True,
+    load=load,
+    sample=sample,
+    sample_host=sample_host if on_host else None,
+    augment=augment_task,
+  )
 
 
 def make_augment(config: ml_collections.ConfigDict):
@@ -127,35 +142,46 @@ def make_augment(config: ml_collections.ConfigDict):
   def augment_task(key, task):
     support_key, query_key = jax.random.split(key)
     return task._replace(
-        support_x=augment_lib.augment(support_key, task.support_x, settings),
-        query_x=augment_lib.augment(query_key, task.query_x, settings))
+      support_x=augment_lib.augment(support_key, task.support_x, settings),
+      query_x=augment_lib.augment(query_key, task.query_x, settings),
+    )
+
   return augment_task
 
 
-def sinusoid_family(config: ml_collections.ConfigDict,
-                    data_dir: str | None = None,
-                    source_dir: str | None = None) -> TaskFamily:
+def sinusoid_family(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
   """Sinusoid regression: `shots` support and `queries` query points."""
   del data_dir, source_dir  # Tasks are generated.
   if config.sampler != 'device':
-    raise TaskFamilyError('sinusoid tasks are generated on the device: '
-                          "config.sampler must be 'device'.")
+    raise TaskFamilyError(
+      'sinusoid tasks are generated on the device: '
+      "config.sampler must be 'device'."
+    )
   shapes = {True: train_shape(config), False: (config.shots, config.queries)}
 
   def sample(key, data, train):
     del data
     return sinusoid.sample_task(key, *shapes[train])
 
-  return TaskFamily(input_shape=lambda data: (1,), num_outputs=1,
-                    make_loss=jaxmeta.regression_loss, metric='mse',
-                    higher_is_better=False, load=lambda split: None,
-                    sample=sample)
+  return TaskFamily(
+    input_shape=lambda data: (1,),
+    num_outputs=1,
+    make_loss=jaxmeta.regression_loss,
+    metric='mse',
+    higher_is_better=False,
+    load=lambda split: None,
+    sample=sample,
+  )
 
 
 # name -> builder(config, data_dir, source_dir) for families that generate
 # their tasks; every dataset of jaxmeta.data.DATASETS is a family too.
 TASK_FAMILIES: dict[str, Callable[..., TaskFamily]] = {
-    'sinusoid': sinusoid_family,
+  'sinusoid': sinusoid_family,
 }
 
 
@@ -164,12 +190,16 @@ def names() -> list[str]:
   return sorted(set(TASK_FAMILIES) | set(jaxmeta.data.DATASETS))
 
 
-def build(config: ml_collections.ConfigDict, data_dir: str | None = None,
-          source_dir: str | None = None) -> TaskFamily:
+def build(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
   """The task family `config.dataset`."""
   if config.dataset in TASK_FAMILIES:
     return TASK_FAMILIES[config.dataset](config, data_dir, source_dir)
   if config.dataset in jaxmeta.data.DATASETS:
     return episodic(config, data_dir, source_dir)
-  raise TaskFamilyError(f'Unknown dataset {config.dataset!r}; choose one of '
-                        f'{names()}.')
+  raise TaskFamilyError(
+    f'Unknown dataset {config.dataset!r}; choose one of {names()}.'
+  )

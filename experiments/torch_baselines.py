@@ -55,15 +55,20 @@ class TorchBatch(NamedTuple):
     query_x: `[tasks, ways * queries, C, H, W]` float32.
     query_y: `[tasks, ways * queries]` int64.
   """
+
   support_x: torch.Tensor
   support_y: torch.Tensor
   query_x: torch.Tensor
   query_y: torch.Tensor
 
 
-def batch_from_numpy(support_x: np.ndarray, support_y: np.ndarray,
-                     query_x: np.ndarray, query_y: np.ndarray,
-                     device: torch.device | str = 'cpu') -> TorchBatch:
+def batch_from_numpy(
+  support_x: np.ndarray,
+  support_y: np.ndarray,
+  query_x: np.ndarray,
+  query_y: np.ndarray,
+  device: torch.device | str = 'cpu',
+) -> TorchBatch:
   """Converts an NHWC numpy meta-batch (jaxmeta's `Task` layout) to torch.
 
   Args:
@@ -78,11 +83,12 @@ def batch_from_numpy(support_x: np.ndarray, support_y: np.ndarray,
   """
   # np.array copies: torch must not share (read-only) jax buffers.
   to_x = lambda a: torch.from_numpy(
-      np.array(np.transpose(a, (0, 1, 4, 2, 3)), np.float32, order='C')
+    np.array(np.transpose(a, (0, 1, 4, 2, 3)), np.float32, order='C')
   ).to(device)
   to_y = lambda a: torch.from_numpy(np.array(a, np.int64)).to(device)
-  return TorchBatch(to_x(support_x), to_y(support_y), to_x(query_x),
-                    to_y(query_y))
+  return TorchBatch(
+    to_x(support_x), to_y(support_y), to_x(query_x), to_y(query_y)
+  )
 
 
 class Conv4(nn.Module):
@@ -100,19 +106,28 @@ class Conv4(nn.Module):
     num_blocks: number of conv blocks.
   """
 
-  def __init__(self, num_classes: int, input_shape: Sequence[int],
-               num_filters: int, num_blocks: int):
+  def __init__(
+    self,
+    num_classes: int,
+    input_shape: Sequence[int],
+    num_filters: int,
+    num_blocks: int,
+  ):
     super().__init__()
     height, width, channels = (int(s) for s in input_shape)
     blocks = []
     c_in = channels
     for _ in range(num_blocks):
-      blocks.append(nn.Sequential(
+      blocks.append(
+        nn.Sequential(
           nn.Conv2d(c_in, num_filters, KERNEL_SIZE, padding=KERNEL_SIZE // 2),
-          nn.BatchNorm2d(num_filters, eps=BN_EPS, affine=True,
-                         track_running_stats=False),
+          nn.BatchNorm2d(
+            num_filters, eps=BN_EPS, affine=True, track_running_stats=False
+          ),
           nn.ReLU(),
-          nn.MaxPool2d(POOL_SIZE)))
+          nn.MaxPool2d(POOL_SIZE),
+        )
+      )
       c_in = num_filters
       height, width = height // POOL_SIZE, width // POOL_SIZE
     self.blocks = nn.Sequential(*blocks)
@@ -125,8 +140,9 @@ class Conv4(nn.Module):
     return self.head(h.permute(0, 2, 3, 1).flatten(1))
 
 
-def conv4_functional(params: Sequence[torch.Tensor], x: torch.Tensor,
-                     num_blocks: int) -> torch.Tensor:
+def conv4_functional(
+  params: Sequence[torch.Tensor], x: torch.Tensor, num_blocks: int
+) -> torch.Tensor:
   """Conv-4 forward on an explicit parameter list (learn2learn style).
 
   Args:
@@ -141,11 +157,11 @@ def conv4_functional(params: Sequence[torch.Tensor], x: torch.Tensor,
   """
   h = x
   for i in range(num_blocks):
-    w, b, scale, offset = params[4 * i:4 * i + 4]
+    w, b, scale, offset = params[4 * i : 4 * i + 4]
     h = F.conv2d(h, w, b, padding=KERNEL_SIZE // 2)
     h = F.batch_norm(h, None, None, scale, offset, training=True, eps=BN_EPS)
     h = F.max_pool2d(F.relu(h), POOL_SIZE)
-  head_w, head_b = params[4 * num_blocks:]
+  head_w, head_b = params[4 * num_blocks :]
   return F.linear(h.permute(0, 2, 3, 1).flatten(1), head_w, head_b)
 
 
@@ -153,8 +169,12 @@ def _jax_param_layout(num_blocks: int) -> list[tuple[str, str, str]]:
   """`(jax_module, jax_leaf, kind)` in the order of `Conv4.parameters()`."""
   layout = []
   for i in range(num_blocks):
-    layout += [(f'conv{i}', 'w', 'conv'), (f'conv{i}', 'b', 'vec'),
-               (f'conv{i}', 'scale', 'vec'), (f'conv{i}', 'offset', 'vec')]
+    layout += [
+      (f'conv{i}', 'w', 'conv'),
+      (f'conv{i}', 'b', 'vec'),
+      (f'conv{i}', 'scale', 'vec'),
+      (f'conv{i}', 'offset', 'vec'),
+    ]
   return layout + [('head', 'w', 'dense'), ('head', 'b', 'vec')]
 
 
@@ -167,22 +187,25 @@ def params_from_jax(model: Conv4, jax_params) -> None:
       `[3, 3, Cin, F]` becomes OIHW, head `w` `[feat, classes]` is transposed.
   """
   with torch.no_grad():
-    for p, (m, leaf, kind) in zip(model.parameters(),
-                                  _jax_param_layout(model.num_blocks)):
+    for p, (m, leaf, kind) in zip(
+      model.parameters(), _jax_param_layout(model.num_blocks)
+    ):
       value = np.asarray(jax_params[m][leaf], np.float32)
       if kind == 'conv':
         value = np.transpose(value, (3, 2, 0, 1))
       elif kind == 'dense':
         value = value.T
       if tuple(value.shape) != tuple(p.shape):
-        raise ValueError(f'{m}/{leaf}: jax shape {value.shape} does not fit '
-                         f'torch shape {tuple(p.shape)}.')
+        raise ValueError(
+          f'{m}/{leaf}: jax shape {value.shape} does not fit '
+          f'torch shape {tuple(p.shape)}.'
+        )
       p.copy_(torch.from_numpy(np.array(value, order='C')))
 
 
-def grads_to_jax(model: Conv4,
-                 grads: Sequence[torch.Tensor] | None = None
-                 ) -> dict[str, np.ndarray]:
+def grads_to_jax(
+  model: Conv4, grads: Sequence[torch.Tensor] | None = None
+) -> dict[str, np.ndarray]:
   """Torch gradients (default: each parameter's `.grad`) in jaxmeta layout.
 
   Returns:
@@ -204,8 +227,9 @@ def grads_to_jax(model: Conv4,
 MetaGradFn = Callable[[Conv4, TorchBatch], None]
 
 
-def _accumulate(params: Sequence[torch.Tensor],
-                grads: Sequence[torch.Tensor], weight: float) -> None:
+def _accumulate(
+  params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], weight: float
+) -> None:
   """`p.grad += weight * g` for every parameter (allocating if None)."""
   for p, g in zip(params, grads):
     if p.grad is None:
@@ -218,12 +242,15 @@ def _accumulate(params: Sequence[torch.Tensor],
 # (a) per-task loop, functional parameters (learn2learn / higher style).
 
 
-def make_loop_meta_grad(algorithm: str, inner_lr: float,
-                        num_inner_steps: int) -> MetaGradFn:
+def make_loop_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
   """Per-task loop; leaves the mean meta-gradient in `.grad`."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
-                     f'choose from {ALGORITHMS}.')
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
   second_order = algorithm == 'maml'
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -234,24 +261,30 @@ def make_loop_meta_grad(algorithm: str, inner_lr: float,
       if algorithm == 'reptile':
         phi = [p.detach().requires_grad_() for p in theta]
         for _ in range(num_inner_steps):
-          loss = F.cross_entropy(forward(phi, batch.support_x[t]),
-                                 batch.support_y[t])
+          loss = F.cross_entropy(
+            forward(phi, batch.support_x[t]), batch.support_y[t]
+          )
           grads = torch.autograd.grad(loss, phi)
-          phi = [(p - inner_lr * g).detach().requires_grad_()
-                 for p, g in zip(phi, grads)]
-        _accumulate(theta, [th - ph for th, ph in zip(theta, phi)],
-                    1.0 / num_tasks)
+          phi = [
+            (p - inner_lr * g).detach().requires_grad_()
+            for p, g in zip(phi, grads)
+          ]
+        _accumulate(
+          theta, [th - ph for th, ph in zip(theta, phi)], 1.0 / num_tasks
+        )
         continue
       fast = theta
       for _ in range(num_inner_steps):
-        loss = F.cross_entropy(forward(fast, batch.support_x[t]),
-                               batch.support_y[t])
+        loss = F.cross_entropy(
+          forward(fast, batch.support_x[t]), batch.support_y[t]
+        )
         # Without create_graph the inner gradients are constants: first-order
         # MAML, the query gradient flows back through `p - lr * g` unchanged.
         grads = torch.autograd.grad(loss, fast, create_graph=second_order)
         fast = [p - inner_lr * g for p, g in zip(fast, grads)]
-      query_loss = F.cross_entropy(forward(fast, batch.query_x[t]),
-                                   batch.query_y[t])
+      query_loss = F.cross_entropy(
+        forward(fast, batch.query_x[t]), batch.query_y[t]
+      )
       (query_loss / num_tasks).backward()
 
   return meta_grad
@@ -261,12 +294,15 @@ def make_loop_meta_grad(algorithm: str, inner_lr: float,
 # (b) torch.func: functional_call + grad + vmap over tasks.
 
 
-def make_func_meta_grad(algorithm: str, inner_lr: float,
-                        num_inner_steps: int) -> MetaGradFn:
+def make_func_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
   """torch.func implementation; leaves the mean meta-gradient in `.grad`."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
-                     f'choose from {ALGORITHMS}.')
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
   from torch import func as tfunc  # pylint: disable=g-import-not-at-top
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -282,19 +318,23 @@ def make_func_meta_grad(algorithm: str, inner_lr: float,
       return params
 
     if algorithm == 'maml':
+
       def task_grad(params, sx, sy, qx, qy):
         return tfunc.grad(lambda p: loss(adapt(p, sx, sy), qx, qy))(params)
     elif algorithm == 'fomaml':
+
       def task_grad(params, sx, sy, qx, qy):
         return tfunc.grad(loss)(adapt(params, sx, sy), qx, qy)
     else:  # reptile
+
       def task_grad(params, sx, sy, qx, qy):
         phi = adapt(params, sx, sy)
         return {n: params[n] - phi[n] for n in names}
 
     params = {n: p.detach() for n, p in model.named_parameters()}
     per_task = tfunc.vmap(task_grad, in_dims=(None, 0, 0, 0, 0))(
-        params, *batch)  # every leaf [tasks, ...]
+      params, *batch
+    )  # every leaf [tasks, ...]
     for n, p in model.named_parameters():
       p.grad = per_task[n].mean(dim=0)
 
@@ -305,12 +345,15 @@ def make_func_meta_grad(algorithm: str, inner_lr: float,
 # (c) the `higher` library.
 
 
-def make_higher_meta_grad(algorithm: str, inner_lr: float,
-                          num_inner_steps: int) -> MetaGradFn:
+def make_higher_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
   """`higher.innerloop_ctx` implementation; leaves the mean meta-gradient."""
   if algorithm not in ALGORITHMS:
-    raise ValueError(f'No PyTorch baseline for algorithm {algorithm!r}; '
-                     f'choose from {ALGORITHMS}.')
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
   import higher  # pylint: disable=g-import-not-at-top
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -319,18 +362,23 @@ def make_higher_meta_grad(algorithm: str, inner_lr: float,
     inner_opt = torch.optim.SGD(theta, lr=inner_lr)
     for t in range(num_tasks):
       with higher.innerloop_ctx(
-          model, inner_opt, copy_initial_weights=False,
-          track_higher_grads=(algorithm == 'maml')) as (fmodel, diffopt):
+        model,
+        inner_opt,
+        copy_initial_weights=False,
+        track_higher_grads=(algorithm == 'maml'),
+      ) as (fmodel, diffopt):
         for _ in range(num_inner_steps):
-          diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]),
-                                       batch.support_y[t]))
+          diffopt.step(
+            F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t])
+          )
         if algorithm == 'reptile':
-          _accumulate(theta, [th - ph for th, ph in
-                              zip(theta, fmodel.parameters())],
-                      1.0 / num_tasks)
+          _accumulate(
+            theta,
+            [th - ph for th, ph in zip(theta, fmodel.parameters())],
+            1.0 / num_tasks,
+          )
           continue
-        query_loss = F.cross_entropy(fmodel(batch.query_x[t]),
-                                     batch.query_y[t])
+        query_loss = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t])
         if algorithm == 'maml':
           (query_loss / num_tasks).backward()
         else:
@@ -343,28 +391,34 @@ def make_higher_meta_grad(algorithm: str, inner_lr: float,
 
 
 META_GRAD_FACTORIES = {
-    'loop': make_loop_meta_grad,
-    'func': make_func_meta_grad,
-    'higher': make_higher_meta_grad,
+  'loop': make_loop_meta_grad,
+  'func': make_func_meta_grad,
+  'higher': make_higher_meta_grad,
 }
 
 
-def make_meta_grad(implementation: str, algorithm: str, inner_lr: float,
-                   num_inner_steps: int) -> MetaGradFn:
+def make_meta_grad(
+  implementation: str, algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
   """Returns `meta_grad(model, batch)` of one implementation and algorithm."""
   if implementation not in META_GRAD_FACTORIES:
-    raise ValueError(f'Unknown torch implementation {implementation!r}; '
-                     f'choose from {IMPLEMENTATIONS}.')
-  return META_GRAD_FACTORIES[implementation](algorithm, inner_lr,
-                                             num_inner_steps)
+    raise ValueError(
+      f'Unknown torch implementation {implementation!r}; '
+      f'choose from {IMPLEMENTATIONS}.'
+    )
+  return META_GRAD_FACTORIES[implementation](
+    algorithm, inner_lr, num_inner_steps
+  )
 
 
-def make_meta_step(meta_grad: MetaGradFn, model: Conv4,
-                   optimizer: torch.optim.Optimizer
-                   ) -> Callable[[TorchBatch], None]:
+def make_meta_step(
+  meta_grad: MetaGradFn, model: Conv4, optimizer: torch.optim.Optimizer
+) -> Callable[[TorchBatch], None]:
   """One whole meta-step: zero grads, meta-gradient, outer optimiser step."""
+
   def step(batch: TorchBatch) -> None:
     optimizer.zero_grad(set_to_none=True)
     meta_grad(model, batch)
     optimizer.step()
+
   return step

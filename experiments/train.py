@@ -38,15 +38,38 @@ from experiments import tasks
 
 # Fields that may differ when a run is resumed or evaluated: they change how
 # long or how it runs, not what is learned.
-RESUMABLE_FIELDS = ('num_iterations', 'eval_every', 'num_eval_tasks',
-                    'task_chunk_size', 'eval_batch_size', 'checkpoint_every',
-                    'keep_checkpoints', 'log_every', 'model.conv_impl')
+RESUMABLE_FIELDS = (
+  'num_iterations',
+  'eval_every',
+  'num_eval_tasks',
+  'task_chunk_size',
+  'eval_batch_size',
+  'checkpoint_every',
+  'keep_checkpoints',
+  'log_every',
+  'model.conv_impl',
+)
 # Fields that count things: at least 1, or at least 0.
-_POSITIVE_FIELDS = ('shots', 'queries', 'meta_batch_size', 'num_val_tasks',
-                    'num_eval_tasks', 'eval_batch_size', 'eval_every',
-                    'checkpoint_every', 'keep_checkpoints', 'log_every')
-_NON_NEGATIVE_FIELDS = ('inner_steps', 'eval_inner_steps', 'num_iterations',
-                        'train_shots', 'train_queries', 'task_chunk_size')
+_POSITIVE_FIELDS = (
+  'shots',
+  'queries',
+  'meta_batch_size',
+  'num_val_tasks',
+  'num_eval_tasks',
+  'eval_batch_size',
+  'eval_every',
+  'checkpoint_every',
+  'keep_checkpoints',
+  'log_every',
+)
+_NON_NEGATIVE_FIELDS = (
+  'inner_steps',
+  'eval_inner_steps',
+  'num_iterations',
+  'train_shots',
+  'train_queries',
+  'task_chunk_size',
+)
 _INNER_OPTIMIZERS = ('sgd', 'adam')
 _META_OPTIMIZERS = ('adam', 'sgd')
 _SAMPLERS = ('device', 'host')
@@ -82,20 +105,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ConfigError: naming the field, its value and what it must be.
   """
   if config.algorithm not in jaxmeta.algorithms.REGISTRY:
-    raise ConfigError(f'Unknown algorithm {config.algorithm!r}; choose one '
-                      f'of {sorted(jaxmeta.algorithms.REGISTRY)}.')
+    raise ConfigError(
+      f'Unknown algorithm {config.algorithm!r}; choose one '
+      f'of {sorted(jaxmeta.algorithms.REGISTRY)}.'
+    )
   if config.dataset not in tasks.names():
-    raise ConfigError(f'Unknown dataset {config.dataset!r}; choose one of '
-                      f'{tasks.names()}.')
+    raise ConfigError(
+      f'Unknown dataset {config.dataset!r}; choose one of {tasks.names()}.'
+    )
   if config.backbone not in jaxmeta.models.BACKBONES:
-    raise ConfigError(f'Unknown backbone {config.backbone!r}; choose one of '
-                      f'{sorted(jaxmeta.models.BACKBONES)}.')
+    raise ConfigError(
+      f'Unknown backbone {config.backbone!r}; choose one of '
+      f'{sorted(jaxmeta.models.BACKBONES)}.'
+    )
   for name, value in flatten(config).items():
     if isinstance(value, int) and not isinstance(value, bool):
       limit = 2**63 - 1 if name in ('seed', 'eval_seed') else _MAX_INT
       if abs(value) > limit:
-        raise ConfigError(f'config.{name}={value} is too large (at most '
-                          f'{limit}).')
+        raise ConfigError(
+          f'config.{name}={value} is too large (at most {limit}).'
+        )
   for name in _POSITIVE_FIELDS:
     if config[name] < 1:
       raise ConfigError(f'config.{name} must be >= 1, got {config[name]}.')
@@ -104,67 +133,90 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.{name} must be >= 0, got {config[name]}.')
   for name in ('inner_lr', 'meta_lr'):
     if not (math.isfinite(config[name]) and config[name] > 0):
-      raise ConfigError(f'config.{name} must be a positive finite number, got '
-                        f'{config[name]}.')
+      raise ConfigError(
+        f'config.{name} must be a positive finite number, got {config[name]}.'
+      )
   if not math.isfinite(config.meta_lr_final):
-    raise ConfigError('config.meta_lr_final must be finite (< 0 for a '
-                      f'constant rate), got {config.meta_lr_final}.')
+    raise ConfigError(
+      'config.meta_lr_final must be finite (< 0 for a '
+      f'constant rate), got {config.meta_lr_final}.'
+    )
   for name in ('seed', 'eval_seed'):
     if config[name] < 0:
       raise ConfigError(f'config.{name} must be >= 0, got {config[name]}.')
   chunk = config.task_chunk_size
   if chunk and config.meta_batch_size % chunk:
-    raise ConfigError(f'config.task_chunk_size={chunk} must divide '
-                      f'config.meta_batch_size={config.meta_batch_size}.')
+    raise ConfigError(
+      f'config.task_chunk_size={chunk} must divide '
+      f'config.meta_batch_size={config.meta_batch_size}.'
+    )
   if config.inner_optimizer not in _INNER_OPTIMIZERS:
-    raise ConfigError(f'config.inner_optimizer must be one of '
-                      f'{_INNER_OPTIMIZERS}, got {config.inner_optimizer!r}.')
+    raise ConfigError(
+      f'config.inner_optimizer must be one of '
+      f'{_INNER_OPTIMIZERS}, got {config.inner_optimizer!r}.'
+    )
   if config.sampler not in _SAMPLERS:
-    raise ConfigError(f'config.sampler must be one of {_SAMPLERS}, got '
-                      f'{config.sampler!r}.')
+    raise ConfigError(
+      f'config.sampler must be one of {_SAMPLERS}, got {config.sampler!r}.'
+    )
   try:
     jaxmeta.data.augment.check_config(
-        jaxmeta.data.AugmentConfig(**config.augment))
+      jaxmeta.data.AugmentConfig(**config.augment)
+    )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.augment: {e}') from e
   if config.meta_optimizer not in _META_OPTIMIZERS:
-    raise ConfigError(f'config.meta_optimizer must be one of '
-                      f'{_META_OPTIMIZERS}, got {config.meta_optimizer!r}.')
+    raise ConfigError(
+      f'config.meta_optimizer must be one of '
+      f'{_META_OPTIMIZERS}, got {config.meta_optimizer!r}.'
+    )
 
 
-def build_learner(config: ml_collections.ConfigDict,
-                  family: tasks.TaskFamily,
-                  input_shape: tuple[int, ...]) -> jaxmeta.MetaLearner:
+def build_learner(
+  config: ml_collections.ConfigDict,
+  family: tasks.TaskFamily,
+  input_shape: tuple[int, ...],
+) -> jaxmeta.MetaLearner:
   """The backbone and algorithm named by the config."""
   try:
     model = jaxmeta.models.BACKBONES[config.backbone](
-        family.num_outputs, input_shape, **dict(config.model))
+      family.num_outputs, input_shape, **dict(config.model)
+    )
     inner_optimizer = None
     if config.inner_optimizer == 'adam':
       inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
-    return jaxmeta.make_learner(config.algorithm, model.init,
-                                family.make_loss(model.apply),
-                                config.inner_lr, config.inner_steps,
-                                inner_optimizer)
+    return jaxmeta.make_learner(
+      config.algorithm,
+      model.init,
+      family.make_loss(model.apply),
+      config.inner_lr,
+      config.inner_steps,
+      inner_optimizer,
+    )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{config.backbone} / {config.algorithm}: {e}') from e
 
 
-def build_optimizer(config: ml_collections.ConfigDict
-                    ) -> optax.GradientTransformation:
+def build_optimizer(
+  config: ml_collections.ConfigDict,
+) -> optax.GradientTransformation:
   """The outer optimiser, with a linear decay if `meta_lr_final >= 0`."""
   lr = config.meta_lr
   if config.meta_lr_final >= 0:
-    lr = optax.linear_schedule(config.meta_lr, config.meta_lr_final,
-                               max(config.num_iterations, 1))
+    lr = optax.linear_schedule(
+      config.meta_lr, config.meta_lr_final, max(config.num_iterations, 1)
+    )
   if config.meta_optimizer == 'adam':
     return optax.adam(lr)
   return optax.sgd(lr)
 
 
 def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -173,11 +225,13 @@ def make_mesh() -> jax.sharding.Mesh | None:
   return sharding.make_mesh() if jax.device_count() > 1 else None
 
 
-def make_train_step(learner: jaxmeta.MetaLearner,
-                    optimizer: optax.GradientTransformation,
-                    family: tasks.TaskFamily,
-                    config: ml_collections.ConfigDict,
-                    mesh: jax.sharding.Mesh | None = None):
+def make_train_step(
+  learner: jaxmeta.MetaLearner,
+  optimizer: optax.GradientTransformation,
+  family: tasks.TaskFamily,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh | None = None,
+):
   """The jitted step `(state, batch) -> (state, metrics)`.
 
   `batch` is the training split, and tasks are drawn inside the step from
@@ -193,50 +247,69 @@ def make_train_step(learner: jaxmeta.MetaLearner,
   the state stays the last good one (so its `step` names the failing step)
   and `metrics['finite']` is False.
   """
-  chunk = (config.task_chunk_size
-           or jaxmeta.default_task_chunk_size(config.meta_batch_size))
+  chunk = config.task_chunk_size or jaxmeta.default_task_chunk_size(
+    config.meta_batch_size
+  )
 
   def sample_task(key, data):
     return family.sample(key, data, True)
 
   if family.sample_host is not None:
-    sharded = None if mesh is None else sharding.shard_train_step(
-        learner, optimizer, mesh, task_chunk_size=chunk, model_keys=True)
+    sharded = (
+      None
+      if mesh is None
+      else sharding.shard_train_step(
+        learner, optimizer, mesh, task_chunk_size=chunk, model_keys=True
+      )
+    )
 
     def meta_step(state, tasks):
       key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
       keys = jax.random.split(key, config.meta_batch_size)
       tasks = jax.vmap(family.augment)(keys, tasks)
       if sharded is None:
-        return jaxmeta.meta_train_step(learner, optimizer, state, tasks, chunk,
-                                       jaxmeta.model_key(state))
+        return jaxmeta.meta_train_step(
+          learner, optimizer, state, tasks, chunk, jaxmeta.model_key(state)
+        )
       return sharded(state, tasks)
   elif mesh is None:
+
     def sample_tasks(key, data):
       keys = jax.random.split(key, config.meta_batch_size)
       return jax.vmap(lambda k: sample_task(k, data))(keys)
 
     def meta_step(state, data):
       return jaxmeta.make_meta_train_step(
-          learner, optimizer, functools.partial(sample_tasks, data=data),
-          task_chunk_size=chunk, model_keys=True)(state)
+        learner,
+        optimizer,
+        functools.partial(sample_tasks, data=data),
+        task_chunk_size=chunk,
+        model_keys=True,
+      )(state)
   else:
     try:
       meta_step = sharding.shard_train_step(
-          learner, optimizer, mesh, sample_task=sample_task,
-          meta_batch_size=config.meta_batch_size, task_chunk_size=chunk,
-          model_keys=True)
+        learner,
+        optimizer,
+        mesh,
+        sample_task=sample_task,
+        meta_batch_size=config.meta_batch_size,
+        task_chunk_size=chunk,
+        model_keys=True,
+      )
     except ValueError as e:
-      raise ConfigError(f'config.meta_batch_size / task_chunk_size: {e}'
-                        ) from e
+      raise ConfigError(f'config.meta_batch_size / task_chunk_size: {e}') from e
 
   def train_step(state, data):
     new_state, metrics = meta_step(state, data)
-    finite = (jnp.isfinite(metrics['loss'])
-              & jnp.isfinite(metrics['meta_grad_norm'])
-              & _all_finite((new_state.params, new_state.opt_state)))
-    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
-                             state)
+    finite = (
+      jnp.isfinite(metrics['loss'])
+      & jnp.isfinite(metrics['meta_grad_norm'])
+      & _all_finite((new_state.params, new_state.opt_state))
+    )
+    new_state = jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new_state, state
+    )
     return new_state, dict(metrics, finite=finite)
 
   return jax.jit(train_step, donate_argnums=0)
@@ -245,21 +318,27 @@ def make_train_step(learner: jaxmeta.MetaLearner,
 class Evaluator:
   """A metric over a fixed set of tasks, in compiled chunks of tasks."""
 
-  def __init__(self, learner: jaxmeta.MetaLearner, family: tasks.TaskFamily,
-               config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+    self,
+    learner: jaxmeta.MetaLearner,
+    family: tasks.TaskFamily,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+  ):
     metric = family.metric
     sample_task = lambda key, data: family.sample(key, data, False)
     if mesh is None:
       self._chunk = config.eval_batch_size
       evaluate = jaxmeta.make_evaluate(learner, config.eval_inner_steps)
       evaluate_keys = lambda params, keys, data: evaluate(
-          params, jax.vmap(lambda k: sample_task(k, data))(keys))
+        params, jax.vmap(lambda k: sample_task(k, data))(keys)
+      )
     else:
       # Every device scores the same number of tasks of each chunk.
       self._chunk = -(-config.eval_batch_size // mesh.size) * mesh.size
       evaluate_keys = sharding.shard_evaluate(
-          learner, config.eval_inner_steps, mesh, sample_task=sample_task)
+        learner, config.eval_inner_steps, mesh, sample_task=sample_task
+      )
 
     def run_chunk(params, data, keys):
       metrics = evaluate_keys(params, keys, data)
@@ -275,7 +354,7 @@ class Evaluator:
       keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, 0)])
     values, by_step = [], []
     for i in range(0, padded, self._chunk):
-      a, b = self._run_chunk(params, data, keys[i:i + self._chunk])
+      a, b = self._run_chunk(params, data, keys[i : i + self._chunk])
       values.append(np.asarray(a))
       by_step.append(np.asarray(b))
     return np.concatenate(values)[:n], np.concatenate(by_step)[:n]
@@ -284,28 +363,34 @@ class Evaluator:
 def prepare_workdir(workdir: str, create: bool = True) -> None:
   """Refuses a workdir that is a file, not writable, or of an older layout."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'--workdir={workdir} is a file, not a directory. Fix: '
-                      'give the path of a directory (it is created).')
+    raise ConfigError(
+      f'--workdir={workdir} is a file, not a directory. Fix: '
+      'give the path of a directory (it is created).'
+    )
   if os.path.isdir(os.path.join(workdir, 'best')):
     raise ConfigError(
-        f'{workdir} holds a run written by an earlier version of jaxmeta (its '
-        'best checkpoint in best/); this version keeps every checkpoint in '
-        'checkpoints/ and cannot resume it. Fix: use a new --workdir.')
+      f'{workdir} holds a run written by an earlier version of jaxmeta (its '
+      'best checkpoint in best/); this version keeps every checkpoint in '
+      'checkpoints/ and cannot resume it. Fix: use a new --workdir.'
+    )
   if not create:
     return
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ConfigError(f'Cannot create --workdir={workdir}: {e.strerror}.'
-                      ) from e
+    raise ConfigError(
+      f'Cannot create --workdir={workdir}: {e.strerror}.'
+    ) from e
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ConfigError(f'--workdir={workdir} is not writable. Fix: choose a '
-                      'directory you can write to.')
+    raise ConfigError(
+      f'--workdir={workdir} is not writable. Fix: choose a '
+      'directory you can write to.'
+    )
 
 
-def _read_saved_config(workdir: str,
-                       checkpoints: checkpoints_lib.Checkpoints
-                       ) -> tuple[dict[str, Any] | None, str]:
+def _read_saved_config(
+  workdir: str, checkpoints: checkpoints_lib.Checkpoints
+) -> tuple[dict[str, Any] | None, str]:
   """The config of the run in `workdir`: the latest checkpoint's, else
   `config.json`'s; `(None, '')` for an empty workdir."""
   for step in sorted(checkpoints.manager.all_steps(), reverse=True):
@@ -323,35 +408,46 @@ def _read_saved_config(workdir: str,
       raise ValueError('not a JSON object')
   except (OSError, ValueError) as e:
     raise ConfigError(
-        f'{path} is unreadable or corrupted ({e}). Fix: delete it (the '
-        'workdir holds no checkpoint, so nothing else is lost) or use a new '
-        '--workdir.') from e
+      f'{path} is unreadable or corrupted ({e}). Fix: delete it (the '
+      'workdir holds no checkpoint, so nothing else is lost) or use a new '
+      '--workdir.'
+    ) from e
   return saved, 'config.json'
 
 
-def check_same_run(saved: dict[str, Any] | None, source: str,
-                   config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_same_run(
+  saved: dict[str, Any] | None,
+  source: str,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+) -> None:
   """Refuses a config that differs from the workdir's run (but in
   `RESUMABLE_FIELDS`)."""
   if saved is None:
     return
   before, now = flatten(saved), flatten(config)
-  diffs = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
-           if k not in RESUMABLE_FIELDS and before.get(k) != now.get(k)}
+  diffs = {
+    k: (before.get(k), now.get(k))
+    for k in sorted(set(before) | set(now))
+    if k not in RESUMABLE_FIELDS and before.get(k) != now.get(k)
+  }
   if diffs:
-    listed = ', '.join(f'{k}: saved {a!r} vs now {b!r}'
-                       for k, (a, b) in diffs.items())
+    listed = ', '.join(
+      f'{k}: saved {a!r} vs now {b!r}' for k, (a, b) in diffs.items()
+    )
     raise ConfigError(
-        f'{workdir} holds a run of a different configuration ({listed}; from '
-        f'its {source}). Fix: use a new --workdir, or the same config to '
-        'resume or evaluate that run.')
+      f'{workdir} holds a run of a different configuration ({listed}; from '
+      f'its {source}). Fix: use a new --workdir, or the same config to '
+      'resume or evaluate that run.'
+    )
 
 
 class _Run:
   """What train and eval mode both build from a config."""
 
-  def __init__(self, config, workdir, data_dir, source_dir, first_split,
-               read_only=False):
+  def __init__(
+    self, config, workdir, data_dir, source_dir, first_split, read_only=False
+  ):
     self.config = config
     self.workdir = workdir
     try:
@@ -372,12 +468,17 @@ class _Run:
     self.data = {}
     self.load(first_split)
     self.learner = build_learner(
-        config, self.family, self.family.input_shape(self.data[first_split]))
+      config, self.family, self.family.input_shape(self.data[first_split])
+    )
     self.optimizer = build_optimizer(config)
     self.metric = self.family.metric
     self.checkpoints = checkpoints_lib.Checkpoints(
-        workdir, config.keep_checkpoints, f'val_{self.metric}',
-        self.family.higher_is_better, read_only=read_only)
+      workdir,
+      config.keep_checkpoints,
+      f'val_{self.metric}',
+      self.family.higher_is_better,
+      read_only=read_only,
+    )
 
   def load(self, split):
     """The data of `split`, on every device of the mesh if there is one."""
@@ -393,43 +494,55 @@ class _Run:
 
   def init_state(self) -> jaxmeta.MetaTrainState:
     """The initial state (replicated over the mesh if there is one)."""
-    state = jaxmeta.init_train_state(self.learner, self.optimizer,
-                                     jax.random.PRNGKey(self.config.seed))
-    return state if self.mesh is None else sharding.replicate(state,
-                                                              self.mesh)
+    state = jaxmeta.init_train_state(
+      self.learner, self.optimizer, jax.random.PRNGKey(self.config.seed)
+    )
+    return state if self.mesh is None else sharding.replicate(state, self.mesh)
 
   def meta(self) -> dict[str, Any]:
-    return {'config': self.config.to_dict(),
-            'jaxmeta_version': jaxmeta.__version__}
+    return {
+      'config': self.config.to_dict(),
+      'jaxmeta_version': jaxmeta.__version__,
+    }
 
   def test(self) -> dict[str, Any]:
     """Tests the best-validation checkpoint on the fixed test tasks."""
     config, checkpoints = self.config, self.checkpoints
     step = checkpoints.best_step()
     if step is None:
-      raise RunError(f'No validated checkpoint in {self.workdir}/checkpoints '
-                     'to test. Fix: train first (--mode=train).')
+      raise RunError(
+        f'No validated checkpoint in {self.workdir}/checkpoints '
+        'to test. Fix: train first (--mode=train).'
+      )
     state, _ = checkpoints.restore(self.init_state(), step)
     if not bool(_all_finite(state.params)):
-      raise RunError(f'Checkpoint step {step} in {self.workdir}/checkpoints '
-                     'holds non-finite parameters; it cannot be evaluated.')
+      raise RunError(
+        f'Checkpoint step {step} in {self.workdir}/checkpoints '
+        'holds non-finite parameters; it cannot be evaluated.'
+      )
     keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
     values, by_step = Evaluator(self.learner, self.family, config, self.mesh)(
-        state.params, self.load('test'), keys)
+      state.params, self.load('test'), keys
+    )
     mean, ci95 = jaxmeta.mean_and_ci95(values)
     m = self.metric
     return {
-        'algorithm': config.algorithm, 'preset': config.preset or None,
-        'dataset': config.dataset, 'backbone': config.backbone,
-        'ways': config.ways, 'shots': config.shots, 'queries': config.queries,
-        'split': config.data.get('scheme'),
-        'eval_inner_steps': config.eval_inner_steps,
-        f'test_{m}': mean, 'test_ci95': ci95,
-        'num_test_tasks': config.num_eval_tasks,
-        f'test_{m}_by_step': by_step.mean(axis=0).tolist(),
-        'best_step': step,
-        f'best_val_{m}': checkpoints.best_metric(),
-        'config': config.to_dict(),
+      'algorithm': config.algorithm,
+      'preset': config.preset or None,
+      'dataset': config.dataset,
+      'backbone': config.backbone,
+      'ways': config.ways,
+      'shots': config.shots,
+      'queries': config.queries,
+      'split': config.data.get('scheme'),
+      'eval_inner_steps': config.eval_inner_steps,
+      f'test_{m}': mean,
+      'test_ci95': ci95,
+      'num_test_tasks': config.num_eval_tasks,
+      f'test_{m}_by_step': by_step.mean(axis=0).tolist(),
+      'best_step': step,
+      f'best_val_{m}': checkpoints.best_metric(),
+      'config': config.to_dict(),
     }
 
 
@@ -441,13 +554,18 @@ def summary(results: dict[str, Any], path: str) -> str:
     figure = f'test accuracy {100 * value:.2f}% +- {100 * ci:.2f}%'
   else:
     figure = f'test MSE {value:.4f} +- {ci:.4f}'
-  shape = (f"{results['ways']}-way {results['shots']}-shot "
-           if metric == 'accuracy' else f"{results['shots']}-shot ")
-  split = f" ({results['split']} split)" if results.get('split') else ''
-  return (f"{results['algorithm']} {shape}{results['dataset']}{split}: "
-          f"{figure} (95% CI, {results['num_test_tasks']} tasks, "
-          f"{results['eval_inner_steps']} inner steps; best validation step "
-          f"{results['best_step']}). Results: {path}")
+  shape = (
+    f'{results["ways"]}-way {results["shots"]}-shot '
+    if metric == 'accuracy'
+    else f'{results["shots"]}-shot '
+  )
+  split = f' ({results["split"]} split)' if results.get('split') else ''
+  return (
+    f'{results["algorithm"]} {shape}{results["dataset"]}{split}: '
+    f'{figure} (95% CI, {results["num_test_tasks"]} tasks, '
+    f'{results["eval_inner_steps"]} inner steps; best validation step '
+    f'{results["best_step"]}). Results: {path}'
+  )
 
 
 class _NoWriter:
@@ -485,10 +603,14 @@ def _keep_records_up_to(path: str, step: int) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       data_dir: str | None = None,
-                       source_dir: str | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+  progress: bool = True,
+) -> dict[str, Any]:
   """Meta-trains (resuming if the workdir has a run), then tests the best
   checkpoint on validation; writes and returns the results.
 
@@ -522,11 +644,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if main_process:
     common.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-  train_step = make_train_step(run.learner, run.optimizer, run.family, config,
-                               run.mesh)
+  train_step = make_train_step(
+    run.learner, run.optimizer, run.family, config, run.mesh
+  )
   evaluator = Evaluator(run.learner, run.family, config, run.mesh)
-  val_keys = episodes.eval_task_keys(config.eval_seed + 1,
-                                     config.num_val_tasks)
+  val_keys = episodes.eval_task_keys(config.eval_seed + 1, config.num_val_tasks)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   start_step = int(state.step)
   if main_process:
@@ -537,22 +659,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def validate_now(state):
     values, _ = evaluator(state.params, val_data, val_keys)
     value, ci95 = jaxmeta.mean_and_ci95(values)
-    writer.write(int(state.step), {metric: value, 'ci95': ci95},
-                 prefix='val/')
+    writer.write(int(state.step), {metric: value, 'ci95': ci95}, prefix='val/')
     return value
 
   start = time.time()
-  bar = tqdm.tqdm(total=config.num_iterations, initial=start_step,
-                  disable=not (progress and main_process),
-                  desc=f'{config.dataset} {config.algorithm}')
+  bar = tqdm.tqdm(
+    total=config.num_iterations,
+    initial=start_step,
+    disable=not (progress and main_process),
+    desc=f'{config.dataset} {config.algorithm}',
+  )
   step = start_step
   compile_seconds, first_timed_step = None, step
   while step < config.num_iterations:
     batch = train_data
     if run.family.sample_host is not None:
       batch = run.family.sample_host(
-          jax.random.fold_in(state.key, state.step), train_data,
-          config.meta_batch_size)
+        jax.random.fold_in(state.key, state.step),
+        train_data,
+        config.meta_batch_size,
+      )
     state, metrics = train_step(state, batch)
     step += 1
     if compile_seconds is None:
@@ -566,19 +692,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if log or evaluate or save:
       metrics = jax.device_get(metrics)
       if not metrics.pop('finite'):
-        raise _diverged(config, workdir, metrics, int(state.step) + 1,
-                        checkpoints.latest_step())
+        raise _diverged(
+          config,
+          workdir,
+          metrics,
+          int(state.step) + 1,
+          checkpoints.latest_step(),
+        )
     if log:
       writer.write(step, metrics, prefix='train/')
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                      **{metric: f'{metrics[metric]:.3f}'})
+      bar.set_postfix(
+        loss=f'{metrics["loss"]:.3f}', **{metric: f'{metrics[metric]:.3f}'}
+      )
     bar.update(1)
     value = None
     if evaluate:
       value = validate_now(state)
       best = checkpoints.best_metric()
-      _say(f'step {step}: val {metric} {value:.4f} (best before '
-                f'{"none" if best is None else f"{best:.4f}"})')
+      _say(
+        f'step {step}: val {metric} {value:.4f} (best before '
+        f'{"none" if best is None else f"{best:.4f}"})'
+      )
     if save:
       checkpoints.save(step, state, run.meta(), value)
   bar.close()
@@ -593,22 +727,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   results = run.test()
   results_path = os.path.join(workdir, 'results.json')
   timing = dict(
-      iterations=step, resumed_from_step=start_step,
-      compile_seconds=compile_seconds, train_seconds=train_seconds,
-      steps_per_second=timed_steps / train_seconds if timed_steps else None)
+    iterations=step,
+    resumed_from_step=start_step,
+    compile_seconds=compile_seconds,
+    train_seconds=train_seconds,
+    steps_per_second=timed_steps / train_seconds if timed_steps else None,
+  )
   if step == start_step and os.path.exists(results_path):
     # Nothing trained in this call: keep the figures of the call that did.
     try:
       with open(results_path) as f:
         earlier = json.load(f)
-      for key in ('compile_seconds', 'train_seconds', 'steps_per_second',
-                  'resumed_from_step'):
+      for key in (
+        'compile_seconds',
+        'train_seconds',
+        'steps_per_second',
+        'resumed_from_step',
+      ):
         timing[key] = earlier.get(key, timing[key])
     except (OSError, ValueError):
       pass
   results.update(timing)
-  writer.write(step, {metric: results[f'test_{metric}'],
-                      'ci95': results['test_ci95']}, prefix='test/')
+  writer.write(
+    step,
+    {metric: results[f'test_{metric}'], 'ci95': results['test_ci95']},
+    prefix='test/',
+  )
   writer.close()
   checkpoints.close()
   _say(summary(results, results_path))
@@ -618,20 +762,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _diverged(config, workdir, metrics, step, last_saved) -> RunError:
-  kept = (f'The last checkpoint, step {last_saved} in {workdir}/checkpoints, '
-          'holds finite parameters.' if last_saved is not None else
-          'No checkpoint had been written yet.')
+  kept = (
+    f'The last checkpoint, step {last_saved} in {workdir}/checkpoints, '
+    'holds finite parameters.'
+    if last_saved is not None
+    else 'No checkpoint had been written yet.'
+  )
   return RunError(
-      f'Meta-step {step} produced non-finite values (loss {metrics["loss"]}, '
-      f'meta-gradient norm {metrics["meta_grad_norm"]}, or the updated '
-      'parameters); it was not applied and the run stopped. Likely cause: '
-      f'config.inner_lr ({config.inner_lr}) or config.meta_lr '
-      f'({config.meta_lr}) too large. {kept}')
+    f'Meta-step {step} produced non-finite values (loss {metrics["loss"]}, '
+    f'meta-gradient norm {metrics["meta_grad_norm"]}, or the updated '
+    'parameters); it was not applied and the run stopped. Likely cause: '
+    f'config.inner_lr ({config.inner_lr}) or config.meta_lr '
+    f'({config.meta_lr}) too large. {kept}'
+  )
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-             data_dir: str | None = None,
-             source_dir: str | None = None) -> dict[str, Any]:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> dict[str, Any]:
   """`--mode=eval`: tests the best checkpoint of the run in `workdir`.
 
   The config must be the run's (but for `RESUMABLE_FIELDS`, e.g. a different
@@ -641,8 +793,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   validate(config)
   prepare_workdir(workdir, create=False)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise ConfigError(f'{workdir} holds no run (no checkpoints/). Fix: train '
-                      'first (--mode=train), or give the workdir of a run.')
+    raise ConfigError(
+      f'{workdir} holds no run (no checkpoints/). Fix: train '
+      'first (--mode=train), or give the workdir of a run.'
+    )
   run = _Run(config, workdir, data_dir, source_dir, 'test', read_only=True)
   saved, source = _read_saved_config(workdir, run.checkpoints)
   if saved is None:
@@ -657,6 +811,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     common.write_json(path, results)
   except OSError as e:
-    raise RunError(f'Could not write {path}: {e.strerror} (the results are '
-                   'printed above).') from e
+    raise RunError(
+      f'Could not write {path}: {e.strerror} (the results are printed above).'
+    ) from e
   return results

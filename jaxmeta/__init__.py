@@ -51,4 +51,4 @@ from jaxmeta.types import Params
 from jaxmeta.types import PRNGKey
 from jaxmeta.types import Task
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'

@@ -50,11 +50,14 @@ def _check_num_steps(num_steps, name: str = 'num_inner_steps') -> int:
       raise TypeError
     steps = operator.index(num_steps)
   except TypeError:
-    raise ValueError(f'{name} must be a Python int >= 0 (a static number of '
-                     f'inner steps), got {num_steps!r}.') from None
+    raise ValueError(
+      f'{name} must be a Python int >= 0 (a static number of '
+      f'inner steps), got {num_steps!r}.'
+    ) from None
   if steps < 0:
-    raise ValueError(f'{name} must be >= 0 (0 means no adaptation), got '
-                     f'{steps}.')
+    raise ValueError(
+      f'{name} must be >= 0 (0 means no adaptation), got {steps}.'
+    )
   return steps
 
 
@@ -64,9 +67,12 @@ def _check_inner_lr(inner_lr) -> None:
   Anything else (a schedule, an array) is left to the inner optimiser.
   """
   if isinstance(inner_lr, numbers.Real) and not (
-      math.isfinite(inner_lr) and inner_lr > 0):
-    raise ValueError('inner_lr must be a finite number > 0, got '
-                     f'{inner_lr!r}; to skip adaptation use 0 inner steps.')
+    math.isfinite(inner_lr) and inner_lr > 0
+  ):
+    raise ValueError(
+      'inner_lr must be a finite number > 0, got '
+      f'{inner_lr!r}; to skip adaptation use 0 inner steps.'
+    )
 
 
 class MetaLearner(NamedTuple):
@@ -92,6 +98,7 @@ class MetaLearner(NamedTuple):
       last step) and `m_by_step` of shape `[num_steps + 1]` (after 0, 1, ...,
       `num_steps` steps; index 0 is before adaptation).
   """
+
   name: str
   init: Callable[[PRNGKey], Params]
   adapt: Callable[[Params, Array, Array, int], Params]
@@ -99,16 +106,17 @@ class MetaLearner(NamedTuple):
   evaluate: Callable[[Params, Task, int], dict[str, Array]]
 
 
-def inner_loop(loss_fn: LossFn,
-               params: Params,
-               x: Array,
-               y: Array,
-               num_steps: int,
-               inner_optimizer: optax.GradientTransformation,
-               first_order: bool = False,
-               query: tuple[Array, Array] | None = None,
-               key: PRNGKey | None = None,
-               ) -> tuple[Params, dict[str, Array]]:
+def inner_loop(
+  loss_fn: LossFn,
+  params: Params,
+  x: Array,
+  y: Array,
+  num_steps: int,
+  inner_optimizer: optax.GradientTransformation,
+  first_order: bool = False,
+  query: tuple[Array, Array] | None = None,
+  key: PRNGKey | None = None,
+) -> tuple[Params, dict[str, Array]]:
   """Runs `num_steps` steps of `inner_optimizer` on `loss_fn(params, x, y)`.
 
   Args:
@@ -142,7 +150,8 @@ def inner_loop(loss_fn: LossFn,
   if query is not None:
     check_batch(*query, 'query')
   value_and_grad = jax.value_and_grad(
-      lambda p, x, y, k: _loss(loss_fn, p, x, y, k), has_aux=True)
+    lambda p, x, y, k: _loss(loss_fn, p, x, y, k), has_aux=True
+  )
 
   def step(carry, i):
     p, opt_state = carry
@@ -165,20 +174,23 @@ def inner_loop(loss_fn: LossFn,
   # Without a key the scan has no inputs, the program of a key-free loop.
   steps = None if key is None else jnp.arange(num_steps, dtype=jnp.uint32)
   (adapted, _), trace = jax.lax.scan(
-      step, (params, inner_optimizer.init(params)), steps, length=num_steps)
+    step, (params, inner_optimizer.init(params)), steps, length=num_steps
+  )
   return adapted, trace
 
 
-def _split_task_key(key: PRNGKey | None
-                    ) -> tuple[PRNGKey | None, PRNGKey | None]:
+def _split_task_key(
+  key: PRNGKey | None,
+) -> tuple[PRNGKey | None, PRNGKey | None]:
   """A task's key -> (inner-loop key, query-loss key), or (None, None)."""
   if key is None:
     return None, None
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
-def _loss(loss_fn: LossFn, params: Params, x: Array, y: Array,
-          key: PRNGKey | None):
+def _loss(
+  loss_fn: LossFn, params: Params, x: Array, y: Array, key: PRNGKey | None
+):
   """`loss_fn(params, x, y)`, with the key only when there is one, so that
   loss functions written without a `key` argument keep working."""
   if key is None:
@@ -186,38 +198,58 @@ def _loss(loss_fn: LossFn, params: Params, x: Array, y: Array,
   return loss_fn(params, x, y, key)
 
 
-def _adaptation(loss_fn: LossFn,
-                inner_optimizer: optax.GradientTransformation,
-                first_order: bool = False):
+def _adaptation(
+  loss_fn: LossFn,
+  inner_optimizer: optax.GradientTransformation,
+  first_order: bool = False,
+):
   """The `adapt` and `evaluate` functions every algorithm here shares."""
 
   def adapt(params, support_x, support_y, num_steps, key=None):
     # `key` is for meta-training only; `MetaLearner.adapt` is called without.
-    adapted, _ = inner_loop(loss_fn, params, support_x, support_y, num_steps,
-                            inner_optimizer, first_order, key=key)
+    adapted, _ = inner_loop(
+      loss_fn,
+      params,
+      support_x,
+      support_y,
+      num_steps,
+      inner_optimizer,
+      first_order,
+      key=key,
+    )
     return adapted
 
   def evaluate(params, task, num_steps):
     """Query metrics after 0..num_steps inner steps."""
-    adapted, trace = inner_loop(loss_fn, params, task.support_x,
-                                task.support_y, num_steps, inner_optimizer,
-                                first_order, query=(task.query_x, task.query_y))
+    adapted, trace = inner_loop(
+      loss_fn,
+      params,
+      task.support_x,
+      task.support_y,
+      num_steps,
+      inner_optimizer,
+      first_order,
+      query=(task.query_x, task.query_y),
+    )
     _, final = loss_fn(adapted, task.query_x, task.query_y)
     out = {}
     for k, v in final.items():
       out[k] = v
       out[f'{k}_by_step'] = jnp.concatenate(
-          [trace[f'query_{k}'], v[None]])  # [num_steps + 1]
+        [trace[f'query_{k}'], v[None]]
+      )  # [num_steps + 1]
     return out
 
   return adapt, evaluate
 
 
-def maml(init_fn: Callable[[PRNGKey], Params],
-         loss_fn: LossFn,
-         inner_lr: float,
-         num_inner_steps: int,
-         first_order: bool = False) -> MetaLearner:
+def maml(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+  first_order: bool = False,
+) -> MetaLearner:
   """MAML (Finn, Abbeel & Levine 2017) and its first-order approximation.
 
   For one task with support loss `L_s` and query loss `L_q`, the inner loop
@@ -251,33 +283,38 @@ def maml(init_fn: Callable[[PRNGKey], Params],
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
     inner_key, query_key = _split_task_key(key)
-    adapted = adapt(params, task.support_x, task.support_y, num_inner_steps,
-                    inner_key)
+    adapted = adapt(
+      params, task.support_x, task.support_y, num_inner_steps, inner_key
+    )
     return _loss(loss_fn, adapted, task.query_x, task.query_y, query_key)
 
   def task_update(params, task, key=None):
     meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task, key)
     return meta_grad, metrics
 
-  return MetaLearner('fomaml' if first_order else 'maml', init_fn, adapt,
-                     task_update, evaluate)
+  return MetaLearner(
+    'fomaml' if first_order else 'maml', init_fn, adapt, task_update, evaluate
+  )
 
 
-def fomaml(init_fn: Callable[[PRNGKey], Params],
-           loss_fn: LossFn,
-           inner_lr: float,
-           num_inner_steps: int) -> MetaLearner:
+def fomaml(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+) -> MetaLearner:
   """First-order MAML: `maml(..., first_order=True)`."""
   return maml(init_fn, loss_fn, inner_lr, num_inner_steps, first_order=True)
 
 
-def reptile(init_fn: Callable[[PRNGKey], Params],
-            loss_fn: LossFn,
-            inner_lr: float,
-            num_inner_steps: int,
-            inner_optimizer: optax.GradientTransformation | None = None,
-            query_metrics: bool = True,
-            ) -> MetaLearner:
+def reptile(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+  inner_optimizer: optax.GradientTransformation | None = None,
+  query_metrics: bool = True,
+) -> MetaLearner:
   """Reptile (Nichol, Achiam & Schulman 2018).
 
   Adapts `num_inner_steps` steps on the task's support set (full batch) and
@@ -322,20 +359,29 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
   adapt, evaluate = _adaptation(loss_fn, inner_optimizer)
 
   if not query_metrics and num_inner_steps < 1:
-    raise ValueError('reptile(query_metrics=False) reports the last inner '
-                     'step\'s support metrics: num_inner_steps must be >= 1, '
-                     f'got {num_inner_steps}.')
+    raise ValueError(
+      'reptile(query_metrics=False) reports the last inner '
+      "step's support metrics: num_inner_steps must be >= 1, "
+      f'got {num_inner_steps}.'
+    )
 
   def task_update(params, task, key=None):
     inner_key, query_key = _split_task_key(key)
-    adapted, trace = inner_loop(loss_fn, params, task.support_x,
-                                task.support_y, num_inner_steps,
-                                inner_optimizer, key=inner_key)
+    adapted, trace = inner_loop(
+      loss_fn,
+      params,
+      task.support_x,
+      task.support_y,
+      num_inner_steps,
+      inner_optimizer,
+      key=inner_key,
+    )
     pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
     if query_metrics:
       check_batch(task.query_x, task.query_y, 'query')
-      _, metrics = _loss(loss_fn, adapted, task.query_x, task.query_y,
-                         query_key)
+      _, metrics = _loss(
+        loss_fn, adapted, task.query_x, task.query_y, query_key
+      )
     else:
       metrics = {k: v[-1] for k, v in trace.items()}
     return pseudo_grad, metrics
@@ -343,10 +389,12 @@ def reptile(init_fn: Callable[[PRNGKey], Params],
   return MetaLearner('reptile', init_fn, adapt, task_update, evaluate)
 
 
-def pretrain(init_fn: Callable[[PRNGKey], Params],
-             loss_fn: LossFn,
-             inner_lr: float,
-             num_inner_steps: int = 0) -> MetaLearner:
+def pretrain(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int = 0,
+) -> MetaLearner:
   """The conventional baseline: train one model on all tasks jointly.
 
   `task_update` is the plain gradient of the loss on the task's support and
@@ -376,7 +424,8 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
     x = jnp.concatenate([task.support_x, task.query_x])
     y = jnp.concatenate([task.support_y, task.query_y])
     grad, metrics = jax.grad(_loss, argnums=1, has_aux=True)(
-        loss_fn, params, x, y, key)
+      loss_fn, params, x, y, key
+    )
     return grad, metrics
 
   return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
@@ -384,20 +433,21 @@ def pretrain(init_fn: Callable[[PRNGKey], Params],
 
 # name -> builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options).
 REGISTRY: dict[str, Callable[..., MetaLearner]] = {
-    'maml': maml,
-    'fomaml': fomaml,
-    'reptile': reptile,
-    'pretrain': pretrain,
+  'maml': maml,
+  'fomaml': fomaml,
+  'reptile': reptile,
+  'pretrain': pretrain,
 }
 
 
-def make_learner(name: str,
-                 init_fn: Callable[[PRNGKey], Params],
-                 loss_fn: LossFn,
-                 inner_lr: float,
-                 num_inner_steps: int,
-                 inner_optimizer: optax.GradientTransformation | None = None,
-                 ) -> MetaLearner:
+def make_learner(
+  name: str,
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+  inner_optimizer: optax.GradientTransformation | None = None,
+) -> MetaLearner:
   """Builds the algorithm `name` of `REGISTRY`.
 
   `inner_optimizer` is only meaningful for algorithms whose builder takes
@@ -405,19 +455,25 @@ def make_learner(name: str,
   which its second-order derivative differentiates.
   """
   if name not in REGISTRY:
-    raise ValueError(f'Unknown algorithm {name!r}; choose one of '
-                     f'{sorted(REGISTRY)}.')
+    raise ValueError(
+      f'Unknown algorithm {name!r}; choose one of {sorted(REGISTRY)}.'
+    )
   builder = REGISTRY[name]
   options = {}
   if inner_optimizer is not None:
     if 'inner_optimizer' not in inspect.signature(builder).parameters:
-      raise ValueError(f'{name} uses plain SGD with inner_lr in its inner '
-                       'loop; inner_optimizer applies to '
-                       f'{_takes_inner_optimizer()} only.')
+      raise ValueError(
+        f'{name} uses plain SGD with inner_lr in its inner '
+        'loop; inner_optimizer applies to '
+        f'{_takes_inner_optimizer()} only.'
+      )
     options['inner_optimizer'] = inner_optimizer
   return builder(init_fn, loss_fn, inner_lr, num_inner_steps, **options)
 
 
 def _takes_inner_optimizer() -> list[str]:
-  return [n for n, b in REGISTRY.items()
-          if 'inner_optimizer' in inspect.signature(b).parameters]
+  return [
+    n
+    for n, b in REGISTRY.items()
+    if 'inner_optimizer' in inspect.signature(b).parameters
+  ]

@@ -34,13 +34,15 @@ def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
   """
   if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
     raise ValueError(
-        f'The {what} inputs and targets must have the same leading (example) '
-        f'dimension, got inputs {jnp.shape(x)} and targets {jnp.shape(y)}: '
-        f'give one target per {what} example.')
+      f'The {what} inputs and targets must have the same leading (example) '
+      f'dimension, got inputs {jnp.shape(x)} and targets {jnp.shape(y)}: '
+      f'give one target per {what} example.'
+    )
 
 
-def _call(apply_fn: Callable[..., Array], params: Params, x: Array,
-          key: PRNGKey | None) -> Array:
+def _call(
+  apply_fn: Callable[..., Array], params: Params, x: Array, key: PRNGKey | None
+) -> Array:
   """`apply_fn(params, x)`, with `key=key` only when a key is given."""
   if key is None:
     return apply_fn(params, x)
@@ -71,13 +73,14 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   non-finite losses; in MAML a bad support label makes the adapted weights,
   hence the query loss, NaN too.
   """
-  def loss_fn(params: Params, x: Array, y: Array,
-              key: PRNGKey | None = None):
+
+  def loss_fn(params: Params, x: Array, y: Array, key: PRNGKey | None = None):
     check_batch(x, y)
     if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
       raise ValueError(
-          'classification_loss needs integer class labels of shape [batch], '
-          f'got {jnp.result_type(y)} {jnp.shape(y)}.')
+        'classification_loss needs integer class labels of shape [batch], '
+        f'got {jnp.result_type(y)} {jnp.shape(y)}.'
+      )
     logits = _call(apply_fn, params, x, key)  # [batch, classes]
     num_classes = logits.shape[-1]
     if not isinstance(y, jax.core.Tracer):
@@ -85,16 +88,19 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
       bad = bad[(bad < 0) | (bad >= num_classes)]
       if bad.size:
         raise ValueError(
-            f'Labels must lie in [0, {num_classes}) for {num_classes} logits, '
-            f'got {sorted(set(bad.tolist()))[:5]}: relabel the classes of a '
-            'task 0..ways-1, or give the model as many outputs as ways.')
+          f'Labels must lie in [0, {num_classes}) for {num_classes} logits, '
+          f'got {sorted(set(bad.tolist()))[:5]}: relabel the classes of a '
+          'task 0..ways-1, or give the model as many outputs as ways.'
+        )
     in_range = jnp.all((y >= 0) & (y < num_classes))
     nan_unless_valid = jnp.where(in_range, 1.0, jnp.nan).astype(logits.dtype)
     loss = nan_unless_valid * jnp.mean(
-        optax.softmax_cross_entropy_with_integer_labels(logits, y))
+      optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    )
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
     accuracy = jnp.where(in_range, accuracy, jnp.nan)
     return loss, {'loss': loss, 'accuracy': accuracy}
+
   return loss_fn
 
 
@@ -108,11 +114,11 @@ def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
     `loss_fn(params, x, y, key=None) -> (mse, {'loss', 'mse'})`; `key` is
     handed to `apply_fn` when not None.
   """
-  def loss_fn(params: Params, x: Array, y: Array,
-              key: PRNGKey | None = None):
+
+  def loss_fn(params: Params, x: Array, y: Array, key: PRNGKey | None = None):
     check_batch(x, y)
     pred = _call(apply_fn, params, x, key)
     mse = jnp.mean(jnp.square(pred - y))
     return mse, {'loss': mse, 'mse': mse}
-  return loss_fn
 
+  return loss_fn

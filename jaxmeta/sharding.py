@@ -72,13 +72,14 @@ TASK_AXIS = 'tasks'
 # detection (`jax.distributed.initialize()` without arguments) then finds the
 # coordinator, the process count and this process's index.
 _PROCESS_COUNT_VARS = (
-    'SLURM_NTASKS',  # SLURM (srun).
-    'OMPI_COMM_WORLD_SIZE',  # Open MPI (mpirun).
+  'SLURM_NTASKS',  # SLURM (srun).
+  'OMPI_COMM_WORLD_SIZE',  # Open MPI (mpirun).
 )
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None,
-              axis_name: str = TASK_AXIS) -> jax.sharding.Mesh:
+def make_mesh(
+  devices: Sequence[jax.Device] | None = None, axis_name: str = TASK_AXIS
+) -> jax.sharding.Mesh:
   """A 1-D mesh over `devices` (default: all devices of all processes).
 
   The axis is of type `Auto`, so a jitted function given an array with
@@ -92,15 +93,20 @@ def make_mesh(devices: Sequence[jax.Device] | None = None,
     A `jax.sharding.Mesh` with one axis, `axis_name`.
   """
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (axis_name,),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+    (len(devices),),
+    (axis_name,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=devices,
+  )
 
 
 def _axis(mesh: jax.sharding.Mesh) -> str:
   if len(mesh.axis_names) != 1:
-    raise ValueError('jaxmeta shards tasks over a 1-D mesh; got axes '
-                     f'{mesh.axis_names}. Fix: use sharding.make_mesh().')
+    raise ValueError(
+      'jaxmeta shards tasks over a 1-D mesh; got axes '
+      f'{mesh.axis_names}. Fix: use sharding.make_mesh().'
+    )
   return mesh.axis_names[0]
 
 
@@ -131,22 +137,25 @@ def check_divisible(num_tasks: int, mesh: jax.sharding.Mesh) -> int:
   num_devices = mesh.size
   if num_tasks < 1 or num_tasks % num_devices:
     raise ValueError(
-        f'A meta-batch of {num_tasks} tasks cannot be split evenly over '
-        f'{num_devices} devices. Fix: use a meta-batch size that is a '
-        f'multiple of {num_devices} (e.g. '
-        f'{max(1, -(-num_tasks // num_devices)) * num_devices}).')
+      f'A meta-batch of {num_tasks} tasks cannot be split evenly over '
+      f'{num_devices} devices. Fix: use a meta-batch size that is a '
+      f'multiple of {num_devices} (e.g. '
+      f'{max(1, -(-num_tasks // num_devices)) * num_devices}).'
+    )
   return num_tasks // num_devices
 
 
-def _check_chunk(task_chunk_size: int | None, tasks_per_device: int,
-                 num_devices: int) -> None:
+def _check_chunk(
+  task_chunk_size: int | None, tasks_per_device: int, num_devices: int
+) -> None:
   if task_chunk_size is None or task_chunk_size >= tasks_per_device:
     return
   if task_chunk_size < 1 or tasks_per_device % task_chunk_size:
     raise ValueError(
-        f'task_chunk_size={task_chunk_size} must be >= 1 and divide the '
-        f'{tasks_per_device} tasks each of the {num_devices} devices '
-        'adapts (chunks are taken from a device\'s own tasks).')
+      f'task_chunk_size={task_chunk_size} must be >= 1 and divide the '
+      f'{tasks_per_device} tasks each of the {num_devices} devices '
+      "adapts (chunks are taken from a device's own tasks)."
+    )
 
 
 def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
@@ -174,11 +183,13 @@ def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
 def _global_from_host(value: Any, sharding: NamedSharding) -> Array:
   if jax.dtypes.issubdtype(getattr(value, 'dtype', None), jax.dtypes.prng_key):
     return jax.random.wrap_key_data(
-        _global_from_host(jax.random.key_data(value), sharding),
-        impl=jax.random.key_impl(value))
+      _global_from_host(jax.random.key_data(value), sharding),
+      impl=jax.random.key_impl(value),
+    )
   host = np.asarray(value)
-  return jax.make_array_from_callback(host.shape, sharding,
-                                      lambda index: host[index])
+  return jax.make_array_from_callback(
+    host.shape, sharding, lambda index: host[index]
+  )
 
 
 def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
@@ -196,8 +207,9 @@ def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   return _put(tasks, task_sharding(mesh))
 
 
-def tasks_from_process_local(local_tasks: PyTree,
-                             mesh: jax.sharding.Mesh) -> PyTree:
+def tasks_from_process_local(
+  local_tasks: PyTree, mesh: jax.sharding.Mesh
+) -> PyTree:
   """The global meta-batch from each process's own tasks.
 
   Every process passes its `[local_tasks, ...]` slice (e.g. read from its own
@@ -220,28 +232,34 @@ def tasks_from_process_local(local_tasks: PyTree,
   num_local = jax.tree.leaves(local_tasks)[0].shape[0]
   num_global = num_local * jax.process_count()
   check_divisible(num_global, mesh)
-  local_devices = sum(d.process_index == jax.process_index()
-                      for d in mesh.devices.flat)
+  local_devices = sum(
+    d.process_index == jax.process_index() for d in mesh.devices.flat
+  )
   if num_local % local_devices:
     raise ValueError(
-        f'This process holds {num_local} tasks for its {local_devices} '
-        f'devices. Fix: a per-process meta-batch that is a multiple of '
-        f'{local_devices}.')
+      f'This process holds {num_local} tasks for its {local_devices} '
+      f'devices. Fix: a per-process meta-batch that is a multiple of '
+      f'{local_devices}.'
+    )
   sharding = task_sharding(mesh)
   return jax.tree.map(
-      lambda v: jax.make_array_from_process_local_data(sharding, v),
-      local_tasks)
+    lambda v: jax.make_array_from_process_local_data(sharding, v), local_tasks
+  )
 
 
-def _apply_meta_gradient(optimizer: optax.GradientTransformation,
-                         state: training.MetaTrainState, grad: Params,
-                         metrics: dict[str, Array]):
+def _apply_meta_gradient(
+  optimizer: optax.GradientTransformation,
+  state: training.MetaTrainState,
+  grad: Params,
+  metrics: dict[str, Array],
+):
   # The update of `training.meta_train_step`, on the averaged gradient.
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state
+  )
   return new_state, metrics
 
 
@@ -258,8 +276,9 @@ def _per_device(params: Params, axis: str) -> Params:
   return jax.lax.pcast(params, axis, to='varying')
 
 
-def _local_task_keys(key: PRNGKey, num_tasks: int, tasks_per_device: int,
-                     axis: str) -> Array:
+def _local_task_keys(
+  key: PRNGKey, num_tasks: int, tasks_per_device: int, axis: str
+) -> Array:
   """This device's slice of `split(key, num_tasks)` (no communication)."""
   keys = jax.random.split(key, num_tasks)  # The same on every device.
   start = jax.lax.axis_index(axis) * tasks_per_device
@@ -267,14 +286,14 @@ def _local_task_keys(key: PRNGKey, num_tasks: int, tasks_per_device: int,
 
 
 def shard_train_step(
-    learner: MetaLearner,
-    optimizer: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh | None = None,
-    *,
-    sample_task: Callable[..., Task] | None = None,
-    meta_batch_size: int | None = None,
-    task_chunk_size: int | None = None,
-    model_keys: bool = False,
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  sample_task: Callable[..., Task] | None = None,
+  meta_batch_size: int | None = None,
+  task_chunk_size: int | None = None,
+  model_keys: bool = False,
 ) -> Callable[..., tuple[training.MetaTrainState, dict[str, Array]]]:
   """`make_meta_train_step` with the meta-batch split over `mesh`'s devices.
 
@@ -317,11 +336,16 @@ def shard_train_step(
     task_keys = None
     if model_keys:
       per_device = jax.tree.leaves(tasks)[0].shape[0]
-      task_keys = _local_task_keys(training.model_key(state),
-                                   per_device * mesh.size, per_device, axis)
+      task_keys = _local_task_keys(
+        training.model_key(state), per_device * mesh.size, per_device, axis
+      )
     grad, metrics = training.meta_gradient(
-        learner, _per_device(state.params, axis), tasks, task_chunk_size,
-        task_keys=task_keys)
+      learner,
+      _per_device(state.params, axis),
+      tasks,
+      task_chunk_size,
+      task_keys=task_keys,
+    )
     # One collective: the gradient and the metrics in a single all-reduce.
     # Every device has the same number of tasks, so the mean of the device
     # means is the mean over the meta-batch.
@@ -329,38 +353,47 @@ def shard_train_step(
     return _apply_meta_gradient(optimizer, state, grad, metrics)
 
   if sample_task is None:
-    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(axis)),
-                            out_specs=P())
+    sharded = jax.shard_map(
+      local_step, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()
+    )
 
     def step(state, tasks):
       per_device = check_divisible(jax.tree.leaves(tasks)[0].shape[0], mesh)
       _check_chunk(task_chunk_size, per_device, mesh.size)
       return sharded(state, tasks)
+
     return step
 
   if meta_batch_size is None:
-    raise ValueError('shard_train_step(sample_task=...) needs '
-                     'meta_batch_size, the tasks per step over all devices.')
+    raise ValueError(
+      'shard_train_step(sample_task=...) needs '
+      'meta_batch_size, the tasks per step over all devices.'
+    )
   per_device = check_divisible(meta_batch_size, mesh)
   _check_chunk(task_chunk_size, per_device, mesh.size)
 
   def sampling_step(state, *data):
-    keys = _local_task_keys(jax.random.fold_in(state.key, state.step),
-                            meta_batch_size, per_device, axis)
+    keys = _local_task_keys(
+      jax.random.fold_in(state.key, state.step),
+      meta_batch_size,
+      per_device,
+      axis,
+    )
     tasks = jax.vmap(lambda k: sample_task(k, *data))(keys)
     return local_step(state, tasks)
 
   def step(state, *data):
     return jax.shard_map(
-        sampling_step, mesh=mesh, in_specs=(P(),) * (1 + len(data)),
-        out_specs=P())(state, *data)
+      sampling_step, mesh=mesh, in_specs=(P(),) * (1 + len(data)), out_specs=P()
+    )(state, *data)
+
   return step
 
 
 def shard_sample_tasks(
-    sample_task: Callable[..., Task],
-    num_tasks: int,
-    mesh: jax.sharding.Mesh | None = None,
+  sample_task: Callable[..., Task],
+  num_tasks: int,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[..., Task]:
   """A meta-batch sampler whose output is created sharded over the tasks.
 
@@ -386,17 +419,19 @@ def shard_sample_tasks(
     return jax.vmap(lambda k: sample_task(k, *data))(keys)
 
   def sampler(key, *data):
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(),) * (1 + len(data)),
-                         out_specs=P(axis))(key, *data)
+    return jax.shard_map(
+      local, mesh=mesh, in_specs=(P(),) * (1 + len(data)), out_specs=P(axis)
+    )(key, *data)
+
   return sampler
 
 
 def shard_evaluate(
-    learner: MetaLearner,
-    num_steps: int,
-    mesh: jax.sharding.Mesh | None = None,
-    *,
-    sample_task: Callable[..., Task] | None = None,
+  learner: MetaLearner,
+  num_steps: int,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  sample_task: Callable[..., Task] | None = None,
 ) -> Callable[..., dict[str, Array]]:
   """`training.make_evaluate` with the evaluation tasks split over devices.
 
@@ -423,9 +458,11 @@ def shard_evaluate(
   evaluate_tasks = training.make_evaluate(learner, num_steps)
 
   if sample_task is None:
+
     def local(params, tasks):
       return evaluate_tasks(_per_device(params, axis), tasks)
   else:
+
     def local(params, keys, *data):
       tasks = jax.vmap(lambda k: sample_task(k, *data))(keys)
       return evaluate_tasks(_per_device(params, axis), tasks)
@@ -433,8 +470,12 @@ def shard_evaluate(
   def evaluate(params, tasks_or_keys, *data):
     check_divisible(jax.tree.leaves(tasks_or_keys)[0].shape[0], mesh)
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(axis)) + (P(),) * len(data),
-        out_specs=P(axis))(params, tasks_or_keys, *data)
+      local,
+      mesh=mesh,
+      in_specs=(P(), P(axis)) + (P(),) * len(data),
+      out_specs=P(axis),
+    )(params, tasks_or_keys, *data)
+
   return evaluate
 
 
@@ -455,11 +496,13 @@ def _launcher_process_count() -> int:
   return 1
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None,
-                           force: bool = False,
-                           **kwargs: Any) -> bool:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  force: bool = False,
+  **kwargs: Any,
+) -> bool:
   """Joins a multi-process run if there is one; a no-op on one process.
 
   Calls `jax.distributed.initialize` when an argument gives the run's
@@ -483,14 +526,22 @@ def initialize_distributed(coordinator_address: str | None = None,
   Returns:
     True if `jax.distributed.initialize` was called.
   """
-  explicit = any(v is not None for v in
-                 (coordinator_address, num_processes, process_id))
-  if not (explicit or force or os.environ.get('JAX_COORDINATOR_ADDRESS')
-          or _launcher_process_count() > 1):
+  explicit = any(
+    v is not None for v in (coordinator_address, num_processes, process_id)
+  )
+  if not (
+    explicit
+    or force
+    or os.environ.get('JAX_COORDINATOR_ADDRESS')
+    or _launcher_process_count() > 1
+  ):
     return False
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id, **kwargs)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **kwargs,
+  )
   return True
 
 

@@ -31,20 +31,25 @@ class MetaTrainState(flax.struct.PyTreeNode):
       (and, with `make_meta_train_step(..., model_keys=True)`, the same
       dropout or DropBlock masks: see `model_key`).
   """
+
   step: Array
   params: Params
   opt_state: optax.OptState
   key: PRNGKey
 
 
-def init_train_state(learner: MetaLearner,
-                     optimizer: optax.GradientTransformation,
-                     key: PRNGKey) -> MetaTrainState:
+def init_train_state(
+  learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey
+) -> MetaTrainState:
   """Initialises meta-parameters, optimiser state and the data key."""
   init_key, data_key = jax.random.split(key)
   params = learner.init(init_key)
-  return MetaTrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=optimizer.init(params), key=data_key)
+  return MetaTrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    key=data_key,
+  )
 
 
 # Stream of the model's keys under a step's key. With JAX's default
@@ -68,15 +73,19 @@ def model_key(state: MetaTrainState) -> PRNGKey:
     A PRNG key, the same for the same `state.key` and `state.step` (a resumed
     run draws the same masks).
   """
-  return jax.random.fold_in(jax.random.fold_in(state.key, state.step),
-                            _MODEL_STREAM)
+  return jax.random.fold_in(
+    jax.random.fold_in(state.key, state.step), _MODEL_STREAM
+  )
 
 
-def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
-                  task_chunk_size: int | None = None,
-                  key: PRNGKey | None = None,
-                  task_keys: Array | None = None,
-                  ) -> tuple[Params, dict[str, Array]]:
+def meta_gradient(
+  learner: MetaLearner,
+  params: Params,
+  tasks: Task,
+  task_chunk_size: int | None = None,
+  key: PRNGKey | None = None,
+  task_keys: Array | None = None,
+) -> tuple[Params, dict[str, Array]]:
   """Mean over the meta-batch of the per-task meta-gradients.
 
   Args:
@@ -116,11 +125,16 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
     mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
     return mean(grads), mean(metrics)
   if task_chunk_size < 1 or num_tasks % task_chunk_size:
-    raise ValueError(f'task_chunk_size={task_chunk_size} must be >= 1 and '
-                     f'divide the meta-batch size {num_tasks}.')
+    raise ValueError(
+      f'task_chunk_size={task_chunk_size} must be >= 1 and '
+      f'divide the meta-batch size {num_tasks}.'
+    )
   chunks = jax.tree.map(
-      lambda v: v.reshape((num_tasks // task_chunk_size, task_chunk_size)
-                          + v.shape[1:]), tasks)
+    lambda v: v.reshape(
+      (num_tasks // task_chunk_size, task_chunk_size) + v.shape[1:]
+    ),
+    tasks,
+  )
 
   if task_chunk_size == 1:
     # One task per scan step, not vmapped: a vmap over a chunk of one still
@@ -129,7 +143,8 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
     chunk_sum_fn = lambda chunk: task_update(params, chunk)
   else:
     chunk_sum_fn = lambda chunk: jax.tree.map(
-        lambda v: jnp.sum(v, axis=0), task_grads(params, chunk))
+      lambda v: jnp.sum(v, axis=0), task_grads(params, chunk)
+    )
 
   def accumulate(total, chunk):
     return jax.tree.map(jnp.add, total, chunk_sum_fn(chunk)), None
@@ -138,8 +153,9 @@ def meta_gradient(learner: MetaLearner, params: Params, tasks: Task,
   # `jax.shard_map` the chunk sums vary over the task axis, and the scan
   # carry must too (check_vma), which `jnp.zeros(shape, dtype)` is not.
   zeros = jax.tree.map(
-      jnp.zeros_like,
-      jax.eval_shape(chunk_sum_fn, jax.tree.map(lambda v: v[0], chunks)))
+    jnp.zeros_like,
+    jax.eval_shape(chunk_sum_fn, jax.tree.map(lambda v: v[0], chunks)),
+  )
   (grad_sum, metric_sum), _ = jax.lax.scan(accumulate, zeros, chunks)
   mean = lambda t: jax.tree.map(lambda v: v / num_tasks, t)
   return mean(grad_sum), mean(metric_sum)
@@ -170,13 +186,14 @@ def default_task_chunk_size(meta_batch_size: int) -> int | None:
   return 1
 
 
-def meta_train_step(learner: MetaLearner,
-                    optimizer: optax.GradientTransformation,
-                    state: MetaTrainState,
-                    tasks: Task,
-                    task_chunk_size: int | None = None,
-                    key: PRNGKey | None = None,
-                    ) -> tuple[MetaTrainState, dict[str, Array]]:
+def meta_train_step(
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  state: MetaTrainState,
+  tasks: Task,
+  task_chunk_size: int | None = None,
+  key: PRNGKey | None = None,
+) -> tuple[MetaTrainState, dict[str, Array]]:
   """One meta-iteration on a given meta-batch of tasks.
 
   Args:
@@ -192,22 +209,24 @@ def meta_train_step(learner: MetaLearner,
     The new state and a dict of scalar metrics: the algorithm's query metrics
     averaged over tasks and `meta_grad_norm`.
   """
-  grad, metrics = meta_gradient(learner, state.params, tasks,
-                                task_chunk_size, key)
+  grad, metrics = meta_gradient(
+    learner, state.params, tasks, task_chunk_size, key
+  )
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state
+  )
   return new_state, metrics
 
 
 def make_meta_train_step(
-    learner: MetaLearner,
-    optimizer: optax.GradientTransformation,
-    sample_tasks: Callable[[PRNGKey], Task] | None = None,
-    task_chunk_size: int | None = None,
-    model_keys: bool = False,
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  sample_tasks: Callable[[PRNGKey], Task] | None = None,
+  task_chunk_size: int | None = None,
+  model_keys: bool = False,
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
   """Returns the (unjitted) training step, to be jitted once by the caller.
 
@@ -229,29 +248,38 @@ def make_meta_train_step(
   """
   key_of = model_key if model_keys else lambda state: None
   if sample_tasks is None:
+
     def step(state, tasks):
-      return meta_train_step(learner, optimizer, state, tasks,
-                             task_chunk_size, key_of(state))
+      return meta_train_step(
+        learner, optimizer, state, tasks, task_chunk_size, key_of(state)
+      )
+
     return step
 
   def sampled_step(state):
     tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
-    return meta_train_step(learner, optimizer, state, tasks, task_chunk_size,
-                           key_of(state))
+    return meta_train_step(
+      learner, optimizer, state, tasks, task_chunk_size, key_of(state)
+    )
+
   return sampled_step
 
 
-def make_evaluate(learner: MetaLearner, num_steps: int
-                  ) -> Callable[[Params, Task], dict[str, Array]]:
+def make_evaluate(
+  learner: MetaLearner, num_steps: int
+) -> Callable[[Params, Task], dict[str, Array]]:
   """Per-task evaluation vmapped over a batch of tasks (jit it once).
 
   Returns:
     `evaluate(params, tasks) -> metrics`, every metric with a leading
     `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`).
   """
+
   def evaluate(params, tasks):
     return jax.vmap(learner.evaluate, in_axes=(None, 0, None))(
-        params, tasks, num_steps)
+      params, tasks, num_steps
+    )
+
   return evaluate
 
 
@@ -270,5 +298,7 @@ def mean_and_ci95(values: Any) -> tuple[float, float]:
   values = np.asarray(values, dtype=np.float64).reshape(-1)
   if values.size == 0:
     raise ValueError('mean_and_ci95 needs at least one value.')
-  return (float(values.mean()),
-          float(1.96 * values.std() / np.sqrt(values.size)))
+  return (
+    float(values.mean()),
+    float(1.96 * values.std() / np.sqrt(values.size)),
+  )

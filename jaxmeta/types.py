@@ -25,6 +25,7 @@ class Task(NamedTuple):
     query_x: inputs of the query set, `[query_size, ...]`.
     query_y: targets of the query set, `[query_size]` or `[query_size, 1]`.
   """
+
   support_x: Array
   support_y: Array
   query_x: Array

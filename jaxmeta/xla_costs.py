@@ -25,15 +25,35 @@ import numpy as np
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.types import Params, Task
 
-_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2,
-                'bf16': 2, 's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8,
-                'f64': 8, 'c64': 8, 'c128': 16}
-_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter',
-                'collective-permute', 'all-to-all', 'collective-broadcast')
+_DTYPE_BYTES = {
+  'pred': 1,
+  's8': 1,
+  'u8': 1,
+  's16': 2,
+  'u16': 2,
+  'f16': 2,
+  'bf16': 2,
+  's32': 4,
+  'u32': 4,
+  'f32': 4,
+  's64': 8,
+  'u64': 8,
+  'f64': 8,
+  'c64': 8,
+  'c128': 16,
+}
+_COLLECTIVES = (
+  'all-reduce',
+  'all-gather',
+  'reduce-scatter',
+  'collective-permute',
+  'all-to-all',
+  'collective-broadcast',
+)
 # `%name = <result shape> <opcode>(`; async forms end in -start.
 _INSTRUCTION = re.compile(
-    r'=\s*(?P<shape>.*?)\s+(?P<op>' + '|'.join(_COLLECTIVES)
-    + r')(?:-start)?\(')
+  r'=\s*(?P<shape>.*?)\s+(?P<op>' + '|'.join(_COLLECTIVES) + r')(?:-start)?\('
+)
 _ARRAY_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
 
 
@@ -56,8 +76,10 @@ def collectives(hlo_text: str) -> list[tuple[str, int]]:
   iteration). For an all-reduce the bytes are those of its (tuple) result,
   the payload each device contributes and receives.
   """
-  return [(m.group('op'), shape_bytes(m.group('shape')))
-          for m in _INSTRUCTION.finditer(hlo_text)]
+  return [
+    (m.group('op'), shape_bytes(m.group('shape')))
+    for m in _INSTRUCTION.finditer(hlo_text)
+  ]
 
 
 def compiled_costs(compiled: Any) -> dict[str, float]:
@@ -81,20 +103,21 @@ def compiled_costs(compiled: Any) -> dict[str, float]:
   ops = collectives(compiled.as_text())
   all_reduce = [b for op, b in ops if op == 'all-reduce']
   return {
-      'flops': float(cost.get('flops', 0.0)),
-      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
-      'temp_bytes': int(memory.temp_size_in_bytes),
-      'argument_bytes': int(memory.argument_size_in_bytes),
-      'output_bytes': int(memory.output_size_in_bytes),
-      'generated_code_bytes': int(memory.generated_code_size_in_bytes),
-      'all_reduce_count': len(all_reduce),
-      'all_reduce_bytes': int(sum(all_reduce)),
-      'other_collective_count': len(ops) - len(all_reduce),
+    'flops': float(cost.get('flops', 0.0)),
+    'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
+    'temp_bytes': int(memory.temp_size_in_bytes),
+    'argument_bytes': int(memory.argument_size_in_bytes),
+    'output_bytes': int(memory.output_size_in_bytes),
+    'generated_code_bytes': int(memory.generated_code_size_in_bytes),
+    'all_reduce_count': len(all_reduce),
+    'all_reduce_bytes': int(sum(all_reduce)),
+    'other_collective_count': len(ops) - len(all_reduce),
   }
 
 
-def task_costs(learner: MetaLearner, params: Params, task: Task
-               ) -> dict[str, float]:
+def task_costs(
+  learner: MetaLearner, params: Params, task: Task
+) -> dict[str, float]:
   """`compiled_costs` of one task's meta-gradient, `learner.task_update`.
 
   `temp_bytes` is the working memory of one task: for second-order MAML,
@@ -110,5 +133,6 @@ def task_costs(learner: MetaLearner, params: Params, task: Task
   Returns:
     See `compiled_costs`.
   """
-  return compiled_costs(jax.jit(learner.task_update).lower(params, task)
-                        .compile())
+  return compiled_costs(
+    jax.jit(learner.task_update).lower(params, task).compile()
+  )

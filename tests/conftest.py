@@ -21,10 +21,13 @@ def pytest_configure(config):
   del config
   if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
-        prefix='jaxmeta_xla_cache_')
+      prefix='jaxmeta_xla_cache_'
+    )
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_compilation_cache_dir',
-                    os.environ['JAX_COMPILATION_CACHE_DIR'])
+
+  jax.config.update(
+    'jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR']
+  )
 
 
 @pytest.fixture(scope='session')
@@ -34,15 +37,17 @@ def omniglot_data_dir(tmp_path_factory) -> str:
   Prepared once per test session from the repository's shipped zips
   (`data/omniglot`), so tests never touch the user's TFDS cache or the network.
   """
-  zips = [OMNIGLOT_SOURCE_DIR / name
-          for name in ('images_background.zip', 'images_evaluation.zip')]
+  zips = [
+    OMNIGLOT_SOURCE_DIR / name
+    for name in ('images_background.zip', 'images_evaluation.zip')
+  ]
   missing = [str(p) for p in zips if not p.is_file()]
   if missing:
     pytest.skip(f'Omniglot zips not in the checkout: {missing}')
   from jaxmeta.data import omniglot  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path_factory.mktemp('tfds_omniglot'))
-  omniglot.load('train', data_dir=data_dir,
-                source_dir=str(OMNIGLOT_SOURCE_DIR))
+  omniglot.load('train', data_dir=data_dir, source_dir=str(OMNIGLOT_SOURCE_DIR))
   return data_dir
 
 
@@ -59,17 +64,26 @@ def tiny_dataset() -> str:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxmeta.data import registry  # pylint: disable=g-import-not-at-top
 
-  def load(split, *, data_dir=None, source_dir=None, scheme='random',
-           image_size=8, channels=1):
+  def load(
+    split,
+    *,
+    data_dir=None,
+    source_dir=None,
+    scheme='random',
+    image_size=8,
+    channels=1,
+  ):
     del data_dir, source_dir
     if split not in registry.SPLITS:
       raise registry.DataError(f'Unknown split {split!r}.')
     rng = np.random.default_rng(registry.SPLITS.index(split))
-    images = rng.integers(0, 256, (12, 6, image_size, image_size, channels),
-                          dtype=np.uint8)
+    images = rng.integers(
+      0, 256, (12, 6, image_size, image_size, channels), dtype=np.uint8
+    )
     # Classes that differ in mean brightness, so that a model can learn.
-    images = (images // 2 + (np.arange(12) * 10)[:, None, None, None, None]
-              ).astype(np.uint8)
+    images = (
+      images // 2 + (np.arange(12) * 10)[:, None, None, None, None]
+    ).astype(np.uint8)
     names = tuple(f'{scheme}/{split}/{i}' for i in range(12))
     return registry.ClassImages(images, names)
 

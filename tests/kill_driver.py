@@ -32,6 +32,7 @@ def _counted(fn):
   def wrapped(*args, **kwargs):
     _event()
     return fn(*args, **kwargs)
+
   return wrapped
 
 
@@ -40,6 +41,7 @@ def _counted_open(fn):
     if any(c in mode for c in 'wax+'):
       _event()
     return fn(file, mode, *args, **kwargs)
+
   return wrapped
 
 
@@ -49,20 +51,40 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
   from experiments import train  # pylint: disable=g-import-not-at-top
   from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
-  for module, name in ((os, 'rename'), (os, 'replace'), (os, 'makedirs'),
-                       (os, 'mkdir'), (os, 'remove'), (os, 'unlink'),
-                       (os, 'rmdir'), (shutil, 'rmtree'), (shutil, 'move'),
-                       (pathlib.Path, 'rename'), (pathlib.Path, 'replace'),
-                       (pathlib.Path, 'mkdir'), (pathlib.Path, 'unlink'),
-                       (pathlib.Path, 'rmdir'), (pathlib.Path, 'write_text'),
-                       (pathlib.Path, 'write_bytes')):
+
+  for module, name in (
+    (os, 'rename'),
+    (os, 'replace'),
+    (os, 'makedirs'),
+    (os, 'mkdir'),
+    (os, 'remove'),
+    (os, 'unlink'),
+    (os, 'rmdir'),
+    (shutil, 'rmtree'),
+    (shutil, 'move'),
+    (pathlib.Path, 'rename'),
+    (pathlib.Path, 'replace'),
+    (pathlib.Path, 'mkdir'),
+    (pathlib.Path, 'unlink'),
+    (pathlib.Path, 'rmdir'),
+    (pathlib.Path, 'write_text'),
+    (pathlib.Path, 'write_bytes'),
+  ):
     setattr(module, name, _counted(getattr(module, name)))
   builtins.open = _counted_open(builtins.open)
   config = sinusoid.get_config()
   config.model.hidden = (8,)
-  config.update(num_iterations=6, eval_every=2, checkpoint_every=1,
-                keep_checkpoints=2, log_every=1, num_val_tasks=4,
-                num_eval_tasks=6, eval_batch_size=6, meta_batch_size=2)
+  config.update(
+    num_iterations=6,
+    eval_every=2,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+    log_every=1,
+    num_val_tasks=4,
+    num_eval_tasks=6,
+    eval_batch_size=6,
+    meta_batch_size=2,
+  )
   train.train_and_evaluate(config, workdir, progress=False)
   print(f'EVENTS {_count}')
 

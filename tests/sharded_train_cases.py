@@ -24,9 +24,11 @@ from experiments import train
 import test_train  # tests/ is on sys.path under pytest.
 
 if jax.device_count() != NUM_DEVICES:
-  pytest.skip(f'needs {NUM_DEVICES} CPU devices, JAX has '
-              f'{jax.device_count()} (run this file in its own process)',
-              allow_module_level=True)
+  pytest.skip(
+    f'needs {NUM_DEVICES} CPU devices, JAX has '
+    f'{jax.device_count()} (run this file in its own process)',
+    allow_module_level=True,
+  )
 
 
 def _unsharded_replay(config, workdir, steps):
@@ -34,8 +36,9 @@ def _unsharded_replay(config, workdir, steps):
   built = train._Run(config, str(workdir), None, None, 'train')
   state = jax.device_put(built.init_state(), jax.devices()[0])
   data = built.family.load('train')
-  step = train.make_train_step(built.learner, built.optimizer, built.family,
-                               config, mesh=None)
+  step = train.make_train_step(
+    built.learner, built.optimizer, built.family, config, mesh=None
+  )
   for _ in range(steps):
     state, _ = step(state, data)
   built.checkpoints.close()
@@ -43,17 +46,22 @@ def _unsharded_replay(config, workdir, steps):
 
 
 @pytest.mark.parametrize('family', ['images', 'sinusoid', 'dropblock'])
-def test_sharded_run_matches_one_device_and_resumes(tmp_path, tiny_dataset,
-                                                    family):
+def test_sharded_run_matches_one_device_and_resumes(
+  tmp_path, tiny_dataset, family
+):
   if family in ('images', 'dropblock'):
+
     def make(**o):
-      c = test_train.tiny_config(tiny_dataset, meta_batch_size=8,
-                                 eval_batch_size=5, **o)
+      c = test_train.tiny_config(
+        tiny_dataset, meta_batch_size=8, eval_batch_size=5, **o
+      )
       if family == 'dropblock':  # Model keys: each task's own DropBlock mask.
         c.backbone = 'resnet12'
         c.model = ml_collections.ConfigDict(
-            {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1})
+          {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1}
+        )
       return c
+
     config = make()
   else:
     config = test_train.tiny_sinusoid(meta_batch_size=8)
@@ -69,18 +77,27 @@ def test_sharded_run_matches_one_device_and_resumes(tmp_path, tiny_dataset,
   sharded_leaf = jax.tree.leaves(straight_state.params)[0]
   assert len(sharded_leaf.sharding.device_set) == NUM_DEVICES
   replay = _unsharded_replay(config, tmp_path / 'replay', 4)
-  chex.assert_trees_all_close(jax.device_get(straight_state.params),
-                              jax.device_get(replay.params), atol=1e-5,
-                              rtol=1e-5)
+  chex.assert_trees_all_close(
+    jax.device_get(straight_state.params),
+    jax.device_get(replay.params),
+    atol=1e-5,
+    rtol=1e-5,
+  )
   on_disk = json.loads((tmp_path / 'straight' / 'results.json').read_text())
   assert set(on_disk) == set(results)
   metric = 'mse' if family == 'sinusoid' else 'accuracy'
-  assert {f'test_{metric}', 'test_ci95', f'best_val_{metric}',
-          'steps_per_second', 'iterations'} <= set(on_disk)
+  assert {
+    f'test_{metric}',
+    'test_ci95',
+    f'best_val_{metric}',
+    'steps_per_second',
+    'iterations',
+  } <= set(on_disk)
   assert np.isfinite(on_disk[f'test_{metric}'])
 
 
 def test_a_meta_batch_that_does_not_divide_is_refused(tmp_path, tiny_dataset):
   with pytest.raises(train.ConfigError, match=r'12 tasks .* 8 devices'):
-    test_train.run(test_train.tiny_config(tiny_dataset, meta_batch_size=12),
-                   tmp_path)
+    test_train.run(
+      test_train.tiny_config(tiny_dataset, meta_batch_size=12), tmp_path
+    )

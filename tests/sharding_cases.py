@@ -18,7 +18,6 @@ except RuntimeError:  # The backend is already up with its own device count.
 
 import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
@@ -28,9 +27,11 @@ from jaxmeta import xla_costs
 from jaxmeta.data import episodes
 
 if jax.device_count() != NUM_DEVICES:
-  pytest.skip(f'needs {NUM_DEVICES} CPU devices, JAX has '
-              f'{jax.device_count()} (run this file in its own process)',
-              allow_module_level=True)
+  pytest.skip(
+    f'needs {NUM_DEVICES} CPU devices, JAX has '
+    f'{jax.device_count()} (run this file in its own process)',
+    allow_module_level=True,
+  )
 
 META_BATCH = 16  # 2 tasks per device, so task_chunk_size=1 makes 2 chunks.
 SHAPE = dict(ways=3, shots=2, queries=2)
@@ -39,8 +40,9 @@ ALGORITHM_NAMES = jaxmeta.ALGORITHMS + jaxmeta.BASELINES
 
 def _images():
   # uint8 [classes, drawings, 4, 4, 1]: 10 classes, 5 drawings each.
-  return jax.random.randint(jax.random.key(7), (10, 5, 4, 4, 1), 0, 256,
-                            jnp.int32).astype(jnp.uint8)
+  return jax.random.randint(
+    jax.random.key(7), (10, 5, 4, 4, 1), 0, 256, jnp.int32
+  ).astype(jnp.uint8)
 
 
 def _sample_task(key, images):
@@ -50,8 +52,9 @@ def _sample_task(key, images):
 def _setup(name):
   model = jaxmeta.mlp((16, 8, SHAPE['ways']))
   loss_fn = jaxmeta.classification_loss(model.apply)
-  learner = jaxmeta.make_learner(name, model.init, loss_fn, inner_lr=0.3,
-                                 num_inner_steps=2)
+  learner = jaxmeta.make_learner(
+    name, model.init, loss_fn, inner_lr=0.3, num_inner_steps=2
+  )
   optimizer = optax.adam(0.05)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   return learner, optimizer, state
@@ -64,8 +67,9 @@ def mesh():
 
 @pytest.fixture(scope='module')
 def tasks():
-  return episodes.sample_tasks(jax.random.key(3), _images(), META_BATCH,
-                               **SHAPE)
+  return episodes.sample_tasks(
+    jax.random.key(3), _images(), META_BATCH, **SHAPE
+  )
 
 
 @functools.cache
@@ -81,11 +85,15 @@ def _sharded(name, task_chunk_size):
   learner, optimizer, state = _setup(name)
   mesh_ = sharding.make_mesh()
   tasks_ = sharding.shard_tasks(
-      episodes.sample_tasks(jax.random.key(3), _images(), META_BATCH,
-                            **SHAPE), mesh_)
+    episodes.sample_tasks(jax.random.key(3), _images(), META_BATCH, **SHAPE),
+    mesh_,
+  )
   state = sharding.replicate(state, mesh_)
-  step = jax.jit(sharding.shard_train_step(learner, optimizer, mesh_,
-                                           task_chunk_size=task_chunk_size))
+  step = jax.jit(
+    sharding.shard_train_step(
+      learner, optimizer, mesh_, task_chunk_size=task_chunk_size
+    )
+  )
   compiled = step.lower(state, tasks_).compile()
   new_state, metrics = compiled(state, tasks_)
   return compiled, new_state, metrics
@@ -93,43 +101,49 @@ def _sharded(name, task_chunk_size):
 
 @pytest.mark.parametrize('task_chunk_size', [None, 1])
 @pytest.mark.parametrize('name', ALGORITHM_NAMES)
-def test_sharded_step_matches_single_device_step(name, task_chunk_size,
-                                                 tasks):
+def test_sharded_step_matches_single_device_step(name, task_chunk_size, tasks):
   _, _, state = _setup(name)
   expected_state, expected_metrics = _reference_step(name)(state, tasks)
   _, new_state, metrics = _sharded(name, task_chunk_size)
-  chex.assert_trees_all_close(new_state.params, expected_state.params,
-                              atol=1e-5, rtol=0)
-  chex.assert_trees_all_close(new_state.opt_state, expected_state.opt_state,
-                              atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(metrics, expected_metrics, atol=1e-5,
-                              rtol=1e-5)
+  chex.assert_trees_all_close(
+    new_state.params, expected_state.params, atol=1e-5, rtol=0
+  )
+  chex.assert_trees_all_close(
+    new_state.opt_state, expected_state.opt_state, atol=1e-5, rtol=1e-5
+  )
+  chex.assert_trees_all_close(metrics, expected_metrics, atol=1e-5, rtol=1e-5)
   assert int(new_state.step) == 1
   # Parameters moved: the comparison is not between two untouched states.
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
-                       new_state.params, state.params)
+  moved = jax.tree.map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, state.params
+  )
   assert max(jax.tree.leaves(moved)) > 1e-3
 
 
 def _shapes(text):
   """['f32[4,5]', 'f32[]', ...] from an HLO shape string, layouts dropped."""
-  return [f'{t}[{d}]' for t, d in re.findall(r'\b([a-z]+\d*)\[([\d,]*)\]',
-                                             text)]
+  return [
+    f'{t}[{d}]' for t, d in re.findall(r'\b([a-z]+\d*)\[([\d,]*)\]', text)
+  ]
 
 
 _COLLECTIVE = re.compile(
-    r'=\s*(.*?)\s+(all-reduce|all-reduce-start|all-gather|all-gather-start|'
-    r'reduce-scatter|collective-permute|collective-permute-start|all-to-all|'
-    r'collective-broadcast)\(')
+  r'=\s*(.*?)\s+(all-reduce|all-reduce-start|all-gather|all-gather-start|'
+  r'reduce-scatter|collective-permute|collective-permute-start|all-to-all|'
+  r'collective-broadcast)\('
+)
 _HOST_TRANSFER = re.compile(
-    r'\s(infeed|outfeed|send|send-done|recv|recv-done)\(|'
-    r'custom_call_target="[^"]*(callback|host)[^"]*"', re.IGNORECASE)
+  r'\s(infeed|outfeed|send|send-done|recv|recv-done)\(|'
+  r'custom_call_target="[^"]*(callback|host)[^"]*"',
+  re.IGNORECASE,
+)
 
 
 @pytest.mark.parametrize('task_chunk_size', [None, 1])
 @pytest.mark.parametrize('name', ALGORITHM_NAMES)
 def test_one_all_reduce_of_gradient_and_metrics_no_host_transfer(
-    name, task_chunk_size):
+  name, task_chunk_size
+):
   """The compiled step's only collective is ONE all-reduce.
 
   Counted: every collective instruction in the optimised HLO of the whole
@@ -143,16 +157,19 @@ def test_one_all_reduce_of_gradient_and_metrics_no_host_transfer(
   assert [op for _, op in collectives] == ['all-reduce'], collectives
   reduced = sorted(_shapes(collectives[0][0]))
   expected = sorted(
-      [f'f32[{",".join(map(str, p.shape))}]'
-       for p in jax.tree.leaves(new_state.params)]
-      + ['f32[]'] * (len(metrics) - 1))  # meta_grad_norm: after the mean.
+    [
+      f'f32[{",".join(map(str, p.shape))}]'
+      for p in jax.tree.leaves(new_state.params)
+    ]
+    + ['f32[]'] * (len(metrics) - 1)
+  )  # meta_grad_norm: after the mean.
   assert reduced == expected
   assert not _HOST_TRANSFER.search(hlo), _HOST_TRANSFER.search(hlo)
   costs = xla_costs.compiled_costs(compiled)
   assert (costs['all_reduce_count'], costs['other_collective_count']) == (1, 0)
   assert costs['all_reduce_bytes'] == 4 * (
-      sum(p.size for p in jax.tree.leaves(new_state.params))
-      + len(metrics) - 1)
+    sum(p.size for p in jax.tree.leaves(new_state.params)) + len(metrics) - 1
+  )
 
 
 def test_state_and_metrics_come_back_replicated(mesh):
@@ -164,59 +181,74 @@ def test_state_and_metrics_come_back_replicated(mesh):
 
 def test_sampler_creates_tasks_sharded_and_equal_to_sample_tasks(mesh):
   images = sharding.replicate(_images(), mesh)
-  sampler = jax.jit(sharding.shard_sample_tasks(_sample_task, META_BATCH,
-                                                mesh))
+  sampler = jax.jit(sharding.shard_sample_tasks(_sample_task, META_BATCH, mesh))
   key = jax.random.key(11)
   compiled = sampler.lower(key, images).compile()
   tasks_ = compiled(key, images)
   want = sharding.task_sharding(mesh)
-  for leaf, out_sharding in zip(jax.tree.leaves(tasks_),
-                                jax.tree.leaves(compiled.output_shardings)):
+  for leaf, out_sharding in zip(
+    jax.tree.leaves(tasks_), jax.tree.leaves(compiled.output_shardings)
+  ):
     assert out_sharding.is_equivalent_to(want, leaf.ndim), out_sharding
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
     assert len(leaf.addressable_shards) == NUM_DEVICES
     assert leaf.addressable_shards[0].data.shape[0] == (
-        META_BATCH // NUM_DEVICES)
+      META_BATCH // NUM_DEVICES
+    )
   # Each device drew its own tasks: no collective moved any.
   assert not _COLLECTIVE.findall(compiled.as_text())
   expected = episodes.sample_tasks(key, _images(), META_BATCH, **SHAPE)
-  chex.assert_trees_all_equal(jax.device_get(tasks_),
-                              jax.device_get(expected))
+  chex.assert_trees_all_equal(jax.device_get(tasks_), jax.device_get(expected))
 
 
 def test_sampling_step_draws_the_tasks_of_make_meta_train_step(mesh):
   learner, optimizer, state = _setup('maml')
   images = _images()
   # The unsharded reference: make_meta_train_step's own sampler.
-  reference = jax.jit(jaxmeta.make_meta_train_step(
-      learner, optimizer,
-      functools.partial(episodes.sample_tasks, images=images,
-                        num_tasks=META_BATCH, **SHAPE)))
-  step = jax.jit(sharding.shard_train_step(
-      learner, optimizer, mesh, sample_task=_sample_task,
-      meta_batch_size=META_BATCH, task_chunk_size=1))
+  reference = jax.jit(
+    jaxmeta.make_meta_train_step(
+      learner,
+      optimizer,
+      functools.partial(
+        episodes.sample_tasks, images=images, num_tasks=META_BATCH, **SHAPE
+      ),
+    )
+  )
+  step = jax.jit(
+    sharding.shard_train_step(
+      learner,
+      optimizer,
+      mesh,
+      sample_task=_sample_task,
+      meta_batch_size=META_BATCH,
+      task_chunk_size=1,
+    )
+  )
   expected, sharded = state, sharding.replicate(state, mesh)
   images = sharding.replicate(images, mesh)
   for _ in range(2):
     expected, expected_metrics = reference(expected)
     sharded, metrics = step(sharded, images)
-  chex.assert_trees_all_close(sharded.params, expected.params, atol=1e-5,
-                              rtol=0)
-  chex.assert_trees_all_close(metrics, expected_metrics, atol=1e-5,
-                              rtol=1e-5)
+  chex.assert_trees_all_close(
+    sharded.params, expected.params, atol=1e-5, rtol=0
+  )
+  chex.assert_trees_all_close(metrics, expected_metrics, atol=1e-5, rtol=1e-5)
 
 
 def test_sharded_evaluate_matches_make_evaluate(mesh, tasks):
   learner, _, state = _setup('maml')
   expected = jax.jit(jaxmeta.make_evaluate(learner, 3))(state.params, tasks)
   evaluate = jax.jit(sharding.shard_evaluate(learner, 3, mesh))
-  args = (sharding.replicate(state.params, mesh),
-          sharding.shard_tasks(tasks, mesh))
+  args = (
+    sharding.replicate(state.params, mesh),
+    sharding.shard_tasks(tasks, mesh),
+  )
   compiled = evaluate.lower(*args).compile()
   metrics = compiled(*args)
   chex.assert_trees_all_close(metrics, expected, atol=1e-5, rtol=1e-5)
   assert metrics['accuracy'].sharding.is_equivalent_to(
-      sharding.task_sharding(mesh), 1)
+    sharding.task_sharding(mesh), 1
+  )
   assert not _COLLECTIVE.findall(compiled.as_text())
 
 
@@ -230,10 +262,17 @@ def test_meta_batch_not_divisible_by_devices_is_a_clear_error(mesh, tasks):
   with pytest.raises(ValueError, match=message):
     sharding.shard_tasks(odd, mesh)
   with pytest.raises(ValueError, match=message):
-    sharding.shard_train_step(learner, optimizer, mesh,
-                              sample_task=_sample_task, meta_batch_size=12)
+    sharding.shard_train_step(
+      learner, optimizer, mesh, sample_task=_sample_task, meta_batch_size=12
+    )
   with pytest.raises(ValueError, match=message):
     sharding.shard_evaluate(learner, 1, mesh)(state.params, odd)
   with pytest.raises(ValueError, match=r'task_chunk_size=4 .* the 6 tasks'):
-    sharding.shard_train_step(learner, optimizer, mesh, task_chunk_size=4,
-                              sample_task=_sample_task, meta_batch_size=48)
+    sharding.shard_train_step(
+      learner,
+      optimizer,
+      mesh,
+      task_chunk_size=4,
+      sample_task=_sample_task,
+      meta_batch_size=48,
+    )

@@ -17,12 +17,14 @@ import sys
 
 def main(port, process_id, num_processes, local_devices, out_dir):
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update('jax_num_cpu_devices', local_devices)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   from jaxmeta import sharding  # pylint: disable=g-import-not-at-top
+
   assert sharding.initialize_distributed(
-      f'127.0.0.1:{port}', num_processes, process_id,
-      initialization_timeout=60)
+    f'127.0.0.1:{port}', num_processes, process_id, initialization_timeout=60
+  )
 
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -36,31 +38,43 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
   shape = dict(ways=3, shots=2, queries=2)
   meta_batch = 2 * jax.device_count()
-  images = jax.random.randint(jax.random.key(7), (10, 5, 4, 4, 1), 0, 256,
-                              jnp.int32).astype(jnp.uint8)
+  images = jax.random.randint(
+    jax.random.key(7), (10, 5, 4, 4, 1), 0, 256, jnp.int32
+  ).astype(jnp.uint8)
   model = jaxmeta.mlp((16, 8, shape['ways']))
-  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
-                         inner_lr=0.3, num_inner_steps=2)
+  learner = jaxmeta.maml(
+    model.init,
+    jaxmeta.classification_loss(model.apply),
+    inner_lr=0.3,
+    num_inner_steps=2,
+  )
   optimizer = optax.adam(0.05)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
 
   mesh = sharding.make_mesh()
   sample_task = lambda key, im: episodes.sample_task(key, im, **shape)
-  sampling_step = jax.jit(sharding.shard_train_step(
-      learner, optimizer, mesh, sample_task=sample_task,
-      meta_batch_size=meta_batch, task_chunk_size=1))
+  sampling_step = jax.jit(
+    sharding.shard_train_step(
+      learner,
+      optimizer,
+      mesh,
+      sample_task=sample_task,
+      meta_batch_size=meta_batch,
+      task_chunk_size=1,
+    )
+  )
 
   sharded = sharding.replicate(state, mesh)
   sharded_images = sharding.replicate(images, mesh)
   for _ in range(3):
     sharded, metrics = sampling_step(sharded, sharded_images)
   # A meta-batch from per-process data: each process passes only its half.
-  tasks = episodes.sample_tasks(jax.random.key(5), images, meta_batch,
-                                **shape)
+  tasks = episodes.sample_tasks(jax.random.key(5), images, meta_batch, **shape)
   tasks = jax.tree.map(np.asarray, tasks)
   half = meta_batch // num_processes
   local = jax.tree.map(
-      lambda v: v[process_id * half:(process_id + 1) * half], tasks)
+    lambda v: v[process_id * half : (process_id + 1) * half], tasks
+  )
   global_tasks = sharding.tasks_from_process_local(local, mesh)
   assert global_tasks.support_x.shape == tasks.support_x.shape
   assert global_tasks.support_x.sharding == sharding.task_sharding(mesh)
@@ -71,26 +85,44 @@ def main(port, process_id, num_processes, local_devices, out_dir):
   sharded_keys = sharding.shard_tasks(keys, mesh)
   key_data = np.asarray(jax.random.key_data(keys))
   for shard in sharded_keys.addressable_shards:
-    np.testing.assert_array_equal(jax.random.key_data(shard.data),
-                                  key_data[shard.index[0]])
-  flat = lambda tree: {jax.tree_util.keystr(path): np.asarray(leaf)
-                       for path, leaf in
-                       jax.tree_util.tree_leaves_with_path(tree)}
-  np.savez(f'{out_dir}/process_{process_id}.npz', **flat(sharded.params),
-           loss=np.asarray(metrics['loss']))
+    np.testing.assert_array_equal(
+      jax.random.key_data(shard.data), key_data[shard.index[0]]
+    )
+  flat = lambda tree: {
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  np.savez(
+    f'{out_dir}/process_{process_id}.npz',
+    **flat(sharded.params),
+    loss=np.asarray(metrics['loss']),
+  )
 
   if process_id == 0:
-    reference = jax.jit(jaxmeta.make_meta_train_step(
-        learner, optimizer,
-        functools.partial(episodes.sample_tasks, images=images,
-                          num_tasks=meta_batch, **shape)))
+    reference = jax.jit(
+      jaxmeta.make_meta_train_step(
+        learner,
+        optimizer,
+        functools.partial(
+          episodes.sample_tasks, images=images, num_tasks=meta_batch, **shape
+        ),
+      )
+    )
     for _ in range(3):
       state, metrics = reference(state)
-    np.savez(f'{out_dir}/reference.npz', **flat(state.params),
-             loss=np.asarray(metrics['loss']))
+    np.savez(
+      f'{out_dir}/reference.npz',
+      **flat(state.params),
+      loss=np.asarray(metrics['loss']),
+    )
   jax.distributed.shutdown()
 
 
 if __name__ == '__main__':
-  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-       int(sys.argv[4]), sys.argv[5])
+  main(
+    int(sys.argv[1]),
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+    sys.argv[5],
+  )

@@ -17,8 +17,9 @@ def _to64(tree):
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
-def _classification_tasks(key, num_tasks=3, ways=3, shots=2, queries=3,
-                          dim=4, dtype=jnp.float32):
+def _classification_tasks(
+  key, num_tasks=3, ways=3, shots=2, queries=3, dim=4, dtype=jnp.float32
+):
   kx, kq = jax.random.split(key)
   support_x = jax.random.normal(kx, (num_tasks, ways * shots, dim), dtype)
   query_x = jax.random.normal(kq, (num_tasks, ways * queries, dim), dtype)
@@ -35,30 +36,39 @@ def _task(tasks, i):
 def _tanh_mlp():
   def init(key):
     k1, k2 = jax.random.split(key)
-    return {'w1': 0.5 * jax.random.normal(k1, (4, 5)), 'b1': jnp.zeros(5),
-            'w2': 0.5 * jax.random.normal(k2, (5, 3)), 'b2': jnp.zeros(3)}
+    return {
+      'w1': 0.5 * jax.random.normal(k1, (4, 5)),
+      'b1': jnp.zeros(5),
+      'w2': 0.5 * jax.random.normal(k2, (5, 3)),
+      'b2': jnp.zeros(3),
+    }
 
   def apply(p, x):
     return jnp.tanh(x @ p['w1'] + p['b1']) @ p['w2'] + p['b2']
+
   return jaxmeta.Model(init, apply)
 
 
-def _reference_maml_grad(loss_fn, params, tasks, inner_lr, num_steps,
-                         first_order):
+def _reference_maml_grad(
+  loss_fn, params, tasks, inner_lr, num_steps, first_order
+):
   """Per-task Python loop; each inner step written out by hand."""
+
   def meta_objective(p, task):
     adapted = p
     for _ in range(num_steps):
       g = jax.grad(lambda q: loss_fn(q, task.support_x, task.support_y)[0])(
-          adapted)
+        adapted
+      )
       if first_order:
         g = jax.lax.stop_gradient(g)
       adapted = jax.tree.map(lambda a, b: a - inner_lr * b, adapted, g)
     return loss_fn(adapted, task.query_x, task.query_y)[0]
 
   num_tasks = tasks.support_x.shape[0]
-  grads = [jax.grad(meta_objective)(params, _task(tasks, i))
-           for i in range(num_tasks)]
+  grads = [
+    jax.grad(meta_objective)(params, _task(tasks, i)) for i in range(num_tasks)
+  ]
   return jax.tree.map(lambda *g: sum(g) / num_tasks, *grads)
 
 
@@ -69,11 +79,17 @@ def test_maml_gradient_matches_per_task_python_loop(first_order, num_steps):
   loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(1))
-  learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.3,
-                         num_inner_steps=num_steps, first_order=first_order)
+  learner = jaxmeta.maml(
+    model.init,
+    loss_fn,
+    inner_lr=0.3,
+    num_inner_steps=num_steps,
+    first_order=first_order,
+  )
   grad, _ = jaxmeta.meta_gradient(learner, params, tasks)
-  expected = _reference_maml_grad(loss_fn, params, tasks, 0.3, num_steps,
-                                  first_order)
+  expected = _reference_maml_grad(
+    loss_fn, params, tasks, 0.3, num_steps, first_order
+  )
   chex.assert_trees_all_close(grad, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -83,16 +99,21 @@ def test_maml_gradient_matches_central_finite_differences_float64():
     loss_fn = jaxmeta.classification_loss(model.apply)
     params = _to64(model.init(jax.random.key(0)))
     tasks = _to64(_classification_tasks(jax.random.key(1)))
-    tasks = tasks._replace(support_y=tasks.support_y.astype(jnp.int32),
-                           query_y=tasks.query_y.astype(jnp.int32))
-    learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.5,
-                           num_inner_steps=2)
+    tasks = tasks._replace(
+      support_y=tasks.support_y.astype(jnp.int32),
+      query_y=tasks.query_y.astype(jnp.int32),
+    )
+    learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.5, num_inner_steps=2)
 
     def meta_objective(flat):
       p = unravel(flat)
-      return jnp.mean(jax.vmap(
-          lambda t: loss_fn(learner.adapt(p, t.support_x, t.support_y, 2),
-                            t.query_x, t.query_y)[0])(tasks))
+      return jnp.mean(
+        jax.vmap(
+          lambda t: loss_fn(
+            learner.adapt(p, t.support_x, t.support_y, 2), t.query_x, t.query_y
+          )[0]
+        )(tasks)
+      )
 
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     grad, _ = jaxmeta.meta_gradient(learner, params, tasks)
@@ -104,8 +125,9 @@ def test_maml_gradient_matches_central_finite_differences_float64():
     rel_err = float(jnp.linalg.norm(fd - grad) / jnp.linalg.norm(grad))
     assert rel_err < 1e-6, rel_err
     # Second order too: the meta-objective's own derivatives, by JAX's checker.
-    jax.test_util.check_grads(meta_objective, (flat,), order=2,
-                              modes=('rev',), eps=1e-4)
+    jax.test_util.check_grads(
+      meta_objective, (flat,), order=2, modes=('rev',), eps=1e-4
+    )
 
 
 def _linear_regression_closed_forms(theta, task, inner_lr, num_steps):
@@ -120,11 +142,16 @@ def _linear_regression_closed_forms(theta, task, inner_lr, num_steps):
   w = theta.copy()
   for _ in range(num_steps):
     w = w - inner_lr * grad(xs, ys, w)
-  jacobian = np.linalg.matrix_power(np.eye(len(theta)) - inner_lr * hess_s,
-                                    num_steps)
+  jacobian = np.linalg.matrix_power(
+    np.eye(len(theta)) - inner_lr * hess_s, num_steps
+  )
   g_q = grad(xq, yq, w)
-  return {'adapted': w, 'maml': jacobian @ g_q, 'fomaml': g_q,
-          'reptile': theta - w}
+  return {
+    'adapted': w,
+    'maml': jacobian @ g_q,
+    'fomaml': g_q,
+    'reptile': theta - w,
+  }
 
 
 @pytest.mark.parametrize('num_steps', [1, 3])
@@ -136,20 +163,22 @@ def test_linear_regression_gradients_match_closed_forms(num_steps):
     key = jax.random.key(0)
     kt, k1, k2, k3, k4 = jax.random.split(key, 5)
     theta = jax.random.normal(kt, (dim,), jnp.float64)
-    task = jaxmeta.Task(jax.random.normal(k1, (6, dim), jnp.float64),
-                        jax.random.normal(k2, (6, 1), jnp.float64),
-                        jax.random.normal(k3, (8, dim), jnp.float64),
-                        jax.random.normal(k4, (8, 1), jnp.float64))
-    expected = _linear_regression_closed_forms(np.asarray(theta), task,
-                                               inner_lr, num_steps)
+    task = jaxmeta.Task(
+      jax.random.normal(k1, (6, dim), jnp.float64),
+      jax.random.normal(k2, (6, 1), jnp.float64),
+      jax.random.normal(k3, (8, dim), jnp.float64),
+      jax.random.normal(k4, (8, 1), jnp.float64),
+    )
+    expected = _linear_regression_closed_forms(
+      np.asarray(theta), task, inner_lr, num_steps
+    )
     for name in jaxmeta.ALGORITHMS:
-      learner = jaxmeta.make_learner(name, lambda k: theta, loss_fn, inner_lr,
-                                     num_steps)
+      learner = jaxmeta.make_learner(
+        name, lambda k: theta, loss_fn, inner_lr, num_steps
+      )
       grad, _ = learner.task_update(theta, task)
-      np.testing.assert_allclose(grad, expected[name], rtol=1e-10,
-                                 err_msg=name)
-      adapted = learner.adapt(theta, task.support_x, task.support_y,
-                              num_steps)
+      np.testing.assert_allclose(grad, expected[name], rtol=1e-10, err_msg=name)
+      adapted = learner.adapt(theta, task.support_x, task.support_y, num_steps)
       np.testing.assert_allclose(adapted, expected['adapted'], rtol=1e-10)
 
 
@@ -176,9 +205,9 @@ def test_reptile_update_is_interpolation_towards_adapted_weights():
   expected = jax.tree.map(lambda t, m: t + eps * (m - t), theta, mean_phi)
 
   new_state, _ = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))(
-      state, tasks)
-  chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5,
-                              atol=1e-6)
+    state, tasks
+  )
+  chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
 
   # As a pseudo-gradient for any optax optimiser: Adam gets mean(theta - phi).
   adam = optax.adam(1e-2)
@@ -186,9 +215,9 @@ def test_reptile_update_is_interpolation_towards_adapted_weights():
   new_state, _ = jaxmeta.meta_train_step(learner, adam, state, tasks)
   pseudo_grad = jax.tree.map(jnp.subtract, theta, mean_phi)
   updates, _ = adam.update(pseudo_grad, adam.init(theta), theta)
-  chex.assert_trees_all_close(new_state.params,
-                              optax.apply_updates(theta, updates),
-                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    new_state.params, optax.apply_updates(theta, updates), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_reptile_without_query_metrics_does_the_same_update():
@@ -209,8 +238,9 @@ def test_reptile_without_query_metrics_does_the_same_update():
     t = _task(tasks, i)
     phi = with_query.adapt(params, t.support_x, t.support_y, 2)
     support_losses.append(loss_fn(phi, t.support_x, t.support_y)[0])
-  np.testing.assert_allclose(metrics['support_loss'], np.mean(support_losses),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics['support_loss'], np.mean(support_losses), rtol=1e-5
+  )
   with pytest.raises(ValueError, match='num_inner_steps'):
     jaxmeta.reptile(model.init, loss_fn, 0.2, 0, query_metrics=False)
 
@@ -237,12 +267,18 @@ def test_scan_inner_loop_equals_unrolled_loop():
   task = _task(_classification_tasks(jax.random.key(5)), 0)
   inner_lr, num_steps = 0.25, 5
   adapted, trace = jaxmeta.inner_loop(
-      loss_fn, params, task.support_x, task.support_y, num_steps,
-      optax.sgd(inner_lr))
+    loss_fn,
+    params,
+    task.support_x,
+    task.support_y,
+    num_steps,
+    optax.sgd(inner_lr),
+  )
   unrolled, losses = params, []
   for _ in range(num_steps):
     (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        unrolled, task.support_x, task.support_y)
+      unrolled, task.support_x, task.support_y
+    )
     losses.append(loss)
     unrolled = jax.tree.map(lambda a, b: a - inner_lr * b, unrolled, g)
   chex.assert_trees_all_close(adapted, unrolled, rtol=1e-6, atol=1e-6)
@@ -292,11 +328,13 @@ def test_meta_train_step_compiles_once():
 
 def test_sampled_step_draws_tasks_from_step_key():
   model = jaxmeta.mlp((1, 8, 1))
-  learner = jaxmeta.maml(model.init, jaxmeta.regression_loss(model.apply),
-                         0.01, 1)
+  learner = jaxmeta.maml(
+    model.init, jaxmeta.regression_loss(model.apply), 0.01, 1
+  )
   optimizer = optax.adam(1e-3)
-  sample = functools.partial(sinusoid.sample_tasks, num_tasks=4, shots=5,
-                             queries=5)
+  sample = functools.partial(
+    sinusoid.sample_tasks, num_tasks=4, shots=5, queries=5
+  )
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   sampled = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer, sample))
   given = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))
@@ -315,8 +353,11 @@ def test_evaluate_reports_metrics_before_and_after_each_step():
   metrics = learner.evaluate(params, task, 3)
   assert metrics['loss_by_step'].shape == (4,)
   before, _ = loss_fn(params, task.query_x, task.query_y)
-  after, _ = loss_fn(learner.adapt(params, task.support_x, task.support_y, 3),
-                     task.query_x, task.query_y)
+  after, _ = loss_fn(
+    learner.adapt(params, task.support_x, task.support_y, 3),
+    task.query_x,
+    task.query_y,
+  )
   np.testing.assert_allclose(metrics['loss_by_step'][0], before, rtol=1e-6)
   np.testing.assert_allclose(metrics['loss'], after, rtol=1e-6)
   np.testing.assert_allclose(metrics['loss_by_step'][-1], after, rtol=1e-6)
@@ -329,22 +370,30 @@ def test_make_learner_rejects_unknown_names():
 
 def test_short_sinusoid_meta_training_cuts_post_adaptation_loss():
   model = jaxmeta.mlp((1, 40, 40, 1))
-  learner = jaxmeta.maml(model.init, jaxmeta.regression_loss(model.apply),
-                         inner_lr=0.01, num_inner_steps=1)
+  learner = jaxmeta.maml(
+    model.init,
+    jaxmeta.regression_loss(model.apply),
+    inner_lr=0.01,
+    num_inner_steps=1,
+  )
   optimizer = optax.adam(1e-3)
-  sample = functools.partial(sinusoid.sample_tasks, num_tasks=25, shots=10,
-                             queries=10)
+  sample = functools.partial(
+    sinusoid.sample_tasks, num_tasks=25, shots=10, queries=10
+  )
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
-  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer, sample),
-                 donate_argnums=0)
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, sample), donate_argnums=0
+  )
   evaluate = jax.jit(jaxmeta.make_evaluate(learner, 10))
   test_tasks = sinusoid.sample_tasks(jax.random.key(99), 100, 10, 50)
   before = float(jnp.mean(evaluate(state.params, test_tasks)['mse']))
   for _ in range(1500):
     state, _ = step(state)
   after = evaluate(state.params, test_tasks)
-  post, pre = float(jnp.mean(after['mse'])), float(
-      jnp.mean(after['mse_by_step'][:, 0]))
+  post, pre = (
+    float(jnp.mean(after['mse'])),
+    float(jnp.mean(after['mse_by_step'][:, 0])),
+  )
   # Untrained, 10 steps of adaptation leave MSE ~ 3; meta-trained, ~0.5.
   assert post < 0.35 * before, (post, before)
   assert post < 0.35 * pre, (post, pre)
@@ -358,8 +407,10 @@ def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
   learner = jaxmeta.make_learner('pretrain', model.init, loss_fn, 0.1, 1)
   grad, _ = learner.task_update(params, task)
   pooled = lambda p: loss_fn(
-      p, jnp.concatenate([task.support_x, task.query_x]),
-      jnp.concatenate([task.support_y, task.query_y]))[0]
+    p,
+    jnp.concatenate([task.support_x, task.query_x]),
+    jnp.concatenate([task.support_y, task.query_y]),
+  )[0]
   chex.assert_trees_all_close(grad, jax.grad(pooled)(params), rtol=1e-6)
 
 
@@ -372,15 +423,17 @@ def test_task_chunks_give_the_same_meta_gradient(name):
   learner = jaxmeta.make_learner(name, model.init, loss_fn, 0.3, 2)
   full = jaxmeta.meta_gradient(learner, params, tasks)
   for chunk in (1, 2, 3):
-    chunked = jax.jit(functools.partial(jaxmeta.meta_gradient, learner,
-                                        task_chunk_size=chunk))(params, tasks)
+    chunked = jax.jit(
+      functools.partial(jaxmeta.meta_gradient, learner, task_chunk_size=chunk)
+    )(params, tasks)
     chex.assert_trees_all_close(chunked, full, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='divide'):
     jaxmeta.meta_gradient(learner, params, tasks, task_chunk_size=4)
 
 
-@pytest.mark.parametrize('build', [
-    jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain])
+@pytest.mark.parametrize(
+  'build', [jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain]
+)
 def test_negative_inner_steps_are_refused_by_name(build):
   model = _tanh_mlp()
   loss_fn = jaxmeta.classification_loss(model.apply)
@@ -393,12 +446,19 @@ def test_inner_loop_refuses_negative_steps_by_name():
   loss_fn = jaxmeta.classification_loss(model.apply)
   task = _task(_classification_tasks(jax.random.key(0)), 0)
   with pytest.raises(ValueError, match='num_steps must be >= 0'):
-    jaxmeta.inner_loop(loss_fn, model.init(jax.random.key(1)), task.support_x,
-                       task.support_y, -1, optax.sgd(0.1))
+    jaxmeta.inner_loop(
+      loss_fn,
+      model.init(jax.random.key(1)),
+      task.support_x,
+      task.support_y,
+      -1,
+      optax.sgd(0.1),
+    )
 
 
-@pytest.mark.parametrize('build', [
-    jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain])
+@pytest.mark.parametrize(
+  'build', [jaxmeta.maml, jaxmeta.fomaml, jaxmeta.reptile, jaxmeta.pretrain]
+)
 @pytest.mark.parametrize('inner_lr', [0.0, -0.1, float('nan'), float('inf')])
 def test_non_positive_or_non_finite_inner_lr_is_refused(build, inner_lr):
   model = _tanh_mlp()
@@ -418,7 +478,8 @@ def test_reptile_with_its_own_inner_optimizer_ignores_inner_lr():
 def test_labels_of_the_wrong_length_are_refused_at_trace_time(name, field):
   model = _tanh_mlp()
   learner = jaxmeta.make_learner(
-      name, model.init, jaxmeta.classification_loss(model.apply), 0.1, 1)
+    name, model.init, jaxmeta.classification_loss(model.apply), 0.1, 1
+  )
   tasks = _classification_tasks(jax.random.key(0))
   tasks = tasks._replace(**{field: getattr(tasks, field)[:, :-1]})
   params = learner.init(jax.random.key(1))
@@ -426,5 +487,6 @@ def test_labels_of_the_wrong_length_are_refused_at_trace_time(name, field):
   with pytest.raises(ValueError, match=f'The {what} inputs and targets'):
     jax.jit(jax.vmap(learner.task_update, (None, 0)))(params, tasks)
   with pytest.raises(ValueError, match=f'The {what} inputs and targets'):
-    jax.jit(jax.vmap(learner.evaluate, (None, 0, None)),
-            static_argnums=2)(params, tasks, 1)
+    jax.jit(jax.vmap(learner.evaluate, (None, 0, None)), static_argnums=2)(
+      params, tasks, 1
+    )

@@ -30,9 +30,22 @@ TORCH_IMPLS = set(benchmark.TORCH_IMPLEMENTATIONS)
 def _run_cli(out_dir, *extra):
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   return subprocess.run(
-      [sys.executable, '-m', 'experiments.benchmark', '--size=tiny',
-       f'--out={out_dir}', '--num_steps=2', '--warmup_steps=1', *extra],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      '-m',
+      'experiments.benchmark',
+      '--size=tiny',
+      f'--out={out_dir}',
+      '--num_steps=2',
+      '--warmup_steps=1',
+      *extra,
+    ],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -48,8 +61,11 @@ def test_tiny_benchmark_passes_cross_check(tiny_run):
   with open(out_dir / 'benchmark.json') as f:
     results = json.load(f)
   assert results['all_checks_passed'] is True
-  checked = {(c['algorithm'], c['implementation'])
-             for c in results['cross_checks'] if c['passed']}
+  checked = {
+    (c['algorithm'], c['implementation'])
+    for c in results['cross_checks']
+    if c['passed']
+  }
   for algorithm in benchmark.ALGORITHMS:
     for impl in TORCH_IMPLS:
       assert (algorithm, impl) in checked
@@ -94,9 +110,12 @@ def test_tiny_benchmark_outputs(tiny_run):
 
 
 def test_cli_fails_when_a_torch_gradient_differs(tmp_path):
-  proc = _run_cli(tmp_path, '--algorithms=fomaml',
-                  '--implementations=jaxmeta,torch_loop',
-                  '--debug_perturb_check=torch_loop')
+  proc = _run_cli(
+    tmp_path,
+    '--algorithms=fomaml',
+    '--implementations=jaxmeta,torch_loop',
+    '--debug_perturb_check=torch_loop',
+  )
   assert proc.returncode != 0
   with open(tmp_path / 'benchmark.json') as f:
     results = json.load(f)
@@ -113,13 +132,16 @@ def _tiny_setup(algorithm):
   tasks = benchmark.make_tasks(config, data_key)
   learner, optimizer = benchmark.jax_setup(config, algorithm, 'auto')
   params = jaxmeta.init_train_state(learner, optimizer, init_key).params
-  reference = benchmark.jax_meta_gradient(config, algorithm, 'auto', params,
-                                          tasks)
-  model = torch_baselines.Conv4(config.ways, config.input_shape,
-                                config.num_filters, config.num_blocks)
+  reference = benchmark.jax_meta_gradient(
+    config, algorithm, 'auto', params, tasks
+  )
+  model = torch_baselines.Conv4(
+    config.ways, config.input_shape, config.num_filters, config.num_blocks
+  )
   batch = torch_baselines.batch_from_numpy(*(np.asarray(a) for a in tasks))
   meta_grad = torch_baselines.make_meta_grad(
-      'loop', algorithm, config.inner_lr, config.inner_steps)
+    'loop', algorithm, config.inner_lr, config.inner_steps
+  )
   return params, reference, model, batch, meta_grad
 
 
@@ -161,30 +183,39 @@ def test_float64_check_separates_rounding_from_a_different_function():
   params, reference, _, batch, _ = _tiny_setup('maml')
   data_key, _ = jax.random.split(jax.random.key(0))
   tasks = benchmark.make_tasks(config, data_key)
-  truth = benchmark.jax_meta_gradient(config, 'maml', 'auto', params, tasks,
-                                      float64=True)
+  truth = benchmark.jax_meta_gradient(
+    config, 'maml', 'auto', params, tasks, float64=True
+  )
   assert all(v.dtype == np.float64 for v in truth.values())
   # float32 jaxmeta is a rounding away from float64 ...
   assert benchmark.cross_check(truth, reference, 1e-4)['passed']
   # ... and every torch implementation in float64 is the same function.
   for impl in benchmark.TORCH_IMPLEMENTATIONS:
     got = benchmark.torch_meta_gradient_float64(
-        torch_baselines, config, impl, 'maml', params, batch, 'cpu')
+      torch_baselines, config, impl, 'maml', params, batch, 'cpu'
+    )
     assert all(v.dtype == np.float64 for v in got.values())
     assert benchmark.cross_check(truth, got, 1e-12)['passed'], impl
   # An inner learning rate 0.1% off is a different function: 1e-3 apart in
   # float64, far beyond FLOAT64_TOL.
   other = dataclasses.replace(config, inner_lr=config.inner_lr * 1.001)
   got = benchmark.torch_meta_gradient_float64(
-      torch_baselines, other, 'torch_loop', 'maml', params, batch, 'cpu')
+    torch_baselines, other, 'torch_loop', 'maml', params, batch, 'cpu'
+  )
   assert not benchmark.cross_check(truth, got, benchmark.FLOAT64_TOL)['passed']
 
 
 def test_verdict():
   tol = 1e-4
+
   def entry(f32, vs64, agreement, problems=()):
-    return {'max_rel_err': f32, 'vs_float64_max_rel_err': vs64,
-            'float64_agreement': agreement, 'problems': list(problems)}
+    return {
+      'max_rel_err': f32,
+      'vs_float64_max_rel_err': vs64,
+      'float64_agreement': agreement,
+      'problems': list(problems),
+    }
+
   verdict = lambda e, ref=3e-2: benchmark.verdict(e, tol, ref)
   assert verdict(entry(5e-5, 1e-5, 1e-14)) == (True, 'float32')
   # The reference's own float32 result is 3e-2 from float64: a candidate
@@ -194,12 +225,10 @@ def test_verdict():
   assert verdict(entry(2e-3, 4e-2, 1e-14)) == (True, 'float64')
   assert verdict(entry(5e-2, 4e-2, 1e-14)) == (False, 'float32 mismatch')
   # With an exact reference the float32 tolerance is the bound.
-  assert verdict(entry(2e-4, 2e-4, 1e-14), 1e-6) == (False,
-                                                     'float32 mismatch')
+  assert verdict(entry(2e-4, 2e-4, 1e-14), 1e-6) == (False, 'float32 mismatch')
   # A different function fails however close its float32 result.
   assert verdict(entry(5e-5, 1e-5, 1e-3)) == (False, 'float64 mismatch')
-  assert verdict(entry(5e-5, 1e-5, float('nan'))) == (False,
-                                                      'float64 mismatch')
+  assert verdict(entry(5e-5, 1e-5, float('nan'))) == (False, 'float64 mismatch')
   # Without the float64 check only the float32 rule applies.
   assert verdict(entry(5e-5, None, None), None) == (True, 'float32')
   assert verdict(entry(5e-2, None, None), None) == (False, 'float32 mismatch')
@@ -219,9 +248,15 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
 
   monkeypatch.setattr(jaxmeta, 'meta_gradient', spy)
   settings = benchmark.Settings(
-      out=str(tmp_path), configs=('tiny',), algorithms=('fomaml',),
-      implementations=('jaxmeta',), conv_impls=('patches_cf', 'patches'),
-      num_steps=1, warmup_steps=0, task_chunk_size=2)
+    out=str(tmp_path),
+    configs=('tiny',),
+    algorithms=('fomaml',),
+    implementations=('jaxmeta',),
+    conv_impls=('patches_cf', 'patches'),
+    num_steps=1,
+    warmup_steps=0,
+    task_chunk_size=2,
+  )
   results, ok = benchmark.run_benchmark(settings)
   assert ok
   # Reference and candidate, each in float32 and float64.
@@ -232,11 +267,20 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
 
 def test_task_chunk_size_must_divide_the_meta_batch(tmp_path):
   settings = benchmark.Settings(
-      out=str(tmp_path), configs=('omniglot_5w1s_mb4',),
-      algorithms=('reptile',), implementations=('jaxmeta',),
-      conv_impls=('auto',), num_steps=1, warmup_steps=0, task_chunk_size=3)
-  with pytest.raises(ValueError, match='must divide the meta-batch size of '
-                     r'omniglot_5w1s_mb4 \(4\)'):
+    out=str(tmp_path),
+    configs=('omniglot_5w1s_mb4',),
+    algorithms=('reptile',),
+    implementations=('jaxmeta',),
+    conv_impls=('auto',),
+    num_steps=1,
+    warmup_steps=0,
+    task_chunk_size=3,
+  )
+  with pytest.raises(
+    ValueError,
+    match='must divide the meta-batch size of '
+    r'omniglot_5w1s_mb4 \(4\)',
+  ):
     benchmark.run_benchmark(settings)
   assert not os.listdir(tmp_path)  # Failed before any work.
 
@@ -246,27 +290,45 @@ def test_time_interleaved_takes_turns_in_blocks():
 
   def timer(name, seconds, fail_at=None):
     count = {'n': 0}
+
     def step():
       count['n'] += 1
       calls.append(name)
       if count['n'] == fail_at:
         raise RuntimeError('boom')
       time.sleep(seconds)
-    return benchmark.Timer(step, {'first_run_s': seconds, 'compile_s': None},
-                           lambda: {'final_loss': name})
+
+    return benchmark.Timer(
+      step,
+      {'first_run_s': seconds, 'compile_s': None},
+      lambda: {'final_loss': name},
+    )
 
   settings = benchmark.Settings(
-      out='', configs=(), algorithms=(), implementations=(), conv_impls=(),
-      num_steps=4, warmup_steps=1, max_seconds_per_row=0.5,
-      interleave_block=2)
+    out='',
+    configs=(),
+    algorithms=(),
+    implementations=(),
+    conv_impls=(),
+    num_steps=4,
+    warmup_steps=1,
+    max_seconds_per_row=0.5,
+    interleave_block=2,
+  )
   fast, slow = timer('fast', 0.0), timer('slow', 0.2)
   bad = timer('bad', 0.0, fail_at=3)
   results = benchmark.time_interleaved([fast, slow, bad], settings, 2)
   # A warm-up step each, then turns of one untimed + up to 2 timed steps;
   # 'bad' leaves the rotation when it raises, 'slow' after the 3 timed steps
   # that max_seconds_per_row affords it (0.5 s / 0.2 s, but at least 3).
-  assert calls == (['fast', 'slow', 'bad'] + ['fast'] * 3 + ['slow'] * 3
-                   + ['bad'] * 2 + ['fast'] * 3 + ['slow'] * 2)
+  assert calls == (
+    ['fast', 'slow', 'bad']
+    + ['fast'] * 3
+    + ['slow'] * 3
+    + ['bad'] * 2
+    + ['fast'] * 3
+    + ['slow'] * 2
+  )
   assert results[0]['num_timed_steps'] == 4
   assert results[0]['status'] == 'ok' and results[0]['final_loss'] == 'fast'
   assert results[0]['timing'] == 'interleaved blocks of 2'
@@ -282,18 +344,28 @@ def test_time_interleaved_takes_turns_in_blocks():
 
 def test_paired_speedups_pair_turns_of_the_same_round():
   def row(impl, turns, config='c', algorithm='maml'):
-    return {'config': config, 'algorithm': algorithm,
-            'implementation': impl, 'status': 'ok', 'turn_median_ms': turns}
+    return {
+      'config': config,
+      'algorithm': algorithm,
+      'implementation': impl,
+      'status': 'ok',
+      'turn_median_ms': turns,
+    }
+
   rows = [
-      row('jaxmeta', [50.0, 100.0, 400.0]),
-      row('torch_loop', [100.0, 200.0, 400.0]),
-      # Fewer turns (max_seconds_per_row): paired with the first rounds.
-      row('torch_func', [200.0, 100.0]),
-      # Another algorithm has its own loop.
-      row('jaxmeta', [10.0, 10.0], algorithm='reptile'),
-      row('torch_loop', [30.0, 30.0], algorithm='reptile'),
-      {'config': 'c', 'algorithm': 'maml', 'implementation': 'torch_higher',
-       'status': 'gradient_mismatch'},
+    row('jaxmeta', [50.0, 100.0, 400.0]),
+    row('torch_loop', [100.0, 200.0, 400.0]),
+    # Fewer turns (max_seconds_per_row): paired with the first rounds.
+    row('torch_func', [200.0, 100.0]),
+    # Another algorithm has its own loop.
+    row('jaxmeta', [10.0, 10.0], algorithm='reptile'),
+    row('torch_loop', [30.0, 30.0], algorithm='reptile'),
+    {
+      'config': 'c',
+      'algorithm': 'maml',
+      'implementation': 'torch_higher',
+      'status': 'gradient_mismatch',
+    },
   ]
   benchmark.add_paired_speedups(rows)
   # Ratios 2, 2, 1: median 2, quartiles (inclusive) 1.5 and 2.
@@ -316,20 +388,24 @@ def test_program_peak_bytes_counts_one_program():
 
 def test_torch_conv4_is_jaxmeta_conv4():
   config = benchmark.CONFIGS['tiny']
-  model = jaxmeta.conv4(config.ways, config.input_shape, config.num_filters,
-                        config.num_blocks)
+  model = jaxmeta.conv4(
+    config.ways, config.input_shape, config.num_filters, config.num_blocks
+  )
   params = model.init(jax.random.key(1))
-  x = np.asarray(jax.random.normal(jax.random.key(2),
-                                   (6,) + config.input_shape))
+  x = np.asarray(
+    jax.random.normal(jax.random.key(2), (6,) + config.input_shape)
+  )
   with jax.default_matmul_precision('highest'):
     expected = np.asarray(model.apply(params, x))
-  torch_model = torch_baselines.Conv4(config.ways, config.input_shape,
-                                      config.num_filters, config.num_blocks)
+  torch_model = torch_baselines.Conv4(
+    config.ways, config.input_shape, config.num_filters, config.num_blocks
+  )
   torch_baselines.params_from_jax(torch_model, params)
   x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   with torch.no_grad():
     got_module = torch_model(x_nchw).numpy()
     got_functional = torch_baselines.conv4_functional(
-        list(torch_model.parameters()), x_nchw, config.num_blocks).numpy()
+      list(torch_model.parameters()), x_nchw, config.num_blocks
+    ).numpy()
   np.testing.assert_allclose(got_module, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(got_functional, expected, rtol=1e-4, atol=1e-5)

@@ -22,17 +22,24 @@ def _flags(*argv):
 
 
 def _settings(tmp_path, **kwargs):
-  return benchmark.Settings(**{
-      'out': str(tmp_path / 'out'), 'configs': ('tiny',),
-      'algorithms': ('maml',), 'implementations': ('jaxmeta',),
-      'conv_impls': ('auto',), 'num_steps': 1, 'warmup_steps': 0, **kwargs})
+  return benchmark.Settings(
+    **{
+      'out': str(tmp_path / 'out'),
+      'configs': ('tiny',),
+      'algorithms': ('maml',),
+      'implementations': ('jaxmeta',),
+      'conv_impls': ('auto',),
+      'num_steps': 1,
+      'warmup_steps': 0,
+      **kwargs,
+    }
+  )
 
 
 def test_without_torch_one_line_says_what_to_install(tmp_path, monkeypatch):
   # Before: a ModuleNotFoundError traceback from inside run_benchmark.
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
-  monkeypatch.delitem(sys.modules, 'experiments.torch_baselines',
-                      raising=False)
+  monkeypatch.delitem(sys.modules, 'experiments.torch_baselines', raising=False)
   monkeypatch.delattr(experiments, 'torch_baselines', raising=False)
   settings = _settings(tmp_path, implementations=('jaxmeta', 'torch_loop'))
   monkeypatch.setattr(benchmark, 'settings_from_flags', lambda: settings)
@@ -45,15 +52,21 @@ def test_without_torch_one_line_says_what_to_install(tmp_path, monkeypatch):
   assert not (tmp_path / 'out').exists()  # Refused before any work.
 
 
-@pytest.mark.parametrize('flag,valid', [('configs', 'omniglot_5w1s'),
-                                        ('algorithms', 'maml'),
-                                        ('implementations', 'jaxmeta'),
-                                        ('conv_impls', 'patches_cf_2pass')])
+@pytest.mark.parametrize(
+  'flag,valid',
+  [
+    ('configs', 'omniglot_5w1s'),
+    ('algorithms', 'maml'),
+    ('implementations', 'jaxmeta'),
+    ('conv_impls', 'patches_cf_2pass'),
+  ],
+)
 def test_unknown_names_are_usage_errors_naming_the_valid_ones(flag, valid):
   # Before: accepted by the flags, then a ValueError traceback mid-run.
-  with pytest.raises(flags.IllegalFlagValueError,
-                     match=f"--{flag}: unknown \\['nope'\\]; choose from .*"
-                           f'{valid}'):
+  with pytest.raises(
+    flags.IllegalFlagValueError,
+    match=f"--{flag}: unknown \\['nope'\\]; choose from .*{valid}",
+  ):
     _flags('--out=/tmp/unused', f'--{flag}={valid},nope')
 
 
@@ -67,9 +80,12 @@ def test_out_naming_an_existing_file_is_a_usage_error(tmp_path):
 
 
 def test_valid_flags_parse():
-  flag_values = _flags('--out=/tmp/unused', '--configs=tiny',
-                       '--conv_impls=all',
-                       f'--algorithms={benchmark.ALGORITHMS[0]}')
+  flag_values = _flags(
+    '--out=/tmp/unused',
+    '--configs=tiny',
+    '--conv_impls=all',
+    f'--algorithms={benchmark.ALGORITHMS[0]}',
+  )
   assert flag_values.configs == ['tiny']
 
 
@@ -79,7 +95,11 @@ def test_all_and_both_expand_to_every_conv_impl():
   assert benchmark.ALL_CONV_IMPLS == expected
   assert benchmark.resolve_conv_impls(['both']) == expected
   assert benchmark.resolve_conv_impls(['patches_cf', 'all']) == (
-      'patches_cf', 'xla', 'patches', 'patches_cf_2pass')
+    'patches_cf',
+    'xla',
+    'patches',
+    'patches_cf_2pass',
+  )
   help_text = _flags('--out=/tmp/unused')['conv_impls'].help
   assert 'patches_cf_2pass' in help_text
 
@@ -88,25 +108,41 @@ def test_algorithms_are_the_library_ones_with_a_pytorch_baseline():
   torch_baselines = pytest.importorskip('experiments.torch_baselines')
   assert benchmark.ALGORITHMS == torch_baselines.ALGORITHMS
   assert benchmark.ALGORITHMS == tuple(
-      a for a in jaxmeta.ALGORITHMS if a in benchmark.ALGORITHMS)
+    a for a in jaxmeta.ALGORITHMS if a in benchmark.ALGORITHMS
+  )
   assert set(benchmark.ALGORITHMS) == {'maml', 'fomaml', 'reptile'}
 
 
 def _results(cross_checks, rows=()):
   return {
-      'date': '2026-01-01T00:00:00+00:00', 'command': 'benchmark',
-      'environment': {'jax_device': 'cpu', 'cpu': 'cpu', 'cpu_count': 2,
-                      'versions': {'jax': '0'}},
-      'settings': {'check_tol': 1e-4}, 'data': 'random',
-      'check_precision': 'float32', 'timing_precision': 'highest',
-      'cross_checks': cross_checks, 'rows': list(rows)}
+    'date': '2026-01-01T00:00:00+00:00',
+    'command': 'benchmark',
+    'environment': {
+      'jax_device': 'cpu',
+      'cpu': 'cpu',
+      'cpu_count': 2,
+      'versions': {'jax': '0'},
+    },
+    'settings': {'check_tol': 1e-4},
+    'data': 'random',
+    'check_precision': 'float32',
+    'timing_precision': 'highest',
+    'cross_checks': cross_checks,
+    'rows': list(rows),
+  }
 
 
 def test_benchmark_json_is_strict_json_with_null_for_non_finite(tmp_path):
   # Before: json.dump(allow_nan=True) wrote Infinity and NaN.
-  results = _results([{'max_rel_err': float('inf'),
-                       'vs_float64_max_rel_err': float('nan'),
-                       'per_tensor': [1.0, float('-inf')]}])
+  results = _results(
+    [
+      {
+        'max_rel_err': float('inf'),
+        'vs_float64_max_rel_err': float('nan'),
+        'per_tensor': [1.0, float('-inf')],
+      }
+    ]
+  )
   benchmark.write_outputs(results, str(tmp_path), plot=False)
 
   def refuse(constant):
@@ -114,7 +150,11 @@ def test_benchmark_json_is_strict_json_with_null_for_non_finite(tmp_path):
 
   with open(tmp_path / 'benchmark.json') as f:
     written = json.loads(f.read(), parse_constant=refuse)
-  assert written['cross_checks'] == [{'max_rel_err': None,
-                                      'vs_float64_max_rel_err': None,
-                                      'per_tensor': [1.0, None]}]
+  assert written['cross_checks'] == [
+    {
+      'max_rel_err': None,
+      'vs_float64_max_rel_err': None,
+      'per_tensor': [1.0, None],
+    }
+  ]
   assert written['settings'] == {'check_tol': 1e-4}

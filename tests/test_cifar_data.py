@@ -12,20 +12,30 @@ from jaxmeta.data import cifar100
 from jaxmeta.data import cifar100_tfds
 from jaxmeta.data import registry
 
-SPLITS_DIR = (Path(__file__).resolve().parents[1] / 'jaxmeta' / 'data' /
-              'splits' / 'cifar100')
+SPLITS_DIR = (
+  Path(__file__).resolve().parents[1]
+  / 'jaxmeta'
+  / 'data'
+  / 'splits'
+  / 'cifar100'
+)
 PER_CLASS = 3  # 2 in the fake train pickle, 1 in the fake test pickle.
 EXPECTED_CLASSES = {'cifar_fs': (64, 16, 20), 'fc100': (60, 20, 20)}
 
 
 def _lists(folder):
-  return {s: json.loads((SPLITS_DIR / folder / f'{s}.json').read_text())
-          for s in registry.SPLITS}
+  return {
+    s: json.loads((SPLITS_DIR / folder / f'{s}.json').read_text())
+    for s in registry.SPLITS
+  }
 
 
 def _fine_to_coarse():
-  return {fine: coarse for entries in _lists('cifar-fs').values()
-          for coarse, fine in entries}
+  return {
+    fine: coarse
+    for entries in _lists('cifar-fs').values()
+    for coarse, fine in entries
+  }
 
 
 def _fake_cifar(seed=0, per_class=PER_CLASS, row_length=3072):
@@ -34,18 +44,20 @@ def _fake_cifar(seed=0, per_class=PER_CLASS, row_length=3072):
   fine_to_coarse = _fine_to_coarse()
   fine_names = sorted(fine_to_coarse)
   coarse_names = sorted(set(fine_to_coarse.values()))
-  meta = {b'fine_label_names': [n.encode() for n in fine_names],
-          b'coarse_label_names': [n.encode() for n in coarse_names]}
+  meta = {
+    b'fine_label_names': [n.encode() for n in fine_names],
+    b'coarse_label_names': [n.encode() for n in coarse_names],
+  }
   files = {}
   for name, count in (('train', per_class - 1), ('test', 1)):
     fine = rng.permutation(np.repeat(np.arange(100), count))
     coarse = [coarse_names.index(fine_to_coarse[fine_names[f]]) for f in fine]
     files[name] = {
-        b'filenames': [b'x.png'] * len(fine),
-        b'batch_label': b'fake',
-        b'fine_labels': fine.tolist(),
-        b'coarse_labels': coarse,
-        b'data': rng.integers(0, 256, (len(fine), row_length), np.uint8),
+      b'filenames': [b'x.png'] * len(fine),
+      b'batch_label': b'fake',
+      b'fine_labels': fine.tolist(),
+      b'coarse_labels': coarse,
+      b'data': rng.integers(0, 256, (len(fine), row_length), np.uint8),
     }
   return meta, files
 
@@ -95,7 +107,7 @@ def _expected_images(files, fine_index):
       image = np.empty((32, 32, 3), np.uint8)
       for c in range(3):
         for i in range(32):
-          image[i, :, c] = planes[c * 1024 + i * 32: c * 1024 + i * 32 + 32]
+          image[i, :, c] = planes[c * 1024 + i * 32 : c * 1024 + i * 32 + 32]
       out.append(image)
   return np.stack(out)
 
@@ -131,26 +143,33 @@ def test_splits_classes_and_pixels(fake, dataset):
     if dataset == 'cifar_fs':
       assert data.class_names == tuple(f'{c}/{f}' for c, f in lists[split])
     else:
-      expected = [f'{coarse_of[f]}/{f}' for c in lists[split]
-                  for f in sorted(coarse_of) if coarse_of[f] == c]
+      expected = [
+        f'{coarse_of[f]}/{f}'
+        for c in lists[split]
+        for f in sorted(coarse_of)
+        if coarse_of[f] == c
+      ]
       assert data.class_names == tuple(expected)
     assert not seen & set(data.class_names)
     seen |= set(data.class_names)
     for k in (0, num - 1):
       fine = data.class_names[k].split('/')[1]
       np.testing.assert_array_equal(
-          data.images[k], _expected_images(files, fine_names.index(fine)))
+        data.images[k], _expected_images(files, fine_names.index(fine))
+      )
   assert len(seen) == 100
 
 
-def test_folder_env_and_manual_dir_sources_match_archive(fake, tmp_path,
-                                                         monkeypatch):
+def test_folder_env_and_manual_dir_sources_match_archive(
+  fake, tmp_path, monkeypatch
+):
   meta, files, _, data_dir = fake
   reference = cifar100.load_fc100('test', data_dir=data_dir)
   folder = tmp_path / 'src'
   _write_folder(folder, meta, files)
-  got = cifar100.load_fc100('test', data_dir=str(tmp_path / 'a'),
-                            source_dir=str(folder))
+  got = cifar100.load_fc100(
+    'test', data_dir=str(tmp_path / 'a'), source_dir=str(folder)
+  )
   np.testing.assert_array_equal(got.images, reference.images)
   monkeypatch.setenv(cifar100.SOURCE_ENV, str(folder))
   got = cifar100.load_fc100('test', data_dir=str(tmp_path / 'b'))
@@ -168,28 +187,32 @@ def _no_prepared_dataset(data_dir):
 
 def test_missing_source_says_what_to_put_where(tmp_path, monkeypatch):
   monkeypatch.delenv(cifar100.SOURCE_ENV, raising=False)
-  with pytest.raises(cifar100.Cifar100Error,
-                     match=r'cifar-100-python\.tar\.gz.*kriz/cifar'):
-    cifar100.load_cifar_fs('train', data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path))
+  with pytest.raises(
+    cifar100.Cifar100Error, match=r'cifar-100-python\.tar\.gz.*kriz/cifar'
+  ):
+    cifar100.load_cifar_fs(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path)
+    )
 
 
 def test_truncated_archive_raises_and_is_not_cached(tmp_path):
   path = _write_archive(tmp_path, *_fake_cifar())
-  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
   with pytest.raises(cifar100.Cifar100Error, match='truncated or corrupted'):
-    cifar100.load_cifar_fs('train', data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path))
+    cifar100.load_cifar_fs(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
 def test_truncated_pickle_raises(tmp_path):
   folder = _write_folder(tmp_path, *_fake_cifar())
   data = (folder / 'test').read_bytes()
-  (folder / 'test').write_bytes(data[:len(data) // 2])
+  (folder / 'test').write_bytes(data[: len(data) // 2])
   with pytest.raises(cifar100.Cifar100Error, match=r'test.*truncated'):
-    cifar100.load_cifar_fs('train', data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path))
+    cifar100.load_cifar_fs(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
@@ -201,19 +224,22 @@ def test_wrong_class_count_names_the_class(tmp_path):
   files['test'][b'data'] = np.delete(files['test'][b'data'], row, axis=0)
   _write_folder(tmp_path, meta, files)
   with pytest.raises(cifar100.Cifar100Error, match=r"\('apple', 2\)"):
-    cifar100.load_cifar_fs('train', data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path))
+    cifar100.load_cifar_fs(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path)
+    )
 
 
 def test_wrong_image_shape_raises(tmp_path):
   _write_folder(tmp_path, *_fake_cifar(row_length=3000))
   with pytest.raises(cifar100.Cifar100Error, match=r'\[N, 3072\].*3000'):
-    cifar100.load_cifar_fs('train', data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path))
+    cifar100.load_cifar_fs(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path)
+    )
 
 
 def test_failure_midway_leaves_no_cache_and_next_load_rebuilds(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   _write_archive(tmp_path, *_fake_cifar())
   generate = cifar100_tfds.JaxmetaCifar100._generate_examples
 
@@ -223,24 +249,30 @@ def test_failure_midway_leaves_no_cache_and_next_load_rebuilds(
         raise OSError('disk full')
       yield example
 
-  monkeypatch.setattr(cifar100_tfds.JaxmetaCifar100, '_generate_examples',
-                      fail_after_first)
+  monkeypatch.setattr(
+    cifar100_tfds.JaxmetaCifar100, '_generate_examples', fail_after_first
+  )
   data_dir = str(tmp_path / 'd')
   with pytest.raises(OSError, match='disk full'):
     cifar100.load_cifar_fs('val', data_dir=data_dir, source_dir=str(tmp_path))
   assert _no_prepared_dataset(data_dir)
-  monkeypatch.setattr(cifar100_tfds.JaxmetaCifar100, '_generate_examples',
-                      generate)
-  data = cifar100.load_cifar_fs('val', data_dir=data_dir,
-                                source_dir=str(tmp_path))
+  monkeypatch.setattr(
+    cifar100_tfds.JaxmetaCifar100, '_generate_examples', generate
+  )
+  data = cifar100.load_cifar_fs(
+    'val', data_dir=data_dir, source_dir=str(tmp_path)
+  )
   assert data.images.shape == (16, PER_CLASS, 32, 32, 3)
 
 
-@pytest.mark.parametrize('loader, kwargs, message', [
+@pytest.mark.parametrize(
+  'loader, kwargs, message',
+  [
     (cifar100.load_cifar_fs, {'split': 'valid'}, 'Unknown split'),
     (cifar100.load_cifar_fs, {'scheme': 'oreshkin'}, "'bertinetto'"),
     (cifar100.load_fc100, {'scheme': 'bertinetto'}, "'oreshkin'"),
-])
+  ],
+)
 def test_bad_arguments(loader, kwargs, message):
   with pytest.raises(cifar100.Cifar100Error, match=message):
     loader(**kwargs)
@@ -252,14 +284,23 @@ def test_errors_are_value_errors():
 
 def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   _write_archive(tmp_path / 'manual', *_fake_cifar())
-  builder = cifar100_tfds.JaxmetaCifar100(data_dir=str(tmp_path / 'd'),
-                                          file_format='array_record')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(tmp_path / 'manual')))
+  builder = cifar100_tfds.JaxmetaCifar100(
+    data_dir=str(tmp_path / 'd'), file_format='array_record'
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'manual')
+    )
+  )
   assert len(builder.as_data_source()['classes']) == 100
-  empty = cifar100_tfds.JaxmetaCifar100(data_dir=str(tmp_path / 'e'),
-                                        file_format='array_record')
+  empty = cifar100_tfds.JaxmetaCifar100(
+    data_dir=str(tmp_path / 'e'), file_format='array_record'
+  )
   with pytest.raises(cifar100.Cifar100Error, match='cifar-100-python'):
-    empty.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(tmp_path / 'nothing')))
+    empty.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp_path / 'nothing')
+      )
+    )

@@ -29,29 +29,34 @@ def execve(monkeypatch):
   return calls
 
 
-def test_restarts_the_same_command_with_the_tunable_added(execve,
-                                                          monkeypatch):
+def test_restarts_the_same_command_with_the_tunable_added(execve, monkeypatch):
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
-  monkeypatch.setattr(sys, 'orig_argv',
-                      ['python3', '-m', 'experiments.omniglot', '--x=1'])
+  monkeypatch.setattr(
+    sys, 'orig_argv', ['python3', '-m', 'experiments.omniglot', '--x=1']
+  )
   with pytest.raises(_Exec):
     common.reexec_with_huge_pages()
-  (path, argv, env), = execve
+  ((path, argv, env),) = execve
   assert path == sys.executable
   assert argv == [sys.executable, '-m', 'experiments.omniglot', '--x=1']
-  assert env['GLIBC_TUNABLES'] == ('glibc.malloc.arena_max=2:'
-                                   'glibc.malloc.hugetlb=1')
+  assert env['GLIBC_TUNABLES'] == (
+    'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+  )
 
 
-@pytest.mark.parametrize('env, libc', [
+@pytest.mark.parametrize(
+  'env, libc',
+  [
     ({'JAXMETA_HUGE_PAGES': '0'}, ('glibc', '2.36')),
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, ('glibc', '2.36')),
     ({'JAXMETA_REEXECUTED': '1'}, ('glibc', '2.36')),
     ({}, ('glibc', '2.31')),
     ({}, ('', '')),
-])
-def test_does_nothing_when_off_set_or_unsupported(execve, monkeypatch, env,
-                                                  libc):
+  ],
+)
+def test_does_nothing_when_off_set_or_unsupported(
+  execve, monkeypatch, env, libc
+):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
   monkeypatch.setattr(platform, 'libc_ver', lambda: libc)

@@ -22,25 +22,36 @@ _KILL_POINTS = (7, 23, 41, 58, 96, 150, 33, 211, 120)
 
 
 def _run(workdir, kill_at):
-  return subprocess.run([sys.executable, str(_DRIVER), str(workdir),
-                         str(kill_at)], capture_output=True, text=True,
-                        timeout=300, check=False)
+  return subprocess.run(
+    [sys.executable, str(_DRIVER), str(workdir), str(kill_at)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def _final_state(workdir):
   config = sinusoid.get_config()
   config.model.hidden = (8,)
-  config.update(num_iterations=6, eval_every=2, checkpoint_every=1,
-                keep_checkpoints=2, log_every=1, num_val_tasks=4,
-                num_eval_tasks=6, eval_batch_size=6, meta_batch_size=2)
+  config.update(
+    num_iterations=6,
+    eval_every=2,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+    log_every=1,
+    num_val_tasks=4,
+    num_eval_tasks=6,
+    eval_batch_size=6,
+    meta_batch_size=2,
+  )
   built = train._Run(config, str(workdir), None, None, 'train')
   state, _ = built.checkpoints.restore(built.init_state(), 6)
   built.checkpoints.close()
   return state
 
 
-def test_every_kill_leaves_a_workdir_that_resumes_to_the_same_result(
-    tmp_path):
+def test_every_kill_leaves_a_workdir_that_resumes_to_the_same_result(tmp_path):
   straight = _run(tmp_path / 'straight', 0)
   assert straight.returncode == 0, straight.stderr[-2000:]
   total = int(straight.stdout.split('EVENTS ')[-1])
@@ -56,15 +67,17 @@ def test_every_kill_leaves_a_workdir_that_resumes_to_the_same_result(
   assert killed >= len(_KILL_POINTS) - 2
   final = _run(workdir, 0)
   assert final.returncode == 0, final.stderr[-2000:]
-  chex.assert_trees_all_equal(_final_state(tmp_path / 'straight'),
-                              _final_state(workdir))
+  chex.assert_trees_all_equal(
+    _final_state(tmp_path / 'straight'), _final_state(workdir)
+  )
   a = json.loads((tmp_path / 'straight' / 'results.json').read_text())
   b = json.loads((workdir / 'results.json').read_text())
   assert a['test_mse'] == b['test_mse'] and a['best_step'] == b['best_step']
-  records = [json.loads(l)['step'] for l in
-             (workdir / 'metrics.jsonl').read_text().splitlines()
-             if 'train/loss' in l]
+  records = [
+    json.loads(line)['step']
+    for line in (workdir / 'metrics.jsonl').read_text().splitlines()
+    if 'train/loss' in line
+  ]
   assert records == sorted(set(records)) and records[-1] == 6
-  assert not [n for n in os.listdir(workdir / 'checkpoints')
-              if not n.isdigit()]
+  assert not [n for n in os.listdir(workdir / 'checkpoints') if not n.isdigit()]
   assert np.isfinite(b['test_mse'])

@@ -26,41 +26,54 @@ def test_traced_out_of_range_labels_give_nan_loss_and_gradients(bad):
   # Before: label 3 gave a NaN loss with finite gradients, label -1 a finite
   # loss (it indexed the last logit), and training went on.
   loss_fn, w = _linear_loss()
-  x = jnp.arange(6.).reshape(3, 2)
+  x = jnp.arange(6.0).reshape(3, 2)
   y = jnp.array([0, 1, bad])
-  (loss, metrics), grad = jax.jit(
-      jax.value_and_grad(loss_fn, has_aux=True))(w, x, y)
+  (loss, metrics), grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+    w, x, y
+  )
   assert np.isnan(loss) and np.isnan(metrics['accuracy'])
   assert np.all(np.isnan(grad))
 
 
 def test_traced_valid_labels_give_the_plain_cross_entropy():
   loss_fn, w = _linear_loss()
-  x = jnp.arange(6.).reshape(3, 2)
+  x = jnp.arange(6.0).reshape(3, 2)
   y = jnp.array([0, 1, 2])
   loss, metrics = jax.jit(loss_fn)(w, x, y)
   logits = np.asarray(x @ w)
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  np.testing.assert_allclose(loss, -log_p[np.arange(3), [0, 1, 2]].mean(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    loss, -log_p[np.arange(3), [0, 1, 2]].mean(), rtol=1e-6
+  )
   assert metrics['accuracy'] == pytest.approx(1 / 3)
 
 
 def test_a_bad_support_label_makes_the_maml_meta_loss_nan():
   model = jaxmeta.mlp((2, 3))
-  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
-                         0.1, 1)
-  task = jaxmeta.Task(jnp.ones((3, 2)), jnp.array([0, 1, 5]),
-                      jnp.ones((3, 2)), jnp.array([0, 1, 2]))
+  learner = jaxmeta.maml(
+    model.init, jaxmeta.classification_loss(model.apply), 0.1, 1
+  )
+  task = jaxmeta.Task(
+    jnp.ones((3, 2)),
+    jnp.array([0, 1, 5]),
+    jnp.ones((3, 2)),
+    jnp.array([0, 1, 2]),
+  )
   grad, metrics = jax.jit(learner.task_update)(
-      learner.init(jax.random.key(0)), task)
+    learner.init(jax.random.key(0)), task
+  )
   assert np.isnan(metrics['loss'])
   assert all(np.all(np.isnan(g)) for g in jax.tree.leaves(grad))
 
 
-@pytest.mark.parametrize('y', [jnp.zeros((3, 1), jnp.int32),
-                               jnp.zeros((3,), jnp.float32),
-                               jnp.zeros((2,), jnp.int32)])
+@pytest.mark.parametrize(
+  'y',
+  [
+    jnp.zeros((3, 1), jnp.int32),
+    jnp.zeros((3,), jnp.float32),
+    jnp.zeros((2,), jnp.int32),
+  ],
+)
 def test_labels_of_the_wrong_shape_or_dtype_are_refused(y):
   loss_fn, w = _linear_loss()
   with pytest.raises(ValueError, match='labels|targets'):

@@ -14,8 +14,14 @@ from jaxmeta.data import miniimagenet
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import registry
 
-SHIPPED = (Path(__file__).resolve().parents[1] / 'jaxmeta' / 'data' / 'splits'
-           / 'miniimagenet' / 'ravi')
+SHIPPED = (
+  Path(__file__).resolve().parents[1]
+  / 'jaxmeta'
+  / 'data'
+  / 'splits'
+  / 'miniimagenet'
+  / 'ravi'
+)
 
 
 def _shipped_classes(split):
@@ -30,9 +36,9 @@ def _shipped_classes(split):
 # Tiny split lists: real wnids of each split, 2 images per class, chosen by
 # 1-based rank among the fake class's files (numeric order of k).
 LISTS = {
-    'train': {w: [1, 4] for w in list(_shipped_classes('train'))[:3]},
-    'val': {w: [2, 3] for w in list(_shipped_classes('val'))[:1]},
-    'test': {w: [5, 1] for w in list(_shipped_classes('test'))[:1]},
+  'train': {w: [1, 4] for w in list(_shipped_classes('train'))[:3]},
+  'val': {w: [2, 3] for w in list(_shipped_classes('val'))[:1]},
+  'test': {w: [5, 1] for w in list(_shipped_classes('test'))[:1]},
 }
 # Each fake ILSVRC class has files with these k; numeric order 2, 7, 10, 33,
 # 150 differs from the string order 10, 150, 2, 33, 7.
@@ -60,8 +66,10 @@ def _jpeg(wnid, k, rng, mode='RGB'):
 def _fake_ilsvrc(seed=0):
   """{wnid: {file name: jpeg bytes}}; one class stored as grayscale."""
   rng = np.random.default_rng(seed)
-  return {w: {f'{w}_{k}.JPEG': _jpeg(w, k, rng, 'L' if i == 1 else 'RGB')
-              for k in KS} for i, w in enumerate(ALL_WNIDS)}
+  return {
+    w: {f'{w}_{k}.JPEG': _jpeg(w, k, rng, 'L' if i == 1 else 'RGB') for k in KS}
+    for i, w in enumerate(ALL_WNIDS)
+  }
 
 
 def _write_folder(root, classes):
@@ -85,8 +93,9 @@ def _tar_bytes(files):
 def _write_tar(root, classes):
   root.mkdir(parents=True, exist_ok=True)
   path = root / miniimagenet_tfds.TAR_NAME
-  path.write_bytes(_tar_bytes(
-      {f'{w}.tar': _tar_bytes(files) for w, files in classes.items()}))
+  path.write_bytes(
+    _tar_bytes({f'{w}.tar': _tar_bytes(files) for w, files in classes.items()})
+  )
   return path
 
 
@@ -99,10 +108,12 @@ def _fake_pickles(seed=0):
     rows = rng.permutation(n).tolist()
     class_dict, start = {}, 0
     for wnid, indices in classes.items():
-      class_dict[wnid] = rows[start:start + len(indices)]
+      class_dict[wnid] = rows[start : start + len(indices)]
       start += len(indices)
-    out[split] = {'image_data': rng.integers(0, 256, (n, 84, 84, 3), np.uint8),
-                  'class_dict': class_dict}
+    out[split] = {
+      'image_data': rng.integers(0, 256, (n, 84, 84, 3), np.uint8),
+      'class_dict': class_dict,
+    }
   return out
 
 
@@ -110,7 +121,8 @@ def _write_pickles(root, content):
   root.mkdir(parents=True, exist_ok=True)
   for split, value in content.items():
     (root / miniimagenet_tfds.PICKLE_NAMES[split]).write_bytes(
-        pickle.dumps(value))
+      pickle.dumps(value)
+    )
   return root
 
 
@@ -119,8 +131,8 @@ def tiny_lists(tmp_path_factory, monkeypatch):
   folder = tmp_path_factory.mktemp('lists')
   for split, classes in LISTS.items():
     lines = ['filename,label'] + [
-        f'{w}{i:08d}.jpg,{w}' for w, indices in classes.items()
-        for i in indices]
+      f'{w}{i:08d}.jpg,{w}' for w, indices in classes.items() for i in indices
+    ]
     (folder / f'{split}.csv').write_text('\n'.join(lines) + '\n')
   monkeypatch.setattr(miniimagenet_tfds, 'SPLITS_DIR', folder)
   monkeypatch.delenv(miniimagenet.SOURCE_ENV, raising=False)
@@ -150,8 +162,9 @@ def test_folder_source_selects_by_numeric_rank(tmp_path):
   source = _write_folder(tmp_path / 'ilsvrc', _fake_ilsvrc())
   data_dir = str(tmp_path / 'd')
   for split, classes in LISTS.items():
-    data = registry.load('miniimagenet', split, data_dir=data_dir,
-                         source_dir=str(source))
+    data = registry.load(
+      'miniimagenet', split, data_dir=data_dir, source_dir=str(source)
+    )
     assert data.class_names == tuple(classes)
     assert data.images.dtype == np.uint8
     assert data.images.shape == (len(classes), 2, 84, 84, 3)
@@ -169,23 +182,30 @@ def test_tar_source_matches_folder_and_one_image_matches_pil(tmp_path):
   classes = _fake_ilsvrc()
   folder = _write_folder(tmp_path / 'ilsvrc', classes)
   tar = _write_tar(tmp_path / 'tar', classes)
-  from_folder = miniimagenet.load('train', data_dir=str(tmp_path / 'a'),
-                                  source_dir=str(folder))
-  from_tar = miniimagenet.load('train', data_dir=str(tmp_path / 'b'),
-                               source_dir=str(tar.parent))
+  from_folder = miniimagenet.load(
+    'train', data_dir=str(tmp_path / 'a'), source_dir=str(folder)
+  )
+  from_tar = miniimagenet.load(
+    'train', data_dir=str(tmp_path / 'b'), source_dir=str(tar.parent)
+  )
   np.testing.assert_array_equal(from_tar.images, from_folder.images)
   wnid = ALL_WNIDS[0]
   name = f'{wnid}_{NUMERIC_KS[LISTS["train"][wnid][1] - 1]}.JPEG'
   with Image.open(io.BytesIO(classes[wnid][name])) as image:
-    expected = np.asarray(image.convert('RGB').resize(
-        (84, 84), Image.Resampling.LANCZOS))
+    expected = np.asarray(
+      image.convert('RGB').resize((84, 84), Image.Resampling.LANCZOS)
+    )
   np.testing.assert_array_equal(from_tar.images[0, 1], expected)
 
 
 def test_other_image_size_and_a_train_subfolder(tmp_path):
   _write_folder(tmp_path / 'ILSVRC' / 'train', _fake_ilsvrc())
-  data = miniimagenet.load('val', image_size=32, data_dir=str(tmp_path / 'd'),
-                           source_dir=str(tmp_path / 'ILSVRC'))
+  data = miniimagenet.load(
+    'val',
+    image_size=32,
+    data_dir=str(tmp_path / 'd'),
+    source_dir=str(tmp_path / 'ILSVRC'),
+  )
   assert data.images.shape == (1, 2, 32, 32, 3)
 
 
@@ -200,7 +220,8 @@ def _csv_named_files(seed=0):
       for i in indices:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (84, 84, 3), np.uint8)).save(
-            buffer, format='JPEG')
+          buffer, format='JPEG'
+        )
         out[split][wnid][f'{wnid}{i:08d}.jpg'] = buffer.getvalue()
   return out
 
@@ -216,45 +237,53 @@ def test_csv_named_image_files(tmp_path, layout):
       for name, data in named.items():
         (folder / name).write_bytes(data)
   for split, classes in LISTS.items():
-    data = miniimagenet.load(split, data_dir=str(tmp_path / 'd'),
-                             source_dir=str(root))
+    data = miniimagenet.load(
+      split, data_dir=str(tmp_path / 'd'), source_dir=str(root)
+    )
     assert data.class_names == tuple(classes)
     for c, (wnid, indices) in enumerate(classes.items()):
       for j, index in enumerate(indices):
         jpeg = files[split][wnid][f'{wnid}{index:08d}.jpg']
         with Image.open(io.BytesIO(jpeg)) as image:  # 84x84: not resampled.
-          np.testing.assert_array_equal(data.images[c, j],
-                                        np.asarray(image.convert('RGB')))
+          np.testing.assert_array_equal(
+            data.images[c, j], np.asarray(image.convert('RGB'))
+          )
   assert (tmp_path / 'd' / 'jaxmeta_miniimagenet' / 'images84').is_dir()
   wnid = ALL_WNIDS[-1]
   name = f'{wnid}{LISTS["test"][wnid][0]:08d}.jpg'
   next(root.rglob(name)).unlink()
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=f'Class {wnid} of the test split is incomplete: no '
-                     f'{name}'):
-    miniimagenet.load('test', data_dir=str(tmp_path / 'e'),
-                      source_dir=str(root))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=f'Class {wnid} of the test split is incomplete: no {name}',
+  ):
+    miniimagenet.load(
+      'test', data_dir=str(tmp_path / 'e'), source_dir=str(root)
+    )
 
 
 def test_pickles_source_exact(tmp_path):
   content = _fake_pickles()
   source = _write_pickles(tmp_path / 'p', content)
   for split, classes in LISTS.items():
-    data = miniimagenet.load(split, data_dir=str(tmp_path / 'd'),
-                             source_dir=str(source))
+    data = miniimagenet.load(
+      split, data_dir=str(tmp_path / 'd'), source_dir=str(source)
+    )
     assert data.class_names == tuple(classes)
     for c, wnid in enumerate(classes):
       rows = content[split]['class_dict'][wnid]
-      np.testing.assert_array_equal(data.images[c],
-                                    content[split]['image_data'][rows])
+      np.testing.assert_array_equal(
+        data.images[c], content[split]['image_data'][rows]
+      )
 
 
 def test_env_var_manual_dir_and_cache_without_source(tmp_path, monkeypatch):
   content = _fake_pickles()
   reference = content['test']['image_data'][
-      content['test']['class_dict'][ALL_WNIDS[-1]]]
-  monkeypatch.setenv(miniimagenet.SOURCE_ENV,
-                     str(_write_pickles(tmp_path / 'env', content)))
+    content['test']['class_dict'][ALL_WNIDS[-1]]
+  ]
+  monkeypatch.setenv(
+    miniimagenet.SOURCE_ENV, str(_write_pickles(tmp_path / 'env', content))
+  )
   data = miniimagenet.load('test', data_dir=str(tmp_path / 'a'))
   np.testing.assert_array_equal(data.images[0], reference)
   monkeypatch.delenv(miniimagenet.SOURCE_ENV)
@@ -266,10 +295,13 @@ def test_env_var_manual_dir_and_cache_without_source(tmp_path, monkeypatch):
 
 
 def test_missing_source_lists_the_options(tmp_path):
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=r'ILSVRC2012_img_train\.tar.*mini-imagenet-cache'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(tmp_path / 'empty'))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=r'ILSVRC2012_img_train\.tar.*mini-imagenet-cache',
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(tmp_path / 'empty')
+    )
 
 
 def test_missing_class_folder_names_the_class(tmp_path):
@@ -277,9 +309,12 @@ def test_missing_class_folder_names_the_class(tmp_path):
   wnid = ALL_WNIDS[2]
   del classes[wnid]
   folder = _write_folder(tmp_path / 'ilsvrc', classes)
-  with pytest.raises(miniimagenet.MiniImageNetError, match=f'{wnid} is missing'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(folder))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError, match=f'{wnid} is missing'
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(folder)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
@@ -292,21 +327,23 @@ def test_incomplete_class_names_the_class(tmp_path, kind):
     source = _write_folder(tmp_path / 'src', classes)
   else:
     source = _write_tar(tmp_path / 'src', classes).parent
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=f'{wnid} has 4 images.*needs image #5'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(source))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError, match=f'{wnid} has 4 images.*needs image #5'
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(source)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
 def test_truncated_tar_raises_and_is_not_cached(tmp_path):
   path = _write_tar(tmp_path / 'src', _fake_ilsvrc())
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match='truncated'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(path.parent))
+  path.write_bytes(data[: len(data) // 2])
+  with pytest.raises(miniimagenet.MiniImageNetError, match='truncated'):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(path.parent)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
@@ -318,8 +355,10 @@ def test_corrupt_jpeg_midway_leaves_no_cache_and_next_load_rebuilds(tmp_path):
   classes[wnid][name] = good[:40]
   folder = _write_folder(tmp_path / 'ilsvrc', classes)
   data_dir = str(tmp_path / 'd')
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=f'Cannot decode .*{name}.*class {wnid}'):
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=f'Cannot decode .*{name}.*class {wnid}',
+  ):
     miniimagenet.load('train', data_dir=data_dir, source_dir=str(folder))
   assert _no_prepared_dataset(data_dir)
   assert not list(Path(data_dir).rglob('*.array_record*'))
@@ -332,10 +371,13 @@ def test_truncated_pickle_raises(tmp_path):
   source = _write_pickles(tmp_path / 'p', _fake_pickles())
   path = source / miniimagenet_tfds.PICKLE_NAMES['val']
   path.write_bytes(path.read_bytes()[:1000])
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=r'cache-val\.pkl is not a readable pickle'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(source))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=r'cache-val\.pkl is not a readable pickle',
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(source)
+    )
   assert _no_prepared_dataset(tmp_path / 'd')
 
 
@@ -343,39 +385,53 @@ def test_pickle_wrong_shape_and_count(tmp_path):
   content = _fake_pickles()
   content['train']['image_data'] = content['train']['image_data'][:, :80]
   source = _write_pickles(tmp_path / 'p', content)
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=r'uint8 \[N, 84, 84, 3\], got uint8 \[6, 80, 84, 3\]'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(source))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=r'uint8 \[N, 84, 84, 3\], got uint8 \[6, 80, 84, 3\]',
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(source)
+    )
   content = _fake_pickles()
   wnid = ALL_WNIDS[1]
   content['train']['class_dict'][wnid].pop()
   source = _write_pickles(tmp_path / 'q', content)
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match=f'class {wnid} has 1 images, the split list 2'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'e'),
-                      source_dir=str(source))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError,
+    match=f'class {wnid} has 1 images, the split list 2',
+  ):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'e'), source_dir=str(source)
+    )
 
 
 def test_partial_pickles_and_pickles_at_other_size(tmp_path):
   source = _write_pickles(tmp_path / 'p', _fake_pickles())
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match='needs the ILSVRC-2012 images'):
-    miniimagenet.load('train', image_size=32, data_dir=str(tmp_path / 'd'),
-                      source_dir=str(source))
+  with pytest.raises(
+    miniimagenet.MiniImageNetError, match='needs the ILSVRC-2012 images'
+  ):
+    miniimagenet.load(
+      'train',
+      image_size=32,
+      data_dir=str(tmp_path / 'd'),
+      source_dir=str(source),
+    )
   (source / miniimagenet_tfds.PICKLE_NAMES['test']).unlink()
-  with pytest.raises(miniimagenet.MiniImageNetError,
-                     match='put all three'):
-    miniimagenet.load('train', data_dir=str(tmp_path / 'd'),
-                      source_dir=str(source))
+  with pytest.raises(miniimagenet.MiniImageNetError, match='put all three'):
+    miniimagenet.load(
+      'train', data_dir=str(tmp_path / 'd'), source_dir=str(source)
+    )
 
 
-@pytest.mark.parametrize('kwargs, message', [
+@pytest.mark.parametrize(
+  'kwargs, message',
+  [
     ({'split': 'valid'}, 'Unknown split'),
     ({'scheme': 'vinyals'}, "'ravi'"),
     ({'image_size': 0}, 'positive int'),
     ({'image_size': True}, 'positive int'),
-])
+  ],
+)
 def test_bad_arguments(kwargs, message):
   with pytest.raises(miniimagenet.MiniImageNetError, match=message):
     miniimagenet.load(**kwargs)
@@ -387,16 +443,23 @@ def test_errors_are_value_errors():
 
 def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   _write_pickles(tmp_path / 'manual', _fake_pickles())
   builder = miniimagenet_tfds.JaxmetaMiniImageNet(
-      data_dir=str(tmp_path / 'd'), config='pickles84',
-      file_format='array_record')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(tmp_path / 'manual')))
+    data_dir=str(tmp_path / 'd'), config='pickles84', file_format='array_record'
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'manual')
+    )
+  )
   assert len(builder.as_data_source()['train']) == len(LISTS['train'])
   wrong = miniimagenet_tfds.JaxmetaMiniImageNet(
-      data_dir=str(tmp_path / 'e'), config='ilsvrc84',
-      file_format='array_record')
+    data_dir=str(tmp_path / 'e'), config='ilsvrc84', file_format='array_record'
+  )
   with pytest.raises(miniimagenet.MiniImageNetError, match='holds pickles'):
-    wrong.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(tmp_path / 'manual')))
+    wrong.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp_path / 'manual')
+      )
+    )

@@ -24,7 +24,7 @@ CELL_TIMEOUT_S = 900
 
 # Placed on the kernel's PYTHONPATH as `sitecustomize`: makes `import torch`
 # (and `higher`) fail as if PyTorch were not installed.
-_HIDE_TORCH = '''
+_HIDE_TORCH = """
 import importlib.abc
 import sys
 
@@ -39,7 +39,7 @@ class _HideTorch(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _HideTorch())
-'''
+"""
 
 
 def _ids(path: Path) -> str:
@@ -56,8 +56,12 @@ def shared_data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp('notebook_tfds'))
 
 
-def _execute(path: Path, data_dir: str, monkeypatch,
-             extra_env: dict[str, str] | None = None):
+def _execute(
+  path: Path,
+  data_dir: str,
+  monkeypatch,
+  extra_env: dict[str, str] | None = None,
+):
   """Runs the notebook on a copy in memory; the file on disk is not touched."""
   before = path.read_bytes()
   nb = nbformat.read(path, as_version=4)
@@ -68,17 +72,25 @@ def _execute(path: Path, data_dir: str, monkeypatch,
   for name, value in (extra_env or {}).items():
     monkeypatch.setenv(name, value)
   client = NotebookClient(
-      nb, timeout=CELL_TIMEOUT_S, kernel_name='python3', allow_errors=False,
-      resources={'metadata': {'path': str(COLAB_DIR)}})
+    nb,
+    timeout=CELL_TIMEOUT_S,
+    kernel_name='python3',
+    allow_errors=False,
+    resources={'metadata': {'path': str(COLAB_DIR)}},
+  )
   client.execute()  # Raises CellExecutionError on the first failing cell.
   assert path.read_bytes() == before, f'{path.name} was modified on disk'
   return nb
 
 
 def _stdout(nb) -> str:
-  return ''.join(output.get('text', '') for cell in nb.cells
-                 if cell.cell_type == 'code' for output in cell.outputs
-                 if output.output_type == 'stream')
+  return ''.join(
+    output.get('text', '')
+    for cell in nb.cells
+    if cell.cell_type == 'code'
+    for output in cell.outputs
+    if output.output_type == 'stream'
+  )
 
 
 def test_there_are_three_notebooks():
@@ -89,12 +101,17 @@ def test_there_are_three_notebooks():
 def test_committed_notebook_has_no_outputs(path):
   nb = nbformat.read(path, as_version=4)  # The file as it is on disk.
   nbformat.validate(nb)
-  dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == 'code'
-           and (cell.get('outputs') or cell.get('execution_count') is not None)]
+  dirty = [
+    i
+    for i, cell in enumerate(nb.cells)
+    if cell.cell_type == 'code'
+    and (cell.get('outputs') or cell.get('execution_count') is not None)
+  ]
   assert not dirty, (
-      f'{path.name}: cells {dirty} have outputs or an execution count; clear '
-      'them before committing (e.g. `jupyter nbconvert --clear-output '
-      '--inplace`).')
+    f'{path.name}: cells {dirty} have outputs or an execution count; clear '
+    'them before committing (e.g. `jupyter nbconvert --clear-output '
+    '--inplace`).'
+  )
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=_ids)
@@ -106,14 +123,20 @@ def test_notebook_runs(path, shared_data_dir, request, monkeypatch):
   _execute(path, data_dir, monkeypatch)
 
 
-def test_jax_vs_pytorch_runs_without_torch(shared_data_dir, tmp_path,
-                                           monkeypatch):
+def test_jax_vs_pytorch_runs_without_torch(
+  shared_data_dir, tmp_path, monkeypatch
+):
   """Without PyTorch the notebook skips the live run and draws what is committed."""
   (tmp_path / 'sitecustomize.py').write_text(_HIDE_TORCH)
   pythonpath = os.pathsep.join(
-      p for p in (str(tmp_path), os.environ.get('PYTHONPATH')) if p)
-  nb = _execute(COLAB_DIR / 'jax_vs_pytorch.ipynb', shared_data_dir,
-                monkeypatch, {'PYTHONPATH': pythonpath})
+    p for p in (str(tmp_path), os.environ.get('PYTHONPATH')) if p
+  )
+  nb = _execute(
+    COLAB_DIR / 'jax_vs_pytorch.ipynb',
+    shared_data_dir,
+    monkeypatch,
+    {'PYTHONPATH': pythonpath},
+  )
   out = _stdout(nb)
   assert 'PyTorch is not installed' in out, out[-2000:]
   assert 'this machine (live' not in out, out[-2000:]

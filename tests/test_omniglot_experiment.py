@@ -22,10 +22,16 @@ FLAGS = flags.FLAGS
 if 'workdir' not in FLAGS:
   main.define_flags(omniglot.DEFAULT_CONFIG)
 
-TINY = ['--config.model.num_filters=8', '--config.meta_batch_size=2',
-        '--config.queries=2', '--config.num_val_tasks=4',
-        '--config.num_eval_tasks=4', '--config.eval_batch_size=4',
-        '--config.eval_inner_steps=1', '--noprogress']
+TINY = [
+  '--config.model.num_filters=8',
+  '--config.meta_batch_size=2',
+  '--config.queries=2',
+  '--config.num_val_tasks=4',
+  '--config.num_eval_tasks=4',
+  '--config.eval_batch_size=4',
+  '--config.eval_inner_steps=1',
+  '--noprogress',
+]
 
 
 def parse(monkeypatch, args):
@@ -73,12 +79,18 @@ def cli(capsys, monkeypatch):
   return call
 
 
-def test_command_line_train_resume_eval_and_refusals(tmp_path, cli,
-                                                     omniglot_data_dir):
-  common = [f'--workdir={tmp_path}', f'--data_dir={omniglot_data_dir}',
-            f'--source_dir={SOURCE_DIR}', *TINY]
-  code, out, err = cli(*common, '--config.num_iterations=2',
-                       '--config.eval_every=2')
+def test_command_line_train_resume_eval_and_refusals(
+  tmp_path, cli, omniglot_data_dir
+):
+  common = [
+    f'--workdir={tmp_path}',
+    f'--data_dir={omniglot_data_dir}',
+    f'--source_dir={SOURCE_DIR}',
+    *TINY,
+  ]
+  code, out, err = cli(
+    *common, '--config.num_iterations=2', '--config.eval_every=2'
+  )
   assert code == 0, err
   assert 'test accuracy' in out and '95% CI' in out
   results = json.loads((tmp_path / 'results.json').read_text())
@@ -93,18 +105,24 @@ def test_command_line_train_resume_eval_and_refusals(tmp_path, cli,
     code, _, err = cli(*common, f'--mode={mode}', '--config.ways=10')
     assert code == 1 and err.startswith('Error: ') and 'ways' in err, err
     assert 'Traceback' not in err and len(err.splitlines()) == 1
-  code, _, err = cli(f'--config={ROOT}/experiments/configs/'
-                     'maml_omniglot.py:20w1s', *common, '--mode=eval')
+  code, _, err = cli(
+    f'--config={ROOT}/experiments/configs/maml_omniglot.py:20w1s',
+    *common,
+    '--mode=eval',
+  )
   assert code == 1 and 'different configuration' in err
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize(
+  'args,message',
+  [
     (['--config.algorithm=protonet'], 'Unknown algorithm'),
     (['--config.shots=-2'], 'config.shots must be >= 1'),
     (['--config.meta_lr=nan'], 'meta_lr must be a positive finite'),
     (['--config.seed=99999999999999999999999'], 'seed=.* is too large'),
     (['--mode=eval'], 'holds no run'),
-])
+  ],
+)
 def test_bad_input_is_one_line(tmp_path, cli, args, message):
   code, _, err = cli(f'--workdir={tmp_path}/run', *args)
   assert code == 1, err
@@ -119,15 +137,19 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, cli):
   assert code == 1 and 'is a file' in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize('args,message', [
-    ([f'--config={ROOT}/experiments/configs/maml_omniglot.py:5w2s'],
-     "Unknown preset '5w2s'"),
+@pytest.mark.parametrize(
+  'args,message',
+  [
+    (
+      [f'--config={ROOT}/experiments/configs/maml_omniglot.py:5w2s'],
+      "Unknown preset '5w2s'",
+    ),
     (['--config.no_such_field=1'], 'no_such_field'),
     (['--config.seed=abc'], 'config.seed=abc'),
     (['--no_such_flag'], 'no_such_flag'),
-])
-def test_flag_errors_are_one_line(tmp_path, monkeypatch, capsys, args,
-                                  message):
+  ],
+)
+def test_flag_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
   if not any(a.startswith('--config=') for a in args):
     args = [f'--config={omniglot.DEFAULT_CONFIG}', *args]
   argv = ['prog', f'--workdir={tmp_path}', *args]
@@ -163,11 +185,24 @@ def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
   """5-way 1-shot on real Omniglot: chance is 20%."""
   config = default.get_config()
   config.model.num_filters = 16
-  config.update(meta_batch_size=8, queries=5, meta_lr=3e-3, num_iterations=150,
-                eval_every=150, checkpoint_every=150, log_every=50,
-                num_val_tasks=40, num_eval_tasks=100, eval_inner_steps=3)
-  results = train.train_and_evaluate(config, str(tmp_path),
-                                     data_dir=omniglot_data_dir,
-                                     source_dir=SOURCE_DIR, progress=False)
+  config.update(
+    meta_batch_size=8,
+    queries=5,
+    meta_lr=3e-3,
+    num_iterations=150,
+    eval_every=150,
+    checkpoint_every=150,
+    log_every=50,
+    num_val_tasks=40,
+    num_eval_tasks=100,
+    eval_inner_steps=3,
+  )
+  results = train.train_and_evaluate(
+    config,
+    str(tmp_path),
+    data_dir=omniglot_data_dir,
+    source_dir=SOURCE_DIR,
+    progress=False,
+  )
   # Measured: 67.4% +- 2.7% (100 test tasks) in under a minute on 2 cores.
   assert results['test_accuracy'] - results['test_ci95'] > 0.5, results

@@ -26,30 +26,48 @@ _TESTS = Path(__file__).resolve().parent
 _REPO = _TESTS.parent
 # Faster XLA:CPU compilation of the many small programs; results are the
 # same functions, compared at float32 tolerances.
-_FAST_COMPILE = ('--xla_backend_optimization_level=0 '
-                 '--xla_llvm_disable_expensive_passes=true')
+_FAST_COMPILE = (
+  '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+)
 
 
 def _env():
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(
-      [str(_REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
-                      if p])
+    [str(_REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+  )
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + _FAST_COMPILE).strip()
   env['JAX_PLATFORMS'] = 'cpu'
-  for var in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
-              'TPU_PROCESS_ADDRESSES', 'JAX_COORDINATOR_ADDRESS'):
+  for var in (
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'TPU_WORKER_HOSTNAMES',
+    'TPU_PROCESS_ADDRESSES',
+    'JAX_COORDINATOR_ADDRESS',
+  ):
     env.pop(var, None)
   return env
 
 
 def test_sharded_cases_on_8_virtual_cpu_devices():
   result = subprocess.run(
-      [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-       str(_TESTS / 'sharding_cases.py'),
-       str(_TESTS / 'sharded_train_cases.py')],
-      cwd=_REPO, env=_env(), capture_output=True, text=True, timeout=300,
-      check=False)
+    [
+      sys.executable,
+      '-m',
+      'pytest',
+      '-q',
+      '-p',
+      'no:cacheprovider',
+      str(_TESTS / 'sharding_cases.py'),
+      str(_TESTS / 'sharded_train_cases.py'),
+    ],
+    cwd=_REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   output = result.stdout + result.stderr
   assert result.returncode == 0, output
   assert ' passed' in output and 'skipped' not in output, output
@@ -66,13 +84,24 @@ def test_two_processes_agree_with_one_process(tmp_path):
   num_processes, local_devices = 2, 2
   port = _free_port()
   workers = [
-      subprocess.Popen(
-          [sys.executable, str(_TESTS / 'sharding_multiprocess_worker.py'),
-           str(port), str(i), str(num_processes), str(local_devices),
-           str(tmp_path)],
-          cwd=_REPO, env=_env(), stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT, text=True)
-      for i in range(num_processes)]
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(_TESTS / 'sharding_multiprocess_worker.py'),
+        str(port),
+        str(i),
+        str(num_processes),
+        str(local_devices),
+        str(tmp_path),
+      ],
+      cwd=_REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(num_processes)
+  ]
   outputs = []
   try:
     for worker in workers:
@@ -80,8 +109,10 @@ def test_two_processes_agree_with_one_process(tmp_path):
   except subprocess.TimeoutExpired:
     for worker in workers:
       worker.kill()
-    pytest.fail('the two processes did not finish within 180 s:\n'
-                + '\n'.join(w.communicate()[0] for w in workers))
+    pytest.fail(
+      'the two processes did not finish within 180 s:\n'
+      + '\n'.join(w.communicate()[0] for w in workers)
+    )
   for worker, output in zip(workers, outputs):
     assert worker.returncode == 0, output
 
@@ -90,39 +121,61 @@ def test_two_processes_agree_with_one_process(tmp_path):
     result = np.load(tmp_path / f'process_{i}.npz')
     assert sorted(result.files) == sorted(reference.files)
     for name in reference.files:
-      np.testing.assert_allclose(result[name], reference[name], atol=1e-5,
-                                 rtol=0, err_msg=f'process {i}: {name}')
+      np.testing.assert_allclose(
+        result[name],
+        reference[name],
+        atol=1e-5,
+        rtol=0,
+        err_msg=f'process {i}: {name}',
+      )
 
 
 def test_initialize_distributed_is_a_no_op_on_one_process(monkeypatch):
-  for var in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
-              'TPU_PROCESS_ADDRESSES', 'JAX_COORDINATOR_ADDRESS'):
+  for var in (
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'TPU_WORKER_HOSTNAMES',
+    'TPU_PROCESS_ADDRESSES',
+    'JAX_COORDINATOR_ADDRESS',
+  ):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv('SLURM_NTASKS', '1')  # A one-task SLURM job.
 
   def fail(**kwargs):
     raise AssertionError(f'initialize called with {kwargs}')
+
   monkeypatch.setattr(jax.distributed, 'initialize', fail)
   assert not sharding.initialize_distributed()
   assert sharding.is_main_process()
 
 
-@pytest.mark.parametrize('var, value', [
+@pytest.mark.parametrize(
+  'var, value',
+  [
     ('SLURM_NTASKS', '4'),
     ('OMPI_COMM_WORLD_SIZE', '2'),
     ('TPU_WORKER_HOSTNAMES', 'host-0,host-1'),
     ('JAX_COORDINATOR_ADDRESS', '10.0.0.1:1234'),
-])
-def test_initialize_distributed_lets_jax_detect_a_launcher(monkeypatch, var,
-                                                           value):
-  for name in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
-               'TPU_PROCESS_ADDRESSES', 'JAX_COORDINATOR_ADDRESS'):
+  ],
+)
+def test_initialize_distributed_lets_jax_detect_a_launcher(
+  monkeypatch, var, value
+):
+  for name in (
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'TPU_WORKER_HOSTNAMES',
+    'TPU_PROCESS_ADDRESSES',
+    'JAX_COORDINATOR_ADDRESS',
+  ):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv(var, value)
   calls = []
-  monkeypatch.setattr(jax.distributed, 'initialize',
-                      lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(
+    jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs)
+  )
   assert sharding.initialize_distributed()
   # No layout passed: JAX's cluster detection fills it in.
-  assert calls == [dict(coordinator_address=None, num_processes=None,
-                        process_id=None)]
+  assert calls == [
+    dict(coordinator_address=None, num_processes=None, process_id=None)
+  ]

@@ -19,9 +19,9 @@ from experiments.configs import sinusoid as sinusoid_config
 
 # Small options per backbone, so that every pair trains in seconds.
 TINY_MODEL_OPTIONS = {
-    'conv4': {'num_filters': 4, 'num_blocks': 2},
-    'mlp': {'hidden': (8,)},
-    'resnet12': {'widths': (2, 2, 2)},  # 8x8 images: three 2x2 pools.
+  'conv4': {'num_filters': 4, 'num_blocks': 2},
+  'mlp': {'hidden': (8,)},
+  'resnet12': {'widths': (2, 2, 2)},  # 8x8 images: three 2x2 pools.
 }
 
 
@@ -30,10 +30,20 @@ def tiny_config(dataset_name, **overrides):
   config.dataset = dataset_name
   config.data = ml_collections.ConfigDict({'image_size': 8})
   config.model = ml_collections.ConfigDict(TINY_MODEL_OPTIONS['conv4'])
-  config.update(ways=3, shots=1, queries=2, meta_batch_size=2,
-                num_iterations=4, eval_every=2, checkpoint_every=2,
-                log_every=1, num_val_tasks=4, num_eval_tasks=6,
-                eval_batch_size=4, eval_inner_steps=2)
+  config.update(
+    ways=3,
+    shots=1,
+    queries=2,
+    meta_batch_size=2,
+    num_iterations=4,
+    eval_every=2,
+    checkpoint_every=2,
+    log_every=1,
+    num_val_tasks=4,
+    num_eval_tasks=6,
+    eval_batch_size=4,
+    eval_inner_steps=2,
+  )
   config.update(overrides)
   return config
 
@@ -41,16 +51,24 @@ def tiny_config(dataset_name, **overrides):
 def tiny_sinusoid(**overrides):
   config = sinusoid_config.get_config()
   config.model.hidden = (8,)
-  config.update(num_iterations=4, eval_every=2, checkpoint_every=2,
-                log_every=1, num_val_tasks=4, num_eval_tasks=6,
-                eval_batch_size=3, meta_batch_size=2)
+  config.update(
+    num_iterations=4,
+    eval_every=2,
+    checkpoint_every=2,
+    log_every=1,
+    num_val_tasks=4,
+    num_eval_tasks=6,
+    eval_batch_size=3,
+    meta_batch_size=2,
+  )
   config.update(overrides)
   return config
 
 
 def run(config, workdir, **kwargs):
-  return train.train_and_evaluate(config, str(workdir), progress=False,
-                                  **kwargs)
+  return train.train_and_evaluate(
+    config, str(workdir), progress=False, **kwargs
+  )
 
 
 def restore(config, workdir, step=None):
@@ -64,11 +82,11 @@ def restore(config, workdir, step=None):
 
 @pytest.mark.parametrize('algorithm', sorted(jaxmeta.algorithms.REGISTRY))
 @pytest.mark.parametrize('backbone', sorted(jaxmeta.models.BACKBONES))
-def test_every_algorithm_trains_every_backbone(tmp_path, tiny_dataset,
-                                               algorithm, backbone):
+def test_every_algorithm_trains_every_backbone(
+  tmp_path, tiny_dataset, algorithm, backbone
+):
   config = tiny_config(tiny_dataset, algorithm=algorithm, backbone=backbone)
-  config.model = ml_collections.ConfigDict(
-      TINY_MODEL_OPTIONS.get(backbone, {}))
+  config.model = ml_collections.ConfigDict(TINY_MODEL_OPTIONS.get(backbone, {}))
   results = run(config, tmp_path)
   assert results['iterations'] == 4 and results['algorithm'] == algorithm
   assert 0.0 <= results['test_accuracy'] <= 1.0
@@ -88,8 +106,13 @@ def test_every_algorithm_trains_on_sinusoids(tmp_path, algorithm):
 
 def test_sinusoid_maml_learns_to_adapt(tmp_path):
   config = sinusoid_config.get_config()
-  config.update(num_iterations=1000, eval_every=1000, checkpoint_every=1000,
-                num_eval_tasks=50, eval_batch_size=50)
+  config.update(
+    num_iterations=1000,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_eval_tasks=50,
+    eval_batch_size=50,
+  )
   results = run(config, tmp_path)
   by_step = results['test_mse_by_step']
   # Even 1000 meta-iterations make 10 steps of adaptation clearly useful.
@@ -101,15 +124,33 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
   results = run(config, tmp_path)
   on_disk = json.loads((tmp_path / 'results.json').read_text())
   assert on_disk == json.loads(json.dumps(results))
-  for key in ('algorithm', 'preset', 'ways', 'shots', 'queries', 'split',
-              'eval_inner_steps', 'test_accuracy', 'test_ci95',
-              'num_test_tasks', 'test_accuracy_by_step', 'best_step',
-              'best_val_accuracy', 'config', 'iterations', 'steps_per_second',
-              'compile_seconds', 'train_seconds', 'resumed_from_step'):
+  for key in (
+    'algorithm',
+    'preset',
+    'ways',
+    'shots',
+    'queries',
+    'split',
+    'eval_inner_steps',
+    'test_accuracy',
+    'test_ci95',
+    'num_test_tasks',
+    'test_accuracy_by_step',
+    'best_step',
+    'best_val_accuracy',
+    'config',
+    'iterations',
+    'steps_per_second',
+    'compile_seconds',
+    'train_seconds',
+    'resumed_from_step',
+  ):
     assert key in on_disk, key
   assert on_disk['num_test_tasks'] == 6 and on_disk['split'] is None
-  records = [json.loads(l) for l in
-             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  records = [
+    json.loads(line)
+    for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  ]
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2, 3, 4]
   val = {r['step']: r['val/accuracy'] for r in records if 'val/accuracy' in r}
   assert sorted(val) == [2, 4]
@@ -117,7 +158,8 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
   # later one on a tie).
   assert on_disk['best_step'] == max(sorted(val), key=lambda s: (val[s], s))
   assert on_disk['best_val_accuracy'] == pytest.approx(
-      val[on_disk['best_step']])
+    val[on_disk['best_step']]
+  )
   assert os.listdir(tmp_path / 'tensorboard')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
   _, meta = restore(config, tmp_path)
@@ -127,23 +169,35 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
 
 
 def test_keeps_the_latest_checkpoints_and_the_best(tmp_path, tiny_dataset):
-  config = tiny_config(tiny_dataset, num_iterations=8, eval_every=1,
-                       checkpoint_every=1, keep_checkpoints=2)
+  config = tiny_config(
+    tiny_dataset,
+    num_iterations=8,
+    eval_every=1,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+  )
   results = run(config, tmp_path)
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
   assert steps == sorted({7, 8, results['best_step']})
-  records = [json.loads(l) for l in
-             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  records = [
+    json.loads(line)
+    for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  ]
   val = {r['step']: r['val/accuracy'] for r in records if 'val/accuracy' in r}
   assert results['best_step'] == max(val, key=lambda s: (val[s], s))
 
 
 def test_resumed_run_is_bit_identical(tmp_path, tiny_dataset):
-  config = tiny_config(tiny_dataset, num_iterations=6, eval_every=3,
-                       checkpoint_every=3)
+  config = tiny_config(
+    tiny_dataset, num_iterations=6, eval_every=3, checkpoint_every=3
+  )
   straight = run(config, tmp_path / 'straight')
-  run(tiny_config(tiny_dataset, num_iterations=3, eval_every=3,
-                  checkpoint_every=3), tmp_path / 'resumed')
+  run(
+    tiny_config(
+      tiny_dataset, num_iterations=3, eval_every=3, checkpoint_every=3
+    ),
+    tmp_path / 'resumed',
+  )
   resumed = run(config, tmp_path / 'resumed')
   assert resumed['resumed_from_step'] == 3
   assert resumed['test_accuracy'] == straight['test_accuracy']
@@ -151,9 +205,13 @@ def test_resumed_run_is_bit_identical(tmp_path, tiny_dataset):
   b, _ = restore(config, tmp_path / 'resumed')
   assert int(a.step) == int(b.step) == 6
   chex.assert_trees_all_equal(a, b)
-  steps = [json.loads(l)['step'] for l in
-           (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()
-           if 'train/loss' in l]
+  steps = [
+    json.loads(line)['step']
+    for line in (tmp_path / 'resumed' / 'metrics.jsonl')
+    .read_text()
+    .splitlines()
+    if 'train/loss' in line
+  ]
   assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -161,8 +219,13 @@ def test_rerunning_a_finished_run_keeps_its_figures(tmp_path, tiny_dataset):
   config = tiny_config(tiny_dataset)
   first = run(config, tmp_path)
   again = run(config, tmp_path)
-  for key in ('steps_per_second', 'compile_seconds', 'train_seconds',
-              'test_accuracy', 'best_step'):
+  for key in (
+    'steps_per_second',
+    'compile_seconds',
+    'train_seconds',
+    'test_accuracy',
+    'best_step',
+  ):
     assert again[key] == first[key], key
   assert first['steps_per_second'] is not None
 
@@ -173,9 +236,12 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   loss_fn = jaxmeta.regression_loss(model.apply)
   learner = jaxmeta.maml(model.init, loss_fn, 0.01, 1)
   # The meta-gradient times 1e38 overflows float32 wherever |grad| > 3.4.
-  learner = learner._replace(task_update=lambda p, t: (
+  learner = learner._replace(
+    task_update=lambda p, t: (
       jax.tree.map(lambda x: jax.numpy.full_like(x, 10.0), p),
-      {'loss': jax.numpy.float32(1.0), 'mse': jax.numpy.float32(1.0)}))
+      {'loss': jax.numpy.float32(1.0), 'mse': jax.numpy.float32(1.0)},
+    )
+  )
   optimizer = optax.sgd(1e38)
   family = tasks.sinusoid_family(tiny_sinusoid())
   step = train.make_train_step(learner, optimizer, family, tiny_sinusoid())
@@ -183,8 +249,7 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   before = jax.tree.map(np.asarray, state)
   after, metrics = step(state, None)
   assert not bool(metrics['finite'])
-  assert np.isfinite(metrics['loss']) and np.isfinite(
-      metrics['meta_grad_norm'])
+  assert np.isfinite(metrics['loss']) and np.isfinite(metrics['meta_grad_norm'])
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, after), before)
 
 
@@ -192,33 +257,48 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
   """DropBlock is active in the step: it equals the keyed library step."""
   config = tiny_config(tiny_dataset, backbone='resnet12')
   config.model = ml_collections.ConfigDict(
-      {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1})
+    {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1}
+  )
   built = train._Run(config, '/nonexistent', None, None, 'train')
   data = built.family.load('train')
-  step = train.make_train_step(built.learner, built.optimizer, built.family,
-                               config)
+  step = train.make_train_step(
+    built.learner, built.optimizer, built.family, config
+  )
   new, _ = step(built.init_state(), data)
   reference = {}
   for keyed in (True, False):
     sample = lambda key, keyed=keyed: jax.vmap(
-        lambda k: built.family.sample(k, data, True))(
-            jax.random.split(key, config.meta_batch_size))
-    reference[keyed], _ = jax.jit(jaxmeta.make_meta_train_step(
-        built.learner, built.optimizer, sample, task_chunk_size=1,
-        model_keys=keyed))(built.init_state())
+      lambda k: built.family.sample(k, data, True)
+    )(jax.random.split(key, config.meta_batch_size))
+    reference[keyed], _ = jax.jit(
+      jaxmeta.make_meta_train_step(
+        built.learner,
+        built.optimizer,
+        sample,
+        task_chunk_size=1,
+        model_keys=keyed,
+      )
+    )(built.init_state())
   chex.assert_trees_all_close(new.params, reference[True].params, atol=1e-6)
   with pytest.raises(AssertionError):
-    chex.assert_trees_all_close(new.params, reference[False].params,
-                                atol=1e-6)
+    chex.assert_trees_all_close(new.params, reference[False].params, atol=1e-6)
 
 
-def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path,
-                                                        tiny_dataset):
-  config = tiny_config(tiny_dataset, meta_optimizer='sgd', meta_lr=1e38,
-                       num_iterations=6, checkpoint_every=1, eval_every=1,
-                       log_every=100)
-  with pytest.raises(train.RunError, match=r'Meta-step \d produced non-finite'
-                     r'.*not applied') as error:
+def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path, tiny_dataset):
+  config = tiny_config(
+    tiny_dataset,
+    meta_optimizer='sgd',
+    meta_lr=1e38,
+    num_iterations=6,
+    checkpoint_every=1,
+    eval_every=1,
+    log_every=100,
+  )
+  with pytest.raises(
+    train.RunError,
+    match=r'Meta-step \d produced non-finite'
+    r'.*not applied',
+  ) as error:
     run(config, tmp_path)
   bad_step = int(str(error.value).split()[1])
   saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
@@ -232,8 +312,14 @@ def test_divergence_after_good_steps_keeps_them(tmp_path, tiny_dataset):
   good = tiny_config(tiny_dataset, num_iterations=2)
   run(good, tmp_path / 'run')
   # Resuming that run with a diverging setting is a different configuration.
-  bad = tiny_config(tiny_dataset, meta_optimizer='sgd', meta_lr=1e38,
-                    num_iterations=6, checkpoint_every=1, log_every=100)
+  bad = tiny_config(
+    tiny_dataset,
+    meta_optimizer='sgd',
+    meta_lr=1e38,
+    num_iterations=6,
+    checkpoint_every=1,
+    log_every=100,
+  )
   with pytest.raises(train.ConfigError, match='meta_lr'):
     run(bad, tmp_path / 'run')
   state, _ = restore(good, tmp_path / 'run')
@@ -242,13 +328,15 @@ def test_divergence_after_good_steps_keeps_them(tmp_path, tiny_dataset):
 
 
 def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
-    tmp_path, tiny_dataset):
+  tmp_path, tiny_dataset
+):
   config = tiny_config(tiny_dataset, num_iterations=2)
   run(config, tmp_path)
   built = train._Run(config, str(tmp_path), None, None, 'train')
   state, meta = built.checkpoints.restore(built.init_state(), 2)
-  poisoned = state.replace(params=jax.tree.map(
-      lambda x: x * np.float32('nan'), state.params))
+  poisoned = state.replace(
+    params=jax.tree.map(lambda x: x * np.float32('nan'), state.params)
+  )
   built.checkpoints.manager.delete(2)
   built.checkpoints.save(2, poisoned, meta, val_metric=1.0)
   built.checkpoints.close()
@@ -256,7 +344,9 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
     train.evaluate(config, str(tmp_path))
 
 
-@pytest.mark.parametrize('overrides,message', [
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
     (dict(shots=-1), r'config.shots must be >= 1'),
     (dict(meta_batch_size=0), r'config.meta_batch_size must be >= 1'),
     (dict(inner_steps=-1), r'config.inner_steps must be >= 0'),
@@ -274,16 +364,19 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
     (dict(inner_optimizer='rmsprop'), 'inner_optimizer must be one of'),
     (dict(ways=13), r'train split .*ways=13 is more than the 12 classes'),
     (dict(shots=3, queries=4), r'shots \+ queries = 3 \+ 4 = 7 is more'),
-])
-def test_bad_configs_are_rejected_before_any_work(tmp_path, tiny_dataset,
-                                                  overrides, message):
+  ],
+)
+def test_bad_configs_are_rejected_before_any_work(
+  tmp_path, tiny_dataset, overrides, message
+):
   with pytest.raises(train.ConfigError, match=message):
     run(tiny_config(tiny_dataset, **overrides), tmp_path)
   assert not os.path.exists(tmp_path / 'config.json')
 
 
 def test_a_failed_start_does_not_block_the_corrected_command(
-    tmp_path, tiny_dataset):
+  tmp_path, tiny_dataset
+):
   with pytest.raises(train.ConfigError):
     run(tiny_config(tiny_dataset, seed=2**70), tmp_path)
   run(tiny_config(tiny_dataset, num_iterations=1), tmp_path)
@@ -297,18 +390,24 @@ def test_backbone_errors_are_config_errors(tmp_path, tiny_dataset):
 
 
 def test_a_different_configuration_is_refused_even_without_config_json(
-    tmp_path, tiny_dataset):
+  tmp_path, tiny_dataset
+):
   run(tiny_config(tiny_dataset, num_iterations=2), tmp_path)
   os.remove(tmp_path / 'config.json')
-  with pytest.raises(train.ConfigError,
-                     match=r'different configuration \(inner_lr: saved 0.4 '
-                     r'vs now 0.1, seed: saved 0 vs now 3; from its '
-                     r'checkpoint step 2\)'):
-    run(tiny_config(tiny_dataset, num_iterations=4, seed=3, inner_lr=0.1),
-        tmp_path)
+  with pytest.raises(
+    train.ConfigError,
+    match=r'different configuration \(inner_lr: saved 0.4 '
+    r'vs now 0.1, seed: saved 0 vs now 3; from its '
+    r'checkpoint step 2\)',
+  ):
+    run(
+      tiny_config(tiny_dataset, num_iterations=4, seed=3, inner_lr=0.1),
+      tmp_path,
+    )
   # Resumable fields may change.
-  results = run(tiny_config(tiny_dataset, num_iterations=4,
-                            num_eval_tasks=3), tmp_path)
+  results = run(
+    tiny_config(tiny_dataset, num_iterations=4, num_eval_tasks=3), tmp_path
+  )
   assert results['resumed_from_step'] == 2 and results['num_test_tasks'] == 3
 
 
@@ -329,14 +428,16 @@ def test_workdir_errors(tmp_path, tiny_dataset):
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous(
-    tmp_path, tiny_dataset, capsys):
+  tmp_path, tiny_dataset, capsys
+):
   config = tiny_config(tiny_dataset, num_iterations=4, eval_every=100)
   straight = run(config, tmp_path / 'straight')
   half = tiny_config(tiny_dataset, num_iterations=4, eval_every=100)
   run(half, tmp_path / 'broken')
   # Damage every file of the state of step 4.
-  for root, _, files in os.walk(tmp_path / 'broken' / 'checkpoints' / '4'
-                                / 'state'):
+  for root, _, files in os.walk(
+    tmp_path / 'broken' / 'checkpoints' / '4' / 'state'
+  ):
     for name in files:
       with open(os.path.join(root, name), 'r+b') as f:
         f.truncate(max(0, os.path.getsize(f.name) // 2))
@@ -353,12 +454,13 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous(
 def test_eval_mode(tmp_path, tiny_dataset):
   config = tiny_config(tiny_dataset)
   trained = run(config, tmp_path)
-  again = train.evaluate(tiny_config(tiny_dataset, num_eval_tasks=8),
-                         str(tmp_path))
-  assert again['num_test_tasks'] == 8 and again['best_step'] == \
-      trained['best_step']
-  assert json.loads((tmp_path / 'eval.json').read_text())[
-      'num_test_tasks'] == 8
+  again = train.evaluate(
+    tiny_config(tiny_dataset, num_eval_tasks=8), str(tmp_path)
+  )
+  assert (
+    again['num_test_tasks'] == 8 and again['best_step'] == trained['best_step']
+  )
+  assert json.loads((tmp_path / 'eval.json').read_text())['num_test_tasks'] == 8
   with pytest.raises(train.ConfigError, match='different configuration'):
     train.evaluate(tiny_config(tiny_dataset, ways=4), str(tmp_path))
   with pytest.raises(train.ConfigError, match='holds no run'):
@@ -366,7 +468,8 @@ def test_eval_mode(tmp_path, tiny_dataset):
 
 
 def test_eval_on_a_read_only_workdir_prints_the_result_first(
-    tmp_path, tiny_dataset, capsys, monkeypatch):
+  tmp_path, tiny_dataset, capsys, monkeypatch
+):
   config = tiny_config(tiny_dataset)
   run(config, tmp_path)
   capsys.readouterr()

@@ -8,19 +8,22 @@ from jaxmeta import xla_costs
 
 def test_shape_bytes_of_arrays_and_tuples():
   assert xla_costs.shape_bytes('f32[4,5]{1,0}') == 80
-  assert xla_costs.shape_bytes('(f32[4,5]{1,0}, f32[], /*index=2*/bf16[3])') \
-      == 80 + 4 + 6
+  assert (
+    xla_costs.shape_bytes('(f32[4,5]{1,0}, f32[], /*index=2*/bf16[3])')
+    == 80 + 4 + 6
+  )
   assert xla_costs.shape_bytes('u8[2,3,1]') == 6
 
 
 def test_collectives_counts_each_instruction_with_its_payload():
-  hlo = '\n'.join([
+  hlo = '\n'.join(
+    [
       '%all-reduce = (f32[5]{0}, f32[]) all-reduce(%a, %b), channel_id=1',
       '%ag = f32[8,2]{1,0} all-gather-start(%c), dimensions={0}',
       '%x = f32[3]{0} add(%d, %e)',
-  ])
-  assert xla_costs.collectives(hlo) == [('all-reduce', 24),
-                                        ('all-gather', 64)]
+    ]
+  )
+  assert xla_costs.collectives(hlo) == [('all-reduce', 24), ('all-gather', 64)]
 
 
 def test_compiled_costs_of_a_matmul():

@@ -11,6 +11,7 @@ Environment: PROBE_ROUNDS (15), PROBE_VARIANTS (indices into VARIANTS),
 PROBE_BUILD_BUDGET (seconds of compiling before further variants are
 skipped, 80), PROBE_PROFILE (1).
 """
+
 import collections
 import glob
 import gzip
@@ -21,7 +22,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 import jaxmeta
 from experiments import benchmark as B
@@ -37,16 +37,16 @@ tasks = B.make_tasks(cfg, data_key)
 print('devices', jax.devices(), jax.__version__, flush=True)
 
 VARIANTS = [
-    # (conv, precision, chunk)
-    ('patches', None, None),
-    ('patches_cf', None, None),
-    ('xla', None, None),
-    ('patches', 'highest', None),
-    ('xla', 'highest', None),
-    ('patches', None, 8),
-    ('xla', None, 8),
-    # The CPU default (added after the run in earlier/probe.log).
-    ('patches_cf_2pass', None, None),
+  # (conv, precision, chunk)
+  ('patches', None, None),
+  ('patches_cf', None, None),
+  ('xla', None, None),
+  ('patches', 'highest', None),
+  ('xla', 'highest', None),
+  ('patches', None, 8),
+  ('xla', None, 8),
+  # The CPU default (added after the run in earlier/probe.log).
+  ('patches_cf_2pass', None, None),
 ]
 only = os.environ.get('PROBE_VARIANTS')
 if only:
@@ -67,8 +67,9 @@ for v in VARIANTS:
   conv, prec, chunk = v
   learner, opt = B.jax_setup(cfg, algorithm, conv)
   state = jaxmeta.init_train_state(learner, opt, init_key)
-  step = jax.jit(jaxmeta.make_meta_train_step(learner, opt,
-                                              task_chunk_size=chunk))
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, opt, task_chunk_size=chunk)
+  )
   t0 = time.perf_counter()
   try:
     with jax.default_matmul_precision(prec):
@@ -81,8 +82,11 @@ for v in VARIANTS:
     print(f'[build] {name(v)} FAILED {type(e).__name__}: {e}', flush=True)
     continue
   built[v] = (compiled, state)
-  print(f'[build] {name(v)} compile {t1 - t0:.1f}s first {t2 - t1:.3f}s '
-        f'loss {float(res[1]["loss"]):.5f}', flush=True)
+  print(
+    f'[build] {name(v)} compile {t1 - t0:.1f}s first {t2 - t1:.3f}s '
+    f'loss {float(res[1]["loss"]):.5f}',
+    flush=True,
+  )
 
 for v, (c, s) in built.items():
   for _ in range(2):
@@ -97,8 +101,11 @@ summary = {}
 for v in built:
   ms = [1e3 * t for t in times[v]]
   summary[name(v)] = {'median_ms': statistics.median(ms), 'min_ms': min(ms)}
-  print(f'[time] {config_name} {algorithm} {name(v)}: median '
-        f'{statistics.median(ms):.2f} ms min {min(ms):.2f} ms', flush=True)
+  print(
+    f'[time] {config_name} {algorithm} {name(v)}: median '
+    f'{statistics.median(ms):.2f} ms min {min(ms):.2f} ms',
+    flush=True,
+  )
 
 
 def profile(v, steps=3):
@@ -109,13 +116,17 @@ def profile(v, steps=3):
     for _ in range(steps):
       jax.block_until_ready(c(s, tasks))
     wall = (time.perf_counter() - t0) / steps
-  path = glob.glob(os.path.join(logdir, '**', 'perfetto_trace.json.gz'),
-                   recursive=True)[0]
+  path = glob.glob(
+    os.path.join(logdir, '**', 'perfetto_trace.json.gz'), recursive=True
+  )[0]
   with gzip.open(path) as f:
     d = json.load(f)
   events = d['traceEvents'] if isinstance(d, dict) else d
-  pnames = {e['pid']: e['args']['name'] for e in events
-            if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  pnames = {
+    e['pid']: e['args']['name']
+    for e in events
+    if e.get('ph') == 'M' and e.get('name') == 'process_name'
+  }
   gpu_pids = {p for p, n in pnames.items() if 'GPU' in n or 'gpu' in n}
   kern = collections.Counter()
   count = collections.Counter()
@@ -125,14 +136,19 @@ def profile(v, steps=3):
       kern[e['name']] += e.get('dur', 0) / steps
       count[e['name']] += 1 / steps
       busy += e.get('dur', 0) / steps
-  print(f'[profile] {name(v)}: wall {1e3 * wall:.2f} ms/step, gpu pids '
-        f'{[pnames[p] for p in gpu_pids]}, summed GPU event time '
-        f'{busy / 1e3:.2f} ms/step over {sum(count.values()):.0f} events',
-        flush=True)
+  print(
+    f'[profile] {name(v)}: wall {1e3 * wall:.2f} ms/step, gpu pids '
+    f'{[pnames[p] for p in gpu_pids]}, summed GPU event time '
+    f'{busy / 1e3:.2f} ms/step over {sum(count.values()):.0f} events',
+    flush=True,
+  )
   for k, us in kern.most_common(25):
     print(f'   {us / 1e3:8.3f} ms  x{count[k]:5.0f}  {k[:110]}')
-  return {'wall_ms': 1e3 * wall, 'gpu_ms': busy / 1e3,
-          'top': [(k, us / 1e3, count[k]) for k, us in kern.most_common(60)]}
+  return {
+    'wall_ms': 1e3 * wall,
+    'gpu_ms': busy / 1e3,
+    'top': [(k, us / 1e3, count[k]) for k, us in kern.most_common(60)],
+  }
 
 
 profiles = {}
@@ -142,10 +158,15 @@ if os.environ.get('PROBE_PROFILE', '1') == '1':
       try:
         profiles[name(v)] = profile(v)
       except Exception as e:  # pylint: disable=broad-except
-        print(f'[profile] {name(v)} FAILED {type(e).__name__}: {e}',
-              flush=True)
-with open(os.path.join(out, f'probe_{config_name}_{algorithm}.json'),
-          'w') as f:
-  json.dump({'summary': summary, 'profiles': profiles,
-             'device': str(jax.devices()[0].device_kind),
-             'jax': jax.__version__}, f, indent=1)
+        print(f'[profile] {name(v)} FAILED {type(e).__name__}: {e}', flush=True)
+with open(os.path.join(out, f'probe_{config_name}_{algorithm}.json'), 'w') as f:
+  json.dump(
+    {
+      'summary': summary,
+      'profiles': profiles,
+      'device': str(jax.devices()[0].device_kind),
+      'jax': jax.__version__,
+    },
+    f,
+    indent=1,
+  )

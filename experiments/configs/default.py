@@ -29,9 +29,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Training augmentation of image tasks (jaxmeta.data.augment.AugmentConfig):
   # all off, as in MAML.
-  c.augment = ml_collections.ConfigDict({
-      'crop_padding': 0, 'crop_mode': 'constant', 'flip': False,
-      'brightness': 0.0, 'contrast': 0.0, 'saturation': 0.0})
+  c.augment = ml_collections.ConfigDict(
+    {
+      'crop_padding': 0,
+      'crop_mode': 'constant',
+      'flip': False,
+      'brightness': 0.0,
+      'contrast': 0.0,
+      'saturation': 0.0,
+    }
+  )
   # 'device': whole splits on the device, tasks drawn inside the step;
   # 'host': the training split stays in host memory and each meta-batch is
   # drawn there (for a device too small for the split).

@@ -21,8 +21,9 @@ from experiments.configs import default
 SCHEMES = {'cifar_fs': 'bertinetto', 'fc100': 'oreshkin'}
 # shots -> meta_batch_size, as in MAML's mini-ImageNet runs.
 _META_BATCH = {1: 4, 5: 2}
-PRESETS = tuple(f'{dataset}_5w{shots}s' for dataset in SCHEMES
-                for shots in _META_BATCH)
+PRESETS = tuple(
+  f'{dataset}_5w{shots}s' for dataset in SCHEMES for shots in _META_BATCH
+)
 
 
 def get_config(arg: str = 'cifar_fs_5w1s') -> ml_collections.ConfigDict:
@@ -30,14 +31,23 @@ def get_config(arg: str = 'cifar_fs_5w1s') -> ml_collections.ConfigDict:
   if arg not in PRESETS:
     raise ValueError(f'Unknown preset {arg!r}; choose one of {PRESETS}.')
   dataset, shape = arg.rsplit('_', 1)
-  shots = int(shape[len('5w'):-1])
+  shots = int(shape[len('5w') : -1])
   c = default.get_config()
   c.preset = f'maml_cifar:{arg}'
   c.dataset = dataset
   c.data = ml_collections.ConfigDict({'scheme': SCHEMES[dataset]})
   c.model.num_filters = 32
-  c.update(ways=5, shots=shots, queries=15,
-           meta_batch_size=_META_BATCH[shots], inner_lr=0.01, inner_steps=5,
-           eval_inner_steps=10, num_iterations=60_000, eval_every=1000,
-           checkpoint_every=1000, num_val_tasks=600)
+  c.update(
+    ways=5,
+    shots=shots,
+    queries=15,
+    meta_batch_size=_META_BATCH[shots],
+    inner_lr=0.01,
+    inner_steps=5,
+    eval_inner_steps=10,
+    num_iterations=60_000,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_val_tasks=600,
+  )
   return c

@@ -23,16 +23,27 @@ PRESETS = {'5w1s': (1, 4), '5w5s': (5, 2)}
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
   if arg not in PRESETS:
-    raise ValueError(f'Unknown preset {arg!r}; choose one of '
-                     f'{sorted(PRESETS)}.')
+    raise ValueError(
+      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
+    )
   shots, meta_batch_size = PRESETS[arg]
   c = default.get_config()
   c.preset = f'maml_miniimagenet:{arg}'
   c.dataset = 'miniimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
   c.model.num_filters = 32
-  c.update(ways=5, shots=shots, queries=15, meta_batch_size=meta_batch_size,
-           inner_lr=0.01, inner_steps=5, eval_inner_steps=10,
-           num_iterations=60_000, eval_every=1000, checkpoint_every=1000,
-           num_val_tasks=600, eval_batch_size=20)
+  c.update(
+    ways=5,
+    shots=shots,
+    queries=15,
+    meta_batch_size=meta_batch_size,
+    inner_lr=0.01,
+    inner_steps=5,
+    eval_inner_steps=10,
+    num_iterations=60_000,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_val_tasks=600,
+    eval_batch_size=20,
+  )
   return c

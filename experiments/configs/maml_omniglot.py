@@ -16,27 +16,38 @@ from experiments.configs import default
 
 # preset -> (ways, shots, meta_batch_size, inner_lr, inner_steps)
 PRESETS = {
-    '5w1s': (5, 1, 32, 0.4, 1),
-    '5w5s': (5, 5, 32, 0.4, 1),
-    '20w1s': (20, 1, 16, 0.1, 5),
-    '20w5s': (20, 5, 16, 0.1, 5),
+  '5w1s': (5, 1, 32, 0.4, 1),
+  '5w5s': (5, 5, 32, 0.4, 1),
+  '20w1s': (20, 1, 16, 0.1, 5),
+  '20w5s': (20, 5, 16, 0.1, 5),
 }
 
 
-def get_config(arg: str = '5w1s', algorithm: str = 'maml'
-               ) -> ml_collections.ConfigDict:
+def get_config(
+  arg: str = '5w1s', algorithm: str = 'maml'
+) -> ml_collections.ConfigDict:
   """The published setting `arg` (one of `PRESETS`) for `algorithm`."""
   if arg not in PRESETS:
-    raise ValueError(f'Unknown preset {arg!r}; choose one of '
-                     f'{sorted(PRESETS)}.')
+    raise ValueError(
+      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
+    )
   ways, shots, meta_batch_size, inner_lr, inner_steps = PRESETS[arg]
   c = default.get_config()
   c.preset = f'{algorithm}_omniglot:{arg}'
   c.algorithm = algorithm
   c.data.scheme = 'maml'
   c.model.num_filters = 64
-  c.update(ways=ways, shots=shots, queries=15, meta_batch_size=meta_batch_size,
-           inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=10,
-           num_iterations=60_000, eval_every=1000, checkpoint_every=1000,
-           num_val_tasks=600)
+  c.update(
+    ways=ways,
+    shots=shots,
+    queries=15,
+    meta_batch_size=meta_batch_size,
+    inner_lr=inner_lr,
+    inner_steps=inner_steps,
+    eval_inner_steps=10,
+    num_iterations=60_000,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_val_tasks=600,
+  )
   return c

@@ -18,27 +18,42 @@ from experiments.configs import default
 
 # preset -> (ways, shots, inner_lr, inner_steps, num_iterations)
 PRESETS = {
-    '5w1s': (5, 1, 1e-3, 5, 100_000),
-    '5w5s': (5, 5, 1e-3, 5, 100_000),
-    '20w1s': (20, 1, 5e-4, 10, 200_000),
-    '20w5s': (20, 5, 5e-4, 10, 200_000),
+  '5w1s': (5, 1, 1e-3, 5, 100_000),
+  '5w5s': (5, 5, 1e-3, 5, 100_000),
+  '20w1s': (20, 1, 5e-4, 10, 200_000),
+  '20w5s': (20, 5, 5e-4, 10, 200_000),
 }
 
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
   if arg not in PRESETS:
-    raise ValueError(f'Unknown preset {arg!r}; choose one of '
-                     f'{sorted(PRESETS)}.')
+    raise ValueError(
+      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
+    )
   ways, shots, inner_lr, inner_steps, num_iterations = PRESETS[arg]
   c = default.get_config()
   c.preset = f'reptile_omniglot:{arg}'
   c.algorithm = 'reptile'
   c.data.scheme = 'maml'
   c.model.num_filters = 64
-  c.update(ways=ways, shots=shots, queries=15, train_shots=10, train_queries=1,
-           meta_batch_size=5, inner_steps=inner_steps, eval_inner_steps=50,
-           inner_lr=inner_lr, inner_optimizer='adam', meta_optimizer='sgd',
-           meta_lr=1.0, meta_lr_final=0.0, num_iterations=num_iterations,
-           eval_every=1000, checkpoint_every=1000, num_val_tasks=600)
+  c.update(
+    ways=ways,
+    shots=shots,
+    queries=15,
+    train_shots=10,
+    train_queries=1,
+    meta_batch_size=5,
+    inner_steps=inner_steps,
+    eval_inner_steps=50,
+    inner_lr=inner_lr,
+    inner_optimizer='adam',
+    meta_optimizer='sgd',
+    meta_lr=1.0,
+    meta_lr_final=0.0,
+    num_iterations=num_iterations,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_val_tasks=600,
+  )
   return c

@@ -27,9 +27,24 @@ def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.backbone = 'mlp'
   c.model = ml_collections.ConfigDict({'hidden': (40, 40)})
-  c.update(ways=1, shots=10, queries=100, train_queries=10, meta_batch_size=25,
-           inner_lr=0.01, inner_steps=1, eval_inner_steps=10, meta_lr=1e-3,
-           num_iterations=15_000, eval_every=5000, checkpoint_every=5000,
-           num_val_tasks=100, num_eval_tasks=600, eval_batch_size=600,
-           log_every=500, seed=0, eval_seed=1234)
+  c.update(
+    ways=1,
+    shots=10,
+    queries=100,
+    train_queries=10,
+    meta_batch_size=25,
+    inner_lr=0.01,
+    inner_steps=1,
+    eval_inner_steps=10,
+    meta_lr=1e-3,
+    num_iterations=15_000,
+    eval_every=5000,
+    checkpoint_every=5000,
+    num_val_tasks=100,
+    num_eval_tasks=600,
+    eval_batch_size=600,
+    log_every=500,
+    seed=0,
+    eval_seed=1234,
+  )
   return c

@@ -46,6 +46,7 @@ class AugmentConfig(NamedTuple):
     contrast: jitter strength (0: none).
     saturation: jitter strength (0: none).
   """
+
   crop_padding: int = 0
   crop_mode: str = 'constant'
   flip: bool = False
@@ -56,13 +57,18 @@ class AugmentConfig(NamedTuple):
 
 def check_config(config: AugmentConfig) -> None:
   """Raises a ValueError naming the first field that cannot be applied."""
-  if (isinstance(config.crop_padding, bool)
-      or not isinstance(config.crop_padding, int) or config.crop_padding < 0):
-    raise ValueError('crop_padding must be an int >= 0, got '
-                     f'{config.crop_padding!r}.')
+  if (
+    isinstance(config.crop_padding, bool)
+    or not isinstance(config.crop_padding, int)
+    or config.crop_padding < 0
+  ):
+    raise ValueError(
+      f'crop_padding must be an int >= 0, got {config.crop_padding!r}.'
+    )
   if config.crop_mode not in ('constant', 'reflect'):
-    raise ValueError("crop_mode must be 'constant' or 'reflect', got "
-                     f'{config.crop_mode!r}.')
+    raise ValueError(
+      f"crop_mode must be 'constant' or 'reflect', got {config.crop_mode!r}."
+    )
   for name in ('brightness', 'contrast', 'saturation'):
     value = getattr(config, name)
     if not 0.0 <= value < float('inf'):
@@ -71,12 +77,18 @@ def check_config(config: AugmentConfig) -> None:
 
 def standard_config(image_size: int) -> AugmentConfig:
   """Crop (padding 4 for images up to 32 pixels, else 8), flip, jitter 0.4."""
-  return AugmentConfig(crop_padding=4 if image_size <= 32 else 8, flip=True,
-                       brightness=0.4, contrast=0.4, saturation=0.4)
+  return AugmentConfig(
+    crop_padding=4 if image_size <= 32 else 8,
+    flip=True,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+  )
 
 
-def random_crop(key: PRNGKey, image: Array, padding: int,
-                mode: str = 'constant') -> Array:
+def random_crop(
+  key: PRNGKey, image: Array, padding: int, mode: str = 'constant'
+) -> Array:
   """A random HxW window of the image padded by `padding` on every side.
 
   Args:
@@ -90,18 +102,20 @@ def random_crop(key: PRNGKey, image: Array, padding: int,
   """
   if mode not in ('constant', 'reflect'):
     raise ValueError(
-        f"Unknown crop padding mode {mode!r}. Fix: use 'constant' or 'reflect'.")
+      f"Unknown crop padding mode {mode!r}. Fix: use 'constant' or 'reflect'."
+    )
   if padding < 0 or (mode == 'reflect' and padding >= min(image.shape[:2])):
     raise ValueError(
-        f'padding={padding} for a {image.shape[0]}x{image.shape[1]} image: need '
-        '0 <= padding (and < the side for reflect). Fix: use e.g. 4 or 8.')
+      f'padding={padding} for a {image.shape[0]}x{image.shape[1]} image: need '
+      '0 <= padding (and < the side for reflect). Fix: use e.g. 4 or 8.'
+    )
   if padding == 0:
     return image
-  padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)),
-                   mode=mode)
+  padded = jnp.pad(
+    image, ((padding, padding), (padding, padding), (0, 0)), mode=mode
+  )
   offsets = jax.random.randint(key, (2,), 0, 2 * padding + 1)
-  return jax.lax.dynamic_slice(padded, (offsets[0], offsets[1], 0),
-                               image.shape)
+  return jax.lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), image.shape)
 
 
 def random_flip(key: PRNGKey, image: Array) -> Array:
@@ -113,17 +127,24 @@ def _grayscale(image: Array) -> Array:
   """`[H, W, 1]` luma of `[H, W, C]` (the image itself if C == 1)."""
   if image.shape[-1] == 1:
     return image
-  return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype),
-                       axes=1)[..., None]
+  return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=1)[
+    ..., None
+  ]
 
 
 def _factor(key: PRNGKey, strength: float) -> Array:
-  return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength),
-                            maxval=1.0 + strength)
+  return jax.random.uniform(
+    key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength
+  )
 
 
-def color_jitter(key: PRNGKey, image: Array, brightness: float = 0.0,
-                 contrast: float = 0.0, saturation: float = 0.0) -> Array:
+def color_jitter(
+  key: PRNGKey,
+  image: Array,
+  brightness: float = 0.0,
+  contrast: float = 0.0,
+  saturation: float = 0.0,
+) -> Array:
   """Random brightness, contrast and saturation, in that order.
 
   Args:
@@ -157,8 +178,9 @@ def augment_image(key: PRNGKey, image: Array, config: AugmentConfig) -> Array:
   if config.flip:
     image = random_flip(flip_key, image)
   if config.brightness or config.contrast or config.saturation:
-    image = color_jitter(jitter_key, image, config.brightness, config.contrast,
-                         config.saturation)
+    image = color_jitter(
+      jitter_key, image, config.brightness, config.contrast, config.saturation
+    )
   return image
 
 
@@ -181,8 +203,9 @@ def augment(key: PRNGKey, images: Array, config: AugmentConfig) -> Array:
   """
   if images.ndim != 4:
     raise ValueError(
-        f'images must be [n, H, W, C], got shape {images.shape}. Fix: vmap '
-        '`augment` over extra leading axes (e.g. tasks), or use '
-        '`augment_image` for one image.')
+      f'images must be [n, H, W, C], got shape {images.shape}. Fix: vmap '
+      '`augment` over extra leading axes (e.g. tasks), or use '
+      '`augment_image` for one image.'
+    )
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(lambda k, x: augment_image(k, x, config))(keys, images)

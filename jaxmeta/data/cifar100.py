@@ -43,7 +43,6 @@ import numpy as np
 
 from jaxmeta.data import cifar100_tfds
 from jaxmeta.data.cifar100_tfds import Cifar100Error
-from jaxmeta.data.omniglot_tfds import read_all
 from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import register
 from jaxmeta.data.registry import SPLITS
@@ -56,9 +55,13 @@ SOURCE_ENV = cifar100_tfds.SOURCE_ENV
 
 
 @register('cifar_fs')
-def load_cifar_fs(split: str = 'train', scheme: str = 'bertinetto', *,
-                  data_dir: str | None = None,
-                  source_dir: str | None = None) -> ClassImages:
+def load_cifar_fs(
+  split: str = 'train',
+  scheme: str = 'bertinetto',
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
   """Loads one split of CIFAR-FS (Bertinetto et al., 2019).
 
   Args:
@@ -79,9 +82,13 @@ def load_cifar_fs(split: str = 'train', scheme: str = 'bertinetto', *,
 
 
 @register('fc100')
-def load_fc100(split: str = 'train', scheme: str = 'oreshkin', *,
-               data_dir: str | None = None,
-               source_dir: str | None = None) -> ClassImages:
+def load_fc100(
+  split: str = 'train',
+  scheme: str = 'oreshkin',
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
   """Loads one split of FC100 (Oreshkin et al., 2018).
 
   Args:
@@ -113,23 +120,32 @@ def split_list(dataset: str, split: str) -> list:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise Cifar100Error(
-        f'Cannot read the {dataset} split list {path}: {e!r}. Fix: reinstall '
-        'jaxmeta or restore jaxmeta/data/splits/cifar100 from the '
-        'repository.') from e
+      f'Cannot read the {dataset} split list {path}: {e!r}. Fix: reinstall '
+      'jaxmeta or restore jaxmeta/data/splits/cifar100 from the '
+      'repository.'
+    ) from e
 
 
-def _load(dataset: str, split: str, scheme: str, data_dir: str | None,
-          source_dir: str | None) -> ClassImages:
+def _load(
+  dataset: str,
+  split: str,
+  scheme: str,
+  data_dir: str | None,
+  source_dir: str | None,
+) -> ClassImages:
   if split not in SPLITS:
     raise Cifar100Error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
   if scheme not in SCHEMES[dataset]:
     raise Cifar100Error(
-        f'Unknown {dataset} split scheme {scheme!r}. Fix: use one of '
-        f'{SCHEMES[dataset]}.')
+      f'Unknown {dataset} split scheme {scheme!r}. Fix: use one of '
+      f'{SCHEMES[dataset]}.'
+    )
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV) or None
-  images, names = _read_cache(None if data_dir is None else str(data_dir),
-                              None if source_dir is None else str(source_dir))
+  images, names = _read_cache(
+    None if data_dir is None else str(data_dir),
+    None if source_dir is None else str(source_dir),
+  )
   index = {name: i for i, name in enumerate(names)}
   entries = split_list(dataset, split)
   if dataset == 'cifar_fs':
@@ -142,18 +158,23 @@ def _load(dataset: str, split: str, scheme: str, data_dir: str | None,
     empty = [coarse for coarse in entries if coarse not in by_coarse]
     if empty:
       raise Cifar100Error(
-          f'The fc100 {split} list names superclasses that are not in '
-          f'CIFAR-100: {empty}. Fix: restore {SPLITS_DIR} from the repository.')
+        f'The fc100 {split} list names superclasses that are not in '
+        f'CIFAR-100: {empty}. Fix: restore {SPLITS_DIR} from the repository.'
+      )
   unknown = [name for name in wanted if name not in index]
   if unknown:
     raise Cifar100Error(
-        f'The {dataset} {split} list names classes that are not in CIFAR-100: '
-        f'{unknown[:5]}. Fix: restore {SPLITS_DIR} from the repository.')
-  return ClassImages(images=images[[index[name] for name in wanted]],
-                     class_names=tuple(wanted))
+      f'The {dataset} {split} list names classes that are not in CIFAR-100: '
+      f'{unknown[:5]}. Fix: restore {SPLITS_DIR} from the repository.'
+    )
+  return ClassImages(
+    images=images[[index[name] for name in wanted]], class_names=tuple(wanted)
+  )
 
 
-def _source_folder(source_dir: str | None, manual_dir: Path) -> tuple[Path, str]:
+def _source_folder(
+  source_dir: str | None, manual_dir: Path
+) -> tuple[Path, str]:
   """Where to look for the source, and how it was chosen (for errors)."""
   if source_dir is not None:
     return Path(source_dir), 'source_dir'
@@ -163,48 +184,55 @@ def _source_folder(source_dir: str | None, manual_dir: Path) -> tuple[Path, str]
 
 
 @functools.lru_cache(maxsize=2)
-def _read_cache(data_dir: str | None,
-                source_dir: str | None) -> tuple[np.ndarray, tuple[str, ...]]:
+def _read_cache(
+  data_dir: str | None, source_dir: str | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
   """Prepares (if needed) and reads the cache.
 
   Returns:
     (uint8 `[100, 600, 32, 32, 3]`, class names 'coarse/fine' in CIFAR fine
     label order, i.e. alphabetical).
   """
-  builder = cifar100_tfds.JaxmetaCifar100(data_dir=data_dir,
-                                          file_format='array_record')
+  builder = cifar100_tfds.JaxmetaCifar100(
+    data_dir=data_dir, file_format='array_record'
+  )
   if not builder.is_prepared():
     manual_dir = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
     folder, how = _source_folder(source_dir, manual_dir)
     if cifar100_tfds.locate(folder) is None:
       raise Cifar100Error(
-          f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
-          f'no {cifar100_tfds.ARCHIVE_NAME} or {cifar100_tfds.FOLDER_NAME}/ in '
-          f'{folder} ({how}). {cifar100_tfds.HOW_TO_GET}')
+        f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
+        f'no {cifar100_tfds.ARCHIVE_NAME} or {cifar100_tfds.FOLDER_NAME}/ in '
+        f'{folder} ({how}). {cifar100_tfds.HOW_TO_GET}'
+      )
     builder = cifar100_tfds.JaxmetaCifar100(
-        data_dir=data_dir, file_format='array_record', source_dir=folder)
+      data_dir=data_dir, file_format='array_record', source_dir=folder
+    )
     builder.download_and_prepare()
   source = builder.as_data_source()['classes']
   per_class = cifar100_tfds.EXAMPLES_PER_CLASS
-  fix = (f'Fix: delete {builder.data_dir} and load again to rebuild the '
-         'cache.')
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild the cache.'
   if len(source) != cifar100_tfds.NUM_FINE:
     raise Cifar100Error(
-        f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
-        f'{len(source)} classes, not {cifar100_tfds.NUM_FINE}. {fix}')
-  images = np.empty((cifar100_tfds.NUM_FINE, per_class)
-                    + cifar100_tfds.IMAGE_SHAPE, np.uint8)
+      f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+      f'{len(source)} classes, not {cifar100_tfds.NUM_FINE}. {fix}'
+    )
+  images = np.empty(
+    (cifar100_tfds.NUM_FINE, per_class) + cifar100_tfds.IMAGE_SHAPE, np.uint8
+  )
   names = []
   for i in range(len(source)):
     record = source[i]
-    fine, coarse = (record[k].decode() if isinstance(record[k], bytes)
-                    else str(record[k])
-                    for k in ('fine_label_name', 'coarse_label_name'))
+    fine, coarse = (
+      record[k].decode() if isinstance(record[k], bytes) else str(record[k])
+      for k in ('fine_label_name', 'coarse_label_name')
+    )
     if record['images'].shape != images.shape[1:]:
       raise Cifar100Error(
-          f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
-          f'{record["images"].shape} images of class {fine!r}, expected '
-          f'{images.shape[1:]}. {fix}')
+        f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+        f'{record["images"].shape} images of class {fine!r}, expected '
+        f'{images.shape[1:]}. {fix}'
+      )
     images[i] = record['images']
     names.append(f'{coarse}/{fine}')
   # Records are in TFDS's order; sort by fine name, CIFAR's label order.

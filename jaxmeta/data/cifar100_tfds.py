@@ -51,10 +51,11 @@ EXAMPLES_PER_CLASS = 600
 
 # Appended to every error about the source: what to bring, where to put it.
 HOW_TO_GET = (
-    f'Get it from {URL} (161 MB; https://www.cs.toronto.edu/~kriz/cifar.html) '
-    f'and put {ARCHIVE_NAME} (or the {FOLDER_NAME}/ folder it extracts to) in '
-    f'that folder, or pass `source_dir=` / set ${SOURCE_ENV} to the folder '
-    'that holds it.')
+  f'Get it from {URL} (161 MB; https://www.cs.toronto.edu/~kriz/cifar.html) '
+  f'and put {ARCHIVE_NAME} (or the {FOLDER_NAME}/ folder it extracts to) in '
+  f'that folder, or pass `source_dir=` / set ${SOURCE_ENV} to the folder '
+  'that holds it.'
+)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
 Put {ARCHIVE_NAME} (or the folder {FOLDER_NAME}/ with the pickles train, test
@@ -73,6 +74,7 @@ class Cifar100Error(registry.DataError):
 
 class Cifar100Arrays(NamedTuple):
   """The content of one CIFAR-100 pickle (`train` or `test`), checked."""
+
   images: np.ndarray  # uint8 [N, 32, 32, 3]
   fine_labels: np.ndarray  # int64 [N], indices into fine_label_names
   coarse_labels: np.ndarray  # int64 [N], indices into coarse_label_names
@@ -108,14 +110,18 @@ def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
     # Truncated or corrupted pickles raise EOFError, UnpicklingError,
     # ValueError, ... depending on where they break.
     raise Cifar100Error(
-        f'{where} is not a readable CIFAR-100 pickle (truncated or corrupted?): '
-        f'{e!r}. Fix: replace it by an intact copy. {HOW_TO_GET}') from e
+      f'{where} is not a readable CIFAR-100 pickle (truncated or corrupted?): '
+      f'{e!r}. Fix: replace it by an intact copy. {HOW_TO_GET}'
+    ) from e
   if not isinstance(content, dict):
     raise Cifar100Error(
-        f'{where} holds a {type(content).__name__}, not the dict of a CIFAR-100 '
-        f'pickle. {HOW_TO_GET}')
-  return {k.decode('latin1') if isinstance(k, bytes) else k: v
-          for k, v in content.items()}
+      f'{where} holds a {type(content).__name__}, not the dict of a CIFAR-100 '
+      f'pickle. {HOW_TO_GET}'
+    )
+  return {
+    k.decode('latin1') if isinstance(k, bytes) else k: v
+    for k, v in content.items()
+  }
 
 
 def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
@@ -127,8 +133,9 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
       path = source / name
       if not path.is_file():
         raise Cifar100Error(
-            f'{source} lacks the pickle {name!r} (it needs meta, train and '
-            f'test). Fix: extract {ARCHIVE_NAME} again. {HOW_TO_GET}')
+          f'{source} lacks the pickle {name!r} (it needs meta, train and '
+          f'test). Fix: extract {ARCHIVE_NAME} again. {HOW_TO_GET}'
+        )
       members[name] = (path.read_bytes(), str(path))
     return members
   try:
@@ -137,33 +144,41 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
       for member in archive.getmembers():
         name = member.name.rsplit('/', 1)[-1]
         if member.isfile() and name in names:
-          members[name] = (archive.extractfile(member).read(),
-                           f'{source}:{member.name}')
+          members[name] = (
+            archive.extractfile(member).read(),
+            f'{source}:{member.name}',
+          )
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     raise Cifar100Error(
-        f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
-        f'Fix: download it again. {HOW_TO_GET}') from e
+      f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
+      f'Fix: download it again. {HOW_TO_GET}'
+    ) from e
   missing = [n for n in names if n not in members]
   if missing:
     raise Cifar100Error(
-        f'{source} lacks the pickle(s) {missing} ({FOLDER_NAME}/meta, train, '
-        f'test). Fix: use the original archive. {HOW_TO_GET}')
+      f'{source} lacks the pickle(s) {missing} ({FOLDER_NAME}/meta, train, '
+      f'test). Fix: use the original archive. {HOW_TO_GET}'
+    )
   return members
 
 
-def _names(meta: Mapping[str, Any], key: str, count: int,
-           where: str) -> tuple[str, ...]:
+def _names(
+  meta: Mapping[str, Any], key: str, count: int, where: str
+) -> tuple[str, ...]:
   names = meta.get(key)
   if not isinstance(names, (list, tuple)) or len(names) != count:
     raise Cifar100Error(
-        f'{where}: {key!r} should list {count} names, got '
-        f'{type(names).__name__} of length {len(names or ())}. {HOW_TO_GET}')
-  return tuple(n.decode('latin1') if isinstance(n, bytes) else str(n)
-               for n in names)
+      f'{where}: {key!r} should list {count} names, got '
+      f'{type(names).__name__} of length {len(names or ())}. {HOW_TO_GET}'
+    )
+  return tuple(
+    n.decode('latin1') if isinstance(n, bytes) else str(n) for n in names
+  )
 
 
-def read_cifar100(source: os.PathLike | str) -> tuple[
-    dict[str, Cifar100Arrays], tuple[str, ...], tuple[str, ...]]:
+def read_cifar100(
+  source: os.PathLike | str,
+) -> tuple[dict[str, Cifar100Arrays], tuple[str, ...], tuple[str, ...]]:
   """Reads and checks the whole of CIFAR-100 from its archive or folder.
 
   Args:
@@ -181,52 +196,66 @@ def read_cifar100(source: os.PathLike | str) -> tuple[
   members = _read_members(source)
   meta = _unpickle(*members['meta'])
   fine_names = _names(meta, 'fine_label_names', NUM_FINE, members['meta'][1])
-  coarse_names = _names(meta, 'coarse_label_names', NUM_COARSE,
-                        members['meta'][1])
+  coarse_names = _names(
+    meta, 'coarse_label_names', NUM_COARSE, members['meta'][1]
+  )
   arrays = {}
   for name in FILES:
     content = _unpickle(*members[name])
     where = members[name][1]
-    missing = [k for k in ('data', 'fine_labels', 'coarse_labels')
-               if k not in content]
+    missing = [
+      k for k in ('data', 'fine_labels', 'coarse_labels') if k not in content
+    ]
     if missing:
       raise Cifar100Error(f'{where} lacks the key(s) {missing}. {HOW_TO_GET}')
     data = np.asarray(content['data'])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
       raise Cifar100Error(
-          f'{where}: data should be uint8 [N, 3072] (32x32 RGB planes), got '
-          f'{data.dtype} {list(data.shape)}. {HOW_TO_GET}')
+        f'{where}: data should be uint8 [N, 3072] (32x32 RGB planes), got '
+        f'{data.dtype} {list(data.shape)}. {HOW_TO_GET}'
+      )
     fine = np.asarray(content['fine_labels'], np.int64)
     coarse = np.asarray(content['coarse_labels'], np.int64)
     if fine.shape != (len(data),) or coarse.shape != (len(data),):
       raise Cifar100Error(
-          f'{where}: {len(data)} images but {fine.size} fine and {coarse.size} '
-          f'coarse labels. {HOW_TO_GET}')
-    if (fine.size and (fine.min() < 0 or fine.max() >= NUM_FINE
-                       or coarse.min() < 0 or coarse.max() >= NUM_COARSE)):
+        f'{where}: {len(data)} images but {fine.size} fine and {coarse.size} '
+        f'coarse labels. {HOW_TO_GET}'
+      )
+    if fine.size and (
+      fine.min() < 0
+      or fine.max() >= NUM_FINE
+      or coarse.min() < 0
+      or coarse.max() >= NUM_COARSE
+    ):
       raise Cifar100Error(
-          f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
-          f'0..{NUM_COARSE - 1}). {HOW_TO_GET}')
+        f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
+        f'0..{NUM_COARSE - 1}). {HOW_TO_GET}'
+      )
     arrays[name] = Cifar100Arrays(rows_to_images(data), fine, coarse)
 
   fine = np.concatenate([arrays[n].fine_labels for n in FILES])
   coarse = np.concatenate([arrays[n].coarse_labels for n in FILES])
   counts = np.bincount(fine, minlength=NUM_FINE)
-  wrong = [(fine_names[i], int(c)) for i, c in enumerate(counts)
-           if c != EXAMPLES_PER_CLASS]
+  wrong = [
+    (fine_names[i], int(c))
+    for i, c in enumerate(counts)
+    if c != EXAMPLES_PER_CLASS
+  ]
   if wrong:
     raise Cifar100Error(
-        f'{source}: every fine class should have {EXAMPLES_PER_CLASS} images '
-        f'(train and test together), but {wrong[:5]} (class, images)'
-        f'{" and more" if len(wrong) > 5 else ""} do not. Fix: use the '
-        f'original, complete archive. {HOW_TO_GET}')
+      f'{source}: every fine class should have {EXAMPLES_PER_CLASS} images '
+      f'(train and test together), but {wrong[:5]} (class, images)'
+      f'{" and more" if len(wrong) > 5 else ""} do not. Fix: use the '
+      f'original, complete archive. {HOW_TO_GET}'
+    )
   for i in range(NUM_FINE):
     parents = np.unique(coarse[fine == i])
     if len(parents) != 1:
       raise Cifar100Error(
-          f'{source}: fine class {fine_names[i]!r} is in superclasses '
-          f'{[coarse_names[j] for j in parents]}; each fine class belongs to '
-          f'exactly one. {HOW_TO_GET}')
+        f'{source}: fine class {fine_names[i]!r} is in superclasses '
+        f'{[coarse_names[j] for j in parents]}; each fine class belongs to '
+        f'exactly one. {HOW_TO_GET}'
+      )
   return arrays, fine_names, coarse_names
 
 
@@ -251,26 +280,32 @@ class JaxmetaCifar100(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
-            '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
-            'the fine and coarse label names.'),
-        features=tfds.features.FeaturesDict({
-            'images': tfds.features.Tensor(
-                shape=(None,) + IMAGE_SHAPE, dtype=np.uint8,
-                encoding=tfds.features.Encoding.BYTES),
-            'fine_label_name': tfds.features.Text(),
-            'coarse_label_name': tfds.features.Text(),
-            # Where each image comes from: pickle (0 train, 1 test) and row.
-            'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-            'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }),
-        homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-        citation=(
-            '@techreport{krizhevsky2009learning, title={Learning multiple '
-            'layers of features from tiny images}, author={Krizhevsky, Alex}, '
-            'institution={University of Toronto}, year={2009}}'),
+      builder=self,
+      description=(
+        'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
+        '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
+        'the fine and coarse label names.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          'images': tfds.features.Tensor(
+            shape=(None,) + IMAGE_SHAPE,
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.BYTES,
+          ),
+          'fine_label_name': tfds.features.Text(),
+          'coarse_label_name': tfds.features.Text(),
+          # Where each image comes from: pickle (0 train, 1 test) and row.
+          'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+          'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+        }
+      ),
+      homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
+      citation=(
+        '@techreport{krizhevsky2009learning, title={Learning multiple '
+        'layers of features from tiny images}, author={Krizhevsky, Alex}, '
+        'institution={University of Toronto}, year={2009}}'
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -282,28 +317,41 @@ class JaxmetaCifar100(tfds.core.GeneratorBasedBuilder):
         raise Cifar100Error(f'{e} {HOW_TO_GET}') from e
     source = locate(folder)
     if source is None:
-      raise Cifar100Error(f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. '
-                          f'{HOW_TO_GET}')
+      raise Cifar100Error(
+        f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. {HOW_TO_GET}'
+      )
     # Read and check everything before writing anything.
     arrays, fine_names, coarse_names = read_cifar100(source)
-    return {'classes': self._generate_examples(arrays, fine_names, coarse_names)}
+    return {
+      'classes': self._generate_examples(arrays, fine_names, coarse_names)
+    }
 
-  def _generate_examples(self, arrays: dict[str, Cifar100Arrays],
-                         fine_names: tuple[str, ...],
-                         coarse_names: tuple[str, ...]):
+  def _generate_examples(
+    self,
+    arrays: dict[str, Cifar100Arrays],
+    fine_names: tuple[str, ...],
+    coarse_names: tuple[str, ...],
+  ):
     for fine, fine_name in enumerate(fine_names):
-      parts = [(f, np.flatnonzero(arrays[name].fine_labels == fine))
-               for f, name in enumerate(FILES)]
+      parts = [
+        (f, np.flatnonzero(arrays[name].fine_labels == fine))
+        for f, name in enumerate(FILES)
+      ]
       rows = np.concatenate([r for _, r in parts])
       files = np.concatenate([np.full(len(r), f, np.int64) for f, r in parts])
-      images = np.concatenate([arrays[name].images[r]
-                               for name, (_, r) in zip(FILES, parts)])
-      coarse = np.concatenate([arrays[name].coarse_labels[r]
-                               for name, (_, r) in zip(FILES, parts)])
-      yield fine_name, {
+      images = np.concatenate(
+        [arrays[name].images[r] for name, (_, r) in zip(FILES, parts)]
+      )
+      coarse = np.concatenate(
+        [arrays[name].coarse_labels[r] for name, (_, r) in zip(FILES, parts)]
+      )
+      yield (
+        fine_name,
+        {
           'images': images,
           'fine_label_name': fine_name,
           'coarse_label_name': coarse_names[coarse[0]],  # One (checked).
           'files': files,
           'rows': rows,
-      }
+        },
+      )

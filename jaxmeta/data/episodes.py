@@ -39,13 +39,15 @@ def _static_int(name: str, value) -> int:
     return operator.index(value)
   except TypeError as e:
     raise EpisodeConfigError(
-        f'{name} must be a static Python int (it fixes array shapes), got '
-        f'{value!r}. Fix: pass a plain int, e.g. via functools.partial or '
-        '`static_argnames` under jit.') from e
+      f'{name} must be a static Python int (it fixes array shapes), got '
+      f'{value!r}. Fix: pass a plain int, e.g. via functools.partial or '
+      '`static_argnames` under jit.'
+    ) from e
 
 
-def check_episode_config(num_classes: int, num_drawings: int, ways: int,
-                         shots: int, queries: int) -> None:
+def check_episode_config(
+  num_classes: int, num_drawings: int, ways: int, shots: int, queries: int
+) -> None:
   """Checks that a split can supply tasks of this shape.
 
   Args:
@@ -66,18 +68,21 @@ def check_episode_config(num_classes: int, num_drawings: int, ways: int,
   for name, value in (('ways', ways), ('shots', shots), ('queries', queries)):
     if value < 1:
       raise EpisodeConfigError(
-          f'{name}={value}: a task needs at least 1. Fix: set {name} >= 1.')
+        f'{name}={value}: a task needs at least 1. Fix: set {name} >= 1.'
+      )
   if ways > num_classes:
     raise EpisodeConfigError(
-        f'ways={ways} is more than the {num_classes} classes of this split. '
-        f'Fix: use ways <= {num_classes}, or a split with more classes (e.g. '
-        'with rotations).')
+      f'ways={ways} is more than the {num_classes} classes of this split. '
+      f'Fix: use ways <= {num_classes}, or a split with more classes (e.g. '
+      'with rotations).'
+    )
   if shots + queries > num_drawings:
     raise EpisodeConfigError(
-        f'shots + queries = {shots} + {queries} = {shots + queries} is more '
-        f'than the {num_drawings} drawings per class, and support and query '
-        f'drawings must be disjoint. Fix: use shots + queries <= '
-        f'{num_drawings}.')
+      f'shots + queries = {shots} + {queries} = {shots + queries} is more '
+      f'than the {num_drawings} drawings per class, and support and query '
+      f'drawings must be disjoint. Fix: use shots + queries <= '
+      f'{num_drawings}.'
+    )
 
 
 def _to_unit_float(x: Array) -> Array:
@@ -86,8 +91,9 @@ def _to_unit_float(x: Array) -> Array:
   return x.astype(jnp.float32)
 
 
-def sample_task(key: PRNGKey, images: Array, ways: int, shots: int,
-                queries: int) -> Task:
+def sample_task(
+  key: PRNGKey, images: Array, ways: int, shots: int, queries: int
+) -> Task:
   """Samples one `ways`-way `shots`-shot task with `queries` queries per class.
 
   Classes are drawn without replacement; each chosen class gets a random
@@ -118,9 +124,10 @@ def sample_task(key: PRNGKey, images: Array, ways: int, shots: int,
   images = jnp.asarray(images)
   if images.ndim != 5:
     raise EpisodeConfigError(
-        f'images must be [classes, drawings, H, W, C], got shape '
-        f'{images.shape}. Fix: pass `load(...).images` (add a trailing channel '
-        'axis to grayscale arrays).')
+      f'images must be [classes, drawings, H, W, C], got shape '
+      f'{images.shape}. Fix: pass `load(...).images` (add a trailing channel '
+      'axis to grayscale arrays).'
+    )
   num_classes, num_drawings = images.shape[:2]
   check_episode_config(num_classes, num_drawings, ways, shots, queries)
   class_key, drawing_key = jax.random.split(key)
@@ -133,21 +140,34 @@ def sample_task(key: PRNGKey, images: Array, ways: int, shots: int,
   scores = jax.random.uniform(class_key, (num_classes,))
   _, classes = jax.lax.top_k(scores, ways)  # [ways]
   drawings = jax.vmap(
-      lambda k: jax.random.choice(
-          k, num_drawings, (shots + queries,), replace=False))(
-              jax.random.split(drawing_key, ways))  # [ways, shots + queries]
-  chosen = images[classes[:, None], drawings]  # [ways, shots + queries, H, W, C]
+    lambda k: jax.random.choice(
+      k, num_drawings, (shots + queries,), replace=False
+    )
+  )(jax.random.split(drawing_key, ways))  # [ways, shots + queries]
+  chosen = images[
+    classes[:, None], drawings
+  ]  # [ways, shots + queries, H, W, C]
   chosen = _to_unit_float(chosen)
   image_shape = images.shape[2:]
   support_x = chosen[:, :shots].reshape((ways * shots,) + image_shape)
   query_x = chosen[:, shots:].reshape((ways * queries,) + image_shape)
   labels = jnp.arange(ways, dtype=jnp.int32)
-  return Task(support_x=support_x, support_y=jnp.repeat(labels, shots),
-              query_x=query_x, query_y=jnp.repeat(labels, queries))
+  return Task(
+    support_x=support_x,
+    support_y=jnp.repeat(labels, shots),
+    query_x=query_x,
+    query_y=jnp.repeat(labels, queries),
+  )
 
 
-def sample_tasks(key: PRNGKey, images: Array, num_tasks: int, ways: int,
-                 shots: int, queries: int) -> Task:
+def sample_tasks(
+  key: PRNGKey,
+  images: Array,
+  num_tasks: int,
+  ways: int,
+  shots: int,
+  queries: int,
+) -> Task:
   """Samples a meta-batch: `vmap(sample_task)` over `split(key, num_tasks)`.
 
   Args:
@@ -165,10 +185,12 @@ def sample_tasks(key: PRNGKey, images: Array, num_tasks: int, ways: int,
   num_tasks = _static_int('num_tasks', num_tasks)
   if num_tasks < 1:
     raise EpisodeConfigError(
-        f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.')
+      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
+    )
   keys = jax.random.split(key, num_tasks)
   sample_one = functools.partial(
-      sample_task, images=images, ways=ways, shots=shots, queries=queries)
+    sample_task, images=images, ways=ways, shots=shots, queries=queries
+  )
   return jax.vmap(sample_one)(keys)
 
 
@@ -190,7 +212,9 @@ def eval_task_keys(seed: int, num_tasks: int = 600) -> Array:
   num_tasks = _static_int('num_tasks', num_tasks)
   if num_tasks < 1:
     raise EpisodeConfigError(
-        f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.')
+      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
+    )
   base = jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(
-      jnp.arange(num_tasks, dtype=jnp.uint32))
+    jnp.arange(num_tasks, dtype=jnp.uint32)
+  )

@@ -53,15 +53,21 @@ def host_rng(key: PRNGKey | np.random.Generator) -> np.random.Generator:
   words = np.asarray(key)
   if words.dtype != np.uint32:
     raise EpisodeConfigError(
-        f'key must be a JAX PRNG key or a np.random.Generator, got an array of '
-        f'dtype {words.dtype}. Fix: pass e.g. jax.random.key(seed).')
+      f'key must be a JAX PRNG key or a np.random.Generator, got an array of '
+      f'dtype {words.dtype}. Fix: pass e.g. jax.random.key(seed).'
+    )
   return np.random.default_rng([int(w) for w in words.ravel()])
 
 
-def sample_task_indices(rng: np.random.Generator, num_classes: int,
-                        num_examples: int, num_tasks: int, ways: int,
-                        shots: int, queries: int
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def sample_task_indices(
+  rng: np.random.Generator,
+  num_classes: int,
+  num_examples: int,
+  num_tasks: int,
+  ways: int,
+  shots: int,
+  queries: int,
+) -> tuple[np.ndarray, np.ndarray]:
   """Which classes and examples a meta-batch uses.
 
   Classes are drawn without replacement per task (label i is `classes[t, i]`,
@@ -75,11 +81,13 @@ def sample_task_indices(rng: np.random.Generator, num_classes: int,
   check_episode_config(num_classes, num_examples, ways, shots, queries)
   if num_tasks < 1:
     raise EpisodeConfigError(
-        f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.')
-  classes = np.stack([rng.choice(num_classes, ways, replace=False)
-                      for _ in range(num_tasks)])
+      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
+    )
+  classes = np.stack(
+    [rng.choice(num_classes, ways, replace=False) for _ in range(num_tasks)]
+  )
   scores = rng.random((num_tasks, ways, num_examples))
-  examples = np.argsort(scores, axis=-1)[..., :shots + queries]
+  examples = np.argsort(scores, axis=-1)[..., : shots + queries]
   return classes, examples
 
 
@@ -90,9 +98,16 @@ def _to_unit_float(x: Array) -> Array:
   return x.astype(jnp.float32)
 
 
-def sample_tasks_host(key: PRNGKey | np.random.Generator, images: np.ndarray,
-                      num_tasks: int, ways: int, shots: int, queries: int, *,
-                      device=None) -> Task:
+def sample_tasks_host(
+  key: PRNGKey | np.random.Generator,
+  images: np.ndarray,
+  num_tasks: int,
+  ways: int,
+  shots: int,
+  queries: int,
+  *,
+  device=None,
+) -> Task:
   """Samples a meta-batch on the host and transfers only its images.
 
   Args:
@@ -119,24 +134,41 @@ def sample_tasks_host(key: PRNGKey | np.random.Generator, images: np.ndarray,
   """
   if getattr(images, 'ndim', None) != 5:
     raise EpisodeConfigError(
-        f'images must be [classes, examples, H, W, C], got shape '
-        f'{getattr(images, "shape", None)}. Fix: pass `load(...).images`.')
+      f'images must be [classes, examples, H, W, C], got shape '
+      f'{getattr(images, "shape", None)}. Fix: pass `load(...).images`.'
+    )
   rng = host_rng(key)
   classes, examples = sample_task_indices(
-      rng, images.shape[0], images.shape[1], num_tasks, ways, shots, queries)
+    rng, images.shape[0], images.shape[1], num_tasks, ways, shots, queries
+  )
   chosen = np.asarray(images[classes[:, :, None], examples])
   # chosen: [num_tasks, ways, shots + queries, H, W, C]
   image_shape = images.shape[2:]
-  support = chosen[:, :, :shots].reshape((num_tasks, ways * shots)
-                                         + image_shape)
-  query = chosen[:, :, shots:].reshape((num_tasks, ways * queries)
-                                       + image_shape)
+  support = chosen[:, :, :shots].reshape(
+    (num_tasks, ways * shots) + image_shape
+  )
+  query = chosen[:, :, shots:].reshape(
+    (num_tasks, ways * queries) + image_shape
+  )
   labels = np.arange(ways, dtype=np.int32)
-  support_y = np.broadcast_to(np.repeat(labels, shots), (num_tasks, ways * shots))
-  query_y = np.broadcast_to(np.repeat(labels, queries),
-                            (num_tasks, ways * queries))
+  support_y = np.broadcast_to(
+    np.repeat(labels, shots), (num_tasks, ways * shots)
+  )
+  query_y = np.broadcast_to(
+    np.repeat(labels, queries), (num_tasks, ways * queries)
+  )
   support, query, support_y, query_y = jax.device_put(
-      (support, query, np.ascontiguousarray(support_y),
-       np.ascontiguousarray(query_y)), device)
-  return Task(support_x=_to_unit_float(support), support_y=support_y,
-              query_x=_to_unit_float(query), query_y=query_y)
+    (
+      support,
+      query,
+      np.ascontiguousarray(support_y),
+      np.ascontiguousarray(query_y),
+    ),
+    device,
+  )
+  return Task(
+    support_x=_to_unit_float(support),
+    support_y=support_y,
+    query_x=_to_unit_float(query),
+    query_y=query_y,
+  )

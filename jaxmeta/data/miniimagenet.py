@@ -58,9 +58,14 @@ DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 
 
 @register('miniimagenet')
-def load(split: str = 'train', scheme: str = 'ravi', *, image_size: int = 84,
-         data_dir: str | None = None,
-         source_dir: str | None = None) -> ClassImages:
+def load(
+  split: str = 'train',
+  scheme: str = 'ravi',
+  *,
+  image_size: int = 84,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
   """Loads one split of mini-ImageNet as a class-major image array.
 
   Args:
@@ -83,16 +88,22 @@ def load(split: str = 'train', scheme: str = 'ravi', *, image_size: int = 84,
   """
   if split not in SPLITS:
     raise MiniImageNetError(
-        f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+      f'Unknown split {split!r}. Fix: use one of {SPLITS}.'
+    )
   if scheme not in SCHEMES:
     raise MiniImageNetError(
-        f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
-        f'{SCHEMES}.')
-  if (isinstance(image_size, bool) or not isinstance(image_size, int)
-      or image_size < 1):
+      f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
+      f'{SCHEMES}.'
+    )
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or image_size < 1
+  ):
     raise MiniImageNetError(
-        f'image_size must be a positive int, got {image_size!r}. Fix: pass '
-        'e.g. 84.')
+      f'image_size must be a positive int, got {image_size!r}. Fix: pass '
+      'e.g. 84.'
+    )
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV) or None
   builder = _prepared_builder(data_dir, source_dir, image_size)
@@ -101,11 +112,13 @@ def load(split: str = 'train', scheme: str = 'ravi', *, image_size: int = 84,
 
 def _builder(data_dir, config, **kwargs):
   return miniimagenet_tfds.JaxmetaMiniImageNet(
-      data_dir=data_dir, config=config, file_format='array_record', **kwargs)
+    data_dir=data_dir, config=config, file_format='array_record', **kwargs
+  )
 
 
-def _prepared_builder(data_dir: str | None, source_dir: str | None,
-                      image_size: int):
+def _prepared_builder(
+  data_dir: str | None, source_dir: str | None, image_size: int
+):
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
   if source_dir is not None:
@@ -118,31 +131,37 @@ def _prepared_builder(data_dir: str | None, source_dir: str | None,
   source = miniimagenet_tfds.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)
-    if (config_source == 'pickles'
-        and image_size != miniimagenet_tfds.PICKLE_SIZE):
+    if (
+      config_source == 'pickles' and image_size != miniimagenet_tfds.PICKLE_SIZE
+    ):
       raise MiniImageNetError(
-          f'{folder} holds the mini-imagenet-cache pickles, which are '
-          f'{miniimagenet_tfds.PICKLE_SIZE}x{miniimagenet_tfds.PICKLE_SIZE}; '
-          f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
-          f'image_size={miniimagenet_tfds.PICKLE_SIZE} or bring the ILSVRC '
-          'images.')
+        f'{folder} holds the mini-imagenet-cache pickles, which are '
+        f'{miniimagenet_tfds.PICKLE_SIZE}x{miniimagenet_tfds.PICKLE_SIZE}; '
+        f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
+        f'image_size={miniimagenet_tfds.PICKLE_SIZE} or bring the ILSVRC '
+        'images.'
+      )
     config = miniimagenet_tfds.config_for(config_source, image_size)
     builder = _builder(data_dir, config, source_dir=source.path)
     if not builder.is_prepared():
       builder.download_and_prepare()
     return builder
-  candidates = [probe, _builder(
-      data_dir, miniimagenet_tfds.config_for('images', image_size))]
+  candidates = [
+    probe,
+    _builder(data_dir, miniimagenet_tfds.config_for('images', image_size)),
+  ]
   if image_size == miniimagenet_tfds.PICKLE_SIZE:
-    candidates.append(_builder(
-        data_dir, miniimagenet_tfds.config_for('pickles', image_size)))
+    candidates.append(
+      _builder(data_dir, miniimagenet_tfds.config_for('pickles', image_size))
+    )
   for builder in candidates:
     if builder.is_prepared():
       return builder
   raise MiniImageNetError(
-      f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
-      f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-      f'{miniimagenet_tfds.HOW_TO_GET}')
+    f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
+    f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
+    f'{miniimagenet_tfds.HOW_TO_GET}'
+  )
 
 
 def _read_split(builder, split: str) -> ClassImages:
@@ -151,13 +170,16 @@ def _read_split(builder, split: str) -> ClassImages:
   size = builder.builder_config.image_size
   source = builder.as_data_source()[split]
   per_class = {len(indices) for indices in classes.values()}
-  fix = (f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
-         'from the source.')
+  fix = (
+    f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
+    'from the source.'
+  )
   if len(per_class) != 1 or len(source) != len(classes):
     raise MiniImageNetError(
-        f'The prepared mini-ImageNet cache in {builder.data_dir} has '
-        f'{len(source)} {split} classes, the split list {len(classes)} (with '
-        f'{sorted(per_class)} images each). {fix}')
+      f'The prepared mini-ImageNet cache in {builder.data_dir} has '
+      f'{len(source)} {split} classes, the split list {len(classes)} (with '
+      f'{sorted(per_class)} images each). {fix}'
+    )
   class_index = {wnid: i for i, wnid in enumerate(classes)}
   images = np.empty((len(classes), per_class.pop(), size, size, 3), np.uint8)
   filled = np.zeros(len(classes), bool)
@@ -168,13 +190,15 @@ def _read_split(builder, split: str) -> ClassImages:
     i = class_index.get(wnid)
     if i is None or record['images'].shape != images.shape[1:]:
       raise MiniImageNetError(
-          f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
-          f'{wnid} with images {record["images"].shape}; the {split} split '
-          f'list wants {images.shape[1:]} per class of its classes. {fix}')
+        f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
+        f'{wnid} with images {record["images"].shape}; the {split} split '
+        f'list wants {images.shape[1:]} per class of its classes. {fix}'
+      )
     images[i] = record['images']
     filled[i] = True
   if not filled.all():
     raise MiniImageNetError(
-        f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
-        f'{list(classes)[int(np.argmin(filled))]}. {fix}')
+      f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
+      f'{list(classes)[int(np.argmin(filled))]}. {fix}'
+    )
   return ClassImages(images=images, class_names=tuple(classes))

@@ -62,8 +62,9 @@ import tensorflow_datasets as tfds
 from jaxmeta.data import registry
 
 SPLITS = ('train', 'val', 'test')
-SPLITS_DIR = (Path(__file__).resolve().parent / 'splits' / 'miniimagenet' /
-              'ravi')
+SPLITS_DIR = (
+  Path(__file__).resolve().parent / 'splits' / 'miniimagenet' / 'ravi'
+)
 SOURCE_ENV = 'JAXMETA_MINIIMAGENET_DIR'
 TAR_NAME = 'ILSVRC2012_img_train.tar'
 PICKLE_NAMES = {s: f'mini-imagenet-cache-{s}.pkl' for s in SPLITS}
@@ -76,15 +77,16 @@ _ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
 
 # Appended to every error about the source: what to bring, where to put it.
 HOW_TO_GET = (
-    'mini-ImageNet cannot be downloaded for you (ImageNet\'s terms); bring one '
-    f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
-    f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
-    f'{IMAGENET_URL} after accepting its terms), (c) mini-ImageNet images '
-    'named as in the split CSVs (nXXXXXXXX000000NN.jpg) in images/ or in '
-    'train/, val/, test/ class folders, or (d) the three files '
-    f'{", ".join(PICKLE_NAMES.values())}; and pass `source_dir=` the folder '
-    f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
-    '(<data_dir>/downloads/manual).')
+  "mini-ImageNet cannot be downloaded for you (ImageNet's terms); bring one "
+  f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
+  f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
+  f'{IMAGENET_URL} after accepting its terms), (c) mini-ImageNet images '
+  'named as in the split CSVs (nXXXXXXXX000000NN.jpg) in images/ or in '
+  'train/, val/, test/ class folders, or (d) the three files '
+  f'{", ".join(PICKLE_NAMES.values())}; and pass `source_dir=` the folder '
+  f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
+  '(<data_dir>/downloads/manual).'
+)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
 Put one of these in the TFDS manual dir (default <data_dir>/downloads/manual/),
@@ -107,12 +109,14 @@ class MiniImageNetError(registry.DataError):
 
 class Source(NamedTuple):
   """A located source: kind 'folder' | 'tar' | 'images' | 'pickles', its path."""
+
   kind: str
   path: Path
 
 
-def read_split_list(split: str,
-                    splits_dir: Path | None = None) -> dict[str, list[int]]:
+def read_split_list(
+  split: str, splits_dir: Path | None = None
+) -> dict[str, list[int]]:
   """One Ravi CSV: wnid -> 1-based ILSVRC indices, both in file order.
 
   Args:
@@ -128,19 +132,22 @@ def read_split_list(split: str,
   try:
     lines = path.read_text().splitlines()
   except OSError as e:
-    raise MiniImageNetError(f'Cannot read the split list {path}: {e!r}. {fix}'
-                            ) from e
+    raise MiniImageNetError(
+      f'Cannot read the split list {path}: {e!r}. {fix}'
+    ) from e
   rows = list(csv.reader(lines))
   if not rows or rows[0] != ['filename', 'label']:
     raise MiniImageNetError(
-        f'{path}: expected the header "filename,label". {fix}')
+      f'{path}: expected the header "filename,label". {fix}'
+    )
   classes = {}
   for number, row in enumerate(rows[1:], 2):
     match = _CSV_NAME_RE.match(row[0]) if len(row) == 2 else None
     if match is None or match[1] != row[1]:
       raise MiniImageNetError(
-          f'{path}:{number}: expected "<wnid><8-digit index>.jpg,<wnid>", got '
-          f'{",".join(row)!r}. {fix}')
+        f'{path}:{number}: expected "<wnid><8-digit index>.jpg,<wnid>", got '
+        f'{",".join(row)!r}. {fix}'
+      )
     classes.setdefault(row[1], []).append(int(match[2]))
   return classes
 
@@ -169,8 +176,9 @@ def locate(folder: os.PathLike | str) -> Source | None:
     if kind == 'images':
       return Source('images', folder)
   images = folder / 'images'
-  if images.is_dir() and any(_CSV_NAME_RE.match(p.name)
-                             for p in images.iterdir()):
+  if images.is_dir() and any(
+    _CSV_NAME_RE.match(p.name) for p in images.iterdir()
+  ):
     return Source('images', folder)
   if (folder / TAR_NAME).is_file():
     return Source('tar', folder / TAR_NAME)
@@ -180,8 +188,9 @@ def locate(folder: os.PathLike | str) -> Source | None:
   if present:
     missing = [n for n in PICKLE_NAMES.values() if n not in present]
     raise MiniImageNetError(
-        f'{folder} holds {present} but not {missing}. Fix: put all three '
-        'mini-imagenet-cache pickles there.')
+      f'{folder} holds {present} but not {missing}. Fix: put all three '
+      'mini-imagenet-cache pickles there.'
+    )
   return None
 
 
@@ -218,16 +227,18 @@ def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _ilsvrc_index(k_by_name: dict[str, int], wnid: str,
-                  indices: list[int], where: str) -> list[str]:
+def _ilsvrc_index(
+  k_by_name: dict[str, int], wnid: str, indices: list[int], where: str
+) -> list[str]:
   """File names (of a class's ILSVRC files) selected by 1-based rank indices."""
   ordered = sorted(k_by_name, key=k_by_name.__getitem__)
   if max(indices) > len(ordered):
     raise MiniImageNetError(
-        f'Class {wnid} has {len(ordered)} images in {where}, but the split '
-        f'list needs image #{max(indices)} (1-based, in numeric order of '
-        f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
-        f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}')
+      f'Class {wnid} has {len(ordered)} images in {where}, but the split '
+      f'list needs image #{max(indices)} (1-based, in numeric order of '
+      f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
+      f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}'
+    )
   return [ordered[i - 1] for i in indices]
 
 
@@ -236,24 +247,30 @@ def _jpeg_k(name: str, wnid: str) -> int | None:
   return None if match is None else int(match[1])
 
 
-def scan_folder(root: Path, classes: dict[str, list[int]]
-                ) -> dict[str, list[Path]]:
+def scan_folder(
+  root: Path, classes: dict[str, list[int]]
+) -> dict[str, list[Path]]:
   """wnid -> the selected files, in split-list order; checks completeness."""
   selected = {}
   for wnid, indices in classes.items():
     folder = root / wnid
     if not folder.is_dir():
       raise MiniImageNetError(
-          f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}')
-    ks = {p.name: k for p in folder.iterdir()
-          if (k := _jpeg_k(p.name, wnid)) is not None}
+        f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}'
+      )
+    ks = {
+      p.name: k
+      for p in folder.iterdir()
+      if (k := _jpeg_k(p.name, wnid)) is not None
+    }
     names = _ilsvrc_index(ks, wnid, indices, str(folder))
     selected[wnid] = [folder / n for n in names]
   return selected
 
 
-def scan_images(root: Path, split: str, classes: dict[str, list[int]]
-                ) -> dict[str, list[Path]]:
+def scan_images(
+  root: Path, split: str, classes: dict[str, list[int]]
+) -> dict[str, list[Path]]:
   """wnid -> paths of CSV-named files, in split-list order; checks presence.
 
   A file `n0153282900000005.jpg` of split s is looked for in `root/images/`,
@@ -268,9 +285,10 @@ def scan_images(root: Path, split: str, classes: dict[str, list[int]]
       path = next((f / name for f in folders if (f / name).is_file()), None)
       if path is None:
         raise MiniImageNetError(
-            f'Class {wnid} of the {split} split is incomplete: no {name} in '
-            f'{[str(f) for f in folders]}. Fix: complete the images of class '
-            f'{wnid}. {HOW_TO_GET}')
+          f'Class {wnid} of the {split} split is incomplete: no {name} in '
+          f'{[str(f) for f in folders]}. Fix: complete the images of class '
+          f'{wnid}. {HOW_TO_GET}'
+        )
       paths.append(path)
     selected[wnid] = paths
   return selected
@@ -278,38 +296,42 @@ def scan_images(root: Path, split: str, classes: dict[str, list[int]]
 
 def _tar_error(path: Path, e: Exception) -> MiniImageNetError:
   return MiniImageNetError(
-      f'{path} is not a readable tar (truncated or corrupted?): {e!r}. Fix: '
-      f'replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}')
+    f'{path} is not a readable tar (truncated or corrupted?): {e!r}. Fix: '
+    f'replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
+  )
 
 
-def scan_tar(path: Path, classes: dict[str, list[int]]
-             ) -> dict[str, list[str]]:
+def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
   """wnid -> selected member names of its inner tar; checks completeness."""
   selected = {}
   try:
     with tarfile.open(path, 'r:*') as outer:
-      members = {Path(m.name).name: m for m in outer.getmembers()
-                 if m.isfile()}
+      members = {Path(m.name).name: m for m in outer.getmembers() if m.isfile()}
       for wnid, indices in classes.items():
         member = members.get(f'{wnid}.tar')
         if member is None:
           raise MiniImageNetError(
-              f'Class {wnid} is missing: {path} has no member {wnid}.tar '
-              f'(an incomplete or truncated tar?). {HOW_TO_GET}')
-        with tarfile.open(fileobj=outer.extractfile(member),
-                          mode='r:') as inner:
-          ks = {m.name: k for m in inner.getmembers()
-                if m.isfile() and (k := _jpeg_k(Path(m.name).name, wnid))
-                is not None}
-        selected[wnid] = _ilsvrc_index(ks, wnid, indices,
-                                       f'{path}:{wnid}.tar')
+            f'Class {wnid} is missing: {path} has no member {wnid}.tar '
+            f'(an incomplete or truncated tar?). {HOW_TO_GET}'
+          )
+        with tarfile.open(
+          fileobj=outer.extractfile(member), mode='r:'
+        ) as inner:
+          ks = {
+            m.name: k
+            for m in inner.getmembers()
+            if m.isfile()
+            and (k := _jpeg_k(Path(m.name).name, wnid)) is not None
+          }
+        selected[wnid] = _ilsvrc_index(ks, wnid, indices, f'{path}:{wnid}.tar')
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     raise _tar_error(path, e) from e
   return selected
 
 
-def read_pickle(path: Path, classes: dict[str, list[int]]
-                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def read_pickle(
+  path: Path, classes: dict[str, list[int]]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """One cache pickle, checked against the split list.
 
   Returns:
@@ -321,41 +343,57 @@ def read_pickle(path: Path, classes: dict[str, list[int]]
       content = pickle.load(f, encoding='latin1')
   except Exception as e:  # pylint: disable=broad-except
     raise MiniImageNetError(
-        f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
-        f'Fix: replace it by an intact copy. {HOW_TO_GET}') from e
+      f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
+      f'Fix: replace it by an intact copy. {HOW_TO_GET}'
+    ) from e
   if isinstance(content, dict):
-    content = {k.decode() if isinstance(k, bytes) else k: v
-               for k, v in content.items()}
-  if (not isinstance(content, dict) or 'image_data' not in content
-      or 'class_dict' not in content):
+    content = {
+      k.decode() if isinstance(k, bytes) else k: v for k, v in content.items()
+    }
+  if (
+    not isinstance(content, dict)
+    or 'image_data' not in content
+    or 'class_dict' not in content
+  ):
     raise MiniImageNetError(
-        f'{path} should hold a dict with keys image_data and class_dict. '
-        f'{HOW_TO_GET}')
+      f'{path} should hold a dict with keys image_data and class_dict. '
+      f'{HOW_TO_GET}'
+    )
   data = content['image_data']
-  if (not isinstance(data, np.ndarray) or data.dtype != np.uint8
-      or data.ndim != 4 or data.shape[1:] != (PICKLE_SIZE, PICKLE_SIZE, 3)):
+  if (
+    not isinstance(data, np.ndarray)
+    or data.dtype != np.uint8
+    or data.ndim != 4
+    or data.shape[1:] != (PICKLE_SIZE, PICKLE_SIZE, 3)
+  ):
     raise MiniImageNetError(
-        f'{path}: image_data should be uint8 [N, {PICKLE_SIZE}, {PICKLE_SIZE}, '
-        f'3], got {getattr(data, "dtype", type(data).__name__)} '
-        f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}')
-  class_dict = {k.decode() if isinstance(k, bytes) else k: v
-                for k, v in dict(content['class_dict']).items()}
+      f'{path}: image_data should be uint8 [N, {PICKLE_SIZE}, {PICKLE_SIZE}, '
+      f'3], got {getattr(data, "dtype", type(data).__name__)} '
+      f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}'
+    )
+  class_dict = {
+    k.decode() if isinstance(k, bytes) else k: v
+    for k, v in dict(content['class_dict']).items()
+  }
   if set(class_dict) != set(classes):
     extra = sorted(set(class_dict) - set(classes))[:5]
     lacking = sorted(set(classes) - set(class_dict))[:5]
     raise MiniImageNetError(
-        f'{path} holds classes {extra} not in the split list and lacks '
-        f'{lacking}. Fix: use the pickle of this split. {HOW_TO_GET}')
+      f'{path} holds classes {extra} not in the split list and lacks '
+      f'{lacking}. Fix: use the pickle of this split. {HOW_TO_GET}'
+    )
   out = {}
   for wnid, indices in classes.items():
     rows = np.asarray(class_dict[wnid], np.int64)
     if rows.shape != (len(indices),):
       raise MiniImageNetError(
-          f'{path}: class {wnid} has {rows.size} images, the split list '
-          f'{len(indices)}. {HOW_TO_GET}')
+        f'{path}: class {wnid} has {rows.size} images, the split list '
+        f'{len(indices)}. {HOW_TO_GET}'
+      )
     if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
       raise MiniImageNetError(
-          f'{path}: class {wnid} points at rows outside image_data. {HOW_TO_GET}')
+        f'{path}: class {wnid} points at rows outside image_data. {HOW_TO_GET}'
+      )
     out[wnid] = rows
   return data, out
 
@@ -363,6 +401,7 @@ def read_pickle(path: Path, classes: dict[str, list[int]]
 @dataclasses.dataclass
 class MiniImageNetConfig(tfds.core.BuilderConfig):
   """Builder config: where the pixels come from and their size."""
+
   source: str = 'ilsvrc'  # 'ilsvrc' (folder or tar) | 'images' | 'pickles'
   image_size: int = 84
 
@@ -373,8 +412,11 @@ def config_for(source: str, image_size: int) -> MiniImageNetConfig:
     if config.source == source and config.image_size == image_size:
       return config
   return MiniImageNetConfig(
-      name=f'{source}{image_size}', source=source, image_size=image_size,
-      description=f'From {source}, {image_size}x{image_size}.')
+    name=f'{source}{image_size}',
+    source=source,
+    image_size=image_size,
+    description=f'From {source}, {image_size}x{image_size}.',
+  )
 
 
 def config_source(kind: str) -> str:
@@ -385,26 +427,42 @@ def config_source(kind: str) -> str:
 class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
-  name = 'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
+  name = (
+    'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
+  )
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      MiniImageNetConfig(
-          name='ilsvrc84', source='ilsvrc', image_size=84,
-          description='ILSVRC-2012 images resized to 84x84 (LANCZOS).'),
-      MiniImageNetConfig(
-          name='images84', source='images', image_size=84,
-          description='Ready-made mini-ImageNet image files, 84x84.'),
-      MiniImageNetConfig(
-          name='pickles84', source='pickles', image_size=84,
-          description='The mini-imagenet-cache pickles, 84x84, unchanged.'),
+    MiniImageNetConfig(
+      name='ilsvrc84',
+      source='ilsvrc',
+      image_size=84,
+      description='ILSVRC-2012 images resized to 84x84 (LANCZOS).',
+    ),
+    MiniImageNetConfig(
+      name='images84',
+      source='images',
+      image_size=84,
+      description='Ready-made mini-ImageNet image files, 84x84.',
+    ),
+    MiniImageNetConfig(
+      name='pickles84',
+      source='pickles',
+      image_size=84,
+      description='The mini-imagenet-cache pickles, 84x84, unchanged.',
+    ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, source_dir: os.PathLike | str | None = None,
-               splits_dir: os.PathLike | str | None = None, **kwargs):
+  def __init__(
+    self,
+    *,
+    source_dir: os.PathLike | str | None = None,
+    splits_dir: os.PathLike | str | None = None,
+    **kwargs,
+  ):
     """Builder reading a folder, the train tar or the pickles.
 
     Args:
@@ -420,27 +478,32 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
-            f'2017), uint8 [{size}, {size}, 3] RGB images, from '
-            f'{self.builder_config.source}.'),
-        features=tfds.features.FeaturesDict({
-            # One record per class: its images in split-list order.
-            'images': tfds.features.Tensor(
-                shape=(None, size, size, 3), dtype=np.uint8,
-                encoding=tfds.features.Encoding.BYTES),
-            'wnid': tfds.features.Text(),
-            # Per image: the split list's 1-based ILSVRC index (ILSVRC
-            # sources) or the row of the pickle's image_data (pickles).
-            'source_indices': tfds.features.Tensor(shape=(None,),
-                                                   dtype=np.int64),
-        }),
-        homepage='https://github.com/twitter/meta-learning-lstm',
-        citation=(
-            '@inproceedings{ravi2017optimization, title={Optimization as a '
-            'Model for Few-Shot Learning}, author={Ravi, Sachin and '
-            'Larochelle, Hugo}, booktitle={ICLR}, year={2017}}'),
+      builder=self,
+      description=(
+        f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
+        f'2017), uint8 [{size}, {size}, 3] RGB images, from '
+        f'{self.builder_config.source}.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          # One record per class: its images in split-list order.
+          'images': tfds.features.Tensor(
+            shape=(None, size, size, 3),
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.BYTES,
+          ),
+          'wnid': tfds.features.Text(),
+          # Per image: the split list's 1-based ILSVRC index (ILSVRC
+          # sources) or the row of the pickle's image_data (pickles).
+          'source_indices': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+        }
+      ),
+      homepage='https://github.com/twitter/meta-learning-lstm',
+      citation=(
+        '@inproceedings{ravi2017optimization, title={Optimization as a '
+        'Model for Few-Shot Learning}, author={Ravi, Sachin and '
+        'Larochelle, Hugo}, booktitle={ICLR}, year={2017}}'
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -452,19 +515,25 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
         raise MiniImageNetError(f'{e} {HOW_TO_GET}') from e
     source = locate(folder)
     if source is None:
-      raise MiniImageNetError(f'No mini-ImageNet source in {folder}. {HOW_TO_GET}')
+      raise MiniImageNetError(
+        f'No mini-ImageNet source in {folder}. {HOW_TO_GET}'
+      )
     wanted = self.builder_config.source
     if config_source(source.kind) != wanted:
       raise MiniImageNetError(
-          f'The builder config {self.builder_config.name!r} reads '
-          f'{wanted} images, but {folder} holds {source.kind}. Fix: use the '
-          f'config for {source.kind} (config_for).')
-    if source.kind == 'pickles' and self.builder_config.image_size != PICKLE_SIZE:
+        f'The builder config {self.builder_config.name!r} reads '
+        f'{wanted} images, but {folder} holds {source.kind}. Fix: use the '
+        f'config for {source.kind} (config_for).'
+      )
+    if (
+      source.kind == 'pickles' and self.builder_config.image_size != PICKLE_SIZE
+    ):
       raise MiniImageNetError(
-          f'The mini-imagenet-cache pickles are {PICKLE_SIZE}x{PICKLE_SIZE}; '
-          f'image_size={self.builder_config.image_size} needs the ILSVRC '
-          f'images. Fix: use image_size={PICKLE_SIZE}, or bring the ILSVRC '
-          'images.')
+        f'The mini-imagenet-cache pickles are {PICKLE_SIZE}x{PICKLE_SIZE}; '
+        f'image_size={self.builder_config.image_size} needs the ILSVRC '
+        f'images. Fix: use image_size={PICKLE_SIZE}, or bring the ILSVRC '
+        'images.'
+      )
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
     # Check every class of every split before writing anything.
     if source.kind == 'folder':
@@ -474,52 +543,76 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
     elif source.kind == 'images':
       selected = {s: scan_images(source.path, s, lists[s]) for s in SPLITS}
     else:
-      selected = {s: read_pickle(source.path / PICKLE_NAMES[s], lists[s])
-                  for s in SPLITS}
-    return {s: self._generate_examples(source, lists[s], selected[s])
-            for s in SPLITS}
+      selected = {
+        s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]) for s in SPLITS
+      }
+    return {
+      s: self._generate_examples(source, lists[s], selected[s]) for s in SPLITS
+    }
 
-  def _generate_examples(self, source: Source, classes: dict[str, list[int]],
-                         selected):
-    generate = {'folder': self._generate_from_folder,
-                'tar': self._generate_from_tar,
-                'images': self._generate_from_folder,
-                'pickles': self._generate_from_pickles}[source.kind]
+  def _generate_examples(
+    self, source: Source, classes: dict[str, list[int]], selected
+  ):
+    generate = {
+      'folder': self._generate_from_folder,
+      'tar': self._generate_from_tar,
+      'images': self._generate_from_folder,
+      'pickles': self._generate_from_pickles,
+    }[source.kind]
     return generate(source.path, classes, selected)
 
-  def _example(self, wnid: str, images: list[np.ndarray],
-               source_indices) -> tuple[str, dict[str, Any]]:
-    return wnid, {'images': np.stack(images), 'wnid': wnid,
-                  'source_indices': np.asarray(source_indices, np.int64)}
+  def _example(
+    self, wnid: str, images: list[np.ndarray], source_indices
+  ) -> tuple[str, dict[str, Any]]:
+    return wnid, {
+      'images': np.stack(images),
+      'wnid': wnid,
+      'source_indices': np.asarray(source_indices, np.int64),
+    }
 
   def _decode(self, jpeg: bytes, wnid: str, where: str) -> np.ndarray:
     try:
       return preprocess(jpeg, self.builder_config.image_size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError
-            ) as e:
+    except (
+      OSError,
+      SyntaxError,
+      ValueError,
+      Image.DecompressionBombError,
+    ) as e:
       raise MiniImageNetError(
-          f'Cannot decode {where} (class {wnid}): {e!r}. Fix: replace it by '
-          'the intact ILSVRC-2012 file.') from e
+        f'Cannot decode {where} (class {wnid}): {e!r}. Fix: replace it by '
+        'the intact ILSVRC-2012 file.'
+      ) from e
 
   def _generate_from_folder(self, root, classes, selected):
     del root
     for wnid, indices in classes.items():
       yield self._example(
-          wnid, [self._decode(path.read_bytes(), wnid, str(path))
-                 for path in selected[wnid]], indices)
+        wnid,
+        [
+          self._decode(path.read_bytes(), wnid, str(path))
+          for path in selected[wnid]
+        ],
+        indices,
+      )
 
   def _generate_from_tar(self, path, classes, selected):
     try:
       with tarfile.open(path, 'r:*') as outer:
-        members = {Path(m.name).name: m for m in outer.getmembers()
-                   if m.isfile()}
+        members = {
+          Path(m.name).name: m for m in outer.getmembers() if m.isfile()
+        }
         for wnid, indices in classes.items():
           inner_file = outer.extractfile(members[f'{wnid}.tar'])
           with tarfile.open(fileobj=inner_file, mode='r:') as inner:
             images = [
-                self._decode(inner.extractfile(name).read(), wnid,
-                             f'{path}:{wnid}.tar:{name}')
-                for name in selected[wnid]]
+              self._decode(
+                inner.extractfile(name).read(),
+                wnid,
+                f'{path}:{wnid}.tar:{name}',
+              )
+              for name in selected[wnid]
+            ]
           yield self._example(wnid, images, indices)
     except (tarfile.TarError, EOFError, zlib.error) as e:
       raise _tar_error(path, e) from e

@@ -71,7 +71,8 @@ DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 
 # The Vinyals lists, package data of `jaxmeta.data`.
 _VINYALS_DIR = importlib.resources.files('jaxmeta.data').joinpath(
-    'splits', 'omniglot', 'vinyals')
+  'splits', 'omniglot', 'vinyals'
+)
 
 # The 'maml' scheme: sizes and seed of the reference code.
 _MAML_SEED = 1
@@ -83,10 +84,15 @@ _LAKE_NUM_VAL = 100
 
 
 @register('omniglot')
-def load(split: str = 'train', scheme: str = 'vinyals', *,
-         image_size: int = 28, rotations: bool | None = None,
-         data_dir: str | None = None,
-         source_dir: str | None = None) -> ClassImages:
+def load(
+  split: str = 'train',
+  scheme: str = 'vinyals',
+  *,
+  image_size: int = 28,
+  rotations: bool | None = None,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
   """Loads one split of Omniglot as a class-major image array.
 
   The first call for a `data_dir` and `image_size` prepares the TFDS cache
@@ -126,20 +132,25 @@ def load(split: str = 'train', scheme: str = 'vinyals', *,
     train = load('train', 'vinyals')  # images: [4112, 20, 28, 28, 1]
   """
   if split not in SPLITS:
-    raise OmniglotError(
-        f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+    raise OmniglotError(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
   if scheme not in SPLIT_SCHEMES:
     raise OmniglotError(
-        f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.')
-  if (isinstance(image_size, bool) or not isinstance(image_size, int)
-      or not 1 <= image_size <= omniglot_tfds.ORIGINAL_SIZE):
+      f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.'
+    )
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or not 1 <= image_size <= omniglot_tfds.ORIGINAL_SIZE
+  ):
     raise OmniglotError(
-        f'image_size must be an int in 1..{omniglot_tfds.ORIGINAL_SIZE} (the '
-        f'original drawings are 105x105), got {image_size!r}. Fix: pass e.g. '
-        '28 or 84.')
+      f'image_size must be an int in 1..{omniglot_tfds.ORIGINAL_SIZE} (the '
+      f'original drawings are 105x105), got {image_size!r}. Fix: pass e.g. '
+      '28 or 84.'
+    )
   if rotations not in (None, True, False):
     raise OmniglotError(
-        f'rotations must be None, True or False, got {rotations!r}.')
+      f'rotations must be None, True or False, got {rotations!r}.'
+    )
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV) or None
   source = Path(source_dir) if source_dir is not None else None
@@ -147,33 +158,47 @@ def load(split: str = 'train', scheme: str = 'vinyals', *,
   if scheme == 'vinyals':  # Check the lists before any work on the images.
     characters = _split_characters(scheme, split, source, None)
   by_source = _load_characters(
-      None if data_dir is None else str(data_dir), image_size,
-      None if source is None else str(source))
+    None if data_dir is None else str(data_dir),
+    image_size,
+    None if source is None else str(source),
+  )
   images_by_character = {**by_source['background'], **by_source['evaluation']}
   if scheme != 'vinyals':
     characters = _split_characters(
-        scheme, split, source,
-        {s: sorted(by_source[s]) for s in omniglot_tfds.SOURCES})
+      scheme,
+      split,
+      source,
+      {s: sorted(by_source[s]) for s in omniglot_tfds.SOURCES},
+    )
   unknown = [c for c in characters if c not in images_by_character]
   if unknown:
     raise OmniglotError(
-        f'The {scheme} {split} split names characters that are not in the '
-        f'Omniglot zips, e.g. {unknown[:3]}. Fix: use the split lists shipped '
-        f'in {_VINYALS_DIR} (remove `splits/vinyals` from `source_dir`, or '
-        'reinstall jaxmeta).')
+      f'The {scheme} {split} split names characters that are not in the '
+      f'Omniglot zips, e.g. {unknown[:3]}. Fix: use the split lists shipped '
+      f'in {_VINYALS_DIR} (remove `splits/vinyals` from `source_dir`, or '
+      'reinstall jaxmeta).'
+    )
   if rotations is None:
     rotations = scheme == 'vinyals' or split == 'train'
   class_rotations = ROTATIONS if rotations else (0,)
 
   images = np.empty(
-      (len(characters) * len(class_rotations), NUM_DRAWINGS, image_size,
-       image_size, 1), np.uint8)
+    (
+      len(characters) * len(class_rotations),
+      NUM_DRAWINGS,
+      image_size,
+      image_size,
+      1,
+    ),
+    np.uint8,
+  )
   class_names = []
   for i, character in enumerate(characters):
     drawings = images_by_character[character]  # [20, S, S, 1]
     for j, degrees in enumerate(class_rotations):
       images[i * len(class_rotations) + j] = np.rot90(
-          drawings, k=degrees // 90, axes=(1, 2))
+        drawings, k=degrees // 90, axes=(1, 2)
+      )
       class_names.append(f'{character}/rot{degrees:03d}')
   return ClassImages(images=images, class_names=tuple(class_names))
 
@@ -183,8 +208,12 @@ def character_of(class_name: str) -> str:
   return class_name.rsplit('/', 1)[0]
 
 
-def _split_characters(scheme: str, split: str, source_dir: Path | None,
-                      names: dict[str, list[str]] | None) -> list[str]:
+def _split_characters(
+  scheme: str,
+  split: str,
+  source_dir: Path | None,
+  names: dict[str, list[str]] | None,
+) -> list[str]:
   """The characters ('Alphabet/characterNN') of one split of one scheme.
 
   Computes all three splits and refuses them if they share characters.
@@ -210,24 +239,31 @@ def check_disjoint(splits: dict[str, list[str]], scheme: str) -> None:
   """
   names = sorted(splits)
   for i, first in enumerate(names):
-    for second in names[i + 1:]:
+    for second in names[i + 1 :]:
       shared = sorted(set(splits[first]) & set(splits[second]))
       if shared:
         raise OmniglotError(
-            f'The {scheme} {first} and {second} splits share {len(shared)} '
-            f'characters, e.g. {shared[:3]}: every rotation of a character '
-            'must belong to one split only, or the evaluation sees training '
-            'characters. Fix: remove them from one of the split lists (the '
-            'Vinyals lists shipped in jaxmeta/data/splits/omniglot/vinyals '
-            'are disjoint).')
+          f'The {scheme} {first} and {second} splits share {len(shared)} '
+          f'characters, e.g. {shared[:3]}: every rotation of a character '
+          'must belong to one split only, or the evaluation sees training '
+          'characters. Fix: remove them from one of the split lists (the '
+          'Vinyals lists shipped in jaxmeta/data/splits/omniglot/vinyals '
+          'are disjoint).'
+        )
 
 
-def _scheme_split(scheme: str, split: str, source_dir: Path | None,
-                  names: dict[str, list[str]] | None) -> list[str]:
+def _scheme_split(
+  scheme: str,
+  split: str,
+  source_dir: Path | None,
+  names: dict[str, list[str]] | None,
+) -> list[str]:
   """The characters of one split of one scheme, unchecked."""
   if scheme == 'vinyals':
-    lists = {name: _read_vinyals_list(name, source_dir)
-             for name in ('train', 'trainval', 'test')}
+    lists = {
+      name: _read_vinyals_list(name, source_dir)
+      for name in ('train', 'trainval', 'test')
+    }
     if split == 'val':
       train = set(lists['train'])
       return [c for c in lists['trainval'] if c not in train]
@@ -236,9 +272,9 @@ def _scheme_split(scheme: str, split: str, source_dir: Path | None,
     shuffled = sorted(names['background'] + names['evaluation'])
     random.Random(_MAML_SEED).shuffle(shuffled)
     start, stop = {
-        'train': (0, _MAML_NUM_TRAIN),
-        'val': (_MAML_NUM_TRAIN, _MAML_NUM_TRAIN + _MAML_NUM_VAL),
-        'test': (_MAML_NUM_TRAIN + _MAML_NUM_VAL, None),
+      'train': (0, _MAML_NUM_TRAIN),
+      'val': (_MAML_NUM_TRAIN, _MAML_NUM_TRAIN + _MAML_NUM_VAL),
+      'test': (_MAML_NUM_TRAIN + _MAML_NUM_VAL, None),
     }[split]
     return sorted(shuffled[start:stop])
   # scheme == 'lake'
@@ -264,28 +300,32 @@ def _read_vinyals_list(name: str, source_dir: Path | None) -> list[str]:
   path = next((p for p in candidates if p.is_file()), None)
   if path is None:
     raise OmniglotError(
-        f'Missing the Vinyals split list {name}.txt (looked for '
-        f'{[str(p) for p in candidates]}). Fix: reinstall jaxmeta, or '
-        'restore jaxmeta/data/splits/omniglot/vinyals in the checkout.')
+      f'Missing the Vinyals split list {name}.txt (looked for '
+      f'{[str(p) for p in candidates]}). Fix: reinstall jaxmeta, or '
+      'restore jaxmeta/data/splits/omniglot/vinyals in the checkout.'
+    )
   characters = {}
   for line_number, line in enumerate(
-      path.read_text(encoding='utf-8').splitlines(), 1):
+    path.read_text(encoding='utf-8').splitlines(), 1
+  ):
     line = line.strip()
     if not line:
       continue
     parts = line.split('/')
     if len(parts) != 3 or parts[2] not in {f'rot{r:03d}' for r in ROTATIONS}:
       raise OmniglotError(
-          f'{path}:{line_number}: expected "Alphabet/characterNN/rotDDD" with '
-          f'DDD in 000, 090, 180, 270, got {line!r}. Fix: restore the file '
-          'from the repository.')
+        f'{path}:{line_number}: expected "Alphabet/characterNN/rotDDD" with '
+        f'DDD in 000, 090, 180, 270, got {line!r}. Fix: restore the file '
+        'from the repository.'
+      )
     characters['/'.join(parts[:2])] = None  # Ordered set.
   return list(characters)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_characters(data_dir: str | None, image_size: int,
-                     source_dir: str) -> dict[str, dict[str, np.ndarray]]:
+def _load_characters(
+  data_dir: str | None, image_size: int, source_dir: str
+) -> dict[str, dict[str, np.ndarray]]:
   """Prepares (if needed) and reads the TFDS cache.
 
   Returns:
@@ -297,31 +337,43 @@ def _load_characters(data_dir: str | None, image_size: int,
       a writable folder, or a prepared cache that cannot be read (truncated,
       corrupted): the message names the folder to delete.
   """
-  root = Path(data_dir if data_dir is not None else
-              os.path.expanduser(tfds.core.constants.DATA_DIR))
+  root = Path(
+    data_dir
+    if data_dir is not None
+    else os.path.expanduser(tfds.core.constants.DATA_DIR)
+  )
   existing = root
   while not existing.exists() and existing.parent != existing:
     existing = existing.parent
   if not existing.is_dir():
     raise OmniglotError(
-        f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
-        f'pass `data_dir=` (or set ${DATA_DIR_ENV}) to a folder, or remove '
-        'that file.')
+      f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
+      f'pass `data_dir=` (or set ${DATA_DIR_ENV}) to a folder, or remove '
+      'that file.'
+    )
   config = omniglot_tfds.config_for_size(image_size)
-  cache_dir = (root / omniglot_tfds.JaxmetaOmniglot.name / config.name /
-               str(omniglot_tfds.JaxmetaOmniglot.VERSION))
+  cache_dir = (
+    root
+    / omniglot_tfds.JaxmetaOmniglot.name
+    / config.name
+    / str(omniglot_tfds.JaxmetaOmniglot.VERSION)
+  )
 
   def corrupted(e: Exception) -> OmniglotError:
     return OmniglotError(
-        f'The prepared Omniglot cache in {cache_dir} cannot be read '
-        f'(truncated or corrupted?): {type(e).__name__}: '
-        f'{str(e).rstrip(".")}. Fix: delete '
-        'that folder and load again to rebuild it from the zips.')
+      f'The prepared Omniglot cache in {cache_dir} cannot be read '
+      f'(truncated or corrupted?): {type(e).__name__}: '
+      f'{str(e).rstrip(".")}. Fix: delete '
+      'that folder and load again to rebuild it from the zips.'
+    )
 
   try:
     builder = omniglot_tfds.JaxmetaOmniglot(
-        data_dir=data_dir, config=config, file_format='array_record',
-        source_dir=source_dir)
+      data_dir=data_dir,
+      config=config,
+      file_format='array_record',
+      source_dir=source_dir,
+    )
     prepared = builder.is_prepared()
   except OmniglotError:
     raise
@@ -330,16 +382,18 @@ def _load_characters(data_dir: str | None, image_size: int,
   if not prepared:
     if not os.access(existing, os.W_OK):
       raise OmniglotError(
-          f'Cannot write the Omniglot cache into the data dir {root}: '
-          f'{existing} is read-only. Fix: pass `data_dir=` (or set '
-          f'${DATA_DIR_ENV}) to a writable folder.')
+        f'Cannot write the Omniglot cache into the data dir {root}: '
+        f'{existing} is read-only. Fix: pass `data_dir=` (or set '
+        f'${DATA_DIR_ENV}) to a writable folder.'
+      )
     try:
       builder.download_and_prepare()
     except OSError as e:
       raise OmniglotError(
-          f'Cannot write the Omniglot cache into the data dir {root}: {e}. '
-          f'Fix: pass `data_dir=` (or set ${DATA_DIR_ENV}) to a writable '
-          'folder.') from e
+        f'Cannot write the Omniglot cache into the data dir {root}: {e}. '
+        f'Fix: pass `data_dir=` (or set ${DATA_DIR_ENV}) to a writable '
+        'folder.'
+      ) from e
   by_source = {}
   for source in omniglot_tfds.SOURCES:
     try:
@@ -351,15 +405,19 @@ def _load_characters(data_dir: str | None, image_size: int,
     order = np.lexsort((columns['drawer'], columns['character_name']))
     names = columns['character_name'][order]
     images = columns['image'][order].reshape(
-        -1, NUM_DRAWINGS, image_size, image_size, 1)
+      -1, NUM_DRAWINGS, image_size, image_size, 1
+    )
     drawers = columns['drawer'][order].reshape(-1, NUM_DRAWINGS)
     names = names.reshape(-1, NUM_DRAWINGS)
-    if (len(names) != omniglot_tfds.NUM_CHARACTERS[source]
-        or (names != names[:, :1]).any()
-        or (drawers != np.arange(1, NUM_DRAWINGS + 1)).any()):
+    if (
+      len(names) != omniglot_tfds.NUM_CHARACTERS[source]
+      or (names != names[:, :1]).any()
+      or (drawers != np.arange(1, NUM_DRAWINGS + 1)).any()
+    ):
       raise OmniglotError(
-          f'The prepared Omniglot cache in {builder.data_dir} does not hold the '
-          f'expected characters and drawers of the {source} set. Fix: delete '
-          'that folder and load again to rebuild it.')
+        f'The prepared Omniglot cache in {builder.data_dir} does not hold the '
+        f'expected characters and drawers of the {source} set. Fix: delete '
+        'that folder and load again to rebuild it.'
+      )
     by_source[source] = dict(zip(names[:, 0].tolist(), images))
   return by_source

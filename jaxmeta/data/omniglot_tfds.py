@@ -47,8 +47,9 @@ from jaxmeta.data import registry
 # `data/omniglot` of a checkout; None where that folder does not exist (an
 # installed package, whose parents are site-packages).
 _CHECKOUT_SOURCE_DIR = Path(__file__).resolve().parents[2] / 'data' / 'omniglot'
-DEFAULT_SOURCE_DIR = (_CHECKOUT_SOURCE_DIR if _CHECKOUT_SOURCE_DIR.is_dir()
-                      else None)
+DEFAULT_SOURCE_DIR = (
+  _CHECKOUT_SOURCE_DIR if _CHECKOUT_SOURCE_DIR.is_dir() else None
+)
 # Environment variable naming a folder that holds the two zips.
 SOURCE_DIR_ENV = 'JAXMETA_OMNIGLOT_DIR'
 # Seconds to wait for the download host before declaring the network absent.
@@ -57,16 +58,16 @@ PROBE_TIMEOUT_S = 3.0
 # TFDS split name -> official zip file name.
 SOURCES = ('background', 'evaluation')
 ZIP_NAMES = {
-    'background': 'images_background.zip',
-    'evaluation': 'images_evaluation.zip',
+  'background': 'images_background.zip',
+  'evaluation': 'images_evaluation.zip',
 }
 # The official download locations. Their sha256 (those tensorflow-datasets
 # registers for the original files) are in `checksums.tsv` next to this file.
 URLS = {
-    'background': 'https://github.com/brendenlake/omniglot/raw/master/python/'
-                  'images_background.zip',
-    'evaluation': 'https://github.com/brendenlake/omniglot/raw/master/python/'
-                  'images_evaluation.zip',
+  'background': 'https://github.com/brendenlake/omniglot/raw/master/python/'
+  'images_background.zip',
+  'evaluation': 'https://github.com/brendenlake/omniglot/raw/master/python/'
+  'images_evaluation.zip',
 }
 # Characters in each zip; every character has exactly `NUM_DRAWINGS` drawers.
 NUM_CHARACTERS = {'background': 964, 'evaluation': 659}
@@ -74,9 +75,12 @@ NUM_DRAWINGS = 20
 ORIGINAL_SIZE = 105
 
 _MEMBER_RE = re.compile(
-    r'^images_(?P<source>background|evaluation)/(?P<alphabet>[^/]+)/'
-    r'character(?P<character>\d{2})/(?P<id>\d{4})_(?P<drawer>\d{2})\.png$')
-_LAYOUT = 'images_<background|evaluation>/<Alphabet>/characterNN/<ID>_<drawer>.png'
+  r'^images_(?P<source>background|evaluation)/(?P<alphabet>[^/]+)/'
+  r'character(?P<character>\d{2})/(?P<id>\d{4})_(?P<drawer>\d{2})\.png$'
+)
+_LAYOUT = (
+  'images_<background|evaluation>/<Alphabet>/characterNN/<ID>_<drawer>.png'
+)
 
 
 class OmniglotError(registry.DataError):
@@ -88,6 +92,7 @@ class OmniglotError(registry.DataError):
 
 class Drawing(NamedTuple):
   """Where one drawing lives in a zip, and what it is."""
+
   member: str  # Path inside the zip.
   alphabet: str
   character: int  # NN of `characterNN`, 1-based within its alphabet.
@@ -109,13 +114,16 @@ def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
     gray = np.asarray(image.convert('L'), dtype=np.float32)  # [105, 105]
   if gray.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
     raise OmniglotError(
-        f'Expected a {ORIGINAL_SIZE}x{ORIGINAL_SIZE} Omniglot PNG, got shape '
-        f'{gray.shape}. Fix: use the official Omniglot zips.')
+      f'Expected a {ORIGINAL_SIZE}x{ORIGINAL_SIZE} Omniglot PNG, got shape '
+      f'{gray.shape}. Fix: use the official Omniglot zips.'
+    )
   strokes = 1.0 - gray / 255.0  # float32 [105, 105], strokes = 1.
   if image_size != ORIGINAL_SIZE:
     strokes = np.asarray(
-        Image.fromarray(strokes, mode='F').resize(
-            (image_size, image_size), Image.Resampling.BOX))
+      Image.fromarray(strokes, mode='F').resize(
+        (image_size, image_size), Image.Resampling.BOX
+      )
+    )
   quantised = np.clip(np.round(strokes * 255.0), 0, 255).astype(np.uint8)
   return quantised[:, :, None]
 
@@ -139,10 +147,11 @@ def _check_sha256sums(source_dir: Path, path: Path) -> None:
       actual = _sha256(path)
       if actual != parts[0]:
         raise OmniglotError(
-            f'{path} is corrupted or replaced: its sha256 is {actual}, but '
-            f'{sums_file} says {parts[0]}. Fix: restore the original file '
-            '(e.g. `git checkout data/omniglot`), or remove its line from '
-            'SHA256SUMS if you replaced it on purpose.')
+          f'{path} is corrupted or replaced: its sha256 is {actual}, but '
+          f'{sums_file} says {parts[0]}. Fix: restore the original file '
+          '(e.g. `git checkout data/omniglot`), or remove its line from '
+          'SHA256SUMS if you replaced it on purpose.'
+        )
       return
 
 
@@ -164,55 +173,79 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
     OmniglotError: naming the problem and the fix.
   """
   path = Path(path)
-  shipped = (f', or by the project\'s shipped copy in {DEFAULT_SOURCE_DIR}'
-             if DEFAULT_SOURCE_DIR is not None else '')
-  fix = (f'Fix: replace it by an intact copy of the official {ZIP_NAMES[source]}'
-         f' ({URLS[source]}){shipped}.')
+  shipped = (
+    f", or by the project's shipped copy in {DEFAULT_SOURCE_DIR}"
+    if DEFAULT_SOURCE_DIR is not None
+    else ''
+  )
+  fix = (
+    f'Fix: replace it by an intact copy of the official {ZIP_NAMES[source]}'
+    f' ({URLS[source]}){shipped}.'
+  )
   try:
     with zipfile.ZipFile(path) as archive:
       bad_member = archive.testzip()  # Reads every member, checks its CRC.
       names = archive.namelist()
-  except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
-          OSError) as e:
+  except (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+  ) as e:
     raise OmniglotError(
-        f'{path} is not a readable zip file (truncated or corrupted?): {e}. '
-        f'{fix}') from e
+      f'{path} is not a readable zip file (truncated or corrupted?): {e}. {fix}'
+    ) from e
   if bad_member is not None:
     raise OmniglotError(
-        f'{path} is corrupted: member {bad_member!r} fails its CRC check. {fix}')
+      f'{path} is corrupted: member {bad_member!r} fails its CRC check. {fix}'
+    )
 
   drawings = []
   for name in names:
     basename = name.rstrip('/').rsplit('/', 1)[-1]
-    if name.endswith('/') or name.startswith('__MACOSX/') or basename.startswith('.'):
+    if (
+      name.endswith('/')
+      or name.startswith('__MACOSX/')
+      or basename.startswith('.')
+    ):
       continue  # Folders and OS metadata.
     match = _MEMBER_RE.match(name)
     if match is None or match['source'] != source:
       raise OmniglotError(
-          f'Unexpected file {name!r} in {path}: every file of '
-          f'{ZIP_NAMES[source]} must be laid out as '
-          f'{_LAYOUT.replace("<background|evaluation>", source)}. {fix}')
-    drawings.append(Drawing(
-        member=name, alphabet=match['alphabet'],
-        character=int(match['character']), character_id=int(match['id']),
-        drawer=int(match['drawer'])))
+        f'Unexpected file {name!r} in {path}: every file of '
+        f'{ZIP_NAMES[source]} must be laid out as '
+        f'{_LAYOUT.replace("<background|evaluation>", source)}. {fix}'
+      )
+    drawings.append(
+      Drawing(
+        member=name,
+        alphabet=match['alphabet'],
+        character=int(match['character']),
+        character_id=int(match['id']),
+        drawer=int(match['drawer']),
+      )
+    )
 
   by_character = {}
   for drawing in drawings:
-    by_character.setdefault(
-        (drawing.alphabet, drawing.character), []).append(drawing)
+    by_character.setdefault((drawing.alphabet, drawing.character), []).append(
+      drawing
+    )
   if len(by_character) != NUM_CHARACTERS[source]:
     raise OmniglotError(
-        f'{path} holds {len(by_character)} characters laid out as {_LAYOUT}; '
-        f'the official {ZIP_NAMES[source]} has {NUM_CHARACTERS[source]}. {fix}')
+      f'{path} holds {len(by_character)} characters laid out as {_LAYOUT}; '
+      f'the official {ZIP_NAMES[source]} has {NUM_CHARACTERS[source]}. {fix}'
+    )
   for (alphabet, character), group in by_character.items():
     drawers = sorted(d.drawer for d in group)
     ids = {d.character_id for d in group}
     if drawers != list(range(1, NUM_DRAWINGS + 1)) or len(ids) != 1:
       raise OmniglotError(
-          f'{path}: {alphabet}/character{character:02d} should hold drawers '
-          f'01..{NUM_DRAWINGS} of one character ID, found drawers {drawers} '
-          f'and IDs {sorted(ids)}. {fix}')
+        f'{path}: {alphabet}/character{character:02d} should hold drawers '
+        f'01..{NUM_DRAWINGS} of one character ID, found drawers {drawers} '
+        f'and IDs {sorted(ids)}. {fix}'
+      )
   return sorted(drawings, key=lambda d: (d.alphabet, d.character, d.drawer))
 
 
@@ -230,22 +263,25 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
   if any(present.values()):
     missing = [str(paths[s]) for s in SOURCES if not present[s]]
     raise OmniglotError(
-        f'Missing Omniglot zip(s) {missing} next to the other one in '
-        f'{source_dir}. Fix: copy both images_background.zip and '
-        'images_evaluation.zip there, or point `source_dir` at a folder with '
-        'both.')
+      f'Missing Omniglot zip(s) {missing} next to the other one in '
+      f'{source_dir}. Fix: copy both images_background.zip and '
+      'images_evaluation.zip there, or point `source_dir` at a folder with '
+      'both.'
+    )
   extracted = [s for s in SOURCES if (source_dir / f'images_{s}').is_dir()]
   if extracted:
     raise OmniglotError(
-        f'{source_dir} holds extracted folders {extracted} but no zips; the '
-        'builder reads the official zips. Fix: put images_background.zip and '
-        'images_evaluation.zip in that folder (or zip the folders in the '
-        f'official layout {_LAYOUT}).')
+      f'{source_dir} holds extracted folders {extracted} but no zips; the '
+      'builder reads the official zips. Fix: put images_background.zip and '
+      'images_evaluation.zip in that folder (or zip the folders in the '
+      f'official layout {_LAYOUT}).'
+    )
   return None
 
 
-def source_dirs(source_dir: os.PathLike | str | None,
-                manual_dir: os.PathLike | str | None) -> list[tuple[str, Path]]:
+def source_dirs(
+  source_dir: os.PathLike | str | None, manual_dir: os.PathLike | str | None
+) -> list[tuple[str, Path]]:
   """Where to look for the two zips, in order, each with how it was chosen.
 
   1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
@@ -265,7 +301,7 @@ def source_dirs(source_dir: os.PathLike | str | None,
   if os.environ.get(SOURCE_DIR_ENV):
     candidates.append((f'${SOURCE_DIR_ENV}', Path(os.environ[SOURCE_DIR_ENV])))
   if DEFAULT_SOURCE_DIR is not None:
-    candidates.append(('the checkout\'s data/omniglot', DEFAULT_SOURCE_DIR))
+    candidates.append(("the checkout's data/omniglot", DEFAULT_SOURCE_DIR))
   if manual_dir is not None:
     candidates.append(('TFDS manual dir', Path(manual_dir)))
   return candidates
@@ -289,6 +325,7 @@ def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 @dataclasses.dataclass
 class OmniglotConfig(tfds.core.BuilderConfig):
   """Builder config: images resized to `image_size` x `image_size`."""
+
   image_size: int = 28
 
 
@@ -298,8 +335,10 @@ def config_for_size(image_size: int) -> OmniglotConfig:
     if config.image_size == image_size:
       return config
   return OmniglotConfig(
-      name=f'size{image_size}', image_size=image_size,
-      description=f'Images resized to {image_size}x{image_size}.')
+    name=f'size{image_size}',
+    image_size=image_size,
+    description=f'Images resized to {image_size}x{image_size}.',
+  )
 
 
 class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
@@ -309,10 +348,14 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
-      OmniglotConfig(name='size28', image_size=28,
-                     description='Images resized to 28x28 (MAML, ProtoNets).'),
-      OmniglotConfig(name='size84', image_size=84,
-                     description='Images resized to 84x84.'),
+    OmniglotConfig(
+      name='size28',
+      image_size=28,
+      description='Images resized to 28x28 (MAML, ProtoNets).',
+    ),
+    OmniglotConfig(
+      name='size84', image_size=84, description='Images resized to 84x84.'
+    ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'size28'
   # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
@@ -339,34 +382,38 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, '
-            'strokes 255 and background 0 (inverted), resized from 105x105 '
-            'with PIL BOX on the float image.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(size, size, 1),
-                                          dtype=np.uint8),
-            'alphabet': tfds.features.Text(),
-            'character': np.int64,  # NN of characterNN, 1-based.
-            'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
-            'character_id': np.int64,  # Global ID, 1..1623.
-            'drawer': np.int64,  # 1..20.
-            'source': tfds.features.Text(),  # 'background' | 'evaluation'.
-        }),
-        homepage='https://github.com/brendenlake/omniglot',
-        citation=(
-            '@article{lake2015human, title={Human-level concept learning '
-            'through probabilistic program induction}, author={Lake, Brenden '
-            'M and Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, '
-            'journal={Science}, volume={350}, number={6266}, '
-            'pages={1332--1338}, year={2015}}'),
+      builder=self,
+      description=(
+        f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, '
+        'strokes 255 and background 0 (inverted), resized from 105x105 '
+        'with PIL BOX on the float image.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+          'alphabet': tfds.features.Text(),
+          'character': np.int64,  # NN of characterNN, 1-based.
+          'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
+          'character_id': np.int64,  # Global ID, 1..1623.
+          'drawer': np.int64,  # 1..20.
+          'source': tfds.features.Text(),  # 'background' | 'evaluation'.
+        }
+      ),
+      homepage='https://github.com/brendenlake/omniglot',
+      citation=(
+        '@article{lake2015human, title={Human-level concept learning '
+        'through probabilistic program induction}, author={Lake, Brenden '
+        'M and Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, '
+        'journal={Science}, volume={350}, number={6266}, '
+        'pages={1332--1338}, year={2015}}'
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     candidates = source_dirs(
-        self._source_dir, Path(os.fspath(self.data_dir_root)) / 'downloads' /
-        'manual')
+      self._source_dir,
+      Path(os.fspath(self.data_dir_root)) / 'downloads' / 'manual',
+    )
     zips = None
     for _, folder in candidates:
       zips = locate_zips(folder)
@@ -379,35 +426,44 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
     # Scan (integrity and layout) both zips before writing anything.
     indices = {s: scan_zip(zips[s], s) for s in SOURCES}
     return {
-        s: self._generate_examples(zip_path=zips[s], source=s,
-                                   drawings=indices[s])
-        for s in SOURCES
+      s: self._generate_examples(
+        zip_path=zips[s], source=s, drawings=indices[s]
+      )
+      for s in SOURCES
     }
 
-  def _download(self, dl_manager: tfds.download.DownloadManager,
-                candidates: list[tuple[str, Path]]) -> dict[str, Path]:
+  def _download(
+    self,
+    dl_manager: tfds.download.DownloadManager,
+    candidates: list[tuple[str, Path]],
+  ) -> dict[str, Path]:
     """Downloads the zips, failing in seconds when offline."""
     looked = '; '.join(f'{how}: {folder}' for how, folder in candidates)
-    fix = ('Fix: put images_background.zip and images_evaluation.zip in one '
-           f'of these folders, in this order of precedence: `source_dir=`, '
-           f'${SOURCE_DIR_ENV}, the checkout\'s data/omniglot, '
-           '<data_dir>/downloads/manual.')
+    fix = (
+      'Fix: put images_background.zip and images_evaluation.zip in one '
+      f'of these folders, in this order of precedence: `source_dir=`, '
+      f"${SOURCE_DIR_ENV}, the checkout's data/omniglot, "
+      '<data_dir>/downloads/manual.'
+    )
     if not can_reach(URLS['background']):
       raise OmniglotError(
-          f'The Omniglot zips are in none of the places looked in ({looked}) '
-          f'and {urllib.parse.urlsplit(URLS["background"]).netloc} cannot be '
-          f'reached (no network?) to download them. {fix}')
+        f'The Omniglot zips are in none of the places looked in ({looked}) '
+        f'and {urllib.parse.urlsplit(URLS["background"]).netloc} cannot be '
+        f'reached (no network?) to download them. {fix}'
+      )
     try:
       downloaded = dl_manager.download(URLS)
     except Exception as e:  # pylint: disable=broad-except
       raise OmniglotError(
-          f'The Omniglot zips are in none of the places looked in ({looked}) '
-          f'and downloading them from {list(URLS.values())} failed: {e!r}. '
-          f'{fix}') from e
+        f'The Omniglot zips are in none of the places looked in ({looked}) '
+        f'and downloading them from {list(URLS.values())} failed: {e!r}. '
+        f'{fix}'
+      ) from e
     return {s: Path(os.fspath(p)) for s, p in downloaded.items()}
 
-  def _generate_examples(self, zip_path: Path, source: str,
-                         drawings: list[Drawing]):
+  def _generate_examples(
+    self, zip_path: Path, source: str, drawings: list[Drawing]
+  ):
     size = self.builder_config.image_size
     with zipfile.ZipFile(zip_path) as archive:
       for d in drawings:
@@ -415,9 +471,12 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
           image = preprocess(archive.read(d.member), size)
         except (OSError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
           raise OmniglotError(
-              f'Cannot decode {d.member!r} in {zip_path}: {e}. Fix: replace '
-              'the zip by an intact copy of the official one.') from e
-        yield d.member, {
+            f'Cannot decode {d.member!r} in {zip_path}: {e}. Fix: replace '
+            'the zip by an intact copy of the official one.'
+          ) from e
+        yield (
+          d.member,
+          {
             'image': image,
             'alphabet': d.alphabet,
             'character': d.character,
@@ -425,7 +484,8 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
             'character_id': d.character_id,
             'drawer': d.drawer,
             'source': source,
-        }
+          },
+        )
 
 
 def read_all(data_source) -> Mapping[str, np.ndarray]:

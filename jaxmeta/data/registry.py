@@ -35,15 +35,20 @@ class ClassImages(NamedTuple):
     class_names: one name per class, e.g. `'Angelic/character01/rot090'` for
       Omniglot or a WordNet id `'n01532829'` for mini-ImageNet.
   """
+
   images: np.ndarray
   class_names: tuple[str, ...]
 
 
 class Loader(Protocol):
-
-  def __call__(self, split: str, *, data_dir: str | None = None,
-               source_dir: str | None = None, **options) -> ClassImages:
-    ...
+  def __call__(
+    self,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    source_dir: str | None = None,
+    **options,
+  ) -> ClassImages: ...
 
 
 DATASETS: dict[str, Loader] = {}
@@ -51,17 +56,20 @@ DATASETS: dict[str, Loader] = {}
 
 def register(name: str) -> Callable[[Loader], Loader]:
   """Decorator: `@register('omniglot')` adds a loader to `DATASETS`."""
+
   def add(loader: Loader) -> Loader:
     if name in DATASETS and DATASETS[name] is not loader:
       raise ValueError(f'Dataset {name!r} is already registered.')
     DATASETS[name] = loader
     return loader
+
   return add
 
 
 def load(name: str, split: str, **kwargs) -> ClassImages:
   """Loads `split` of the registered dataset `name` (see `register`)."""
   if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; choose one of '
-                     f'{sorted(DATASETS)}.')
+    raise ValueError(
+      f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.'
+    )
   return DATASETS[name](split, **kwargs)

@@ -18,10 +18,12 @@ INPUT_RANGE = (-5.0, 5.0)
 def sample_task_params(key: PRNGKey) -> tuple[Array, Array]:
   """Draws `(amplitude, phase)` of one task, both float32 scalars."""
   k_amp, k_phase = jax.random.split(key)
-  amplitude = jax.random.uniform(k_amp, (), minval=AMPLITUDE_RANGE[0],
-                                 maxval=AMPLITUDE_RANGE[1])
-  phase = jax.random.uniform(k_phase, (), minval=PHASE_RANGE[0],
-                             maxval=PHASE_RANGE[1])
+  amplitude = jax.random.uniform(
+    k_amp, (), minval=AMPLITUDE_RANGE[0], maxval=AMPLITUDE_RANGE[1]
+  )
+  phase = jax.random.uniform(
+    k_phase, (), minval=PHASE_RANGE[0], maxval=PHASE_RANGE[1]
+  )
   return amplitude, phase
 
 
@@ -45,14 +47,20 @@ def sample_task(key: PRNGKey, shots: int, queries: int) -> Task:
   k_task, k_support, k_query = jax.random.split(key, 3)
   amplitude, phase = sample_task_params(k_task)
   draw = lambda k, n: jax.random.uniform(
-      k, (n, 1), minval=INPUT_RANGE[0], maxval=INPUT_RANGE[1])
+    k, (n, 1), minval=INPUT_RANGE[0], maxval=INPUT_RANGE[1]
+  )
   support_x, query_x = draw(k_support, shots), draw(k_query, queries)
-  return Task(support_x, sinusoid(support_x, amplitude, phase),
-              query_x, sinusoid(query_x, amplitude, phase))
+  return Task(
+    support_x,
+    sinusoid(support_x, amplitude, phase),
+    query_x,
+    sinusoid(query_x, amplitude, phase),
+  )
 
 
-def sample_tasks(key: PRNGKey, num_tasks: int, shots: int,
-                 queries: int) -> Task:
+def sample_tasks(
+  key: PRNGKey, num_tasks: int, shots: int, queries: int
+) -> Task:
   """A meta-batch of `num_tasks` tasks, every leaf `[num_tasks, n, 1]`."""
   keys = jax.random.split(key, num_tasks)
   return jax.vmap(sample_task, in_axes=(0, None, None))(keys, shots, queries)

@@ -19,11 +19,13 @@ def register_backbone(name: str):
   training program passes one in meta-training (dropout, DropBlock) and none
   at evaluation; a deterministic model ignores it.
   """
+
   def add(builder):
     if name in BACKBONES and BACKBONES[name] is not builder:
       raise ValueError(f'Backbone {name!r} is already registered.')
     BACKBONES[name] = builder
     return builder
+
   return add
 
 
@@ -38,5 +40,6 @@ class Model(NamedTuple):
       losses of `jaxmeta.losses` pass `key=` only when they have one, so an
       `apply(params, x)` without it works wherever no key is given.
   """
+
   init: Callable[[PRNGKey], Params]
   apply: Callable[[Params, Array], Array]

@@ -18,11 +18,13 @@ from jaxmeta.types import Array, Params, PRNGKey
 
 
 @register_backbone('conv4')
-def conv4(num_classes: int,
-          input_shape: Sequence[int] = (28, 28, 1),
-          num_filters: int = 64,
-          num_blocks: int = 4,
-          conv_impl: str = 'auto') -> Model:
+def conv4(
+  num_classes: int,
+  input_shape: Sequence[int] = (28, 28, 1),
+  num_filters: int = 64,
+  num_blocks: int = 4,
+  conv_impl: str = 'auto',
+) -> Model:
   """Conv-4, the standard few-shot backbone (Vinyals et al. 2016; Finn et al.
 
   2017): `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU,
@@ -62,22 +64,32 @@ def conv4(num_classes: int,
     A `Model`; `apply(params, x, *, key=None)` maps `[batch, H, W, C]` to
     logits `[batch, num_classes]` (`key` is accepted and ignored).
   """
-  for name, value in (('num_classes', num_classes),
-                      ('num_filters', num_filters), ('num_blocks', num_blocks)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < 1):
+  for name, value in (
+    ('num_classes', num_classes),
+    ('num_filters', num_filters),
+    ('num_blocks', num_blocks),
+  ):
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, numbers.Integral)
+      or (value < 1)
+    ):
       raise ValueError(f'conv4 needs {name} to be an int >= 1, got {value!r}.')
   if len(input_shape) != 3 or min(int(s) for s in input_shape) < 1:
-    raise ValueError('conv4 needs input_shape = (height, width, channels) '
-                     f'of positive sizes, got {tuple(input_shape)}.')
+    raise ValueError(
+      'conv4 needs input_shape = (height, width, channels) '
+      f'of positive sizes, got {tuple(input_shape)}.'
+    )
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
   spatial_h, spatial_w = height, width
   for _ in range(num_blocks):
     spatial_h, spatial_w = spatial_h // 2, spatial_w // 2
   if spatial_h < 1 or spatial_w < 1:
-    raise ValueError(f'Input {input_shape} is too small for {num_blocks} '
-                     'blocks of 2x2 max-pooling.')
+    raise ValueError(
+      f'Input {input_shape} is too small for {num_blocks} '
+      'blocks of 2x2 max-pooling.'
+    )
   feature_dim = spatial_h * spatial_w * num_filters
 
   def init(key: PRNGKey) -> Params:
@@ -86,18 +98,18 @@ def conv4(num_classes: int,
     c_in = channels
     for i in range(num_blocks):
       params[f'conv{i}'] = {
-          'w': jax.nn.initializers.glorot_uniform()(
-              keys[i], (3, 3, c_in, num_filters), jnp.float32),
-          'b': jnp.zeros((num_filters,), jnp.float32),
-          'scale': jnp.ones((num_filters,), jnp.float32),
-          'offset': jnp.zeros((num_filters,), jnp.float32),
+        'w': jax.nn.initializers.glorot_uniform()(
+          keys[i], (3, 3, c_in, num_filters), jnp.float32
+        ),
+        'b': jnp.zeros((num_filters,), jnp.float32),
+        'scale': jnp.ones((num_filters,), jnp.float32),
+        'offset': jnp.zeros((num_filters,), jnp.float32),
       }
       c_in = num_filters
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
     return params
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None
-            ) -> Array:
+  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
     del key  # Deterministic: no dropout.
     if impl in ('patches_cf', 'patches_cf_2pass'):
       two_pass = impl == 'patches_cf_2pass'

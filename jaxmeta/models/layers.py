@@ -43,8 +43,9 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
     'xla', 'patches', 'patches_cf' or 'patches_cf_2pass'.
   """
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'Unknown conv_impl {conv_impl!r}; choose one of '
-                     f'{CONV_IMPLS}.')
+    raise ValueError(
+      f'Unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}.'
+    )
   if conv_impl != 'auto':
     return conv_impl
   backend = jax.default_backend()
@@ -69,8 +70,12 @@ def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   """
   if impl == 'xla':
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x,
+      kernel,
+      window_strides=(1, 1),
+      padding='SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
   if impl != 'patches':
     raise ValueError(f'Unknown conv impl {impl!r}.')
   kh, kw, c_in, c_out = kernel.shape
@@ -78,13 +83,15 @@ def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
   # Channel order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
   patches = jnp.concatenate(
-      [xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
-      axis=-1)  # [batch, h, w, kh * kw * c_in]
+    [xp[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)],
+    axis=-1,
+  )  # [batch, h, w, kh * kw * c_in]
   return patches @ kernel.reshape(kh * kw * c_in, c_out)
 
 
-def conv2d_3x3_same_cf(x: Array, kernel: Array,
-                       two_pass: bool = False) -> Array:
+def conv2d_3x3_same_cf(
+  x: Array, kernel: Array, two_pass: bool = False
+) -> Array:
   """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
 
   The nine shifted copies of the padded input are stacked on the leading
@@ -114,21 +121,30 @@ def conv2d_3x3_same_cf(x: Array, kernel: Array,
   xp = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
   # Row order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
   if two_pass:
-    columns = jnp.concatenate([xp[:, :, :, j:j + w] for j in range(kw)],
-                              axis=0)  # [kw * c_in, batch, h + 2, w]
-    patches = jnp.concatenate([columns[:, :, i:i + h, :] for i in range(kh)],
-                              axis=0)  # [kh * kw * c_in, batch, h, w]
+    columns = jnp.concatenate(
+      [xp[:, :, :, j : j + w] for j in range(kw)], axis=0
+    )  # [kw * c_in, batch, h + 2, w]
+    patches = jnp.concatenate(
+      [columns[:, :, i : i + h, :] for i in range(kh)], axis=0
+    )  # [kh * kw * c_in, batch, h, w]
   else:
     patches = jnp.concatenate(
-        [xp[:, :, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
-        axis=0)  # [kh * kw * c_in, batch, h, w]
+      [xp[:, :, i : i + h, j : j + w] for i in range(kh) for j in range(kw)],
+      axis=0,
+    )  # [kh * kw * c_in, batch, h, w]
   out = kernel.reshape(kh * kw * c_in, c_out).T @ patches.reshape(
-      kh * kw * c_in, b * h * w)
+    kh * kw * c_in, b * h * w
+  )
   return out.reshape(c_out, b, h, w)
 
 
-def batch_norm(x: Array, scale: Array, offset: Array,
-               eps: float = 1e-5, channel_axis: int = -1) -> Array:
+def batch_norm(
+  x: Array,
+  scale: Array,
+  offset: Array,
+  eps: float = 1e-5,
+  channel_axis: int = -1,
+) -> Array:
   """Normalises with the statistics of the batch `x` itself.
 
   Two-pass statistics: the mean, then the mean square of `x - mean`. The
@@ -155,8 +171,9 @@ def batch_norm(x: Array, scale: Array, offset: Array,
   mean = jnp.mean(x, axis=axes, keepdims=True)
   centred = x - mean
   var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
-  return (centred * (jax.lax.rsqrt(var + eps) * scale.reshape(shape))
-          + offset.reshape(shape))
+  return centred * (
+    jax.lax.rsqrt(var + eps) * scale.reshape(shape)
+  ) + offset.reshape(shape)
 
 
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
@@ -192,17 +209,26 @@ def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   h2, w2 = x.shape[ah] // 2, x.shape[aw] // 2
   x = jax.lax.slice_in_dim(x, 0, 2 * h2, axis=ah)
   x = jax.lax.slice_in_dim(x, 0, 2 * w2, axis=aw)
-  x = x.reshape(x.shape[:ah] + (h2, 2, w2, 2) + x.shape[aw + 1:])
+  x = x.reshape(x.shape[:ah] + (h2, 2, w2, 2) + x.shape[aw + 1 :])
   pick = lambda i, j: jax.lax.index_in_dim(
-      jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
-      i, axis=ah + 1, keepdims=False)
+    jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
+    i,
+    axis=ah + 1,
+    keepdims=False,
+  )
   first_max = lambda a, b: jax.lax.select((a >= b) | jnp.isnan(a), a, b)
-  return first_max(first_max(pick(0, 0), pick(0, 1)),
-                   first_max(pick(1, 0), pick(1, 1)))
+  return first_max(
+    first_max(pick(0, 0), pick(0, 1)), first_max(pick(1, 0), pick(1, 1))
+  )
 
 
-def dropblock(x: Array, key: PRNGKey, drop_rate: float, block_size: int,
-              channels_first: bool = False) -> Array:
+def dropblock(
+  x: Array,
+  key: PRNGKey,
+  drop_rate: float,
+  block_size: int,
+  channels_first: bool = False,
+) -> Array:
   """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
 
   Every channel of every example gets its own mask (Algorithm 1 of the
@@ -250,10 +276,18 @@ def dropblock(x: Array, key: PRNGKey, drop_rate: float, block_size: int,
   centres = jax.random.bernoulli(key, gamma, (b, h - bh + 1, w - bw + 1, c))
   # A position is dropped if a drawn centre's block covers it: a max over
   # the block-shaped window of the centres, padded to the map's size.
-  padded = jnp.pad(centres.astype(x.dtype),
-                   ((0, 0), (bh - 1, bh - 1), (bw - 1, bw - 1), (0, 0)))
-  dropped = jax.lax.reduce_window(padded, jnp.zeros((), x.dtype), jax.lax.max,
-                                  (1, bh, bw, 1), (1, 1, 1, 1), 'VALID')
+  padded = jnp.pad(
+    centres.astype(x.dtype),
+    ((0, 0), (bh - 1, bh - 1), (bw - 1, bw - 1), (0, 0)),
+  )
+  dropped = jax.lax.reduce_window(
+    padded,
+    jnp.zeros((), x.dtype),
+    jax.lax.max,
+    (1, bh, bw, 1),
+    (1, 1, 1, 1),
+    'VALID',
+  )
   kept = 1 - dropped  # [batch, H, W, C]
   kept = kept * (kept.size / jnp.maximum(jnp.sum(kept), 1))
   if channels_first:

@@ -10,8 +10,7 @@ from jaxmeta.models.layers import _glorot_dense
 from jaxmeta.types import Array, Params, PRNGKey
 
 
-def mlp(layer_sizes: Sequence[int],
-        log_softmax_output: bool = False) -> Model:
+def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
   """A fully connected ReLU network.
 
   Args:
@@ -31,12 +30,14 @@ def mlp(layer_sizes: Sequence[int],
 
   def init(key: PRNGKey) -> Params:
     keys = jax.random.split(key, len(layer_sizes) - 1)
-    return {f'dense{i}': _glorot_dense(k, n_in, n_out)
-            for i, (k, n_in, n_out) in enumerate(
-                zip(keys, layer_sizes[:-1], layer_sizes[1:]))}
+    return {
+      f'dense{i}': _glorot_dense(k, n_in, n_out)
+      for i, (k, n_in, n_out) in enumerate(
+        zip(keys, layer_sizes[:-1], layer_sizes[1:])
+      )
+    }
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None
-            ) -> Array:
+  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
     del key  # Deterministic: no dropout.
     h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
     num_layers = len(layer_sizes) - 1
@@ -51,8 +52,9 @@ def mlp(layer_sizes: Sequence[int],
 
 
 @register_backbone('mlp')
-def mlp_backbone(num_outputs: int, input_shape: Sequence[int],
-                 hidden: Sequence[int] = (40, 40)) -> Model:
+def mlp_backbone(
+  num_outputs: int, input_shape: Sequence[int], hidden: Sequence[int] = (40, 40)
+) -> Model:
   """`mlp` with the backbone signature: flattened input, `hidden`, outputs.
 
   Args:

@@ -19,10 +19,16 @@ from jaxmeta.types import Array, Params, PRNGKey
 _LEAKY_SLOPE = 0.1  # TADAM and MetaOptNet: LeakyReLU(0.1).
 
 
-def resnet12_embed(params: Params, x: Array, *, key: PRNGKey | None = None,
-                   drop_rate: float = 0.1, dropblock_size: int = 5,
-                   early_dropout: bool = False,
-                   conv_impl: str = 'auto') -> Array:
+def resnet12_embed(
+  params: Params,
+  x: Array,
+  *,
+  key: PRNGKey | None = None,
+  drop_rate: float = 0.1,
+  dropblock_size: int = 5,
+  early_dropout: bool = False,
+  conv_impl: str = 'auto',
+) -> Array:
   """The ResNet-12 embedding: every block, then global average pooling.
 
   The widths are read from `params` (`init` of `resnet12`); the options are
@@ -70,22 +76,29 @@ def resnet12_embed(params: Params, x: Array, *, key: PRNGKey | None = None,
     h = jax.nn.leaky_relu(pool(out), _LEAKY_SLOPE)
     last_two = i >= num_blocks - 2
     if key is not None and drop_rate > 0 and (last_two or early_dropout):
-      h = dropblock(h, jax.random.fold_in(key, i), drop_rate,
-                    dropblock_size if last_two else 1, channels_first)
+      h = dropblock(
+        h,
+        jax.random.fold_in(key, i),
+        drop_rate,
+        dropblock_size if last_two else 1,
+        channels_first,
+      )
   spatial = (2, 3) if channels_first else (1, 2)
   h = jnp.mean(h, axis=spatial)  # [C, batch] or [batch, C]
   return h.T if channels_first else h
 
 
 @register_backbone('resnet12')
-def resnet12(num_classes: int,
-             input_shape: Sequence[int] = (84, 84, 3),
-             *,
-             widths: Sequence[int] = (64, 160, 320, 640),
-             drop_rate: float = 0.1,
-             dropblock_size: int = 5,
-             early_dropout: bool = False,
-             conv_impl: str = 'auto') -> Model:
+def resnet12(
+  num_classes: int,
+  input_shape: Sequence[int] = (84, 84, 3),
+  *,
+  widths: Sequence[int] = (64, 160, 320, 640),
+  drop_rate: float = 0.1,
+  dropblock_size: int = 5,
+  early_dropout: bool = False,
+  conv_impl: str = 'auto',
+) -> Model:
   """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019) with DropBlock.
 
   `len(widths)` residual blocks (four in the papers). Block `i` with width
@@ -148,11 +161,15 @@ def resnet12(num_classes: int,
   if not widths or min(widths) < 1:
     raise ValueError(f'resnet12 needs >= 1 positive widths, got {widths}.')
   if height >> len(widths) < 1 or width >> len(widths) < 1:
-    raise ValueError(f'Input {input_shape} is too small for {len(widths)} '
-                     'blocks of 2x2 max-pooling.')
+    raise ValueError(
+      f'Input {input_shape} is too small for {len(widths)} '
+      'blocks of 2x2 max-pooling.'
+    )
   if not 0 <= drop_rate < 1 or dropblock_size < 1:
-    raise ValueError(f'drop_rate={drop_rate} must be in [0, 1) and '
-                     f'dropblock_size={dropblock_size} >= 1.')
+    raise ValueError(
+      f'drop_rate={drop_rate} must be in [0, 1) and '
+      f'dropblock_size={dropblock_size} >= 1.'
+    )
   he_normal = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
   def init(key: PRNGKey) -> Params:
@@ -161,12 +178,15 @@ def resnet12(num_classes: int,
     c_in = channels
     for i, c in enumerate(widths):
       k = jax.random.split(keys[i], 4)
-      bn = lambda: {'scale': jnp.ones((c,), jnp.float32),
-                    'offset': jnp.zeros((c,), jnp.float32)}
+      bn = lambda: {
+        'scale': jnp.ones((c,), jnp.float32),
+        'offset': jnp.zeros((c,), jnp.float32),
+      }
       block = {}
       for j in range(3):
-        block[f'conv{j}'] = he_normal(k[j], (3, 3, c_in if j == 0 else c, c),
-                                      jnp.float32)
+        block[f'conv{j}'] = he_normal(
+          k[j], (3, 3, c_in if j == 0 else c, c), jnp.float32
+        )
         block[f'bn{j}'] = bn()
       block['shortcut'] = he_normal(k[3], (1, 1, c_in, c), jnp.float32)
       block['shortcut_bn'] = bn()
@@ -175,11 +195,16 @@ def resnet12(num_classes: int,
     params['head'] = _glorot_dense(keys[-1], widths[-1], num_classes)
     return params
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None
-            ) -> Array:
-    h = resnet12_embed(params, x, key=key, drop_rate=drop_rate,
-                       dropblock_size=dropblock_size,
-                       early_dropout=early_dropout, conv_impl=conv_impl)
+  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
+    h = resnet12_embed(
+      params,
+      x,
+      key=key,
+      drop_rate=drop_rate,
+      dropblock_size=dropblock_size,
+      early_dropout=early_dropout,
+      conv_impl=conv_impl,
+    )
     return h @ params['head']['w'] + params['head']['b']
 
   return Model(init, apply)

@@ -1,0 +1,186 @@
+"""One orbax `CheckpointManager` per run: the latest few and the best.
+
+`workdir/checkpoints/<step>/` holds the train state, the run's config (JSON
+item `meta`) and, for steps where validation ran, the validation metric that
+orbax's preservation policy ranks. Kept: the latest `keep` steps
+(`LatestN`) and the best one on validation (`BestN`, n = 1); both policies
+run over the same directory, so there is one save per step and no second
+bookkeeping that a kill could leave inconsistent.
+
+Why this survives a kill at any moment: orbax writes a step into a temporary
+directory and renames it when complete; the temporary directories of an
+interrupted save are removed when the manager opens
+(`cleanup_tmp_directories`), so the next run trains that step again and
+saves it afresh. A step directory that is nevertheless unreadable (a
+truncated file, a disk error) is moved aside to `workdir/unreadable/` and the
+previous intact step is restored, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+from experiments import common
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one is needed."""
+
+
+class Checkpoints:
+  """The checkpoints of one run (see the module docstring).
+
+  Args:
+    workdir: the run's directory.
+    keep: how many of the latest steps to keep (the best is kept besides).
+    metric: name of the validation metric stored with validated steps, e.g.
+      'val_accuracy'.
+    higher_is_better: whether a larger `metric` is better.
+    read_only: open without creating, cleaning or moving anything
+      (evaluation); an unreadable step is then a `CheckpointError`.
+  """
+
+  def __init__(
+    self,
+    workdir: str,
+    keep: int,
+    metric: str,
+    higher_is_better: bool,
+    read_only: bool = False,
+  ):
+    self.workdir = os.path.abspath(workdir)
+    self.read_only = read_only
+    self.metric = metric
+    self._sign = 1.0 if higher_is_better else -1.0
+    score = lambda m: self._sign * float(m[metric])
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    )
+    self.manager = ocp.CheckpointManager(
+      os.path.join(self.workdir, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(
+        best_fn=score,
+        best_mode='max',
+        preservation_policy=policy,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+      ),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The validated step with the best metric (the latest of ties)."""
+    steps = [
+      s for s in self.manager.all_steps() if self.manager.metrics(s) is not None
+    ]
+    if not steps:
+      return None
+    return self.manager.best_step()
+
+  def best_metric(self) -> float | None:
+    step = self.best_step()
+    return (
+      None if step is None else float(self.manager.metrics(step)[self.metric])
+    )
+
+  def save(
+    self,
+    step: int,
+    state: Any,
+    meta: Mapping[str, Any],
+    val_metric: float | None = None,
+  ) -> None:
+    """Saves `state` and `meta` at `step` (with the metric if validated)."""
+    metrics = None if val_metric is None else {self.metric: float(val_metric)}
+    self.manager.save(
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(common.to_python(dict(meta))),
+      ),
+      metrics=metrics,
+      force=True,
+    )
+    self.manager.wait_until_finished()
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    return self.manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    ).meta
+
+  def restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
+    """Restores `(state, meta)` of `step`, shaped like `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return restored.state, restored.meta
+
+  def restore_latest_readable(
+    self, like: Any, steps: list[int] | None = None
+  ) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the latest step that reads back, moving broken ones aside.
+
+    Args:
+      like: a state of the right structure, shapes and dtypes.
+      steps: the candidate steps (default: every saved step).
+
+    Returns:
+      `(state, meta)`, or None if no step reads back (or none exists).
+    """
+    candidates = sorted(
+      self.manager.all_steps() if steps is None else steps, reverse=True
+    )
+    for step in candidates:
+      try:
+        return self.restore(like, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax, tensorstore and JSON raise many types for a damaged step.
+        self.move_aside(step, e)
+    return None
+
+  def move_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step to `workdir/unreadable/` and says so."""
+    if self.read_only:
+      raise CheckpointError(
+        f'Checkpoint step {step} in {self.workdir}/checkpoints could not be '
+        f'read ({type(error).__name__}: {error}).'
+      ) from error
+    source = os.path.join(self.manager.directory, str(step))
+    target_dir = os.path.join(self.workdir, 'unreadable')
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(target_dir, f'{step}.{suffix}')
+    shutil.move(source, target)
+    self.manager.reload()
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    print(
+      f'Warning: checkpoint step {step} could not be read '
+      f'({type(error).__name__}: {first_line[:200]}); moved it to {target} '
+      'and fell back to the previous checkpoint.',
+      file=sys.stderr,
+    )
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,73 @@
+"""The main job: MAML, Omniglot 5-way 1-shot, a short real run on a CPU.
+
+  python -m experiments.omniglot --workdir=/tmp/omniglot
+  python -m experiments.main --config=experiments/configs/default.py \
+      --workdir=/tmp/omniglot --config.num_iterations=1000
+
+Every other config file starts from this one and overrides a few fields.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the default configuration (`arg` must be empty)."""
+  if arg:
+    raise ValueError(f'default.py takes no preset, got {arg!r}.')
+  c = ml_collections.ConfigDict()
+  c.preset = ''  # Set by the config files of published settings.
+  c.algorithm = 'maml'  # A name in jaxmeta.algorithms.REGISTRY.
+
+  # The task family: a name in jaxmeta.data.DATASETS (class-image datasets,
+  # sampled episodically) or in experiments.tasks.TASK_FAMILIES; `data` holds
+  # the loader's options (for Omniglot: the split scheme and image size).
+  c.dataset = 'omniglot'
+  c.data = ml_collections.ConfigDict({'scheme': 'vinyals', 'image_size': 28})
+  # The backbone: a name in jaxmeta.models.BACKBONES and its options.
+  c.backbone = 'conv4'
+  c.model = ml_collections.ConfigDict({'num_filters': 32, 'conv_impl': 'auto'})
+
+  # Training augmentation of image tasks (jaxmeta.data.augment.AugmentConfig):
+  # all off, as in MAML.
+  c.augment = ml_collections.ConfigDict(
+    {
+      'crop_padding': 0,
+      'crop_mode': 'constant',
+      'flip': False,
+      'brightness': 0.0,
+      'contrast': 0.0,
+      'saturation': 0.0,
+    }
+  )
+  # 'device': whole splits on the device, tasks drawn inside the step;
+  # 'host': the training split stays in host memory and each meta-batch is
+  # drawn there (for a device too small for the split).
+  c.sampler = 'device'
+
+  c.ways = 5
+  c.shots = 1
+  c.queries = 5  # Query examples per class, training and evaluation.
+  c.train_shots = 0  # Support shots per class in training; 0 = `shots`.
+  c.train_queries = 0  # Query examples per class in training; 0 = `queries`.
+
+  c.meta_batch_size = 8
+  c.task_chunk_size = 0  # Tasks vmapped at once; 0: the backend's default.
+  c.inner_steps = 1
+  c.eval_inner_steps = 3
+  c.inner_lr = 0.4
+  c.inner_optimizer = 'sgd'  # 'sgd', or 'adam' (b1 = 0) as Reptile uses.
+  c.meta_optimizer = 'adam'  # 'adam' or 'sgd'.
+  c.meta_lr = 1e-3
+  c.meta_lr_final = -1.0  # < 0: constant; else linear decay to this value.
+
+  c.num_iterations = 500
+  c.eval_every = 250
+  c.num_val_tasks = 100
+  c.num_eval_tasks = 600
+  c.eval_batch_size = 50  # Evaluation tasks per compiled call.
+  c.seed = 0
+  c.eval_seed = 2017
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 3
+  c.log_every = 10
+  return c

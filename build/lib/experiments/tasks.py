@@ -1,0 +1,205 @@
+"""Task families: what the training program samples its tasks from.
+
+A `TaskFamily` is everything `experiments.train` knows about data: the shape
+of one input, the number of outputs, the loss, the metric that picks the
+best checkpoint, and `sample(key, split, train)`, which draws ONE task inside
+the compiled step. Two kinds:
+
+* every dataset registered in `jaxmeta.data.DATASETS` (class-major uint8
+  image arrays per split): N-way K-shot episodes drawn on the device by
+  `jaxmeta.data.episodes.sample_task`; the loader's options are
+  `config.data`;
+* the families of `TASK_FAMILIES`, which generate their tasks (sinusoid
+  regression).
+
+Adding an image dataset is a loader registered in `jaxmeta.data`; adding a
+generated family is a builder here and a `TASK_FAMILIES` line.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+
+import jaxmeta
+from jaxmeta.data import augment as augment_lib
+from jaxmeta.data import episodes
+from jaxmeta.data import host_episodes
+from jaxmeta.data import sinusoid
+
+
+class TaskFamilyError(ValueError):
+  """A configuration that the task family cannot supply tasks for."""
+
+
+class TaskFamily(NamedTuple):
+  """What the training program needs to know about its tasks.
+
+  Attributes:
+    input_shape: `input_shape(data) -> shape` of one input, e.g.
+      `(28, 28, 1)` or `(1,)`, from the data of any split.
+    num_outputs: width of the model's output (the ways, or 1).
+    make_loss: `jaxmeta.classification_loss` or `jaxmeta.regression_loss`.
+    metric: the metric that selects the best checkpoint on validation, a key
+      of the loss's metrics ('accuracy' or 'mse').
+    higher_is_better: whether a larger `metric` is better.
+    load: `load(split) -> data` for 'train', 'val' or 'test', on the device
+      (None where tasks are generated); cached.
+    sample: `sample(key, data, train) -> Task`, one task on the device;
+      `train` selects the training task shape (`train_shots`,
+      `train_queries`) and the training augmentation.
+    sample_host: None, or `sample_host(key, data, num_tasks) -> Task`, a
+      training meta-batch drawn on the host from a split kept in host memory
+      (`config.sampler = 'host'`, for splits too large for the device);
+      `augment` is then applied on the device.
+    augment: `augment(key, task) -> task`, the training augmentation of one
+      task (the identity without one).
+  """
+
+  input_shape: Callable[[Any], tuple[int, ...]]
+  num_outputs: int
+  make_loss: Callable[..., jaxmeta.LossFn]
+  metric: str
+  higher_is_better: bool
+  load: Callable[[str], Any]
+  sample: Callable[[jax.Array, Any, bool], jaxmeta.Task]
+  sample_host: Callable[[jax.Array, Any, int], jaxmeta.Task] | None = None
+  augment: Callable[[jax.Array, jaxmeta.Task], jaxmeta.Task] = (
+    lambda key, task: task
+  )
+
+
+def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(shots, queries) per class of the training tasks."""
+  return (
+    config.train_shots or config.shots,
+    config.train_queries or config.queries,
+  )
+
+
+def episodic(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
+  """N-way K-shot classification on a registered class-image dataset."""
+  loader = jaxmeta.data.DATASETS[config.dataset]
+  options = dict(config.data)
+  shapes = {True: train_shape(config), False: (config.shots, config.queries)}
+  on_host = config.sampler == 'host'
+  augment_task = make_augment(config)
+
+  @functools.cache
+  def load(split):
+    data = loader(split, data_dir=data_dir, source_dir=source_dir, **options)
+    num_classes, num_examples = data.images.shape[:2]
+    for shots, queries in set(shapes.values()):
+      try:
+        episodes.check_episode_config(
+          num_classes, num_examples, config.ways, shots, queries
+        )
+      except episodes.EpisodeConfigError as e:
+        raise TaskFamilyError(
+          f'The {split} split of {config.dataset} ({options}): {e}'
+        ) from e
+    if on_host and split == 'train':
+      return data.images  # Stays in host memory: see `sample_host`.
+    return jax.device_put(data.images)  # uint8 [classes, examples, H, W, C]
+
+  def sample(key, images, train):
+    shots, queries = shapes[train]
+    task = episodes.sample_task(key, images, config.ways, shots, queries)
+    return augment_task(jax.random.fold_in(key, 1), task) if train else task
+
+  def sample_host(key, images, num_tasks):
+    return host_episodes.sample_tasks_host(
+      key, images, num_tasks, config.ways, *shapes[True]
+    )
+
+  return TaskFamily(
+    input_shape=lambda images: tuple(images.shape[2:]),
+    num_outputs=config.ways,
+    make_loss=jaxmeta.classification_loss,
+    metric='accuracy',
+    higher_is_better=True,
+    load=load,
+    sample=sample,
+    sample_host=sample_host if on_host else None,
+    augment=augment_task,
+  )
+
+
+def make_augment(config: ml_collections.ConfigDict):
+  """`augment(key, task) -> task` from `config.augment` (support and query
+  images alike, one draw per image; see `jaxmeta.data.augment`)."""
+  settings = augment_lib.AugmentConfig(**config.augment)
+  if settings == augment_lib.AugmentConfig():
+    return lambda key, task: task
+
+  def augment_task(key, task):
+    support_key, query_key = jax.random.split(key)
+    return task._replace(
+      support_x=augment_lib.augment(support_key, task.support_x, settings),
+      query_x=augment_lib.augment(query_key, task.query_x, settings),
+    )
+
+  return augment_task
+
+
+def sinusoid_family(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
+  """Sinusoid regression: `shots` support and `queries` query points."""
+  del data_dir, source_dir  # Tasks are generated.
+  if config.sampler != 'device':
+    raise TaskFamilyError(
+      'sinusoid tasks are generated on the device: '
+      "config.sampler must be 'device'."
+    )
+  shapes = {True: train_shape(config), False: (config.shots, config.queries)}
+
+  def sample(key, data, train):
+    del data
+    return sinusoid.sample_task(key, *shapes[train])
+
+  return TaskFamily(
+    input_shape=lambda data: (1,),
+    num_outputs=1,
+    make_loss=jaxmeta.regression_loss,
+    metric='mse',
+    higher_is_better=False,
+    load=lambda split: None,
+    sample=sample,
+  )
+
+
+# name -> builder(config, data_dir, source_dir) for families that generate
+# their tasks; every dataset of jaxmeta.data.DATASETS is a family too.
+TASK_FAMILIES: dict[str, Callable[..., TaskFamily]] = {
+  'sinusoid': sinusoid_family,
+}
+
+
+def names() -> list[str]:
+  """Every task family a config may name."""
+  return sorted(set(TASK_FAMILIES) | set(jaxmeta.data.DATASETS))
+
+
+def build(
+  config: ml_collections.ConfigDict,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> TaskFamily:
+  """The task family `config.dataset`."""
+  if config.dataset in TASK_FAMILIES:
+    return TASK_FAMILIES[config.dataset](config, data_dir, source_dir)
+  if config.dataset in jaxmeta.data.DATASETS:
+    return episodic(config, data_dir, source_dir)
+  raise TaskFamilyError(
+    f'Unknown dataset {config.dataset!r}; choose one of {names()}.'
+  )

@@ -1,0 +1,424 @@
+"""PyTorch baselines for the meta-learning benchmark, written as users write them.
+
+A torch Conv-4 that computes the same function as `jaxmeta.conv4` (same
+weights give the same logits), and three ways of writing one meta-step of
+MAML, first-order MAML and Reptile in PyTorch:
+
+* `loop`: the per-task loop of learn2learn / `higher`-style code: the
+  parameters are a list of tensors passed to a functional forward, inner steps
+  use `torch.autograd.grad(..., create_graph=True)` (without `create_graph`
+  for first-order MAML), one `backward()` per task accumulates the
+  meta-gradient in `.grad`, then the outer optimiser steps.
+* `func`: `torch.func`: `functional_call` + `grad` for the inner loop and the
+  outer gradient, `vmap` over the tasks of the meta-batch.
+* `higher`: the `higher` library itself: `higher.innerloop_ctx` around a
+  `torch.nn` Conv-4 module and a `torch.optim.SGD` inner optimiser.
+
+Every implementation is a `meta_grad_fn(model, batch)` that leaves the mean
+meta-gradient (Reptile: the mean pseudo-gradient `theta - phi`) in the
+`.grad` of `model.parameters()`; `make_meta_step` adds `zero_grad` and the
+outer optimiser step around it. The benchmark compares those `.grad`s with
+`jaxmeta.meta_gradient` before it times anything.
+
+Layout: torch is NCHW / OIHW, jaxmeta NHWC / HWIO. The torch model permutes
+the last feature map to NHWC before flattening so that its head weight is
+jaxmeta's `head/w` transposed; `params_from_jax` and `grads_to_jax` convert.
+"""
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import jaxmeta
+
+# torch.nn.BatchNorm2d's default epsilon is also jaxmeta.models.batch_norm's.
+BN_EPS = 1e-5
+POOL_SIZE = 2
+KERNEL_SIZE = 3
+
+IMPLEMENTATIONS = ('loop', 'func', 'higher')
+# The library's algorithms that every implementation here writes: MAML
+# (second order), first-order MAML and Reptile; the benchmark times these.
+_WRITTEN_HERE = frozenset({'maml', 'fomaml', 'reptile'})
+ALGORITHMS = tuple(a for a in jaxmeta.ALGORITHMS if a in _WRITTEN_HERE)
+
+
+class TorchBatch(NamedTuple):
+  """A meta-batch as torch tensors (NCHW images, int64 labels).
+
+  Attributes:
+    support_x: `[tasks, ways * shots, C, H, W]` float32.
+    support_y: `[tasks, ways * shots]` int64.
+    query_x: `[tasks, ways * queries, C, H, W]` float32.
+    query_y: `[tasks, ways * queries]` int64.
+  """
+
+  support_x: torch.Tensor
+  support_y: torch.Tensor
+  query_x: torch.Tensor
+  query_y: torch.Tensor
+
+
+def batch_from_numpy(
+  support_x: np.ndarray,
+  support_y: np.ndarray,
+  query_x: np.ndarray,
+  query_y: np.ndarray,
+  device: torch.device | str = 'cpu',
+) -> TorchBatch:
+  """Converts an NHWC numpy meta-batch (jaxmeta's `Task` layout) to torch.
+
+  Args:
+    support_x: `[tasks, ways * shots, H, W, C]`.
+    support_y: `[tasks, ways * shots]` integer labels.
+    query_x: `[tasks, ways * queries, H, W, C]`.
+    query_y: `[tasks, ways * queries]` integer labels.
+    device: torch device of the result.
+
+  Returns:
+    A `TorchBatch` with NCHW images.
+  """
+  # np.array copies: torch must not share (read-only) jax buffers.
+  to_x = lambda a: torch.from_numpy(
+    np.array(np.transpose(a, (0, 1, 4, 2, 3)), np.float32, order='C')
+  ).to(device)
+  to_y = lambda a: torch.from_numpy(np.array(a, np.int64)).to(device)
+  return TorchBatch(
+    to_x(support_x), to_y(support_y), to_x(query_x), to_y(query_y)
+  )
+
+
+class Conv4(nn.Module):
+  """Conv-4 as a torch.nn module, the same function as `jaxmeta.conv4`.
+
+  Each block: 3x3 conv (stride 1, padding 1, bias) -> batch norm with the
+  current batch's statistics (`track_running_stats=False`, biased variance)
+  -> ReLU -> 2x2 max-pool (floor). The last feature map is permuted to NHWC
+  before flattening, so that features come in jaxmeta's order.
+
+  Args:
+    num_classes: outputs of the head.
+    input_shape: `(height, width, channels)` of one image (jaxmeta's order).
+    num_filters: filters of every conv layer.
+    num_blocks: number of conv blocks.
+  """
+
+  def __init__(
+    self,
+    num_classes: int,
+    input_shape: Sequence[int],
+    num_filters: int,
+    num_blocks: int,
+  ):
+    super().__init__()
+    height, width, channels = (int(s) for s in input_shape)
+    blocks = []
+    c_in = channels
+    for _ in range(num_blocks):
+      blocks.append(
+        nn.Sequential(
+          nn.Conv2d(c_in, num_filters, KERNEL_SIZE, padding=KERNEL_SIZE // 2),
+          nn.BatchNorm2d(
+            num_filters, eps=BN_EPS, affine=True, track_running_stats=False
+          ),
+          nn.ReLU(),
+          nn.MaxPool2d(POOL_SIZE),
+        )
+      )
+      c_in = num_filters
+      height, width = height // POOL_SIZE, width // POOL_SIZE
+    self.blocks = nn.Sequential(*blocks)
+    self.num_blocks = num_blocks
+    self.head = nn.Linear(height * width * num_filters, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Maps `[batch, C, H, W]` to logits `[batch, num_classes]`."""
+    h = self.blocks(x)
+    return self.head(h.permute(0, 2, 3, 1).flatten(1))
+
+
+def conv4_functional(
+  params: Sequence[torch.Tensor], x: torch.Tensor, num_blocks: int
+) -> torch.Tensor:
+  """Conv-4 forward on an explicit parameter list (learn2learn style).
+
+  Args:
+    params: tensors in the order of `Conv4.parameters()`: per block conv
+      weight `[F, Cin, 3, 3]`, conv bias, bn weight, bn bias; then head weight
+      `[classes, feat]` and head bias.
+    x: `[batch, C, H, W]`.
+    num_blocks: number of conv blocks.
+
+  Returns:
+    Logits `[batch, classes]`.
+  """
+  h = x
+  for i in range(num_blocks):
+    w, b, scale, offset = params[4 * i : 4 * i + 4]
+    h = F.conv2d(h, w, b, padding=KERNEL_SIZE // 2)
+    h = F.batch_norm(h, None, None, scale, offset, training=True, eps=BN_EPS)
+    h = F.max_pool2d(F.relu(h), POOL_SIZE)
+  head_w, head_b = params[4 * num_blocks :]
+  return F.linear(h.permute(0, 2, 3, 1).flatten(1), head_w, head_b)
+
+
+def _jax_param_layout(num_blocks: int) -> list[tuple[str, str, str]]:
+  """`(jax_module, jax_leaf, kind)` in the order of `Conv4.parameters()`."""
+  layout = []
+  for i in range(num_blocks):
+    layout += [
+      (f'conv{i}', 'w', 'conv'),
+      (f'conv{i}', 'b', 'vec'),
+      (f'conv{i}', 'scale', 'vec'),
+      (f'conv{i}', 'offset', 'vec'),
+    ]
+  return layout + [('head', 'w', 'dense'), ('head', 'b', 'vec')]
+
+
+def params_from_jax(model: Conv4, jax_params) -> None:
+  """Copies jaxmeta conv4 parameters into the torch model (in place).
+
+  Args:
+    model: the torch `Conv4`.
+    jax_params: jaxmeta's params dict (numpy or jax arrays): conv `w` HWIO
+      `[3, 3, Cin, F]` becomes OIHW, head `w` `[feat, classes]` is transposed.
+  """
+  with torch.no_grad():
+    for p, (m, leaf, kind) in zip(
+      model.parameters(), _jax_param_layout(model.num_blocks)
+    ):
+      value = np.asarray(jax_params[m][leaf], np.float32)
+      if kind == 'conv':
+        value = np.transpose(value, (3, 2, 0, 1))
+      elif kind == 'dense':
+        value = value.T
+      if tuple(value.shape) != tuple(p.shape):
+        raise ValueError(
+          f'{m}/{leaf}: jax shape {value.shape} does not fit '
+          f'torch shape {tuple(p.shape)}.'
+        )
+      p.copy_(torch.from_numpy(np.array(value, order='C')))
+
+
+def grads_to_jax(
+  model: Conv4, grads: Sequence[torch.Tensor] | None = None
+) -> dict[str, np.ndarray]:
+  """Torch gradients (default: each parameter's `.grad`) in jaxmeta layout.
+
+  Returns:
+    `{'conv0/w': [3, 3, Cin, F] array, ...}`, float32 numpy.
+  """
+  if grads is None:
+    grads = [p.grad for p in model.parameters()]
+  out = {}
+  for g, (m, leaf, kind) in zip(grads, _jax_param_layout(model.num_blocks)):
+    value = g.detach().cpu().numpy()
+    if kind == 'conv':
+      value = np.transpose(value, (2, 3, 1, 0))
+    elif kind == 'dense':
+      value = value.T
+    out[f'{m}/{leaf}'] = value
+  return out
+
+
+MetaGradFn = Callable[[Conv4, TorchBatch], None]
+
+
+def _accumulate(
+  params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], weight: float
+) -> None:
+  """`p.grad += weight * g` for every parameter (allocating if None)."""
+  for p, g in zip(params, grads):
+    if p.grad is None:
+      p.grad = weight * g.detach()
+    else:
+      p.grad.add_(g.detach(), alpha=weight)
+
+
+# ----------------------------------------------------------------------------
+# (a) per-task loop, functional parameters (learn2learn / higher style).
+
+
+def make_loop_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
+  """Per-task loop; leaves the mean meta-gradient in `.grad`."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
+  second_order = algorithm == 'maml'
+
+  def meta_grad(model: Conv4, batch: TorchBatch) -> None:
+    theta = list(model.parameters())
+    num_tasks = batch.support_x.shape[0]
+    forward = lambda p, x: conv4_functional(p, x, model.num_blocks)
+    for t in range(num_tasks):
+      if algorithm == 'reptile':
+        phi = [p.detach().requires_grad_() for p in theta]
+        for _ in range(num_inner_steps):
+          loss = F.cross_entropy(
+            forward(phi, batch.support_x[t]), batch.support_y[t]
+          )
+          grads = torch.autograd.grad(loss, phi)
+          phi = [
+            (p - inner_lr * g).detach().requires_grad_()
+            for p, g in zip(phi, grads)
+          ]
+        _accumulate(
+          theta, [th - ph for th, ph in zip(theta, phi)], 1.0 / num_tasks
+        )
+        continue
+      fast = theta
+      for _ in range(num_inner_steps):
+        loss = F.cross_entropy(
+          forward(fast, batch.support_x[t]), batch.support_y[t]
+        )
+        # Without create_graph the inner gradients are constants: first-order
+        # MAML, the query gradient flows back through `p - lr * g` unchanged.
+        grads = torch.autograd.grad(loss, fast, create_graph=second_order)
+        fast = [p - inner_lr * g for p, g in zip(fast, grads)]
+      query_loss = F.cross_entropy(
+        forward(fast, batch.query_x[t]), batch.query_y[t]
+      )
+      (query_loss / num_tasks).backward()
+
+  return meta_grad
+
+
+# ----------------------------------------------------------------------------
+# (b) torch.func: functional_call + grad + vmap over tasks.
+
+
+def make_func_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
+  """torch.func implementation; leaves the mean meta-gradient in `.grad`."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
+  from torch import func as tfunc  # pylint: disable=g-import-not-at-top
+
+  def meta_grad(model: Conv4, batch: TorchBatch) -> None:
+    names = [n for n, _ in model.named_parameters()]
+
+    def loss(params, x, y):
+      return F.cross_entropy(tfunc.functional_call(model, params, (x,)), y)
+
+    def adapt(params, x, y):
+      for _ in range(num_inner_steps):
+        grads = tfunc.grad(loss)(params, x, y)
+        params = {n: params[n] - inner_lr * grads[n] for n in names}
+      return params
+
+    if algorithm == 'maml':
+
+      def task_grad(params, sx, sy, qx, qy):
+        return tfunc.grad(lambda p: loss(adapt(p, sx, sy), qx, qy))(params)
+    elif algorithm == 'fomaml':
+
+      def task_grad(params, sx, sy, qx, qy):
+        return tfunc.grad(loss)(adapt(params, sx, sy), qx, qy)
+    else:  # reptile
+
+      def task_grad(params, sx, sy, qx, qy):
+        phi = adapt(params, sx, sy)
+        return {n: params[n] - phi[n] for n in names}
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    per_task = tfunc.vmap(task_grad, in_dims=(None, 0, 0, 0, 0))(
+      params, *batch
+    )  # every leaf [tasks, ...]
+    for n, p in model.named_parameters():
+      p.grad = per_task[n].mean(dim=0)
+
+  return meta_grad
+
+
+# ----------------------------------------------------------------------------
+# (c) the `higher` library.
+
+
+def make_higher_meta_grad(
+  algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
+  """`higher.innerloop_ctx` implementation; leaves the mean meta-gradient."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
+  import higher  # pylint: disable=g-import-not-at-top
+
+  def meta_grad(model: Conv4, batch: TorchBatch) -> None:
+    theta = list(model.parameters())
+    num_tasks = batch.support_x.shape[0]
+    inner_opt = torch.optim.SGD(theta, lr=inner_lr)
+    for t in range(num_tasks):
+      with higher.innerloop_ctx(
+        model,
+        inner_opt,
+        copy_initial_weights=False,
+        track_higher_grads=(algorithm == 'maml'),
+      ) as (fmodel, diffopt):
+        for _ in range(num_inner_steps):
+          diffopt.step(
+            F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t])
+          )
+        if algorithm == 'reptile':
+          _accumulate(
+            theta,
+            [th - ph for th, ph in zip(theta, fmodel.parameters())],
+            1.0 / num_tasks,
+          )
+          continue
+        query_loss = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t])
+        if algorithm == 'maml':
+          (query_loss / num_tasks).backward()
+        else:
+          # track_higher_grads=False detaches the adapted weights from theta:
+          # first-order MAML is the query gradient at the adapted weights.
+          grads = torch.autograd.grad(query_loss, list(fmodel.parameters()))
+          _accumulate(theta, grads, 1.0 / num_tasks)
+
+  return meta_grad
+
+
+META_GRAD_FACTORIES = {
+  'loop': make_loop_meta_grad,
+  'func': make_func_meta_grad,
+  'higher': make_higher_meta_grad,
+}
+
+
+def make_meta_grad(
+  implementation: str, algorithm: str, inner_lr: float, num_inner_steps: int
+) -> MetaGradFn:
+  """Returns `meta_grad(model, batch)` of one implementation and algorithm."""
+  if implementation not in META_GRAD_FACTORIES:
+    raise ValueError(
+      f'Unknown torch implementation {implementation!r}; '
+      f'choose from {IMPLEMENTATIONS}.'
+    )
+  return META_GRAD_FACTORIES[implementation](
+    algorithm, inner_lr, num_inner_steps
+  )
+
+
+def make_meta_step(
+  meta_grad: MetaGradFn, model: Conv4, optimizer: torch.optim.Optimizer
+) -> Callable[[TorchBatch], None]:
+  """One whole meta-step: zero grads, meta-gradient, outer optimiser step."""
+
+  def step(batch: TorchBatch) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    meta_grad(model, batch)
+    optimizer.step()
+
+  return step

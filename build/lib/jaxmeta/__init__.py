@@ -1,0 +1,54 @@
+"""jaxmeta: gradient-based meta-learning in JAX.
+
+Pure functions for the model, the inner update and the meta-loss, composed
+with `jax.grad`, batched over tasks with `jax.vmap` and compiled with
+`jax.jit`: one MAML meta-step, second-order terms included, is one XLA
+program.
+
+Typical use::
+
+  import jax, optax, jaxmeta
+  model = jaxmeta.conv4(num_classes=5)
+  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
+                         inner_lr=0.4, num_inner_steps=1)
+  optimizer = optax.adam(1e-3)
+  state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
+  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))
+  state, metrics = step(state, tasks)  # tasks: a Task with a [tasks] axis
+"""
+
+from jaxmeta.algorithms import ALGORITHMS
+from jaxmeta.algorithms import BASELINES
+from jaxmeta.algorithms import fomaml
+from jaxmeta.algorithms import inner_loop
+from jaxmeta.algorithms import make_learner
+from jaxmeta.algorithms import maml
+from jaxmeta.algorithms import MetaLearner
+from jaxmeta.algorithms import pretrain
+from jaxmeta.algorithms import REGISTRY as ALGORITHM_REGISTRY
+from jaxmeta.algorithms import reptile
+from jaxmeta.losses import classification_loss
+from jaxmeta.losses import LossFn
+from jaxmeta.losses import regression_loss
+from jaxmeta.models import BACKBONES
+from jaxmeta.models import conv4
+from jaxmeta.models import mlp
+from jaxmeta.models import Model
+from jaxmeta.models import register_backbone
+from jaxmeta.models import resnet12
+from jaxmeta.models import resolve_conv_impl
+from jaxmeta.training import default_task_chunk_size
+from jaxmeta.training import init_train_state
+from jaxmeta.training import make_evaluate
+from jaxmeta.training import make_meta_train_step
+from jaxmeta.training import mean_and_ci95
+from jaxmeta.training import meta_gradient
+from jaxmeta.training import meta_train_step
+from jaxmeta.training import model_key
+from jaxmeta.training import MetaTrainState
+from jaxmeta.types import Array
+from jaxmeta.types import Params
+from jaxmeta.types import PRNGKey
+from jaxmeta.types import Task
+
+__version__ = '0.2.0'

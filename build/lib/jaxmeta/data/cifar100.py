@@ -1,0 +1,242 @@
+"""CIFAR-FS and FC100: few-shot splits of CIFAR-100, as class-major arrays.
+
+Two registered datasets read one TFDS cache of CIFAR-100
+(`jaxmeta.data.cifar100_tfds`), prepared once from `cifar-100-python.tar.gz`:
+
+* `'cifar_fs'`, scheme `'bertinetto'`: CIFAR-FS (Bertinetto et al., ICLR 2019),
+  random fine classes: 64 / 16 / 20 classes.
+* `'fc100'`, scheme `'oreshkin'`: FC100 (Oreshkin et al., NeurIPS 2018), split
+  by superclass so that train and test classes are semantically apart:
+  12 / 4 / 4 superclasses; as in the paper, a class is a fine class of those
+  superclasses, so 60 / 20 / 20 classes.
+
+Both are separate names (not one 'cifar100' dataset with two schemes) because
+they are separate benchmarks in the literature and in configs
+(`dataset='fc100'`); they share the cache, so CIFAR-100 is decoded once.
+
+Every class has 600 images: its 500 of the `train` pickle, then its 100 of the
+`test` pickle, each in pickle order (as both papers, which pool the two).
+Images are uint8 `[32, 32, 3]` RGB, unchanged. Class names are
+`'superclass/class'`, e.g. `'aquatic_mammals/whale'`. Class order: CIFAR-FS
+follows its list file; FC100 follows its superclass list, fine classes
+alphabetically within a superclass.
+
+The split lists are shipped in `jaxmeta/data/splits/cifar100` (from
+github.com/tristandeleu/pytorch-meta, MIT; see the README there).
+
+Where the source is looked for, when the cache is not prepared yet: the
+`source_dir` argument, else `$JAXMETA_CIFAR100_DIR`, else TFDS's manual dir
+(`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
+`$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
+~/tensorflow_datasets). Memory: 100 classes x 600 x 32 x 32 x 3 bytes = 184 MB
+for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxmeta.data import cifar100_tfds
+from jaxmeta.data.cifar100_tfds import Cifar100Error
+from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import register
+from jaxmeta.data.registry import SPLITS
+
+SCHEMES = {'cifar_fs': ('bertinetto',), 'fc100': ('oreshkin',)}
+SPLITS_DIR = Path(__file__).resolve().parent / 'splits' / 'cifar100'
+_LIST_FOLDERS = {'cifar_fs': 'cifar-fs', 'fc100': 'fc100'}
+DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+SOURCE_ENV = cifar100_tfds.SOURCE_ENV
+
+
+@register('cifar_fs')
+def load_cifar_fs(
+  split: str = 'train',
+  scheme: str = 'bertinetto',
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
+  """Loads one split of CIFAR-FS (Bertinetto et al., 2019).
+
+  Args:
+    split: 'train' (64 classes), 'val' (16) or 'test' (20).
+    scheme: 'bertinetto', the only one.
+    data_dir: TFDS data dir of the cache (see the module docstring).
+    source_dir: folder with `cifar-100-python.tar.gz` or `cifar-100-python/`;
+      only read to prepare the cache.
+
+  Returns:
+    `ClassImages`, images uint8 `[classes, 600, 32, 32, 3]`.
+
+  Raises:
+    Cifar100Error (a ValueError): a bad split or scheme, a missing, corrupted
+      or malformed source.
+  """
+  return _load('cifar_fs', split, scheme, data_dir, source_dir)
+
+
+@register('fc100')
+def load_fc100(
+  split: str = 'train',
+  scheme: str = 'oreshkin',
+  *,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
+  """Loads one split of FC100 (Oreshkin et al., 2018).
+
+  Args:
+    split: 'train' (12 superclasses, 60 classes), 'val' (4, 20) or 'test'
+      (4, 20).
+    scheme: 'oreshkin', the only one.
+    data_dir: TFDS data dir of the cache (see the module docstring).
+    source_dir: folder with `cifar-100-python.tar.gz` or `cifar-100-python/`;
+      only read to prepare the cache.
+
+  Returns:
+    `ClassImages`, images uint8 `[classes, 600, 32, 32, 3]`.
+
+  Raises:
+    Cifar100Error (a ValueError): a bad split or scheme, a missing, corrupted
+      or malformed source.
+  """
+  return _load('fc100', split, scheme, data_dir, source_dir)
+
+
+def split_list(dataset: str, split: str) -> list:
+  """The shipped list of one split.
+
+  Returns:
+    CIFAR-FS: `[[coarse, fine], ...]`; FC100: `[coarse, ...]`.
+  """
+  path = SPLITS_DIR / _LIST_FOLDERS[dataset] / f'{split}.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise Cifar100Error(
+      f'Cannot read the {dataset} split list {path}: {e!r}. Fix: reinstall '
+      'jaxmeta or restore jaxmeta/data/splits/cifar100 from the '
+      'repository.'
+    ) from e
+
+
+def _load(
+  dataset: str,
+  split: str,
+  scheme: str,
+  data_dir: str | None,
+  source_dir: str | None,
+) -> ClassImages:
+  if split not in SPLITS:
+    raise Cifar100Error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+  if scheme not in SCHEMES[dataset]:
+    raise Cifar100Error(
+      f'Unknown {dataset} split scheme {scheme!r}. Fix: use one of '
+      f'{SCHEMES[dataset]}.'
+    )
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  images, names = _read_cache(
+    None if data_dir is None else str(data_dir),
+    None if source_dir is None else str(source_dir),
+  )
+  index = {name: i for i, name in enumerate(names)}
+  entries = split_list(dataset, split)
+  if dataset == 'cifar_fs':
+    wanted = [f'{coarse}/{fine}' for coarse, fine in entries]
+  else:
+    by_coarse = {}
+    for name in sorted(names, key=lambda n: n.split('/')[1]):
+      by_coarse.setdefault(name.split('/')[0], []).append(name)
+    wanted = [name for coarse in entries for name in by_coarse.get(coarse, [])]
+    empty = [coarse for coarse in entries if coarse not in by_coarse]
+    if empty:
+      raise Cifar100Error(
+        f'The fc100 {split} list names superclasses that are not in '
+        f'CIFAR-100: {empty}. Fix: restore {SPLITS_DIR} from the repository.'
+      )
+  unknown = [name for name in wanted if name not in index]
+  if unknown:
+    raise Cifar100Error(
+      f'The {dataset} {split} list names classes that are not in CIFAR-100: '
+      f'{unknown[:5]}. Fix: restore {SPLITS_DIR} from the repository.'
+    )
+  return ClassImages(
+    images=images[[index[name] for name in wanted]], class_names=tuple(wanted)
+  )
+
+
+def _source_folder(
+  source_dir: str | None, manual_dir: Path
+) -> tuple[Path, str]:
+  """Where to look for the source, and how it was chosen (for errors)."""
+  if source_dir is not None:
+    return Path(source_dir), 'source_dir'
+  if os.environ.get(SOURCE_ENV):
+    return Path(os.environ[SOURCE_ENV]), f'${SOURCE_ENV}'
+  return manual_dir, 'the TFDS manual dir'
+
+
+@functools.lru_cache(maxsize=2)
+def _read_cache(
+  data_dir: str | None, source_dir: str | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Prepares (if needed) and reads the cache.
+
+  Returns:
+    (uint8 `[100, 600, 32, 32, 3]`, class names 'coarse/fine' in CIFAR fine
+    label order, i.e. alphabetical).
+  """
+  builder = cifar100_tfds.JaxmetaCifar100(
+    data_dir=data_dir, file_format='array_record'
+  )
+  if not builder.is_prepared():
+    manual_dir = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
+    folder, how = _source_folder(source_dir, manual_dir)
+    if cifar100_tfds.locate(folder) is None:
+      raise Cifar100Error(
+        f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
+        f'no {cifar100_tfds.ARCHIVE_NAME} or {cifar100_tfds.FOLDER_NAME}/ in '
+        f'{folder} ({how}). {cifar100_tfds.HOW_TO_GET}'
+      )
+    builder = cifar100_tfds.JaxmetaCifar100(
+      data_dir=data_dir, file_format='array_record', source_dir=folder
+    )
+    builder.download_and_prepare()
+  source = builder.as_data_source()['classes']
+  per_class = cifar100_tfds.EXAMPLES_PER_CLASS
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild the cache.'
+  if len(source) != cifar100_tfds.NUM_FINE:
+    raise Cifar100Error(
+      f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+      f'{len(source)} classes, not {cifar100_tfds.NUM_FINE}. {fix}'
+    )
+  images = np.empty(
+    (cifar100_tfds.NUM_FINE, per_class) + cifar100_tfds.IMAGE_SHAPE, np.uint8
+  )
+  names = []
+  for i in range(len(source)):
+    record = source[i]
+    fine, coarse = (
+      record[k].decode() if isinstance(record[k], bytes) else str(record[k])
+      for k in ('fine_label_name', 'coarse_label_name')
+    )
+    if record['images'].shape != images.shape[1:]:
+      raise Cifar100Error(
+        f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
+        f'{record["images"].shape} images of class {fine!r}, expected '
+        f'{images.shape[1:]}. {fix}'
+      )
+    images[i] = record['images']
+    names.append(f'{coarse}/{fine}')
+  # Records are in TFDS's order; sort by fine name, CIFAR's label order.
+  order = sorted(range(len(names)), key=lambda i: names[i].split('/')[1])
+  class_names = [names[i] for i in order]
+  images = images[order]
+  return images, tuple(class_names)

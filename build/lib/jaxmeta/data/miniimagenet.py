@@ -1,0 +1,204 @@
+"""mini-ImageNet for few-shot classification: class-major image arrays per split.
+
+`load` returns every image of every class of one split as a single uint8 array
+`[classes, 600, S, S, 3]` (S = 84 by default), which
+`jaxmeta.data.episodes.sample_task` samples tasks from on device (or
+`jaxmeta.data.host_episodes.sample_tasks_host` on the host, for devices too
+small to hold a split).
+
+Split scheme `'ravi'` (the only one): the CSVs of Ravi & Larochelle (2017),
+shipped in `jaxmeta/data/splits/miniimagenet/ravi` (MIT, see the README
+there): 64 / 16 / 20 classes of ILSVRC-2012, 600 images each (38,400 / 9,600 /
+12,000 images).
+
+Images are not shipped and cannot be downloaded (ImageNet's terms). The first
+load prepares a TFDS cache from one of (see `jaxmeta.data.miniimagenet_tfds`):
+the extracted ILSVRC-2012 training images (`nXXXXXXXX/nXXXXXXXX_<k>.JPEG`),
+`ILSVRC2012_img_train.tar`, ready-made mini-ImageNet image files named as in
+the CSVs (`images/n0153282900000005.jpg` or `train/n01532829/...`), or the
+`mini-imagenet-cache-{train,val,test}.pkl` pickles. Images are converted to
+RGB and resized whole to SxS with PIL's LANCZOS filter (ready-made files only
+if they are not SxS already); the pickles' images are used as they are
+(84x84). A CSV row
+`n0153282900000005.jpg` is class n01532829's 5th ILSVRC file in numeric order of
+`k` in `n01532829_<k>.JPEG`.
+
+Where the source is looked for, when no cache is prepared: the `source_dir`
+argument, else `$JAXMETA_MINIIMAGENET_DIR`, else TFDS's manual dir
+(`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
+`$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
+~/tensorflow_datasets). The cache is per source family (ILSVRC, ready-made
+images, pickles) and image size; with no source found, an existing cache is
+used, in that order of preference.
+
+Order: classes in the CSV's order (sorted WordNet ids); images of a class in
+the CSV's order (ascending ILSVRC index), or the pickle's `class_dict` order.
+
+Memory: 84x84x3 bytes = 21 KB per image; train 38,400 images = 813 MB, val
+203 MB, test 254 MB as uint8 (4x that as float32). Preparing from ILSVRC
+decodes 60,000 JPEGs once (minutes, single process).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxmeta.data import miniimagenet_tfds
+from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
+from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import register
+from jaxmeta.data.registry import SPLITS
+
+SCHEMES = ('ravi',)
+SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
+DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+
+
+@register('miniimagenet')
+def load(
+  split: str = 'train',
+  scheme: str = 'ravi',
+  *,
+  image_size: int = 84,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
+  """Loads one split of mini-ImageNet as a class-major image array.
+
+  Args:
+    split: 'train' (64 classes), 'val' (16) or 'test' (20).
+    scheme: 'ravi', the only one.
+    image_size: side S of the square images. 84 is the standard; other sizes
+      (e.g. 224 for ResNets as in Chen et al. 2019) need the ILSVRC images.
+    data_dir: TFDS data dir of the cache (see the module docstring).
+    source_dir: folder holding the ILSVRC class folders, the train tar,
+      CSV-named image files or the three pickles (or the tar itself); only
+      read to prepare the cache.
+
+  Returns:
+    `ClassImages` with images uint8 `[classes, 600, S, S, 3]` and WordNet ids
+    as class names.
+
+  Raises:
+    MiniImageNetError (a ValueError): a bad argument; a missing, incomplete,
+      truncated or malformed source (naming the class where one is at fault).
+  """
+  if split not in SPLITS:
+    raise MiniImageNetError(
+      f'Unknown split {split!r}. Fix: use one of {SPLITS}.'
+    )
+  if scheme not in SCHEMES:
+    raise MiniImageNetError(
+      f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
+      f'{SCHEMES}.'
+    )
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or image_size < 1
+  ):
+    raise MiniImageNetError(
+      f'image_size must be a positive int, got {image_size!r}. Fix: pass '
+      'e.g. 84.'
+    )
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  builder = _prepared_builder(data_dir, source_dir, image_size)
+  return _read_split(builder, split)
+
+
+def _builder(data_dir, config, **kwargs):
+  return miniimagenet_tfds.JaxmetaMiniImageNet(
+    data_dir=data_dir, config=config, file_format='array_record', **kwargs
+  )
+
+
+def _prepared_builder(
+  data_dir: str | None, source_dir: str | None, image_size: int
+):
+  """The builder of the cache to read; prepares it from the source if needed."""
+  probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
+  if source_dir is not None:
+    folder, how = Path(source_dir), 'source_dir'
+  elif os.environ.get(SOURCE_ENV):
+    folder, how = Path(os.environ[SOURCE_ENV]), f'${SOURCE_ENV}'
+  else:
+    folder = Path(os.fspath(probe.data_dir_root)) / 'downloads' / 'manual'
+    how = 'the TFDS manual dir'
+  source = miniimagenet_tfds.locate(folder)
+  if source is not None:
+    config_source = miniimagenet_tfds.config_source(source.kind)
+    if (
+      config_source == 'pickles' and image_size != miniimagenet_tfds.PICKLE_SIZE
+    ):
+      raise MiniImageNetError(
+        f'{folder} holds the mini-imagenet-cache pickles, which are '
+        f'{miniimagenet_tfds.PICKLE_SIZE}x{miniimagenet_tfds.PICKLE_SIZE}; '
+        f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
+        f'image_size={miniimagenet_tfds.PICKLE_SIZE} or bring the ILSVRC '
+        'images.'
+      )
+    config = miniimagenet_tfds.config_for(config_source, image_size)
+    builder = _builder(data_dir, config, source_dir=source.path)
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+    return builder
+  candidates = [
+    probe,
+    _builder(data_dir, miniimagenet_tfds.config_for('images', image_size)),
+  ]
+  if image_size == miniimagenet_tfds.PICKLE_SIZE:
+    candidates.append(
+      _builder(data_dir, miniimagenet_tfds.config_for('pickles', image_size))
+    )
+  for builder in candidates:
+    if builder.is_prepared():
+      return builder
+  raise MiniImageNetError(
+    f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
+    f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
+    f'{miniimagenet_tfds.HOW_TO_GET}'
+  )
+
+
+def _read_split(builder, split: str) -> ClassImages:
+  """Reads one split of the cache into `[classes, 600, S, S, 3]`, checked."""
+  classes = miniimagenet_tfds.read_split_list(split)
+  size = builder.builder_config.image_size
+  source = builder.as_data_source()[split]
+  per_class = {len(indices) for indices in classes.values()}
+  fix = (
+    f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
+    'from the source.'
+  )
+  if len(per_class) != 1 or len(source) != len(classes):
+    raise MiniImageNetError(
+      f'The prepared mini-ImageNet cache in {builder.data_dir} has '
+      f'{len(source)} {split} classes, the split list {len(classes)} (with '
+      f'{sorted(per_class)} images each). {fix}'
+    )
+  class_index = {wnid: i for i, wnid in enumerate(classes)}
+  images = np.empty((len(classes), per_class.pop(), size, size, 3), np.uint8)
+  filled = np.zeros(len(classes), bool)
+  for record in range(len(source)):  # One class at a time: no second copy.
+    record = source[record]
+    wnid = record['wnid']
+    wnid = wnid.decode() if isinstance(wnid, bytes) else str(wnid)
+    i = class_index.get(wnid)
+    if i is None or record['images'].shape != images.shape[1:]:
+      raise MiniImageNetError(
+        f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
+        f'{wnid} with images {record["images"].shape}; the {split} split '
+        f'list wants {images.shape[1:]} per class of its classes. {fix}'
+      )
+    images[i] = record['images']
+    filled[i] = True
+  if not filled.all():
+    raise MiniImageNetError(
+      f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
+      f'{list(classes)[int(np.argmin(filled))]}. {fix}'
+    )
+  return ClassImages(images=images, class_names=tuple(classes))

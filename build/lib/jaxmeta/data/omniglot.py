@@ -1,0 +1,423 @@
+"""Omniglot for few-shot classification: class-major image arrays per split.
+
+`load` returns every drawing of every class of one split as a single uint8
+array `[classes, 20, S, S, 1]`, which `jaxmeta.data.episodes.sample_task`
+samples tasks from on device.
+
+Data path: the official zips are found in, in this order, `source_dir`,
+`$JAXMETA_OMNIGLOT_DIR`, a checkout's `data/omniglot` (the copy shipped in the
+repository), the data dir's `downloads/manual`; else they are downloaded from
+github.com/brendenlake/omniglot (see `omniglot_tfds.source_dirs`). They are
+preprocessed once by a TensorFlow-free tensorflow-datasets builder into a TFDS
+data dir (`data_dir`, default `$JAXMETA_DATA_DIR` if set, else TFDS's default,
+`$TFDS_DATA_DIR` or ~/tensorflow_datasets); later loads read that cache.
+
+Images: uint8, strokes 255 and background 0 (inverted, as MAML's reference
+code: strokes are 1.0 after `/ 255`), resized from 105x105 with PIL's BOX
+filter on the float image (see `jaxmeta.data.omniglot_tfds`).
+
+Split schemes (every scheme splits by character; rotations make classes):
+
+* `'vinyals'`: the split lists of Vinyals et al. (2016), shipped with the
+  package in `jaxmeta/data/splits/omniglot/vinyals`: 1,028 train, 172 val
+  (= trainval minus train) and 423 test characters. The lists name every
+  character with its four rotations, so by default every split has rotated
+  classes: 4,112 / 688 / 1,692 classes.
+* `'maml'`: the procedure of Finn et al.'s reference code (cbfinn/maml,
+  `data_generator.py`): all 1,623 characters of both zips, shuffled with seed
+  1, the first 1,100 train, the next 100 val, the remaining 423 test. The
+  reference shuffles `os.listdir` order with `random.seed(1)`, and that order
+  depends on the file system; we shuffle the SORTED `'Alphabet/characterNN'`
+  names with `random.Random(1).shuffle`. Same procedure, reproducible
+  everywhere, but not necessarily the same characters as any one run of the
+  reference. By default rotations for train only: 4,400 / 100 / 423 classes.
+* `'lake'`: the background / evaluation division of Lake et al. (2015): test
+  is the evaluation set (659 characters, 20 alphabets not seen in training);
+  val is 100 background characters (the first 100 of the sorted background
+  names after `random.Random(0).shuffle`); train is the other 864. By
+  default rotations for train only: 3,456 / 100 / 659 classes.
+
+Rotations: `rotDDD` with DDD = 90k is `np.rot90(image, k)` over the (H, W)
+axes, i.e. a counter-clockwise rotation by 90k degrees of the image as
+displayed (row 0 on top); each rotation of a character is its own class.
+
+Order: classes sorted by character name then rotation, except `'vinyals'`,
+which keeps the order of its list files; drawings within a class are ordered by
+drawer 1..20.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from pathlib import Path
+import random
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxmeta.data import omniglot_tfds
+from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.omniglot_tfds import OmniglotError
+from jaxmeta.data.registry import register
+from jaxmeta.data.registry import SPLITS
+
+SPLIT_SCHEMES = ('vinyals', 'maml', 'lake')
+ROTATIONS = (0, 90, 180, 270)
+NUM_DRAWINGS = omniglot_tfds.NUM_DRAWINGS
+DEFAULT_SOURCE_DIR = omniglot_tfds.DEFAULT_SOURCE_DIR
+DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+
+# The Vinyals lists, package data of `jaxmeta.data`.
+_VINYALS_DIR = importlib.resources.files('jaxmeta.data').joinpath(
+  'splits', 'omniglot', 'vinyals'
+)
+
+# The 'maml' scheme: sizes and seed of the reference code.
+_MAML_SEED = 1
+_MAML_NUM_TRAIN = 1100
+_MAML_NUM_VAL = 100
+# The 'lake' scheme: validation characters drawn from the background set.
+_LAKE_SEED = 0
+_LAKE_NUM_VAL = 100
+
+
+@register('omniglot')
+def load(
+  split: str = 'train',
+  scheme: str = 'vinyals',
+  *,
+  image_size: int = 28,
+  rotations: bool | None = None,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+) -> ClassImages:
+  """Loads one split of Omniglot as a class-major image array.
+
+  The first call for a `data_dir` and `image_size` prepares the TFDS cache
+  from the zips (about 10-15 s at 28x28); later calls read the cache, and calls
+  in the same process reuse the decoded arrays.
+
+  Args:
+    split: 'train', 'val' or 'test'.
+    scheme: one of `SPLIT_SCHEMES` (see the module docstring).
+    image_size: side S of the square images (1..105); 28 and 84 are registered
+      builder configs, other sizes work too.
+    rotations: whether every 90-degree rotation of a character is a class of
+      its own. None: the scheme's convention (vinyals: every split; maml and
+      lake: train only). True / False force it.
+    data_dir: TFDS data dir of the prepared cache; default `$JAXMETA_DATA_DIR`
+      if set, else TFDS's default.
+    source_dir: folder holding images_background.zip and
+      images_evaluation.zip (and optionally `splits/vinyals/*.txt`, read
+      instead of the shipped lists), looked at first; then
+      `$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot` and
+      `<data_dir>/downloads/manual`. If none holds the zips they are
+      downloaded from the official URLs. Zips are only read to prepare the
+      cache.
+
+  Returns:
+    `ClassImages` with images uint8 `[classes, 20, S, S, 1]`.
+
+  Raises:
+    OmniglotError (a ValueError): unknown split or scheme, a bad image size,
+      missing, corrupted or badly laid out source files, split lists that
+      share characters (a leak between splits), a data dir that is not a
+      writable folder, a corrupted prepared cache, or the zips absent and no
+      network to download them.
+
+  Example::
+
+    train = load('train', 'vinyals')  # images: [4112, 20, 28, 28, 1]
+  """
+  if split not in SPLITS:
+    raise OmniglotError(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+  if scheme not in SPLIT_SCHEMES:
+    raise OmniglotError(
+      f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.'
+    )
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or not 1 <= image_size <= omniglot_tfds.ORIGINAL_SIZE
+  ):
+    raise OmniglotError(
+      f'image_size must be an int in 1..{omniglot_tfds.ORIGINAL_SIZE} (the '
+      f'original drawings are 105x105), got {image_size!r}. Fix: pass e.g. '
+      '28 or 84.'
+    )
+  if rotations not in (None, True, False):
+    raise OmniglotError(
+      f'rotations must be None, True or False, got {rotations!r}.'
+    )
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  source = Path(source_dir) if source_dir is not None else None
+
+  if scheme == 'vinyals':  # Check the lists before any work on the images.
+    characters = _split_characters(scheme, split, source, None)
+  by_source = _load_characters(
+    None if data_dir is None else str(data_dir),
+    image_size,
+    None if source is None else str(source),
+  )
+  images_by_character = {**by_source['background'], **by_source['evaluation']}
+  if scheme != 'vinyals':
+    characters = _split_characters(
+      scheme,
+      split,
+      source,
+      {s: sorted(by_source[s]) for s in omniglot_tfds.SOURCES},
+    )
+  unknown = [c for c in characters if c not in images_by_character]
+  if unknown:
+    raise OmniglotError(
+      f'The {scheme} {split} split names characters that are not in the '
+      f'Omniglot zips, e.g. {unknown[:3]}. Fix: use the split lists shipped '
+      f'in {_VINYALS_DIR} (remove `splits/vinyals` from `source_dir`, or '
+      'reinstall jaxmeta).'
+    )
+  if rotations is None:
+    rotations = scheme == 'vinyals' or split == 'train'
+  class_rotations = ROTATIONS if rotations else (0,)
+
+  images = np.empty(
+    (
+      len(characters) * len(class_rotations),
+      NUM_DRAWINGS,
+      image_size,
+      image_size,
+      1,
+    ),
+    np.uint8,
+  )
+  class_names = []
+  for i, character in enumerate(characters):
+    drawings = images_by_character[character]  # [20, S, S, 1]
+    for j, degrees in enumerate(class_rotations):
+      images[i * len(class_rotations) + j] = np.rot90(
+        drawings, k=degrees // 90, axes=(1, 2)
+      )
+      class_names.append(f'{character}/rot{degrees:03d}')
+  return ClassImages(images=images, class_names=tuple(class_names))
+
+
+def character_of(class_name: str) -> str:
+  """'Alphabet/characterNN/rotDDD' -> 'Alphabet/characterNN'."""
+  return class_name.rsplit('/', 1)[0]
+
+
+def _split_characters(
+  scheme: str,
+  split: str,
+  source_dir: Path | None,
+  names: dict[str, list[str]] | None,
+) -> list[str]:
+  """The characters ('Alphabet/characterNN') of one split of one scheme.
+
+  Computes all three splits and refuses them if they share characters.
+
+  Args:
+    scheme: one of `SPLIT_SCHEMES`.
+    split: one of `SPLITS`.
+    source_dir: where to look first for the Vinyals lists, or None.
+    names: 'background' / 'evaluation' -> sorted character names of each zip
+      (not used by 'vinyals').
+  """
+  splits = {s: _scheme_split(scheme, s, source_dir, names) for s in SPLITS}
+  check_disjoint(splits, scheme)
+  return splits[split]
+
+
+def check_disjoint(splits: dict[str, list[str]], scheme: str) -> None:
+  """Raises OmniglotError if two splits share a character (a data leak).
+
+  Args:
+    splits: split name -> characters ('Alphabet/characterNN').
+    scheme: the scheme's name, for the message.
+  """
+  names = sorted(splits)
+  for i, first in enumerate(names):
+    for second in names[i + 1 :]:
+      shared = sorted(set(splits[first]) & set(splits[second]))
+      if shared:
+        raise OmniglotError(
+          f'The {scheme} {first} and {second} splits share {len(shared)} '
+          f'characters, e.g. {shared[:3]}: every rotation of a character '
+          'must belong to one split only, or the evaluation sees training '
+          'characters. Fix: remove them from one of the split lists (the '
+          'Vinyals lists shipped in jaxmeta/data/splits/omniglot/vinyals '
+          'are disjoint).'
+        )
+
+
+def _scheme_split(
+  scheme: str,
+  split: str,
+  source_dir: Path | None,
+  names: dict[str, list[str]] | None,
+) -> list[str]:
+  """The characters of one split of one scheme, unchecked."""
+  if scheme == 'vinyals':
+    lists = {
+      name: _read_vinyals_list(name, source_dir)
+      for name in ('train', 'trainval', 'test')
+    }
+    if split == 'val':
+      train = set(lists['train'])
+      return [c for c in lists['trainval'] if c not in train]
+    return lists[split]
+  if scheme == 'maml':
+    shuffled = sorted(names['background'] + names['evaluation'])
+    random.Random(_MAML_SEED).shuffle(shuffled)
+    start, stop = {
+      'train': (0, _MAML_NUM_TRAIN),
+      'val': (_MAML_NUM_TRAIN, _MAML_NUM_TRAIN + _MAML_NUM_VAL),
+      'test': (_MAML_NUM_TRAIN + _MAML_NUM_VAL, None),
+    }[split]
+    return sorted(shuffled[start:stop])
+  # scheme == 'lake'
+  if split == 'test':
+    return sorted(names['evaluation'])
+  shuffled = sorted(names['background'])
+  random.Random(_LAKE_SEED).shuffle(shuffled)
+  val = shuffled[:_LAKE_NUM_VAL]
+  if split == 'val':
+    return sorted(val)
+  return sorted(set(names['background']) - set(val))
+
+
+def _read_vinyals_list(name: str, source_dir: Path | None) -> list[str]:
+  """Characters of one Vinyals list file, in file order, each once.
+
+  Read from `source_dir/splits/vinyals` if there, else from the lists shipped
+  with the package.
+  """
+  candidates = [_VINYALS_DIR.joinpath(f'{name}.txt')]
+  if source_dir is not None:
+    candidates.insert(0, source_dir / 'splits' / 'vinyals' / f'{name}.txt')
+  path = next((p for p in candidates if p.is_file()), None)
+  if path is None:
+    raise OmniglotError(
+      f'Missing the Vinyals split list {name}.txt (looked for '
+      f'{[str(p) for p in candidates]}). Fix: reinstall jaxmeta, or '
+      'restore jaxmeta/data/splits/omniglot/vinyals in the checkout.'
+    )
+  characters = {}
+  for line_number, line in enumerate(
+    path.read_text(encoding='utf-8').splitlines(), 1
+  ):
+    line = line.strip()
+    if not line:
+      continue
+    parts = line.split('/')
+    if len(parts) != 3 or parts[2] not in {f'rot{r:03d}' for r in ROTATIONS}:
+      raise OmniglotError(
+        f'{path}:{line_number}: expected "Alphabet/characterNN/rotDDD" with '
+        f'DDD in 000, 090, 180, 270, got {line!r}. Fix: restore the file '
+        'from the repository.'
+      )
+    characters['/'.join(parts[:2])] = None  # Ordered set.
+  return list(characters)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_characters(
+  data_dir: str | None, image_size: int, source_dir: str
+) -> dict[str, dict[str, np.ndarray]]:
+  """Prepares (if needed) and reads the TFDS cache.
+
+  Returns:
+    'background' / 'evaluation' -> {'Alphabet/characterNN' -> uint8
+    `[20, S, S, 1]`, drawers in order}.
+
+  Raises:
+    OmniglotError: besides the source files' errors, a `data_dir` that is not
+      a writable folder, or a prepared cache that cannot be read (truncated,
+      corrupted): the message names the folder to delete.
+  """
+  root = Path(
+    data_dir
+    if data_dir is not None
+    else os.path.expanduser(tfds.core.constants.DATA_DIR)
+  )
+  existing = root
+  while not existing.exists() and existing.parent != existing:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise OmniglotError(
+      f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
+      f'pass `data_dir=` (or set ${DATA_DIR_ENV}) to a folder, or remove '
+      'that file.'
+    )
+  config = omniglot_tfds.config_for_size(image_size)
+  cache_dir = (
+    root
+    / omniglot_tfds.JaxmetaOmniglot.name
+    / config.name
+    / str(omniglot_tfds.JaxmetaOmniglot.VERSION)
+  )
+
+  def corrupted(e: Exception) -> OmniglotError:
+    return OmniglotError(
+      f'The prepared Omniglot cache in {cache_dir} cannot be read '
+      f'(truncated or corrupted?): {type(e).__name__}: '
+      f'{str(e).rstrip(".")}. Fix: delete '
+      'that folder and load again to rebuild it from the zips.'
+    )
+
+  try:
+    builder = omniglot_tfds.JaxmetaOmniglot(
+      data_dir=data_dir,
+      config=config,
+      file_format='array_record',
+      source_dir=source_dir,
+    )
+    prepared = builder.is_prepared()
+  except OmniglotError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise corrupted(e) from e
+  if not prepared:
+    if not os.access(existing, os.W_OK):
+      raise OmniglotError(
+        f'Cannot write the Omniglot cache into the data dir {root}: '
+        f'{existing} is read-only. Fix: pass `data_dir=` (or set '
+        f'${DATA_DIR_ENV}) to a writable folder.'
+      )
+    try:
+      builder.download_and_prepare()
+    except OSError as e:
+      raise OmniglotError(
+        f'Cannot write the Omniglot cache into the data dir {root}: {e}. '
+        f'Fix: pass `data_dir=` (or set ${DATA_DIR_ENV}) to a writable '
+        'folder.'
+      ) from e
+  by_source = {}
+  for source in omniglot_tfds.SOURCES:
+    try:
+      columns = omniglot_tfds.read_all(builder.as_data_source()[source])
+    except OmniglotError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise corrupted(e) from e
+    order = np.lexsort((columns['drawer'], columns['character_name']))
+    names = columns['character_name'][order]
+    images = columns['image'][order].reshape(
+      -1, NUM_DRAWINGS, image_size, image_size, 1
+    )
+    drawers = columns['drawer'][order].reshape(-1, NUM_DRAWINGS)
+    names = names.reshape(-1, NUM_DRAWINGS)
+    if (
+      len(names) != omniglot_tfds.NUM_CHARACTERS[source]
+      or (names != names[:, :1]).any()
+      or (drawers != np.arange(1, NUM_DRAWINGS + 1)).any()
+    ):
+      raise OmniglotError(
+        f'The prepared Omniglot cache in {builder.data_dir} does not hold the '
+        f'expected characters and drawers of the {source} set. Fix: delete '
+        'that folder and load again to rebuild it.'
+      )
+    by_source[source] = dict(zip(names[:, 0].tolist(), images))
+  return by_source

@@ -1,0 +1,500 @@
+"""A TensorFlow-free tensorflow-datasets builder for Omniglot (private).
+
+Users call `jaxmeta.data.omniglot.load`; this module holds what it needs to
+prepare the TFDS cache from the official zips.
+
+Everything here runs without TensorFlow: images are stored as
+`tfds.features.Tensor(uint8)` (not `tfds.features.Image`, which imports TF),
+strings as `tfds.features.Text`, the file format is `array_record` and data is
+read back with `builder.as_data_source()`.
+
+Preprocessing, done once at preparation time (per builder config = image size):
+
+1. Decode the 105x105 1-bit PNG; strokes are black (0), background white (1).
+2. Invert to a float32 image with strokes = 1.0 and background = 0.0, the
+   convention of MAML's reference code (`1.0 - image / 255`).
+3. Resize 105x105 -> SxS with PIL's `BOX` filter on the float image
+   (`Image.fromarray(x, mode='F').resize((S, S), Image.Resampling.BOX)`): each
+   output pixel is the mean of the input pixels whose centres fall inside its
+   footprint, i.e. antialiased, non-negative, no ringing and nothing to clip.
+   (MAML's reference resizes the 1-bit image with `resample=LANCZOS`, which
+   PIL silently replaces by NEAREST for mode '1' images: no antialiasing.)
+4. Quantise: `uint8(round(255 * x))`, shape `[S, S, 1]`, strokes = 255.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from pathlib import Path
+import re
+import socket
+from typing import Mapping, NamedTuple
+import urllib.parse
+import zipfile
+import zlib
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from jaxmeta.data import registry
+
+# The project's shipped copy of the Omniglot source files (see its README.md):
+# `data/omniglot` of a checkout; None where that folder does not exist (an
+# installed package, whose parents are site-packages).
+_CHECKOUT_SOURCE_DIR = Path(__file__).resolve().parents[2] / 'data' / 'omniglot'
+DEFAULT_SOURCE_DIR = (
+  _CHECKOUT_SOURCE_DIR if _CHECKOUT_SOURCE_DIR.is_dir() else None
+)
+# Environment variable naming a folder that holds the two zips.
+SOURCE_DIR_ENV = 'JAXMETA_OMNIGLOT_DIR'
+# Seconds to wait for the download host before declaring the network absent.
+PROBE_TIMEOUT_S = 3.0
+
+# TFDS split name -> official zip file name.
+SOURCES = ('background', 'evaluation')
+ZIP_NAMES = {
+  'background': 'images_background.zip',
+  'evaluation': 'images_evaluation.zip',
+}
+# The official download locations. Their sha256 (those tensorflow-datasets
+# registers for the original files) are in `checksums.tsv` next to this file.
+URLS = {
+  'background': 'https://github.com/brendenlake/omniglot/raw/master/python/'
+  'images_background.zip',
+  'evaluation': 'https://github.com/brendenlake/omniglot/raw/master/python/'
+  'images_evaluation.zip',
+}
+# Characters in each zip; every character has exactly `NUM_DRAWINGS` drawers.
+NUM_CHARACTERS = {'background': 964, 'evaluation': 659}
+NUM_DRAWINGS = 20
+ORIGINAL_SIZE = 105
+
+_MEMBER_RE = re.compile(
+  r'^images_(?P<source>background|evaluation)/(?P<alphabet>[^/]+)/'
+  r'character(?P<character>\d{2})/(?P<id>\d{4})_(?P<drawer>\d{2})\.png$'
+)
+_LAYOUT = (
+  'images_<background|evaluation>/<Alphabet>/characterNN/<ID>_<drawer>.png'
+)
+
+
+class OmniglotError(registry.DataError):
+  """Omniglot data is missing, corrupted, badly laid out or asked for wrongly.
+
+  The message always names the problem and how to fix it.
+  """
+
+
+class Drawing(NamedTuple):
+  """Where one drawing lives in a zip, and what it is."""
+
+  member: str  # Path inside the zip.
+  alphabet: str
+  character: int  # NN of `characterNN`, 1-based within its alphabet.
+  character_id: int  # Global character number, 1..1623.
+  drawer: int  # 1..20.
+
+
+def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
+  """Decodes, inverts, resizes and quantises one Omniglot PNG.
+
+  Args:
+    png_bytes: the content of one 105x105 Omniglot PNG.
+    image_size: side `S` of the output.
+
+  Returns:
+    uint8 `[S, S, 1]`, strokes 255 and background 0 (see the module docstring).
+  """
+  with Image.open(io.BytesIO(png_bytes)) as image:
+    gray = np.asarray(image.convert('L'), dtype=np.float32)  # [105, 105]
+  if gray.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+    raise OmniglotError(
+      f'Expected a {ORIGINAL_SIZE}x{ORIGINAL_SIZE} Omniglot PNG, got shape '
+      f'{gray.shape}. Fix: use the official Omniglot zips.'
+    )
+  strokes = 1.0 - gray / 255.0  # float32 [105, 105], strokes = 1.
+  if image_size != ORIGINAL_SIZE:
+    strokes = np.asarray(
+      Image.fromarray(strokes, mode='F').resize(
+        (image_size, image_size), Image.Resampling.BOX
+      )
+    )
+  quantised = np.clip(np.round(strokes * 255.0), 0, 255).astype(np.uint8)
+  return quantised[:, :, None]
+
+
+def _sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _check_sha256sums(source_dir: Path, path: Path) -> None:
+  """Checks `path` against `source_dir/SHA256SUMS` if that file lists it."""
+  sums_file = source_dir / 'SHA256SUMS'
+  if not sums_file.is_file():
+    return
+  for line in sums_file.read_text().splitlines():
+    parts = line.split()
+    if len(parts) == 2 and parts[1].lstrip('*') == path.name:
+      actual = _sha256(path)
+      if actual != parts[0]:
+        raise OmniglotError(
+          f'{path} is corrupted or replaced: its sha256 is {actual}, but '
+          f'{sums_file} says {parts[0]}. Fix: restore the original file '
+          '(e.g. `git checkout data/omniglot`), or remove its line from '
+          'SHA256SUMS if you replaced it on purpose.'
+        )
+      return
+
+
+def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
+  """Checks an Omniglot zip's integrity and layout, and indexes its drawings.
+
+  Checks that the zip is readable (not truncated), that every member's CRC is
+  right, that every PNG follows the official layout and that the expected
+  number of characters, each with drawers 1..20, is there.
+
+  Args:
+    path: the zip file.
+    source: 'background' or 'evaluation'.
+
+  Returns:
+    The drawings, sorted by (alphabet, character, drawer).
+
+  Raises:
+    OmniglotError: naming the problem and the fix.
+  """
+  path = Path(path)
+  shipped = (
+    f", or by the project's shipped copy in {DEFAULT_SOURCE_DIR}"
+    if DEFAULT_SOURCE_DIR is not None
+    else ''
+  )
+  fix = (
+    f'Fix: replace it by an intact copy of the official {ZIP_NAMES[source]}'
+    f' ({URLS[source]}){shipped}.'
+  )
+  try:
+    with zipfile.ZipFile(path) as archive:
+      bad_member = archive.testzip()  # Reads every member, checks its CRC.
+      names = archive.namelist()
+  except (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+  ) as e:
+    raise OmniglotError(
+      f'{path} is not a readable zip file (truncated or corrupted?): {e}. {fix}'
+    ) from e
+  if bad_member is not None:
+    raise OmniglotError(
+      f'{path} is corrupted: member {bad_member!r} fails its CRC check. {fix}'
+    )
+
+  drawings = []
+  for name in names:
+    basename = name.rstrip('/').rsplit('/', 1)[-1]
+    if (
+      name.endswith('/')
+      or name.startswith('__MACOSX/')
+      or basename.startswith('.')
+    ):
+      continue  # Folders and OS metadata.
+    match = _MEMBER_RE.match(name)
+    if match is None or match['source'] != source:
+      raise OmniglotError(
+        f'Unexpected file {name!r} in {path}: every file of '
+        f'{ZIP_NAMES[source]} must be laid out as '
+        f'{_LAYOUT.replace("<background|evaluation>", source)}. {fix}'
+      )
+    drawings.append(
+      Drawing(
+        member=name,
+        alphabet=match['alphabet'],
+        character=int(match['character']),
+        character_id=int(match['id']),
+        drawer=int(match['drawer']),
+      )
+    )
+
+  by_character = {}
+  for drawing in drawings:
+    by_character.setdefault((drawing.alphabet, drawing.character), []).append(
+      drawing
+    )
+  if len(by_character) != NUM_CHARACTERS[source]:
+    raise OmniglotError(
+      f'{path} holds {len(by_character)} characters laid out as {_LAYOUT}; '
+      f'the official {ZIP_NAMES[source]} has {NUM_CHARACTERS[source]}. {fix}'
+    )
+  for (alphabet, character), group in by_character.items():
+    drawers = sorted(d.drawer for d in group)
+    ids = {d.character_id for d in group}
+    if drawers != list(range(1, NUM_DRAWINGS + 1)) or len(ids) != 1:
+      raise OmniglotError(
+        f'{path}: {alphabet}/character{character:02d} should hold drawers '
+        f'01..{NUM_DRAWINGS} of one character ID, found drawers {drawers} '
+        f'and IDs {sorted(ids)}. {fix}'
+      )
+  return sorted(drawings, key=lambda d: (d.alphabet, d.character, d.drawer))
+
+
+def locate_zips(source_dir: Path) -> dict[str, Path] | None:
+  """Finds both zips in `source_dir`; None if neither is there.
+
+  Raises:
+    OmniglotError: if only one of them is there, or the folder holds
+      extracted folders instead of zips.
+  """
+  paths = {s: source_dir / ZIP_NAMES[s] for s in SOURCES}
+  present = {s: p.is_file() for s, p in paths.items()}
+  if all(present.values()):
+    return paths
+  if any(present.values()):
+    missing = [str(paths[s]) for s in SOURCES if not present[s]]
+    raise OmniglotError(
+      f'Missing Omniglot zip(s) {missing} next to the other one in '
+      f'{source_dir}. Fix: copy both images_background.zip and '
+      'images_evaluation.zip there, or point `source_dir` at a folder with '
+      'both.'
+    )
+  extracted = [s for s in SOURCES if (source_dir / f'images_{s}').is_dir()]
+  if extracted:
+    raise OmniglotError(
+      f'{source_dir} holds extracted folders {extracted} but no zips; the '
+      'builder reads the official zips. Fix: put images_background.zip and '
+      'images_evaluation.zip in that folder (or zip the folders in the '
+      f'official layout {_LAYOUT}).'
+    )
+  return None
+
+
+def source_dirs(
+  source_dir: os.PathLike | str | None, manual_dir: os.PathLike | str | None
+) -> list[tuple[str, Path]]:
+  """Where to look for the two zips, in order, each with how it was chosen.
+
+  1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
+  checkout's `data/omniglot`, if it exists; 4. TFDS's manual dir,
+  `<data_dir>/downloads/manual`. Only then are the zips downloaded.
+
+  Args:
+    source_dir: the folder the caller named, or None.
+    manual_dir: TFDS's manual download folder of the data dir, or None.
+
+  Returns:
+    `(description, folder)` pairs.
+  """
+  candidates = []
+  if source_dir is not None:
+    candidates.append(('source_dir', Path(source_dir)))
+  if os.environ.get(SOURCE_DIR_ENV):
+    candidates.append((f'${SOURCE_DIR_ENV}', Path(os.environ[SOURCE_DIR_ENV])))
+  if DEFAULT_SOURCE_DIR is not None:
+    candidates.append(("the checkout's data/omniglot", DEFAULT_SOURCE_DIR))
+  if manual_dir is not None:
+    candidates.append(('TFDS manual dir', Path(manual_dir)))
+  return candidates
+
+
+def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+  """Whether a TCP connection to `url`'s host and port opens within `timeout`.
+
+  One attempt, no retries: tells a machine without network in seconds,
+  where TFDS's download retries would take minutes to give up.
+  """
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    with socket.create_connection((parts.hostname, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+@dataclasses.dataclass
+class OmniglotConfig(tfds.core.BuilderConfig):
+  """Builder config: images resized to `image_size` x `image_size`."""
+
+  image_size: int = 28
+
+
+def config_for_size(image_size: int) -> OmniglotConfig:
+  """The (registered or ad-hoc) builder config for one image size."""
+  for config in JaxmetaOmniglot.BUILDER_CONFIGS:
+    if config.image_size == image_size:
+      return config
+  return OmniglotConfig(
+    name=f'size{image_size}',
+    image_size=image_size,
+    description=f'Images resized to {image_size}x{image_size}.',
+  )
+
+
+class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
+  """Omniglot, preprocessed for few-shot learning, without TensorFlow."""
+
+  # Bump when the preprocessing or the features change: caches are per version.
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+    OmniglotConfig(
+      name='size28',
+      image_size=28,
+      description='Images resized to 28x28 (MAML, ProtoNets).',
+    ),
+    OmniglotConfig(
+      name='size84', image_size=84, description='Images resized to 84x84.'
+    ),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = 'size28'
+  # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
+  # `code_path` needs the `importlib_resources` backport for builders outside
+  # tensorflow_datasets; this file is the answer anyway.
+  code_path = epath.Path(__file__)
+
+  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
+    """Builder reading the official zips.
+
+    Args:
+      source_dir: folder holding images_background.zip and
+        images_evaluation.zip, looked at first; then the folders of
+        `source_dirs` (`$JAXMETA_OMNIGLOT_DIR`, the checkout's
+        `data/omniglot`, `<data_dir>/downloads/manual`). If none holds the
+        zips, they are downloaded from the official URLs (checked against the
+        sha256 in `checksums.tsv`), after a quick check that the download host
+        can be reached.
+      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
+    """
+    self._source_dir = None if source_dir is None else Path(source_dir)
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=(
+        f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, '
+        'strokes 255 and background 0 (inverted), resized from 105x105 '
+        'with PIL BOX on the float image.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+          'alphabet': tfds.features.Text(),
+          'character': np.int64,  # NN of characterNN, 1-based.
+          'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
+          'character_id': np.int64,  # Global ID, 1..1623.
+          'drawer': np.int64,  # 1..20.
+          'source': tfds.features.Text(),  # 'background' | 'evaluation'.
+        }
+      ),
+      homepage='https://github.com/brendenlake/omniglot',
+      citation=(
+        '@article{lake2015human, title={Human-level concept learning '
+        'through probabilistic program induction}, author={Lake, Brenden '
+        'M and Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, '
+        'journal={Science}, volume={350}, number={6266}, '
+        'pages={1332--1338}, year={2015}}'
+      ),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    candidates = source_dirs(
+      self._source_dir,
+      Path(os.fspath(self.data_dir_root)) / 'downloads' / 'manual',
+    )
+    zips = None
+    for _, folder in candidates:
+      zips = locate_zips(folder)
+      if zips is not None:
+        for path in zips.values():
+          _check_sha256sums(folder, path)
+        break
+    if zips is None:
+      zips = self._download(dl_manager, candidates)
+    # Scan (integrity and layout) both zips before writing anything.
+    indices = {s: scan_zip(zips[s], s) for s in SOURCES}
+    return {
+      s: self._generate_examples(
+        zip_path=zips[s], source=s, drawings=indices[s]
+      )
+      for s in SOURCES
+    }
+
+  def _download(
+    self,
+    dl_manager: tfds.download.DownloadManager,
+    candidates: list[tuple[str, Path]],
+  ) -> dict[str, Path]:
+    """Downloads the zips, failing in seconds when offline."""
+    looked = '; '.join(f'{how}: {folder}' for how, folder in candidates)
+    fix = (
+      'Fix: put images_background.zip and images_evaluation.zip in one '
+      f'of these folders, in this order of precedence: `source_dir=`, '
+      f"${SOURCE_DIR_ENV}, the checkout's data/omniglot, "
+      '<data_dir>/downloads/manual.'
+    )
+    if not can_reach(URLS['background']):
+      raise OmniglotError(
+        f'The Omniglot zips are in none of the places looked in ({looked}) '
+        f'and {urllib.parse.urlsplit(URLS["background"]).netloc} cannot be '
+        f'reached (no network?) to download them. {fix}'
+      )
+    try:
+      downloaded = dl_manager.download(URLS)
+    except Exception as e:  # pylint: disable=broad-except
+      raise OmniglotError(
+        f'The Omniglot zips are in none of the places looked in ({looked}) '
+        f'and downloading them from {list(URLS.values())} failed: {e!r}. '
+        f'{fix}'
+      ) from e
+    return {s: Path(os.fspath(p)) for s, p in downloaded.items()}
+
+  def _generate_examples(
+    self, zip_path: Path, source: str, drawings: list[Drawing]
+  ):
+    size = self.builder_config.image_size
+    with zipfile.ZipFile(zip_path) as archive:
+      for d in drawings:
+        try:
+          image = preprocess(archive.read(d.member), size)
+        except (OSError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
+          raise OmniglotError(
+            f'Cannot decode {d.member!r} in {zip_path}: {e}. Fix: replace '
+            'the zip by an intact copy of the official one.'
+          ) from e
+        yield (
+          d.member,
+          {
+            'image': image,
+            'alphabet': d.alphabet,
+            'character': d.character,
+            'character_name': f'{d.alphabet}/character{d.character:02d}',
+            'character_id': d.character_id,
+            'drawer': d.drawer,
+            'source': source,
+          },
+        )
+
+
+def read_all(data_source) -> Mapping[str, np.ndarray]:
+  """Reads a whole TFDS data source into column arrays."""
+  records = data_source.__getitems__(range(len(data_source)))
+  columns = {}
+  for key in records[0]:
+    values = [r[key] for r in records]
+    if isinstance(values[0], bytes):
+      values = [v.decode('utf-8') for v in values]
+    columns[key] = np.stack(values) if key == 'image' else np.asarray(values)
+  return columns

@@ -1,0 +1,75 @@
+"""The dataset registry: a name -> a loader of class-major image arrays.
+
+A few-shot image dataset is, to the rest of jaxmeta, one function:
+`load(split, *, data_dir=None, source_dir=None, **options) -> ClassImages`,
+returning every example of every class of one split as a single uint8 array
+`[classes, examples, H, W, C]`. The on-device episodic sampler
+(`jaxmeta.data.episodes`) and the experiment harness know nothing else about
+a dataset, so adding one is a module with such a loader and a `register`
+line.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Protocol
+
+import numpy as np
+
+SPLITS = ('train', 'val', 'test')
+
+
+class DataError(ValueError):
+  """Missing, malformed or unusable data; the message names the fix.
+
+  Every dataset's own error type derives from it, so that a program can
+  report any of them as one line.
+  """
+
+
+class ClassImages(NamedTuple):
+  """Every example of every class of one split.
+
+  Attributes:
+    images: uint8 `[classes, examples, H, W, C]`, class-major; the examples
+      of a class in a fixed, documented order.
+    class_names: one name per class, e.g. `'Angelic/character01/rot090'` for
+      Omniglot or a WordNet id `'n01532829'` for mini-ImageNet.
+  """
+
+  images: np.ndarray
+  class_names: tuple[str, ...]
+
+
+class Loader(Protocol):
+  def __call__(
+    self,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    source_dir: str | None = None,
+    **options,
+  ) -> ClassImages: ...
+
+
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+  """Decorator: `@register('omniglot')` adds a loader to `DATASETS`."""
+
+  def add(loader: Loader) -> Loader:
+    if name in DATASETS and DATASETS[name] is not loader:
+      raise ValueError(f'Dataset {name!r} is already registered.')
+    DATASETS[name] = loader
+    return loader
+
+  return add
+
+
+def load(name: str, split: str, **kwargs) -> ClassImages:
+  """Loads `split` of the registered dataset `name` (see `register`)."""
+  if name not in DATASETS:
+    raise ValueError(
+      f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.'
+    )
+  return DATASETS[name](split, **kwargs)

@@ -1,0 +1,295 @@
+"""Layers shared by the backbones: convolutions, batch norm, pooling.
+
+Pure functions of arrays; every backbone of `jaxmeta.models` composes them.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.types import Array, Params, PRNGKey
+
+CONV_IMPLS = ('auto', 'xla', 'patches', 'patches_cf', 'patches_cf_2pass')
+
+
+def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
+  w = jax.nn.initializers.glorot_uniform()(key, (fan_in, fan_out), jnp.float32)
+  return {'w': w, 'b': jnp.zeros((fan_out,), jnp.float32)}
+
+
+def resolve_conv_impl(conv_impl: str = 'auto') -> str:
+  """Returns the convolution implementation to use on the default backend.
+
+  Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4
+  (`benchmarks/cpu`): on a 2-core CPU, XLA's native convolution is the
+  slowest by far (its gradients and the second-order terms run as slow
+  generic convolutions: 4.1 s per step at meta-batch 4), NHWC patches take
+  410 ms and channels-first patches 335 ms. On an H200 (jax 0.11.2, TF32
+  matmuls, meta-batch 32, the three timed interleaved in one process):
+  channels-first patches 9.4 ms, NHWC patches 11.3 ms, XLA's convolution
+  18.5 ms (vmapped per-task weights become grouped cuDNN convolutions that
+  run as generic, FFT and layout-transposing kernels). Building the nine
+  shifted copies in two passes ('patches_cf_2pass': three column shifts,
+  then three row shifts of those) took the CPU step from 432 to 360 ms
+  (medians, interleaved; after the max-pool change); on an H200 it is
+  slower, 10.0 against 8.6 ms for 'patches_cf' (interleaved, this release's
+  model). So 'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs. TPUs
+  run native convolutions on the MXU, so 'xla' there. All compute the same
+  function (tested).
+
+  Args:
+    conv_impl: one of `CONV_IMPLS`.
+
+  Returns:
+    'xla', 'patches', 'patches_cf' or 'patches_cf_2pass'.
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(
+      f'Unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}.'
+    )
+  if conv_impl != 'auto':
+    return conv_impl
+  backend = jax.default_backend()
+  if backend == 'tpu':
+    return 'xla'
+  if backend == 'cpu':
+    return 'patches_cf_2pass'
+  return 'patches_cf'
+
+
+def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
+  """3x3 convolution, stride 1, 'SAME' padding, NHWC.
+
+  Args:
+    x: `[batch, height, width, in_channels]`.
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO).
+    impl: 'xla' (lax.conv_general_dilated) or 'patches' (the nine shifted
+      copies of the padded input concatenated on channels, then one matmul).
+
+  Returns:
+    `[batch, height, width, out_channels]`.
+  """
+  if impl == 'xla':
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(1, 1),
+      padding='SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
+  if impl != 'patches':
+    raise ValueError(f'Unknown conv impl {impl!r}.')
+  kh, kw, c_in, c_out = kernel.shape
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  # Channel order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
+  patches = jnp.concatenate(
+    [xp[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)],
+    axis=-1,
+  )  # [batch, h, w, kh * kw * c_in]
+  return patches @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+def conv2d_3x3_same_cf(
+  x: Array, kernel: Array, two_pass: bool = False
+) -> Array:
+  """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
+
+  The nine shifted copies of the padded input are stacked on the leading
+  (channel) axis, and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
+  rest. With channels leading, building the copies moves whole contiguous
+  rows, and every matmul of the backward pass (filter gradient: contraction
+  over the minor `B H W` axis of both operands) needs no transposed copy;
+  XLA:CPU runs this layout 1.2x faster than NHWC patches (see
+  `resolve_conv_impl`).
+
+  With `two_pass`, the copies are built in two passes: the three column
+  shifts of the padded input, `[3 c_in, B, H + 2, W]`, then the three row
+  shifts of that. Same patches, same matmul; but the derivative of the copy
+  (the sum of nine shifted gradients, col2im) becomes two sums of three,
+  which XLA:CPU runs much faster than one nine-input fusion of pads.
+
+  Args:
+    x: `[in_channels, batch, height, width]`.
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
+    two_pass: build the shifted copies in two passes (see above).
+
+  Returns:
+    `[out_channels, batch, height, width]`.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  _, b, h, w = x.shape
+  xp = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
+  # Row order (i, j, c) matches kernel.reshape(kh * kw * c_in, c_out).
+  if two_pass:
+    columns = jnp.concatenate(
+      [xp[:, :, :, j : j + w] for j in range(kw)], axis=0
+    )  # [kw * c_in, batch, h + 2, w]
+    patches = jnp.concatenate(
+      [columns[:, :, i : i + h, :] for i in range(kh)], axis=0
+    )  # [kh * kw * c_in, batch, h, w]
+  else:
+    patches = jnp.concatenate(
+      [xp[:, :, i : i + h, j : j + w] for i in range(kh) for j in range(kw)],
+      axis=0,
+    )  # [kh * kw * c_in, batch, h, w]
+  out = kernel.reshape(kh * kw * c_in, c_out).T @ patches.reshape(
+    kh * kw * c_in, b * h * w
+  )
+  return out.reshape(c_out, b, h, w)
+
+
+def batch_norm(
+  x: Array,
+  scale: Array,
+  offset: Array,
+  eps: float = 1e-5,
+  channel_axis: int = -1,
+) -> Array:
+  """Normalises with the statistics of the batch `x` itself.
+
+  Two-pass statistics: the mean, then the mean square of `x - mean`. The
+  centred input is computed once and serves the variance and the output,
+  so that the derivative reduces over it twice and keeps no other
+  activation-sized residual (`jnp.var` computed the mean again and made the
+  CPU MAML step 1.06-1.13x slower).
+
+  Args:
+    x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
+      (`channel_axis=0`).
+    scale: `[C]`.
+    offset: `[C]`.
+    eps: added to the variance.
+    channel_axis: the axis of `x` that holds the channels.
+
+  Returns:
+    `x` normalised per channel over every other axis, then scaled and offset.
+  """
+  channel_axis = channel_axis % x.ndim
+  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  centred = x - mean
+  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+  return centred * (
+    jax.lax.rsqrt(var + eps) * scale.reshape(shape)
+  ) + offset.reshape(shape)
+
+
+def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
+  """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
+
+  The four sub-grids of each 2x2 window come from a reshape that splits each
+  spatial axis into (size // 2, 2) (contiguous slices, unlike strided ones),
+  and are reduced pairwise by selection: `where(a >= b or a is NaN, a, b)`.
+  On a tie the earlier element of the window (row-major) wins and receives
+  the whole gradient, and a NaN anywhere in the window is the result, both
+  as in PyTorch's `max_pool2d`. Why not the alternatives:
+  `jnp.max` over the window divides by the number of elements equal to the
+  maximum in its derivative, and in MAML's second-order pass XLA may
+  recompute the window in a fusion that rounds differently, find no equal
+  element and return 0/0 = NaN (seen in float64 on Conv-4); `jnp.maximum`
+  splits a tie's gradient in halves, through compare/select/divide chains
+  that made the pool's backward pass the costliest elementwise fusion of the
+  CPU MAML step. A selection differentiates to the same selection at every
+  order, with no division. Ties are common: binary Omniglot strokes give
+  identical patches, hence identical activations.
+
+  Args:
+    x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
+      NHWC, (2, 3) for `[C, B, H, W]`.
+    spatial_axes: the (height, width) axes, adjacent.
+
+  Returns:
+    `x` with both spatial sizes halved (floored).
+  """
+  ah, aw = spatial_axes
+  if aw != ah + 1:
+    raise ValueError(f'spatial_axes must be adjacent, got {spatial_axes}.')
+  h2, w2 = x.shape[ah] // 2, x.shape[aw] // 2
+  x = jax.lax.slice_in_dim(x, 0, 2 * h2, axis=ah)
+  x = jax.lax.slice_in_dim(x, 0, 2 * w2, axis=aw)
+  x = x.reshape(x.shape[:ah] + (h2, 2, w2, 2) + x.shape[aw + 1 :])
+  pick = lambda i, j: jax.lax.index_in_dim(
+    jax.lax.index_in_dim(x, j, axis=ah + 3, keepdims=False),
+    i,
+    axis=ah + 1,
+    keepdims=False,
+  )
+  first_max = lambda a, b: jax.lax.select((a >= b) | jnp.isnan(a), a, b)
+  return first_max(
+    first_max(pick(0, 0), pick(0, 1)), first_max(pick(1, 0), pick(1, 1))
+  )
+
+
+def dropblock(
+  x: Array,
+  key: PRNGKey,
+  drop_rate: float,
+  block_size: int,
+  channels_first: bool = False,
+) -> Array:
+  """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
+
+  Every channel of every example gets its own mask (Algorithm 1 of the
+  paper, the per-channel variant it reports as better, and what MetaOptNet
+  uses). Block centres are drawn with probability `gamma` on the positions
+  where a whole `block_size x block_size` block fits, every drawn centre
+  zeroes its block, and the output is rescaled by `count(mask) /
+  count_ones(mask)` over the whole tensor (Algorithm 1, line 7). `gamma` is
+  eq. (1), written for an `h x w` map:
+
+    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1)),
+
+  with the block clipped to the map (`bh = min(block_size, h)`, likewise
+  `bw`, as in the paper's reference code), so that about `drop_rate` of the
+  activations are dropped (a little less where blocks overlap). The
+  rescaling keeps the mean activation; positions near the border, covered by
+  fewer blocks, are dropped less often and so come out larger on average
+  (`x * P(kept) / mean P(kept)`). With `block_size = 1` this is dropout with
+  rate `drop_rate`, rescaled by the kept count.
+
+  The mask is drawn in NHWC order whatever the layout, so both layouts of a
+  backbone drop the same activations for the same key.
+
+  Args:
+    x: activations, `[batch, H, W, C]`, or `[C, batch, H, W]` with
+      `channels_first`.
+    key: PRNG key of the masks.
+    drop_rate: the fraction of activations to drop, `1 - keep_prob`.
+    block_size: side of the square blocks.
+    channels_first: the layout of `x`.
+
+  Returns:
+    `x` with the dropped blocks zeroed and the rest rescaled.
+
+  References:
+    Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
+    convolutional networks", Algorithm 1 and eq. (1).
+  """
+  if channels_first:
+    c, b, h, w = x.shape
+  else:
+    b, h, w, c = x.shape
+  bh, bw = min(block_size, h), min(block_size, w)
+  gamma = min(1.0, drop_rate * h * w / (bh * bw * (h - bh + 1) * (w - bw + 1)))
+  centres = jax.random.bernoulli(key, gamma, (b, h - bh + 1, w - bw + 1, c))
+  # A position is dropped if a drawn centre's block covers it: a max over
+  # the block-shaped window of the centres, padded to the map's size.
+  padded = jnp.pad(
+    centres.astype(x.dtype),
+    ((0, 0), (bh - 1, bh - 1), (bw - 1, bw - 1), (0, 0)),
+  )
+  dropped = jax.lax.reduce_window(
+    padded,
+    jnp.zeros((), x.dtype),
+    jax.lax.max,
+    (1, bh, bw, 1),
+    (1, 1, 1, 1),
+    'VALID',
+  )
+  kept = 1 - dropped  # [batch, H, W, C]
+  kept = kept * (kept.size / jnp.maximum(jnp.sum(kept), 1))
+  if channels_first:
+    kept = jnp.transpose(kept, (3, 0, 1, 2))
+  return x * kept

@@ -1,0 +1,138 @@
+"""What XLA says a compiled program costs: FLOPs, memory, collective bytes.
+
+Read from the compiler, not measured: `compiled.cost_analysis()` (FLOPs and
+bytes accessed of the program, per device for an SPMD program),
+`compiled.memory_analysis()` (buffer sizes after XLA's buffer assignment) and
+the collective instructions of the optimised HLO. Used to size meta-batches
+per device and to judge the cost of the meta-gradient all-reduce; see
+`benchmarks/scaling/`.
+
+Example::
+
+  learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.4, num_inner_steps=1)
+  task = jaxmeta.Task(jax.ShapeDtypeStruct((5, 28, 28, 1), jnp.float32), ...)
+  task_costs(learner, jax.eval_shape(model.init, key), task)['temp_bytes']
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmeta.algorithms import MetaLearner
+from jaxmeta.types import Params, Task
+
+_DTYPE_BYTES = {
+  'pred': 1,
+  's8': 1,
+  'u8': 1,
+  's16': 2,
+  'u16': 2,
+  'f16': 2,
+  'bf16': 2,
+  's32': 4,
+  'u32': 4,
+  'f32': 4,
+  's64': 8,
+  'u64': 8,
+  'f64': 8,
+  'c64': 8,
+  'c128': 16,
+}
+_COLLECTIVES = (
+  'all-reduce',
+  'all-gather',
+  'reduce-scatter',
+  'collective-permute',
+  'all-to-all',
+  'collective-broadcast',
+)
+# `%name = <result shape> <opcode>(`; async forms end in -start.
+_INSTRUCTION = re.compile(
+  r'=\s*(?P<shape>.*?)\s+(?P<op>' + '|'.join(_COLLECTIVES) + r')(?:-start)?\('
+)
+_ARRAY_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
+
+
+def shape_bytes(hlo_shape: str) -> int:
+  """Bytes of an HLO shape string, e.g. `(f32[4,5]{1,0}, f32[])` -> 84."""
+  total = 0
+  for dtype, dims in _ARRAY_SHAPE.findall(hlo_shape):
+    if dtype not in _DTYPE_BYTES:
+      continue
+    size = int(np.prod([int(d) for d in dims.split(',') if d], dtype=np.int64))
+    total += size * _DTYPE_BYTES[dtype]
+  return total
+
+
+def collectives(hlo_text: str) -> list[tuple[str, int]]:
+  """`(opcode, bytes)` of every collective instruction of an HLO module.
+
+  Counts instructions in every computation of the module (loop bodies
+  included, each once: a collective inside a `while` runs once per
+  iteration). For an all-reduce the bytes are those of its (tuple) result,
+  the payload each device contributes and receives.
+  """
+  return [
+    (m.group('op'), shape_bytes(m.group('shape')))
+    for m in _INSTRUCTION.finditer(hlo_text)
+  ]
+
+
+def compiled_costs(compiled: Any) -> dict[str, float]:
+  """FLOPs, memory and collective bytes of a compiled (`.compile()`) program.
+
+  Args:
+    compiled: a `jax.stages.Compiled`, e.g. `jax.jit(f).lower(*args)
+      .compile()`. For an SPMD program (`shard_map`, sharded `jit`) every
+      number is per device.
+
+  Returns:
+    A dict: `flops` and `bytes_accessed` (XLA's cost model), `temp_bytes`,
+    `argument_bytes`, `output_bytes`, `generated_code_bytes` (buffer
+    assignment), `all_reduce_count`, `all_reduce_bytes` and
+    `other_collective_count`.
+  """
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
+    cost = cost[0]
+  memory = compiled.memory_analysis()
+  ops = collectives(compiled.as_text())
+  all_reduce = [b for op, b in ops if op == 'all-reduce']
+  return {
+    'flops': float(cost.get('flops', 0.0)),
+    'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
+    'temp_bytes': int(memory.temp_size_in_bytes),
+    'argument_bytes': int(memory.argument_size_in_bytes),
+    'output_bytes': int(memory.output_size_in_bytes),
+    'generated_code_bytes': int(memory.generated_code_size_in_bytes),
+    'all_reduce_count': len(all_reduce),
+    'all_reduce_bytes': int(sum(all_reduce)),
+    'other_collective_count': len(ops) - len(all_reduce),
+  }
+
+
+def task_costs(
+  learner: MetaLearner, params: Params, task: Task
+) -> dict[str, float]:
+  """`compiled_costs` of one task's meta-gradient, `learner.task_update`.
+
+  `temp_bytes` is the working memory of one task: for second-order MAML,
+  every activation of the inner loop kept for the outer derivative. A
+  device adapting `b` tasks at once (`vmap`) needs about `b` times that;
+  `task_chunk_size` bounds `b`.
+
+  Args:
+    learner: the algorithm.
+    params: meta-parameters, arrays or `jax.ShapeDtypeStruct`s.
+    task: ONE task (no task axis), arrays or `jax.ShapeDtypeStruct`s.
+
+  Returns:
+    See `compiled_costs`.
+  """
+  return compiled_costs(
+    jax.jit(learner.task_update).lower(params, task).compile()
+  )
