@@ -4,7 +4,7 @@ Every notebook in `colab/` runs top to bottom in a fresh `python3` kernel with
 `JAXMETA_NOTEBOOK_SMOKE=1` (the notebooks' switch to tiny sizes, same cells),
 `MPLBACKEND=Agg` and the working directory `colab/`, as CI runs it. Execution
 happens on an in-memory copy: the committed files are never written. A
-notebook nobody runs is already broken (STYLE.md).
+notebook nobody runs is already broken.
 """
 
 import os

@@ -203,11 +203,6 @@ def load(
   return ClassImages(images=images, class_names=tuple(class_names))
 
 
-def character_of(class_name: str) -> str:
-  """'Alphabet/characterNN/rotDDD' -> 'Alphabet/characterNN'."""
-  return class_name.rsplit('/', 1)[0]
-
-
 def _split_characters(
   scheme: str,
   split: str,

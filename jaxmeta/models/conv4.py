@@ -25,10 +25,11 @@ def conv4(
   num_blocks: int = 4,
   conv_impl: str = 'auto',
 ) -> Model:
-  """Conv-4, the standard few-shot backbone (Vinyals et al. 2016; Finn et al.
+  """Conv-4, the standard few-shot backbone (Vinyals et al. 2016).
 
-  2017): `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU,
-  2x2 max-pool], flatten, linear head with `num_classes` outputs (logits).
+  `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU, 2x2
+  max-pool], flatten, linear head with `num_classes` outputs (logits), as in
+  Finn et al. 2017.
 
   Batch norm always normalises with the statistics of the batch being
   processed, as in MAML's reference implementation: there are no running
