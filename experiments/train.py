@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -326,6 +327,7 @@ class Evaluator:
     mesh: jax.sharding.Mesh | None = None,
   ):
     metric = family.metric
+    self._mesh = mesh
     sample_task = lambda key, data: family.sample(key, data, False)
     if mesh is None:
       self._chunk = config.eval_batch_size
@@ -354,10 +356,20 @@ class Evaluator:
       keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, 0)])
     values, by_step = [], []
     for i in range(0, padded, self._chunk):
-      a, b = self._run_chunk(params, data, keys[i : i + self._chunk])
-      values.append(np.asarray(a))
-      by_step.append(np.asarray(b))
+      chunk = keys[i : i + self._chunk]
+      if self._mesh is not None:  # Each device (of each process) its rows.
+        chunk = sharding.shard_tasks(chunk, self._mesh)
+      a, b = self._run_chunk(params, data, chunk)
+      values.append(_to_host(a))
+      by_step.append(_to_host(b))
     return np.concatenate(values)[:n], np.concatenate(by_step)[:n]
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly sharded over several processes) array, whole, on the host."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def prepare_workdir(workdir: str, create: bool = True) -> None:
@@ -679,6 +691,8 @@ def train_and_evaluate(
         train_data,
         config.meta_batch_size,
       )
+      if run.mesh is not None:  # Every process drew the same meta-batch.
+        batch = sharding.shard_tasks(batch, run.mesh)
     state, metrics = train_step(state, batch)
     step += 1
     if compile_seconds is None:

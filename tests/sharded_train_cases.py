@@ -40,21 +40,30 @@ def _unsharded_replay(config, workdir, steps):
     built.learner, built.optimizer, built.family, config, mesh=None
   )
   for _ in range(steps):
-    state, _ = step(state, data)
+    batch = data
+    if built.family.sample_host is not None:
+      batch = built.family.sample_host(
+        jax.random.fold_in(state.key, state.step), data, config.meta_batch_size
+      )
+    state, _ = step(state, batch)
   built.checkpoints.close()
   return state
 
 
-@pytest.mark.parametrize('family', ['images', 'sinusoid', 'dropblock'])
+@pytest.mark.parametrize(
+  'family', ['images', 'sinusoid', 'dropblock', 'host_sampler']
+)
 def test_sharded_run_matches_one_device_and_resumes(
   tmp_path, tiny_dataset, family
 ):
-  if family in ('images', 'dropblock'):
+  if family in ('images', 'dropblock', 'host_sampler'):
 
     def make(**o):
       c = test_train.tiny_config(
         tiny_dataset, meta_batch_size=8, eval_batch_size=5, **o
       )
+      if family == 'host_sampler':
+        c.sampler = 'host'
       if family == 'dropblock':  # Model keys: each task's own DropBlock mask.
         c.backbone = 'resnet12'
         c.model = ml_collections.ConfigDict(
