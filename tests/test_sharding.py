@@ -10,6 +10,7 @@ multi-process case starts two processes that join one run on 127.0.0.1
 timeouts, so a hang fails the test instead of stalling the suite.
 """
 
+import json
 import os
 from pathlib import Path
 import socket
@@ -179,3 +180,61 @@ def test_initialize_distributed_lets_jax_detect_a_launcher(
   assert calls == [
     dict(coordinator_address=None, num_processes=None, process_id=None)
   ]
+
+
+def _run_program(workdir, iterations, num_processes, local_devices):
+  """The training program in `num_processes` processes; their results."""
+  port = _free_port()
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(_TESTS / 'multiprocess_train_worker.py'),
+        str(port),
+        str(i),
+        str(num_processes),
+        str(local_devices),
+        str(workdir),
+        str(iterations),
+      ],
+      cwd=_REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(num_processes)
+  ]
+  try:
+    outputs = [w.communicate(timeout=240)[0] for w in workers]
+  except subprocess.TimeoutExpired:
+    for worker in workers:
+      worker.kill()
+    pytest.fail('the training processes did not finish within 240 s')
+  results = []
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-4000:]
+    line = [x for x in output.splitlines() if x.startswith('RESULTS ')][-1]
+    results.append(json.loads(line[len('RESULTS ') :]))
+  return results
+
+
+def test_two_processes_run_and_resume_the_training_program(tmp_path):
+  """2 processes x 2 devices, stopped after 2 steps and resumed to 4, match
+  one process with 4 devices run straight; only process 0 writes files."""
+  reference = _run_program(tmp_path / 'one', 4, 1, 4)[0]
+  first = _run_program(tmp_path / 'two', 2, 2, 2)
+  assert [r['iterations'] for r in first] == [2, 2]
+  results = _run_program(tmp_path / 'two', 4, 2, 2)
+  assert [r['resumed_from_step'] for r in results] == [2, 2]
+  for r in results:
+    np.testing.assert_allclose(r['test_mse'], reference['test_mse'], rtol=1e-4)
+    assert r['best_step'] == reference['best_step']
+  on_disk = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  assert set(on_disk) == set(reference)
+  records = [
+    json.loads(x)
+    for x in (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
+  ]
+  steps = [r['step'] for r in records if 'train/loss' in r]
+  assert steps == [1, 2, 3, 4]  # One writer: no record twice.
