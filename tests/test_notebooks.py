@@ -7,6 +7,7 @@ happens on an in-memory copy: the committed files are never written. A
 notebook nobody runs is already broken.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -140,3 +141,30 @@ def test_jax_vs_pytorch_runs_without_torch(
   out = _stdout(nb)
   assert 'PyTorch is not installed' in out, out[-2000:]
   assert 'this machine (live' not in out, out[-2000:]
+
+
+def test_one_command_points_every_notebook_at_another_repository(
+  tmp_path, monkeypatch
+):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location(
+    'set_repository', COLAB_DIR / 'set_repository.py'
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for path in NOTEBOOKS:
+    shutil.copy(path, tmp_path / path.name)
+  monkeypatch.setattr(module, 'FOLDER', tmp_path)
+  changed = module.set_repository('https://github.com/someone/fork')
+  assert len(changed) == len(NOTEBOOKS)
+  for path in changed:
+    text = path.read_text()
+    assert "JAXMETA_REPO = 'https://github.com/someone/fork'" in text
+    assert 'colab.research.google.com/github/someone/fork/blob/' in text
+    assert 'jaxmeta/jaxmeta' not in text
+    metadata = json.loads(text)['metadata']
+    assert metadata['accelerator'] == 'GPU'
+  with pytest.raises(ValueError, match='OWNER/NAME'):
+    module.set_repository('https://example.com/x')
