@@ -120,4 +120,18 @@ def test_the_default_is_the_main_job():
     c.ways,
     c.shots,
     c.num_iterations,
-  ) == ('maml', 'omniglot', 'vinyals', 'conv4', 5, 1, 500)
+  ) == ('maml', 'omniglot', 'vinyals', 'conv4', 5, 1, 2400)
+  assert (c.meta_batch_size, c.meta_lr, c.meta_lr_final) == (8, 2e-3, 0.0)
+
+
+@pytest.mark.parametrize('name,preset', CASES)
+def test_published_settings_keep_their_constant_adam_rate(name, preset):
+  if name in ('default', 'reptile_omniglot'):
+    return  # The main job's own recipe; Reptile's annealed SGD step.
+  module = importlib.import_module(f'experiments.configs.{name}')
+  config = module.get_config(preset) if preset else module.get_config()
+  assert (config.meta_optimizer, config.meta_lr, config.meta_lr_final) == (
+    'adam',
+    1e-3,
+    -1.0,
+  ), name

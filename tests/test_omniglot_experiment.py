@@ -189,6 +189,7 @@ def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
     meta_batch_size=8,
     queries=5,
     meta_lr=3e-3,
+    meta_lr_final=-1.0,
     num_iterations=150,
     eval_every=150,
     checkpoint_every=150,

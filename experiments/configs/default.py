@@ -1,4 +1,4 @@
-"""The main job: MAML, Omniglot 5-way 1-shot, a short real run on a CPU.
+"""The main job: MAML, Omniglot 5-way 1-shot, under 5 minutes on 2 CPU cores.
 
   python -m experiments.omniglot --workdir=/tmp/omniglot
   python -m experiments.main --config=experiments/configs/default.py \
@@ -50,6 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_shots = 0  # Support shots per class in training; 0 = `shots`.
   c.train_queries = 0  # Query examples per class in training; 0 = `queries`.
 
+  # The recipe, chosen on validation accuracy among those of
+  # benchmarks/main_job/sweep.json (same 5-minute budget on 2 CPU cores):
+  # meta-batch 8 for 2400 iterations with Adam at 2e-3 decayed linearly to 0
+  # reached 93.6% validation accuracy; the same at a constant 1e-3, 93.2%;
+  # meta-batch 4 for 4000 iterations at 1e-3 decayed, 92.4%.
   c.meta_batch_size = 8
   c.task_chunk_size = 0  # Tasks vmapped at once; 0: the backend's default.
   c.inner_steps = 1
@@ -57,17 +62,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.inner_lr = 0.4
   c.inner_optimizer = 'sgd'  # 'sgd', or 'adam' (b1 = 0) as Reptile uses.
   c.meta_optimizer = 'adam'  # 'adam' or 'sgd'.
-  c.meta_lr = 1e-3
-  c.meta_lr_final = -1.0  # < 0: constant; else linear decay to this value.
+  c.meta_lr = 2e-3
+  c.meta_lr_final = 0.0  # < 0: constant; else linear decay to this value.
 
-  c.num_iterations = 500
-  c.eval_every = 250
+  c.num_iterations = 2400
+  c.eval_every = 800
   c.num_val_tasks = 100
   c.num_eval_tasks = 600
   c.eval_batch_size = 50  # Evaluation tasks per compiled call.
   c.seed = 0
   c.eval_seed = 2017
-  c.checkpoint_every = 250
+  c.checkpoint_every = 800
   c.keep_checkpoints = 3
   c.log_every = 10
   return c

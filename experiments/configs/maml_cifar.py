@@ -38,6 +38,8 @@ def get_config(arg: str = 'cifar_fs_5w1s') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({'scheme': SCHEMES[dataset]})
   c.model.num_filters = 32
   c.update(
+    meta_lr=1e-3,  # Adam, constant, as published.
+    meta_lr_final=-1.0,
     ways=5,
     shots=shots,
     queries=15,

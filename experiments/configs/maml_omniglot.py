@@ -38,6 +38,8 @@ def get_config(
   c.data.scheme = 'maml'
   c.model.num_filters = 64
   c.update(
+    meta_lr=1e-3,  # Adam, constant, as published.
+    meta_lr_final=-1.0,
     ways=ways,
     shots=shots,
     queries=15,

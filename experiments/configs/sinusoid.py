@@ -37,6 +37,7 @@ def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
     inner_steps=1,
     eval_inner_steps=10,
     meta_lr=1e-3,
+    meta_lr_final=-1.0,
     num_iterations=15_000,
     eval_every=5000,
     checkpoint_every=5000,
