@@ -106,6 +106,11 @@ def plot(rows, out):
       capsize=3,
       label=f'{r["recipe"]} (val {100 * r["best_val_accuracy"]:.1f})',
     )
+  quiet = getattr(plot, 'quiet', None)
+  if quiet:
+    ax.errorbar([quiet['wall_seconds'] / 60], [100 * quiet['test_accuracy']],
+                yerr=[100 * quiet['test_ci95']], fmt='*', ms=10, color='k',
+                capsize=3, label=f"{quiet['recipe']}, alone on the machine")
   ax.axvline(5, color='gray', ls=':')
   ax.set(
     xlabel='wall-clock minutes, whole command',
@@ -117,11 +122,24 @@ def plot(rows, out):
   fig.savefig(out)
 
 
+def replot(path):
+  """Redraws the figure of a sweep JSON (with its quiet re-run, if any)."""
+  with open(path) as f:
+    sweep = json.load(f)
+  plot.quiet = sweep.get('quiet_rerun')
+  plot(sweep['rows'], path.replace('.json', '.png'))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--out', required=True)
   parser.add_argument('--recipes', default=','.join(RECIPES))
+  parser.add_argument('--replot', action='store_true',
+                      help='Only redraw the figure of an existing --out.')
   flags = parser.parse_args()
+  if flags.replot:
+    replot(flags.out)
+    return
   rows = []
   with tempfile.TemporaryDirectory() as root:
     for name in flags.recipes.split(','):
