@@ -1,12 +1,12 @@
 """A short training run that SIGKILLs itself at its N-th file-system event.
 
 Used by `tests/test_kill_and_resume.py`: `python tests/kill_driver.py WORKDIR
-N` runs a tiny sinusoid training (a checkpoint and a validation at every
-step) in WORKDIR, counting the calls that write, rename or delete files
-(Python's os/shutil/pathlib calls, which orbax's saves go through, and
-the program's own JSON, metric and checkpoint writes), and kills itself with
-SIGKILL just before the N-th one (N = 0: never). It prints the number of
-events it saw when it finishes.
+N` runs a tiny sinusoid training (`config()`: a checkpoint at every step, a
+validation every two) in WORKDIR, counting the calls that write, rename or
+delete files (Python's os/shutil/pathlib calls, which orbax's saves go
+through, and the program's own JSON, metric and checkpoint writes), and kills
+itself with SIGKILL just before the N-th one (N = 0: never). It prints the
+number of events it saw when it finishes.
 """
 
 import builtins
@@ -45,12 +45,31 @@ def _counted_open(fn):
   return wrapped
 
 
+def config():
+  """The run: tiny sinusoid, a checkpoint every step, validation every 2."""
+  from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
+
+  c = sinusoid.get_config()
+  c.model.hidden = (8,)
+  c.update(
+    num_iterations=6,
+    eval_every=2,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+    log_every=1,
+    num_val_tasks=4,
+    num_eval_tasks=6,
+    eval_batch_size=6,
+    meta_batch_size=2,
+  )
+  return c
+
+
 def main():
   global _kill_at
   workdir, _kill_at = sys.argv[1], int(sys.argv[2])
   sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
   from experiments import train  # pylint: disable=g-import-not-at-top
-  from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
 
   for module, name in (
     (os, 'rename'),
@@ -72,20 +91,7 @@ def main():
   ):
     setattr(module, name, _counted(getattr(module, name)))
   builtins.open = _counted_open(builtins.open)
-  config = sinusoid.get_config()
-  config.model.hidden = (8,)
-  config.update(
-    num_iterations=6,
-    eval_every=2,
-    checkpoint_every=1,
-    keep_checkpoints=2,
-    log_every=1,
-    num_val_tasks=4,
-    num_eval_tasks=6,
-    eval_batch_size=6,
-    meta_batch_size=2,
-  )
-  train.train_and_evaluate(config, workdir, progress=False)
+  train.train_and_evaluate(config(), workdir, progress=False)
   print(f'EVENTS {_count}')
 
 

@@ -11,7 +11,7 @@ import chex
 import numpy as np
 
 from experiments import train
-from experiments.configs import sinusoid
+import kill_driver  # tests/ is on sys.path under pytest.
 
 _DRIVER = Path(__file__).resolve().parent / 'kill_driver.py'
 # Kill points of the successive runs of one workdir: the N-th file-system
@@ -32,20 +32,7 @@ def _run(workdir, kill_at):
 
 
 def _final_state(workdir):
-  config = sinusoid.get_config()
-  config.model.hidden = (8,)
-  config.update(
-    num_iterations=6,
-    eval_every=2,
-    checkpoint_every=1,
-    keep_checkpoints=2,
-    log_every=1,
-    num_val_tasks=4,
-    num_eval_tasks=6,
-    eval_batch_size=6,
-    meta_batch_size=2,
-  )
-  built = train._Run(config, str(workdir), None, None, 'train')
+  built = train._Run(kill_driver.config(), str(workdir), None, None, 'train')
   state, _ = built.checkpoints.restore(built.init_state(), 6)
   built.checkpoints.close()
   return state

@@ -81,19 +81,19 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one_process(tmp_path):
-  num_processes, local_devices = 2, 2
+def _launch(script, num_processes, *args, timeout=240):
+  """Runs `script PORT PROCESS_ID NUM_PROCESSES *args` in that many processes
+  joined on one port; returns their outputs (each must exit 0)."""
   port = _free_port()
   workers = [
     subprocess.Popen(
       [
         sys.executable,
-        str(_TESTS / 'sharding_multiprocess_worker.py'),
+        str(_TESTS / script),
         str(port),
         str(i),
         str(num_processes),
-        str(local_devices),
-        str(tmp_path),
+        *(str(a) for a in args),
       ],
       cwd=_REPO,
       env=_env(),
@@ -103,19 +103,29 @@ def test_two_processes_agree_with_one_process(tmp_path):
     )
     for i in range(num_processes)
   ]
-  outputs = []
   try:
-    for worker in workers:
-      outputs.append(worker.communicate(timeout=180)[0])
+    outputs = [w.communicate(timeout=timeout)[0] for w in workers]
   except subprocess.TimeoutExpired:
     for worker in workers:
       worker.kill()
     pytest.fail(
-      'the two processes did not finish within 180 s:\n'
+      f'{script}: the processes did not finish within {timeout} s:\n'
       + '\n'.join(w.communicate()[0] for w in workers)
     )
   for worker, output in zip(workers, outputs):
-    assert worker.returncode == 0, output
+    assert worker.returncode == 0, output[-4000:]
+  return outputs
+
+
+def test_two_processes_agree_with_one_process(tmp_path):
+  num_processes, local_devices = 2, 2
+  _launch(
+    'sharding_multiprocess_worker.py',
+    num_processes,
+    local_devices,
+    tmp_path,
+    timeout=180,
+  )
 
   reference = np.load(tmp_path / 'reference.npz')
   for i in range(num_processes):
@@ -184,36 +194,15 @@ def test_initialize_distributed_lets_jax_detect_a_launcher(
 
 def _run_program(workdir, iterations, num_processes, local_devices):
   """The training program in `num_processes` processes; their results."""
-  port = _free_port()
-  workers = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(_TESTS / 'multiprocess_train_worker.py'),
-        str(port),
-        str(i),
-        str(num_processes),
-        str(local_devices),
-        str(workdir),
-        str(iterations),
-      ],
-      cwd=_REPO,
-      env=_env(),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(num_processes)
-  ]
-  try:
-    outputs = [w.communicate(timeout=240)[0] for w in workers]
-  except subprocess.TimeoutExpired:
-    for worker in workers:
-      worker.kill()
-    pytest.fail('the training processes did not finish within 240 s')
+  outputs = _launch(
+    'multiprocess_train_worker.py',
+    num_processes,
+    local_devices,
+    workdir,
+    iterations,
+  )
   results = []
-  for worker, output in zip(workers, outputs):
-    assert worker.returncode == 0, output[-4000:]
+  for output in outputs:
     line = [x for x in output.splitlines() if x.startswith('RESULTS ')][-1]
     results.append(json.loads(line[len('RESULTS ') :]))
   return results

@@ -108,9 +108,16 @@ def plot(rows, out):
     )
   quiet = getattr(plot, 'quiet', None)
   if quiet:
-    ax.errorbar([quiet['wall_seconds'] / 60], [100 * quiet['test_accuracy']],
-                yerr=[100 * quiet['test_ci95']], fmt='*', ms=10, color='k',
-                capsize=3, label=f"{quiet['recipe']}, alone on the machine")
+    ax.errorbar(
+      [quiet['wall_seconds'] / 60],
+      [100 * quiet['test_accuracy']],
+      yerr=[100 * quiet['test_ci95']],
+      fmt='*',
+      ms=10,
+      color='k',
+      capsize=3,
+      label=f'{quiet["recipe"]}, alone on the machine',
+    )
   ax.axvline(5, color='gray', ls=':')
   ax.set(
     xlabel='wall-clock minutes, whole command',
@@ -134,8 +141,11 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--out', required=True)
   parser.add_argument('--recipes', default=','.join(RECIPES))
-  parser.add_argument('--replot', action='store_true',
-                      help='Only redraw the figure of an existing --out.')
+  parser.add_argument(
+    '--replot',
+    action='store_true',
+    help='Only redraw the figure of an existing --out.',
+  )
   flags = parser.parse_args()
   if flags.replot:
     replot(flags.out)
