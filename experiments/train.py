@@ -38,7 +38,8 @@ from experiments import common
 from experiments import tasks
 
 # Fields that may differ when a run is resumed or evaluated: they change how
-# long or how it runs, not what is learned.
+# long or how it runs, not what is learned (but for `num_iterations` with a
+# decaying meta learning rate, whose schedule follows it: a warning says so).
 RESUMABLE_FIELDS = (
   'num_iterations',
   'eval_every',
@@ -652,6 +653,13 @@ def train_and_evaluate(
   if restored is not None:
     state = restored[0]
     _say(f'Resuming from step {int(state.step)} of {workdir}.')
+    before = (saved or {}).get('num_iterations', config.num_iterations)
+    if config.meta_lr_final >= 0 and before != config.num_iterations:
+      _say(
+        f'Warning: the meta learning rate decays over num_iterations, which '
+        f'was {before} and is now {config.num_iterations}: the schedule of '
+        'the remaining steps follows the new length.'
+      )
   main_process = sharding.is_main_process()  # Only it writes files.
   if main_process:
     common.write_json(os.path.join(workdir, 'config.json'), config.to_dict())

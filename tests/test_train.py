@@ -43,6 +43,9 @@ def tiny_config(dataset_name, **overrides):
     num_eval_tasks=6,
     eval_batch_size=4,
     eval_inner_steps=2,
+    # Constant: runs resumed with more iterations follow the same rate.
+    meta_lr=1e-3,
+    meta_lr_final=-1.0,
   )
   config.update(overrides)
   return config
@@ -282,6 +285,15 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
   chex.assert_trees_all_close(new.params, reference[True].params, atol=1e-6)
   with pytest.raises(AssertionError):
     chex.assert_trees_all_close(new.params, reference[False].params, atol=1e-6)
+
+
+def test_extending_a_run_with_a_decaying_rate_says_so(
+  tmp_path, tiny_dataset, capsys
+):
+  run(tiny_config(tiny_dataset, num_iterations=2, meta_lr_final=0.0), tmp_path)
+  capsys.readouterr()
+  run(tiny_config(tiny_dataset, num_iterations=4, meta_lr_final=0.0), tmp_path)
+  assert 'decays over num_iterations' in capsys.readouterr().out
 
 
 def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path, tiny_dataset):
