@@ -687,7 +687,11 @@ def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
     )
   else:
     learner = jaxmeta.make_learner(
-      algorithm, model.init, loss_fn, config.inner_lr, config.inner_steps
+      algorithm,
+      model,
+      jaxmeta.classification_loss,
+      config.inner_lr,
+      config.inner_steps,
     )
   optimizer = optax.adam(config.outer_lr)
   return learner, optimizer

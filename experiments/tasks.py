@@ -57,6 +57,10 @@ class TaskFamily(NamedTuple):
       `augment` is then applied on the device.
     augment: `augment(key, task) -> task`, the training augmentation of one
       task (the identity without one).
+    sample_batch: None, or `sample_batch(key, data, batch_size) -> Task`, a
+      training minibatch of images of all classes labelled with their class
+      index (`jaxmeta.data.episodes.sample_batch`), augmented, for the
+      algorithms trained as ordinary classifiers (`train_batches`).
   """
 
   input_shape: Callable[[Any], tuple[int, ...]]
@@ -70,6 +74,7 @@ class TaskFamily(NamedTuple):
   augment: Callable[[jax.Array, jaxmeta.Task], jaxmeta.Task] = (
     lambda key, task: task
   )
+  sample_batch: Callable[[jax.Array, Any, int], jaxmeta.Task] | None = None
 
 
 def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -80,6 +85,11 @@ def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   )
 
 
+def train_ways(config: ml_collections.ConfigDict) -> int:
+  """Classes per training episode (`train_ways`, 0 = `ways`)."""
+  return config.get('train_ways', 0) or config.ways
+
+
 def episodic(
   config: ml_collections.ConfigDict,
   data_dir: str | None = None,
@@ -88,7 +98,10 @@ def episodic(
   """N-way K-shot classification on a registered class-image dataset."""
   loader = jaxmeta.data.DATASETS[config.dataset]
   options = dict(config.data)
-  shapes = {True: train_shape(config), False: (config.shots, config.queries)}
+  shapes = {
+    True: (train_ways(config), *train_shape(config)),
+    False: (config.ways, config.shots, config.queries),
+  }
   on_host = config.sampler == 'host'
   augment_task = make_augment(config)
 
@@ -96,10 +109,10 @@ def episodic(
   def load(split):
     data = loader(split, data_dir=data_dir, source_dir=source_dir, **options)
     num_classes, num_examples = data.images.shape[:2]
-    for shots, queries in set(shapes.values()):
+    for ways, shots, queries in set(shapes.values()):
       try:
         episodes.check_episode_config(
-          num_classes, num_examples, config.ways, shots, queries
+          num_classes, num_examples, ways, shots, queries
         )
       except episodes.EpisodeConfigError as e:
         raise TaskFamilyError(
@@ -110,14 +123,17 @@ def episodic(
     return jax.device_put(data.images)  # uint8 [classes, examples, H, W, C]
 
   def sample(key, images, train):
-    shots, queries = shapes[train]
-    task = episodes.sample_task(key, images, config.ways, shots, queries)
+    task = episodes.sample_task(key, images, *shapes[train])
     return augment_task(jax.random.fold_in(key, 1), task) if train else task
 
   def sample_host(key, images, num_tasks):
     return host_episodes.sample_tasks_host(
-      key, images, num_tasks, config.ways, *shapes[True]
+      key, images, num_tasks, *shapes[True]
     )
+
+  def sample_batch(key, images, batch_size):
+    batch = episodes.sample_batch(key, images, batch_size)
+    return augment_task(jax.random.fold_in(key, 1), batch)
 
   return TaskFamily(
     input_shape=lambda images: tuple(images.shape[2:]),
@@ -129,6 +145,7 @@ def episodic(
     sample=sample,
     sample_host=sample_host if on_host else None,
     augment=augment_task,
+    sample_batch=sample_batch,
   )
 
 

@@ -70,11 +70,13 @@ _NON_NEGATIVE_FIELDS = (
   'num_iterations',
   'train_shots',
   'train_queries',
+  'train_ways',
   'task_chunk_size',
 )
 _INNER_OPTIMIZERS = ('sgd', 'adam')
 _META_OPTIMIZERS = ('adam', 'sgd')
 _SAMPLERS = ('device', 'host')
+_META_LR_SCHEDULES = ('linear', 'cosine')
 # The step counter is an int32 on the device.
 _MAX_INT = 2**31 - 1
 
@@ -172,14 +174,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.meta_optimizer must be one of '
       f'{_META_OPTIMIZERS}, got {config.meta_optimizer!r}.'
     )
+  if config.meta_lr_schedule not in _META_LR_SCHEDULES:
+    raise ConfigError(
+      f'config.meta_lr_schedule must be one of '
+      f'{_META_LR_SCHEDULES}, got {config.meta_lr_schedule!r}.'
+    )
+  known = jaxmeta.algorithms.options(config.algorithm)
+  unknown = sorted(set(config.method) - set(known))
+  if unknown:
+    raise ConfigError(
+      f'config.method has {unknown}, which {config.algorithm} does not take; '
+      f'its options are {list(known)}.'
+    )
+  if config.batch_size < 1:
+    raise ConfigError(f'config.batch_size must be >= 1, got {config.batch_size}.')
 
 
 def build_learner(
   config: ml_collections.ConfigDict,
   family: tasks.TaskFamily,
   input_shape: tuple[int, ...],
+  num_train_classes: int | None = None,
 ) -> jaxmeta.MetaLearner:
-  """The backbone and algorithm named by the config."""
+  """The backbone and algorithm named by the config.
+
+  `num_train_classes` (the training split's classes) is handed to the
+  algorithms that take `num_classes` (Baseline) unless `config.method` sets
+  it.
+  """
+  options = dict(config.method)
+  if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
+    options.setdefault('num_classes', num_train_classes)
   try:
     model = jaxmeta.models.BACKBONES[config.backbone](
       family.num_outputs, input_shape, **dict(config.model)
@@ -187,27 +212,47 @@ def build_learner(
     inner_optimizer = None
     if config.inner_optimizer == 'adam':
       inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
-    return jaxmeta.make_learner(
+    learner = jaxmeta.make_learner(
       config.algorithm,
-      model.init,
-      family.make_loss(model.apply),
+      model,
+      family.make_loss,
       config.inner_lr,
       config.inner_steps,
       inner_optimizer,
+      **options,
     )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{config.backbone} / {config.algorithm}: {e}') from e
+  if tasks.train_ways(config) != config.ways and not learner.any_ways:
+    raise ConfigError(
+      f'config.train_ways={config.train_ways} differs from config.ways='
+      f'{config.ways}, but {config.algorithm} has a head of `ways` outputs; '
+      'set train_ways = 0, or use an algorithm without one (protonet).'
+    )
+  if learner.train_batches and (
+    family.sample_batch is None or config.sampler != 'device'
+  ):
+    raise ConfigError(
+      f'{config.algorithm} trains on minibatches of all classes: it needs an '
+      "image dataset and config.sampler = 'device'."
+    )
+  return learner
 
 
 def build_optimizer(
   config: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
-  """The outer optimiser, with a linear decay if `meta_lr_final >= 0`."""
+  """The outer optimiser; its rate decays from `meta_lr` to `meta_lr_final`
+  over the run (`meta_lr_schedule`: linear, or cosine as in MAML++) if
+  `meta_lr_final >= 0`, and is constant otherwise."""
   lr = config.meta_lr
-  if config.meta_lr_final >= 0:
-    lr = optax.linear_schedule(
-      config.meta_lr, config.meta_lr_final, max(config.num_iterations, 1)
+  steps = max(config.num_iterations, 1)
+  if config.meta_lr_final >= 0 and config.meta_lr_schedule == 'cosine':
+    lr = optax.cosine_decay_schedule(
+      config.meta_lr, steps, alpha=config.meta_lr_final / config.meta_lr
     )
+  elif config.meta_lr_final >= 0:
+    lr = optax.linear_schedule(config.meta_lr, config.meta_lr_final, steps)
   if config.meta_optimizer == 'adam':
     return optax.adam(lr)
   return optax.sgd(lr)
@@ -254,6 +299,8 @@ def make_train_step(
   )
 
   def sample_task(key, data):
+    if learner.train_batches:
+      return family.sample_batch(key, data, config.batch_size)
     return family.sample(key, data, True)
 
   if family.sample_host is not None:
@@ -480,8 +527,14 @@ class _Run:
       raise ConfigError(str(e)) from e
     self.data = {}
     self.load(first_split)
+    num_train_classes = None
+    if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
+      num_train_classes = int(self.load('train').shape[0])
     self.learner = build_learner(
-      config, self.family, self.family.input_shape(self.data[first_split])
+      config,
+      self.family,
+      self.family.input_shape(self.data[first_split]),
+      num_train_classes,
     )
     self.optimizer = build_optimizer(config)
     self.metric = self.family.metric

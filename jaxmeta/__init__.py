@@ -18,13 +18,19 @@ Typical use::
 """
 
 from jaxmeta.algorithms import ALGORITHMS
+from jaxmeta.algorithms import anil
 from jaxmeta.algorithms import BASELINES
+from jaxmeta.algorithms import baseline
+from jaxmeta.algorithms import baseline_plus_plus
 from jaxmeta.algorithms import fomaml
 from jaxmeta.algorithms import inner_loop
 from jaxmeta.algorithms import make_learner
 from jaxmeta.algorithms import maml
+from jaxmeta.algorithms import maml_plus_plus
+from jaxmeta.algorithms import meta_sgd
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import pretrain
+from jaxmeta.algorithms import protonet
 from jaxmeta.algorithms import REGISTRY as ALGORITHM_REGISTRY
 from jaxmeta.algorithms import reptile
 from jaxmeta.losses import classification_loss

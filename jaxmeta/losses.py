@@ -1,7 +1,9 @@
 """Per-batch losses with the signature the algorithms expect.
 
-A loss function is `loss_fn(params, x, y, key=None) -> (loss, metrics)`: a
-scalar loss on one batch of one task and a dict of scalar metrics. Build one
+A loss function is `loss_fn(params, x, y, key=None, step=None) -> (loss,
+metrics)`: a scalar loss on one batch of one task and a dict of scalar
+metrics; `step`, the inner-step index, is handed to the model's `apply` for
+per-step parameters (MAML++). Build one
 from a model's `apply` with `classification_loss` or `regression_loss`.
 
 `key` feeds the model's randomness during meta-training (dropout, DropBlock):
@@ -41,12 +43,19 @@ def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
 
 
 def _call(
-  apply_fn: Callable[..., Array], params: Params, x: Array, key: PRNGKey | None
+  apply_fn: Callable[..., Array],
+  params: Params,
+  x: Array,
+  key: PRNGKey | None,
+  step: Array | None = None,
 ) -> Array:
-  """`apply_fn(params, x)`, with `key=key` only when a key is given."""
-  if key is None:
-    return apply_fn(params, x)
-  return apply_fn(params, x, key=key)
+  """`apply_fn(params, x)`, with `key=` and `step=` only when given."""
+  kwargs = {}
+  if key is not None:
+    kwargs['key'] = key
+  if step is not None:
+    kwargs['step'] = step
+  return apply_fn(params, x, **kwargs)
 
 
 def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
@@ -58,8 +67,9 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
       unchanged).
 
   Returns:
-    `loss_fn(params, x [batch, ...], y [batch] int, key=None) -> (mean loss,
-    {'loss', 'accuracy'})`; `key` is handed to `apply_fn` when not None.
+    `loss_fn(params, x [batch, ...], y [batch] int, key=None, step=None) ->
+    (mean loss, {'loss', 'accuracy'})`; `key` and `step` are handed to
+    `apply_fn` when not None.
 
   Labels must lie in `[0, classes)`, `classes` the number of logits. Their
   number and dtype are checked when the loss is traced (ValueError). Their
@@ -74,14 +84,20 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   hence the query loss, NaN too.
   """
 
-  def loss_fn(params: Params, x: Array, y: Array, key: PRNGKey | None = None):
+  def loss_fn(
+    params: Params,
+    x: Array,
+    y: Array,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ):
     check_batch(x, y)
     if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
       raise ValueError(
         'classification_loss needs integer class labels of shape [batch], '
         f'got {jnp.result_type(y)} {jnp.shape(y)}.'
       )
-    logits = _call(apply_fn, params, x, key)  # [batch, classes]
+    logits = _call(apply_fn, params, x, key, step)  # [batch, classes]
     num_classes = logits.shape[-1]
     if not isinstance(y, jax.core.Tracer):
       bad = np.asarray(y)
@@ -111,13 +127,19 @@ def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
     apply_fn: `apply(params, x[, key=key]) -> predictions`, same shape as `y`.
 
   Returns:
-    `loss_fn(params, x, y, key=None) -> (mse, {'loss', 'mse'})`; `key` is
-    handed to `apply_fn` when not None.
+    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss', 'mse'})`;
+    `key` and `step` are handed to `apply_fn` when not None.
   """
 
-  def loss_fn(params: Params, x: Array, y: Array, key: PRNGKey | None = None):
+  def loss_fn(
+    params: Params,
+    x: Array,
+    y: Array,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ):
     check_batch(x, y)
-    pred = _call(apply_fn, params, x, key)
+    pred = _call(apply_fn, params, x, key, step)
     mse = jnp.mean(jnp.square(pred - y))
     return mse, {'loss': mse, 'mse': mse}
 

@@ -345,6 +345,7 @@ def shard_train_step(
       tasks,
       task_chunk_size,
       task_keys=task_keys,
+      global_step=state.step,
     )
     # One collective: the gradient and the metrics in a single all-reduce.
     # Every device has the same number of tasks, so the mean of the device

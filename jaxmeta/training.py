@@ -85,6 +85,7 @@ def meta_gradient(
   task_chunk_size: int | None = None,
   key: PRNGKey | None = None,
   task_keys: Array | None = None,
+  global_step: Array | None = None,
 ) -> tuple[Params, dict[str, Array]]:
   """Mean over the meta-batch of the per-task meta-gradients.
 
@@ -104,12 +105,19 @@ def meta_gradient(
       deterministic meta-gradient.
     task_keys: instead of `key`, the per-task keys `[num_tasks]` themselves
       (a device's slice of a meta-batch's keys under `jaxmeta.sharding`).
+    global_step: optional meta-iteration (int32 scalar), handed to every
+      `task_update` as `global_step=` for the algorithm's schedules.
 
   Returns:
     `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
     the per-task metrics averaged over tasks.
   """
-  task_update = learner.task_update
+  if global_step is None:
+    task_update = learner.task_update
+  else:
+    task_update = lambda p, task, key=None: learner.task_update(
+      p, task, key, global_step=global_step
+    )
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
   if key is not None and task_keys is not None:
     raise ValueError('meta_gradient takes key or task_keys, not both.')
@@ -118,7 +126,8 @@ def meta_gradient(
   if task_keys is not None:
     # The keys travel with the tasks: vmapped, chunked and scanned alike.
     tasks = (tasks, task_keys)
-    task_update = lambda p, task_and_key: learner.task_update(p, *task_and_key)
+    keyed_update = task_update
+    task_update = lambda p, task_and_key: keyed_update(p, *task_and_key)
   task_grads = jax.vmap(task_update, in_axes=(None, 0))
   if task_chunk_size is None or task_chunk_size >= num_tasks:
     grads, metrics = task_grads(params, tasks)
@@ -205,12 +214,14 @@ def meta_train_step(
     key: the key of the model's randomness for this step (see
       `meta_gradient`), or None.
 
+  `state.step` is handed to the algorithm as the global step (schedules).
+
   Returns:
     The new state and a dict of scalar metrics: the algorithm's query metrics
     averaged over tasks and `meta_grad_norm`.
   """
   grad, metrics = meta_gradient(
-    learner, state.params, tasks, task_chunk_size, key
+    learner, state.params, tasks, task_chunk_size, key, global_step=state.step
   )
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

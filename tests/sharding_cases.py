@@ -53,7 +53,7 @@ def _setup(name):
   model = jaxmeta.mlp((16, 8, SHAPE['ways']))
   loss_fn = jaxmeta.classification_loss(model.apply)
   learner = jaxmeta.make_learner(
-    name, model.init, loss_fn, inner_lr=0.3, num_inner_steps=2
+    name, model, jaxmeta.classification_loss, inner_lr=0.3, num_inner_steps=2
   )
   optimizer = optax.adam(0.05)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))

@@ -174,7 +174,11 @@ def test_linear_regression_gradients_match_closed_forms(num_steps):
     )
     for name in jaxmeta.ALGORITHMS:
       learner = jaxmeta.make_learner(
-        name, lambda k: theta, loss_fn, inner_lr, num_steps
+        name,
+        jaxmeta.Model(lambda k: theta, None),
+        lambda apply: loss_fn,
+        inner_lr,
+        num_steps,
       )
       grad, _ = learner.task_update(theta, task)
       np.testing.assert_allclose(grad, expected[name], rtol=1e-10, err_msg=name)
@@ -251,7 +255,7 @@ def test_vmap_over_tasks_equals_loop_over_tasks(name):
   loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(4), num_tasks=3)
-  learner = jaxmeta.make_learner(name, model.init, loss_fn, 0.3, 2)
+  learner = jaxmeta.make_learner(name, model, jaxmeta.classification_loss, 0.3, 2)
   grad, metrics = jaxmeta.meta_gradient(learner, params, tasks)
   per_task = [learner.task_update(params, _task(tasks, i)) for i in range(3)]
   loop_grad = jax.tree.map(lambda *g: sum(g) / 3, *[g for g, _ in per_task])
@@ -404,7 +408,9 @@ def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
   loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   task = _task(_classification_tasks(jax.random.key(8)), 0)
-  learner = jaxmeta.make_learner('pretrain', model.init, loss_fn, 0.1, 1)
+  learner = jaxmeta.make_learner(
+    'pretrain', model, jaxmeta.classification_loss, 0.1, 1
+  )
   grad, _ = learner.task_update(params, task)
   pooled = lambda p: loss_fn(
     p,
@@ -420,7 +426,7 @@ def test_task_chunks_give_the_same_meta_gradient(name):
   loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(9), num_tasks=6)
-  learner = jaxmeta.make_learner(name, model.init, loss_fn, 0.3, 2)
+  learner = jaxmeta.make_learner(name, model, jaxmeta.classification_loss, 0.3, 2)
   full = jaxmeta.meta_gradient(learner, params, tasks)
   for chunk in (1, 2, 3):
     chunked = jax.jit(
@@ -478,7 +484,7 @@ def test_reptile_with_its_own_inner_optimizer_ignores_inner_lr():
 def test_labels_of_the_wrong_length_are_refused_at_trace_time(name, field):
   model = _tanh_mlp()
   learner = jaxmeta.make_learner(
-    name, model.init, jaxmeta.classification_loss(model.apply), 0.1, 1
+    name, model, jaxmeta.classification_loss, 0.1, 1
   )
   tasks = _classification_tasks(jax.random.key(0))
   tasks = tasks._replace(**{field: getattr(tasks, field)[:, :-1]})

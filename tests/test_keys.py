@@ -79,8 +79,8 @@ def _learner(name='maml', num_steps=2):
   model = _dropout_mlp()
   return jaxmeta.make_learner(
     name,
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.3,
     num_inner_steps=num_steps,
   )

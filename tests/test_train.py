@@ -240,7 +240,7 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   learner = jaxmeta.maml(model.init, loss_fn, 0.01, 1)
   # The meta-gradient times 1e38 overflows float32 wherever |grad| > 3.4.
   learner = learner._replace(
-    task_update=lambda p, t, key=None: (
+    task_update=lambda p, t, key=None, global_step=None: (
       jax.tree.map(lambda x: jax.numpy.full_like(x, 10.0), p),
       {'loss': jax.numpy.float32(1.0), 'mse': jax.numpy.float32(1.0)},
     )

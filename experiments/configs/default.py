@@ -17,6 +17,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = ''  # Set by the config files of published settings.
   c.algorithm = 'maml'  # A name in jaxmeta.algorithms.REGISTRY.
+  # The algorithm's own options (keywords of its builder, e.g. MAML++'s
+  # switches; `jaxmeta.algorithms.options(name)` lists them).
+  c.method = ml_collections.ConfigDict()
 
   # The task family: a name in jaxmeta.data.DATASETS (class-image datasets,
   # sampled episodically) or in experiments.tasks.TASK_FAMILIES; `data` holds
@@ -49,6 +52,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.queries = 5  # Query examples per class, training and evaluation.
   c.train_shots = 0  # Support shots per class in training; 0 = `shots`.
   c.train_queries = 0  # Query examples per class in training; 0 = `queries`.
+  # Classes per training episode; 0 = `ways`. Only for algorithms whose
+  # parameters do not depend on the ways (Prototypical Networks).
+  c.train_ways = 0
+  # Images per training minibatch (per meta-batch entry) of the algorithms
+  # trained as ordinary classifiers (Baseline, Baseline++).
+  c.batch_size = 64
 
   # The recipe, chosen on validation accuracy among those of
   # benchmarks/main_job/sweep.json (same 5-minute budget on 2 CPU cores):
@@ -63,7 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.inner_optimizer = 'sgd'  # 'sgd', or 'adam' (b1 = 0) as Reptile uses.
   c.meta_optimizer = 'adam'  # 'adam' or 'sgd'.
   c.meta_lr = 2e-3
-  c.meta_lr_final = 0.0  # < 0: constant; else linear decay to this value.
+  c.meta_lr_final = 0.0  # < 0: constant; else decay to this value.
+  c.meta_lr_schedule = 'linear'  # The decay: 'linear' or 'cosine'.
 
   c.num_iterations = 2400
   c.eval_every = 800

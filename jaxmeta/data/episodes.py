@@ -160,6 +160,42 @@ def sample_task(
   )
 
 
+def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
+  """A minibatch of images of all classes, labelled with their class index.
+
+  What ordinary (non-episodic) classification training draws, e.g. the
+  pretraining of Baseline and Baseline++: `batch_size` (class, drawing) pairs
+  uniformly at random with replacement over the whole split. Returned as a
+  `Task` whose support set is the minibatch and whose query set is empty, so
+  that it travels through the same meta-step as episodes.
+
+  Args:
+    key: PRNG key.
+    images: `[classes, drawings, H, W, C]` (see `sample_task`).
+    batch_size: images in the minibatch (static, >= 1).
+
+  Returns:
+    `Task` with support_x float32 `[batch_size, H, W, C]`, support_y int32
+    `[batch_size]` in `[0, classes)`, and query_x `[0, H, W, C]`, query_y
+    `[0]`.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 5:
+    raise EpisodeConfigError(
+      f'images must be [classes, drawings, H, W, C], got shape {images.shape}.'
+    )
+  batch_size = _static_int('batch_size', batch_size)
+  if batch_size < 1:
+    raise EpisodeConfigError(f'batch_size={batch_size}: need at least 1.')
+  num_classes, num_drawings = images.shape[:2]
+  class_key, drawing_key = jax.random.split(key)
+  classes = jax.random.randint(class_key, (batch_size,), 0, num_classes)
+  drawings = jax.random.randint(drawing_key, (batch_size,), 0, num_drawings)
+  x = _to_unit_float(images[classes, drawings])
+  y = classes.astype(jnp.int32)
+  return Task(support_x=x, support_y=y, query_x=x[:0], query_y=y[:0])
+
+
 def sample_tasks(
   key: PRNGKey,
   images: Array,

@@ -6,10 +6,11 @@ every forward pass, the object `jax.grad` differentiates and the inner loop
 rewrites. With plain functions the parameters are an ordinary dict pytree that
 `jax.grad`, `jax.vmap`, optax and orbax all handle directly; there is no
 variable collection to thread through and no mutable batch-norm state (our
-batch norm always uses batch statistics, see `conv4`). Later algorithms extend
-this without a rewrite: Meta-SGD adds a learning-rate pytree of the same
-structure, ANIL splits the dict into `body` and `head`, MAML++ passes a step
-index to select per-step batch-norm parameters.
+batch norm always uses batch statistics, see `conv4`). Methods build on this
+without a rewrite: ANIL, Prototypical Networks and the Baselines use the
+body/head split (`Model.embed`, `split_head`), MAML++ passes a step index to
+select per-step batch-norm parameters (`per_step_batch_norm`), and Meta-SGD
+keeps its learning rates beside the model's parameters.
 
 Every model is a `Model(init, apply)` pair, the same shape as optax's
 `GradientTransformation`. `apply` is written for one batch of inputs of one
@@ -20,8 +21,15 @@ task; callers vmap it over tasks.
 # so that every import path keeps working (`jaxmeta.models.conv4` is the
 # builder, not its module).
 from jaxmeta.models.base import BACKBONES
+from jaxmeta.models.base import BATCH_NORM_LEAVES
+from jaxmeta.models.base import cosine_logits
+from jaxmeta.models.base import init_linear_head
+from jaxmeta.models.base import join_head
+from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
+from jaxmeta.models.base import per_step_batch_norm
 from jaxmeta.models.base import register_backbone
+from jaxmeta.models.base import split_head
 from jaxmeta.models.conv4 import conv4
 from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import CONV_IMPLS

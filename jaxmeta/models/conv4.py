@@ -6,6 +6,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models.layers import _glorot_dense
@@ -62,8 +63,11 @@ def conv4(
       same function of the same parameters (HWIO kernels, NHWC inputs).
 
   Returns:
-    A `Model`; `apply(params, x, *, key=None)` maps `[batch, H, W, C]` to
-    logits `[batch, num_classes]` (`key` is accepted and ignored).
+    A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H, W,
+    C]` to logits `[batch, num_classes]` (`key` and `step` are accepted and
+    ignored); `embed` gives the flattened features of the last block,
+    `feature_dim = (H // 2**num_blocks) * (W // 2**num_blocks) *
+    num_filters`.
   """
   for name, value in (
     ('num_classes', num_classes),
@@ -110,8 +114,14 @@ def conv4(
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
     return params
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
-    del key  # Deterministic: no dropout.
+  def embed(
+    params: Params,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ) -> Array:
+    del key, step  # Deterministic, no per-step parameters.
     if impl in ('patches_cf', 'patches_cf_2pass'):
       two_pass = impl == 'patches_cf_2pass'
       h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
@@ -128,7 +138,15 @@ def conv4(
         h = conv2d_3x3_same(h, p['w'], impl)  # No bias: see above.
         h = batch_norm(h, p['scale'], p['offset'])
         h = jax.nn.relu(max_pool_2x2(h))
-    h = h.reshape(h.shape[0], -1)  # [batch, feature_dim]
-    return h @ params['head']['w'] + params['head']['b']
+    return h.reshape(h.shape[0], -1)  # [batch, feature_dim]
 
-  return Model(init, apply)
+  def apply(
+    params: Params,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ) -> Array:
+    return linear_head(params['head'], embed(params, x, key=key, step=step))
+
+  return Model(init, apply, embed, feature_dim)

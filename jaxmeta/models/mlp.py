@@ -20,9 +20,10 @@ def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
       probabilities), otherwise raw outputs (logits or regression values).
 
   Returns:
-    A `Model`; `apply(params, x, *, key=None)` flattens `x` of shape
-    `[batch, ...]` to `[batch, layer_sizes[0]]` and returns
-    `[batch, layer_sizes[-1]]` (`key` is accepted and ignored).
+    A `Model` without a body/head split (`embed` is None); `apply(params, x,
+    *, key=None, step=None)` flattens `x` of shape `[batch, ...]` to
+    `[batch, layer_sizes[0]]` and returns `[batch, layer_sizes[-1]]` (`key`
+    and `step` are accepted and ignored).
   """
   layer_sizes = tuple(int(s) for s in layer_sizes)
   if len(layer_sizes) < 2 or min(layer_sizes) < 1:
@@ -37,8 +38,14 @@ def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
       )
     }
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
-    del key  # Deterministic: no dropout.
+  def apply(
+    params: Params,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ) -> Array:
+    del key, step  # Deterministic, no per-step parameters.
     h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
     num_layers = len(layer_sizes) - 1
     for i in range(num_layers):

@@ -5,6 +5,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models.layers import _glorot_dense
@@ -144,8 +145,9 @@ def resnet12(
       the same DropBlock masks for the same key.
 
   Returns:
-    A `Model`; `apply(params, x, *, key=None)` maps `[batch, H, W, C]` to
-    logits `[batch, num_classes]`.
+    A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H,
+    W, C]` to logits `[batch, num_classes]` (`step` is ignored); `embed`
+    gives the `[batch, widths[-1]]` embeddings, `feature_dim = widths[-1]`.
 
   References:
     Oreshkin, Rodriguez & Lacoste 2018, "TADAM: Task dependent adaptive
@@ -195,8 +197,15 @@ def resnet12(
     params['head'] = _glorot_dense(keys[-1], widths[-1], num_classes)
     return params
 
-  def apply(params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
-    h = resnet12_embed(
+  def embed(
+    params: Params,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ) -> Array:
+    del step  # No per-step parameters.
+    return resnet12_embed(
       params,
       x,
       key=key,
@@ -205,6 +214,14 @@ def resnet12(
       early_dropout=early_dropout,
       conv_impl=conv_impl,
     )
-    return h @ params['head']['w'] + params['head']['b']
 
-  return Model(init, apply)
+  def apply(
+    params: Params,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    step: Array | None = None,
+  ) -> Array:
+    return linear_head(params['head'], embed(params, x, key=key, step=step))
+
+  return Model(init, apply, embed, widths[-1])

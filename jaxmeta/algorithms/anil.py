@@ -1,0 +1,107 @@
+"""ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the head."""
+
+from typing import Callable
+
+import jax
+import optax
+
+from jaxmeta.algorithms.base import _adaptation
+from jaxmeta.algorithms.base import _check_inner_lr
+from jaxmeta.algorithms.base import _check_num_steps
+from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.losses import check_batch
+from jaxmeta.losses import LossFn
+from jaxmeta.models.base import join_head
+from jaxmeta.models.base import linear_head
+from jaxmeta.models.base import Model
+from jaxmeta.models.base import split_head
+from jaxmeta.types import Task
+
+
+def require_embed(model: Model, method: str) -> None:
+  """Raises ValueError unless `model` has a body/head split."""
+  if model.embed is None or model.feature_dim is None:
+    raise ValueError(
+      f'{method} needs a model with a body and a head (`Model.embed` and '
+      '`feature_dim`), as conv4 and resnet12 have; this model has none.'
+    )
+
+
+def anil(
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  inner_lr: float,
+  num_inner_steps: int,
+  first_order: bool = False,
+) -> MetaLearner:
+  """ANIL, "Almost No Inner Loop" (Raghu et al. 2020).
+
+  The inner loop adapts only the linear head; the body is learned by the
+  outer loop alone. The body's embeddings of the support and query sets are
+  computed once per task, outside the inner loop, so the inner loop is
+  gradient descent on a linear model: `theta_h' = theta_h - a * grad_h
+  L_s(theta_h; f_s)` for `num_inner_steps` steps, then the query loss
+  `L_q(theta_h'; f_q)` with `f = embed(theta_b, x)`. Its gradient w.r.t. the
+  body flows through the embeddings (and, second order, through the inner
+  updates of the head); it is MAML's gradient for a model whose body is
+  frozen in the inner loop.
+
+  Support and query images are embedded as separate batches, as MAML
+  processes them (batch norm with each batch's statistics).
+
+  Args:
+    model: a `Model` with `embed` (conv4, resnet12).
+    make_loss: `make_loss(apply) -> loss_fn`, e.g.
+      `jaxmeta.classification_loss`; applied to the head alone.
+    inner_lr: the head's inner learning rate.
+    num_inner_steps: inner steps during meta-training.
+    first_order: drop the second-order terms.
+
+  Returns:
+    A `MetaLearner` named 'anil' over the model's parameters.
+
+  References:
+    Raghu, Raghu, Bengio & Vinyals 2020, "Rapid Learning or Feature Reuse?
+    Towards Understanding the Effectiveness of MAML", Section 4.
+  """
+  require_embed(model, 'anil')
+  num_inner_steps = _check_num_steps(num_inner_steps)
+  _check_inner_lr(inner_lr)
+  head_loss = make_loss(lambda head, features: linear_head(head, features))
+  adapt_head, evaluate_head = _adaptation(
+    head_loss, optax.sgd(inner_lr), first_order
+  )
+
+  def embed(body, x, key=None):
+    return model.embed(body, x) if key is None else model.embed(body, x, key=key)
+
+  def adapt(params, support_x, support_y, num_steps):
+    body, head = split_head(params)
+    features = embed(body, support_x)
+    return join_head(body, adapt_head(head, features, support_y, num_steps))
+
+  def meta_loss(params, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
+    body, head = split_head(params)
+    support_key, query_key = _split_task_key(key)
+    support_features = embed(body, task.support_x, support_key)
+    query_features = embed(body, task.query_x, query_key)
+    adapted = adapt_head(head, support_features, task.support_y, num_inner_steps)
+    return head_loss(adapted, query_features, task.query_y)
+
+  def task_update(params, task, key=None, global_step=None):
+    del global_step  # No schedule.
+    return jax.grad(meta_loss, has_aux=True)(params, task, key)
+
+  def evaluate(params, task, num_steps):
+    body, head = split_head(params)
+    features = Task(
+      embed(body, task.support_x),
+      task.support_y,
+      embed(body, task.query_x),
+      task.query_y,
+    )
+    return evaluate_head(head, features, num_steps)
+
+  return MetaLearner('anil', model.init, adapt, task_update, evaluate)

@@ -1,0 +1,160 @@
+"""Baseline and Baseline++ (Chen et al. 2019): pretrain a classifier on all
+training classes, then fit a new head on each task's support set."""
+
+from typing import Callable
+
+import jax
+import optax
+
+from jaxmeta.algorithms.anil import require_embed
+from jaxmeta.algorithms.base import _adaptation
+from jaxmeta.algorithms.base import _check_inner_lr
+from jaxmeta.algorithms.base import _check_num_steps
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.losses import check_batch
+from jaxmeta.losses import LossFn
+from jaxmeta.models.base import cosine_logits
+from jaxmeta.models.base import init_linear_head
+from jaxmeta.models.base import join_head
+from jaxmeta.models.base import linear_head
+from jaxmeta.models.base import Model
+from jaxmeta.models.base import split_head
+from jaxmeta.types import Task
+
+HEADS = ('linear', 'cosine')
+# The fine-tuned head starts from a fixed draw: evaluation is deterministic.
+_HEAD_SEED = 0
+
+
+def cosine_scale(num_classes: int) -> float:
+  """Baseline++'s temperature: 2, or 10 above 200 classes (Chen et al.'s
+  code)."""
+  return 2.0 if num_classes <= 200 else 10.0
+
+
+def baseline(
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  inner_lr: float,
+  num_inner_steps: int = 0,
+  num_classes: int | None = None,
+  head: str = 'linear',
+  momentum: float = 0.9,
+) -> MetaLearner:
+  """Baseline (`head='linear'`) and Baseline++ (`head='cosine'`).
+
+  Training is ordinary classification: `task_update` takes a minibatch of
+  images of all `num_classes` training classes, labelled with their class
+  indices (`train_batches`: the support set holds the minibatch, the query
+  set is empty), and returns the gradient of the cross-entropy of the body
+  and a head over all training classes. To classify a task, the body is
+  frozen and a new head with the task's number of ways (the model's head
+  width) is trained on the support embeddings: `num_steps` full-batch steps
+  of SGD with `inner_lr` and `momentum`, from a fixed Glorot-uniform draw.
+  Chen et al. fine-tune 100 iterations of minibatches of 4 with SGD at 0.01,
+  momentum 0.9 and weight decay 1e-3; here every step sees the whole support
+  set and there is no weight decay.
+
+  Baseline++'s head is a cosine classifier: `logits = s * cos(f, w_c)`, `s`
+  from `cosine_scale`, in pretraining and in fine-tuning.
+
+  Args:
+    model: a `Model` with `embed`; its head width is the evaluation ways.
+    make_loss: `make_loss(apply) -> loss_fn` (classification).
+    inner_lr: the fine-tuning learning rate.
+    num_inner_steps: unused in training, >= 0 (evaluation takes its steps).
+    num_classes: the number of training classes (pretraining head width).
+    head: 'linear' (Baseline) or 'cosine' (Baseline++).
+    momentum: the fine-tuning SGD momentum.
+
+  Returns:
+    A `MetaLearner` named 'baseline' or 'baseline_plus_plus' whose
+    parameters are the body and the pretraining head.
+
+  References:
+    Chen, Liu, Kira, Wang & Huang 2019, "A Closer Look at Few-shot
+    Classification", Section 3.
+  """
+  require_embed(model, 'baseline')
+  _check_num_steps(num_inner_steps)
+  _check_inner_lr(inner_lr)
+  if head not in HEADS:
+    raise ValueError(f'head must be one of {HEADS}, got {head!r}.')
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+    raise ValueError(
+      'baseline needs num_classes, the number of training classes (an int).'
+    )
+  if num_classes < 2:
+    raise ValueError(f'num_classes must be >= 2, got {num_classes}.')
+  ways = jax.eval_shape(model.init, jax.random.key(0))['head']['b'].shape[0]
+
+  def classifier(width):
+    if head == 'linear':
+      return linear_head
+    scale = cosine_scale(width)
+    return lambda h, f: cosine_logits(h, f, scale)
+
+  train_loss = make_loss(classifier(num_classes))
+  task_loss = make_loss(classifier(ways))
+  optimizer = optax.sgd(inner_lr, momentum=momentum or None)
+  fit_head, evaluate_head = _adaptation(task_loss, optimizer)
+
+  def init(key):
+    body_key, head_key = jax.random.split(key)
+    body, _ = split_head(model.init(body_key))
+    return join_head(
+      body, init_linear_head(head_key, model.feature_dim, num_classes)
+    )
+
+  def new_head():
+    return init_linear_head(
+      jax.random.key(_HEAD_SEED), model.feature_dim, ways
+    )
+
+  def adapt(params, support_x, support_y, num_steps):
+    body, _ = split_head(params)
+    features = model.embed(body, support_x)
+    return join_head(body, fit_head(new_head(), features, support_y, num_steps))
+
+  def minibatch_loss(params, x, y, key):
+    body, h = split_head(params)
+    features = model.embed(body, x) if key is None else model.embed(
+      body, x, key=key
+    )
+    return train_loss(h, features, y)
+
+  def task_update(params, task, key=None, global_step=None):
+    del global_step  # No schedule.
+    check_batch(task.support_x, task.support_y, 'minibatch')
+    return jax.grad(minibatch_loss, has_aux=True)(
+      params, task.support_x, task.support_y, key
+    )
+
+  def evaluate(params, task, num_steps):
+    body, _ = split_head(params)
+    features = Task(
+      model.embed(body, task.support_x),
+      task.support_y,
+      model.embed(body, task.query_x),
+      task.query_y,
+    )
+    return evaluate_head(new_head(), features, num_steps)
+
+  name = 'baseline' if head == 'linear' else 'baseline_plus_plus'
+  return MetaLearner(
+    name, init, adapt, task_update, evaluate, train_batches=True, any_ways=True
+  )
+
+
+def baseline_plus_plus(
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  inner_lr: float,
+  num_inner_steps: int = 0,
+  num_classes: int | None = None,
+  momentum: float = 0.9,
+) -> MetaLearner:
+  """Baseline++: `baseline(..., head='cosine')`."""
+  return baseline(
+    model, make_loss, inner_lr, num_inner_steps, num_classes, 'cosine', momentum
+  )

@@ -1,0 +1,88 @@
+"""MAML (Finn et al. 2017) and first-order MAML.
+
+`task_update` returns the gradient of the query loss after adaptation w.r.t.
+the initialisation, second-order terms included (or, first order, the query
+gradient at the adapted parameters).
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmeta.algorithms.base import _adaptation
+from jaxmeta.algorithms.base import _check_inner_lr
+from jaxmeta.algorithms.base import _check_num_steps
+from jaxmeta.algorithms.base import _loss
+from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.losses import check_batch
+from jaxmeta.losses import LossFn
+from jaxmeta.types import Params, PRNGKey
+
+
+def maml(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+  first_order: bool = False,
+) -> MetaLearner:
+  """MAML (Finn, Abbeel & Levine 2017) and its first-order approximation.
+
+  For one task with support loss `L_s` and query loss `L_q`, the inner loop
+  takes `num_inner_steps` gradient steps `theta' = theta - a * grad L_s` and
+  the meta-objective is `L_q(theta'(theta))`. Its gradient, with one inner
+  step, is `(I - a * H_s(theta)) grad L_q(theta')` (eq. 1 of the paper and the
+  chain rule); `jax.grad` differentiates through the whole inner loop, so the
+  second-order terms are exact for any number of steps. With
+  `first_order=True` the Hessian terms are dropped: the result is
+  `grad L_q(theta')`.
+
+  Args:
+    init_fn: `init(key) -> params` of the model.
+    loss_fn: `loss_fn(params, x, y, key=None) -> (loss, metrics)` (see
+      `jaxmeta.losses`).
+    inner_lr: inner-loop learning rate `a`, > 0.
+    num_inner_steps: inner steps during meta-training, a Python int >= 0.
+    first_order: drop the second-order terms (first-order MAML).
+
+  Returns:
+    A `MetaLearner`.
+
+  References:
+    Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
+    Deep Networks", Algorithm 2 and Section 5.2 (first-order approximation).
+  """
+  num_inner_steps = _check_num_steps(num_inner_steps)
+  _check_inner_lr(inner_lr)
+  adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr), first_order)
+
+  def meta_loss(params, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
+    inner_key, query_key = _split_task_key(key)
+    adapted = adapt(
+      params, task.support_x, task.support_y, num_inner_steps, inner_key
+    )
+    return _loss(loss_fn, adapted, task.query_x, task.query_y, query_key)
+
+  def task_update(params, task, key=None, global_step=None):
+    del global_step  # No schedule.
+    meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task, key)
+    return meta_grad, metrics
+
+  return MetaLearner(
+    'fomaml' if first_order else 'maml', init_fn, adapt, task_update, evaluate
+  )
+
+
+def fomaml(
+  init_fn: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  inner_lr: float,
+  num_inner_steps: int,
+) -> MetaLearner:
+  """First-order MAML: `maml(..., first_order=True)`."""
+  return maml(init_fn, loss_fn, inner_lr, num_inner_steps, first_order=True)

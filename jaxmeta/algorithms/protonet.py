@@ -1,0 +1,129 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017)."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.algorithms.anil import require_embed
+from jaxmeta.algorithms.base import _check_num_steps
+from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.losses import check_batch
+from jaxmeta.losses import LossFn
+from jaxmeta.models.base import Model
+from jaxmeta.models.base import split_head
+from jaxmeta.types import Array
+
+
+def prototypes(
+  features: Array, labels: Array, num_classes: int
+) -> tuple[Array, Array]:
+  """Class means of support embeddings.
+
+  Args:
+    features: `[support_size, d]`.
+    labels: `[support_size]` int in `[0, num_classes)`.
+    num_classes: a static bound on the classes.
+
+  Returns:
+    `(prototypes [num_classes, d], counts [num_classes])`; a class without
+    support examples has a zero prototype and count 0.
+  """
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)
+  counts = jnp.sum(one_hot, axis=0)
+  sums = one_hot.T @ features
+  return sums / jnp.maximum(counts, 1)[:, None], counts
+
+
+def prototype_logits(
+  query_features: Array, protos: Array, counts: Array
+) -> Array:
+  """`-|f_q - c_k|^2` for every query and class; `-inf` for a class without
+  support examples (never predicted)."""
+  distances = jnp.sum(
+    jnp.square(query_features[:, None, :] - protos[None, :, :]), axis=-1
+  )
+  return jnp.where(counts[None, :] > 0, -distances, -jnp.inf)
+
+
+def protonet(
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  inner_lr: float | None = None,
+  num_inner_steps: int = 0,
+) -> MetaLearner:
+  """Prototypical Networks (Snell et al. 2017).
+
+  A task's classes are the means `c_k` of their support embeddings
+  (`model.embed`); a query is classified by the softmax of `-|f(x) - c_k|^2`
+  (squared Euclidean distance, Section 2.2 of the paper). Training minimises
+  that cross-entropy over episodes; there is no inner loop. Nothing depends
+  on the number of ways, so training episodes may have more classes than the
+  evaluation ones (`any_ways`; the paper trains Omniglot with 60 ways).
+
+  The meta-parameters are the body's (the model's head is dropped). Support
+  and query images are embedded as separate batches, as MAML processes them.
+  The number of classes is bounded by the support size, which must hold every
+  label in `[0, support_size)`.
+
+  Args:
+    model: a `Model` with `embed`.
+    make_loss: `make_loss(apply) -> loss_fn` (classification), applied to
+      the logits.
+    inner_lr: unused (no inner loop); accepted for the uniform signature.
+    num_inner_steps: unused, must be >= 0.
+
+  Returns:
+    A `MetaLearner` named 'protonet'; `adapt` returns `{'prototypes':
+    [classes, d], 'counts': [classes]}`, and `evaluate`'s `*_by_step`
+    repeat the one result (adaptation has no steps).
+
+  References:
+    Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot
+    Learning", Algorithm 1.
+  """
+  del inner_lr
+  require_embed(model, 'protonet')
+  _check_num_steps(num_inner_steps)
+  loss_fn = make_loss(lambda _, logits: logits)
+
+  def init(key):
+    body, _ = split_head(model.init(key))
+    return body
+
+  def embed(body, x, key=None):
+    return model.embed(body, x) if key is None else model.embed(body, x, key=key)
+
+  def adapt(body, support_x, support_y, num_steps=0, key=None):
+    del num_steps
+    check_batch(support_x, support_y, 'support')
+    protos, counts = prototypes(
+      embed(body, support_x, key), support_y, support_x.shape[0]
+    )
+    return {'prototypes': protos, 'counts': counts}
+
+  def logits(body, task, key=None):
+    support_key, query_key = _split_task_key(key)
+    classes = adapt(body, task.support_x, task.support_y, key=support_key)
+    query_features = embed(body, task.query_x, query_key)
+    return prototype_logits(
+      query_features, classes['prototypes'], classes['counts']
+    )
+
+  def task_update(body, task, key=None, global_step=None):
+    del global_step  # No schedule.
+    check_batch(task.query_x, task.query_y, 'query')
+    return jax.grad(
+      lambda b: loss_fn(None, logits(b, task, key), task.query_y), has_aux=True
+    )(body)
+
+  def evaluate(body, task, num_steps):
+    _, metrics = loss_fn(None, logits(body, task), task.query_y)
+    out = {}
+    for k, v in metrics.items():
+      out[k] = v
+      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
+    return out
+
+  return MetaLearner('protonet', init, adapt, task_update, evaluate, any_ways=True)
