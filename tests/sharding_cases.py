@@ -51,7 +51,6 @@ def _sample_task(key, images):
 
 def _setup(name):
   model = jaxmeta.mlp((16, 8, SHAPE['ways']))
-  loss_fn = jaxmeta.classification_loss(model.apply)
   learner = jaxmeta.make_learner(
     name, model, jaxmeta.classification_loss, inner_lr=0.3, num_inner_steps=2
   )

@@ -252,10 +252,11 @@ def test_reptile_without_query_metrics_does_the_same_update():
 @pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
 def test_vmap_over_tasks_equals_loop_over_tasks(name):
   model = _tanh_mlp()
-  loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(4), num_tasks=3)
-  learner = jaxmeta.make_learner(name, model, jaxmeta.classification_loss, 0.3, 2)
+  learner = jaxmeta.make_learner(
+    name, model, jaxmeta.classification_loss, 0.3, 2
+  )
   grad, metrics = jaxmeta.meta_gradient(learner, params, tasks)
   per_task = [learner.task_update(params, _task(tasks, i)) for i in range(3)]
   loop_grad = jax.tree.map(lambda *g: sum(g) / 3, *[g for g, _ in per_task])
@@ -423,10 +424,11 @@ def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
 @pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
 def test_task_chunks_give_the_same_meta_gradient(name):
   model = _tanh_mlp()
-  loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(9), num_tasks=6)
-  learner = jaxmeta.make_learner(name, model, jaxmeta.classification_loss, 0.3, 2)
+  learner = jaxmeta.make_learner(
+    name, model, jaxmeta.classification_loss, 0.3, 2
+  )
   full = jaxmeta.meta_gradient(learner, params, tasks)
   for chunk in (1, 2, 3):
     chunked = jax.jit(

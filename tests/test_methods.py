@@ -165,7 +165,7 @@ def test_meta_sgd_with_every_rate_equal_to_a_is_maml_with_inner_lr_a():
   meta = learner.init(jax.random.key(0))
   jax.tree.map(
     lambda lr: np.testing.assert_array_equal(lr, np.float32(0.2)),
-    meta["inner"]["lr"],
+    meta['inner']['lr'],
   )
   maml = jaxmeta.maml(
     model.init, jaxmeta.classification_loss(model.apply), 0.2, 2
@@ -366,8 +366,8 @@ def test_per_step_batch_norm_sums_to_the_shared_batch_norm_gradient():
   # Step i of the adaptation uses copy i: a change to copy 2 only moves the
   # query loss through the third step.
   bumped = jax.tree.map(lambda v: v, meta)
-  bumped['model']['conv0']['scale'] = meta['model']['conv0']['scale'].at[2].add(
-    1.0
+  bumped['model']['conv0']['scale'] = (
+    meta['model']['conv0']['scale'].at[2].add(1.0)
   )
   two_steps = lambda m: learner.evaluate(m, task, 2)['loss_by_step']  # noqa: E731
   np.testing.assert_array_equal(two_steps(bumped)[:2], two_steps(meta)[:2])
@@ -412,7 +412,9 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
   _, metrics = learner.task_update(body, task)
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
   accuracy = np.mean(logits.argmax(1) == np.asarray(task.query_y))
-  np.testing.assert_allclose(learner.evaluate(body, task, 0)['accuracy'], accuracy)
+  np.testing.assert_allclose(
+    learner.evaluate(body, task, 0)['accuracy'], accuracy
+  )
 
 
 def test_protonet_gradient_matches_finite_differences():
@@ -466,7 +468,9 @@ def _identity_body_model(dim, ways):
   return jaxmeta.Model(init, apply, embed, dim)
 
 
-@pytest.mark.parametrize('build', [jaxmeta.baseline, jaxmeta.baseline_plus_plus])
+@pytest.mark.parametrize(
+  'build', [jaxmeta.baseline, jaxmeta.baseline_plus_plus]
+)
 def test_baseline_fine_tuned_head_separates_a_linearly_separable_task(build):
   # Each class sits along its own direction: a linear and a cosine head
   # both separate them.
@@ -512,9 +516,7 @@ def test_baseline_pretraining_gradient_is_the_all_class_cross_entropy(head):
       logits = features @ h['w'] + h['b']
     else:
       logits = jaxmeta.models.cosine_logits(h, features, 2.0)
-    return jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    )
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
   expected = jax.grad(reference)(params)
   _assert_trees_close(grad, expected, rtol=1e-5, atol=1e-7)
@@ -532,9 +534,11 @@ def test_baseline_needs_the_number_of_training_classes():
 @pytest.mark.parametrize('name', sorted(jaxmeta.ALGORITHM_REGISTRY))
 def test_every_registered_method_steps_through_the_meta_train_step(name):
   model = _conv4()
-  options = {'num_classes': 5} if 'num_classes' in jaxmeta.algorithms.options(
-    name
-  ) else {}
+  options = (
+    {'num_classes': 5}
+    if 'num_classes' in jaxmeta.algorithms.options(name)
+    else {}
+  )
   learner = jaxmeta.make_learner(
     name, model, jaxmeta.classification_loss, 0.1, 1, **options
   )

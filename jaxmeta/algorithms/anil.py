@@ -74,7 +74,9 @@ def anil(
   )
 
   def embed(body, x, key=None):
-    return model.embed(body, x) if key is None else model.embed(body, x, key=key)
+    return (
+      model.embed(body, x) if key is None else model.embed(body, x, key=key)
+    )
 
   def adapt(params, support_x, support_y, num_steps):
     body, head = split_head(params)
@@ -87,7 +89,9 @@ def anil(
     support_key, query_key = _split_task_key(key)
     support_features = embed(body, task.support_x, support_key)
     query_features = embed(body, task.query_x, query_key)
-    adapted = adapt_head(head, support_features, task.support_y, num_inner_steps)
+    adapted = adapt_head(
+      head, support_features, task.support_y, num_inner_steps
+    )
     return head_loss(adapted, query_features, task.query_y)
 
   def task_update(params, task, key=None, global_step=None):

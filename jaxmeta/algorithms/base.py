@@ -240,7 +240,6 @@ def _adaptation(
   return adapt, evaluate
 
 
-
 def sgd_loop(
   loss_fn: LossFn,
   params: Params,

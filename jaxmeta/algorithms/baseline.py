@@ -107,9 +107,7 @@ def baseline(
     )
 
   def new_head():
-    return init_linear_head(
-      jax.random.key(_HEAD_SEED), model.feature_dim, ways
-    )
+    return init_linear_head(jax.random.key(_HEAD_SEED), model.feature_dim, ways)
 
   def adapt(params, support_x, support_y, num_steps):
     body, _ = split_head(params)
@@ -118,8 +116,8 @@ def baseline(
 
   def minibatch_loss(params, x, y, key):
     body, h = split_head(params)
-    features = model.embed(body, x) if key is None else model.embed(
-      body, x, key=key
+    features = (
+      model.embed(body, x) if key is None else model.embed(body, x, key=key)
     )
     return train_loss(h, features, y)
 

@@ -8,7 +8,6 @@ gradient at the adapted parameters).
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from jaxmeta.algorithms.base import _adaptation
@@ -16,7 +15,6 @@ from jaxmeta.algorithms.base import _check_inner_lr
 from jaxmeta.algorithms.base import _check_num_steps
 from jaxmeta.algorithms.base import _loss
 from jaxmeta.algorithms.base import _split_task_key
-from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn

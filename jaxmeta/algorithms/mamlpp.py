@@ -219,10 +219,7 @@ def maml_plus_plus(
     # (MSL on, first order) -> branch index.
     table = jnp.array(
       [
-        [
-          phases.index((m, f)) if (m, f) in phases else 0
-          for f in (False, True)
-        ]
+        [phases.index((m, f)) if (m, f) in phases else 0 for f in (False, True)]
         for m in (False, True)
       ],
       jnp.int32,

@@ -88,6 +88,8 @@ def meta_sgd(
     return jax.grad(meta_loss, has_aux=True)(meta, task, key)
 
   def evaluate(meta, task, num_steps):
-    return evaluate_sgd_loop(loss_fn, meta['model'], rates(meta), task, num_steps)
+    return evaluate_sgd_loop(
+      loss_fn, meta['model'], rates(meta), task, num_steps
+    )
 
   return MetaLearner('meta_sgd', init, adapt, task_update, evaluate)

@@ -93,7 +93,9 @@ def protonet(
     return body
 
   def embed(body, x, key=None):
-    return model.embed(body, x) if key is None else model.embed(body, x, key=key)
+    return (
+      model.embed(body, x) if key is None else model.embed(body, x, key=key)
+    )
 
   def adapt(body, support_x, support_y, num_steps=0, key=None):
     del num_steps
@@ -126,4 +128,6 @@ def protonet(
       out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
     return out
 
-  return MetaLearner('protonet', init, adapt, task_update, evaluate, any_ways=True)
+  return MetaLearner(
+    'protonet', init, adapt, task_update, evaluate, any_ways=True
+  )
