@@ -76,7 +76,7 @@ _NON_NEGATIVE_FIELDS = (
 _INNER_OPTIMIZERS = ('sgd', 'adam')
 _META_OPTIMIZERS = ('adam', 'sgd')
 _SAMPLERS = ('device', 'host')
-_META_LR_SCHEDULES = ('linear', 'cosine')
+_META_LR_SCHEDULES = ('linear', 'cosine', 'halving')
 # The step counter is an int32 on the device.
 _MAX_INT = 2**31 - 1
 
@@ -186,8 +186,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.method has {unknown}, which {config.algorithm} does not take; '
       f'its options are {list(known)}.'
     )
+  if config.meta_lr_halve_every < 1:
+    raise ConfigError(
+      'config.meta_lr_halve_every must be >= 1, got '
+      f'{config.meta_lr_halve_every}.'
+    )
   if config.batch_size < 1:
-    raise ConfigError(f'config.batch_size must be >= 1, got {config.batch_size}.')
+    raise ConfigError(
+      f'config.batch_size must be >= 1, got {config.batch_size}.'
+    )
 
 
 def build_learner(
@@ -242,12 +249,17 @@ def build_learner(
 def build_optimizer(
   config: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
-  """The outer optimiser; its rate decays from `meta_lr` to `meta_lr_final`
-  over the run (`meta_lr_schedule`: linear, or cosine as in MAML++) if
+  """The outer optimiser. Its rate halves every `meta_lr_halve_every`
+  iterations with `meta_lr_schedule='halving'`; else it decays from `meta_lr`
+  to `meta_lr_final` over the run (linear, or cosine as in MAML++) if
   `meta_lr_final >= 0`, and is constant otherwise."""
   lr = config.meta_lr
   steps = max(config.num_iterations, 1)
-  if config.meta_lr_final >= 0 and config.meta_lr_schedule == 'cosine':
+  if config.meta_lr_schedule == 'halving':
+    lr = optax.exponential_decay(
+      config.meta_lr, config.meta_lr_halve_every, 0.5, staircase=True
+    )
+  elif config.meta_lr_final >= 0 and config.meta_lr_schedule == 'cosine':
     lr = optax.cosine_decay_schedule(
       config.meta_lr, steps, alpha=config.meta_lr_final / config.meta_lr
     )

@@ -126,12 +126,91 @@ def test_the_default_is_the_main_job():
 
 @pytest.mark.parametrize('name,preset', CASES)
 def test_published_settings_keep_their_constant_adam_rate(name, preset):
-  if name in ('default', 'reptile_omniglot'):
-    return  # The main job's own recipe; Reptile's annealed SGD step.
   module = importlib.import_module(f'experiments.configs.{name}')
   config = module.get_config(preset) if preset else module.get_config()
+  if name in ('default', 'reptile_omniglot'):
+    return  # The main job's own recipe; Reptile's annealed SGD step.
+  if name == 'maml_plus_plus_omniglot':  # Cosine annealing, as published.
+    assert (
+      config.meta_lr,
+      config.meta_lr_final,
+      config.meta_lr_schedule,
+      config.num_iterations,
+    ) == (1e-3, 1e-5, 'cosine', 75_000)
+    return
+  if name.startswith('protonet'):  # Halved every 2000 episodes.
+    assert (
+      config.meta_lr,
+      config.meta_lr_schedule,
+      config.meta_lr_halve_every,
+    ) == (1e-3, 'halving', 2000)
+    return
   assert (config.meta_optimizer, config.meta_lr, config.meta_lr_final) == (
     'adam',
     1e-3,
     -1.0,
   ), name
+
+
+def test_method_presets_follow_their_papers():
+  from experiments.configs import anil_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import baseline_miniimagenet  # pylint: disable=g-import-not-at-top
+  from experiments.configs import baseline_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import maml_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import maml_plus_plus_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import meta_sgd_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import protonet_miniimagenet  # pylint: disable=g-import-not-at-top
+  from experiments.configs import protonet_omniglot  # pylint: disable=g-import-not-at-top
+
+  # ANIL: MAML's settings, another algorithm.
+  anil, maml = (
+    anil_omniglot.get_config('20w1s'),
+    maml_omniglot.get_config('20w1s'),
+  )
+  assert anil.algorithm == 'anil'
+  anil.algorithm, anil.preset = maml.algorithm, maml.preset
+  assert anil.to_dict() == maml.to_dict()
+  c = meta_sgd_omniglot.get_config('5w1s')
+  assert (c.algorithm, c.inner_steps, c.eval_inner_steps) == ('meta_sgd', 1, 1)
+  c = maml_plus_plus_omniglot.get_config('20w1s')
+  assert (c.ways, c.inner_steps, c.eval_inner_steps, c.inner_lr) == (
+    20,
+    5,
+    5,
+    0.1,
+  )
+  assert c.method.to_dict() == {
+    'per_step_lr': True,
+    'multi_step_loss': True,
+    'msl_iterations': 5000,
+    'first_order_iterations': 25_000,
+    'per_step_bn': True,
+  }
+  c = protonet_omniglot.get_config('20w1s')
+  assert (
+    c.algorithm,
+    c.ways,
+    c.train_ways,
+    c.train_queries,
+    c.meta_batch_size,
+    c.data.scheme,
+    c.model.num_filters,
+  ) == ('protonet', 20, 60, 5, 1, 'vinyals', 64)
+  c = protonet_miniimagenet.get_config('conv4_5w5s')
+  assert (c.train_ways, c.queries, c.data.image_size) == (20, 15, 84)
+  assert protonet_miniimagenet.get_config('resnet12_5w1s').backbone == (
+    'resnet12'
+  )
+  for module, preset in (
+    (baseline_omniglot, 'baseline_plus_plus_20w1s'),
+    (baseline_miniimagenet, 'baseline_plus_plus_conv4_5w5s'),
+  ):
+    c = module.get_config(preset)
+    assert (
+      c.algorithm,
+      c.batch_size,
+      c.meta_batch_size,
+      c.inner_lr,
+      c.eval_inner_steps,
+    ) == ('baseline_plus_plus', 16, 1, 0.01, 100)
+  assert baseline_omniglot.get_config('baseline_5w1s').algorithm == 'baseline'

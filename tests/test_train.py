@@ -83,7 +83,9 @@ def restore(config, workdir, step=None):
   return state, meta
 
 
-@pytest.mark.parametrize('algorithm', sorted(jaxmeta.algorithms.REGISTRY))
+# The MAML family and the pretrain baseline on every backbone; the methods
+# with a body/head split are run through the harness in test_train_methods.
+@pytest.mark.parametrize('algorithm', ['fomaml', 'maml', 'pretrain', 'reptile'])
 @pytest.mark.parametrize('backbone', sorted(jaxmeta.models.BACKBONES))
 def test_every_algorithm_trains_every_backbone(
   tmp_path, tiny_dataset, algorithm, backbone
@@ -98,7 +100,10 @@ def test_every_algorithm_trains_every_backbone(
   assert int(state.step) == 4
 
 
-@pytest.mark.parametrize('algorithm', sorted(jaxmeta.algorithms.REGISTRY))
+@pytest.mark.parametrize(
+  'algorithm',
+  ['fomaml', 'maml', 'maml_plus_plus', 'meta_sgd', 'pretrain', 'reptile'],
+)
 def test_every_algorithm_trains_on_sinusoids(tmp_path, algorithm):
   results = run(tiny_sinusoid(algorithm=algorithm), tmp_path)
   assert results['iterations'] == 4 and results['dataset'] == 'sinusoid'

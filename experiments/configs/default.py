@@ -73,7 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.meta_optimizer = 'adam'  # 'adam' or 'sgd'.
   c.meta_lr = 2e-3
   c.meta_lr_final = 0.0  # < 0: constant; else decay to this value.
-  c.meta_lr_schedule = 'linear'  # The decay: 'linear' or 'cosine'.
+  # The decay: 'linear' or 'cosine' to `meta_lr_final` over the run, or
+  # 'halving' every `meta_lr_halve_every` iterations (Snell et al. 2017).
+  c.meta_lr_schedule = 'linear'
+  c.meta_lr_halve_every = 2000
 
   c.num_iterations = 2400
   c.eval_every = 800

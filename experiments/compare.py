@@ -1,0 +1,324 @@
+r"""Every method on equal terms: the same tasks, backbone and training time.
+
+  python -m experiments.compare --workdir=/tmp/compare \
+      --output_dir=benchmarks/methods --budget_s=300
+
+trains each method of `METHODS` on Omniglot 5-way 1-shot (the main job's
+data and backbone: Vinyals' split, 28x28, Conv-4 with 32 filters) for the
+same training time, then tests each on the same 600 test tasks (the main
+job's `eval_seed`). Each method keeps its own recipe (learning rates, inner
+steps, episode shape, meta-batch; see `METHODS`). The time budget becomes a
+number of iterations per method: a calibration run times the compiled step
+(after compilation) and the method then trains `budget_s * steps_per_second`
+iterations, so that a busy machine changes how long the comparison takes,
+not what it trains. Writes `results.json` (per method: test accuracy and its
+95% CI, iterations, measured training seconds, the validation curve) and
+`comparison.png` (accuracy with CI; validation accuracy against training
+time) to `--output_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+from experiments import common
+from experiments import train
+from experiments.configs import default
+from experiments.configs import reptile_omniglot
+
+
+def _maml_recipe(c: ml_collections.ConfigDict) -> None:
+  """The main job's recipe (inner lr 0.4, one step, 3 at test time,
+  meta-batch 8, Adam 2e-3 decayed linearly to 0)."""
+  del c
+
+
+def _reptile_recipe(c: ml_collections.ConfigDict) -> None:
+  """Nichol et al.'s Omniglot recipe (`reptile_omniglot`)."""
+  preset = reptile_omniglot.get_config('5w1s')
+  for name in (
+    'train_shots',
+    'train_queries',
+    'meta_batch_size',
+    'inner_steps',
+    'eval_inner_steps',
+    'inner_lr',
+    'inner_optimizer',
+    'meta_optimizer',
+    'meta_lr',
+    'meta_lr_final',
+  ):
+    c[name] = preset[name]
+
+
+def _meta_sgd_recipe(c: ml_collections.ConfigDict) -> None:
+  """One step in training and at test time (Li et al.)."""
+  c.eval_inner_steps = 1
+
+
+def _maml_plus_plus_recipe(c: ml_collections.ConfigDict) -> None:
+  """Five steps from rate 0.1, cosine to 1e-5; MSL over the first 1/15 and
+  first order over the first 1/3 of the run (10 and 50 of 150 epochs)."""
+  c.update(
+    inner_lr=0.1,
+    inner_steps=5,
+    eval_inner_steps=5,
+    meta_lr_final=1e-5,
+    meta_lr_schedule='cosine',
+  )
+
+
+def _protonet_recipe(c: ml_collections.ConfigDict) -> None:
+  """60-way training episodes, 5 queries, one episode per update, Adam 1e-3
+  halved every 2000 episodes (Snell et al.)."""
+  c.update(
+    algorithm='protonet',
+    train_ways=60,
+    train_queries=5,
+    meta_batch_size=1,
+    inner_steps=0,
+    eval_inner_steps=0,
+    meta_lr=1e-3,
+    meta_lr_schedule='halving',
+    meta_lr_halve_every=2000,
+  )
+
+
+def _baseline_recipe(c: ml_collections.ConfigDict) -> None:
+  """Minibatches of 16, Adam 1e-3; a new head fitted with 100 SGD steps at
+  0.01, momentum 0.9 (Chen et al.)."""
+  c.update(
+    meta_batch_size=1,
+    batch_size=16,
+    inner_steps=0,
+    inner_lr=0.01,
+    eval_inner_steps=100,
+    meta_lr=1e-3,
+    meta_lr_final=-1.0,
+  )
+
+
+# method -> its recipe on top of the main job's config.
+METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+  'maml': _maml_recipe,
+  'fomaml': _maml_recipe,
+  'reptile': _reptile_recipe,
+  'anil': _maml_recipe,
+  'meta_sgd': _meta_sgd_recipe,
+  'maml_plus_plus': _maml_plus_plus_recipe,
+  'protonet': _protonet_recipe,
+  'baseline': _baseline_recipe,
+  'baseline_plus_plus': _baseline_recipe,
+}
+
+
+def method_config(
+  method: str, base: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
+  """The main job's config (or `base`) with `method`'s recipe."""
+  c = ml_collections.ConfigDict((base or default.get_config()).to_dict())
+  c.algorithm = method
+  METHODS[method](c)
+  c.preset = f'compare:{method}'
+  return c
+
+
+def _schedule(c: ml_collections.ConfigDict, iterations: int) -> None:
+  """Sets the run's length and what scales with it."""
+  c.num_iterations = iterations
+  c.eval_every = c.checkpoint_every = max(1, iterations // 5)
+  if c.algorithm == 'maml_plus_plus':
+    c.method = ml_collections.ConfigDict(
+      {
+        'msl_iterations': max(1, iterations // 15),
+        'first_order_iterations': iterations // 3,
+      }
+    )
+
+
+def steps_per_second(
+  config: ml_collections.ConfigDict, min_seconds: float = 5.0
+) -> float:
+  """Compiled meta-steps per second of `config`, after compilation.
+
+  Runs 2 warm-up steps, then steps until `min_seconds` have passed (at least
+  3 steps).
+  """
+  with tempfile.TemporaryDirectory() as workdir:
+    run = train._Run(config, workdir, None, None, 'train')  # pylint: disable=protected-access
+    step = train.make_train_step(
+      run.learner, run.optimizer, run.family, config, run.mesh
+    )
+    state, data = run.init_state(), run.load('train')
+    for _ in range(2):
+      state, _ = step(state, data)
+    jax.block_until_ready(state)
+    start, count = time.perf_counter(), 0
+    while count < 3 or time.perf_counter() - start < min_seconds:
+      state, _ = step(state, data)
+      count += 1
+      if count % 5 == 0:
+        jax.block_until_ready(state)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    run.checkpoints.close()
+  return count / seconds
+
+
+def _curve(workdir: str, rate: float) -> list[list[float]]:
+  """[[training seconds, validation accuracy], ...] of a finished run."""
+  points = []
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if 'val/accuracy' in record:
+        points.append([record['step'] / rate, record['val/accuracy']])
+  return points
+
+
+def compare(
+  methods: Sequence[str],
+  budget_s: float,
+  workdir: str,
+  base: ml_collections.ConfigDict | None = None,
+  calibration_s: float = 5.0,
+  progress: bool = False,
+  overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+  """Trains and tests every method for the same training time.
+
+  Args:
+    methods: names in `METHODS`.
+    budget_s: training seconds per method.
+    workdir: runs go to `workdir/<method>` (an existing finished run is
+      reused: its results are read back).
+    base: the shared config (default: the main job's); each method's recipe
+      is applied on top.
+    calibration_s: seconds of timed steps to measure a method's speed.
+    progress: progress bars.
+    overrides: `{method: {field: value}}` applied after the recipe (e.g. a
+      smaller `train_ways` for a dataset with fewer classes).
+
+  Returns:
+    `{'budget_s', 'methods': {method: {...}}}` (see the module docstring).
+  """
+  out = {'budget_s': budget_s, 'backend': jax.default_backend(), 'methods': {}}
+  for method in methods:
+    config = method_config(method, base)
+    config.update((overrides or {}).get(method, {}))
+    method_dir = os.path.join(workdir, method)
+    results_path = os.path.join(method_dir, 'results.json')
+    if os.path.exists(results_path):
+      with open(results_path) as f:
+        results = json.load(f)
+      rate = results['calibrated_steps_per_second']
+    else:
+      rate = steps_per_second(config, calibration_s)
+      _schedule(config, max(1, int(budget_s * rate)))
+      print(f'{method}: {rate:.2f} steps/s -> {config.num_iterations} its')
+      results = train.train_and_evaluate(config, method_dir, progress=progress)
+      results['calibrated_steps_per_second'] = rate
+      common.write_json(results_path, results)
+    out['methods'][method] = {
+      'test_accuracy': results['test_accuracy'],
+      'test_ci95': results['test_ci95'],
+      'num_test_tasks': results['num_test_tasks'],
+      'iterations': results['iterations'],
+      'calibrated_steps_per_second': rate,
+      'train_seconds': results['train_seconds'],
+      'eval_inner_steps': results['eval_inner_steps'],
+      'val_curve': _curve(method_dir, rate),
+      'recipe': (METHODS[method].__doc__ or '').strip(),
+    }
+  return out
+
+
+def plot(results: dict[str, Any], path: str | None = None):
+  """Test accuracy with 95% CIs, and validation accuracy against training
+  time; saved to `path` if given. Returns the figure."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  methods = list(results['methods'])
+  fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.2))
+  means = [100 * results['methods'][m]['test_accuracy'] for m in methods]
+  cis = [100 * results['methods'][m]['test_ci95'] for m in methods]
+  bars.barh(methods, means, xerr=cis, color='tab:blue', capsize=3)
+  bars.invert_yaxis()
+  bars.set_xlim(min(means) - 10, 100)
+  bars.set_xlabel('test accuracy (%), 600 tasks, 95% CI')
+  for y, (mean, ci) in enumerate(zip(means, cis)):
+    bars.text(mean + ci + 0.3, y, f'{mean:.1f}', va='center', fontsize=8)
+  for m in methods:
+    curve = results['methods'][m]['val_curve']
+    if curve:
+      t, acc = zip(*curve)
+      curves.plot(t, [100 * a for a in acc], marker='o', ms=3, label=m)
+  curves.set_xlabel('training time (s, compiled steps)')
+  curves.set_ylabel('validation accuracy (%)')
+  curves.legend(fontsize=7, ncol=2)
+  curves.grid(alpha=0.3)
+  fig.suptitle(
+    f'Omniglot 5-way 1-shot, {results["budget_s"]:.0f} s of training each '
+    f'({results["backend"]})'
+  )
+  fig.tight_layout()
+  if path:
+    fig.savefig(path, dpi=110)
+  return fig
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the flags; only when run as a program, so that the experiment
+  modules can be imported together (absl flags are global)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string(
+    'workdir', None, 'Where the runs go (one per method).', **fv
+  )
+  flags.DEFINE_string(
+    'output_dir', None, 'Where results.json and comparison.png go.', **fv
+  )
+  flags.DEFINE_float('budget_s', 300.0, 'Training seconds per method.', **fv)
+  flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.', **fv)
+
+
+def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
+  """The program, once the flags are parsed."""
+  if len(argv) > 1 or not flag_values.workdir:
+    common.exit_with_one_line(
+      '--workdir is required and flags are --name=value; --helpfull lists them.'
+    )
+  unknown = sorted(set(flag_values.methods) - set(METHODS))
+  if unknown:
+    common.exit_with_one_line(
+      f'Unknown methods {unknown}; choose from {list(METHODS)}.'
+    )
+  if flag_values.budget_s <= 0:
+    common.exit_with_one_line('--budget_s must be > 0.')
+  results = compare(
+    flag_values.methods, flag_values.budget_s, flag_values.workdir
+  )
+  output_dir = flag_values.output_dir or flag_values.workdir
+  common.write_json(os.path.join(output_dir, 'results.json'), results)
+  plot(results, os.path.join(output_dir, 'comparison.png'))
+  for method, r in results['methods'].items():
+    print(
+      f'{method:>20}: {100 * r["test_accuracy"]:.1f}% +- '
+      f'{100 * r["test_ci95"]:.1f}% ({r["iterations"]} iterations)'
+    )
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,82 @@
+"""The method comparison: every method trained for the same time budget and
+tested on the same tasks, at smoke size on the tiny dataset."""
+
+from absl import flags
+import pytest
+
+from experiments import compare
+from test_train import tiny_config
+
+
+def test_every_method_has_a_recipe_that_validates():
+  from experiments import train  # pylint: disable=g-import-not-at-top
+
+  for method in compare.METHODS:
+    config = compare.method_config(method)
+    assert config.algorithm == method
+    # Equal terms: the main job's data, backbone and test tasks.
+    assert (config.dataset, config.data.scheme, config.backbone) == (
+      'omniglot',
+      'vinyals',
+      'conv4',
+    )
+    assert (config.ways, config.shots, config.num_eval_tasks) == (5, 1, 600)
+    train.validate(config)
+
+
+def test_compare_trains_each_method_for_the_budget_and_plots(
+  tmp_path, tiny_dataset
+):
+  base = tiny_config(tiny_dataset, num_val_tasks=4, num_eval_tasks=6)
+  methods = ['maml', 'maml_plus_plus', 'protonet', 'baseline']
+  results = compare.compare(
+    methods,
+    budget_s=0.05,
+    workdir=str(tmp_path),
+    base=base,
+    calibration_s=0.2,
+    overrides={'protonet': {'train_ways': 5}},  # The tiny split has 12.
+  )
+  assert list(results['methods']) == methods
+  for method, r in results['methods'].items():
+    assert 0.0 <= r['test_accuracy'] <= 1.0, method
+    assert r['num_test_tasks'] == 6
+    # The budget becomes iterations at the calibrated speed.
+    assert r['iterations'] == max(
+      1, int(0.05 * r['calibrated_steps_per_second'])
+    )
+    assert r['val_curve'] and r['val_curve'][-1][0] == pytest.approx(
+      r['iterations'] / r['calibrated_steps_per_second']
+    )
+  # Finished runs are read back, not trained again.
+  again = compare.compare(
+    ['maml'], budget_s=0.05, workdir=str(tmp_path), base=base
+  )
+  assert again['methods']['maml'] == results['methods']['maml']
+  fig = compare.plot(results, str(tmp_path / 'comparison.png'))
+  assert (tmp_path / 'comparison.png').stat().st_size > 0
+  del fig
+
+
+@pytest.mark.parametrize(
+  'argv,message',
+  [
+    (['--methods=maml,mamll'], "Unknown methods ['mamll']"),
+    (['--budget_s=0'], '--budget_s must be > 0'),
+    ([], '--workdir is required'),
+  ],
+)
+def test_the_command_line_refuses_bad_flags_in_one_line(
+  tmp_path, capsys, argv, message
+):
+  values = flags.FlagValues()
+  compare.define_flags(values)
+  if argv:
+    argv = [f'--workdir={tmp_path}'] + argv
+  values(['compare'] + argv)
+  with pytest.raises(SystemExit) as exit_info:
+    compare.main(['compare'], values)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('Error: ') and message in err and '\n' not in err
+  assert not (tmp_path / 'results.json').exists()
