@@ -12,8 +12,9 @@ number of iterations per method: a calibration run times the compiled step
 (after compilation) and the method then trains `budget_s * steps_per_second`
 iterations, so that a busy machine changes how long the comparison takes,
 not what it trains. MAML++ is timed in its slowest phase (second order, with
-the multi-step loss), so it trains somewhat less than the budget. Writes `results.json` (per method: test accuracy and its
-95% CI, iterations, measured training seconds, the validation curve) and
+the multi-step loss), so it trains somewhat less than the budget. Writes
+`results.json` (per method: test accuracy and its 95% CI, iterations,
+measured training seconds, the validation curve, the config) and
 `comparison.png` (accuracy with CI; validation accuracy against training
 time) to `--output_dir`.
 """
