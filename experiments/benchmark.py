@@ -108,9 +108,9 @@ TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
 IMPLEMENTATIONS = ('jaxmeta',) + TORCH_IMPLEMENTATIONS
 PRECISIONS = ('highest', 'default')
 # Gradients whose norm is below this fraction of the whole meta-gradient's
-# norm are zero in exact arithmetic (conv biases feeding batch norm: the
-# normalisation removes them), so their per-tensor relative error is rounding
-# noise over rounding noise; they are compared against the global norm.
+# norm are zero in exact arithmetic (a parameter that batch norm cancels, as
+# a conv bias would be), so their per-tensor relative error is rounding noise
+# over rounding noise; they are compared against the global norm.
 ZERO_GRAD_FRACTION = 1e-4
 # How much `--debug_perturb_check` scales a torch gradient tensor by.
 DEBUG_PERTURBATION = 1e-3
@@ -455,7 +455,7 @@ def cross_check(
 
   The error of tensor `t` is `||c_t - r_t|| / ||r_t||`, except for tensors
   whose reference norm is below `ZERO_GRAD_FRACTION * ||r||` (zero in exact
-  arithmetic: conv biases before batch norm), whose error is
+  arithmetic, e.g. a bias before batch norm), whose error is
   `||c_t - r_t|| / ||r||`.
 
   Args:

@@ -94,7 +94,9 @@ def batch_from_numpy(
 class Conv4(nn.Module):
   """Conv-4 as a torch.nn module, the same function as `jaxmeta.conv4`.
 
-  Each block: 3x3 conv (stride 1, padding 1, bias) -> batch norm with the
+  Each block: 3x3 conv (stride 1, padding 1, bias, as in the reference
+  implementation; jaxmeta's Conv-4 has none, since batch norm cancels it:
+  `params_from_jax` sets it to zero) -> batch norm with the
   current batch's statistics (`track_running_stats=False`, biased variance)
   -> ReLU -> 2x2 max-pool (floor). The last feature map is permuted to NHWC
   before flattening, so that features come in jaxmeta's order.
@@ -166,12 +168,13 @@ def conv4_functional(
 
 
 def _jax_param_layout(num_blocks: int) -> list[tuple[str, str, str]]:
-  """`(jax_module, jax_leaf, kind)` in the order of `Conv4.parameters()`."""
+  """`(jax_module, jax_leaf, kind)` in the order of `Conv4.parameters()`;
+  kind 'bias' is the torch conv bias, which jaxmeta's Conv-4 does not have."""
   layout = []
   for i in range(num_blocks):
     layout += [
       (f'conv{i}', 'w', 'conv'),
-      (f'conv{i}', 'b', 'vec'),
+      (f'conv{i}', 'b', 'bias'),
       (f'conv{i}', 'scale', 'vec'),
       (f'conv{i}', 'offset', 'vec'),
     ]
@@ -190,6 +193,9 @@ def params_from_jax(model: Conv4, jax_params) -> None:
     for p, (m, leaf, kind) in zip(
       model.parameters(), _jax_param_layout(model.num_blocks)
     ):
+      if kind == 'bias':  # Cancelled by batch norm; zero, as initialised.
+        p.zero_()
+        continue
       value = np.asarray(jax_params[m][leaf], np.float32)
       if kind == 'conv':
         value = np.transpose(value, (3, 2, 0, 1))
@@ -209,12 +215,16 @@ def grads_to_jax(
   """Torch gradients (default: each parameter's `.grad`) in jaxmeta layout.
 
   Returns:
-    `{'conv0/w': [3, 3, Cin, F] array, ...}`, float32 numpy.
+    `{'conv0/w': [3, 3, Cin, F] array, ...}`, float32 numpy; the conv biases,
+    which jaxmeta's Conv-4 does not have (their gradient is zero in exact
+    arithmetic), are left out.
   """
   if grads is None:
     grads = [p.grad for p in model.parameters()]
   out = {}
   for g, (m, leaf, kind) in zip(grads, _jax_param_layout(model.num_blocks)):
+    if kind == 'bias':
+      continue
     value = g.detach().cpu().numpy()
     if kind == 'conv':
       value = np.transpose(value, (2, 3, 1, 0))

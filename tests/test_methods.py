@@ -72,6 +72,12 @@ def _directional_fd(f, params, direction, eps=1e-6):
   return (f(plus) - f(minus)) / (2 * eps)
 
 
+def _tree_dot(a, b):
+  return sum(
+    jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
 def _random_like(key, tree):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
@@ -206,13 +212,9 @@ def test_meta_sgd_rate_gradient_matches_finite_differences():
 
     direction = _random_like(jax.random.key(7), meta['inner']['lr'])
     expected = _directional_fd(query_loss, meta['inner']['lr'], direction)
-    got = sum(
-      jnp.vdot(g, d)
-      for g, d in zip(
-        jax.tree.leaves(grad['inner']['lr']), jax.tree.leaves(direction)
-      )
+    np.testing.assert_allclose(
+      _tree_dot(grad['inner']['lr'], direction), expected, rtol=1e-6
     )
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 # MAML++.
@@ -321,13 +323,9 @@ def test_per_step_learning_rates_change_only_the_inner_rates():
 
     direction = _random_like(jax.random.key(12), meta['inner']['lr'])
     expected = _directional_fd(query_loss, meta['inner']['lr'], direction)
-    got = sum(
-      jnp.vdot(g, d)
-      for g, d in zip(
-        jax.tree.leaves(grad['inner']['lr']), jax.tree.leaves(direction)
-      )
+    np.testing.assert_allclose(
+      _tree_dot(grad['inner']['lr'], direction), expected, rtol=1e-6
     )
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_per_step_batch_norm_sums_to_the_shared_batch_norm_gradient():
@@ -427,11 +425,7 @@ def test_protonet_gradient_matches_finite_differences():
     loss = lambda b: learner.task_update(b, task)[1]['loss']  # noqa: E731
     direction = _random_like(jax.random.key(17), body)
     expected = _directional_fd(loss, body, direction)
-    got = sum(
-      jnp.vdot(g, d)
-      for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction))
-    )
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(_tree_dot(grad, direction), expected, rtol=1e-6)
 
 
 # Baseline and Baseline++.

@@ -168,3 +168,26 @@ def test_one_command_points_every_notebook_at_another_repository(
     assert metadata['accelerator'] == 'GPU'
   with pytest.raises(ValueError, match='OWNER/NAME'):
     module.set_repository('https://example.com/x')
+
+
+def test_render_writes_executed_copies_with_figures(
+  shared_data_dir, tmp_path, monkeypatch
+):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location(
+    'render', COLAB_DIR / 'render.py'
+  )
+  render = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(render)
+  monkeypatch.setenv('JAXMETA_DATA_DIR', shared_data_dir)
+  before = (COLAB_DIR / 'sinusoid_maml.ipynb').read_bytes()
+  assert (
+    render.main(['--smoke', '--only', 'sinusoid_maml', '--out', str(tmp_path)])
+    == 0
+  )
+  assert (COLAB_DIR / 'sinusoid_maml.ipynb').read_bytes() == before
+  nb = nbformat.read(tmp_path / 'sinusoid_maml.ipynb', as_version=4)
+  outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
+  assert any('image/png' in o.get('data', {}) for o in outputs)
+  assert 'JAXMETA_NOTEBOOK_SMOKE' not in os.environ

@@ -367,7 +367,7 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
     (dict(shots=-1), r'config.shots must be >= 1'),
     (dict(meta_batch_size=0), r'config.meta_batch_size must be >= 1'),
     (dict(inner_steps=-1), r'config.inner_steps must be >= 0'),
-    (dict(algorithm='protonet'), 'Unknown algorithm'),
+    (dict(algorithm='protonets'), 'Unknown algorithm'),
     (dict(dataset='imagenet'), 'Unknown dataset'),
     (dict(backbone='vgg'), 'Unknown backbone'),
     (dict(inner_lr=-0.1), 'inner_lr must be a positive finite'),

@@ -152,12 +152,7 @@ def inner_loop(
 
   def step(carry, i):
     p, opt_state = carry
-    if key is None:
-      support_key = query_key = None
-    else:
-      step_key = jax.random.fold_in(key, i)
-      support_key = jax.random.fold_in(step_key, 0)
-      query_key = jax.random.fold_in(step_key, 1)
+    support_key, query_key = _step_keys(key, i)
     (_, support_metrics), grads = value_and_grad(p, x, y, support_key)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
@@ -174,6 +169,17 @@ def inner_loop(
     step, (params, inner_optimizer.init(params)), steps, length=num_steps
   )
   return adapted, trace
+
+
+def _step_keys(
+  key: PRNGKey | None, i: Array
+) -> tuple[PRNGKey | None, PRNGKey | None]:
+  """Inner step `i`'s (support-loss, query-loss) keys under `key` (see
+  `inner_loop`), or (None, None)."""
+  if key is None:
+    return None, None
+  step_key = jax.random.fold_in(key, i)
+  return jax.random.fold_in(step_key, 0), jax.random.fold_in(step_key, 1)
 
 
 def _split_task_key(
@@ -295,12 +301,7 @@ def sgd_loop(
   value_and_grad = jax.value_and_grad(call, has_aux=True)
 
   def step(p, i):
-    if key is None:
-      support_key = query_key = None
-    else:
-      step_key = jax.random.fold_in(key, i)
-      support_key = jax.random.fold_in(step_key, 0)
-      query_key = jax.random.fold_in(step_key, 1)
+    support_key, query_key = _step_keys(key, i)
     (_, support_metrics), grads = value_and_grad(p, x, y, support_key, i)
     if first_order:
       grads = jax.lax.stop_gradient(grads)

@@ -30,6 +30,7 @@ from jaxmeta.models.base import Model
 from jaxmeta.models.base import per_step_batch_norm
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models.base import split_head
+from jaxmeta.models.base import with_linear_head
 from jaxmeta.models.conv4 import conv4
 from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import CONV_IMPLS

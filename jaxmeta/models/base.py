@@ -66,6 +66,20 @@ class Model(NamedTuple):
   feature_dim: int | None = None
 
 
+def with_linear_head(
+  init: Callable[[PRNGKey], Params],
+  embed: Callable[..., Array],
+  feature_dim: int,
+) -> Model:
+  """The `Model` whose `apply` is `embed` followed by the linear head
+  `params['head']`."""
+
+  def apply(params, x, *, key=None, step=None):
+    return linear_head(params['head'], embed(params, x, key=key, step=step))
+
+  return Model(init, apply, embed, feature_dim)
+
+
 def split_head(params: Params) -> tuple[Params, Params]:
   """`params` -> `(body, head)`: the `'head'` entry and everything else."""
   if not isinstance(params, dict) or 'head' not in params:

@@ -5,9 +5,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
+from jaxmeta.models.base import with_linear_head
 from jaxmeta.models.layers import _glorot_dense
 from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import conv2d_3x3_same
@@ -215,13 +215,4 @@ def resnet12(
       conv_impl=conv_impl,
     )
 
-  def apply(
-    params: Params,
-    x: Array,
-    *,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ) -> Array:
-    return linear_head(params['head'], embed(params, x, key=key, step=step))
-
-  return Model(init, apply, embed, widths[-1])
+  return with_linear_head(init, embed, widths[-1])
