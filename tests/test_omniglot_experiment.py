@@ -116,7 +116,7 @@ def test_command_line_train_resume_eval_and_refusals(
 @pytest.mark.parametrize(
   'args,message',
   [
-    (['--config.algorithm=protonet'], 'Unknown algorithm'),
+    (['--config.algorithm=protonets'], 'Unknown algorithm'),
     (['--config.shots=-2'], 'config.shots must be >= 1'),
     (['--config.meta_lr=nan'], 'meta_lr must be a positive finite'),
     (['--config.seed=99999999999999999999999'], 'seed=.* is too large'),
