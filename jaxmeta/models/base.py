@@ -58,12 +58,21 @@ class Model(NamedTuple):
       feature_dim]`, the body: everything but the head (whose entry it does
       not read). None for a model without a body/head split.
     feature_dim: the width of `embed`'s output, or None.
+    forward: `forward(params, x, normaliser, *, key=None, step=None) ->
+      [batch, feature_dim]`, the body with its batch-norm layers left to
+      `normaliser(name, h, layer_params, channel_axis)`: the hook through
+      which `jaxmeta.models.norms` gives the batch-norm modes. None for a
+      model without batch norm (or without the hook).
+    batch_norm: the batch-norm mode `apply` and `embed` follow, one of
+      `jaxmeta.models.norms.MODES`.
   """
 
   init: Callable[[PRNGKey], Params]
   apply: Callable[..., Array]
   embed: Callable[..., Array] | None = None
   feature_dim: int | None = None
+  forward: Callable[..., Array] | None = None
+  batch_norm: str = 'transductive'
 
 
 def with_linear_head(
@@ -136,37 +145,52 @@ def cosine_logits(
   return scale * (f @ w)
 
 
-def per_step_batch_norm(model: Model, num_steps: int) -> Model:
-  """Per-step batch-norm weights and biases (BNWB, Antoniou et al. 2019).
+def per_step_batch_norm(
+  model: Model,
+  num_steps: int,
+  weights: bool = True,
+  statistics: bool = False,
+) -> Model:
+  """Per-step batch norm (Antoniou et al. 2019): weights and biases (BNWB),
+  running statistics (BNRS), or both.
 
-  Every batch-norm leaf (`BATCH_NORM_LEAVES`) of the body gets a leading
-  `[num_steps]` axis, initialised to the model's values, and `apply(...,
-  step=i)` normalises with the weights of step `min(i, num_steps - 1)`:
-  inner step `i` of the adaptation uses set `i`; steps past the last set
-  (evaluation with more steps than training) reuse the last one, and
-  `step=None` means the last one.
+  Every selected leaf gets a leading `[num_steps]` axis, initialised to the
+  model's values, and `apply(..., step=i)` uses the set of step `min(i,
+  num_steps - 1)`: inner step `i` of the adaptation uses set `i`; steps past
+  the last set (evaluation with more steps than training) reuse the last
+  one, and `step=None` means the last one. With `weights`, the batch-norm
+  scales and offsets (`BATCH_NORM_LEAVES`) are selected; with `statistics`,
+  the running statistics of a 'running' model (the entry
+  `jaxmeta.models.norms.STATISTICS`).
 
   Args:
     model: a `Model` whose batch-norm parameters are named as in
       `BATCH_NORM_LEAVES`.
     num_steps: the number of sets, >= 1 (the training inner steps).
+    weights: per-step batch-norm weights and biases (BNWB).
+    statistics: per-step running statistics (BNRS).
 
   Returns:
-    A `Model` with the same `feature_dim`.
+    A `Model` with the same `feature_dim`; its `forward` (if the model has
+    one) selects the step's set too.
   """
   if num_steps < 1:
     raise ValueError(
       f'per_step_batch_norm needs num_steps >= 1, got {num_steps}'
     )
 
-  def is_bn(path) -> bool:
-    last = path[-1]
-    return getattr(last, 'key', None) in BATCH_NORM_LEAVES
+  def is_selected(path) -> bool:
+    keys = [getattr(k, 'key', None) for k in path]
+    if keys and keys[0] == 'batch_stats':  # norms.STATISTICS
+      return statistics
+    return weights and keys[-1] in BATCH_NORM_LEAVES
 
   def init(key):
     return jax.tree_util.tree_map_with_path(
       lambda path, v: (
-        jnp.broadcast_to(v, (num_steps,) + v.shape) + 0 if is_bn(path) else v
+        jnp.broadcast_to(v, (num_steps,) + v.shape) + 0
+        if is_selected(path)
+        else v
       ),
       model.init(key),
     )
@@ -174,16 +198,24 @@ def per_step_batch_norm(model: Model, num_steps: int) -> Model:
   def select(params, step):
     index = num_steps - 1 if step is None else jnp.minimum(step, num_steps - 1)
     return jax.tree_util.tree_map_with_path(
-      lambda path, v: v[index] if is_bn(path) else v, params
+      lambda path, v: v[index] if is_selected(path) else v, params
     )
 
   def apply(params, x, *, key=None, step=None):
-    return model.apply(select(params, step), x, key=key)
+    return model.apply(select(params, step), x, key=key, step=step)
 
   embed = None
   if model.embed is not None:
 
     def embed(params, x, *, key=None, step=None):
-      return model.embed(select(params, step), x, key=key)
+      return model.embed(select(params, step), x, key=key, step=step)
 
-  return Model(init, apply, embed, model.feature_dim)
+  forward = None
+  if model.forward is not None:
+
+    def forward(params, x, normaliser, *, key=None, step=None):
+      return model.forward(
+        select(params, step), x, normaliser, key=key, step=step
+      )
+
+  return model._replace(init=init, apply=apply, embed=embed, forward=forward)

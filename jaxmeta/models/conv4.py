@@ -8,9 +8,8 @@ import jax.numpy as jnp
 
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
-from jaxmeta.models.base import with_linear_head
+from jaxmeta.models import norms
 from jaxmeta.models.layers import _glorot_dense
-from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import conv2d_3x3_same
 from jaxmeta.models.layers import conv2d_3x3_same_cf
 from jaxmeta.models.layers import max_pool_2x2
@@ -25,6 +24,7 @@ def conv4(
   num_filters: int = 64,
   num_blocks: int = 4,
   conv_impl: str = 'auto',
+  batch_norm: str = 'transductive',
 ) -> Model:
   """Conv-4, the standard few-shot backbone (Vinyals et al. 2016).
 
@@ -32,13 +32,15 @@ def conv4(
   max-pool], flatten, linear head with `num_classes` outputs (logits), as in
   Finn et al. 2017.
 
-  Batch norm always normalises with the statistics of the batch being
-  processed, as in MAML's reference implementation: there are no running
-  averages. During adaptation the statistics are the support set's; the loss
-  on the query set normalises with the query set's statistics. At test time
-  this is transductive: a query image's prediction depends on the other query
-  images of its task (all `ways * queries` of them are scored together), as in
-  the published MAML numbers. Score queries one by one and accuracy changes.
+  With `batch_norm='transductive'` (the default), batch norm normalises with
+  the statistics of the batch being processed, as in MAML's reference
+  implementation: there are no running averages. During adaptation the
+  statistics are the support set's; the loss on the query set normalises
+  with the query set's statistics. At test time this is transductive: a
+  query image's prediction depends on the other query images of its task
+  (all `ways * queries` of them are scored together), as in the published
+  MAML numbers. The other modes ('support', 'running', 'tasknorm'; see
+  `jaxmeta.models.norms`) score each image independently of the others.
 
   The ReLU is applied after the max-pool: the two commute (ReLU is monotone),
   ties included (`max_pool_2x2` passes a tie's gradient to the first element
@@ -59,6 +61,10 @@ def conv4(
     num_blocks: number of conv blocks.
     conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
       same function of the same parameters (HWIO kernels, NHWC inputs).
+    batch_norm: one of `jaxmeta.models.norms.MODES`. 'running' adds the
+      running statistics (`params['batch_stats']`, one entry per block
+      `conv{i}`), 'tasknorm' the blend parameters `alpha_scale` and
+      `alpha_offset` to each block.
 
   Returns:
     A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H, W,
@@ -83,6 +89,7 @@ def conv4(
       'conv4 needs input_shape = (height, width, channels) '
       f'of positive sizes, got {tuple(input_shape)}.'
     )
+  norms.check_mode(batch_norm)
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
   spatial_h, spatial_w = height, width
@@ -107,13 +114,20 @@ def conv4(
         'scale': jnp.ones((num_filters,), jnp.float32),
         'offset': jnp.zeros((num_filters,), jnp.float32),
       }
+      if batch_norm == 'tasknorm':
+        params[f'conv{i}'].update(norms.init_task_norm())
       c_in = num_filters
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
+    if batch_norm == 'running':
+      params[norms.STATISTICS] = norms.init_statistics(
+        {f'conv{i}': num_filters for i in range(num_blocks)}
+      )
     return params
 
-  def embed(
+  def forward(
     params: Params,
     x: Array,
+    normaliser: norms.Normaliser,
     *,
     key: PRNGKey | None = None,
     step: Array | None = None,
@@ -127,7 +141,7 @@ def conv4(
         h = conv2d_3x3_same_cf(
           h, p['w'], two_pass
         )  # No bias: see the docstring.
-        h = batch_norm(h, p['scale'], p['offset'], channel_axis=0)
+        h = normaliser(f'conv{i}', h, p, 0)
         h = jax.nn.relu(max_pool_2x2(h, spatial_axes=(2, 3)))
       h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order
     else:
@@ -135,8 +149,8 @@ def conv4(
       for i in range(num_blocks):
         p = params[f'conv{i}']
         h = conv2d_3x3_same(h, p['w'], impl)  # No bias: see the docstring.
-        h = batch_norm(h, p['scale'], p['offset'])
+        h = normaliser(f'conv{i}', h, p, -1)
         h = jax.nn.relu(max_pool_2x2(h))
     return h.reshape(h.shape[0], -1)  # [batch, feature_dim]
 
-  return with_linear_head(init, embed, feature_dim)
+  return norms.model_from_forward(init, forward, feature_dim, batch_norm)

@@ -176,6 +176,124 @@ def batch_norm(
   ) + offset.reshape(shape)
 
 
+def moments(x: Array, channel_axis: int = -1) -> tuple[Array, Array]:
+  """Per-channel mean and (biased) variance of `x` over every other axis.
+
+  Two-pass, as in `batch_norm`: the mean, then the mean square of `x -
+  mean`.
+
+  Args:
+    x: activations, channels on `channel_axis`.
+    channel_axis: the axis of `x` that holds the channels.
+
+  Returns:
+    `(mean, var)`, each `[C]`.
+  """
+  channel_axis = channel_axis % x.ndim
+  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  return mean.reshape(-1), var.reshape(-1)
+
+
+def normalise(
+  x: Array,
+  mean: Array,
+  var: Array,
+  scale: Array,
+  offset: Array,
+  eps: float = 1e-5,
+  channel_axis: int = -1,
+) -> Array:
+  """`(x - mean) / sqrt(var + eps) * scale + offset`, per channel.
+
+  Args:
+    x: activations, channels on `channel_axis`.
+    mean: `[C]`, or broadcastable against `x` (per-example moments).
+    var: like `mean`.
+    scale: `[C]`.
+    offset: `[C]`.
+    eps: added to the variance.
+    channel_axis: the axis of `x` that holds the channels.
+
+  Returns:
+    An array shaped like `x`.
+  """
+  channel_axis = channel_axis % x.ndim
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  per_channel = lambda v: v.reshape(shape) if v.ndim == 1 else v
+  return (x - per_channel(mean)) * (
+    jax.lax.rsqrt(per_channel(var) + eps) * scale.reshape(shape)
+  ) + offset.reshape(shape)
+
+
+def instance_moments(
+  x: Array, channel_axis: int = -1, batch_axis: int = 0
+) -> tuple[Array, Array]:
+  """Mean and (biased) variance of every example's every channel, over the
+  remaining (spatial) axes, kept as size-1 axes so that they broadcast
+  against `x`."""
+  channel_axis, batch_axis = channel_axis % x.ndim, batch_axis % x.ndim
+  axes = tuple(a for a in range(x.ndim) if a not in (channel_axis, batch_axis))
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  return mean, var
+
+
+def task_norm(
+  x: Array,
+  context_mean: Array,
+  context_var: Array,
+  context_size: Array | int,
+  scale: Array,
+  offset: Array,
+  alpha_scale: Array,
+  alpha_offset: Array,
+  eps: float = 1e-5,
+  channel_axis: int = -1,
+  batch_axis: int = 0,
+) -> Array:
+  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm with the
+  context's moments blended with each example's instance-norm moments.
+
+  `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`;
+  `mu = alpha mu_C + (1 - alpha) mu_I` and `sigma^2 = alpha (sigma_C^2 +
+  (mu_C - mu)^2) + (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`, where `mu_C,
+  sigma_C^2` are the context set's moments and `mu_I, sigma_I^2` those of
+  the example itself over its spatial positions. An example's output depends
+  on the context and on itself only, never on the other examples of `x`.
+
+  Args:
+    x: activations, channels on `channel_axis`, examples on `batch_axis`.
+    context_mean: `[C]`, the context's per-channel mean.
+    context_var: `[C]`, its biased variance.
+    context_size: the number of context examples.
+    scale: `[C]`.
+    offset: `[C]`.
+    alpha_scale: scalar, learned (0 at initialisation, as in the paper's
+      code).
+    alpha_offset: scalar, learned (0 at initialisation: `alpha = 0.5`).
+    eps: added to the variance.
+    channel_axis: the axis of `x` that holds the channels.
+    batch_axis: the axis of `x` that holds the examples.
+
+  Returns:
+    An array shaped like `x`.
+  """
+  channel_axis = channel_axis % x.ndim
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  mu_c, var_c = context_mean.reshape(shape), context_var.reshape(shape)
+  mu_i, var_i = instance_moments(x, channel_axis, batch_axis)
+  alpha = jax.nn.sigmoid(alpha_scale * context_size + alpha_offset)
+  mean = alpha * mu_c + (1 - alpha) * mu_i
+  var = alpha * (var_c + jnp.square(mu_c - mean)) + (1 - alpha) * (
+    var_i + jnp.square(mu_i - mean)
+  )
+  return normalise(x, mean, var, scale, offset, eps, channel_axis)
+
+
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 

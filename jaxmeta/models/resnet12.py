@@ -7,9 +7,8 @@ import jax.numpy as jnp
 
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
-from jaxmeta.models.base import with_linear_head
+from jaxmeta.models import norms
 from jaxmeta.models.layers import _glorot_dense
-from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import conv2d_3x3_same
 from jaxmeta.models.layers import conv2d_3x3_same_cf
 from jaxmeta.models.layers import dropblock
@@ -29,6 +28,7 @@ def resnet12_embed(
   dropblock_size: int = 5,
   early_dropout: bool = False,
   conv_impl: str = 'auto',
+  normaliser: norms.Normaliser = norms.transductive,
 ) -> Array:
   """The ResNet-12 embedding: every block, then global average pooling.
 
@@ -44,6 +44,8 @@ def resnet12_embed(
     dropblock_size: see `resnet12`.
     early_dropout: see `resnet12`.
     conv_impl: see `resnet12`.
+    normaliser: the batch-norm layers (`jaxmeta.models.norms`); the layers
+      are named `block{i}_bn{j}` and `block{i}_shortcut_bn`.
 
   Returns:
     Embeddings `[batch, widths[-1]]`.
@@ -55,23 +57,27 @@ def resnet12_embed(
     two_pass = impl == 'patches_cf_2pass'
     conv3x3 = lambda h, w: conv2d_3x3_same_cf(h, w, two_pass)
     conv1x1 = lambda h, w: jnp.tensordot(w[0, 0], h, axes=(0, 0))
-    norm = lambda h, p: batch_norm(h, p['scale'], p['offset'], channel_axis=0)
+    channel_axis = 0
     pool = lambda h: max_pool_2x2(h, spatial_axes=(2, 3))
     h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
   else:
     conv3x3 = lambda h, w: conv2d_3x3_same(h, w, impl)
     conv1x1 = lambda h, w: h @ w[0, 0]
-    norm = lambda h, p: batch_norm(h, p['scale'], p['offset'])
+    channel_axis = -1
     pool = max_pool_2x2
     h = x  # [batch, H, W, C]
   for i in range(num_blocks):
     p = params[f'block{i}']
     out = h
+
+    def norm(h, name, i=i, p=p):
+      return normaliser(f'block{i}_{name}', h, p[name], channel_axis)
+
     for j in range(3):
-      out = norm(conv3x3(out, p[f'conv{j}']), p[f'bn{j}'])
+      out = norm(conv3x3(out, p[f'conv{j}']), f'bn{j}')
       if j < 2:
         out = jax.nn.leaky_relu(out, _LEAKY_SLOPE)
-    out = out + norm(conv1x1(h, p['shortcut']), p['shortcut_bn'])
+    out = out + norm(conv1x1(h, p['shortcut']), 'shortcut_bn')
     # The leaky ReLU after the pool: both commute (it is increasing), ties
     # included, and it then touches a quarter of the elements.
     h = jax.nn.leaky_relu(pool(out), _LEAKY_SLOPE)
@@ -99,6 +105,7 @@ def resnet12(
   dropblock_size: int = 5,
   early_dropout: bool = False,
   conv_impl: str = 'auto',
+  batch_norm: str = 'transductive',
 ) -> Model:
   """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019) with DropBlock.
 
@@ -111,8 +118,8 @@ def resnet12(
   Conv kernels are He-normal with fan-out, as MetaOptNet's
   `kaiming_normal_(mode='fan_out')`; the head is Glorot-uniform.
 
-  Batch norm always uses the statistics of the batch being processed, as in
-  `conv4` (no running averages; transductive at test time, see `conv4`).
+  Batch norm follows `batch_norm`, as in `conv4` (by default the statistics
+  of the batch being processed: transductive at test time).
 
   DropBlock (`jaxmeta.models.layers.dropblock`, Ghiasi et al. 2018) follows
   the pool of the last two blocks, as in MetaOptNet, with a constant drop
@@ -143,6 +150,9 @@ def resnet12(
     conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
       same function of the same parameters (HWIO kernels, NHWC inputs), and
       the same DropBlock masks for the same key.
+    batch_norm: one of `jaxmeta.models.norms.MODES` (see `conv4`); the
+      batch-norm layers are named `block{i}_bn{j}` and
+      `block{i}_shortcut_bn`.
 
   Returns:
     A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H,
@@ -157,6 +167,7 @@ def resnet12(
     Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
     convolutional networks".
   """
+  norms.check_mode(batch_norm)
   height, width, channels = (int(s) for s in input_shape)
   widths = tuple(int(c) for c in widths)
   resolve_conv_impl(conv_impl)  # Fails early on an unknown name.
@@ -183,6 +194,7 @@ def resnet12(
       bn = lambda: {
         'scale': jnp.ones((c,), jnp.float32),
         'offset': jnp.zeros((c,), jnp.float32),
+        **(norms.init_task_norm() if batch_norm == 'tasknorm' else {}),
       }
       block = {}
       for j in range(3):
@@ -195,11 +207,20 @@ def resnet12(
       params[f'block{i}'] = block
       c_in = c
     params['head'] = _glorot_dense(keys[-1], widths[-1], num_classes)
+    if batch_norm == 'running':
+      params[norms.STATISTICS] = norms.init_statistics(
+        {
+          f'block{i}_{name}': c
+          for i, c in enumerate(widths)
+          for name in ('bn0', 'bn1', 'bn2', 'shortcut_bn')
+        }
+      )
     return params
 
-  def embed(
+  def forward(
     params: Params,
     x: Array,
+    normaliser: norms.Normaliser,
     *,
     key: PRNGKey | None = None,
     step: Array | None = None,
@@ -213,6 +234,7 @@ def resnet12(
       dropblock_size=dropblock_size,
       early_dropout=early_dropout,
       conv_impl=conv_impl,
+      normaliser=normaliser,
     )
 
-  return with_linear_head(init, embed, widths[-1])
+  return norms.model_from_forward(init, forward, widths[-1], batch_norm)
