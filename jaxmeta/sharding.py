@@ -247,22 +247,6 @@ def tasks_from_process_local(
   )
 
 
-def _apply_meta_gradient(
-  optimizer: optax.GradientTransformation,
-  state: training.MetaTrainState,
-  grad: Params,
-  metrics: dict[str, Array],
-):
-  # The update of `training.meta_train_step`, on the averaged gradient.
-  updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
-  new_state = state.replace(
-    step=state.step + 1, params=params, opt_state=opt_state
-  )
-  return new_state, metrics
-
-
 def _per_device(params: Params, axis: str) -> Params:
   """The replicated parameters as this device's own (varying) copy.
 
@@ -351,7 +335,9 @@ def shard_train_step(
     # Every device has the same number of tasks, so the mean of the device
     # means is the mean over the meta-batch.
     grad, metrics = jax.lax.pmean((grad, metrics), axis)
-    return _apply_meta_gradient(optimizer, state, grad, metrics)
+    return training.apply_meta_gradient(
+      learner, optimizer, state, grad, metrics
+    )
 
   if sample_task is None:
     sharded = jax.shard_map(

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from jaxmeta.algorithms import MetaLearner
+from jaxmeta.algorithms import STATISTICS_METRIC
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 
@@ -223,9 +224,27 @@ def meta_train_step(
   grad, metrics = meta_gradient(
     learner, state.params, tasks, task_chunk_size, key, global_step=state.step
   )
+  return apply_meta_gradient(learner, optimizer, state, grad, metrics)
+
+
+def apply_meta_gradient(
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  state: MetaTrainState,
+  grad: Params,
+  metrics: dict[str, Array],
+) -> tuple[MetaTrainState, dict[str, Array]]:
+  """The end of a meta-step: the optimiser's update, then, for a learner
+  with `update_state`, the update of its state (the running batch-norm
+  statistics) by the tasks' mean `STATISTICS_METRIC`, which leaves the
+  metrics."""
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, meta_grad_norm=optax.tree.norm(grad))
+  metrics = dict(metrics)
+  statistics = metrics.pop(STATISTICS_METRIC, None)
+  if learner.update_state is not None:
+    params = learner.update_state(params, statistics)
+  metrics['meta_grad_norm'] = optax.tree.norm(grad)
   new_state = state.replace(
     step=state.step + 1, params=params, opt_state=opt_state
   )

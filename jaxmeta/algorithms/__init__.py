@@ -30,6 +30,7 @@ import optax
 from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import STATISTICS_METRIC
 from jaxmeta.algorithms.base import sgd_loop
 from jaxmeta.algorithms.baseline import baseline
 from jaxmeta.algorithms.baseline import baseline_plus_plus
@@ -38,6 +39,9 @@ from jaxmeta.algorithms.maml import maml
 from jaxmeta.algorithms.mamlpp import maml_plus_plus
 from jaxmeta.algorithms.mamlpp import multi_step_loss_weights
 from jaxmeta.algorithms.metasgd import meta_sgd
+from jaxmeta.algorithms.normalised import normalised_learner
+from jaxmeta.algorithms.normalised import score_alone
+from jaxmeta.algorithms.normalised import with_scoring_alone
 from jaxmeta.algorithms.pretrain import pretrain
 from jaxmeta.algorithms.protonet import protonet
 from jaxmeta.algorithms.reptile import reptile
@@ -54,8 +58,11 @@ def _on_loss(builder: Callable[..., MetaLearner]) -> Callable[..., MetaLearner]:
   make_loss, ...)`: for the algorithms that need no more of the model."""
 
   def build(model, make_loss, inner_lr, num_inner_steps, **options):
-    return builder(
+    learner = builder(
       model.init, make_loss(model.apply), inner_lr, num_inner_steps, **options
+    )
+    return learner._replace(
+      predict=lambda adapted, x: model.apply(adapted, x), model=model
     )
 
   build.options = tuple(inspect.signature(builder).parameters)[4:]

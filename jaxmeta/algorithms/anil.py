@@ -108,4 +108,15 @@ def anil(
     )
     return evaluate_head(head, features, num_steps)
 
-  return MetaLearner('anil', model.init, adapt, task_update, evaluate)
+  def predict(adapted, x):
+    return model.apply(adapted, x)
+
+  return MetaLearner(
+    'anil',
+    model.init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=predict,
+    model=model,
+  )

@@ -21,6 +21,7 @@ import optax
 
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models.base import Model
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 
@@ -92,6 +93,16 @@ class MetaLearner(NamedTuple):
     any_ways: if True, nothing in the meta-parameters depends on the number
       of ways, so training episodes may have more ways than the evaluation
       tasks (Prototypical Networks).
+    predict: `predict(adapted, x) -> outputs [batch, ...]`: the adapted
+      model (what `adapt` returned) applied to new inputs, e.g. logits for
+      classification. None if the algorithm cannot predict.
+    model: the `Model` the functions apply, after the algorithm's own
+      transformations (MAML++'s per-step batch norm), or None.
+    update_state: `update_state(meta_params, statistics) ->
+      meta_params`, or None: applied by the meta-step after the optimiser's
+      update, with the mean over the meta-batch of the per-task metric
+      `STATISTICS_METRIC` that `task_update` then returns (the running
+      batch-norm statistics; see `normalised_learner`).
   """
 
   name: str
@@ -101,6 +112,15 @@ class MetaLearner(NamedTuple):
   evaluate: Callable[[Params, Task, int], dict[str, Array]]
   train_batches: bool = False
   any_ways: bool = False
+  predict: Callable[[Params, Array], Array] | None = None
+  model: Model | None = None
+  update_state: Callable[[Params, Params], Params] | None = None
+
+
+# The entry of `task_update`'s metrics that holds the batch statistics the
+# meta-step hands to `MetaLearner.update_state` (it is not a scalar metric
+# and the meta-step removes it).
+STATISTICS_METRIC = 'batch_statistics'
 
 
 def inner_loop(

@@ -138,9 +138,23 @@ def baseline(
     )
     return evaluate_head(new_head(), features, num_steps)
 
+  task_classifier = classifier(ways)
+
+  def predict(adapted, x):
+    body, h = split_head(adapted)
+    return task_classifier(h, model.embed(body, x))
+
   name = 'baseline' if head == 'linear' else 'baseline_plus_plus'
   return MetaLearner(
-    name, init, adapt, task_update, evaluate, train_batches=True, any_ways=True
+    name,
+    init,
+    adapt,
+    task_update,
+    evaluate,
+    train_batches=True,
+    any_ways=True,
+    predict=predict,
+    model=model,
   )
 
 

@@ -60,6 +60,7 @@ def maml_plus_plus(
   msl_iterations: int = 5000,
   first_order_iterations: int = 0,
   per_step_bn: bool = True,
+  per_step_bn_stats: bool = False,
 ) -> MetaLearner:
   """MAML++ (Antoniou et al. 2019), each trick switchable.
 
@@ -83,8 +84,11 @@ def maml_plus_plus(
     schedule (`optax.cosine_decay_schedule`; the harness's
     `meta_lr_schedule='cosine'`).
 
-  Per-step running statistics (BNRS) are not included: the models here
-  normalise with batch statistics.
+  * BNRS (`per_step_bn_stats`): per-step running statistics, one set per
+    inner step (`per_step_batch_norm(..., statistics=True)`), for a model
+    in the 'running' batch-norm mode (`jaxmeta.models.norms`): meta-training
+    averages the statistics of inner step `i` into set `i`, and evaluation
+    normalises step `i` with set `i` (see `normalised_learner`).
 
   With every trick off (`per_step_lr=False, multi_step_loss=False,
   per_step_bn=False`, `first_order_iterations=0`) the model's gradient is
@@ -101,6 +105,7 @@ def maml_plus_plus(
     msl_iterations: meta-iterations of MSL's annealing.
     first_order_iterations: DOA's first-order iterations.
     per_step_bn: BNWB.
+    per_step_bn_stats: BNRS; needs `model.batch_norm == 'running'`.
 
   Returns:
     A `MetaLearner` named 'maml_plus_plus'.
@@ -120,8 +125,16 @@ def maml_plus_plus(
       raise ValueError(f'{name} must be an int >= 0, got {value!r}.')
   if multi_step_loss and msl_iterations < 1:
     raise ValueError('multi_step_loss needs msl_iterations >= 1.')
-  if per_step_bn:
-    model = per_step_batch_norm(model, num_inner_steps)
+  if per_step_bn_stats and model.batch_norm != 'running':
+    raise ValueError(
+      'per_step_bn_stats (BNRS) keeps running statistics: it needs a model '
+      f"with batch_norm='running', got {model.batch_norm!r}."
+    )
+  if per_step_bn or per_step_bn_stats:
+    model = per_step_batch_norm(
+      model, num_inner_steps, per_step_bn, per_step_bn_stats
+    )
+  step_index = per_step_bn or per_step_bn_stats
   loss_fn = make_loss(model.apply)
   last = num_inner_steps - 1
 
@@ -161,7 +174,7 @@ def maml_plus_plus(
       support_x,
       support_y,
       num_steps,
-      step_index=per_step_bn,
+      step_index=step_index,
     )
     return adapted
 
@@ -177,7 +190,7 @@ def maml_plus_plus(
       first_order=first_order,
       query=(task.query_x, task.query_y) if msl else None,
       key=inner_key,
-      step_index=per_step_bn,
+      step_index=step_index,
     )
     if msl:
       weights = multi_step_loss_weights(
@@ -191,7 +204,7 @@ def maml_plus_plus(
       }
       return loss, metrics
     kwargs = {} if query_key is None else {'key': query_key}
-    if per_step_bn:
+    if step_index:
       kwargs['step'] = jnp.asarray(last, jnp.int32)
     return loss_fn(adapted, task.query_x, task.query_y, **kwargs)
 
@@ -234,7 +247,15 @@ def maml_plus_plus(
 
   def evaluate(meta, task, num_steps):
     return evaluate_sgd_loop(
-      loss_fn, meta['model'], rates(meta), task, num_steps, per_step_bn
+      loss_fn, meta['model'], rates(meta), task, num_steps, step_index
     )
 
-  return MetaLearner('maml_plus_plus', init, adapt, task_update, evaluate)
+  return MetaLearner(
+    'maml_plus_plus',
+    init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=lambda adapted, x: model.apply(adapted, x),
+    model=model,
+  )

@@ -92,4 +92,12 @@ def meta_sgd(
       loss_fn, meta['model'], rates(meta), task, num_steps
     )
 
-  return MetaLearner('meta_sgd', init, adapt, task_update, evaluate)
+  return MetaLearner(
+    'meta_sgd',
+    init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=lambda adapted, x: model.apply(adapted, x),
+    model=model,
+  )

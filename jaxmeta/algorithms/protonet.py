@@ -103,7 +103,7 @@ def protonet(
     protos, counts = prototypes(
       embed(body, support_x, key), support_y, support_x.shape[0]
     )
-    return {'prototypes': protos, 'counts': counts}
+    return {'body': body, 'prototypes': protos, 'counts': counts}
 
   def logits(body, task, key=None):
     support_key, query_key = _split_task_key(key)
@@ -128,6 +128,18 @@ def protonet(
       out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
     return out
 
+  def predict(adapted, x):
+    return prototype_logits(
+      embed(adapted['body'], x), adapted['prototypes'], adapted['counts']
+    )
+
   return MetaLearner(
-    'protonet', init, adapt, task_update, evaluate, any_ways=True
+    'protonet',
+    init,
+    adapt,
+    task_update,
+    evaluate,
+    any_ways=True,
+    predict=predict,
+    model=model,
   )

@@ -1,0 +1,212 @@
+"""Any algorithm in any batch-norm mode, and scoring each query on its own.
+
+`normalised_learner(build, model)` gives the `MetaLearner` of `build(model)`
+whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
+
+* 'transductive': `build(model)` itself.
+* 'support', 'tasknorm': every per-task function rebuilds the algorithm on
+  `given_support(model, task.support_x)`, the model whose other images are
+  normalised by that task's support set. The algorithms need nothing of
+  their own for it: their query losses, embeddings and predictions go
+  through the model.
+* 'running': meta-training runs `build(training_form(model))` (batch
+  statistics) and returns each task's batch statistics beside its metrics;
+  the meta-step averages them into the running statistics
+  (`MetaLearner.update_state`, momentum `momentum`); evaluation, `adapt` and
+  `predict` run `build(model)`, which normalises with the running
+  statistics.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import STATISTICS_METRIC
+from jaxmeta.models import norms
+from jaxmeta.models.base import Model
+from jaxmeta.types import Array, Params, Task
+
+
+def _statistics_owner(params: Params) -> Params:
+  """The dict of `params` that holds the running statistics: the model's
+  parameters, at the top or under `'model'` (Meta-SGD, MAML++)."""
+  if norms.STATISTICS in params:
+    return params
+  if (
+    isinstance(params.get('model'), dict)
+    and norms.STATISTICS in (params['model'])
+  ):
+    return params['model']
+  raise ValueError(
+    f'No running statistics (entry {norms.STATISTICS!r}) in the parameters '
+    f'(entries {sorted(params)}).'
+  )
+
+
+def _replace_statistics(params: Params, statistics: Params) -> Params:
+  if norms.STATISTICS in params:
+    return dict(params, **{norms.STATISTICS: statistics})
+  return dict(
+    params, model=dict(params['model'], **{norms.STATISTICS: statistics})
+  )
+
+
+def task_statistics(learner: MetaLearner, params: Params, task: Task) -> Params:
+  """The batch statistics one training task contributes to the running ones.
+
+  Those of a forward pass of all the task's images (support and query) under
+  the model's meta-parameters, at inner step 0; with per-step running
+  statistics (MAML++'s BNRS: the statistics leaves have a leading step
+  axis), set `i` gets those under the parameters after `i` inner steps of
+  `learner.adapt` (computed without gradient). Variances are unbiased, as
+  PyTorch's running variances are.
+
+  Args:
+    learner: the training-form learner (`normalised_learner`), with `model`.
+    params: its meta-parameters.
+    task: one task.
+
+  Returns:
+    `{layer: {'mean', 'var'}}` shaped like the running statistics.
+  """
+  params = jax.lax.stop_gradient(params)
+  model_params = _statistics_owner(params)
+  x = jnp.concatenate([task.support_x, task.query_x])
+  first = jax.tree.leaves(model_params[norms.STATISTICS])[0]
+  if first.ndim == 1:
+    return norms.batch_statistics(
+      learner.model, model_params, x, step=0, unbiased=True
+    )
+  sets = []
+  for i in range(first.shape[0]):
+    p_i = model_params
+    if i:
+      p_i = jax.lax.stop_gradient(
+        learner.adapt(params, task.support_x, task.support_y, i)
+      )
+    sets.append(
+      norms.batch_statistics(learner.model, p_i, x, step=i, unbiased=True)
+    )
+  return jax.tree.map(lambda *v: jnp.stack(v), *sets)
+
+
+def normalised_learner(
+  build: Callable[[Model], MetaLearner],
+  model: Model,
+  momentum: float = 0.1,
+) -> MetaLearner:
+  """The learner `build(model)` in the batch-norm mode of `model`.
+
+  Args:
+    build: `build(model) -> MetaLearner`, e.g. `lambda m:
+      jaxmeta.make_learner('maml', m, jaxmeta.classification_loss, 0.4, 1)`.
+    model: a model with a batch-norm mode (`jaxmeta.models.norms`).
+    momentum: 'running' mode: each meta-step moves the running statistics by
+      `momentum` towards the mean over its tasks of `task_statistics`
+      (PyTorch's convention: 0.1).
+
+  Returns:
+    A `MetaLearner`. In 'support' and 'tasknorm' modes its `adapt` returns
+    `{'adapted': ..., 'support_x': ...}`, which its `predict` takes.
+  """
+  mode = norms.check_mode(model.batch_norm)
+  if mode == 'transductive':
+    return build(model)
+  if mode in ('support', 'tasknorm'):
+    base = build(model)
+    on = lambda support_x: build(norms.given_support(model, support_x))
+
+    def task_update(params, task, key=None, global_step=None):
+      # A minibatch of all classes (Baseline's pretraining) normalises
+      # itself: it has no queries.
+      learner = base if base.train_batches else on(task.support_x)
+      return learner.task_update(params, task, key, global_step=global_step)
+
+    def evaluate(params, task, num_steps):
+      return on(task.support_x).evaluate(params, task, num_steps)
+
+    def adapt(params, support_x, support_y, num_steps):
+      adapted = on(support_x).adapt(params, support_x, support_y, num_steps)
+      return {'adapted': adapted, 'support_x': support_x}
+
+    predict = None
+    if base.predict is not None:
+
+      def predict(adapted, x):
+        return on(adapted['support_x']).predict(adapted['adapted'], x)
+
+    return base._replace(
+      task_update=task_update, evaluate=evaluate, adapt=adapt, predict=predict
+    )
+
+  train = build(norms.training_form(model))
+  test = build(model)
+  if train.model is None:
+    raise ValueError(
+      f"batch_norm='running' needs a learner that names its model "
+      f'(MetaLearner.model); {train.name} does not.'
+    )
+
+  def task_update(params, task, key=None, global_step=None):
+    grads, metrics = train.task_update(
+      params, task, key, global_step=global_step
+    )
+    metrics = dict(metrics)
+    metrics[STATISTICS_METRIC] = task_statistics(train, params, task)
+    return grads, metrics
+
+  def update_state(params, statistics):
+    owner = _statistics_owner(params)
+    running = norms.running_average(
+      owner[norms.STATISTICS], statistics, momentum
+    )
+    return _replace_statistics(params, running)
+
+  return test._replace(task_update=task_update, update_state=update_state)
+
+
+def score_alone(
+  learner: MetaLearner, params: Params, task: Task, num_steps: int
+) -> Array:
+  """The task's metric with every query scored on its own.
+
+  Adapts once on the support set (`learner.adapt`), then predicts each query
+  image as a batch of one (`learner.predict`, vmapped over the queries): a
+  transductive model then normalises each image by itself alone.
+
+  Args:
+    learner: a learner with `predict`.
+    params: its meta-parameters.
+    task: one task.
+    num_steps: inner steps (static).
+
+  Returns:
+    A scalar: accuracy for integer labels (the argmax of the outputs), else
+    the mean squared error.
+  """
+  if learner.predict is None:
+    raise ValueError(f'{learner.name} has no predict: it cannot score alone.')
+  adapted = learner.adapt(params, task.support_x, task.support_y, num_steps)
+  outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(
+    task.query_x
+  )
+  if jnp.issubdtype(task.query_y.dtype, jnp.integer):
+    return jnp.mean((jnp.argmax(outputs, -1) == task.query_y).astype(float))
+  return jnp.mean(jnp.square(outputs - task.query_y))
+
+
+def with_scoring_alone(learner: MetaLearner) -> MetaLearner:
+  """`learner` whose `evaluate` also returns `<metric>_alone`, the metric
+  with each query scored on its own (`score_alone`), beside `<metric>`
+  (all queries scored together)."""
+
+  def evaluate(params, task, num_steps):
+    metrics = learner.evaluate(params, task, num_steps)
+    name = 'accuracy' if 'accuracy' in metrics else 'mse'
+    metrics = dict(metrics)
+    metrics[f'{name}_alone'] = score_alone(learner, params, task, num_steps)
+    return metrics
+
+  return learner._replace(evaluate=evaluate)
