@@ -33,6 +33,7 @@ import tqdm
 import jaxmeta
 from jaxmeta import sharding
 from jaxmeta.data import episodes
+from jaxmeta.models import norms
 from experiments import checkpoints as checkpoints_lib
 from experiments import common
 from experiments import tasks
@@ -121,6 +122,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'Unknown backbone {config.backbone!r}; choose one of '
       f'{sorted(jaxmeta.models.BACKBONES)}.'
+    )
+  if config.batch_norm not in norms.MODES:
+    raise ConfigError(
+      f'Unknown config.batch_norm {config.batch_norm!r}; choose one of '
+      f'{norms.MODES}.'
+    )
+  if not 0 < config.bn_momentum <= 1:
+    raise ConfigError(
+      f'config.bn_momentum must be in (0, 1], got {config.bn_momentum}.'
     )
   for name, value in flatten(config).items():
     if isinstance(value, int) and not isinstance(value, bool):
@@ -212,21 +222,37 @@ def build_learner(
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
     options.setdefault('num_classes', num_train_classes)
+  model_options = dict(config.model)
+  if config.batch_norm != 'transductive':
+    model_options['batch_norm'] = config.batch_norm
   try:
     model = jaxmeta.models.BACKBONES[config.backbone](
-      family.num_outputs, input_shape, **dict(config.model)
+      family.num_outputs, input_shape, **model_options
     )
-    inner_optimizer = None
-    if config.inner_optimizer == 'adam':
-      inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
-    learner = jaxmeta.make_learner(
-      config.algorithm,
-      model,
-      family.make_loss,
-      config.inner_lr,
-      config.inner_steps,
-      inner_optimizer,
-      **options,
+  except TypeError as e:
+    if 'batch_norm' in model_options and 'batch_norm' in str(e):
+      raise ConfigError(
+        f'config.batch_norm={config.batch_norm!r}: the backbone '
+        f"{config.backbone} has no batch norm; use 'transductive'."
+      ) from e
+    raise ConfigError(f'{config.backbone}: {e}') from e
+  except ValueError as e:
+    raise ConfigError(f'{config.backbone}: {e}') from e
+  inner_optimizer = None
+  if config.inner_optimizer == 'adam':
+    inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
+  build = lambda m: jaxmeta.make_learner(
+    config.algorithm,
+    m,
+    family.make_loss,
+    config.inner_lr,
+    config.inner_steps,
+    inner_optimizer,
+    **options,
+  )
+  try:
+    learner = jaxmeta.algorithms.normalised_learner(
+      build, model, config.bn_momentum
     )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{config.backbone} / {config.algorithm}: {e}') from e
@@ -377,7 +403,11 @@ def make_train_step(
 
 
 class Evaluator:
-  """A metric over a fixed set of tasks, in compiled chunks of tasks."""
+  """A metric over a fixed set of tasks, in compiled chunks of tasks.
+
+  With `alone`, also the metric with each query scored on its own
+  (`jaxmeta.algorithms.score_alone`), beside all queries scored together.
+  """
 
   def __init__(
     self,
@@ -385,9 +415,13 @@ class Evaluator:
     family: tasks.TaskFamily,
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh | None = None,
+    alone: bool = False,
   ):
     metric = family.metric
     self._mesh = mesh
+    self._alone = alone
+    if alone:
+      learner = jaxmeta.algorithms.with_scoring_alone(learner)
     sample_task = lambda key, data: family.sample(key, data, False)
     if mesh is None:
       self._chunk = config.eval_batch_size
@@ -404,25 +438,27 @@ class Evaluator:
 
     def run_chunk(params, data, keys):
       metrics = evaluate_keys(params, keys, data)
-      return metrics[metric], metrics[f'{metric}_by_step']
+      names = [metric, f'{metric}_by_step'] + [f'{metric}_alone'] * alone
+      return tuple(metrics[name] for name in names)
 
     self._run_chunk = jax.jit(run_chunk)
 
-  def __call__(self, params, data, keys) -> tuple[np.ndarray, np.ndarray]:
-    """Per-task metric `[n]` and the metric after each step `[n, steps+1]`."""
+  def __call__(self, params, data, keys) -> tuple[np.ndarray, ...]:
+    """Per-task metric `[n]` and the metric after each step `[n, steps+1]`
+    (and, with `alone`, the per-task metric of queries scored alone)."""
     n = keys.shape[0]
     padded = -(-n // self._chunk) * self._chunk
     if padded > n:  # Every call has the same shape: pad with the last key.
       keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, 0)])
-    values, by_step = [], []
+    outputs = []
     for i in range(0, padded, self._chunk):
       chunk = keys[i : i + self._chunk]
       if self._mesh is not None:  # Each device (of each process) its rows.
         chunk = sharding.shard_tasks(chunk, self._mesh)
-      a, b = self._run_chunk(params, data, chunk)
-      values.append(_to_host(a))
-      by_step.append(_to_host(b))
-    return np.concatenate(values)[:n], np.concatenate(by_step)[:n]
+      outputs.append(
+        [_to_host(v) for v in self._run_chunk(params, data, chunk)]
+      )
+    return tuple(np.concatenate(column)[:n] for column in zip(*outputs))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -583,8 +619,9 @@ class _Run:
       'jaxmeta_version': jaxmeta.__version__,
     }
 
-  def test(self) -> dict[str, Any]:
-    """Tests the best-validation checkpoint on the fixed test tasks."""
+  def test(self, evaluator: 'Evaluator | None' = None) -> dict[str, Any]:
+    """Tests the best-validation checkpoint on the fixed test tasks (with
+    `evaluator`, an `Evaluator(..., alone=True)` of this run, if given)."""
     config, checkpoints = self.config, self.checkpoints
     step = checkpoints.best_step()
     if step is None:
@@ -599,13 +636,17 @@ class _Run:
         'holds non-finite parameters; it cannot be evaluated.'
       )
     keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
-    values, by_step = Evaluator(self.learner, self.family, config, self.mesh)(
-      state.params, self.load('test'), keys
-    )
+    if evaluator is None:
+      evaluator = Evaluator(
+        self.learner, self.family, config, self.mesh, alone=True
+      )
+    values, by_step, alone = evaluator(state.params, self.load('test'), keys)
     mean, ci95 = jaxmeta.mean_and_ci95(values)
+    mean_alone, ci95_alone = jaxmeta.mean_and_ci95(alone)
     m = self.metric
     return {
       'algorithm': config.algorithm,
+      'batch_norm': config.batch_norm,
       'preset': config.preset or None,
       'dataset': config.dataset,
       'backbone': config.backbone,
@@ -616,6 +657,10 @@ class _Run:
       'eval_inner_steps': config.eval_inner_steps,
       f'test_{m}': mean,
       'test_ci95': ci95,
+      # Each query scored on its own (a batch of one): equal to the above
+      # in the non-transductive batch-norm modes.
+      f'test_{m}_alone': mean_alone,
+      'test_ci95_alone': ci95_alone,
       'num_test_tasks': config.num_eval_tasks,
       f'test_{m}_by_step': by_step.mean(axis=0).tolist(),
       'best_step': step,
@@ -628,8 +673,11 @@ def summary(results: dict[str, Any], path: str) -> str:
   """One line: the test metric with its 95% CI, and where the results are."""
   metric = 'accuracy' if 'test_accuracy' in results else 'mse'
   value, ci = results[f'test_{metric}'], results['test_ci95']
+  alone = results.get(f'test_{metric}_alone')
   if metric == 'accuracy':
     figure = f'test accuracy {100 * value:.2f}% +- {100 * ci:.2f}%'
+    if alone is not None:
+      figure += f' ({100 * alone:.2f}% with each query scored alone)'
   else:
     figure = f'test MSE {value:.4f} +- {ci:.4f}'
   shape = (
@@ -732,7 +780,9 @@ def train_and_evaluate(
   train_step = make_train_step(
     run.learner, run.optimizer, run.family, config, run.mesh
   )
-  evaluator = Evaluator(run.learner, run.family, config, run.mesh)
+  # Validation compiles the test's program: it also scores each query
+  # alone, which it does not report.
+  evaluator = Evaluator(run.learner, run.family, config, run.mesh, alone=True)
   val_keys = episodes.eval_task_keys(config.eval_seed + 1, config.num_val_tasks)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   start_step = int(state.step)
@@ -742,7 +792,7 @@ def train_and_evaluate(
   metric = run.metric
 
   def validate_now(state):
-    values, _ = evaluator(state.params, val_data, val_keys)
+    values = evaluator(state.params, val_data, val_keys)[0]
     value, ci95 = jaxmeta.mean_and_ci95(values)
     writer.write(int(state.step), {metric: value, 'ci95': ci95}, prefix='val/')
     return value
@@ -811,7 +861,7 @@ def train_and_evaluate(
       checkpoints.manager.delete(step)
     checkpoints.save(step, state, run.meta(), validate_now(state))
 
-  results = run.test()
+  results = run.test(evaluator)
   results_path = os.path.join(workdir, 'results.json')
   timing = dict(
     iterations=step,

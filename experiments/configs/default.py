@@ -29,6 +29,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The backbone: a name in jaxmeta.models.BACKBONES and its options.
   c.backbone = 'conv4'
   c.model = ml_collections.ConfigDict({'num_filters': 32, 'conv_impl': 'auto'})
+  # Which images' statistics batch norm uses (jaxmeta.models.norms.MODES):
+  # 'transductive', each batch its own (the published MAML and Reptile
+  # protocol: a query's prediction depends on the other queries); 'support',
+  # the support set's; 'running', running averages from meta-training
+  # (momentum `bn_momentum`); 'tasknorm', TaskNorm-I.
+  c.batch_norm = 'transductive'
+  c.bn_momentum = 0.1
 
   # Training augmentation of image tasks (jaxmeta.data.augment.AugmentConfig):
   # all off, as in MAML.

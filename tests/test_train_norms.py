@@ -1,0 +1,158 @@
+"""Batch-norm modes through the experiment harness: every mode trains,
+results.json keeps both scoring protocols, running statistics survive a
+checkpoint, and a short real run in each mode learns."""
+
+import os
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import train
+from experiments.configs import default
+from test_train import restore
+from test_train import run
+from test_train import tiny_config
+from test_train import TINY_MODEL_OPTIONS
+
+SOURCE_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  'data',
+  'omniglot',
+)
+
+
+@pytest.mark.parametrize(
+  'mode', ['transductive', 'support', 'running', 'tasknorm']
+)
+def test_every_mode_trains_and_reports_both_protocols(
+  tmp_path, tiny_dataset, mode
+):
+  config = tiny_config(tiny_dataset, batch_norm=mode)
+  results = run(config, tmp_path)
+  assert results['batch_norm'] == mode
+  together, alone = results['test_accuracy'], results['test_accuracy_alone']
+  assert 0.0 <= alone <= 1.0 and results['test_ci95_alone'] >= 0.0
+  if mode != 'transductive':
+    # The same predictions both ways, up to float rounding (a flipped argmax
+    # would move one query of the 6 tasks x 6 queries).
+    assert abs(together - alone) <= 1 / 36 + 1e-9, results
+  state, _ = restore(config, tmp_path)
+  has_statistics = 'batch_stats' in state.params
+  assert has_statistics == (mode == 'running')
+  assert ('alpha_scale' in state.params['conv0']) == (mode == 'tasknorm')
+
+
+def test_running_statistics_move_and_survive_a_resume(tmp_path, tiny_dataset):
+  config = tiny_config(
+    tiny_dataset,
+    batch_norm='running',
+    bn_momentum=0.5,
+    num_iterations=6,
+    eval_every=3,
+    checkpoint_every=3,
+  )
+  run(config, tmp_path / 'straight')
+  first = tiny_config(
+    tiny_dataset,
+    batch_norm='running',
+    bn_momentum=0.5,
+    num_iterations=3,
+    eval_every=3,
+    checkpoint_every=3,
+  )
+  run(first, tmp_path / 'resumed')
+  halfway, _ = restore(first, tmp_path / 'resumed')
+  run(config, tmp_path / 'resumed')
+  a, _ = restore(config, tmp_path / 'straight')
+  b, _ = restore(config, tmp_path / 'resumed')
+  chex.assert_trees_all_equal(a, b)
+  stats = a.params['batch_stats']['conv1']
+  # Moved from the initial zeros and ones, and on between steps 3 and 6.
+  assert np.all(np.asarray(stats['var']) != 1.0)
+  assert not np.allclose(
+    stats['mean'], halfway.params['batch_stats']['conv1']['mean']
+  )
+
+
+def test_maml_plus_plus_keeps_per_step_running_statistics(
+  tmp_path, tiny_dataset
+):
+  config = tiny_config(
+    tiny_dataset, algorithm='maml_plus_plus', batch_norm='running'
+  )
+  config.inner_steps = 2
+  config.method = ml_collections.ConfigDict(
+    {'per_step_bn_stats': True, 'msl_iterations': 2}
+  )
+  results = run(config, tmp_path)
+  assert 0.0 <= results['test_accuracy_alone'] <= 1.0
+  state, _ = restore(config, tmp_path)
+  mean = state.params['model']['batch_stats']['conv0']['mean']
+  assert mean.shape == (2, 4)
+  assert not np.allclose(mean[0], mean[1])
+
+
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    (dict(batch_norm='instance'), 'Unknown config.batch_norm'),
+    (dict(bn_momentum=0.0), r'bn_momentum must be in \(0, 1\]'),
+    (dict(bn_momentum=1.5), r'bn_momentum must be in \(0, 1\]'),
+  ],
+)
+def test_bad_batch_norm_settings_are_config_errors(
+  tmp_path, tiny_dataset, overrides, message
+):
+  with pytest.raises(train.ConfigError, match=message):
+    run(tiny_config(tiny_dataset, **overrides), tmp_path)
+
+
+def test_a_backbone_without_batch_norm_has_only_the_transductive_mode(
+  tmp_path, tiny_dataset
+):
+  config = tiny_config(tiny_dataset, backbone='mlp', batch_norm='support')
+  config.model = ml_collections.ConfigDict(TINY_MODEL_OPTIONS['mlp'])
+  with pytest.raises(train.ConfigError, match='has no batch norm'):
+    run(config, tmp_path)
+  config = tiny_config(
+    tiny_dataset, algorithm='maml_plus_plus', batch_norm='support'
+  )
+  config.method = ml_collections.ConfigDict({'per_step_bn_stats': True})
+  with pytest.raises(train.ConfigError, match="batch_norm='running'"):
+    run(config, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['support', 'running', 'tasknorm'])
+def test_short_real_run_learns_scored_one_query_at_a_time(
+  tmp_path, omniglot_data_dir, mode
+):
+  """5-way 1-shot on real Omniglot, each query scored alone: chance 20%."""
+  config = default.get_config()
+  config.model.num_filters = 16
+  config.update(
+    batch_norm=mode,
+    meta_batch_size=8,
+    meta_lr=3e-3,
+    meta_lr_final=-1.0,
+    num_iterations=150,
+    eval_every=150,
+    checkpoint_every=150,
+    log_every=50,
+    num_val_tasks=40,
+    num_eval_tasks=100,
+  )
+  results = train.train_and_evaluate(
+    config,
+    str(tmp_path),
+    data_dir=omniglot_data_dir,
+    source_dir=SOURCE_DIR,
+    progress=False,
+  )
+  assert results['test_accuracy_alone'] - results['test_ci95_alone'] > 0.5, (
+    results
+  )
+  jax.clear_caches()
