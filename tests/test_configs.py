@@ -214,3 +214,16 @@ def test_method_presets_follow_their_papers():
       c.eval_inner_steps,
     ) == ('baseline_plus_plus', 16, 1, 0.01, 100)
   assert baseline_omniglot.get_config('baseline_5w1s').algorithm == 'baseline'
+
+
+@pytest.mark.parametrize('name,preset', CASES)
+def test_presets_normalise_as_their_published_figures_were_measured(
+  name, preset
+):
+  # MAML and its descendants' code normalises test batches by themselves
+  # (transductive); ProtoNets' and the Baselines' PyTorch code evaluates in
+  # eval mode (running statistics).
+  module = importlib.import_module(f'experiments.configs.{name}')
+  config = module.get_config() if preset is None else module.get_config(preset)
+  running = name.startswith(('protonet', 'baseline'))
+  assert config.batch_norm == ('running' if running else 'transductive')

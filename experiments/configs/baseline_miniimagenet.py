@@ -39,6 +39,9 @@ def get_config(
     )
   algorithm, backbone, shots = PRESETS[arg]
   c = default.get_config()
+  # The published figures come from PyTorch's eval mode: running
+  # statistics from training normalise every test image.
+  c.batch_norm = 'running'
   c.preset = f'baseline_miniimagenet:{arg}'
   c.algorithm = algorithm
   c.dataset = 'miniimagenet'

@@ -33,6 +33,9 @@ def get_config(arg: str = 'cifar_fs_5w1s') -> ml_collections.ConfigDict:
   dataset, shape = arg.rsplit('_', 1)
   shots = int(shape[len('5w') : -1])
   c = default.get_config()
+  # Batch statistics at test time too, as the published figures were
+  # measured: a query's prediction depends on the other queries.
+  c.batch_norm = 'transductive'
   c.preset = f'maml_cifar:{arg}'
   c.dataset = dataset
   c.data = ml_collections.ConfigDict({'scheme': SCHEMES[dataset]})

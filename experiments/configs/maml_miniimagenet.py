@@ -28,6 +28,9 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
     )
   shots, meta_batch_size = PRESETS[arg]
   c = default.get_config()
+  # Batch statistics at test time too, as the published figures were
+  # measured: a query's prediction depends on the other queries.
+  c.batch_norm = 'transductive'
   c.preset = f'maml_miniimagenet:{arg}'
   c.dataset = 'miniimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})

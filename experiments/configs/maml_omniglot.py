@@ -33,6 +33,9 @@ def get_config(
     )
   ways, shots, meta_batch_size, inner_lr, inner_steps = PRESETS[arg]
   c = default.get_config()
+  # Batch statistics at test time too, as the published figures were
+  # measured: a query's prediction depends on the other queries.
+  c.batch_norm = 'transductive'
   c.preset = f'{algorithm}_omniglot:{arg}'
   c.algorithm = algorithm
   c.data.scheme = 'maml'

@@ -31,6 +31,10 @@ def get_config(arg: str = '20w1s') -> ml_collections.ConfigDict:
     )
   ways, shots = PRESETS[arg]
   c = default.get_config()
+  # The reference code normalises with batch statistics at test time too
+  # (transductive); BNRS (`method.per_step_bn_stats`) needs
+  # batch_norm='running'.
+  c.batch_norm = 'transductive'
   c.preset = f'maml_plus_plus_omniglot:{arg}'
   c.algorithm = 'maml_plus_plus'
   c.method = ml_collections.ConfigDict(

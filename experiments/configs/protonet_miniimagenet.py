@@ -36,6 +36,9 @@ def get_config(arg: str = 'conv4_5w1s') -> ml_collections.ConfigDict:
     )
   backbone, shots, train_ways = PRESETS[arg]
   c = default.get_config()
+  # The published figures come from PyTorch's eval mode: running
+  # statistics from training normalise every test image.
+  c.batch_norm = 'running'
   c.preset = f'protonet_miniimagenet:{arg}'
   c.algorithm = 'protonet'
   c.dataset = 'miniimagenet'

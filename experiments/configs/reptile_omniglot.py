@@ -33,6 +33,9 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
     )
   ways, shots, inner_lr, inner_steps, num_iterations = PRESETS[arg]
   c = default.get_config()
+  # Batch statistics at test time too, as the published figures were
+  # measured: a query's prediction depends on the other queries.
+  c.batch_norm = 'transductive'
   c.preset = f'reptile_omniglot:{arg}'
   c.algorithm = 'reptile'
   c.data.scheme = 'maml'

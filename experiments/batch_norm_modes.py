@@ -1,0 +1,158 @@
+r"""The batch-norm modes side by side, each scored both ways.
+
+  python -m experiments.batch_norm_modes --workdir=/tmp/bn_modes \
+      --output_dir=benchmarks/batch_norm
+
+trains the main job (MAML, Omniglot with Vinyals' split, Conv-4 with 32
+filters, its recipe) once per batch-norm mode (`jaxmeta.models.norms.MODES`)
+for 5-way and for 20-way 1-shot, every mode of a task shape for the same
+number of iterations, and tests each on the same 600 test tasks twice: all
+queries of a task scored together, and each query scored alone. Writes
+`results.json` and `table.md` to `--output_dir`. A finished run in the
+workdir is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+
+from experiments import common
+from experiments import train
+from experiments.configs import default
+from jaxmeta.models import norms
+
+
+def mode_config(
+  mode: str, ways: int, iterations: int
+) -> ml_collections.ConfigDict:
+  """The main job in batch-norm `mode`, `ways`-way 1-shot, `iterations`
+  meta-iterations (the learning rate decays to 0 over them)."""
+  config = default.get_config()
+  config.update(
+    batch_norm=mode,
+    ways=ways,
+    num_iterations=iterations,
+    eval_every=max(1, iterations // 2),
+    checkpoint_every=max(1, iterations // 2),
+    log_every=50,
+  )
+  return config
+
+
+def run_modes(
+  modes: Sequence[str],
+  iterations: dict[int, int],
+  workdir: str,
+  progress: bool = False,
+) -> dict[str, Any]:
+  """Trains and tests every (ways, mode); `iterations` maps ways to
+  meta-iterations. Returns `{'<ways>-way': {mode: {...}}}`."""
+  out = {}
+  for ways, steps in iterations.items():
+    rows = out.setdefault(f'{ways}-way', {})
+    for mode in modes:
+      run_dir = os.path.join(workdir, f'{ways}way_{mode}')
+      path = os.path.join(run_dir, 'results.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          results = json.load(f)
+      else:
+        print(f'{ways}-way 1-shot, {mode}: {steps} iterations')
+        results = train.train_and_evaluate(
+          mode_config(mode, ways, steps), run_dir, progress=progress
+        )
+      rows[mode] = {
+        k: results[k]
+        for k in (
+          'test_accuracy',
+          'test_ci95',
+          'test_accuracy_alone',
+          'test_ci95_alone',
+          'num_test_tasks',
+          'iterations',
+          'train_seconds',
+          'eval_inner_steps',
+        )
+      }
+  return out
+
+
+def table(results: dict[str, Any]) -> str:
+  """The results as a Markdown table."""
+  lines = [
+    '| task | batch norm | all queries together | each query alone | '
+    'iterations | training time |',
+    '| --- | --- | --- | --- | --- | --- |',
+  ]
+  for task, rows in results.items():
+    for mode, r in rows.items():
+      lines.append(
+        f'| {task} 1-shot | {mode} | '
+        f'{100 * r["test_accuracy"]:.1f}% +- {100 * r["test_ci95"]:.1f}% | '
+        f'{100 * r["test_accuracy_alone"]:.1f}% +- '
+        f'{100 * r["test_ci95_alone"]:.1f}% | {r["iterations"]} | '
+        f'{r["train_seconds"]:.0f} s |'
+      )
+  return '\n'.join(lines) + '\n'
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the flags (only when run as a program)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('workdir', None, 'Where the runs go.', **fv)
+  flags.DEFINE_string(
+    'output_dir', None, 'Where results.json and table.md go.', **fv
+  )
+  flags.DEFINE_list('modes', list(norms.MODES), 'Batch-norm modes.', **fv)
+  flags.DEFINE_integer(
+    'iterations_5way', 1000, 'Meta-iterations of the 5-way runs.', **fv
+  )
+  flags.DEFINE_integer(
+    'iterations_20way',
+    500,
+    'Meta-iterations of the 20-way runs (0: none).',
+    **fv,
+  )
+
+
+def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
+  """The program, once the flags are parsed."""
+  if len(argv) > 1 or not flag_values.workdir:
+    common.exit_with_one_line(
+      '--workdir is required and flags are --name=value; --helpfull lists them.'
+    )
+  unknown = sorted(set(flag_values.modes) - set(norms.MODES))
+  if unknown:
+    common.exit_with_one_line(
+      f'Unknown modes {unknown}; choose from {list(norms.MODES)}.'
+    )
+  if flag_values.iterations_5way < 1 or flag_values.iterations_20way < 0:
+    common.exit_with_one_line(
+      '--iterations_5way must be >= 1 and --iterations_20way >= 0.'
+    )
+  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
+  iterations = {5: flag_values.iterations_5way}
+  if flag_values.iterations_20way:
+    iterations[20] = flag_values.iterations_20way
+  results = run_modes(flag_values.modes, iterations, flag_values.workdir)
+  output_dir = flag_values.output_dir or flag_values.workdir
+  common.write_json(os.path.join(output_dir, 'results.json'), results)
+  text = table(results)
+  with open(os.path.join(output_dir, 'table.md'), 'w') as f:
+    f.write(text)
+  print(text, end='')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
