@@ -28,11 +28,13 @@ from jaxmeta.algorithms import make_learner
 from jaxmeta.algorithms import maml
 from jaxmeta.algorithms import maml_plus_plus
 from jaxmeta.algorithms import meta_sgd
+from jaxmeta.algorithms import normalised_learner
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import pretrain
 from jaxmeta.algorithms import protonet
 from jaxmeta.algorithms import REGISTRY as ALGORITHM_REGISTRY
 from jaxmeta.algorithms import reptile
+from jaxmeta.algorithms import score_alone
 from jaxmeta.losses import classification_loss
 from jaxmeta.losses import LossFn
 from jaxmeta.losses import regression_loss

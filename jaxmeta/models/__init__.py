@@ -5,12 +5,14 @@ Why plain functions rather than flax modules: meta-learning differentiates
 every forward pass, the object `jax.grad` differentiates and the inner loop
 rewrites. With plain functions the parameters are an ordinary dict pytree that
 `jax.grad`, `jax.vmap`, optax and orbax all handle directly; there is no
-variable collection to thread through and no mutable batch-norm state (our
-batch norm always uses batch statistics, see `conv4`). Methods build on this
-without a rewrite: ANIL, Prototypical Networks and the Baselines use the
-body/head split (`Model.embed`, `split_head`), MAML++ passes a step index to
-select per-step batch-norm parameters (`per_step_batch_norm`), and Meta-SGD
-keeps its learning rates beside the model's parameters.
+variable collection to thread through (running batch-norm statistics, where
+a mode keeps them, are an entry of the parameters; see `norms`). Methods
+build on this without a rewrite: ANIL, Prototypical Networks and the
+Baselines use the body/head split (`Model.embed`, `split_head`), MAML++
+passes a step index to select per-step batch-norm parameters
+(`per_step_batch_norm`), Meta-SGD keeps its learning rates beside the
+model's parameters, and the batch-norm modes (`norms`) are transformations
+of a `Model`.
 
 Every model is a `Model(init, apply)` pair, the same shape as optax's
 `GradientTransformation`. `apply` is written for one batch of inputs of one
@@ -31,6 +33,7 @@ from jaxmeta.models.base import per_step_batch_norm
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models.base import split_head
 from jaxmeta.models.base import with_linear_head
+from jaxmeta.models import norms
 from jaxmeta.models.conv4 import conv4
 from jaxmeta.models.layers import batch_norm
 from jaxmeta.models.layers import CONV_IMPLS

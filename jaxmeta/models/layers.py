@@ -150,8 +150,8 @@ def batch_norm(
   Two-pass statistics: the mean, then the mean square of `x - mean`. The
   centred input is computed once and serves the variance and the output,
   so that the derivative reduces over it twice and keeps no other
-  activation-sized residual (`jnp.var` computed the mean again and made the
-  CPU MAML step 1.06-1.13x slower).
+  activation-sized residual (`jnp.var` computes the mean again; see
+  `benchmarks/README.md`).
 
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
