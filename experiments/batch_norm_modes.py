@@ -30,11 +30,16 @@ from jaxmeta.models import norms
 
 
 def mode_config(
-  mode: str, ways: int, iterations: int
+  mode: str,
+  ways: int,
+  iterations: int,
+  base: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
-  """The main job in batch-norm `mode`, `ways`-way 1-shot, `iterations`
-  meta-iterations (the learning rate decays to 0 over them)."""
-  config = default.get_config()
+  """`base` (default: the main job) in batch-norm `mode`, `ways`-way,
+  `iterations` meta-iterations (the learning rate decays over them)."""
+  config = (
+    default.get_config() if base is None else base.copy_and_resolve_references()
+  )
   config.update(
     batch_norm=mode,
     ways=ways,
@@ -51,9 +56,11 @@ def run_modes(
   iterations: dict[int, int],
   workdir: str,
   progress: bool = False,
+  base: ml_collections.ConfigDict | None = None,
 ) -> dict[str, Any]:
   """Trains and tests every (ways, mode); `iterations` maps ways to
-  meta-iterations. Returns `{'<ways>-way': {mode: {...}}}`."""
+  meta-iterations, `base` is the shared config (default: the main job's).
+  Returns `{'<ways>-way': {mode: {...}}}`."""
   out = {}
   for ways, steps in iterations.items():
     rows = out.setdefault(f'{ways}-way', {})
@@ -66,7 +73,7 @@ def run_modes(
       else:
         print(f'{ways}-way 1-shot, {mode}: {steps} iterations')
         results = train.train_and_evaluate(
-          mode_config(mode, ways, steps), run_dir, progress=progress
+          mode_config(mode, ways, steps, base), run_dir, progress=progress
         )
       rows[mode] = {
         k: results[k]
