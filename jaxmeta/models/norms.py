@@ -44,7 +44,8 @@ MODES = ('transductive', 'support', 'running', 'tasknorm')
 # parameters so that every algorithm, the sharded step, checkpoints and
 # `adapt`/`predict` carry them with no second state argument; the forward
 # passes of training never read them, so their gradient is exactly zero and
-# only the meta-step's running average changes them.
+# only the meta-step's running average changes them (an outer optimiser with
+# weight decay would move them too: mask them out of it).
 STATISTICS = 'batch_stats'
 
 # Names of the learned TaskNorm-I blend parameters in a layer's parameters:
