@@ -24,8 +24,16 @@ SOURCE_DIR = os.path.join(
 )
 
 
+# 'running' in the quick tier: the mode with state in the meta-step and the
+# checkpoints; the others add nothing the library tests do not check.
 @pytest.mark.parametrize(
-  'mode', ['transductive', 'support', 'running', 'tasknorm']
+  'mode',
+  [
+    pytest.param('transductive', marks=pytest.mark.slow),
+    pytest.param('support', marks=pytest.mark.slow),
+    'running',
+    pytest.param('tasknorm', marks=pytest.mark.slow),
+  ],
 )
 def test_every_mode_trains_and_reports_both_protocols(
   tmp_path, tiny_dataset, mode
@@ -45,6 +53,7 @@ def test_every_mode_trains_and_reports_both_protocols(
   assert ('alpha_scale' in state.params['conv0']) == (mode == 'tasknorm')
 
 
+@pytest.mark.slow
 def test_running_statistics_move_and_survive_a_resume(tmp_path, tiny_dataset):
   config = tiny_config(
     tiny_dataset,
@@ -77,6 +86,7 @@ def test_running_statistics_move_and_survive_a_resume(tmp_path, tiny_dataset):
   )
 
 
+@pytest.mark.slow
 def test_maml_plus_plus_keeps_per_step_running_statistics(
   tmp_path, tiny_dataset
 ):
