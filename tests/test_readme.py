@@ -29,18 +29,3 @@ def test_bring_your_own_model_and_dataset(tmp_path):
   assert results['dataset'] == 'my_shapes' and results['backbone'] == 'linear'
   assert results['iterations'] == 20 and results['num_test_tasks'] == 20
   assert (tmp_path / 'run' / 'results.json').is_file()
-
-
-def test_classifying_new_images_does_not_depend_on_the_batch():
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  code = _code_of_section('Batch norm: classifying one image')
-  namespace = {}
-  exec(compile(code, str(README), 'exec'), namespace)  # pylint: disable=exec-used
-  learner, adapted = namespace['learner'], namespace['adapted']
-  images, logits = namespace['images'], namespace['logits']
-  assert logits.shape == (len(images), 5)
-  alone = np.concatenate(
-    [learner.predict(adapted, images[i : i + 1]) for i in range(len(images))]
-  )
-  np.testing.assert_allclose(logits, alone, rtol=1e-5, atol=1e-5)
