@@ -127,7 +127,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   flags.DEFINE_integer(
     'iterations_20way',
-    500,
+    250,
     'Meta-iterations of the 20-way runs (0: none).',
     **fv,
   )
