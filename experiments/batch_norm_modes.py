@@ -96,8 +96,8 @@ def table(results: dict[str, Any]) -> str:
   """The results as a Markdown table."""
   lines = [
     '| task | batch norm | all queries together | each query alone | '
-    'iterations | training time |',
-    '| --- | --- | --- | --- | --- | --- |',
+    'iterations |',
+    '| --- | --- | --- | --- | --- |',
   ]
   for task, rows in results.items():
     for mode, r in rows.items():
@@ -105,8 +105,7 @@ def table(results: dict[str, Any]) -> str:
         f'| {task} 1-shot | {mode} | '
         f'{100 * r["test_accuracy"]:.1f}% +- {100 * r["test_ci95"]:.1f}% | '
         f'{100 * r["test_accuracy_alone"]:.1f}% +- '
-        f'{100 * r["test_ci95_alone"]:.1f}% | {r["iterations"]} | '
-        f'{r["train_seconds"]:.0f} s |'
+        f'{100 * r["test_ci95_alone"]:.1f}% | {r["iterations"]} |'
       )
   return '\n'.join(lines) + '\n'
 
