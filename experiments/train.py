@@ -252,7 +252,7 @@ def build_learner(
   )
   try:
     learner = jaxmeta.algorithms.normalised_learner(
-      build, model, config.bn_momentum
+      build, model, config.bn_momentum, config.inner_steps
     )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{config.backbone} / {config.algorithm}: {e}') from e

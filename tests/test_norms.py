@@ -236,6 +236,18 @@ def test_running_mode_normalises_with_the_running_statistics():
     np.testing.assert_allclose(
       model.apply(params, x), expected, rtol=1e-10, atol=1e-10
     )
+    # Given a support set, that set alone normalises itself (adaptation, as
+    # in meta-training); other images keep the running statistics.
+    on_support = norms.given_support(model, x)
+    np.testing.assert_allclose(
+      on_support.apply(params, x),
+      _model('transductive').apply(params, x),
+      rtol=1e-12,
+      atol=1e-12,
+    )
+    np.testing.assert_allclose(
+      on_support.apply(params, x[:2]), expected[:2], rtol=1e-10, atol=1e-10
+    )
     # Meta-training's form normalises with batch statistics instead.
     np.testing.assert_allclose(
       norms.training_form(model).apply(params, x),
@@ -248,13 +260,10 @@ def test_running_mode_normalises_with_the_running_statistics():
 def test_running_statistics_follow_the_momentum_over_meta_steps():
   momentum = 0.3
   model = _model('running')
-  learner = normalised_learner(
-    lambda m: jaxmeta.make_learner(
-      'maml', m, jaxmeta.classification_loss, 0.1, 1
-    ),
-    model,
-    momentum,
+  maml = lambda m: jaxmeta.make_learner(
+    'maml', m, jaxmeta.classification_loss, 0.1, 1
   )
+  learner = normalised_learner(maml, model, momentum, num_inner_steps=1)
   optimizer = optax.adam(1e-2)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   np.testing.assert_array_equal(
@@ -274,8 +283,17 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
     before = jax.tree.map(np.asarray, state.params)
     state, metrics = step(state, batch)
     assert 'batch_statistics' not in metrics
+    # The query set's statistics after the inner step (taken with batch
+    # statistics, as in meta-training).
+    body = {k: v for k, v in before.items() if k != 'batch_stats'}
+    adapt = maml(_model('transductive')).adapt
     per_task = [
-      _np_statistics(before, np.concatenate([task.support_x, task.query_x]))
+      _np_statistics(
+        jax.tree.map(
+          np.asarray, adapt(body, task.support_x, task.support_y, 1)
+        ),
+        task.query_x,
+      )
       for task in tasks
     ]
     for name in expected:
@@ -378,6 +396,7 @@ def test_per_step_running_statistics_follow_the_inner_trajectory():
     _build('maml_plus_plus', per_step_bn=False, per_step_bn_stats=True),
     model,
     momentum,
+    num_inner_steps=steps,
   )
   params = learner.init(jax.random.key(0))
   assert params['model']['batch_stats']['conv0']['mean'].shape == (steps, 4)
@@ -386,17 +405,18 @@ def test_per_step_running_statistics_follow_the_inner_trajectory():
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   batch = jax.tree.map(lambda v: v[None], task)
   new, _ = jaxmeta.meta_train_step(learner, optimizer, state, batch)
-  x = np.concatenate([task.support_x, task.query_x])
-  meta = jax.tree.map(np.asarray, state.params)
-  # Step 0: the meta-parameters; step 1: after one inner step of plain
-  # gradient descent (every learned rate starts at the inner lr).
+  # Set i: the query set after i + 1 inner steps of plain gradient descent
+  # (every learned rate starts at the inner lr) with batch statistics.
   body = {k: v for k, v in state.params['model'].items() if k != 'batch_stats'}
-  after_one = _build('maml')(_model('transductive')).adapt(
-    body, task.support_x, task.support_y, 1
-  )
+  adapt = _build('maml')(_model('transductive')).adapt
   expected = [
-    _np_statistics(meta['model'], x),
-    _np_statistics(jax.tree.map(np.asarray, after_one), x),
+    _np_statistics(
+      jax.tree.map(
+        np.asarray, adapt(body, task.support_x, task.support_y, i + 1)
+      ),
+      task.query_x,
+    )
+    for i in range(steps)
   ]
   for name in ('conv0', 'conv1'):
     got = new.params['model']['batch_stats'][name]

@@ -32,8 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Which images' statistics batch norm uses (jaxmeta.models.norms.MODES):
   # 'transductive', each batch its own (the published MAML and Reptile
   # protocol: a query's prediction depends on the other queries); 'support',
-  # the support set's; 'running', running averages from meta-training
-  # (momentum `bn_momentum`); 'tasknorm', TaskNorm-I.
+  # the support set's; 'running', running averages of the query sets'
+  # statistics in meta-training (momentum `bn_momentum`); 'tasknorm',
+  # TaskNorm-I.
   c.batch_norm = 'transductive'
   c.bn_momentum = 0.1
 

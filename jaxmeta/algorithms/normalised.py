@@ -10,11 +10,12 @@ whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
   their own for it: their query losses, embeddings and predictions go
   through the model.
 * 'running': meta-training runs `build(training_form(model))` (batch
-  statistics) and returns each task's batch statistics beside its metrics;
-  the meta-step averages them into the running statistics
-  (`MetaLearner.update_state`, momentum `momentum`); evaluation, `adapt` and
-  `predict` run `build(model)`, which normalises with the running
-  statistics.
+  statistics) and returns each task's query statistics beside its metrics
+  (`task_statistics`); the meta-step averages them into the running
+  statistics (`MetaLearner.update_state`, momentum `momentum`). Evaluation
+  and `adapt` adapt on a support set normalised by itself, as in
+  meta-training, and every other image (the queries, `predict`) is
+  normalised with the running statistics.
 """
 
 from typing import Callable
@@ -53,42 +54,49 @@ def _replace_statistics(params: Params, statistics: Params) -> Params:
   )
 
 
-def task_statistics(learner: MetaLearner, params: Params, task: Task) -> Params:
+def task_statistics(
+  learner: MetaLearner, params: Params, task: Task, num_steps: int
+) -> Params:
   """The batch statistics one training task contributes to the running ones.
 
-  Those of a forward pass of all the task's images (support and query) under
-  the model's meta-parameters, at inner step 0; with per-step running
-  statistics (MAML++'s BNRS: the statistics leaves have a leading step
-  axis), set `i` gets those under the parameters after `i` inner steps of
-  `learner.adapt` (computed without gradient). Variances are unbiased, as
-  PyTorch's running variances are.
+  Those of a forward pass of the task's query set under the parameters after
+  `num_steps` inner steps (`learner.adapt`, without gradient): the
+  statistics the query loss normalised with, which the running statistics
+  replace at test time. For a method whose adaptation leaves the body as it
+  is (Prototypical Networks, whose `adapt` returns prototypes), under the
+  meta-parameters; for a minibatch without queries (Baseline's pretraining),
+  those of the minibatch. With per-step running statistics (MAML++'s BNRS:
+  the statistics leaves have a leading step axis), set `i` gets those after
+  `i + 1` inner steps. Variances are unbiased, as PyTorch's running
+  variances are.
 
   Args:
     learner: the training-form learner (`normalised_learner`), with `model`.
     params: its meta-parameters.
     task: one task.
+    num_steps: the training inner steps.
 
   Returns:
     `{layer: {'mean', 'var'}}` shaped like the running statistics.
   """
   params = jax.lax.stop_gradient(params)
   model_params = _statistics_owner(params)
-  x = jnp.concatenate([task.support_x, task.query_x])
+  x = task.query_x if task.query_x.shape[0] else task.support_x
+
+  def statistics(steps):
+    p = model_params
+    if steps and task.query_x.shape[0]:
+      adapted = learner.adapt(params, task.support_x, task.support_y, steps)
+      if jax.tree.structure(adapted) == jax.tree.structure(model_params):
+        p = jax.lax.stop_gradient(adapted)
+    return norms.batch_statistics(
+      learner.model, p, x, step=max(steps - 1, 0), unbiased=True
+    )
+
   first = jax.tree.leaves(model_params[norms.STATISTICS])[0]
   if first.ndim == 1:
-    return norms.batch_statistics(
-      learner.model, model_params, x, step=0, unbiased=True
-    )
-  sets = []
-  for i in range(first.shape[0]):
-    p_i = model_params
-    if i:
-      p_i = jax.lax.stop_gradient(
-        learner.adapt(params, task.support_x, task.support_y, i)
-      )
-    sets.append(
-      norms.batch_statistics(learner.model, p_i, x, step=i, unbiased=True)
-    )
+    return statistics(num_steps)
+  sets = [statistics(i + 1) for i in range(first.shape[0])]
   return jax.tree.map(lambda *v: jnp.stack(v), *sets)
 
 
@@ -96,6 +104,7 @@ def normalised_learner(
   build: Callable[[Model], MetaLearner],
   model: Model,
   momentum: float = 0.1,
+  num_inner_steps: int = 0,
 ) -> MetaLearner:
   """The learner `build(model)` in the batch-norm mode of `model`.
 
@@ -106,6 +115,8 @@ def normalised_learner(
     momentum: 'running' mode: each meta-step moves the running statistics by
       `momentum` towards the mean over its tasks of `task_statistics`
       (PyTorch's convention: 0.1).
+    num_inner_steps: 'running' mode: the inner steps of meta-training (the
+      running statistics are the query sets' after them).
 
   Returns:
     A `MetaLearner`. In 'support' and 'tasknorm' modes its `adapt` returns
@@ -114,9 +125,9 @@ def normalised_learner(
   mode = norms.check_mode(model.batch_norm)
   if mode == 'transductive':
     return build(model)
+  on = lambda support_x: build(norms.given_support(model, support_x))
   if mode in ('support', 'tasknorm'):
     base = build(model)
-    on = lambda support_x: build(norms.given_support(model, support_x))
 
     def task_update(params, task, key=None, global_step=None):
       # A minibatch of all classes (Baseline's pretraining) normalises
@@ -142,19 +153,21 @@ def normalised_learner(
     )
 
   train = build(norms.training_form(model))
-  test = build(model)
+  test = build(model)  # Its predictions normalise with the running statistics.
   if train.model is None:
     raise ValueError(
       f"batch_norm='running' needs a learner that names its model "
       f'(MetaLearner.model); {train.name} does not.'
     )
 
-  def task_update(params, task, key=None, global_step=None):
+  def running_task_update(params, task, key=None, global_step=None):
     grads, metrics = train.task_update(
       params, task, key, global_step=global_step
     )
     metrics = dict(metrics)
-    metrics[STATISTICS_METRIC] = task_statistics(train, params, task)
+    metrics[STATISTICS_METRIC] = task_statistics(
+      train, params, task, num_inner_steps
+    )
     return grads, metrics
 
   def update_state(params, statistics):
@@ -164,7 +177,18 @@ def normalised_learner(
     )
     return _replace_statistics(params, running)
 
-  return test._replace(task_update=task_update, update_state=update_state)
+  def running_evaluate(params, task, num_steps):
+    return on(task.support_x).evaluate(params, task, num_steps)
+
+  def running_adapt(params, support_x, support_y, num_steps):
+    return on(support_x).adapt(params, support_x, support_y, num_steps)
+
+  return test._replace(
+    task_update=running_task_update,
+    evaluate=running_evaluate,
+    adapt=running_adapt,
+    update_state=update_state,
+  )
 
 
 def score_alone(

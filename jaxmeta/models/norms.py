@@ -12,10 +12,12 @@ parameters, `h` its input). The mode picks the normaliser:
   normalises any other images with the statistics of the support set (at
   each inner step, under that step's parameters). Each query is scored
   independently of the others.
-* 'running': running averages of the training batches' statistics (kept in
-  the parameters, entry `STATISTICS`, updated by the meta-step; see
-  `jaxmeta.algorithms.normalised_learner`) normalise every image at test
-  time; meta-training normalises with batch statistics (`training_form`).
+* 'running': the support set normalises itself during adaptation, as in
+  meta-training, and every other image is normalised with running averages
+  of the statistics the query sets had in meta-training (kept in the
+  parameters, entry `STATISTICS`, updated by the meta-step; see
+  `jaxmeta.algorithms.normalised_learner`). Meta-training normalises every
+  batch by itself (`training_form`).
 * 'tasknorm': TaskNorm-I (Bronskill et al. 2020): the support set's
   statistics blended with each image's own instance-norm statistics, with a
   learned blend per layer.
@@ -167,7 +169,8 @@ def model_from_forward(
   batch on its own: 'transductive' and 'support' with the batch's statistics
   (a support set normalises itself; see `given_support` for the queries),
   'tasknorm' with TaskNorm-I taking the batch as its context, 'running' with
-  the running statistics `params[STATISTICS]`.
+  the running statistics `params[STATISTICS]` (as it does a query; see
+  `given_support` for the support set).
 
   Args:
     init: `init(key) -> params`, holding `STATISTICS` in 'running' mode and
@@ -184,7 +187,9 @@ def model_from_forward(
 
   def embed(params, x, *, key=None, step=None):
     if mode == 'running':
-      normaliser = with_statistics(params[STATISTICS])
+      # Constants for every derivative: the inner loop must not adapt them
+      # (its gradient step would move a variance, possibly below zero).
+      normaliser = with_statistics(jax.lax.stop_gradient(params[STATISTICS]))
     else:
       normaliser = _self_normaliser(mode)
     return forward(params, x, normaliser, key=key, step=step)
@@ -217,8 +222,10 @@ def given_support(model: Model, support_x: Array) -> Model:
   moments of the support set's activations at that layer (computed by a
   forward pass of `support_x` under the same parameters, hence at every inner
   step those of the step's parameters); in 'tasknorm' mode those moments are
-  TaskNorm-I's context. The support set itself (the very array `support_x`)
-  is normalised as in `model`. Other modes: `model` unchanged.
+  TaskNorm-I's context. The support set itself (the very array `support_x`,
+  as the inner loop hands it to the loss) is normalised as a batch on its own
+  is in meta-training; in 'running' mode, it alone, every other image with
+  the running statistics. 'transductive': `model` unchanged.
 
   Under `jax.vmap` over the images (scoring queries one at a time), the
   support pass does not depend on the mapped image and is computed once.
@@ -230,13 +237,15 @@ def given_support(model: Model, support_x: Array) -> Model:
   Returns:
     A `Model` (the same fields, another `apply` and `embed`).
   """
-  if model.batch_norm not in ('support', 'tasknorm'):
+  if model.batch_norm == 'transductive':
     return model
   _require_forward(model, f'batch_norm={model.batch_norm!r}')
   self_normaliser = _self_normaliser(model.batch_norm)
 
   def embed(params, x, *, key=None, step=None):
     if x is support_x:
+      return model.forward(params, x, self_normaliser, key=key, step=step)
+    if model.batch_norm == 'running':
       return model.embed(params, x, key=key, step=step)
     found = {}
     model.forward(
