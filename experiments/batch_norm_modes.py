@@ -126,7 +126,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   flags.DEFINE_integer(
     'iterations_20way',
-    250,
+    150,
     'Meta-iterations of the 20-way runs (0: none).',
     **fv,
   )
