@@ -119,6 +119,37 @@ def test_sharded_step_matches_single_device_step(name, task_chunk_size, tasks):
   assert max(jax.tree.leaves(moved)) > 1e-3
 
 
+def test_running_statistics_are_averaged_over_every_device(mesh, tasks):
+  # Each device's tasks' statistics travel with the metrics' all-reduce.
+  model = jaxmeta.conv4(
+    SHAPE['ways'],
+    (4, 4, 1),
+    num_filters=4,
+    num_blocks=2,
+    batch_norm='running',
+  )
+  learner = jaxmeta.normalised_learner(
+    lambda m: jaxmeta.make_learner(
+      'maml', m, jaxmeta.classification_loss, 0.3, 1
+    ),
+    model,
+    momentum=0.5,
+    num_inner_steps=1,
+  )
+  optimizer = optax.adam(0.05)
+  state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
+  expected, _ = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))(
+    state, tasks
+  )
+  step = jax.jit(sharding.shard_train_step(learner, optimizer, mesh))
+  new, _ = step(
+    sharding.replicate(state, mesh), sharding.shard_tasks(tasks, mesh)
+  )
+  chex.assert_trees_all_close(new.params, expected.params, atol=1e-5, rtol=1e-5)
+  moved = new.params['batch_stats']['conv1']['var'] - 1.0
+  assert float(jnp.max(jnp.abs(moved))) > 1e-3
+
+
 def _shapes(text):
   """['f32[4,5]', 'f32[]', ...] from an HLO shape string, layouts dropped."""
   return [
