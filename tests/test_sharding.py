@@ -25,11 +25,6 @@ from jaxmeta import sharding
 
 _TESTS = Path(__file__).resolve().parent
 _REPO = _TESTS.parent
-# Faster XLA:CPU compilation of the many small programs; results are the
-# same functions, compared at float32 tolerances.
-_FAST_COMPILE = (
-  '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-)
 
 
 def _env():
@@ -37,7 +32,6 @@ def _env():
   env['PYTHONPATH'] = os.pathsep.join(
     [str(_REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
   )
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + _FAST_COMPILE).strip()
   env['JAX_PLATFORMS'] = 'cpu'
   for var in (
     'SLURM_NTASKS',
