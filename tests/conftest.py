@@ -45,6 +45,27 @@ def pytest_configure(config):
   )
 
 
+# Parametrized cases in the slow tier (`-m slow`), by `file::test[` prefix of
+# their ids, where the other cases of the test stay quick; whole tests carry
+# `@pytest.mark.slow` themselves.
+SLOW_CASES = (
+  # Every algorithm trains the MLP in the quick tier, and conv4 with MAML;
+  # the ResNet-12 step compiles for up to half a minute.
+  'test_train.py::test_every_algorithm_trains_every_backbone[resnet12-',
+  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-fomaml]',
+  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-reptile]',
+  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-pretrain]',
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if f'{item.path.name}::{item.name}'.startswith(SLOW_CASES):
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope='session')
 def omniglot_data_dir(tmp_path_factory) -> str:
   """A TFDS data dir holding the prepared 28x28 Omniglot cache.

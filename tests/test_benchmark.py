@@ -71,6 +71,7 @@ def tiny_run(tmp_path_factory):
   return out_dir, code
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_passes_cross_check(tiny_run):
   out_dir, code = tiny_run
   assert code == 0
@@ -94,6 +95,7 @@ def test_tiny_benchmark_passes_cross_check(tiny_run):
     assert check['verdict'] == 'float32'
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_outputs(tiny_run):
   out_dir, _ = tiny_run
   with open(out_dir / 'benchmark.json') as f:
@@ -194,6 +196,7 @@ def test_cross_check_detects_perturbed_and_mismatched_gradients():
   assert not benchmark.cross_check(reference, missing, 1e-4)['passed']
 
 
+@pytest.mark.slow
 def test_float64_check_separates_rounding_from_a_different_function():
   config = benchmark.CONFIGS['tiny']
   params, reference, _, batch, _ = _tiny_setup('maml')
@@ -251,6 +254,7 @@ def test_verdict():
   assert verdict(entry(5e-5, 1e-5, 1e-14, ['shape'])) == (False, 'error')
 
 
+@pytest.mark.slow
 def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
   # The check must compute the meta-gradient the way the timed step does:
   # here two tasks vmapped at once, where a CPU's default would scan one at a

@@ -6,6 +6,7 @@ import signal
 
 import chex
 import numpy as np
+import pytest
 
 from experiments import train
 import forked  # tests/ is on sys.path under pytest.
@@ -35,6 +36,7 @@ def _final_state(workdir):
   return state
 
 
+@pytest.mark.slow
 def test_every_kill_leaves_a_workdir_that_resumes_to_the_same_result(tmp_path):
   workdir = tmp_path / 'killed'
   (straight, straight_out), *killed_runs, (final, final_out) = _runs(

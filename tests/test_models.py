@@ -166,6 +166,7 @@ def test_batch_norm_gradients_match_the_textbook_backward(channel_axis):
       np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_conv_impls_give_the_same_maml_gradient():
   x = jax.random.uniform(jax.random.key(1), (2, 10, 28, 28, 1))
   y = jnp.tile(jnp.arange(5).repeat(2), (2, 1))
@@ -184,6 +185,7 @@ def test_conv_impls_give_the_same_maml_gradient():
     chex.assert_trees_all_close(grads['xla'], grads[impl], rtol=2e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conv_impls_give_the_same_maml_gradient_in_float64():
   # Float32 near-ties of max-pool windows and ReLUs move float32 gradients
   # by ~1e-4 between implementations; in float64 they must agree exactly
@@ -210,6 +212,7 @@ def test_conv_impls_give_the_same_maml_gradient_in_float64():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('input_shape', [(28, 28, 1), (21, 19, 3)])
 def test_conv4_impls_are_the_same_function_of_the_same_parameters(input_shape):
   x = jax.random.uniform(jax.random.key(1), (6,) + input_shape)
@@ -277,6 +280,7 @@ def test_unknown_conv_impl_is_rejected():
     jaxmeta.conv4(5, conv_impl='cudnn')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('impl', ['xla', 'patches_cf'])
 def test_second_order_maml_gradient_through_max_pool_is_finite_in_float64(impl):
   # Regression: a jnp.max-over-window pool divides by the count of elements

@@ -115,6 +115,7 @@ def test_committed_notebook_has_no_outputs(path):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path, shared_data_dir, request, monkeypatch):
   data_dir = shared_data_dir

@@ -44,6 +44,7 @@ def _env():
   return env
 
 
+@pytest.mark.slow
 def test_sharded_cases_on_8_virtual_cpu_devices():
   result = subprocess.run(
     [
@@ -79,6 +80,7 @@ def _launch(script, *args, timeout):
   return [[output for _, output in run] for run in runs]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one_process(tmp_path):
   num_processes, local_devices = 2, 2
   _launch(
@@ -173,6 +175,7 @@ def _run_programs(*runs):
   return results
 
 
+@pytest.mark.slow
 def test_two_processes_run_and_resume_the_training_program(tmp_path):
   """2 processes x 2 devices, stopped after 2 steps and resumed to 4, match
   one process with 4 devices run straight; only process 0 writes files."""
