@@ -55,6 +55,22 @@ SLOW_CASES = (
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-fomaml]',
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-reptile]',
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-pretrain]',
+  # The methods with a body and a head through the harness: the quick tier
+  # keeps ANIL (a head-only inner loop), Meta-SGD (learned inner rates) and
+  # Baseline++ (minibatch pretraining); MAML++ trains through the harness in
+  # the sinusoid test, ProtoNets in the test of more training ways.
+  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-maml_plus_plus]',
+  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-protonet]',
+  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-baseline]',
+  # Every registered method through meta_train_step: MAML++ with every
+  # trick on compiles the slowest, and its step runs in the quick tier
+  # through the harness (the sinusoid test).
+  'test_methods.py::test_every_registered_method_steps_through_the_meta_train_step[maml_plus_plus]',
+  # ResNet-12 against PyTorch: the default conv implementations (CPU, GPU)
+  # stay quick; XLA's convolution and NHWC patches are the same function
+  # (test_models.py, slow tier).
+  'test_resnet12.py::test_forward_matches_pytorch[xla]',
+  'test_resnet12.py::test_forward_matches_pytorch[patches]',
 )
 
 
