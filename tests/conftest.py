@@ -55,6 +55,13 @@ SLOW_CASES = (
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-fomaml]',
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-reptile]',
   'test_train.py::test_every_algorithm_trains_every_backbone[conv4-pretrain]',
+  # Regression through the harness: MAML, and MAML++ (no other quick test
+  # trains it through the harness); the other algorithms train on images in
+  # the quick tier.
+  'test_train.py::test_every_algorithm_trains_on_sinusoids[fomaml]',
+  'test_train.py::test_every_algorithm_trains_on_sinusoids[meta_sgd]',
+  'test_train.py::test_every_algorithm_trains_on_sinusoids[pretrain]',
+  'test_train.py::test_every_algorithm_trains_on_sinusoids[reptile]',
   # The methods with a body and a head through the harness: the quick tier
   # keeps ANIL (a head-only inner loop), Meta-SGD (learned inner rates) and
   # Baseline++ (minibatch pretraining); MAML++ trains through the harness in
@@ -66,11 +73,11 @@ SLOW_CASES = (
   # trick on compiles the slowest, and its step runs in the quick tier
   # through the harness (the sinusoid test).
   'test_methods.py::test_every_registered_method_steps_through_the_meta_train_step[maml_plus_plus]',
-  # ResNet-12 against PyTorch: the default conv implementations (CPU, GPU)
-  # stay quick; XLA's convolution and NHWC patches are the same function
-  # (test_models.py, slow tier).
+  # ResNet-12 against PyTorch: the CPU's default conv implementation stays
+  # quick; the others compute the same function (test_models.py, slow tier).
   'test_resnet12.py::test_forward_matches_pytorch[xla]',
   'test_resnet12.py::test_forward_matches_pytorch[patches]',
+  'test_resnet12.py::test_forward_matches_pytorch[patches_cf]',
 )
 
 
