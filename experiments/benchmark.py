@@ -32,7 +32,7 @@ Implementations: `jaxmeta` (one row per `--conv_impls` entry), `torch_loop`
 `experiments/torch_baselines.py`.
 
   python -m experiments.benchmark --out=/tmp/bench                 # full size
-  python -m experiments.benchmark --size=tiny --out=/tmp/bench      # CI, <1 min
+  python -m experiments.benchmark --size=tiny --out=/tmp/bench      # CI size
   python -m experiments.benchmark --configs=omniglot_5w1s_mb4 \
       --conv_impls=xla,patches --out=benchmarks/cpu
 
@@ -700,9 +700,9 @@ def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
 def _compile_unoptimised(fn, *args):
   """Compiles `fn` for a one-off check: on GPUs without autotuning.
 
-  XLA:GPU autotunes every matmul and convolution of a program; on an H200 the
-  full-precision Omniglot 5w1s MAML step took 45 s to compile (22 s at
-  default precision). A check computed once does not need the fastest
+  XLA:GPU autotunes every matmul and convolution of a program, which makes
+  compiling a full-size MAML step take tens of seconds (see
+  benchmarks/README.md). A check computed once does not need the fastest
   kernels.
   """
   lowered = jax.jit(fn).lower(*args)
@@ -967,14 +967,12 @@ def time_interleaved(
   After `warmup_steps` steps of each, the implementations take turns: each
   turn is one untimed step (the others' steps in between leave caches,
   allocators and thread pools cold) and then up to `interleave_block` timed
-  steps. A change in the machine's load (seen on shared CPUs: the same step
-  410 vs 510 ms in two processes minutes apart) then shifts every
-  implementation rather than the ratios between them. Turns of a single step
-  are not the default: on 2 CPU cores they gave medians up to 1.9x those of
-  a sequential run minutes earlier (torch.func MAML 748 vs 392 ms), each
-  step paying for the other framework's last. An implementation whose
-  warm-up says it would overrun `max_seconds_per_row` leaves the rotation
-  after fewer steps.
+  steps. A change in the machine's load (large on shared CPUs) then shifts
+  every implementation rather than the ratios between them. Turns of a single
+  step are not the default: on 2 CPU cores each step paid for the other
+  framework's last, and the medians came out far above those of a sequential
+  run (benchmarks/README.md). An implementation whose warm-up says it would
+  overrun `max_seconds_per_row` leaves the rotation after fewer steps.
 
   Returns:
     One dict per timer: the row fields, or `{'status': 'error', 'error'}`.

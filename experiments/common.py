@@ -122,16 +122,15 @@ def reexec_with_huge_pages() -> None:
 
   XLA:CPU allocates the temporary buffers of a compiled program afresh on
   every call (over 100 MB for a Conv-4 MAML step). glibc serves such sizes
-  with fresh `mmap`s, and with 4 KiB pages the kernel takes tens of
-  thousands of page faults per step to map and zero them: 76k per Omniglot
-  5-way 1-shot MAML step at meta-batch 4, 330 with huge pages, and the step
-  1.2x faster (437 -> 365 ms, medians of 10 steps, 2-core CPU). glibc reads
+  with fresh `mmap`s, and with 4 KiB pages the kernel takes tens of thousands
+  of page faults per step to map and zero them; with huge pages it takes a few
+  hundred, and the step is faster (benchmarks/README.md). glibc reads
   `GLIBC_TUNABLES` only at start-up, so the experiments' entry points call
   this first: if the tunable is missing it re-executes the same command line
   with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (the kernel still
-  decides, following /sys/kernel/mm/transparent_hugepage). It does nothing
-  off Linux, with a libc other than glibc >= 2.35, when the tunable is
-  already set, or with `JAXMETA_HUGE_PAGES=0` in the environment.
+  decides, following /sys/kernel/mm/transparent_hugepage). It does nothing off
+  Linux, with a libc other than glibc >= 2.35, when the tunable is already
+  set, or with `JAXMETA_HUGE_PAGES=0` in the environment.
   """
   if os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0':
     return

@@ -172,17 +172,13 @@ def meta_gradient(
 
 
 def default_task_chunk_size(meta_batch_size: int) -> int | None:
-  """A measured default for `task_chunk_size` on the current backend.
+  """The default `task_chunk_size` for the current backend.
 
-  On the CPU, one task at a time under `lax.scan` (no vmap). Conv-4
-  second-order MAML, 5-way 1-shot 15-query, meta-batch 4, 2 cores,
-  channels-first patches, medians of 10 interleaved steps in one process:
-  365 ms per step one task at a time, 359 ms two at a time (vmapped pairs;
-  minimum 338 against 325 ms), 600 ms all four vmapped; in another such run
-  381 against 510 ms for pairs. XLA:CPU already spreads each matmul over the
-  cores, a vmapped batch of per-task weights turns every matmul into a batched
-  one, and one task at a time keeps the activations of one task only. On
-  accelerators: None, the whole meta-batch at once.
+  On the CPU, one task at a time under `lax.scan` (no vmap): XLA:CPU already
+  spreads each matmul over the cores, a vmapped batch of per-task weights
+  turns every matmul into a batched one, and one task at a time keeps the
+  activations of one task only. On accelerators: None, the whole meta-batch
+  at once. The measurements are in benchmarks/README.md.
 
   Args:
     meta_batch_size: tasks per meta-batch.

@@ -1,12 +1,15 @@
-"""A short training run that SIGKILLs itself at its N-th file-system event.
+"""Short training runs that SIGKILL themselves at their N-th file-system event.
 
 Used by `tests/test_kill_and_resume.py`: `python tests/kill_driver.py WORKDIR
-N` runs a tiny sinusoid training (`config()`: a checkpoint at every step, a
-validation every two) in WORKDIR, counting the calls that write, rename or
-delete files (Python's os/shutil/pathlib calls, which orbax's saves go
-through, and the program's own JSON, metric and checkpoint writes), and kills
-itself with SIGKILL just before the N-th one (N = 0: never). It prints the
-number of events it saw when it finishes.
+N [WORKDIR N ...]` runs, one after the other, a tiny sinusoid training
+(`config()`: a checkpoint at every step, a validation every two) in each
+WORKDIR, each run in a process of its own forked from this one
+(`tests/forked.py`). A run counts the calls that write, rename or delete
+files (Python's os/shutil/pathlib calls, which orbax's saves go through, and
+the program's own JSON, metric and checkpoint writes) and kills itself with
+SIGKILL just before the N-th one (N = 0: never); it prints the number of
+events it saw when it finishes. The driver reports every run's exit status
+and output.
 """
 
 import builtins
@@ -65,12 +68,7 @@ def config():
   return c
 
 
-def main():
-  global _kill_at
-  workdir, _kill_at = sys.argv[1], int(sys.argv[2])
-  sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-  from experiments import train  # pylint: disable=g-import-not-at-top
-
+def _count_file_events():
   for module, name in (
     (os, 'rename'),
     (os, 'replace'),
@@ -91,8 +89,34 @@ def main():
   ):
     setattr(module, name, _counted(getattr(module, name)))
   builtins.open = _counted_open(builtins.open)
+
+
+def _train(workdir, kill_at):
+  """One run, in a forked process: counts from its own start."""
+  global _count, _kill_at
+  _count, _kill_at = 0, kill_at
+  from experiments import train  # pylint: disable=g-import-not-at-top
+
   train.train_and_evaluate(config(), workdir, progress=False)
   print(f'EVENTS {_count}')
+
+
+def main():
+  args = sys.argv[1:]
+  runs = [(args[i], int(args[i + 1])) for i in range(0, len(args), 2)]
+  sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+  import forked  # pylint: disable=g-import-not-at-top
+
+  # Imported once, before the runs fork (tests/forked.py).
+  from experiments import train  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+
+  _count_file_events()
+  results = []
+  for workdir, kill_at in runs:
+    results += forked.run(
+      [lambda w=workdir, k=kill_at: _train(w, k)], timeout=300
+    )
+  forked.report(results)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,10 @@
-"""One process of a multi-process run of the training program (CPU, gloo).
+"""Multi-process runs of the training program (CPU, gloo), one after another.
 
-Started by `tests/test_sharding.py`: `python multiprocess_train_worker.py PORT
-PROCESS_ID NUM_PROCESSES LOCAL_DEVICES WORKDIR NUM_ITERATIONS`. With
-NUM_PROCESSES = 1 it is the one-process reference. Every process runs
+Started by `tests/test_sharding.py`: `python multiprocess_train_worker.py
+RUN [RUN ...]`, each RUN `NUM_PROCESSES,LOCAL_DEVICES,NUM_ITERATIONS,WORKDIR`,
+forks the processes of each run in turn (`tests/forked.py`) and reports
+their exit statuses and outputs, run by run. With NUM_PROCESSES = 1 a run is
+the one-process reference. Every process runs
 `experiments.train.train_and_evaluate` on a tiny sinusoid configuration in
 the shared WORKDIR and prints its results as a JSON line after `RESULTS `.
 """
@@ -42,11 +44,31 @@ def main(port, process_id, num_processes, local_devices, workdir, iterations):
 
 
 if __name__ == '__main__':
-  main(
-    int(sys.argv[1]),
-    int(sys.argv[2]),
-    int(sys.argv[3]),
-    int(sys.argv[4]),
-    sys.argv[5],
-    int(sys.argv[6]),
-  )
+  import functools  # pylint: disable=g-import-not-at-top
+  import forked  # pylint: disable=g-import-not-at-top
+
+  # Imported once, before the processes fork (tests/forked.py).
+  from experiments import train  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+
+  reports = []
+  for run in sys.argv[1:]:
+    num_processes, local_devices, iterations, workdir = run.split(',', 3)
+    port = forked.free_port()
+    reports.append(
+      forked.run(
+        [
+          functools.partial(
+            main,
+            port,
+            i,
+            int(num_processes),
+            int(local_devices),
+            workdir,
+            int(iterations),
+          )
+          for i in range(int(num_processes))
+        ],
+        timeout=240,
+      )
+    )
+  forked.report(reports)

@@ -1,14 +1,15 @@
-"""One process of a multi-process sharded run on this machine (CPU, gloo).
+"""A multi-process sharded run on this machine (CPU, gloo).
 
-Started by `tests/test_sharding.py`, once per process:
-`python sharding_multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES
-LOCAL_DEVICES OUT_DIR`. It joins the run on 127.0.0.1:PORT, takes three
-sharded meta-steps that sample their tasks on the devices and writes the
-parameters to OUT_DIR/process_<id>.npz; process 0 also writes those of the
-same three steps taken by `make_meta_train_step` on one device. It also
-builds a global meta-batch from each process's own half of the tasks, and
-one from keys every process holds whole, and checks which rows each
-process's devices hold.
+Started by `tests/test_sharding.py`: `python sharding_multiprocess_worker.py
+NUM_PROCESSES LOCAL_DEVICES OUT_DIR` forks the processes (`tests/forked.py`)
+and reports their exit statuses and outputs, as one run. Each process joins
+the run on a free port of 127.0.0.1, takes three sharded meta-steps that
+sample their tasks on the devices and writes the parameters to
+OUT_DIR/process_<id>.npz; process 0 also writes those of the same three
+steps taken by `make_meta_train_step` on one device. It also builds a global
+meta-batch from each process's own half of the tasks, and one from keys
+every process holds whole, and checks which rows each process's devices
+hold.
 """
 
 import functools
@@ -119,10 +120,23 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
 
 if __name__ == '__main__':
-  main(
-    int(sys.argv[1]),
-    int(sys.argv[2]),
-    int(sys.argv[3]),
-    int(sys.argv[4]),
-    sys.argv[5],
+  import forked  # pylint: disable=g-import-not-at-top
+
+  # Imported once, before the processes fork (tests/forked.py).
+  import jaxmeta  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+
+  num_processes, local_devices = int(sys.argv[1]), int(sys.argv[2])
+  port = forked.free_port()
+  forked.report(  # One run.
+    [
+      forked.run(
+        [
+          functools.partial(
+            main, port, i, num_processes, local_devices, sys.argv[3]
+          )
+          for i in range(num_processes)
+        ],
+        timeout=180,
+      )
+    ]
   )

@@ -93,6 +93,7 @@ def test_maml_gradient_matches_per_task_python_loop(first_order, num_steps):
   chex.assert_trees_all_close(grad, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_maml_gradient_matches_central_finite_differences_float64():
   with jax.enable_x64(True):
     model = _tanh_mlp()

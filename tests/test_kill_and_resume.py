@@ -2,18 +2,16 @@
 
 import json
 import os
-from pathlib import Path
 import signal
-import subprocess
-import sys
 
 import chex
 import numpy as np
+import pytest
 
 from experiments import train
-import kill_driver  # tests/ is on sys.path under pytest.
+import forked  # tests/ is on sys.path under pytest.
+import kill_driver
 
-_DRIVER = Path(__file__).resolve().parent / 'kill_driver.py'
 # Kill points of the successive runs of one workdir: the N-th file-system
 # event of that run (each resumed run counts from its own start). An
 # uninterrupted run has about 290 events, most of them inside checkpoint
@@ -21,14 +19,14 @@ _DRIVER = Path(__file__).resolve().parent / 'kill_driver.py'
 _KILL_POINTS = (7, 23, 41, 58, 96, 150, 33, 211, 120)
 
 
-def _run(workdir, kill_at):
-  return subprocess.run(
-    [sys.executable, str(_DRIVER), str(workdir), str(kill_at)],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+def _runs(*runs):
+  """`(exit status, output)` of each `(workdir, kill_at)` run, in order.
+
+  One driver process forks each run in turn: every run is a process of its
+  own, killed or not, as if started from the command line.
+  """
+  args = [str(a) for run in runs for a in run]
+  return forked.launch('kill_driver.py', *args, timeout=300 * len(runs))
 
 
 def _final_state(workdir):
@@ -38,22 +36,25 @@ def _final_state(workdir):
   return state
 
 
+@pytest.mark.slow
 def test_every_kill_leaves_a_workdir_that_resumes_to_the_same_result(tmp_path):
-  straight = _run(tmp_path / 'straight', 0)
-  assert straight.returncode == 0, straight.stderr[-2000:]
-  total = int(straight.stdout.split('EVENTS ')[-1])
-  assert total > max(_KILL_POINTS)
   workdir = tmp_path / 'killed'
+  (straight, straight_out), *killed_runs, (final, final_out) = _runs(
+    (tmp_path / 'straight', 0),
+    *((workdir, kill_at) for kill_at in _KILL_POINTS),
+    (workdir, 0),
+  )
+  assert straight == 0, straight_out[-2000:]
+  total = int(straight_out.split('EVENTS ')[-1].split()[0])
+  assert total > max(_KILL_POINTS)
   killed = 0
-  for kill_at in _KILL_POINTS:
-    proc = _run(workdir, kill_at)
-    if proc.returncode == -signal.SIGKILL:
+  for status, output in killed_runs:
+    if status == -signal.SIGKILL:
       killed += 1
     else:  # The run finished before its kill point.
-      assert proc.returncode == 0, proc.stderr[-2000:]
+      assert status == 0, output[-2000:]
   assert killed >= len(_KILL_POINTS) - 2
-  final = _run(workdir, 0)
-  assert final.returncode == 0, final.stderr[-2000:]
+  assert final == 0, final_out[-2000:]
   chex.assert_trees_all_equal(
     _final_state(tmp_path / 'straight'), _final_state(workdir)
   )

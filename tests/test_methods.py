@@ -135,10 +135,14 @@ def test_anil_meta_gradient_is_maml_with_the_body_frozen_in_the_inner_loop(
       )
       return loss_fn(adapted, task.query_x, task.query_y)[0]
 
-    expected = jax.grad(reference)(params)
-    grad, metrics = learner.task_update(params, task)
+    # Compiled: run op by op, the reference's second derivative alone took
+    # seconds.
+    expected = jax.jit(jax.grad(reference))(params)
+    grad, metrics = jax.jit(learner.task_update)(params, task)
     _assert_trees_close(grad, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(metrics['loss'], reference(params), rtol=1e-12)
+    np.testing.assert_allclose(
+      metrics['loss'], jax.jit(reference)(params), rtol=1e-12
+    )
 
 
 def test_anil_evaluate_matches_adapt_then_score():
@@ -176,16 +180,18 @@ def test_meta_sgd_with_every_rate_equal_to_a_is_maml_with_inner_lr_a():
   maml = jaxmeta.maml(
     model.init, jaxmeta.classification_loss(model.apply), 0.2, 2
   )
-  expected, expected_metrics = maml.task_update(meta['model'], task)
-  grad, metrics = learner.task_update(meta, task)
+  expected, expected_metrics = jax.jit(maml.task_update)(meta['model'], task)
+  grad, metrics = jax.jit(learner.task_update)(meta, task)
   _assert_trees_close(grad['model'], expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(metrics['loss'], expected_metrics['loss'], 1e-6)
-  adapted = learner.adapt(meta, task.support_x, task.support_y, 2)
+
+  def adapt(learner, params):
+    return jax.jit(learner.adapt, static_argnums=3)(
+      params, task.support_x, task.support_y, 2
+    )
+
   _assert_trees_close(
-    adapted,
-    maml.adapt(meta['model'], task.support_x, task.support_y, 2),
-    rtol=1e-5,
-    atol=1e-6,
+    adapt(learner, meta), adapt(maml, meta['model']), rtol=1e-5, atol=1e-6
   )
 
 
@@ -211,7 +217,9 @@ def test_meta_sgd_rate_gradient_matches_finite_differences():
       )
 
     direction = _random_like(jax.random.key(7), meta['inner']['lr'])
-    expected = _directional_fd(query_loss, meta['inner']['lr'], direction)
+    expected = _directional_fd(
+      jax.jit(query_loss), meta['inner']['lr'], direction
+    )
     np.testing.assert_allclose(
       _tree_dot(grad['inner']['lr'], direction), expected, rtol=1e-6
     )
@@ -220,7 +228,7 @@ def test_meta_sgd_rate_gradient_matches_finite_differences():
 # MAML++.
 
 
-def _maml_grad(model, task, params, num_steps, first_order=False):
+def _maml_grad(model, task, params, num_steps, first_order=False, jit=True):
   maml = jaxmeta.maml(
     model.init,
     jaxmeta.classification_loss(model.apply),
@@ -228,7 +236,8 @@ def _maml_grad(model, task, params, num_steps, first_order=False):
     num_steps,
     first_order=first_order,
   )
-  return maml.task_update(params, task)
+  task_update = jax.jit(maml.task_update) if jit else maml.task_update
+  return task_update(params, task)
 
 
 def _mamlpp(model, **options):
@@ -249,9 +258,12 @@ def test_maml_plus_plus_with_every_trick_off_is_maml_exactly():
   meta = learner.init(jax.random.key(0))
   assert meta['inner'] == {}
   task = _task(jax.random.key(8))
+  # Both run op by op, so that the same operations give the same bits.
+  expected, expected_metrics = _maml_grad(
+    model, task, meta['model'], 3, jit=False
+  )
   for global_step in (None, jnp.int32(0), jnp.int32(10**6)):
     grad, metrics = learner.task_update(meta, task, global_step=global_step)
-    expected, expected_metrics = _maml_grad(model, task, meta['model'], 3)
     jax.tree.map(np.testing.assert_array_equal, grad['model'], expected)
     np.testing.assert_array_equal(metrics['loss'], expected_metrics['loss'])
 
@@ -322,7 +334,9 @@ def test_per_step_learning_rates_change_only_the_inner_rates():
       )[0]
 
     direction = _random_like(jax.random.key(12), meta['inner']['lr'])
-    expected = _directional_fd(query_loss, meta['inner']['lr'], direction)
+    expected = _directional_fd(
+      jax.jit(query_loss), meta['inner']['lr'], direction
+    )
     np.testing.assert_allclose(
       _tree_dot(grad['inner']['lr'], direction), expected, rtol=1e-6
     )
@@ -339,7 +353,7 @@ def test_per_step_batch_norm_sums_to_the_shared_batch_norm_gradient():
   shared = model.init(jax.random.key(0))
   assert meta['model']['conv0']['scale'].shape == (3, 4)
   task = _task(jax.random.key(13))
-  grad, _ = learner.task_update(meta, task)
+  grad, _ = jax.jit(learner.task_update)(meta, task)
   loss_fn = jaxmeta.classification_loss(model.apply)
   labels = jax.tree_util.tree_map_with_path(
     lambda path, _: 'bn' if path[-1].key in ('scale', 'offset') else 'sgd',
@@ -355,7 +369,7 @@ def test_per_step_batch_norm_sums_to_the_shared_batch_norm_gradient():
     )
     return loss_fn(adapted, task.query_x, task.query_y)[0]
 
-  expected = jax.grad(reference)(shared)
+  expected = jax.jit(jax.grad(reference))(shared)
   for name, g in grad['model'].items():
     for leaf, v in g.items():
       if leaf in jaxmeta.models.BATCH_NORM_LEAVES:
@@ -367,7 +381,7 @@ def test_per_step_batch_norm_sums_to_the_shared_batch_norm_gradient():
   bumped['model']['conv0']['scale'] = (
     meta['model']['conv0']['scale'].at[2].add(1.0)
   )
-  two_steps = lambda m: learner.evaluate(m, task, 2)['loss_by_step']  # noqa: E731
+  two_steps = jax.jit(lambda m: learner.evaluate(m, task, 2)['loss_by_step'])
   np.testing.assert_array_equal(two_steps(bumped)[:2], two_steps(meta)[:2])
 
 

@@ -115,6 +115,7 @@ def test_committed_notebook_has_no_outputs(path):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path, shared_data_dir, request, monkeypatch):
   data_dir = shared_data_dir
@@ -124,6 +125,7 @@ def test_notebook_runs(path, shared_data_dir, request, monkeypatch):
   _execute(path, data_dir, monkeypatch)
 
 
+@pytest.mark.slow
 def test_jax_vs_pytorch_runs_without_torch(
   shared_data_dir, tmp_path, monkeypatch
 ):
@@ -170,9 +172,10 @@ def test_one_command_points_every_notebook_at_another_repository(
     module.set_repository('https://example.com/x')
 
 
-def test_render_writes_executed_copies_with_figures(
-  shared_data_dir, tmp_path, monkeypatch
-):
+def test_render_writes_executed_copies_with_figures(tmp_path, monkeypatch):
+  """`render.py` on a two-cell notebook: the copy has the figure and the
+  text, the source is untouched, `--smoke` reaches the kernel only. The
+  notebooks themselves run in `test_notebook_runs` (slow tier)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
 
   spec = importlib.util.spec_from_file_location(
@@ -180,14 +183,34 @@ def test_render_writes_executed_copies_with_figures(
   )
   render = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(render)
-  monkeypatch.setenv('JAXMETA_DATA_DIR', shared_data_dir)
-  before = (COLAB_DIR / 'sinusoid_maml.ipynb').read_bytes()
-  assert (
-    render.main(['--smoke', '--only', 'sinusoid_maml', '--out', str(tmp_path)])
-    == 0
+  folder = tmp_path / 'colab'
+  folder.mkdir()
+  source = folder / 'tiny.ipynb'
+  nbformat.write(
+    nbformat.v4.new_notebook(
+      cells=[
+        nbformat.v4.new_code_cell(
+          'import os\n'
+          'from pathlib import Path\n'
+          "print('smoke', os.environ.get('JAXMETA_NOTEBOOK_SMOKE'))\n"
+          "print('in', Path.cwd().name)"
+        ),
+        nbformat.v4.new_code_cell(
+          'import matplotlib.pyplot as plt\n'
+          'plt.plot([0, 1], [1, 0])\n'
+          'plt.show()'
+        ),
+      ]
+    ),
+    source,
   )
-  assert (COLAB_DIR / 'sinusoid_maml.ipynb').read_bytes() == before
-  nb = nbformat.read(tmp_path / 'sinusoid_maml.ipynb', as_version=4)
+  before = source.read_bytes()
+  monkeypatch.setattr(render, 'FOLDER', folder)
+  out = tmp_path / 'executed'
+  assert render.main(['--smoke', '--only', 'tiny', '--out', str(out)]) == 0
+  assert source.read_bytes() == before
+  nb = nbformat.read(out / 'tiny.ipynb', as_version=4)
+  assert 'smoke 1\nin colab' in _stdout(nb)
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
   assert any('image/png' in o.get('data', {}) for o in outputs)
   assert 'JAXMETA_NOTEBOOK_SMOKE' not in os.environ

@@ -181,6 +181,7 @@ def test_wrappers_default_to_their_config_files():
   assert os.path.isfile(sinusoid.DEFAULT_CONFIG)
 
 
+@pytest.mark.slow
 def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
   """5-way 1-shot on real Omniglot: chance is 20%."""
   config = default.get_config()

@@ -179,6 +179,7 @@ def test_dropblock_expectation_and_layouts_agree():
   np.testing.assert_array_equal(jnp.transpose(cf, (1, 2, 3, 0)), outs[0])
 
 
+@pytest.mark.slow
 def test_maml_meta_gradient_matches_finite_differences():
   """Second-order MAML through ResNet-12, float64, 2-way 1-shot 16x16x3."""
   model = jaxmeta.resnet12(2, (16, 16, 3), **_TINY)
@@ -225,6 +226,7 @@ def test_maml_meta_gradient_matches_finite_differences():
       np.testing.assert_allclose(analytic, finite, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_meta_gradient_with_dropblock_keys():
   model = jaxmeta.resnet12(
     2, (16, 16, 3), drop_rate=0.3, dropblock_size=2, **_TINY

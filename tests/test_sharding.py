@@ -4,16 +4,15 @@ The sharded cases need several devices, and JAX fixes the CPU device count
 when its backend starts, so they run in one subprocess with 8 virtual CPU
 devices (`tests/sharding_cases.py` for the library and
 `tests/sharded_train_cases.py` for the training program, all cases in one
-interpreter). The
-multi-process case starts two processes that join one run on 127.0.0.1
-(`tests/sharding_multiprocess_worker.py`). Everything is bounded by
-timeouts, so a hang fails the test instead of stalling the suite.
+interpreter). The multi-process cases start one driver that forks processes
+joining one run on 127.0.0.1 (`tests/sharding_multiprocess_worker.py`,
+`tests/multiprocess_train_worker.py`, `tests/forked.py`). Everything is
+bounded by timeouts, so a hang fails the test instead of stalling the suite.
 """
 
 import json
 import os
 from pathlib import Path
-import socket
 import subprocess
 import sys
 
@@ -22,14 +21,10 @@ import numpy as np
 import pytest
 
 from jaxmeta import sharding
+import forked  # tests/ is on sys.path under pytest.
 
 _TESTS = Path(__file__).resolve().parent
 _REPO = _TESTS.parent
-# Faster XLA:CPU compilation of the many small programs; results are the
-# same functions, compared at float32 tolerances.
-_FAST_COMPILE = (
-  '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-)
 
 
 def _env():
@@ -37,7 +32,6 @@ def _env():
   env['PYTHONPATH'] = os.pathsep.join(
     [str(_REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
   )
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + _FAST_COMPILE).strip()
   env['JAX_PLATFORMS'] = 'cpu'
   for var in (
     'SLURM_NTASKS',
@@ -50,6 +44,7 @@ def _env():
   return env
 
 
+@pytest.mark.slow
 def test_sharded_cases_on_8_virtual_cpu_devices():
   result = subprocess.run(
     [
@@ -75,48 +70,17 @@ def test_sharded_cases_on_8_virtual_cpu_devices():
   print(output.strip().splitlines()[-1])
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+def _launch(script, *args, timeout):
+  """Runs a driver of multi-process runs (`tests/forked.py`); per run, the
+  outputs of its processes, each of which must exit 0."""
+  runs = forked.launch(script, *args, timeout=timeout, env=_env())
+  for run in runs:
+    for status, output in run:
+      assert status == 0, output[-4000:]
+  return [[output for _, output in run] for run in runs]
 
 
-def _launch(script, num_processes, *args, timeout=240):
-  """Runs `script PORT PROCESS_ID NUM_PROCESSES *args` in that many processes
-  joined on one port; returns their outputs (each must exit 0)."""
-  port = _free_port()
-  workers = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(_TESTS / script),
-        str(port),
-        str(i),
-        str(num_processes),
-        *(str(a) for a in args),
-      ],
-      cwd=_REPO,
-      env=_env(),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(num_processes)
-  ]
-  try:
-    outputs = [w.communicate(timeout=timeout)[0] for w in workers]
-  except subprocess.TimeoutExpired:
-    for worker in workers:
-      worker.kill()
-    pytest.fail(
-      f'{script}: the processes did not finish within {timeout} s:\n'
-      + '\n'.join(w.communicate()[0] for w in workers)
-    )
-  for worker, output in zip(workers, outputs):
-    assert worker.returncode == 0, output[-4000:]
-  return outputs
-
-
+@pytest.mark.slow
 def test_two_processes_agree_with_one_process(tmp_path):
   num_processes, local_devices = 2, 2
   _launch(
@@ -124,7 +88,7 @@ def test_two_processes_agree_with_one_process(tmp_path):
     num_processes,
     local_devices,
     tmp_path,
-    timeout=180,
+    timeout=240,
   )
 
   reference = np.load(tmp_path / 'reference.npz')
@@ -192,29 +156,35 @@ def test_initialize_distributed_lets_jax_detect_a_launcher(
   ]
 
 
-def _run_program(workdir, iterations, num_processes, local_devices):
-  """The training program in `num_processes` processes; their results."""
-  outputs = _launch(
-    'multiprocess_train_worker.py',
-    num_processes,
-    local_devices,
-    workdir,
-    iterations,
-  )
+def _run_programs(*runs):
+  """Runs `(workdir, iterations, num_processes, local_devices)` of the
+  training program in turn; per run, the results of its processes."""
   results = []
-  for output in outputs:
-    line = [x for x in output.splitlines() if x.startswith('RESULTS ')][-1]
-    results.append(json.loads(line[len('RESULTS ') :]))
+  for outputs in _launch(
+    'multiprocess_train_worker.py',
+    *(
+      f'{processes},{devices},{iterations},{workdir}'
+      for workdir, iterations, processes, devices in runs
+    ),
+    timeout=240 * len(runs),
+  ):
+    results.append([])
+    for output in outputs:
+      line = [x for x in output.splitlines() if x.startswith('RESULTS ')][-1]
+      results[-1].append(json.loads(line[len('RESULTS ') :]))
   return results
 
 
+@pytest.mark.slow
 def test_two_processes_run_and_resume_the_training_program(tmp_path):
   """2 processes x 2 devices, stopped after 2 steps and resumed to 4, match
   one process with 4 devices run straight; only process 0 writes files."""
-  reference = _run_program(tmp_path / 'one', 4, 1, 4)[0]
-  first = _run_program(tmp_path / 'two', 2, 2, 2)
+  (reference,), first, results = _run_programs(
+    (tmp_path / 'one', 4, 1, 4),
+    (tmp_path / 'two', 2, 2, 2),
+    (tmp_path / 'two', 4, 2, 2),
+  )
   assert [r['iterations'] for r in first] == [2, 2]
-  results = _run_program(tmp_path / 'two', 4, 2, 2)
   assert [r['resumed_from_step'] for r in results] == [2, 2]
   for r in results:
     np.testing.assert_allclose(r['test_mse'], reference['test_mse'], rtol=1e-4)

@@ -112,6 +112,7 @@ def test_every_algorithm_trains_on_sinusoids(tmp_path, algorithm):
   assert results['best_step'] in (2, 4)
 
 
+@pytest.mark.slow
 def test_sinusoid_maml_learns_to_adapt(tmp_path):
   config = sinusoid_config.get_config()
   config.update(
@@ -261,6 +262,7 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, after), before)
 
 
+@pytest.mark.slow
 def test_the_model_gets_its_key_in_training(tiny_dataset):
   """DropBlock is active in the step: it equals the keyed library step."""
   config = tiny_config(tiny_dataset, backbone='resnet12')
@@ -292,6 +294,7 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
     chex.assert_trees_all_close(new.params, reference[False].params, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_extending_a_run_with_a_decaying_rate_says_so(
   tmp_path, tiny_dataset, capsys
 ):
@@ -444,6 +447,7 @@ def test_workdir_errors(tmp_path, tiny_dataset):
     run(tiny_config(tiny_dataset), corrupt)
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_falls_back_to_the_previous(
   tmp_path, tiny_dataset, capsys
 ):

@@ -79,6 +79,7 @@ def _tiny_mini_config(**overrides):
   return config
 
 
+@pytest.mark.slow
 def test_miniimagenet_end_to_end(tmp_path, fake_miniimagenet):
   source_dir, data_dir = fake_miniimagenet
   results = train.train_and_evaluate(
@@ -107,6 +108,7 @@ def test_missing_miniimagenet_images_are_one_clear_error(
     )
 
 
+@pytest.mark.slow
 def test_host_sampler_with_augmentation_trains_and_resumes_exactly(
   tmp_path, tiny_dataset
 ):

@@ -6,9 +6,9 @@ Users call `jaxmeta.data.cifar100.load_cifar_fs` / `load_fc100` (registered as
 CLASS (TFDS split 'classes', 100 records of `[600, 32, 32, 3]`: the class's images
 of the `train` pickle, then those of the `test` pickle, each in pickle order).
 A record per class rather than per image because the loaders always read whole
-classes, and TFDS decodes records one by one in Python: 100 records read in
-well under a second, 60,000 took about 20 s on a CPU. Images are stored as raw
-bytes (`Encoding.BYTES`), not TFDS's default int64 list, which is several
+classes, and TFDS decodes records one by one in Python: 100 large records read
+far faster than 60,000 small ones (benchmarks/README.md). Images are stored as
+raw bytes (`Encoding.BYTES`), not TFDS's default int64 list, which is several
 times slower to write and read.
 
 Source: `cifar-100-python.tar.gz` (https://www.cs.toronto.edu/~kriz/cifar.html)

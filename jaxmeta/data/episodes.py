@@ -134,9 +134,9 @@ def sample_task(
   # The `ways` largest of iid uniform scores: distinct classes, a uniformly
   # random subset in a uniformly random order, so label i -> classes[i] is a
   # random labelling. (`jax.random.choice(replace=False)` permutes all classes
-  # by sorting: ~40x slower on CPU for 4k classes. Scores have 23 random bits;
-  # a tie at the boundary, p ~ ways * classes / 2**23 per task, favours the
-  # lower class index, a negligible bias.)
+  # by sorting, far slower for thousands of classes: benchmarks/README.md.
+  # Scores have 23 random bits; a tie at the boundary, p ~ ways * classes /
+  # 2**23 per task, favours the lower class index, a negligible bias.)
   scores = jax.random.uniform(class_key, (num_classes,))
   _, classes = jax.lax.top_k(scores, ways)  # [ways]
   drawings = jax.vmap(

@@ -96,8 +96,8 @@ def load(
   """Loads one split of Omniglot as a class-major image array.
 
   The first call for a `data_dir` and `image_size` prepares the TFDS cache
-  from the zips (about 10-15 s at 28x28); later calls read the cache, and calls
-  in the same process reuse the decoded arrays.
+  from the zips, decoding every image once; later calls read the cache, and
+  calls in the same process reuse the decoded arrays.
 
   Args:
     split: 'train', 'val' or 'test'.

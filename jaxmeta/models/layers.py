@@ -19,22 +19,11 @@ def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   """Returns the convolution implementation to use on the default backend.
 
-  Measured on the Omniglot 5-way 1-shot second-order MAML step of Conv-4
-  (`benchmarks/cpu`): on a 2-core CPU, XLA's native convolution is the
-  slowest by far (its gradients and the second-order terms run as slow
-  generic convolutions: 4.1 s per step at meta-batch 4), NHWC patches take
-  410 ms and channels-first patches 335 ms. On an H200 (jax 0.11.2, TF32
-  matmuls, meta-batch 32, the three timed interleaved in one process):
-  channels-first patches 9.4 ms, NHWC patches 11.3 ms, XLA's convolution
-  18.5 ms (vmapped per-task weights become grouped cuDNN convolutions that
-  run as generic, FFT and layout-transposing kernels). Building the nine
-  shifted copies in two passes ('patches_cf_2pass': three column shifts,
-  then three row shifts of those) took the CPU step from 432 to 360 ms
-  (medians, interleaved; after the max-pool change); on an H200 it is
-  slower, 10.0 against 8.6 ms for 'patches_cf' (interleaved, this release's
-  model). So 'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs. TPUs
-  run native convolutions on the MXU, so 'xla' there. All compute the same
-  function (tested).
+  All compute the same function (tested), at different speeds: channels-first
+  patches built in two passes ('patches_cf_2pass') are the fastest on CPUs,
+  built in one pass ('patches_cf') on GPUs, where XLA's convolution under
+  `vmap` becomes slow grouped cuDNN convolutions; TPUs run XLA's convolution
+  on the MXU. The measurements are in benchmarks/README.md.
 
   Args:
     conv_impl: one of `CONV_IMPLS`.
@@ -99,8 +88,8 @@ def conv2d_3x3_same_cf(
   rest. With channels leading, building the copies moves whole contiguous
   rows, and every matmul of the backward pass (filter gradient: contraction
   over the minor `B H W` axis of both operands) needs no transposed copy;
-  XLA:CPU runs this layout 1.2x faster than NHWC patches (see
-  `resolve_conv_impl`).
+  XLA:CPU runs this layout faster than NHWC patches (see
+  benchmarks/README.md).
 
   With `two_pass`, the copies are built in two passes: the three column
   shifts of the padded input, `[3 c_in, B, H + 2, W]`, then the three row
