@@ -154,7 +154,9 @@ def _np_statistics(params, x):
 # The modes against NumPy.
 
 
-@pytest.mark.parametrize('impl', ['patches', 'patches_cf_2pass'])
+@pytest.mark.parametrize(
+  'impl', [pytest.param('patches', marks=pytest.mark.slow), 'patches_cf_2pass']
+)
 def test_support_mode_normalises_queries_with_the_support_statistics(impl):
   with jax.enable_x64(True):
     model = _model('support', impl)
@@ -198,6 +200,7 @@ def test_tasknorm_blends_support_and_instance_moments_like_numpy():
     )
 
 
+@pytest.mark.slow
 def test_tasknorm_blend_starts_at_one_half_and_has_a_gradient():
   params = _model('tasknorm').init(jax.random.key(0))
   for i in range(BLOCKS):
@@ -389,6 +392,7 @@ def test_transductive_learner_is_the_plain_one():
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_per_step_running_statistics_follow_the_inner_trajectory():
   steps, momentum = 2, 1.0  # Momentum 1: the statistics of the last step.
   model = _model('running')
