@@ -80,21 +80,10 @@ def transductive(name: str, h: Array, p: Params, channel_axis: int) -> Array:
 
 def self_task_norm(name: str, h: Array, p: Params, channel_axis: int) -> Array:
   """TaskNorm-I of a batch that is its own context (the support set)."""
-  del name
   mean, var = moments(h, channel_axis)
   size = h.shape[_batch_axis(h, channel_axis)]
-  return task_norm(
-    h,
-    mean,
-    var,
-    size,
-    p['scale'],
-    p['offset'],
-    p['alpha_scale'],
-    p['alpha_offset'],
-    channel_axis=channel_axis,
-    batch_axis=_batch_axis(h, channel_axis),
-  )
+  context = {name: {'mean': mean, 'var': var}}
+  return with_context(context, size)(name, h, p, channel_axis)
 
 
 def with_statistics(statistics: Params) -> Normaliser:
