@@ -418,7 +418,7 @@ def test_torch_conv4_is_jaxmeta_conv4():
     jax.random.normal(jax.random.key(2), (6,) + config.input_shape)
   )
   with jax.default_matmul_precision('highest'):
-    expected = np.asarray(model.apply(params, x))
+    expected = np.asarray(jax.jit(model.apply)(params, x))
   torch_model = torch_baselines.Conv4(
     config.ways, config.input_shape, config.num_filters, config.num_blocks
   )

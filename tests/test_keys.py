@@ -56,22 +56,22 @@ def _maml_keys_reference(loss_fn, params, tasks, key, inner_lr, num_steps):
   """
   num_tasks = tasks.support_x.shape[0]
   task_keys = jax.random.split(key, num_tasks)
+
+  def objective(p, task, inner_key, query_key):
+    for s in range(num_steps):
+      support_key = jax.random.fold_in(jax.random.fold_in(inner_key, s), 0)
+      g = jax.grad(
+        lambda q: loss_fn(q, task.support_x, task.support_y, support_key)[0]
+      )(p)
+      p = jax.tree.map(lambda a, b: a - inner_lr * b, p, g)
+    return loss_fn(p, task.query_x, task.query_y, query_key)[0]
+
+  task_grad = jax.jit(jax.grad(objective))  # Compiled once for every task.
   grads = []
   for i in range(num_tasks):
-    task = _task(tasks, i)
     inner_key = jax.random.fold_in(task_keys[i], 0)
     query_key = jax.random.fold_in(task_keys[i], 1)
-
-    def objective(p, task=task, inner_key=inner_key, query_key=query_key):
-      for s in range(num_steps):
-        support_key = jax.random.fold_in(jax.random.fold_in(inner_key, s), 0)
-        g = jax.grad(
-          lambda q: loss_fn(q, task.support_x, task.support_y, support_key)[0]
-        )(p)
-        p = jax.tree.map(lambda a, b: a - inner_lr * b, p, g)
-      return loss_fn(p, task.query_x, task.query_y, query_key)[0]
-
-    grads.append(jax.grad(objective)(params))
+    grads.append(task_grad(params, _task(tasks, i), inner_key, query_key))
   return jax.tree.map(lambda *g: sum(g) / num_tasks, *grads)
 
 
@@ -194,7 +194,8 @@ def test_no_key_is_the_deterministic_meta_gradient():
       p = jax.tree.map(lambda a, b: a - 0.3 * b, p, g)
     return loss_fn(p, task.query_x, task.query_y)[0]
 
-  grads = [jax.grad(objective)(params, _task(tasks, i)) for i in range(4)]
+  task_grad = jax.jit(jax.grad(objective))
+  grads = [task_grad(params, _task(tasks, i)) for i in range(4)]
   expected = jax.tree.map(lambda *g: sum(g) / 4, *grads)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),

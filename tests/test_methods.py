@@ -206,7 +206,7 @@ def test_meta_sgd_rate_gradient_matches_finite_differences():
       _random_like(jax.random.key(9), meta['inner']['lr']),
     )
     task = _task(jax.random.key(6), (6,), jnp.float64)
-    grad, _ = learner.task_update(meta, task)
+    grad, _ = jax.jit(learner.task_update)(meta, task)
 
     def query_loss(rates):
       m = dict(meta, inner={'lr': rates})
@@ -322,7 +322,7 @@ def test_per_step_learning_rates_change_only_the_inner_rates():
     for lr in jax.tree.leaves(meta['inner']['lr']):
       np.testing.assert_array_equal(lr, [0.3, 0.3, 0.3])
     task = _task(jax.random.key(11), (6,), jnp.float64)
-    grad, _ = learner.task_update(meta, task)
+    grad, _ = jax.jit(learner.task_update)(meta, task)
     expected, _ = _maml_grad(model, task, meta['model'], 3)
     _assert_trees_close(grad['model'], expected, rtol=1e-10, atol=1e-14)
 
@@ -403,12 +403,13 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
   body = learner.init(jax.random.key(0))
   assert 'head' not in body
   task = _task(jax.random.key(15))
-  support = np.asarray(model.embed(body, task.support_x), np.float64)
-  query = np.asarray(model.embed(body, task.query_x), np.float64)
+  embed = jax.jit(model.embed)  # Op by op, the first calls take seconds.
+  support = np.asarray(embed(body, task.support_x), np.float64)
+  query = np.asarray(embed(body, task.query_x), np.float64)
   labels = np.asarray(task.support_y)
   means = np.stack([support[labels == c].mean(0) for c in range(WAYS)])
   logits = -((query[:, None, :] - means[None]) ** 2).sum(-1)
-  classes = learner.adapt(body, task.support_x, task.support_y)
+  classes = jax.jit(learner.adapt)(body, task.support_x, task.support_y)
   np.testing.assert_allclose(classes['prototypes'][:WAYS], means, rtol=1e-5)
   got = prototype_logits(
     jnp.asarray(query, jnp.float32), classes['prototypes'], classes['counts']
@@ -421,12 +422,11 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
   shifted = logits - logits.max(1, keepdims=True)
   log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
   expected_loss = -log_p[np.arange(len(query)), np.asarray(task.query_y)].mean()
-  _, metrics = learner.task_update(body, task)
+  _, metrics = jax.jit(learner.task_update)(body, task)
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
   accuracy = np.mean(logits.argmax(1) == np.asarray(task.query_y))
-  np.testing.assert_allclose(
-    learner.evaluate(body, task, 0)['accuracy'], accuracy
-  )
+  evaluate = jax.jit(learner.evaluate, static_argnums=2)
+  np.testing.assert_allclose(evaluate(body, task, 0)['accuracy'], accuracy)
 
 
 def test_protonet_gradient_matches_finite_differences():

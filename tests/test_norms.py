@@ -280,6 +280,8 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
     k: tuple(np.asarray(v, np.float64) for v in (s['mean'], s['var']))
     for k, s in state.params['batch_stats'].items()
   }
+  # Compiled once: op by op, the inner step's gradient takes seconds.
+  adapt = jax.jit(maml(_model('transductive')).adapt, static_argnums=3)
   for t in range(3):
     tasks = [_task(jax.random.key(10 * t + i)) for i in range(2)]
     batch = jax.tree.map(lambda *v: jnp.stack(v), *tasks)
@@ -289,7 +291,6 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
     # The query set's statistics after the inner step (taken with batch
     # statistics, as in meta-training).
     body = {k: v for k, v in before.items() if k != 'batch_stats'}
-    adapt = maml(_model('transductive')).adapt
     per_task = [
       _np_statistics(
         jax.tree.map(
@@ -311,7 +312,7 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
       np.testing.assert_allclose(got['mean'], expected[name][0], rtol=1e-4)
       np.testing.assert_allclose(got['var'], expected[name][1], rtol=1e-4)
   # The optimiser never moves them: their gradient is exactly zero.
-  grads, _ = jax.vmap(learner.task_update, in_axes=(None, 0))(
+  grads, _ = jax.jit(jax.vmap(learner.task_update, in_axes=(None, 0)))(
     state.params, batch
   )
   for leaf in jax.tree.leaves(grads['batch_stats']):
@@ -351,17 +352,28 @@ def test_a_query_is_scored_the_same_alone_or_in_a_batch(mode, name, options):
     if mode == 'running':  # Statistics other than the initial ones.
       params = learner.update_state(params, _shifted_statistics(params))
     task = _task(jax.random.key(1), dtype=jnp.float64)
-    adapted = learner.adapt(params, task.support_x, task.support_y, 2)
-    together = learner.predict(adapted, task.query_x)
+    adapt, predict = _compiled(learner)
+    adapted = adapt(params, task.support_x, task.support_y, 2)
+    together = predict(adapted, task.query_x)
     alone = jnp.concatenate(
-      [learner.predict(adapted, task.query_x[i : i + 1]) for i in range(9)]
+      [predict(adapted, task.query_x[i : i + 1]) for i in range(9)]
     )
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
     # score_alone agrees with the accuracy of the batch.
     accuracy = jnp.mean(jnp.argmax(together, -1) == task.query_y)
+    alone_score = jax.jit(score_alone, static_argnums=(0, 3))
     np.testing.assert_allclose(
-      score_alone(learner, params, task, 2), accuracy, atol=1e-12
+      alone_score(learner, params, task, 2), accuracy, atol=1e-12
     )
+
+
+def _compiled(learner):
+  """`learner`'s adapt (steps static) and predict, each compiled: op by op
+  a learner's first calls take seconds each."""
+  return (
+    jax.jit(learner.adapt, static_argnums=3),
+    jax.jit(learner.predict),
+  )
 
 
 def _shifted_statistics(params):
@@ -373,10 +385,11 @@ def test_transductive_scores_depend_on_the_other_queries():
   learner = normalised_learner(_build('maml'), _model('transductive'))
   params = learner.init(jax.random.key(0))
   task = _task(jax.random.key(1))
-  adapted = learner.adapt(params, task.support_x, task.support_y, 2)
-  together = learner.predict(adapted, task.query_x)
+  adapt, predict = _compiled(learner)
+  adapted = adapt(params, task.support_x, task.support_y, 2)
+  together = predict(adapted, task.query_x)
   alone = jnp.concatenate(
-    [learner.predict(adapted, task.query_x[i : i + 1]) for i in range(9)]
+    [predict(adapted, task.query_x[i : i + 1]) for i in range(9)]
   )
   assert float(jnp.max(jnp.abs(together - alone))) > 1e-2
 
@@ -387,8 +400,9 @@ def test_transductive_learner_is_the_plain_one():
   learner, plain = normalised_learner(build, model), build(model)
   params = learner.init(jax.random.key(0))
   tasks = jax.tree.map(lambda *v: jnp.stack(v), *[_task(jax.random.key(1))] * 2)
-  a = jaxmeta.meta_gradient(learner, params, tasks)
-  b = jaxmeta.meta_gradient(plain, params, tasks)
+  meta_gradient = jax.jit(jaxmeta.meta_gradient, static_argnums=0)
+  a = meta_gradient(learner, params, tasks)
+  b = meta_gradient(plain, params, tasks)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 

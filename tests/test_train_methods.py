@@ -114,7 +114,8 @@ def test_baseline_pretrains_on_minibatches_of_all_training_classes(
       np.isclose(images[y].astype(np.float32) / 255.0, x[None]), axis=(1, 2, 3)
     )
     assert matches.any()
-  metrics = built.learner.evaluate(
+  evaluate = jax.jit(built.learner.evaluate, static_argnums=2)
+  metrics = evaluate(
     params, built.family.sample(jax.random.key(2), built.load('val'), False), 3
   )
   assert metrics['accuracy_by_step'].shape == (4,)
