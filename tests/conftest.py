@@ -103,11 +103,21 @@ def omniglot_data_dir(tmp_path_factory) -> str:
   missing = [str(p) for p in zips if not p.is_file()]
   if missing:
     pytest.skip(f'Omniglot zips not in the checkout: {missing}')
+  import filelock  # pylint: disable=g-import-not-at-top
   from jaxmeta.data import omniglot  # pylint: disable=g-import-not-at-top
 
-  data_dir = str(tmp_path_factory.mktemp('tfds_omniglot'))
-  omniglot.load('train', data_dir=data_dir, source_dir=str(OMNIGLOT_SOURCE_DIR))
-  return data_dir
+  # Under pytest-xdist every worker is a session of its own; they share the
+  # parent of their temporary directories, so the first to get here prepares
+  # and the others wait for it rather than decoding the zips again.
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    shared = shared.parent
+  data_dir = shared / 'tfds_omniglot'
+  with filelock.FileLock(str(data_dir) + '.lock'):
+    omniglot.load(
+      'train', data_dir=str(data_dir), source_dir=str(OMNIGLOT_SOURCE_DIR)
+    )
+  return str(data_dir)
 
 
 TINY_DATASET = 'tiny_images'

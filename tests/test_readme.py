@@ -34,7 +34,9 @@ def test_bring_your_own_model_and_dataset(tmp_path):
 def test_ci_runs_the_readme_test_command_and_then_the_slow_tier():
   text = README.read_text()
   command = text.split('Run the tests:\n\n```bash\n', 1)[1].split('\n```', 1)[0]
-  assert command.endswith('python -m pytest -q -m "not slow" tests'), command
+  assert command.endswith('python -m pytest -q -n auto -m "not slow" tests'), (
+    command
+  )
   assert '`python -m pytest -q -m slow tests`' in text
   ci = (README.parent / '.ci' / 'run').read_text().splitlines()
   assert ci[-2:] == [command, 'python -m pytest -q -m slow tests'], ci[-2:]
