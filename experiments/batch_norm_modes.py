@@ -93,14 +93,19 @@ def run_modes(
 
 
 def table(results: dict[str, Any]) -> str:
-  """The results as a Markdown table."""
+  """The results as a Markdown table: tasks by number of ways, modes in
+  `norms.MODES` order, whatever the order of `results` (a JSON file read
+  back has its keys sorted as strings)."""
   lines = [
     '| task | batch norm | all queries together | each query alone | '
     'iterations |',
     '| --- | --- | --- | --- | --- |',
   ]
-  for task, rows in results.items():
-    for mode, r in rows.items():
+  order = lambda m: (norms.MODES.index(m) if m in norms.MODES else 99, m)
+  for task in sorted(results, key=lambda t: int(t.split('-')[0])):
+    rows = results[task]
+    for mode in sorted(rows, key=order):
+      r = rows[mode]
       lines.append(
         f'| {task} 1-shot | {mode} | '
         f'{100 * r["test_accuracy"]:.1f}% +- {100 * r["test_ci95"]:.1f}% | '

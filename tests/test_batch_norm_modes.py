@@ -20,6 +20,22 @@ def test_every_mode_is_trained_scored_both_ways_and_tabulated(
   lines = batch_norm_modes.table(results).splitlines()
   assert len(lines) == 3
   assert lines[2].startswith('| 3-way 1-shot | support | ')
+  # Fewer ways first and modes in their documented order, whatever the
+  # order of the results (a JSON file read back sorts its keys as strings).
+  row = dict(results['3-way']['support'], iterations=7)
+  shuffled = {
+    '20-way': {'tasknorm': row, 'support': row},
+    '5-way': {'running': row, 'transductive': row},
+  }
+  assert [
+    line.split(' | ')[:2]
+    for line in batch_norm_modes.table(shuffled).split('\n')[2:-1]
+  ] == [
+    ['| 5-way 1-shot', 'transductive'],
+    ['| 5-way 1-shot', 'running'],
+    ['| 20-way 1-shot', 'support'],
+    ['| 20-way 1-shot', 'tasknorm'],
+  ]
   # Finished runs are read back, not trained again.
   assert batch_norm_modes.run_modes(['support'], {3: 2}, str(tmp_path)) == {
     '3-way': {'support': results['3-way']['support']}

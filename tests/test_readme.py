@@ -37,6 +37,9 @@ def test_ci_runs_the_readme_test_command_and_then_the_slow_tier():
   assert command.endswith('python -m pytest -q -n auto -m "not slow" tests'), (
     command
   )
-  assert '`python -m pytest -q -m slow tests`' in text
+  assert '`python -m pytest -q -n auto -m slow tests`' in text
   ci = (README.parent / '.ci' / 'run').read_text().splitlines()
-  assert ci[-2:] == [command, 'python -m pytest -q -m slow tests'], ci[-2:]
+  assert ci[-2:] == [
+    command,
+    'python -m pytest -q -n auto -m slow tests',
+  ], ci[-2:]
