@@ -2,8 +2,6 @@
 results.json keeps both scoring protocols, running statistics survive a
 checkpoint, and a short real run in each mode learns."""
 
-import os
-
 import chex
 import jax
 import ml_collections
@@ -11,17 +9,11 @@ import numpy as np
 import pytest
 
 from experiments import train
-from experiments.configs import default
+from test_omniglot_experiment import short_real_run
 from test_train import restore
 from test_train import run
 from test_train import tiny_config
 from test_train import TINY_MODEL_OPTIONS
-
-SOURCE_DIR = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  'data',
-  'omniglot',
-)
 
 
 # 'running' in the quick tier: the mode with state in the meta-step and the
@@ -141,27 +133,7 @@ def test_short_real_run_learns_scored_one_query_at_a_time(
   tmp_path, omniglot_data_dir, mode
 ):
   """5-way 1-shot on real Omniglot, each query scored alone: chance 20%."""
-  config = default.get_config()
-  config.model.num_filters = 16
-  config.update(
-    batch_norm=mode,
-    meta_batch_size=8,
-    meta_lr=3e-3,
-    meta_lr_final=-1.0,
-    num_iterations=150,
-    eval_every=150,
-    checkpoint_every=150,
-    log_every=50,
-    num_val_tasks=40,
-    num_eval_tasks=100,
-  )
-  results = train.train_and_evaluate(
-    config,
-    str(tmp_path),
-    data_dir=omniglot_data_dir,
-    source_dir=SOURCE_DIR,
-    progress=False,
-  )
+  results = short_real_run(tmp_path, omniglot_data_dir, batch_norm=mode)
   # Twice chance at least. Running statistics learn the slowest: 48.5% +-
   # 2.8% was measured with them (100 tasks), the others score higher.
   assert results['test_accuracy_alone'] - results['test_ci95_alone'] > 0.4, (
