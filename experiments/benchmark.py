@@ -41,10 +41,10 @@ configuration x algorithm x implementation; strict JSON: a non-finite number,
 e.g. the relative error of a NaN gradient, is written as null),
 `benchmark.md` (a table) and `benchmark.png` (ms per meta-step, log scale).
 
-Algorithms: those of `jaxmeta.ALGORITHMS` that
-`experiments/torch_baselines.py` implements (`torch_baselines.ALGORITHMS`).
-PyTorch (`requirements-benchmark.txt`) is optional: without it,
-`--implementations=jaxmeta` times every algorithm of `jaxmeta.ALGORITHMS`.
+Algorithms: MAML, first-order MAML and Reptile (`ALGORITHMS`), which
+`experiments/torch_baselines.py` implements too. PyTorch
+(`requirements-benchmark.txt`) is optional: without it,
+`--implementations=jaxmeta` times jaxmeta's alone.
 """
 
 import dataclasses
@@ -95,13 +95,9 @@ try:
   _torch_baselines = import_torch_baselines()
 except BenchmarkError:
   _torch_baselines = None
-# The algorithms with a PyTorch baseline; every library algorithm for
-# jaxmeta-only runs where PyTorch is not installed.
-ALGORITHMS = (
-  _torch_baselines.ALGORITHMS
-  if _torch_baselines is not None
-  else jaxmeta.ALGORITHMS
-)
+# The algorithms with a PyTorch baseline (the same three for jaxmeta-only
+# runs where PyTorch is not installed).
+ALGORITHMS = ('maml', 'fomaml', 'reptile')
 # Concrete conv implementations (`--conv_impls=all` expands to them).
 ALL_CONV_IMPLS = tuple(i for i in jaxmeta.models.CONV_IMPLS if i != 'auto')
 TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
@@ -674,13 +670,12 @@ def jax_setup(config: BenchConfig, algorithm: str, conv_impl: str):
     config.num_blocks,
     conv_impl=conv_impl,
   )
-  loss_fn = jaxmeta.classification_loss(model.apply)
   if algorithm == 'reptile':
     # The PyTorch Reptiles do the update only; so does this one (no query
     # scoring for monitoring, see `jaxmeta.reptile`).
     learner = jaxmeta.reptile(
-      model.init,
-      loss_fn,
+      model,
+      jaxmeta.classification_loss,
       config.inner_lr,
       config.inner_steps,
       query_metrics=False,
@@ -732,7 +727,8 @@ def jax_meta_gradient(
   task_chunk_size: int | None = None,
 ) -> dict[str, np.ndarray]:
   """jaxmeta's mean meta-gradient at full float32 (or float64) precision,
-  `task_chunk_size` tasks vmapped at a time (None: all)."""
+  `task_chunk_size` tasks vmapped at a time (None: the backend's
+  default)."""
   learner, _ = jax_setup(config, algorithm, conv_impl)
   fn = functools.partial(
     jaxmeta.meta_gradient, learner, task_chunk_size=task_chunk_size

@@ -79,8 +79,8 @@ def run(
 
   model = jaxmeta.conv4(ways, images.shape[2:], num_filters=num_filters)
   learner = jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.1,
     num_inner_steps=1,
   )

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import jaxmeta
 
 # torch.nn.BatchNorm2d's default epsilon is also jaxmeta.models.batch_norm's.
 BN_EPS = 1e-5
@@ -42,8 +41,7 @@ KERNEL_SIZE = 3
 IMPLEMENTATIONS = ('loop', 'func', 'higher')
 # The library's algorithms that every implementation here writes: MAML
 # (second order), first-order MAML and Reptile; the benchmark times these.
-_WRITTEN_HERE = frozenset({'maml', 'fomaml', 'reptile'})
-ALGORITHMS = tuple(a for a in jaxmeta.ALGORITHMS if a in _WRITTEN_HERE)
+ALGORITHMS = ('maml', 'fomaml', 'reptile')
 
 
 class TorchBatch(NamedTuple):

@@ -2,7 +2,7 @@
 
 It knows no dataset, backbone or algorithm by name: it builds them from the
 registries (`experiments.tasks`, `jaxmeta.models.BACKBONES`,
-`jaxmeta.algorithms.REGISTRY`) and owns everything else: the compiled
+`jaxmeta.ALGORITHMS`) and owns everything else: the compiled
 meta-step (task sampling included), periodic validation, checkpoints (the
 latest few and the best on validation, `experiments.checkpoints`), resume,
 evaluation of a finished run, the non-finite stop, metrics (JSONL,
@@ -109,10 +109,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the field, its value and what it must be.
   """
-  if config.algorithm not in jaxmeta.algorithms.REGISTRY:
+  if config.algorithm not in jaxmeta.ALGORITHMS:
     raise ConfigError(
       f'Unknown algorithm {config.algorithm!r}; choose one '
-      f'of {sorted(jaxmeta.algorithms.REGISTRY)}.'
+      f'of {sorted(jaxmeta.ALGORITHMS)}.'
     )
   if config.dataset not in tasks.names():
     raise ConfigError(
@@ -256,13 +256,14 @@ def build_learner(
     )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{config.backbone} / {config.algorithm}: {e}') from e
-  if tasks.train_ways(config) != config.ways and not learner.any_ways:
+  traits = jaxmeta.algorithms.traits(config.algorithm)
+  if tasks.train_ways(config) != config.ways and not traits.any_ways:
     raise ConfigError(
       f'config.train_ways={config.train_ways} differs from config.ways='
       f'{config.ways}, but {config.algorithm} has a head of `ways` outputs; '
       'set train_ways = 0, or use an algorithm without one (protonet).'
     )
-  if learner.train_batches and (
+  if traits.train_batches and (
     family.sample_batch is None or config.sampler != 'device'
   ):
     raise ConfigError(
@@ -337,7 +338,7 @@ def make_train_step(
   )
 
   def sample_task(key, data):
-    if learner.train_batches:
+    if jaxmeta.algorithms.traits(config.algorithm).train_batches:
       return family.sample_batch(key, data, config.batch_size)
     return family.sample(key, data, True)
 

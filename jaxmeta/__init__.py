@@ -9,7 +9,7 @@ Typical use::
 
   import jax, optax, jaxmeta
   model = jaxmeta.conv4(num_classes=5)
-  learner = jaxmeta.maml(model.init, jaxmeta.classification_loss(model.apply),
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss,
                          inner_lr=0.4, num_inner_steps=1)
   optimizer = optax.adam(1e-3)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
@@ -19,7 +19,6 @@ Typical use::
 
 from jaxmeta.algorithms import ALGORITHMS
 from jaxmeta.algorithms import anil
-from jaxmeta.algorithms import BASELINES
 from jaxmeta.algorithms import baseline
 from jaxmeta.algorithms import baseline_plus_plus
 from jaxmeta.algorithms import fomaml
@@ -32,7 +31,7 @@ from jaxmeta.algorithms import normalised_learner
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import pretrain
 from jaxmeta.algorithms import protonet
-from jaxmeta.algorithms import REGISTRY as ALGORITHM_REGISTRY
+from jaxmeta.algorithms import register_algorithm
 from jaxmeta.algorithms import reptile
 from jaxmeta.algorithms import score_alone
 from jaxmeta.losses import classification_loss

@@ -2,14 +2,11 @@
 
 A loss function is `loss_fn(params, x, y, key=None, step=None) -> (loss,
 metrics)`: a scalar loss on one batch of one task and a dict of scalar
-metrics; `step`, the inner-step index, is handed to the model's `apply` for
-per-step parameters (MAML++). Build one
-from a model's `apply` with `classification_loss` or `regression_loss`.
-
-`key` feeds the model's randomness during meta-training (dropout, DropBlock):
-with a key the loss calls `apply(params, x, key=key)`, without one
-`apply(params, x)`, so a model whose `apply` takes no key works as long as
-no key is passed, and evaluation (no key) is deterministic.
+metrics. Build one from a model's `apply(params, x, *, key=None, step=None)`
+with `classification_loss` or `regression_loss`; `key` (the model's
+randomness in meta-training: dropout, DropBlock; None at evaluation) and
+`step` (the inner-step index, for per-step parameters as in MAML++) are
+handed to it as they are.
 """
 
 from typing import Callable
@@ -42,34 +39,17 @@ def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
     )
 
 
-def _call(
-  apply_fn: Callable[..., Array],
-  params: Params,
-  x: Array,
-  key: PRNGKey | None,
-  step: Array | None = None,
-) -> Array:
-  """`apply_fn(params, x)`, with `key=` and `step=` only when given."""
-  kwargs = {}
-  if key is not None:
-    kwargs['key'] = key
-  if step is not None:
-    kwargs['step'] = step
-  return apply_fn(params, x, **kwargs)
-
-
 def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Softmax cross-entropy on integer labels, with accuracy as a metric.
 
   Args:
-    apply_fn: `apply(params, x[, key=key]) -> logits [batch, classes]`
-      (log-softmax outputs work too: the softmax of log-probabilities is
-      unchanged).
+    apply_fn: `apply(params, x, *, key=None, step=None) -> logits [batch,
+      classes]` (log-softmax outputs work too: the softmax of
+      log-probabilities is unchanged).
 
   Returns:
-    `loss_fn(params, x [batch, ...], y [batch] int, key=None, step=None) ->
-    (mean loss, {'loss', 'accuracy'})`; `key` and `step` are handed to
-    `apply_fn` when not None.
+    `loss_fn(params, x [batch, ...], y [batch] int, key=None, step=None)
+    -> (mean loss, {'loss', 'accuracy'})`.
 
   Labels must lie in `[0, classes)`, `classes` the number of logits. Their
   number and dtype are checked when the loss is traced (ValueError). Their
@@ -97,7 +77,7 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
         'classification_loss needs integer class labels of shape [batch], '
         f'got {jnp.result_type(y)} {jnp.shape(y)}.'
       )
-    logits = _call(apply_fn, params, x, key, step)  # [batch, classes]
+    logits = apply_fn(params, x, key=key, step=step)  # [batch, classes]
     num_classes = logits.shape[-1]
     if not isinstance(y, jax.core.Tracer):
       bad = np.asarray(y)
@@ -124,11 +104,12 @@ def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Mean squared error, with 'mse' as a metric.
 
   Args:
-    apply_fn: `apply(params, x[, key=key]) -> predictions`, same shape as `y`.
+    apply_fn: `apply(params, x, *, key=None, step=None) -> predictions`,
+      the shape of `y`.
 
   Returns:
-    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss', 'mse'})`;
-    `key` and `step` are handed to `apply_fn` when not None.
+    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss',
+    'mse'})`.
   """
 
   def loss_fn(
@@ -139,7 +120,7 @@ def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
     step: Array | None = None,
   ):
     check_batch(x, y)
-    pred = _call(apply_fn, params, x, key, step)
+    pred = apply_fn(params, x, key=key, step=step)
     mse = jnp.mean(jnp.square(pred - y))
     return mse, {'loss': mse, 'mse': mse}
 

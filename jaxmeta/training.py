@@ -94,12 +94,12 @@ def meta_gradient(
     learner: the algorithm.
     params: meta-parameters.
     tasks: a meta-batch, every leaf with a leading `[num_tasks]` axis.
-    task_chunk_size: if set (and smaller than the meta-batch), tasks are
-      vmapped in chunks of this many and the chunks run one after another
-      under `lax.scan`, summing gradients: the same result with the
-      activation memory of one chunk (second-order MAML keeps every
-      activation of every task of the chunk alive). Must divide the
-      meta-batch size.
+    task_chunk_size: tasks are vmapped in chunks of this many and the
+      chunks run one after another under `lax.scan`, summing gradients: the
+      same result with the activation memory of one chunk (second-order MAML
+      keeps every activation of every task of the chunk alive). Must divide
+      the meta-batch size; the meta-batch size (or more) vmaps every task at
+      once. None: `default_task_chunk_size`, the backend's fastest.
     key: optional key for the model's randomness: split into one key per
       task (`split(key, num_tasks)`, task `i` gets key `i` whatever the
       chunking), each handed to `learner.task_update`. None: no keys, the
@@ -130,7 +130,9 @@ def meta_gradient(
     keyed_update = task_update
     task_update = lambda p, task_and_key: keyed_update(p, *task_and_key)
   task_grads = jax.vmap(task_update, in_axes=(None, 0))
-  if task_chunk_size is None or task_chunk_size >= num_tasks:
+  if task_chunk_size is None:
+    task_chunk_size = default_task_chunk_size(num_tasks)
+  if task_chunk_size >= num_tasks:
     grads, metrics = task_grads(params, tasks)
     mean = lambda t: jax.tree.map(lambda v: jnp.mean(v, axis=0), t)
     return mean(grads), mean(metrics)
@@ -171,25 +173,24 @@ def meta_gradient(
   return mean(grad_sum), mean(metric_sum)
 
 
-def default_task_chunk_size(meta_batch_size: int) -> int | None:
-  """The default `task_chunk_size` for the current backend.
+def default_task_chunk_size(meta_batch_size: int) -> int:
+  """The fastest `task_chunk_size` on the current backend.
 
   On the CPU, one task at a time under `lax.scan` (no vmap): XLA:CPU already
   spreads each matmul over the cores, a vmapped batch of per-task weights
   turns every matmul into a batched one, and one task at a time keeps the
-  activations of one task only. On accelerators: None, the whole meta-batch
-  at once. The measurements are in benchmarks/README.md.
+  activations of one task only. On accelerators, the whole meta-batch at
+  once. The measurements are in benchmarks/README.md.
 
   Args:
-    meta_batch_size: tasks per meta-batch.
+    meta_batch_size: tasks per meta-batch (per device, when sharded).
 
   Returns:
-    A chunk size dividing `meta_batch_size`, or None.
+    A chunk size dividing `meta_batch_size`.
   """
-  del meta_batch_size  # Every size is divisible by 1.
-  if jax.default_backend() != 'cpu':
-    return None
-  return 1
+  if jax.default_backend() == 'cpu':
+    return 1
+  return meta_batch_size
 
 
 def meta_train_step(
@@ -207,7 +208,7 @@ def meta_train_step(
     optimizer: the outer (meta) optimiser.
     state: the current `MetaTrainState`.
     tasks: a meta-batch of tasks, leading axis `[num_tasks]`.
-    task_chunk_size: see `meta_gradient`; trades speed for memory.
+    task_chunk_size: see `meta_gradient` (None: the backend's fastest).
     key: the key of the model's randomness for this step (see
       `meta_gradient`), or None.
 
@@ -263,11 +264,11 @@ def make_meta_train_step(
       on the device. If given, the step is `step(state)` and draws its tasks
       from `fold_in(state.key, state.step)` inside the same program; otherwise
       it is `step(state, tasks)`.
-    task_chunk_size: see `meta_gradient`; trades speed for memory.
+    task_chunk_size: see `meta_gradient` (None: the backend's fastest).
     model_keys: if True, the model gets a key during meta-training (dropout,
       DropBlock active): `model_key(state)`, split over the tasks by
       `meta_gradient`; the model's `apply` must then accept `key=`. If False
-      (default), no keys: the step is what it was before keys existed.
+      (default), no keys: the model is deterministic.
 
   Returns:
     `step(state[, tasks]) -> (new_state, metrics)`.
@@ -292,18 +293,41 @@ def make_meta_train_step(
 
 
 def make_evaluate(
-  learner: MetaLearner, num_steps: int
+  learner: MetaLearner, num_steps: int, task_chunk_size: int | None = None
 ) -> Callable[[Params, Task], dict[str, Array]]:
-  """Per-task evaluation vmapped over a batch of tasks (jit it once).
+  """Per-task evaluation mapped over a batch of tasks (jit it once).
+
+  Args:
+    learner: the algorithm.
+    num_steps: inner steps of the adaptation (static).
+    task_chunk_size: tasks evaluated at once (vmapped), chunks one after
+      another (`lax.map`); must divide the number of tasks. None:
+      `default_task_chunk_size`, the backend's fastest.
 
   Returns:
     `evaluate(params, tasks) -> metrics`, every metric with a leading
     `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`).
   """
+  one = lambda params, task: learner.evaluate(params, task, num_steps)
 
   def evaluate(params, tasks):
-    return jax.vmap(learner.evaluate, in_axes=(None, 0, None))(
-      params, tasks, num_steps
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    chunk = task_chunk_size
+    if chunk is None:
+      chunk = default_task_chunk_size(num_tasks)
+    if chunk >= num_tasks:
+      return jax.vmap(one, in_axes=(None, 0))(params, tasks)
+    if chunk < 1 or num_tasks % chunk:
+      raise ValueError(
+        f'task_chunk_size={chunk} must be >= 1 and divide the number of '
+        f'tasks {num_tasks}.'
+      )
+    # One task at a time is a plain `lax.map`: a vmap over a chunk of one
+    # still adds a batch axis to every matmul (see `meta_gradient`).
+    return jax.lax.map(
+      lambda task: one(params, task),
+      tasks,
+      batch_size=None if chunk == 1 else chunk,
     )
 
   return evaluate

@@ -9,7 +9,7 @@ per device and to judge the cost of the meta-gradient all-reduce; see
 
 Example::
 
-  learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.4, num_inner_steps=1)
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.4, 1)
   task = jaxmeta.Task(jax.ShapeDtypeStruct((5, 28, 28, 1), jnp.float32), ...)
   task_costs(learner, jax.eval_shape(model.init, key), task)['temp_bytes']
 """

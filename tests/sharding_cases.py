@@ -35,7 +35,7 @@ if jax.device_count() != NUM_DEVICES:
 
 META_BATCH = 16  # 2 tasks per device, so task_chunk_size=1 makes 2 chunks.
 SHAPE = dict(ways=3, shots=2, queries=2)
-ALGORITHM_NAMES = jaxmeta.ALGORITHMS + jaxmeta.BASELINES
+ALGORITHM_NAMES = ('maml', 'fomaml', 'reptile', 'pretrain')
 
 
 def _images():

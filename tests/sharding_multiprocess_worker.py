@@ -44,8 +44,8 @@ def main(port, process_id, num_processes, local_devices, out_dir):
   ).astype(jnp.uint8)
   model = jaxmeta.mlp((16, 8, shape['ways']))
   learner = jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.3,
     num_inner_steps=2,
   )

@@ -13,6 +13,10 @@ import jaxmeta
 from jaxmeta.data import sinusoid
 
 
+# The algorithms this module checks against its references.
+_BASIC = ('maml', 'fomaml', 'reptile')
+
+
 def _to64(tree):
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
@@ -43,7 +47,8 @@ def _tanh_mlp():
       'b2': jnp.zeros(3),
     }
 
-  def apply(p, x):
+  def apply(p, x, *, key=None, step=None):
+    del key, step
     return jnp.tanh(x @ p['w1'] + p['b1']) @ p['w2'] + p['b2']
 
   return jaxmeta.Model(init, apply)
@@ -80,8 +85,8 @@ def test_maml_gradient_matches_per_task_python_loop(first_order, num_steps):
   params = model.init(jax.random.key(0))
   tasks = _classification_tasks(jax.random.key(1))
   learner = jaxmeta.maml(
-    model.init,
-    loss_fn,
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.3,
     num_inner_steps=num_steps,
     first_order=first_order,
@@ -106,7 +111,9 @@ def test_maml_gradient_matches_central_finite_differences_float64():
       support_y=tasks.support_y.astype(jnp.int32),
       query_y=tasks.query_y.astype(jnp.int32),
     )
-    learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.5, num_inner_steps=2)
+    learner = jaxmeta.maml(
+      model, jaxmeta.classification_loss, inner_lr=0.5, num_inner_steps=2
+    )
 
     def meta_objective(flat):
       p = unravel(flat)
@@ -161,8 +168,7 @@ def _linear_regression_closed_forms(theta, task, inner_lr, num_steps):
 def test_linear_regression_gradients_match_closed_forms(num_steps):
   with jax.enable_x64(True):
     dim, inner_lr = 3, 0.1
-    apply = lambda w, x: x @ w[:, None]  # [n, dim] -> [n, 1]
-    loss_fn = jaxmeta.regression_loss(apply)
+    apply = lambda w, x, *, key=None, step=None: x @ w[:, None]  # [n, 1]
     key = jax.random.key(0)
     kt, k1, k2, k3, k4 = jax.random.split(key, 5)
     theta = jax.random.normal(kt, (dim,), jnp.float64)
@@ -175,11 +181,11 @@ def test_linear_regression_gradients_match_closed_forms(num_steps):
     expected = _linear_regression_closed_forms(
       np.asarray(theta), task, inner_lr, num_steps
     )
-    for name in jaxmeta.ALGORITHMS:
+    for name in _BASIC:
       learner = jaxmeta.make_learner(
         name,
-        jaxmeta.Model(lambda k: theta, None),
-        lambda apply: loss_fn,
+        jaxmeta.Model(lambda k: theta, apply),
+        jaxmeta.regression_loss,
         inner_lr,
         num_steps,
       )
@@ -195,7 +201,9 @@ def test_reptile_update_is_interpolation_towards_adapted_weights():
   loss_fn = jaxmeta.classification_loss(model.apply)
   tasks = _classification_tasks(jax.random.key(2))
   inner_lr, num_steps, eps = 0.2, 4, 0.7
-  learner = jaxmeta.reptile(model.init, loss_fn, inner_lr, num_steps)
+  learner = jaxmeta.reptile(
+    model, jaxmeta.classification_loss, inner_lr, num_steps
+  )
   optimizer = optax.sgd(eps)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(3))
   theta = state.params
@@ -232,8 +240,10 @@ def test_reptile_without_query_metrics_does_the_same_update():
   loss_fn = jaxmeta.classification_loss(model.apply)
   tasks = _classification_tasks(jax.random.key(2))
   params = model.init(jax.random.key(3))
-  with_query = jaxmeta.reptile(model.init, loss_fn, 0.2, 3)
-  without = jaxmeta.reptile(model.init, loss_fn, 0.2, 3, query_metrics=False)
+  with_query = jaxmeta.reptile(model, jaxmeta.classification_loss, 0.2, 3)
+  without = jaxmeta.reptile(
+    model, jaxmeta.classification_loss, 0.2, 3, query_metrics=False
+  )
   grad_q, metrics_q = jaxmeta.meta_gradient(with_query, params, tasks)
   grad, metrics = jaxmeta.meta_gradient(without, params, tasks)
   chex.assert_trees_all_close(grad, grad_q, rtol=1e-6, atol=1e-7)
@@ -249,10 +259,12 @@ def test_reptile_without_query_metrics_does_the_same_update():
     metrics['support_loss'], np.mean(support_losses), rtol=1e-5
   )
   with pytest.raises(ValueError, match='num_inner_steps'):
-    jaxmeta.reptile(model.init, loss_fn, 0.2, 0, query_metrics=False)
+    jaxmeta.reptile(
+      model, jaxmeta.classification_loss, 0.2, 0, query_metrics=False
+    )
 
 
-@pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
+@pytest.mark.parametrize('name', _BASIC)
 def test_vmap_over_tasks_equals_loop_over_tasks(name):
   model = _tanh_mlp()
   params = model.init(jax.random.key(0))
@@ -296,12 +308,11 @@ def test_scan_inner_loop_equals_unrolled_loop():
 def test_inner_loop_is_a_loop_in_the_compiled_program():
   """More inner steps must not mean a bigger program (no Python unrolling)."""
   model = jaxmeta.mlp((4, 8, 3))
-  loss_fn = jaxmeta.classification_loss(model.apply)
   tasks = _classification_tasks(jax.random.key(6))
   optimizer = optax.adam(1e-3)
 
   def program(num_steps):
-    learner = jaxmeta.maml(model.init, loss_fn, 0.1, num_steps)
+    learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.1, num_steps)
     state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
     step = jaxmeta.make_meta_train_step(learner, optimizer)
     return jax.jit(step).lower(state, tasks).as_text()
@@ -316,8 +327,7 @@ def test_inner_loop_is_a_loop_in_the_compiled_program():
 
 def test_meta_train_step_compiles_once():
   model = jaxmeta.mlp((4, 8, 3))
-  loss_fn = jaxmeta.classification_loss(model.apply)
-  learner = jaxmeta.maml(model.init, loss_fn, 0.1, 2)
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.1, 2)
   optimizer = optax.adam(1e-3)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   traces = []
@@ -336,9 +346,7 @@ def test_meta_train_step_compiles_once():
 
 def test_sampled_step_draws_tasks_from_step_key():
   model = jaxmeta.mlp((1, 8, 1))
-  learner = jaxmeta.maml(
-    model.init, jaxmeta.regression_loss(model.apply), 0.01, 1
-  )
+  learner = jaxmeta.maml(model, jaxmeta.regression_loss, 0.01, 1)
   optimizer = optax.adam(1e-3)
   sample = functools.partial(
     sinusoid.sample_tasks, num_tasks=4, shots=5, queries=5
@@ -357,7 +365,7 @@ def test_evaluate_reports_metrics_before_and_after_each_step():
   loss_fn = jaxmeta.classification_loss(model.apply)
   params = model.init(jax.random.key(0))
   task = _task(_classification_tasks(jax.random.key(7)), 0)
-  learner = jaxmeta.maml(model.init, loss_fn, 0.5, 1)
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.5, 1)
   metrics = learner.evaluate(params, task, 3)
   assert metrics['loss_by_step'].shape == (4,)
   before, _ = loss_fn(params, task.query_x, task.query_y)
@@ -379,8 +387,8 @@ def test_make_learner_rejects_unknown_names():
 def test_short_sinusoid_meta_training_cuts_post_adaptation_loss():
   model = jaxmeta.mlp((1, 40, 40, 1))
   learner = jaxmeta.maml(
-    model.init,
-    jaxmeta.regression_loss(model.apply),
+    model,
+    jaxmeta.regression_loss,
     inner_lr=0.01,
     num_inner_steps=1,
   )
@@ -424,7 +432,7 @@ def test_pretrain_baseline_takes_plain_gradients_on_pooled_task_data():
   chex.assert_trees_all_close(grad, jax.grad(pooled)(params), rtol=1e-6)
 
 
-@pytest.mark.parametrize('name', jaxmeta.ALGORITHMS)
+@pytest.mark.parametrize('name', _BASIC)
 def test_task_chunks_give_the_same_meta_gradient(name):
   model = _tanh_mlp()
   params = model.init(jax.random.key(0))
@@ -449,9 +457,8 @@ def test_task_chunks_give_the_same_meta_gradient(name):
 )
 def test_negative_inner_steps_are_refused_by_name(build):
   model = _tanh_mlp()
-  loss_fn = jaxmeta.classification_loss(model.apply)
   with pytest.raises(ValueError, match='num_inner_steps must be >= 0'):
-    build(model.init, loss_fn, 0.1, -1)
+    build(model, jaxmeta.classification_loss, 0.1, -1)
 
 
 def test_inner_loop_refuses_negative_steps_by_name():
@@ -475,15 +482,15 @@ def test_inner_loop_refuses_negative_steps_by_name():
 @pytest.mark.parametrize('inner_lr', [0.0, -0.1, float('nan'), float('inf')])
 def test_non_positive_or_non_finite_inner_lr_is_refused(build, inner_lr):
   model = _tanh_mlp()
-  loss_fn = jaxmeta.classification_loss(model.apply)
   with pytest.raises(ValueError, match='inner_lr must be a finite number > 0'):
-    build(model.init, loss_fn, inner_lr, 1)
+    build(model, jaxmeta.classification_loss, inner_lr, 1)
 
 
 def test_reptile_with_its_own_inner_optimizer_ignores_inner_lr():
   model = _tanh_mlp()
-  loss_fn = jaxmeta.classification_loss(model.apply)
-  jaxmeta.reptile(model.init, loss_fn, 0.0, 1, optax.adam(1e-3))
+  jaxmeta.reptile(
+    model, jaxmeta.classification_loss, 0.0, 1, inner_optimizer=optax.adam(1e-3)
+  )
 
 
 @pytest.mark.parametrize('name', ['maml', 'fomaml', 'reptile', 'pretrain'])

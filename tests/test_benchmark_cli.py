@@ -107,9 +107,7 @@ def test_all_and_both_expand_to_every_conv_impl():
 def test_algorithms_are_the_library_ones_with_a_pytorch_baseline():
   torch_baselines = pytest.importorskip('experiments.torch_baselines')
   assert benchmark.ALGORITHMS == torch_baselines.ALGORITHMS
-  assert benchmark.ALGORITHMS == tuple(
-    a for a in jaxmeta.ALGORITHMS if a in benchmark.ALGORITHMS
-  )
+  assert set(benchmark.ALGORITHMS) <= set(jaxmeta.ALGORITHMS)
   assert set(benchmark.ALGORITHMS) == {'maml', 'fomaml', 'reptile'}
 
 

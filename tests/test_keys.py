@@ -23,7 +23,8 @@ def _dropout_mlp():
       'b2': jnp.zeros(3),
     }
 
-  def apply(p, x, *, key=None):
+  def apply(p, x, *, key=None, step=None):
+    del step
     h = jnp.tanh(x @ p['w1'] + p['b1'])  # [batch, 6]
     if key is not None:
       keep = jax.random.bernoulli(key, 1 - _RATE, h.shape)
@@ -86,7 +87,7 @@ def _learner(name='maml', num_steps=2):
   )
 
 
-def test_losses_pass_the_key_only_when_given():
+def test_losses_hand_the_key_and_step_to_the_model():
   calls = []
 
   def apply(params, x, **kwargs):
@@ -96,8 +97,8 @@ def test_losses_pass_the_key_only_when_given():
   params, x = jnp.ones((2, 3)), jnp.ones((4, 2))
   key = jax.random.key(0)
   jaxmeta.classification_loss(apply)(params, x, jnp.zeros(4, jnp.int32))
-  jaxmeta.regression_loss(apply)(params, x, jnp.zeros((4, 3)), key)
-  assert calls == [{}, {'key': key}]
+  jaxmeta.regression_loss(apply)(params, x, jnp.zeros((4, 3)), key, step=2)
+  assert calls == [{'key': None, 'step': None}, {'key': key, 'step': 2}]
 
 
 @pytest.mark.parametrize('task_chunk_size', [None, 1, 2])
@@ -207,8 +208,8 @@ def test_no_key_is_the_deterministic_meta_gradient():
 def test_a_model_that_ignores_keys_gives_the_keyless_step_bit_for_bit():
   model = jaxmeta.mlp((4, 8, 3))
   learner = jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.3,
     num_inner_steps=2,
   )

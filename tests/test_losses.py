@@ -9,7 +9,7 @@ import jaxmeta
 
 
 def _linear_loss():
-  apply_fn = lambda w, x: x @ w  # [batch, 3] logits
+  apply_fn = lambda w, x, *, key=None, step=None: x @ w  # [batch, 3] logits
   return jaxmeta.classification_loss(apply_fn), jnp.ones((2, 3)) * 0.1
 
 
@@ -50,9 +50,7 @@ def test_traced_valid_labels_give_the_plain_cross_entropy():
 
 def test_a_bad_support_label_makes_the_maml_meta_loss_nan():
   model = jaxmeta.mlp((2, 3))
-  learner = jaxmeta.maml(
-    model.init, jaxmeta.classification_loss(model.apply), 0.1, 1
-  )
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.1, 1)
   task = jaxmeta.Task(
     jnp.ones((3, 2)),
     jnp.array([0, 1, 5]),

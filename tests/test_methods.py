@@ -177,9 +177,7 @@ def test_meta_sgd_with_every_rate_equal_to_a_is_maml_with_inner_lr_a():
     lambda lr: np.testing.assert_array_equal(lr, np.float32(0.2)),
     meta['inner']['lr'],
   )
-  maml = jaxmeta.maml(
-    model.init, jaxmeta.classification_loss(model.apply), 0.2, 2
-  )
+  maml = jaxmeta.maml(model, jaxmeta.classification_loss, 0.2, 2)
   expected, expected_metrics = jax.jit(maml.task_update)(meta['model'], task)
   grad, metrics = jax.jit(learner.task_update)(meta, task)
   _assert_trees_close(grad['model'], expected, rtol=1e-5, atol=1e-6)
@@ -230,8 +228,8 @@ def test_meta_sgd_rate_gradient_matches_finite_differences():
 
 def _maml_grad(model, task, params, num_steps, first_order=False, jit=True):
   maml = jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     0.3,
     num_steps,
     first_order=first_order,
@@ -509,7 +507,8 @@ def test_baseline_pretraining_gradient_is_the_all_class_cross_entropy(head):
   learner = jaxmeta.baseline(
     model, jaxmeta.classification_loss, 0.1, num_classes=7, head=head
   )
-  assert learner.train_batches and learner.any_ways
+  traits = jaxmeta.algorithms.traits(learner.name)
+  assert traits.train_batches and traits.any_ways
   params = learner.init(jax.random.key(0))
   key = jax.random.key(19)
   x = jax.random.normal(key, (6, 8, 8, 1))
@@ -539,7 +538,7 @@ def test_baseline_needs_the_number_of_training_classes():
 # The registry.
 
 
-@pytest.mark.parametrize('name', sorted(jaxmeta.ALGORITHM_REGISTRY))
+@pytest.mark.parametrize('name', sorted(jaxmeta.ALGORITHMS))
 def test_every_registered_method_steps_through_the_meta_train_step(name):
   model = _conv4()
   options = (
@@ -553,7 +552,7 @@ def test_every_registered_method_steps_through_the_meta_train_step(name):
   optimizer = optax.adam(1e-3)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   tasks = jax.vmap(_task)(jax.random.split(jax.random.key(20), 2))
-  if learner.train_batches:
+  if jaxmeta.algorithms.traits(name).train_batches:
     tasks = tasks._replace(
       support_y=tasks.support_y % 5,
       query_x=tasks.query_x[:, :0],

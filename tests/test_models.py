@@ -175,9 +175,7 @@ def test_conv_impls_give_the_same_maml_gradient():
   grads = {}
   for impl in IMPLS:
     model = jaxmeta.conv4(5, num_filters=8, conv_impl=impl)
-    learner = jaxmeta.maml(
-      model.init, jaxmeta.classification_loss(model.apply), 0.4, 2
-    )
+    learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.4, 2)
     params = model.init(jax.random.key(0))
     grads[impl], _ = jax.jit(jaxmeta.meta_gradient, static_argnums=0)(
       learner, params, tasks
@@ -200,9 +198,7 @@ def test_conv_impls_give_the_same_maml_gradient_in_float64():
       model = jaxmeta.conv4(
         5, (12, 12, 2), num_filters=6, num_blocks=2, conv_impl=impl
       )
-      learner = jaxmeta.maml(
-        model.init, jaxmeta.classification_loss(model.apply), 0.4, 2
-      )
+      learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.4, 2)
       params = jax.tree.map(
         lambda a: a.astype(jnp.float64), model.init(jax.random.key(0))
       )
@@ -294,9 +290,7 @@ def test_second_order_maml_gradient_through_max_pool_is_finite_in_float64(impl):
     )
     x = jax.random.normal(jax.random.PRNGKey(1), (80, 28, 28, 1), jnp.float64)
     y = jnp.tile(jnp.arange(5), 16)
-    learner = jaxmeta.maml(
-      model.init, jaxmeta.classification_loss(model.apply), 0.4, 1
-    )
+    learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.4, 1)
     grad, _ = learner.task_update(
       params, jaxmeta.Task(x[:5], y[:5], x[5:], y[5:])
     )
@@ -400,3 +394,32 @@ def test_conv4_refuses_non_positive_sizes_by_name(field, value):
   kwargs[field] = value
   with pytest.raises(ValueError, match=f'{field} to be an int >= 1'):
     jaxmeta.conv4(**kwargs)
+
+
+@pytest.mark.parametrize(
+  'build, shape',
+  [
+    (lambda: jaxmeta.conv4(5), (3, 32, 32, 1)),
+    (lambda: jaxmeta.conv4(5), (3, 28, 28, 3)),
+    (lambda: jaxmeta.resnet12(5, (16, 16, 3), widths=(4,)), (3, 16, 16, 1)),
+  ],
+)
+def test_images_of_the_wrong_shape_name_the_models_input_shape(build, shape):
+  model = build()
+  params = model.init(jax.random.key(0))
+  learner = jaxmeta.maml(model, jaxmeta.classification_loss, 0.4, 1)
+  x = jnp.zeros(shape)
+  y = jnp.zeros((3,), jnp.int32)
+  with pytest.raises(ValueError, match=r'was built for images of shape'):
+    model.apply(params, x)
+  with pytest.raises(ValueError, match=r'input_shape='):
+    learner.task_update(params, jaxmeta.Task(x, y, x, y))
+  with pytest.raises(ValueError, match=r'was built for images of shape'):
+    learner.predict(params, x)
+
+
+def test_inputs_of_the_wrong_size_name_the_mlps_input_size():
+  model = jaxmeta.mlp((4, 8, 2))
+  params = model.init(jax.random.key(0))
+  with pytest.raises(ValueError, match=r'built for inputs of 4 values'):
+    model.apply(params, jnp.zeros((3, 5)))

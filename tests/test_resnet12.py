@@ -187,7 +187,9 @@ def test_maml_meta_gradient_matches_finite_differences():
   """Second-order MAML through ResNet-12, float64, 2-way 1-shot 16x16x3."""
   model = jaxmeta.resnet12(2, (16, 16, 3), **_TINY)
   loss_fn = jaxmeta.classification_loss(model.apply)
-  learner = jaxmeta.maml(model.init, loss_fn, inner_lr=0.1, num_inner_steps=1)
+  learner = jaxmeta.maml(
+    model, jaxmeta.classification_loss, inner_lr=0.1, num_inner_steps=1
+  )
   with jax.enable_x64(True):
     params = jax.tree.map(
       lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.key(0))
@@ -235,8 +237,8 @@ def test_meta_gradient_with_dropblock_keys():
     2, (16, 16, 3), drop_rate=0.3, dropblock_size=2, **_TINY
   )
   learner = jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=0.1,
     num_inner_steps=1,
   )

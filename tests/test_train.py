@@ -242,8 +242,7 @@ def test_rerunning_a_finished_run_keeps_its_figures(tmp_path, tiny_dataset):
 def test_a_step_that_overflows_the_parameters_is_not_applied():
   """Finite loss and gradient, non-finite new parameters: not applied."""
   model = jaxmeta.mlp((1, 4, 1))
-  loss_fn = jaxmeta.regression_loss(model.apply)
-  learner = jaxmeta.maml(model.init, loss_fn, 0.01, 1)
+  learner = jaxmeta.maml(model, jaxmeta.regression_loss, 0.01, 1)
   # The meta-gradient times 1e38 overflows float32 wherever |grad| > 3.4.
   learner = learner._replace(
     task_update=lambda p, t, key=None, global_step=None: (

@@ -100,8 +100,8 @@ def _learner(cfg, inner_steps=None, conv_impl='auto'):
     conv_impl=conv_impl,
   )
   return model, jaxmeta.maml(
-    model.init,
-    jaxmeta.classification_loss(model.apply),
+    model,
+    jaxmeta.classification_loss,
     inner_lr=cfg['inner_lr'],
     num_inner_steps=(
       cfg['inner_steps'] if inner_steps is None else inner_steps

@@ -16,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'default.py takes no preset, got {arg!r}.')
   c = ml_collections.ConfigDict()
   c.preset = ''  # Set by the config files of published settings.
-  c.algorithm = 'maml'  # A name in jaxmeta.algorithms.REGISTRY.
+  c.algorithm = 'maml'  # A name in jaxmeta.ALGORITHMS.
   # The algorithm's own options (keywords of its builder, e.g. MAML++'s
   # switches; `jaxmeta.algorithms.options(name)` lists them).
   c.method = ml_collections.ConfigDict()

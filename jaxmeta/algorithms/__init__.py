@@ -18,20 +18,29 @@ algorithm shares one training loop and one compiled step:
 * Baseline / Baseline++ (`baseline`), 'pretrain': ordinary training, then a
   fine-tuned head (Baseline) or the whole model (pretrain) per task.
 
-`REGISTRY` maps each name to a builder `builder(model, make_loss, inner_lr,
-num_inner_steps, **options)`; `make_learner` calls it.
+Every builder is `builder(model, make_loss, inner_lr, num_inner_steps, *,
+**options) -> MetaLearner`, its options keyword-only. `ALGORITHMS` maps each
+name to its builder (`register_algorithm` adds one); `make_learner` calls it
+and `traits(name)` says what the training harness must know of it.
 """
 
 import inspect
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import optax
 
 from jaxmeta.algorithms.anil import anil
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import require_embed
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.algorithms.base import STATISTICS_METRIC
-from jaxmeta.algorithms.base import sgd_loop
 from jaxmeta.algorithms.baseline import baseline
 from jaxmeta.algorithms.baseline import baseline_plus_plus
 from jaxmeta.algorithms.maml import fomaml
@@ -48,49 +57,101 @@ from jaxmeta.algorithms.reptile import reptile
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
 
-# The algorithms of the JAX-against-PyTorch benchmark.
-ALGORITHMS = ('maml', 'fomaml', 'reptile')
-BASELINES = ('pretrain',)
+Builder = Callable[..., MetaLearner]
 
 
-def _on_loss(builder: Callable[..., MetaLearner]) -> Callable[..., MetaLearner]:
-  """A builder over `(init_fn, loss_fn, ...)` as one over `(model,
-  make_loss, ...)`: for the algorithms that need no more of the model."""
+class Traits(NamedTuple):
+  """What the training harness must know of an algorithm.
 
-  def build(model, make_loss, inner_lr, num_inner_steps, **options):
-    learner = builder(
-      model.init, make_loss(model.apply), inner_lr, num_inner_steps, **options
+  Attributes:
+    options: the builder's keyword-only options.
+    train_batches: `task_update` expects a minibatch of images of all
+      training classes in the task's support set, labelled with their class
+      indices in the training split (the query set is empty), instead of an
+      episode: the pretraining of Baseline and Baseline++.
+    any_ways: nothing in the meta-parameters depends on the number of ways,
+      so training episodes may have more ways than the evaluation tasks
+      (Prototypical Networks, the Baselines).
+  """
+
+  options: tuple[str, ...]
+  train_batches: bool = False
+  any_ways: bool = False
+
+
+# name -> builder(model, make_loss, inner_lr, num_inner_steps, *, **options).
+ALGORITHMS: dict[str, Builder] = {}
+_TRAITS: dict[str, Traits] = {}
+
+
+def register_algorithm(
+  name: str,
+  builder: Builder,
+  *,
+  train_batches: bool = False,
+  any_ways: bool = False,
+) -> Builder:
+  """Adds `builder` to `ALGORITHMS` under `name`, with its `Traits`.
+
+  Args:
+    name: the name configs use (`config.algorithm`).
+    builder: `builder(model, make_loss, inner_lr, num_inner_steps, *,
+      **options) -> MetaLearner`; its keyword-only parameters are its options.
+    train_batches: see `Traits`.
+    any_ways: see `Traits`.
+
+  Returns:
+    `builder`.
+
+  Raises:
+    ValueError: if `name` is taken by another builder, or the builder's
+      first four parameters are not the contract's.
+  """
+  if name in ALGORITHMS and ALGORITHMS[name] is not builder:
+    raise ValueError(f'Algorithm {name!r} is already registered.')
+  parameters = inspect.signature(builder).parameters.values()
+  positional = [p.name for p in parameters if p.kind != p.KEYWORD_ONLY]
+  if positional != ['model', 'make_loss', 'inner_lr', 'num_inner_steps']:
+    raise ValueError(
+      f'The builder of {name!r} must take (model, make_loss, inner_lr, '
+      f'num_inner_steps, *, **options), got ({", ".join(positional)}, ...).'
     )
-    return learner._replace(
-      predict=lambda adapted, x: model.apply(adapted, x), model=model
+  options = tuple(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
+  ALGORITHMS[name] = builder
+  _TRAITS[name] = Traits(options, train_batches, any_ways)
+  return builder
+
+
+register_algorithm('maml', maml)
+register_algorithm('fomaml', fomaml)
+register_algorithm('reptile', reptile)
+register_algorithm('pretrain', pretrain)
+register_algorithm('anil', anil)
+register_algorithm('meta_sgd', meta_sgd)
+register_algorithm('maml_plus_plus', maml_plus_plus)
+register_algorithm('protonet', protonet, any_ways=True)
+register_algorithm('baseline', baseline, train_batches=True, any_ways=True)
+register_algorithm(
+  'baseline_plus_plus', baseline_plus_plus, train_batches=True, any_ways=True
+)
+
+
+def _check_name(name: str) -> None:
+  if name not in ALGORITHMS:
+    raise ValueError(
+      f'Unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.'
     )
 
-  build.options = tuple(inspect.signature(builder).parameters)[4:]
-  build.__doc__ = builder.__doc__
-  return build
 
-
-# name -> builder(model, make_loss, inner_lr, num_inner_steps, **options).
-REGISTRY: dict[str, Callable[..., MetaLearner]] = {
-  'maml': _on_loss(maml),
-  'fomaml': _on_loss(fomaml),
-  'reptile': _on_loss(reptile),
-  'pretrain': _on_loss(pretrain),
-  'anil': anil,
-  'meta_sgd': meta_sgd,
-  'maml_plus_plus': maml_plus_plus,
-  'protonet': protonet,
-  'baseline': baseline,
-  'baseline_plus_plus': baseline_plus_plus,
-}
+def traits(name: str) -> Traits:
+  """The `Traits` of the registered algorithm `name`."""
+  _check_name(name)
+  return _TRAITS[name]
 
 
 def options(name: str) -> tuple[str, ...]:
   """The keyword options the builder of `name` takes."""
-  builder = REGISTRY[name]
-  if hasattr(builder, 'options'):
-    return builder.options
-  return tuple(inspect.signature(builder).parameters)[4:]
+  return traits(name).options
 
 
 def make_learner(
@@ -102,10 +163,10 @@ def make_learner(
   inner_optimizer: optax.GradientTransformation | None = None,
   **kwargs,
 ) -> MetaLearner:
-  """Builds the algorithm `name` of `REGISTRY`.
+  """Builds the algorithm `name` of `ALGORITHMS`.
 
   Args:
-    name: a key of `REGISTRY`.
+    name: a key of `ALGORITHMS`.
     model: the `Model`.
     make_loss: `make_loss(apply) -> loss_fn`, e.g.
       `jaxmeta.classification_loss`.
@@ -119,45 +180,53 @@ def make_learner(
   Raises:
     ValueError: for an unknown name or an option the builder does not take.
   """
-  if name not in REGISTRY:
-    raise ValueError(
-      f'Unknown algorithm {name!r}; choose one of {sorted(REGISTRY)}.'
-    )
+  known = options(name)
   if inner_optimizer is not None:
-    if 'inner_optimizer' not in options(name):
+    if 'inner_optimizer' not in known:
       raise ValueError(
         f'{name} uses plain SGD with inner_lr in its inner '
         'loop; inner_optimizer applies to '
-        f'{[n for n in REGISTRY if "inner_optimizer" in options(n)]} only.'
+        f'{[n for n in ALGORITHMS if "inner_optimizer" in options(n)]} only.'
       )
     kwargs['inner_optimizer'] = inner_optimizer
-  unknown = sorted(set(kwargs) - set(options(name)))
+  unknown = sorted(set(kwargs) - set(known))
   if unknown:
     raise ValueError(
-      f'{name} takes no option {unknown}; its options are '
-      f'{list(options(name))}.'
+      f'{name} takes no option {unknown}; its options are {list(known)}.'
     )
-  return REGISTRY[name](model, make_loss, inner_lr, num_inner_steps, **kwargs)
+  return ALGORITHMS[name](model, make_loss, inner_lr, num_inner_steps, **kwargs)
 
 
 __all__ = [
   'ALGORITHMS',
-  'BASELINES',
   'MetaLearner',
-  'REGISTRY',
+  'STATISTICS_METRIC',
+  'Traits',
   'anil',
   'baseline',
   'baseline_plus_plus',
+  'check_inner_lr',
+  'check_num_steps',
+  'evaluate_adaptation',
   'fomaml',
+  'gradient_adaptation',
+  'head_apply',
   'inner_loop',
+  'learned_sgd',
   'make_learner',
   'maml',
   'maml_plus_plus',
   'meta_sgd',
   'multi_step_loss_weights',
+  'normalised_learner',
   'options',
   'pretrain',
   'protonet',
+  'register_algorithm',
   'reptile',
-  'sgd_loop',
+  'require_embed',
+  'score_alone',
+  'split_task_key',
+  'traits',
+  'with_scoring_alone',
 ]

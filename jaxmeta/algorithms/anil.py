@@ -5,11 +5,14 @@ from typing import Callable
 import jax
 import optax
 
-from jaxmeta.algorithms.base import _adaptation
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import head_apply
+from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import require_embed
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import join_head
@@ -19,20 +22,12 @@ from jaxmeta.models.base import split_head
 from jaxmeta.types import Task
 
 
-def require_embed(model: Model, method: str) -> None:
-  """Raises ValueError unless `model` has a body/head split."""
-  if model.embed is None or model.feature_dim is None:
-    raise ValueError(
-      f'{method} needs a model with a body and a head (`Model.embed` and '
-      '`feature_dim`), as conv4 and resnet12 have; this model has none.'
-    )
-
-
 def anil(
   model: Model,
   make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
+  *,
   first_order: bool = False,
 ) -> MetaLearner:
   """ANIL, "Almost No Inner Loop" (Raghu et al. 2020).
@@ -66,31 +61,31 @@ def anil(
     Towards Understanding the Effectiveness of MAML", Section 4.
   """
   require_embed(model, 'anil')
-  num_inner_steps = _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
-  head_loss = make_loss(lambda head, features: linear_head(head, features))
-  adapt_head, evaluate_head = _adaptation(
-    head_loss, optax.sgd(inner_lr), first_order
-  )
-
-  def embed(body, x, key=None):
-    return (
-      model.embed(body, x) if key is None else model.embed(body, x, key=key)
-    )
+  num_inner_steps = check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
+  head_loss = make_loss(head_apply(linear_head))
+  optimizer = optax.sgd(inner_lr)
+  adapt_head, evaluate_head = gradient_adaptation(head_loss, optimizer)
 
   def adapt(params, support_x, support_y, num_steps):
     body, head = split_head(params)
-    features = embed(body, support_x)
+    features = model.embed(body, support_x)
     return join_head(body, adapt_head(head, features, support_y, num_steps))
 
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
     body, head = split_head(params)
-    support_key, query_key = _split_task_key(key)
-    support_features = embed(body, task.support_x, support_key)
-    query_features = embed(body, task.query_x, query_key)
-    adapted = adapt_head(
-      head, support_features, task.support_y, num_inner_steps
+    support_key, query_key = split_task_key(key)
+    support_features = model.embed(body, task.support_x, key=support_key)
+    query_features = model.embed(body, task.query_x, key=query_key)
+    adapted, _ = inner_loop(
+      head_loss,
+      head,
+      support_features,
+      task.support_y,
+      num_inner_steps,
+      optimizer,
+      first_order=first_order,
     )
     return head_loss(adapted, query_features, task.query_y)
 
@@ -101,15 +96,12 @@ def anil(
   def evaluate(params, task, num_steps):
     body, head = split_head(params)
     features = Task(
-      embed(body, task.support_x),
+      model.embed(body, task.support_x),
       task.support_y,
-      embed(body, task.query_x),
+      model.embed(body, task.query_x),
       task.query_y,
     )
     return evaluate_head(head, features, num_steps)
-
-  def predict(adapted, x):
-    return model.apply(adapted, x)
 
   return MetaLearner(
     'anil',
@@ -117,6 +109,6 @@ def anil(
     adapt,
     task_update,
     evaluate,
-    predict=predict,
+    predict=model.apply,
     model=model,
   )

@@ -6,11 +6,12 @@ from typing import Callable
 import jax
 import optax
 
-from jaxmeta.algorithms.anil import require_embed
-from jaxmeta.algorithms.base import _adaptation
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import require_embed
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import cosine_logits
@@ -37,6 +38,7 @@ def baseline(
   make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int = 0,
+  *,
   num_classes: int | None = None,
   head: str = 'linear',
   momentum: float = 0.9,
@@ -76,8 +78,8 @@ def baseline(
     Classification", Section 3.
   """
   require_embed(model, 'baseline')
-  _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
+  check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
   if head not in HEADS:
     raise ValueError(f'head must be one of {HEADS}, got {head!r}.')
   if isinstance(num_classes, bool) or not isinstance(num_classes, int):
@@ -94,10 +96,10 @@ def baseline(
     scale = cosine_scale(width)
     return lambda h, f: cosine_logits(h, f, scale)
 
-  train_loss = make_loss(classifier(num_classes))
-  task_loss = make_loss(classifier(ways))
+  train_loss = make_loss(head_apply(classifier(num_classes)))
+  task_loss = make_loss(head_apply(classifier(ways)))
   optimizer = optax.sgd(inner_lr, momentum=momentum or None)
-  fit_head, evaluate_head = _adaptation(task_loss, optimizer)
+  fit_head, evaluate_head = gradient_adaptation(task_loss, optimizer)
 
   def init(key):
     body_key, head_key = jax.random.split(key)
@@ -116,10 +118,7 @@ def baseline(
 
   def minibatch_loss(params, x, y, key):
     body, h = split_head(params)
-    features = (
-      model.embed(body, x) if key is None else model.embed(body, x, key=key)
-    )
-    return train_loss(h, features, y)
+    return train_loss(h, model.embed(body, x, key=key), y)
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
@@ -151,8 +150,6 @@ def baseline(
     adapt,
     task_update,
     evaluate,
-    train_batches=True,
-    any_ways=True,
     predict=predict,
     model=model,
   )
@@ -163,10 +160,17 @@ def baseline_plus_plus(
   make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int = 0,
+  *,
   num_classes: int | None = None,
   momentum: float = 0.9,
 ) -> MetaLearner:
   """Baseline++: `baseline(..., head='cosine')`."""
   return baseline(
-    model, make_loss, inner_lr, num_inner_steps, num_classes, 'cosine', momentum
+    model,
+    make_loss,
+    inner_lr,
+    num_inner_steps,
+    num_classes=num_classes,
+    head='cosine',
+    momentum=momentum,
   )

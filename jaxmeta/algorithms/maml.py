@@ -10,22 +10,23 @@ from typing import Callable
 import jax
 import optax
 
-from jaxmeta.algorithms.base import _adaptation
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _loss
-from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
-from jaxmeta.types import Params, PRNGKey
+from jaxmeta.models.base import Model
 
 
 def maml(
-  init_fn: Callable[[PRNGKey], Params],
-  loss_fn: LossFn,
+  model: Model,
+  make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
+  *,
   first_order: bool = False,
 ) -> MetaLearner:
   """MAML (Finn, Abbeel & Levine 2017) and its first-order approximation.
@@ -40,47 +41,61 @@ def maml(
   `grad L_q(theta')`.
 
   Args:
-    init_fn: `init(key) -> params` of the model.
-    loss_fn: `loss_fn(params, x, y, key=None) -> (loss, metrics)` (see
-      `jaxmeta.losses`).
+    model: the `Model`.
+    make_loss: `make_loss(apply) -> loss_fn`, e.g.
+      `jaxmeta.classification_loss`.
     inner_lr: inner-loop learning rate `a`, > 0.
     num_inner_steps: inner steps during meta-training, a Python int >= 0.
     first_order: drop the second-order terms (first-order MAML).
 
   Returns:
-    A `MetaLearner`.
+    A `MetaLearner` named 'maml' (or 'fomaml').
 
   References:
     Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
     Deep Networks", Algorithm 2 and Section 5.2 (first-order approximation).
   """
-  num_inner_steps = _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
-  adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr), first_order)
+  num_inner_steps = check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
+  loss_fn = make_loss(model.apply)
+  optimizer = optax.sgd(inner_lr)
+  adapt, evaluate = gradient_adaptation(loss_fn, optimizer)
 
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
-    inner_key, query_key = _split_task_key(key)
-    adapted = adapt(
-      params, task.support_x, task.support_y, num_inner_steps, inner_key
+    inner_key, query_key = split_task_key(key)
+    adapted, _ = inner_loop(
+      loss_fn,
+      params,
+      task.support_x,
+      task.support_y,
+      num_inner_steps,
+      optimizer,
+      first_order=first_order,
+      key=inner_key,
     )
-    return _loss(loss_fn, adapted, task.query_x, task.query_y, query_key)
+    return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
-    meta_grad, metrics = jax.grad(meta_loss, has_aux=True)(params, task, key)
-    return meta_grad, metrics
+    return jax.grad(meta_loss, has_aux=True)(params, task, key)
 
   return MetaLearner(
-    'fomaml' if first_order else 'maml', init_fn, adapt, task_update, evaluate
+    'fomaml' if first_order else 'maml',
+    model.init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=model.apply,
+    model=model,
   )
 
 
 def fomaml(
-  init_fn: Callable[[PRNGKey], Params],
-  loss_fn: LossFn,
+  model: Model,
+  make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
 ) -> MetaLearner:
   """First-order MAML: `maml(..., first_order=True)`."""
-  return maml(init_fn, loss_fn, inner_lr, num_inner_steps, first_order=True)
+  return maml(model, make_loss, inner_lr, num_inner_steps, first_order=True)

@@ -7,12 +7,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _split_task_key
-from jaxmeta.algorithms.base import evaluate_sgd_loop
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
-from jaxmeta.algorithms.base import sgd_loop
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import BATCH_NORM_LEAVES
@@ -55,6 +56,7 @@ def maml_plus_plus(
   make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
+  *,
   per_step_lr: bool = True,
   multi_step_loss: bool = True,
   msl_iterations: int = 5000,
@@ -113,8 +115,8 @@ def maml_plus_plus(
   References:
     Antoniou, Edwards & Storkey 2019, "How to train your MAML", Section 4.
   """
-  num_inner_steps = _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
+  num_inner_steps = check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
   if num_inner_steps < 1:
     raise ValueError('maml_plus_plus needs num_inner_steps >= 1.')
   for name, value in (
@@ -134,7 +136,6 @@ def maml_plus_plus(
     model = per_step_batch_norm(
       model, num_inner_steps, per_step_bn, per_step_bn_stats
     )
-  step_index = per_step_bn or per_step_bn_stats
   loss_fn = make_loss(model.apply)
   last = num_inner_steps - 1
 
@@ -150,8 +151,8 @@ def maml_plus_plus(
   def is_bn(path):
     return getattr(path[-1], 'key', None) in BATCH_NORM_LEAVES
 
-  def rates(meta):
-    def at(i):
+  def optimizer(meta):
+    def rates(i):
       if per_step_lr:
         rate = lambda path, lr: lr[jnp.minimum(i, last)]
         tree = meta['inner']['lr']
@@ -164,33 +165,26 @@ def maml_plus_plus(
         lambda path, v: 0.0 if is_bn(path) else rate(path, v), tree
       )
 
-    return at
+    return learned_sgd(rates)
 
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = sgd_loop(
-      loss_fn,
-      meta['model'],
-      rates(meta),
-      support_x,
-      support_y,
-      num_steps,
-      step_index=step_index,
+    adapted, _ = inner_loop(
+      loss_fn, meta['model'], support_x, support_y, num_steps, optimizer(meta)
     )
     return adapted
 
   def meta_loss(meta, task, key, global_step, msl, first_order):
-    inner_key, query_key = _split_task_key(key)
-    adapted, trace = sgd_loop(
+    inner_key, query_key = split_task_key(key)
+    adapted, trace = inner_loop(
       loss_fn,
       meta['model'],
-      rates(meta),
       task.support_x,
       task.support_y,
       num_inner_steps,
+      optimizer(meta),
       first_order=first_order,
       query=(task.query_x, task.query_y) if msl else None,
       key=inner_key,
-      step_index=step_index,
     )
     if msl:
       weights = multi_step_loss_weights(
@@ -203,10 +197,13 @@ def maml_plus_plus(
         if k.startswith('query_')
       }
       return loss, metrics
-    kwargs = {} if query_key is None else {'key': query_key}
-    if step_index:
-      kwargs['step'] = jnp.asarray(last, jnp.int32)
-    return loss_fn(adapted, task.query_x, task.query_y, **kwargs)
+    return loss_fn(
+      adapted,
+      task.query_x,
+      task.query_y,
+      key=query_key,
+      step=jnp.asarray(last, jnp.int32),
+    )
 
   # The phases of the schedule: (MSL on, first order) for each reachable pair.
   phases = list(
@@ -246,8 +243,8 @@ def maml_plus_plus(
     )
 
   def evaluate(meta, task, num_steps):
-    return evaluate_sgd_loop(
-      loss_fn, meta['model'], rates(meta), task, num_steps, step_index
+    return evaluate_adaptation(
+      loss_fn, meta['model'], task, num_steps, optimizer(meta)
     )
 
   return MetaLearner(
@@ -256,6 +253,6 @@ def maml_plus_plus(
     adapt,
     task_update,
     evaluate,
-    predict=lambda adapted, x: model.apply(adapted, x),
+    predict=model.apply,
     model=model,
   )

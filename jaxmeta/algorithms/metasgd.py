@@ -5,13 +5,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _loss
-from jaxmeta.algorithms.base import _split_task_key
-from jaxmeta.algorithms.base import evaluate_sgd_loop
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
-from jaxmeta.algorithms.base import sgd_loop
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -22,6 +22,7 @@ def meta_sgd(
   make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
+  *,
   first_order: bool = False,
 ) -> MetaLearner:
   """Meta-SGD (Li, Zhou, Chen & Li 2017).
@@ -50,8 +51,8 @@ def meta_sgd(
     Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot
     Learning", Section 3 and Algorithm 2.
   """
-  num_inner_steps = _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
+  num_inner_steps = check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
   loss_fn = make_loss(model.apply)
 
   def init(key):
@@ -59,37 +60,37 @@ def meta_sgd(
     rates = jax.tree.map(lambda v: jnp.full_like(v, inner_lr), params)
     return {'model': params, 'inner': {'lr': rates}}
 
-  def rates(meta):
-    return lambda i: meta['inner']['lr']
+  def optimizer(meta):
+    return learned_sgd(lambda i: meta['inner']['lr'])
 
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = sgd_loop(
-      loss_fn, meta['model'], rates(meta), support_x, support_y, num_steps
+    adapted, _ = inner_loop(
+      loss_fn, meta['model'], support_x, support_y, num_steps, optimizer(meta)
     )
     return adapted
 
   def meta_loss(meta, task, key):
     check_batch(task.query_x, task.query_y, 'query')
-    inner_key, query_key = _split_task_key(key)
-    adapted, _ = sgd_loop(
+    inner_key, query_key = split_task_key(key)
+    adapted, _ = inner_loop(
       loss_fn,
       meta['model'],
-      rates(meta),
       task.support_x,
       task.support_y,
       num_inner_steps,
+      optimizer(meta),
       first_order=first_order,
       key=inner_key,
     )
-    return _loss(loss_fn, adapted, task.query_x, task.query_y, query_key)
+    return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
 
   def task_update(meta, task, key=None, global_step=None):
     del global_step  # No schedule.
     return jax.grad(meta_loss, has_aux=True)(meta, task, key)
 
   def evaluate(meta, task, num_steps):
-    return evaluate_sgd_loop(
-      loss_fn, meta['model'], rates(meta), task, num_steps
+    return evaluate_adaptation(
+      loss_fn, meta['model'], task, num_steps, optimizer(meta)
     )
 
   return MetaLearner(
@@ -98,6 +99,6 @@ def meta_sgd(
     adapt,
     task_update,
     evaluate,
-    predict=lambda adapted, x: model.apply(adapted, x),
+    predict=model.apply,
     model=model,
   )

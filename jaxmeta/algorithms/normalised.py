@@ -132,7 +132,7 @@ def normalised_learner(
     def task_update(params, task, key=None, global_step=None):
       # A minibatch of all classes (Baseline's pretraining) normalises
       # itself: it has no queries.
-      learner = base if base.train_batches else on(task.support_x)
+      learner = base if task.query_x.shape[0] == 0 else on(task.support_x)
       return learner.task_update(params, task, key, global_step=global_step)
 
     def evaluate(params, task, num_steps):
@@ -142,11 +142,8 @@ def normalised_learner(
       adapted = on(support_x).adapt(params, support_x, support_y, num_steps)
       return {'adapted': adapted, 'support_x': support_x}
 
-    predict = None
-    if base.predict is not None:
-
-      def predict(adapted, x):
-        return on(adapted['support_x']).predict(adapted['adapted'], x)
+    def predict(adapted, x):
+      return on(adapted['support_x']).predict(adapted['adapted'], x)
 
     return base._replace(
       task_update=task_update, evaluate=evaluate, adapt=adapt, predict=predict
@@ -154,11 +151,6 @@ def normalised_learner(
 
   train = build(norms.training_form(model))
   test = build(model)  # Its predictions normalise with the running statistics.
-  if train.model is None:
-    raise ValueError(
-      f"batch_norm='running' needs a learner that names its model "
-      f'(MetaLearner.model); {train.name} does not.'
-    )
 
   def running_task_update(params, task, key=None, global_step=None):
     grads, metrics = train.task_update(
@@ -210,8 +202,6 @@ def score_alone(
     A scalar: accuracy for integer labels (the argmax of the outputs), else
     the mean squared error.
   """
-  if learner.predict is None:
-    raise ValueError(f'{learner.name} has no predict: it cannot score alone.')
   adapted = learner.adapt(params, task.support_x, task.support_y, num_steps)
   outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(
     task.query_x

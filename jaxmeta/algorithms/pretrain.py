@@ -7,19 +7,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import _adaptation
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _loss
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
-from jaxmeta.types import Params, PRNGKey
+from jaxmeta.models.base import Model
 
 
 def pretrain(
-  init_fn: Callable[[PRNGKey], Params],
-  loss_fn: LossFn,
+  model: Model,
+  make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int = 0,
 ) -> MetaLearner:
@@ -33,8 +32,9 @@ def pretrain(
   "pretrained, step=0.01").
 
   Args:
-    init_fn: `init(key) -> params` of the model.
-    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)`.
+    model: the `Model`.
+    make_loss: `make_loss(apply) -> loss_fn`, e.g.
+      `jaxmeta.classification_loss`.
     inner_lr: learning rate of the fine-tuning steps at evaluation.
     num_inner_steps: unused in training (must still be >= 0); kept for a
       uniform signature.
@@ -42,9 +42,10 @@ def pretrain(
   Returns:
     A `MetaLearner` named 'pretrain'.
   """
-  _check_num_steps(num_inner_steps)
-  _check_inner_lr(inner_lr)
-  adapt, evaluate = _adaptation(loss_fn, optax.sgd(inner_lr))
+  check_num_steps(num_inner_steps)
+  check_inner_lr(inner_lr)
+  loss_fn = make_loss(model.apply)
+  adapt, evaluate = gradient_adaptation(loss_fn, optax.sgd(inner_lr))
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
@@ -52,9 +53,14 @@ def pretrain(
     check_batch(task.query_x, task.query_y, 'query')
     x = jnp.concatenate([task.support_x, task.query_x])
     y = jnp.concatenate([task.support_y, task.query_y])
-    grad, metrics = jax.grad(_loss, argnums=1, has_aux=True)(
-      loss_fn, params, x, y, key
-    )
-    return grad, metrics
+    return jax.grad(loss_fn, has_aux=True)(params, x, y, key=key)
 
-  return MetaLearner('pretrain', init_fn, adapt, task_update, evaluate)
+  return MetaLearner(
+    'pretrain',
+    model.init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=model.apply,
+    model=model,
+  )

@@ -5,10 +5,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.anil import require_embed
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import require_embed
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -85,30 +86,25 @@ def protonet(
   """
   del inner_lr
   require_embed(model, 'protonet')
-  _check_num_steps(num_inner_steps)
-  loss_fn = make_loss(lambda _, logits: logits)
+  check_num_steps(num_inner_steps)
+  loss_fn = make_loss(head_apply(lambda _, logits: logits))
 
   def init(key):
     body, _ = split_head(model.init(key))
     return body
 
-  def embed(body, x, key=None):
-    return (
-      model.embed(body, x) if key is None else model.embed(body, x, key=key)
-    )
-
   def adapt(body, support_x, support_y, num_steps=0, key=None):
     del num_steps
     check_batch(support_x, support_y, 'support')
     protos, counts = prototypes(
-      embed(body, support_x, key), support_y, support_x.shape[0]
+      model.embed(body, support_x, key=key), support_y, support_x.shape[0]
     )
     return {'body': body, 'prototypes': protos, 'counts': counts}
 
   def logits(body, task, key=None):
-    support_key, query_key = _split_task_key(key)
+    support_key, query_key = split_task_key(key)
     classes = adapt(body, task.support_x, task.support_y, key=support_key)
-    query_features = embed(body, task.query_x, query_key)
+    query_features = model.embed(body, task.query_x, key=query_key)
     return prototype_logits(
       query_features, classes['prototypes'], classes['counts']
     )
@@ -130,7 +126,9 @@ def protonet(
 
   def predict(adapted, x):
     return prototype_logits(
-      embed(adapted['body'], x), adapted['prototypes'], adapted['counts']
+      model.embed(adapted['body'], x),
+      adapted['prototypes'],
+      adapted['counts'],
     )
 
   return MetaLearner(
@@ -139,7 +137,6 @@ def protonet(
     adapt,
     task_update,
     evaluate,
-    any_ways=True,
     predict=predict,
     model=model,
   )

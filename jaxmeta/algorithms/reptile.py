@@ -11,23 +11,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import _adaptation
-from jaxmeta.algorithms.base import _check_inner_lr
-from jaxmeta.algorithms.base import _check_num_steps
-from jaxmeta.algorithms.base import _loss
-from jaxmeta.algorithms.base import _split_task_key
+from jaxmeta.algorithms.base import check_inner_lr
+from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
-from jaxmeta.types import Params, PRNGKey
+from jaxmeta.models.base import Model
 
 
 def reptile(
-  init_fn: Callable[[PRNGKey], Params],
-  loss_fn: LossFn,
+  model: Model,
+  make_loss: Callable[..., LossFn],
   inner_lr: float,
   num_inner_steps: int,
+  *,
   inner_optimizer: optax.GradientTransformation | None = None,
   query_metrics: bool = True,
 ) -> MetaLearner:
@@ -50,8 +50,9 @@ def reptile(
   (give Reptile more shots for training to match their `--train-shots`).
 
   Args:
-    init_fn: `init(key) -> params` of the model.
-    loss_fn: `loss_fn(params, x, y) -> (loss, metrics)`.
+    model: the `Model`.
+    make_loss: `make_loss(apply) -> loss_fn`, e.g.
+      `jaxmeta.classification_loss`.
     inner_lr: inner learning rate (for the default SGD inner optimiser).
     num_inner_steps: inner steps `k` per task during meta-training.
     inner_optimizer: optional optax optimiser for the inner loop, e.g.
@@ -68,11 +69,12 @@ def reptile(
     Nichol et al. 2018, "On First-Order Meta-Learning Algorithms",
     Algorithms 1 and 2.
   """
-  num_inner_steps = _check_num_steps(num_inner_steps)
+  num_inner_steps = check_num_steps(num_inner_steps)
   if inner_optimizer is None:
-    _check_inner_lr(inner_lr)
+    check_inner_lr(inner_lr)
     inner_optimizer = optax.sgd(inner_lr)
-  adapt, evaluate = _adaptation(loss_fn, inner_optimizer)
+  loss_fn = make_loss(model.apply)
+  adapt, evaluate = gradient_adaptation(loss_fn, inner_optimizer)
 
   if not query_metrics and num_inner_steps < 1:
     raise ValueError(
@@ -83,7 +85,7 @@ def reptile(
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
-    inner_key, query_key = _split_task_key(key)
+    inner_key, query_key = split_task_key(key)
     adapted, trace = inner_loop(
       loss_fn,
       params,
@@ -96,11 +98,17 @@ def reptile(
     pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
     if query_metrics:
       check_batch(task.query_x, task.query_y, 'query')
-      _, metrics = _loss(
-        loss_fn, adapted, task.query_x, task.query_y, query_key
-      )
+      _, metrics = loss_fn(adapted, task.query_x, task.query_y, key=query_key)
     else:
       metrics = {k: v[-1] for k, v in trace.items()}
     return pseudo_grad, metrics
 
-  return MetaLearner('reptile', init_fn, adapt, task_update, evaluate)
+  return MetaLearner(
+    'reptile',
+    model.init,
+    adapt,
+    task_update,
+    evaluate,
+    predict=model.apply,
+    model=model,
+  )

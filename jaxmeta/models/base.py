@@ -52,8 +52,7 @@ class Model(NamedTuple):
       (dropout, DropBlock); with None the model is deterministic
       (evaluation). `step` is the inner-loop step index, read by models with
       per-step parameters (`per_step_batch_norm`) and ignored by the others.
-      The losses of `jaxmeta.losses` pass `key=` and `step=` only when they
-      have one, so an `apply(params, x)` works wherever neither is given.
+      Every caller in jaxmeta passes both (None when there is none).
     embed: `embed(params, x, *, key=None, step=None) -> [batch,
       feature_dim]`, the body: everything but the head (whose entry it does
       not read). None for a model without a body/head split.
@@ -73,6 +72,26 @@ class Model(NamedTuple):
   feature_dim: int | None = None
   forward: Callable[..., Array] | None = None
   batch_norm: str = 'transductive'
+
+
+def check_images(x: Array, input_shape: tuple[int, ...], model: str) -> None:
+  """Raises ValueError unless `x` is a batch `[batch, *input_shape]`.
+
+  Shapes are static, so this runs when the model is traced, and names the
+  shape the model was built for rather than an XLA shape error deep inside.
+
+  Args:
+    x: the images given to the model.
+    input_shape: the shape of one image the model was built for.
+    model: the model's name, for the message.
+  """
+  if tuple(x.shape[1:]) != tuple(input_shape):
+    raise ValueError(
+      f'{model} was built for images of shape {tuple(input_shape)} (a batch '
+      f'[batch, {", ".join(str(s) for s in input_shape)}]), got an array of '
+      f'shape {tuple(x.shape)}: resize the images, or build the model with '
+      f'input_shape={tuple(x.shape[1:])}.'
+    )
 
 
 def with_linear_head(

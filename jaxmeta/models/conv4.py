@@ -6,6 +6,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.models.base import check_images
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models import norms
@@ -133,6 +134,7 @@ def conv4(
     step: Array | None = None,
   ) -> Array:
     del key, step  # Deterministic, no per-step parameters.
+    check_images(x, (height, width, channels), 'conv4')
     if impl in ('patches_cf', 'patches_cf_2pass'):
       two_pass = impl == 'patches_cf_2pass'
       h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]

@@ -1,5 +1,6 @@
 """Fully connected ReLU networks (sinusoid regression, MNIST-like inputs)."""
 
+import math
 from typing import Sequence
 
 import jax
@@ -46,6 +47,13 @@ def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
     step: Array | None = None,
   ) -> Array:
     del key, step  # Deterministic, no per-step parameters.
+    if math.prod(x.shape[1:]) != layer_sizes[0]:
+      raise ValueError(
+        f'mlp was built for inputs of {layer_sizes[0]} values (layer_sizes'
+        f'[0]), got an array of shape {tuple(x.shape)} ('
+        f'{math.prod(x.shape[1:])} values per example): give inputs '
+        f'[batch, {layer_sizes[0]}], or build the mlp for this size.'
+      )
     h = x.reshape(x.shape[0], -1)  # [batch, layer_sizes[0]]
     num_layers = len(layer_sizes) - 1
     for i in range(num_layers):

@@ -5,6 +5,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.models.base import check_images
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models import norms
@@ -226,6 +227,7 @@ def resnet12(
     step: Array | None = None,
   ) -> Array:
     del step  # No per-step parameters.
+    check_images(x, (height, width, channels), 'resnet12')
     return resnet12_embed(
       params,
       x,
