@@ -156,6 +156,6 @@ def tiny_dataset() -> str:
     names = tuple(f'{scheme}/{split}/{i}' for i in range(12))
     return registry.ClassImages(images, names)
 
-  registry.register(TINY_DATASET)(load)
+  registry.register_dataset(TINY_DATASET)(load)
   yield TINY_DATASET
   del registry.DATASETS[TINY_DATASET]

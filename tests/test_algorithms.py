@@ -440,16 +440,41 @@ def test_task_chunks_give_the_same_meta_gradient(name):
   learner = jaxmeta.make_learner(
     name, model, jaxmeta.classification_loss, 0.3, 2
   )
-  full = jax.jit(functools.partial(jaxmeta.meta_gradient, learner))(
-    params, tasks
-  )
-  for chunk in (1, 2, 3):
+  full = jax.jit(
+    functools.partial(jaxmeta.meta_gradient, learner, task_chunk_size=6)
+  )(params, tasks)
+  for chunk in (None, 1, 2, 3):
     chunked = jax.jit(
       functools.partial(jaxmeta.meta_gradient, learner, task_chunk_size=chunk)
     )(params, tasks)
     chex.assert_trees_all_close(chunked, full, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='divide'):
     jaxmeta.meta_gradient(learner, params, tasks, task_chunk_size=4)
+
+
+def test_the_default_chunking_is_the_backends_fastest():
+  assert jaxmeta.default_task_chunk_size(32) == (
+    1 if jax.default_backend() == 'cpu' else 32
+  )
+
+
+@pytest.mark.parametrize('name', _BASIC)
+def test_task_chunks_give_the_same_evaluation(name):
+  model = _tanh_mlp()
+  params = model.init(jax.random.key(0))
+  tasks = _classification_tasks(jax.random.key(10), num_tasks=6)
+  learner = jaxmeta.make_learner(
+    name, model, jaxmeta.classification_loss, 0.3, 2
+  )
+  loop = [learner.evaluate(params, _task(tasks, i), 3) for i in range(6)]
+  expected = jax.tree.map(lambda *v: np.stack(v), *loop)
+  for chunk in (None, 1, 2, 3, 6):
+    got = jax.jit(jaxmeta.make_evaluate(learner, 3, task_chunk_size=chunk))(
+      params, tasks
+    )
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='divide'):
+    jaxmeta.make_evaluate(learner, 3, task_chunk_size=4)(params, tasks)
 
 
 @pytest.mark.parametrize(

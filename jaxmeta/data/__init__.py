@@ -29,4 +29,4 @@ from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import DataError
 from jaxmeta.data.registry import DATASETS
 from jaxmeta.data.registry import load
-from jaxmeta.data.registry import register
+from jaxmeta.data.registry import register_dataset

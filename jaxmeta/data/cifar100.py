@@ -44,7 +44,7 @@ import numpy as np
 from jaxmeta.data import cifar100_tfds
 from jaxmeta.data.cifar100_tfds import Cifar100Error
 from jaxmeta.data.registry import ClassImages
-from jaxmeta.data.registry import register
+from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
 SCHEMES = {'cifar_fs': ('bertinetto',), 'fc100': ('oreshkin',)}
@@ -54,7 +54,7 @@ DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 SOURCE_ENV = cifar100_tfds.SOURCE_ENV
 
 
-@register('cifar_fs')
+@register_dataset('cifar_fs')
 def load_cifar_fs(
   split: str = 'train',
   scheme: str = 'bertinetto',
@@ -81,7 +81,7 @@ def load_cifar_fs(
   return _load('cifar_fs', split, scheme, data_dir, source_dir)
 
 
-@register('fc100')
+@register_dataset('fc100')
 def load_fc100(
   split: str = 'train',
   scheme: str = 'oreshkin',

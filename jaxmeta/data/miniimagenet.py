@@ -49,7 +49,7 @@ import numpy as np
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
 from jaxmeta.data.registry import ClassImages
-from jaxmeta.data.registry import register
+from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
 SCHEMES = ('ravi',)
@@ -57,7 +57,7 @@ SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
 DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 
 
-@register('miniimagenet')
+@register_dataset('miniimagenet')
 def load(
   split: str = 'train',
   scheme: str = 'ravi',

@@ -60,7 +60,7 @@ import tensorflow_datasets as tfds
 from jaxmeta.data import omniglot_tfds
 from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.omniglot_tfds import OmniglotError
-from jaxmeta.data.registry import register
+from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
 SPLIT_SCHEMES = ('vinyals', 'maml', 'lake')
@@ -83,7 +83,7 @@ _LAKE_SEED = 0
 _LAKE_NUM_VAL = 100
 
 
-@register('omniglot')
+@register_dataset('omniglot')
 def load(
   split: str = 'train',
   scheme: str = 'vinyals',

@@ -54,8 +54,8 @@ class Loader(Protocol):
 DATASETS: dict[str, Loader] = {}
 
 
-def register(name: str) -> Callable[[Loader], Loader]:
-  """Decorator: `@register('omniglot')` adds a loader to `DATASETS`."""
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+  """Decorator: `@register_dataset('omniglot')` adds a loader to `DATASETS`."""
 
   def add(loader: Loader) -> Loader:
     if name in DATASETS and DATASETS[name] is not loader:
@@ -67,7 +67,7 @@ def register(name: str) -> Callable[[Loader], Loader]:
 
 
 def load(name: str, split: str, **kwargs) -> ClassImages:
-  """Loads `split` of the registered dataset `name` (see `register`)."""
+  """Loads `split` of the registered dataset `name` (see `register_dataset`)."""
   if name not in DATASETS:
     raise ValueError(
       f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.'
