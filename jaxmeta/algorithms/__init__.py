@@ -37,6 +37,7 @@ from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
+from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
 from jaxmeta.algorithms.base import split_task_key
@@ -213,6 +214,7 @@ __all__ = [
   'head_apply',
   'inner_loop',
   'learned_sgd',
+  'learner_of_model',
   'make_learner',
   'maml',
   'maml_plus_plus',

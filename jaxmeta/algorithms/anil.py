@@ -10,6 +10,7 @@ from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
 from jaxmeta.algorithms.base import split_task_key
@@ -103,12 +104,4 @@ def anil(
     )
     return evaluate_head(head, features, num_steps)
 
-  return MetaLearner(
-    'anil',
-    model.init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
-  )
+  return learner_of_model('anil', model, adapt, task_update, evaluate)

@@ -119,6 +119,21 @@ class MetaLearner(NamedTuple):
   update_state: Callable[[Params, Params], Params] | None = None
 
 
+def learner_of_model(
+  name: str,
+  model: Model,
+  adapt: Callable[..., Params],
+  task_update: Callable[..., tuple[Params, dict[str, Array]]],
+  evaluate: Callable[[Params, Task, int], dict[str, Array]],
+) -> MetaLearner:
+  """The `MetaLearner` of an algorithm whose meta-parameters and adapted
+  parameters are the model's own: `init` is `model.init` and `predict` is
+  `model.apply` (MAML, Reptile, ANIL, pretrain)."""
+  return MetaLearner(
+    name, model.init, adapt, task_update, evaluate, model.apply, model
+  )
+
+
 # The entry of `task_update`'s metrics that holds the batch statistics the
 # meta-step hands to `MetaLearner.update_state` (it is not a scalar metric
 # and the meta-step removes it).

@@ -14,6 +14,7 @@ from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
@@ -80,14 +81,8 @@ def maml(
     del global_step  # No schedule.
     return jax.grad(meta_loss, has_aux=True)(params, task, key)
 
-  return MetaLearner(
-    'fomaml' if first_order else 'maml',
-    model.init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
+  return learner_of_model(
+    'fomaml' if first_order else 'maml', model, adapt, task_update, evaluate
   )
 
 

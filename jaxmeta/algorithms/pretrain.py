@@ -10,6 +10,7 @@ import optax
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -55,12 +56,4 @@ def pretrain(
     y = jnp.concatenate([task.support_y, task.query_y])
     return jax.grad(loss_fn, has_aux=True)(params, x, y, key=key)
 
-  return MetaLearner(
-    'pretrain',
-    model.init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
-  )
+  return learner_of_model('pretrain', model, adapt, task_update, evaluate)

@@ -15,6 +15,7 @@ from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
@@ -103,12 +104,4 @@ def reptile(
       metrics = {k: v[-1] for k, v in trace.items()}
     return pseudo_grad, metrics
 
-  return MetaLearner(
-    'reptile',
-    model.init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
-  )
+  return learner_of_model('reptile', model, adapt, task_update, evaluate)
