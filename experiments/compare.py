@@ -33,10 +33,10 @@ from absl import logging
 import jax
 import ml_collections
 
-from experiments import common
-from experiments import train
-from experiments.configs import default
-from experiments.configs import reptile_omniglot
+from . import common
+from . import train
+from .configs import default
+from .configs import reptile_omniglot
 
 
 def _maml_recipe(c: ml_collections.ConfigDict) -> None:

@@ -17,10 +17,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import checkpoints
-from experiments import common
-from experiments import tasks
-from experiments import train
+from . import checkpoints
+from . import common
+from . import tasks
+from . import train
 from jaxmeta import sharding
 import jaxmeta.data
 

@@ -12,7 +12,7 @@ accuracy over 600 tasks of held-out characters. Every flag of
 
 import os
 
-from experiments import main
+from . import main
 
 DEFAULT_CONFIG = os.path.join(
   os.path.dirname(__file__), 'configs', 'default.py'

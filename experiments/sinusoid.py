@@ -12,7 +12,7 @@ Figure 2).
 
 import os
 
-from experiments import main
+from . import main
 
 DEFAULT_CONFIG = os.path.join(
   os.path.dirname(__file__), 'configs', 'sinusoid.py'

@@ -34,9 +34,9 @@ import jaxmeta
 from jaxmeta import sharding
 from jaxmeta.data import episodes
 from jaxmeta.models import norms
-from experiments import checkpoints as checkpoints_lib
-from experiments import common
-from experiments import tasks
+from . import checkpoints as checkpoints_lib
+from . import common
+from . import tasks
 
 # Fields that may differ when a run is resumed or evaluated: they change how
 # long or how it runs, not what is learned (but for `num_iterations` with a
