@@ -12,7 +12,7 @@ steps at test time). The inner loop adapts the head only.
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 PRESETS = maml_omniglot.PRESETS
 

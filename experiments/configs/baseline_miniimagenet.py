@@ -18,7 +18,8 @@ presets have no published counterpart.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
+from . import method_options
 
 # preset -> (algorithm, backbone, shots)
 PRESETS = {
@@ -44,6 +45,7 @@ def get_config(
   c.batch_norm = 'running'
   c.preset = f'baseline_miniimagenet:{arg}'
   c.algorithm = algorithm
+  c.method = method_options(algorithm)
   c.dataset = 'miniimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
   c.backbone = backbone

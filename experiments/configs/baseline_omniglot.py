@@ -16,7 +16,8 @@ cross-domain experiment.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
+from . import method_options
 
 # preset -> (algorithm, ways, shots)
 PRESETS = {
@@ -41,6 +42,7 @@ def get_config(
   c.batch_norm = 'running'
   c.preset = f'baseline_omniglot:{arg}'
   c.algorithm = algorithm
+  c.method = method_options(algorithm)
   c.model.num_filters = 64
   c.update(
     meta_lr=1e-3,

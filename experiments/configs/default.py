@@ -9,6 +9,8 @@ Every other config file starts from this one and overrides a few fields.
 
 import ml_collections
 
+from . import method_options
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default configuration (`arg` must be empty)."""
@@ -17,9 +19,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = ''  # Set by the config files of published settings.
   c.algorithm = 'maml'  # A name in jaxmeta.algorithms.REGISTRY.
-  # The algorithm's own options (keywords of its builder, e.g. MAML++'s
-  # switches; `jaxmeta.algorithms.options(name)` lists them).
-  c.method = ml_collections.ConfigDict()
+  # The algorithm's own options, each with its default: the keywords of its
+  # builder (`jaxmeta.algorithms.options(name)`) but those the harness
+  # supplies (`method_options`). A config that changes `algorithm` sets
+  # `method = method_options(algorithm)` too.
+  c.method = method_options(c.algorithm)
 
   # The task family: a name in jaxmeta.data.DATASETS (class-image datasets,
   # sampled episodically) or in experiments.tasks.TASK_FAMILIES; `data` holds

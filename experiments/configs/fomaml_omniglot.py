@@ -9,7 +9,7 @@ Finn et al. 2017, Section 5.2: first-order MAML 98.3 +- 0.5 (5w1s),
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ Published for MAML on CIFAR-FS (Bertinetto et al. 2019, Table 1):
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # dataset -> its split scheme.
 SCHEMES = {'cifar_fs': 'bertinetto', 'fc100': 'oreshkin'}

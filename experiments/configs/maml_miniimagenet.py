@@ -14,7 +14,7 @@ device is 0.8 GB of uint8 (train), or use `--config.sampler=host`.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (shots, meta_batch_size)
 PRESETS = {'5w1s': (1, 4), '5w5s': (5, 2)}

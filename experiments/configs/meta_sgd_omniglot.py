@@ -14,7 +14,7 @@ at MAML's inner learning rate. Published (Table 1): 5w1s 99.53 +- 0.26,
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 PRESETS = maml_omniglot.PRESETS
 

@@ -14,7 +14,8 @@ only feeds the logged training accuracy. Published (transductive):
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
+from . import method_options
 
 # preset -> (ways, shots, inner_lr, inner_steps, num_iterations)
 PRESETS = {
@@ -38,6 +39,7 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   c.batch_norm = 'transductive'
   c.preset = f'reptile_omniglot:{arg}'
   c.algorithm = 'reptile'
+  c.method = method_options('reptile')
   c.data.scheme = 'maml'
   c.model.num_filters = 64
   c.update(

@@ -15,14 +15,21 @@ same way at test time).
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
+from . import method_options
+
+# The presets are the algorithms.
+PRESETS = ('maml', 'fomaml', 'reptile', 'pretrain')
 
 
 def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
-  """The paper's setting, trained with the algorithm `arg`."""
+  """The paper's setting, trained with the algorithm `arg` (of `PRESETS`)."""
+  if arg not in PRESETS:
+    raise ValueError(f'Unknown preset {arg!r}; choose one of {PRESETS}.')
   c = default.get_config()
   c.preset = f'sinusoid:{arg}' if arg != 'maml' else ''
   c.algorithm = arg
+  c.method = method_options(arg)
   c.dataset = 'sinusoid'
   c.data = ml_collections.ConfigDict()
   c.backbone = 'mlp'
