@@ -68,30 +68,24 @@ def _fields(group: ml_collections.ConfigDict, prefix: str) -> list[str]:
   return [f'{prefix}{name}' for name in group.keys()]
 
 
-def _unknown(path: str, group, prefix: str, algorithm: str | None) -> str:
+def _unknown(path: str, group, prefix: str) -> str:
   """The message for a field `path` that `group` (at `prefix`) lacks."""
   names = _fields(group, prefix)
   hint = configs.did_you_mean(path, names)
-  if prefix == 'method.' and algorithm is not None:
-    fix = (
-      f'{algorithm} takes {", ".join(names)}'
-      if names
-      else f'{algorithm} takes no option'
-    )
-  elif len(names) <= _MAX_LISTED:
+  if len(names) <= _MAX_LISTED:
     fix = f'one of {", ".join(names)}'
   else:
     fix = '--print_config lists every field'
   return f'unknown config field {path!r}. Fix: {fix}{hint}.'
 
 
-def _parent(config, path: str, algorithm: str | None):
+def _parent(config, path: str):
   """The group holding the field `path` and the field's name in it."""
   parts = path.split('.')
   group, prefix = config, ''
   for part in parts[:-1]:
     if part not in group:
-      raise OverrideError(_unknown(prefix + part, group, prefix, algorithm))
+      raise OverrideError(_unknown(prefix + part, group, prefix))
     group = group[part]
     prefix += f'{part}.'
     if not isinstance(group, ml_collections.ConfigDict):
@@ -100,7 +94,7 @@ def _parent(config, path: str, algorithm: str | None):
         f'it has no field {parts[-1]!r}. Fix: --config.{prefix[:-1]}=<value>.'
       )
   if parts[-1] not in group:
-    raise OverrideError(_unknown(path, group, prefix, algorithm))
+    raise OverrideError(_unknown(path, group, prefix))
   return group, parts[-1]
 
 
@@ -178,9 +172,7 @@ def _check_order(overrides: Sequence[Override]) -> None:
         )
 
 
-def _set(config, override: Override, algorithm: str | None = None) -> None:
-  group, name = _parent(config, override.path, algorithm)
-  value = parse_value(group[name], override)
+def _assign(group, name: str, value: Any, override: Override) -> None:
   try:
     group[name] = value
   except TypeError as e:
@@ -190,8 +182,39 @@ def _set(config, override: Override, algorithm: str | None = None) -> None:
     ) from None
 
 
-def _is_method(path: str) -> bool:
-  return path == 'method' or path.startswith('method.')
+def _set(config, override: Override) -> None:
+  group, name = _parent(config, override.path)
+  _assign(group, name, parse_value(group[name], override), override)
+
+
+def _set_option(config, override: Override) -> None:
+  """Sets `method.<option>`: an option of `config.algorithm`'s builder, at
+  its default until set."""
+  name = override.path[len('method.') :]
+  try:
+    defaults = configs.option_defaults(config.algorithm)
+  except ValueError as e:
+    raise OverrideError(str(e)) from None
+  if name not in defaults:
+    if name in configs.HARNESS_OPTIONS:
+      fix = f'set {configs.HARNESS_OPTIONS[name]}'
+    elif defaults:
+      names = [f'method.{n}' for n in defaults]
+      fix = f'{config.algorithm} takes {", ".join(names)}'
+      fix += configs.did_you_mean(override.path, names)
+    else:
+      fix = f'{config.algorithm} takes no option'
+    raise OverrideError(f'unknown config field {override.path!r}. Fix: {fix}.')
+  current = config.method.get(name, defaults[name])
+  _assign(config.method, name, parse_value(current, override), override)
+
+
+def _is_option(config, path: str) -> bool:
+  return (
+    path.startswith('method.')
+    and isinstance(config.get('method'), ml_collections.ConfigDict)
+    and 'algorithm' in config
+  )
 
 
 def apply_overrides(
@@ -199,31 +222,21 @@ def apply_overrides(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with `overrides` applied, in order.
 
-  The algorithm's options (`method.*`) are applied last: where an override
-  changes `algorithm`, `method` first becomes the new algorithm's options
-  with their defaults (keeping the values the config set for those it
-  shares).
+  The algorithm's options (`method.<option>`) come last, once `algorithm`
+  is final: any option of its builder can be set (`configs.option_defaults`),
+  whether or not the config lists it.
 
   Raises:
     OverrideError: naming the field and the fix.
   """
   _check_order(overrides)
   config = ml_collections.ConfigDict(config.to_dict())
-  algorithm = config.get('algorithm')
+  options = [o for o in overrides if _is_option(config, o.path)]
   for override in overrides:
-    if not _is_method(override.path):
+    if override not in options:
       _set(config, override)
-  if 'method' in config and config.get('algorithm') != algorithm:
-    algorithm = config.algorithm
-    try:
-      known = configs.option_defaults(algorithm)
-    except ValueError as e:
-      raise OverrideError(f'{e}'.replace('; choose', '. Fix: choose')) from None
-    kept = {k: v for k, v in config.method.items() if k in known}
-    config.method = configs.method_options(algorithm, **kept)
-  for override in overrides:
-    if _is_method(override.path):
-      _set(config, override, algorithm)
+  for override in options:
+    _set_option(config, override)
   return config
 
 
@@ -240,18 +253,37 @@ def load(spec: str, overrides: Sequence[Override]) -> ml_collections.ConfigDict:
 def _format(value: Any) -> str:
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
-  return repr(value)
+  return value if value == '{}' else repr(value)
 
 
-def describe(config: ml_collections.ConfigDict, prefix: str = '') -> str:
-  """Every field as `name = value`, one a line (nested fields dotted)."""
+def _lines(group: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
   lines = []
-  for name, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      nested = describe(value, f'{prefix}{name}.')
-      lines.append(nested if nested else f'{prefix}{name} = {{}}')
+  for name, value in group.items():
+    if isinstance(value, ml_collections.ConfigDict) and value:
+      lines.extend(_lines(value, f'{prefix}{name}.'))
     else:
-      lines.append(f'{prefix}{name} = {_format(value)}')
+      shown = '{}' if isinstance(value, ml_collections.ConfigDict) else value
+      lines.append(f'{prefix}{name} = {_format(shown)}')
+  return lines
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every field as `name = value`, one a line (nested fields dotted), and
+  the algorithm's options the config leaves at their defaults."""
+  lines = _lines(config)
+  method = config.get('method')
+  if isinstance(method, ml_collections.ConfigDict) and 'algorithm' in config:
+    try:
+      defaults = configs.option_defaults(config.algorithm)
+    except ValueError:
+      defaults = {}
+    at = max(i for i, line in enumerate(lines) if line.startswith('method'))
+    lines[at + 1 : at + 1] = [
+      f"method.{name} = {_format(value)}  # {config.algorithm}'s default"
+      for name, value in defaults.items()
+      if name not in method
+    ]
+    lines = [line for line in lines if line != 'method = {}']
   return '\n'.join(lines)
 
 

@@ -218,6 +218,14 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, cli):
     (['--config.seed'], 'needs a value. Fix: --config.seed=<value>'),
     (['--config.algorithm=protonets'], "did you mean 'protonet'"),
     (['--config='], '--config is required. Fix: --config=NAME'),
+    (
+      ['--config=protonet_omniglot:5w1s', '--config.ways=1'],
+      'config.ways=1: a classification task needs at least 2 classes. Fix:',
+    ),
+    (
+      ['--config.augment.crop_padding=100'],
+      r'crop_padding=100 is half the 28-pixel images or more.*Fix:',
+    ),
     (['--no_such_flag'], 'no_such_flag'),
   ],
 )
@@ -227,6 +235,21 @@ def test_flag_and_config_errors_are_one_line(tmp_path, cli, args, message):
   assert err.startswith('Error: ') and len(err.splitlines()) == 1, err
   assert re.search(message, err), err
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_the_baselines_refuse_training_ways_in_one_line(
+  tmp_path, cli, omniglot_data_dir
+):
+  code, _, err = cli(
+    '--config=baseline_omniglot:baseline_5w1s',
+    '--config.train_ways=10',
+    f'--workdir={tmp_path}',
+    f'--data_dir={omniglot_data_dir}',
+    f'--source_dir={SOURCE_DIR}',
+  )
+  assert code == 1 and len(err.splitlines()) == 1, err
+  assert 'config.train_ways=10: baseline trains on minibatches' in err
+  assert not (tmp_path / 'config.json').exists()
 
 
 def test_config_is_checked_before_the_workdir(cli):

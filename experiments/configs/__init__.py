@@ -7,8 +7,9 @@ your own may start from these with `from . import default`: `load` runs
 every file as a member of this package, from a checkout (`experiments`) and
 installed (`jaxmeta_experiments`) alike.
 
-Every config's `method` holds the options of its algorithm with their
-defaults (`method_options`), so each one can be set from the command line.
+A config's `method` holds the options of its algorithm that differ from
+the builder's defaults; `--config.method.<option>=<value>` sets any of
+`option_defaults(config.algorithm)`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,8 @@ import ml_collections
 import jaxmeta
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
-# Builder options the harness supplies itself (not config values).
-HARNESS_OPTIONS = {
-  'inner_optimizer': 'config.inner_optimizer',
-  'num_classes': "the training split's classes",
-}
+# Builder options the harness builds from other fields.
+HARNESS_OPTIONS = {'inner_optimizer': 'config.inner_optimizer'}
 
 
 class ConfigFileError(ValueError):
@@ -128,8 +126,9 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def option_defaults(algorithm: str) -> dict[str, Any]:
-  """The options of `algorithm`'s builder that a config sets, with their
-  defaults: every option but those the harness supplies (`HARNESS_OPTIONS`).
+  """The options of `algorithm`'s builder that a config may set, with the
+  builder's defaults: every option but those the harness builds from other
+  fields (`HARNESS_OPTIONS`).
 
   Raises:
     ValueError: for a name not in `jaxmeta.algorithms.REGISTRY`.
@@ -137,38 +136,25 @@ def option_defaults(algorithm: str) -> dict[str, Any]:
   registry = jaxmeta.algorithms.REGISTRY
   if algorithm not in registry:
     raise ValueError(
-      f'Unknown algorithm {algorithm!r}{did_you_mean(algorithm, registry)}; '
-      f'choose one of {sorted(registry)}.'
+      f'Unknown algorithm {algorithm!r}{did_you_mean(algorithm, registry)}. '
+      f'Fix: one of {", ".join(sorted(registry))}.'
     )
   options = jaxmeta.algorithms.options(algorithm)
-  # The registry's builder, or the function it wraps (its keywords are
-  # passed on as `**options`).
+  # The registry's builder, or the function it wraps (which gets its
+  # keywords as `**options`).
   for builder in (
     inspect.unwrap(registry[algorithm]),
     getattr(jaxmeta.algorithms, algorithm, None),
   ):
-    if builder is None:
-      continue
-    parameters = inspect.signature(builder).parameters
+    parameters = (
+      {} if builder is None else inspect.signature(builder).parameters
+    )
     if all(name in parameters for name in options):
       break
   else:
-    raise ValueError(f'The defaults of {algorithm} options {options} unknown.')
+    raise ValueError(f'The defaults of the options of {algorithm} are unknown.')
   return {
     name: parameters[name].default
     for name in options
     if name not in HARNESS_OPTIONS
   }
-
-
-def method_options(algorithm: str, **values: Any) -> ml_collections.ConfigDict:
-  """`config.method` for `algorithm`: every option with its default, but
-  `values`."""
-  defaults = option_defaults(algorithm)
-  unknown = sorted(set(values) - set(defaults))
-  if unknown:
-    raise ValueError(
-      f'{algorithm} takes no option {unknown}; its options are '
-      f'{sorted(defaults)}.'
-    )
-  return ml_collections.ConfigDict({**defaults, **values})

@@ -19,7 +19,6 @@ presets have no published counterpart.
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (algorithm, backbone, shots)
 PRESETS = {
@@ -45,7 +44,6 @@ def get_config(
   c.batch_norm = 'running'
   c.preset = f'baseline_miniimagenet:{arg}'
   c.algorithm = algorithm
-  c.method = method_options(algorithm)
   c.dataset = 'miniimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
   c.backbone = backbone

@@ -17,7 +17,6 @@ cross-domain experiment.
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (algorithm, ways, shots)
 PRESETS = {
@@ -42,7 +41,6 @@ def get_config(
   c.batch_norm = 'running'
   c.preset = f'baseline_omniglot:{arg}'
   c.algorithm = algorithm
-  c.method = method_options(algorithm)
   c.model.num_filters = 64
   c.update(
     meta_lr=1e-3,

@@ -9,21 +9,21 @@ Every other config file starts from this one and overrides a few fields.
 
 import ml_collections
 
-from . import method_options
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default configuration (`arg` must be empty)."""
   if arg:
-    raise ValueError(f'default.py takes no preset, got {arg!r}.')
+    raise ValueError(
+      f'default takes no preset, got {arg!r}. Fix: --config=default.'
+    )
   c = ml_collections.ConfigDict()
   c.preset = ''  # Set by the config files of published settings.
   c.algorithm = 'maml'  # A name in jaxmeta.algorithms.REGISTRY.
-  # The algorithm's own options, each with its default: the keywords of its
-  # builder (`jaxmeta.algorithms.options(name)`) but those the harness
-  # supplies (`method_options`). A config that changes `algorithm` sets
-  # `method = method_options(algorithm)` too.
-  c.method = method_options(c.algorithm)
+  # The algorithm's own options (keywords of its builder, e.g. MAML++'s
+  # switches; `jaxmeta.algorithms.options(name)` lists them), each at its
+  # builder's default unless set here or on the command line
+  # (`--config.method.first_order=true`; `--print_config` shows them all).
+  c.method = ml_collections.ConfigDict()
 
   # The task family: a name in jaxmeta.data.DATASETS (class-image datasets,
   # sampled episodically) or in experiments.tasks.TASK_FAMILIES; `data` holds

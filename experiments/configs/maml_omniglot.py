@@ -13,7 +13,6 @@ test time. Published (Table 1): 5w1s 98.7 +- 0.4, 5w5s 99.9 +- 0.1,
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (ways, shots, meta_batch_size, inner_lr, inner_steps)
 PRESETS = {
@@ -39,7 +38,6 @@ def get_config(
   c.batch_norm = 'transductive'
   c.preset = f'{algorithm}_omniglot:{arg}'
   c.algorithm = algorithm
-  c.method = method_options(algorithm)
   c.data.scheme = 'maml'
   c.model.num_filters = 64
   c.update(

@@ -17,7 +17,6 @@ statistics. Published: 20w1s 97.65 +- 0.05%.
 import ml_collections
 
 from . import default
-from . import method_options
 
 EPOCH = 500
 # preset -> (ways, shots)
@@ -38,13 +37,14 @@ def get_config(arg: str = '20w1s') -> ml_collections.ConfigDict:
   c.batch_norm = 'transductive'
   c.preset = f'maml_plus_plus_omniglot:{arg}'
   c.algorithm = 'maml_plus_plus'
-  c.method = method_options(
-    'maml_plus_plus',
-    per_step_lr=True,
-    multi_step_loss=True,
-    msl_iterations=10 * EPOCH,
-    first_order_iterations=50 * EPOCH,
-    per_step_bn=True,
+  c.method = ml_collections.ConfigDict(
+    {
+      'per_step_lr': True,
+      'multi_step_loss': True,
+      'msl_iterations': 10 * EPOCH,
+      'first_order_iterations': 50 * EPOCH,
+      'per_step_bn': True,
+    }
   )
   c.data.scheme = 'maml'
   c.model.num_filters = 64

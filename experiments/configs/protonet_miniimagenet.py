@@ -19,7 +19,6 @@ splits on the device: 0.8 GB of uint8 for train, or `--config.sampler=host`.
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (backbone, shots, train_ways)
 PRESETS = {
@@ -42,7 +41,6 @@ def get_config(arg: str = 'conv4_5w1s') -> ml_collections.ConfigDict:
   c.batch_norm = 'running'
   c.preset = f'protonet_miniimagenet:{arg}'
   c.algorithm = 'protonet'
-  c.method = method_options('protonet')
   c.dataset = 'miniimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
   c.backbone = backbone

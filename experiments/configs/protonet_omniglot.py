@@ -15,7 +15,6 @@ Published (Table 1): 5w1s 98.8%, 5w5s 99.7%, 20w1s 96.0%, 20w5s 98.9%.
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (ways, shots)
 PRESETS = {'5w1s': (5, 1), '5w5s': (5, 5), '20w1s': (20, 1), '20w5s': (20, 5)}
@@ -34,7 +33,6 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   c.batch_norm = 'running'
   c.preset = f'protonet_omniglot:{arg}'
   c.algorithm = 'protonet'
-  c.method = method_options('protonet')
   c.model.num_filters = 64
   c.update(
     meta_lr=1e-3,

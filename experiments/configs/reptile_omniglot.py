@@ -15,7 +15,6 @@ only feeds the logged training accuracy. Published (transductive):
 import ml_collections
 
 from . import default
-from . import method_options
 
 # preset -> (ways, shots, inner_lr, inner_steps, num_iterations)
 PRESETS = {
@@ -39,7 +38,6 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   c.batch_norm = 'transductive'
   c.preset = f'reptile_omniglot:{arg}'
   c.algorithm = 'reptile'
-  c.method = method_options('reptile')
   c.data.scheme = 'maml'
   c.model.num_filters = 64
   c.update(

@@ -16,7 +16,6 @@ same way at test time).
 import ml_collections
 
 from . import default
-from . import method_options
 
 # The presets are the algorithms.
 PRESETS = ('maml', 'fomaml', 'reptile', 'pretrain')
@@ -29,7 +28,6 @@ def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
   c = default.get_config()
   c.preset = f'sinusoid:{arg}' if arg != 'maml' else ''
   c.algorithm = arg
-  c.method = method_options(arg)
   c.dataset = 'sinusoid'
   c.data = ml_collections.ConfigDict()
   c.backbone = 'mlp'
