@@ -1,7 +1,7 @@
 """The main job: MAML, Omniglot 5-way 1-shot, under 5 minutes on 2 CPU cores.
 
   python -m experiments.omniglot --workdir=/tmp/omniglot
-  python -m experiments.main --config=experiments/configs/default.py \
+  python -m experiments.main --config=default \
       --workdir=/tmp/omniglot --config.num_iterations=1000
 
 Every other config file starts from this one and overrides a few fields.

@@ -1,7 +1,7 @@
 """MAML on CIFAR-FS and FC100 (presets cifar_fs_5w1s, ..., fc100_5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/maml_cifar.py:cifar_fs_5w1s \
+      --config=maml_cifar:cifar_fs_5w1s \
       --workdir=runs/maml_cifar_fs_5w1s --source_dir=/path/to/cifar-100-python
 
 MAML's mini-ImageNet settings (Finn et al. 2017: Conv-4 with 32 filters,

@@ -1,7 +1,7 @@
 """MAML on mini-ImageNet as in Finn et al. 2017 (presets 5w1s, 5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/maml_miniimagenet.py:5w1s \
+      --config=maml_miniimagenet:5w1s \
       --workdir=runs/maml_mini_5w1s --source_dir=/path/to/mini-imagenet
 
 Section 5.2 of the paper: Conv-4 with 32 filters on 84x84 RGB images, inner

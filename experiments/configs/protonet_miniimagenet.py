@@ -2,7 +2,7 @@
 resnet12_5w1s, resnet12_5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/protonet_miniimagenet.py:conv4_5w1s \
+      --config=protonet_miniimagenet:conv4_5w1s \
       --workdir=runs/protonet_mini_5w1s --source_dir=/path/to/mini-imagenet
 
 Snell et al. 2017 (Section 3.2): Conv-4 with 64 filters on 84x84 images,

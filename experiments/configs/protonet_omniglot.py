@@ -1,7 +1,7 @@
 """Prototypical Networks on Omniglot (presets 5w1s, 5w5s, 20w1s, 20w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/protonet_omniglot.py:20w1s \
+      --config=protonet_omniglot:20w1s \
       --workdir=runs/protonet_20w1s
 
 Snell et al. 2017 (Section 3.1): Vinyals' split with rotations, 28x28

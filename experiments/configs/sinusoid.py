@@ -1,7 +1,7 @@
 """Sinusoid regression (Finn et al. 2017, Section 5.1): MAML or the baseline.
 
   python -m experiments.sinusoid --workdir=/tmp/sinusoid
-  python -m experiments.main --config=experiments/configs/sinusoid.py:pretrain \
+  python -m experiments.main --config=sinusoid:pretrain \
       --workdir=/tmp/sinusoid_pretrain
 
 An MLP 1-40-40-1, K = 10 support points, inner lr 0.01, one inner step,
