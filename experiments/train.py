@@ -191,6 +191,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'Fix: remove it; {config.algorithm} takes '
       f'{", ".join(known) if known else "no option"}.'
     )
+  for name, value in config.method.items():
+    _check_option(config.algorithm, name, value, known[name])
   if config.meta_lr_halve_every < 1:
     raise ConfigError(
       'config.meta_lr_halve_every must be >= 1, got '
@@ -207,6 +209,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.ways={config.ways}, train_ways={config.train_ways}: '
       f'{config.dataset} tasks are not classification and have no classes. '
       'Fix: --config.ways=1 --config.train_ways=0.'
+    )
+
+
+# Method options with a range, whatever the algorithm: name -> (check,
+# the range in words).
+_OPTION_RANGES = {
+  'momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+  'msl_iterations': (lambda v: v >= 0, '>= 0'),
+  'first_order_iterations': (lambda v: v >= 0, '>= 0'),
+}
+
+
+def _check_option(algorithm: str, name: str, value: Any, default: Any) -> None:
+  """An option of `config.method`: of its default's type, in its range."""
+  expected = type(default)
+  ok = (
+    default is None
+    or isinstance(value, expected)
+    and isinstance(value, bool) == isinstance(default, bool)
+    or expected is float
+    and isinstance(value, int)
+    and not isinstance(value, bool)
+  )
+  if not ok:
+    raise ConfigError(
+      f'config.method.{name}={value!r}: {algorithm} takes a '
+      f'{expected.__name__} (default {default!r}). Fix: '
+      f'--config.method.{name}=<{expected.__name__}>.'
+    )
+  check, bound = _OPTION_RANGES.get(name, (None, ''))
+  if check is not None and value is not None and not check(value):
+    raise ConfigError(
+      f'config.method.{name}={value!r} must be {bound}. Fix: '
+      f'--config.method.{name}={default!r} (its default).'
     )
 
 
@@ -243,6 +279,14 @@ def build_learner(
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
     options.setdefault('num_classes', num_train_classes)
+    # Fewer outputs than training classes: labels past the head score
+    # nothing.
+    if num_train_classes and options['num_classes'] < num_train_classes:
+      raise ConfigError(
+        f'config.method.num_classes={options["num_classes"]} is fewer than '
+        f'the {num_train_classes} classes of the training split. Fix: leave '
+        'it out (the training split sets it).'
+      )
   model_options = dict(config.model)
   if config.batch_norm != 'transductive':
     model_options['batch_norm'] = config.batch_norm

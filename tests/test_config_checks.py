@@ -146,3 +146,50 @@ def test_the_refusals_leave_no_workdir_behind(tmp_path):
   with pytest.raises(train.ConfigError):
     train.train_and_evaluate(omniglot(ways=1), str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize(
+  'name,option,value,message',
+  [
+    (
+      'baseline_omniglot:baseline_5w1s',
+      'momentum',
+      1.0,
+      r'must be in \[0, 1\)',
+    ),
+    (
+      'baseline_omniglot:baseline_5w1s',
+      'momentum',
+      -0.1,
+      r'must be in \[0, 1\)',
+    ),
+    ('maml_plus_plus_omniglot:5w1s', 'msl_iterations', -5, 'must be >= 0'),
+    ('maml_omniglot:5w1s', 'first_order', 1, 'maml takes a bool'),
+    ('baseline_omniglot:baseline_5w1s', 'head', 3, 'baseline takes a str'),
+  ],
+)
+def test_method_options_of_the_wrong_type_or_range_are_refused(
+  name, option, value, message
+):
+  config = configs.load(name)
+  config.method[option] = value
+  with pytest.raises(train.ConfigError, match=message) as error:
+    train.validate(config)
+  assert 'Fix: --config.method.' in str(error.value)
+
+
+def test_method_options_in_range_are_accepted():
+  config = configs.load('baseline_omniglot:baseline_5w1s')
+  config.method.momentum = 0  # An int where the default is a float.
+  config.method.head = 'cosine'
+  train.validate(config)
+
+
+def test_a_baseline_head_smaller_than_the_training_classes_is_refused():
+  config = configs.load('baseline_omniglot:baseline_5w1s')
+  family = tasks.build(config)
+  config.method.num_classes = 100
+  train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+  config.method.num_classes = 99
+  with pytest.raises(train.ConfigError, match='fewer than the 100 classes'):
+    train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
