@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import sys
 
 from absl import flags
 import jax
@@ -333,3 +334,29 @@ def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
   )
   # Measured: 67.4% +- 2.7% (100 test tasks) in under a minute on 2 cores.
   assert results['test_accuracy'] - results['test_ci95'] > 0.5, results
+
+
+def test_an_unknown_field_is_one_line_in_a_real_process(tmp_path):
+  """Overrides are applied after parsing, in a process of its own as at
+  start-up (not when absl defines or parses the flags)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  done = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.omniglot',
+      '--config.bogus_field=1',
+      f'--workdir={tmp_path}/run',
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAXMETA_HUGE_PAGES='0'),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert done.returncode == 1 and not done.stdout, done
+  assert done.stderr == (
+    "Error: --config: unknown config field 'bogus_field'. Fix: "
+    '--print_config lists every field.\n'
+  )
