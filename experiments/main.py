@@ -19,6 +19,9 @@ checkpoint; `--mode=eval` tests the best checkpoint of the run again. See
 `experiments.train` for the outputs.
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
 
@@ -101,10 +104,19 @@ def parse_flags(argv: list[str]) -> list[str]:
   return common.parse_flags(rest) + [o.text for o in overrides]
 
 
+def _print(text: str) -> None:
+  """Prints `text`; a reader that stops early (`| head`) is no error."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    # Python would report the pipe again when it flushes stdout at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv) -> None:
   argv, overrides = cli.split_overrides(argv)
   if FLAGS.list_configs:
-    print(cli.list_configs())
+    _print(cli.list_configs())
     return
   if not FLAGS.config:
     common.exit_with_one_line(
@@ -116,7 +128,7 @@ def main(argv) -> None:
   except (configs.ConfigFileError, cli.OverrideError) as e:
     common.exit_with_one_line(f'--config: {e}')
   if FLAGS.print_config:
-    print(cli.describe(config))
+    _print(cli.describe(config))
     return
   common.check_command_line(argv, 'workdir')
   # Joins a multi-process run when a launcher (SLURM, Open MPI, a TPU pod)

@@ -360,3 +360,21 @@ def test_an_unknown_field_is_one_line_in_a_real_process(tmp_path):
     "Error: --config: unknown config field 'bogus_field'. Fix: "
     '--print_config lists every field.\n'
   )
+
+
+def test_a_reader_that_stops_early_is_no_error():
+  """`--list_configs | head -1`: the reader has gone before the program
+  prints (it closes the pipe at once; the program takes seconds to start)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  process = subprocess.Popen(
+    [sys.executable, '-m', 'experiments.main', '--list_configs'],
+    cwd=ROOT,
+    env=dict(os.environ, JAXMETA_HUGE_PAGES='0'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  process.stdout.close()
+  err = process.stderr.read()
+  assert process.wait() == 0 and not err, err
