@@ -99,9 +99,10 @@ def _parent(config, path: str):
 
 
 def _literal(text: str) -> Any:
+  """A Python literal, else the text itself (as ml_collections parses)."""
   try:
     return ast.literal_eval(text)
-  except (SyntaxError, ValueError):
+  except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
     return text
 
 
@@ -134,8 +135,7 @@ def parse_value(current: Any, override: Override) -> Any:
         raise ValueError
       return value
     if isinstance(current, float):
-      value = float(text)
-      return value
+      return float(text)
   except ValueError:
     raise OverrideError(
       f'{override.text}: config.{path} is a number ({kind}), not {text!r}. '

@@ -224,14 +224,14 @@ _OPTION_RANGES = {
 def _check_option(algorithm: str, name: str, value: Any, default: Any) -> None:
   """An option of `config.method`: of its default's type, in its range."""
   expected = type(default)
-  ok = (
-    default is None
-    or isinstance(value, expected)
-    and isinstance(value, bool) == isinstance(default, bool)
-    or expected is float
-    and isinstance(value, int)
-    and not isinstance(value, bool)
-  )
+  if default is None:  # Set by the harness unless given: any value.
+    ok = True
+  elif isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, float):  # An int is a float here.
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, expected) and not isinstance(value, bool)
   if not ok:
     raise ConfigError(
       f'config.method.{name}={value!r}: {algorithm} takes a '
@@ -251,10 +251,10 @@ def _validate_classification(config: ml_collections.ConfigDict) -> None:
   for name in ('ways', 'train_ways'):
     # One class is a task every model solves: 100% accuracy says nothing.
     if config[name] == 1:
+      fix = '0 (as many as ways) or >= 2' if name == 'train_ways' else '>= 2'
       raise ConfigError(
         f'config.{name}=1: a classification task needs at least 2 classes. '
-        f'Fix: --config.{name}=5 (or any number >= 2'
-        + (', or 0 for `ways`).' if name == 'train_ways' else ').')
+        f'Fix: --config.{name}=<{fix}>.'
       )
   image_size = config.data.get('image_size')
   if image_size:
@@ -278,7 +278,8 @@ def build_learner(
   """
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
-    options.setdefault('num_classes', num_train_classes)
+    if options.get('num_classes') is None:
+      options['num_classes'] = num_train_classes
     # Fewer outputs than training classes: labels past the head score
     # nothing.
     if num_train_classes and options['num_classes'] < num_train_classes:

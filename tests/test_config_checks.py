@@ -188,8 +188,9 @@ def test_method_options_in_range_are_accepted():
 def test_a_baseline_head_smaller_than_the_training_classes_is_refused():
   config = configs.load('baseline_omniglot:baseline_5w1s')
   family = tasks.build(config)
-  config.method.num_classes = 100
-  train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+  for num_classes in (None, 100):  # None: the training split's (its default).
+    config.method.num_classes = num_classes
+    train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
   config.method.num_classes = 99
   with pytest.raises(train.ConfigError, match='fewer than the 100 classes'):
     train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
