@@ -24,9 +24,9 @@ from absl import flags
 from absl import logging
 import ml_collections
 
-from experiments import common
-from experiments import train
-from experiments.configs import default
+from . import common
+from . import train
+from .configs import default
 from jaxmeta.models import norms
 
 

@@ -68,7 +68,7 @@ import numpy as np
 import optax
 
 import jaxmeta
-from experiments import common
+from . import common
 
 
 class BenchmarkError(ValueError):
@@ -85,7 +85,7 @@ NO_TORCH = (
 def import_torch_baselines():
   """Returns `experiments.torch_baselines`, or raises BenchmarkError(NO_TORCH)."""
   try:
-    from experiments import torch_baselines  # pylint: disable=g-import-not-at-top
+    from . import torch_baselines  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise BenchmarkError(f'{NO_TORCH} ({e}).') from e
   return torch_baselines

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 
-from experiments import common
+from . import common
 
 
 class CheckpointError(RuntimeError):

@@ -33,10 +33,10 @@ from absl import logging
 import jax
 import ml_collections
 
-from experiments import common
-from experiments import train
-from experiments.configs import default
-from experiments.configs import reptile_omniglot
+from . import common
+from . import train
+from .configs import default
+from .configs import reptile_omniglot
 
 
 def _maml_recipe(c: ml_collections.ConfigDict) -> None:
@@ -265,10 +265,18 @@ def plot(results: dict[str, Any], path: str | None = None):
   fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.2))
   means = [100 * results['methods'][m]['test_accuracy'] for m in methods]
   cis = [100 * results['methods'][m]['test_ci95'] for m in methods]
-  bars.barh(methods, means, xerr=cis, color='tab:blue', capsize=3)
+  # The axis starts at chance (one in `ways`), where a method learned nothing.
+  ways = {results['methods'][m]['config']['ways'] for m in methods}
+  chance = 100 / min(ways)
+  bars.barh(
+    methods, [m - chance for m in means], left=chance, xerr=cis, capsize=3
+  )
   bars.invert_yaxis()
-  bars.set_xlim(min(means) - 10, 100)
-  bars.set_xlabel('test accuracy (%), 600 tasks, 95% CI')
+  bars.set_xlim(chance, 100)
+  bars.set_xlabel(
+    f'test accuracy (%), 600 tasks, 95% CI; the axis starts at chance, '
+    f'{chance:.0f}%'
+  )
   for y, (mean, ci) in enumerate(zip(means, cis)):
     bars.text(mean + ci + 0.3, y, f'{mean:.1f}', va='center', fontsize=8)
   for m in methods:

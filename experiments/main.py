@@ -1,26 +1,36 @@
-r"""Runs one experiment: a config file, a workdir, train or evaluate.
+r"""Runs one experiment: a config, a workdir, train or evaluate.
 
-  python -m experiments.main --config=experiments/configs/maml_omniglot.py:5w1s \
-      --workdir=runs/maml_5w1s
-  python -m experiments.main --config=experiments/configs/default.py \
-      --workdir=/tmp/run --config.num_iterations=1000 --config.model.num_filters=64
-  python -m experiments.main --config=experiments/configs/maml_omniglot.py:5w1s \
-      --workdir=runs/maml_5w1s --mode=eval --config.num_eval_tasks=1000
+  python -m experiments.main --config=maml_omniglot:5w1s --workdir=runs/maml_5w1s
+  python -m experiments.main --config=default --workdir=/tmp/run \
+      --config.num_iterations=1000 --config.model.num_filters=64
+  python -m experiments.main --config=maml_omniglot:5w1s --workdir=runs/maml_5w1s \
+      --mode=eval --config.num_eval_tasks=1000
+  python -m experiments.main --list_configs
+  python -m experiments.main --config=maml_omniglot:5w1s \
+      --config.method.first_order=true --print_config
 
-Every field of the config can be overridden with `--config.<field>=<value>`
-(`--helpfull` lists them with their defaults). Restarting with the same
-workdir and config resumes from the latest checkpoint; `--mode=eval` tests the
-best checkpoint of the run again. See `experiments.train` for the outputs.
+(installed: `jaxmeta-train` with the same flags). `--config` is a config of
+`--list_configs` by name, or a config file by path, with an optional
+`:preset`. Every field of the config, the algorithm's options in
+`config.method` included, can be overridden with `--config.<field>=<value>`;
+`--print_config` prints every field with its value after the overrides and
+exits. Restarting with the same workdir and config resumes from the latest
+checkpoint; `--mode=eval` tests the best checkpoint of the run again. See
+`experiments.train` for the outputs.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from experiments import checkpoints
-from experiments import common
-from experiments import tasks
-from experiments import train
+from . import checkpoints
+from . import cli
+from . import common
+from . import configs
+from . import tasks
+from . import train
 from jaxmeta import sharding
 import jaxmeta.data
 
@@ -38,13 +48,17 @@ _USER_ERRORS = (
 
 def define_flags(default_config: str | None = None) -> None:
   """Defines the flags; only when run as a program, so that the experiment
-  modules can be imported together (absl flags are global)."""
-  config_flags.DEFINE_config_file(
+  modules can be imported together (absl flags are global).
+
+  The `--config.<field>` overrides are no absl flags: `parse_flags` takes
+  them out of the command line and `main` applies them (`experiments.cli`).
+  """
+  flags.DEFINE_string(
     'config',
     default_config,
-    'Config file, `path/to/file.py[:preset]`; override any field with '
-    '--config.<field>=<value>.',
-    lock_config=True,
+    'A config of --list_configs by name, or a config file by path, with an '
+    'optional preset: NAME[:preset] or path/to/file.py[:preset]. Override '
+    'any field with --config.<field>=<value>.',
   )
   flags.DEFINE_string('workdir', None, 'Directory of the run (required).')
   flags.DEFINE_enum(
@@ -67,22 +81,59 @@ def define_flags(default_config: str | None = None) -> None:
     'the zips; default: the copy shipped in data/omniglot).',
   )
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+  flags.DEFINE_bool(
+    'list_configs', False, 'List the configs and their presets, and exit.'
+  )
+  flags.DEFINE_bool(
+    'print_config',
+    False,
+    'Print every field of the config with its value (after the overrides), '
+    'and exit.',
+  )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing of everything but the `--config.<field>`
+  overrides, which are returned after the positional arguments for `main`;
+  every error is one line."""
+  try:
+    argv = cli.read_flag_files(argv)
+  except flags.Error as e:
+    common.exit_with_one_line(common.last_line(e))
+  rest, overrides = cli.split_overrides(argv)
+  return common.parse_flags(rest) + [o.text for o in overrides]
+
+
+def _print(text: str) -> None:
+  """Prints `text`; a reader that stops early (`| head`) is no error."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    # Python would report the pipe again when it flushes stdout at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv) -> None:
+  argv, overrides = cli.split_overrides(argv)
+  if FLAGS.list_configs:
+    _print(cli.list_configs())
+    return
+  if not FLAGS.config:
+    common.exit_with_one_line(
+      '--config is required. Fix: --config=NAME[:preset] (--list_configs '
+      'lists them), e.g. --config=maml_omniglot:5w1s.'
+    )
+  try:
+    config = cli.load(FLAGS.config, overrides)
+  except (configs.ConfigFileError, cli.OverrideError) as e:
+    common.exit_with_one_line(f'--config: {e}')
+  if FLAGS.print_config:
+    _print(cli.describe(config))
+    return
   common.check_command_line(argv, 'workdir')
   # Joins a multi-process run when a launcher (SLURM, Open MPI, a TPU pod)
   # started one; before anything touches a device.
   sharding.initialize_distributed()
-  if FLAGS.config is None:
-    common.exit_with_one_line(
-      '--config is required, e.g. --config=experiments/configs/default.py.'
-    )
-  config = FLAGS.config
-  try:
-    config.to_dict()  # config_flags defers the error of an unreadable file.
-  except OSError as e:
-    common.exit_with_one_line(f'--config: {common.last_line(e)}')
   kwargs = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
   try:
     if FLAGS.mode == 'eval':
@@ -96,10 +147,11 @@ def main(argv) -> None:
 
 
 def run(default_config: str | None = None) -> None:
-  """The program: flags (with `default_config` as `--config`'s default)."""
+  """The program (with `default_config`, a name or path, as `--config`'s
+  default)."""
   common.reexec_with_huge_pages()
   define_flags(default_config)
-  app.run(main, flags_parser=common.parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

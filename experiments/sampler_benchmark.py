@@ -22,7 +22,7 @@ import optax
 import jaxmeta
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
-from experiments import common
+from . import common
 
 FLAGS = flags.FLAGS
 

@@ -2,21 +2,18 @@ r"""Sinusoid regression (Finn et al. 2017, Section 5.1) on the same harness.
 
   python -m experiments.sinusoid --workdir=/tmp/sinusoid
   python -m experiments.sinusoid --workdir=/tmp/pre \
-      --config=experiments/configs/sinusoid.py:pretrain
+      --config=sinusoid:pretrain
 
-is `python -m experiments.main` with `experiments/configs/sinusoid.py` as the
-default config: MAML on an MLP 1-40-40-1, then the query MSE of held-out tasks
-after 0..10 inner steps (`test_mse_by_step` in results.json, the paper's
-Figure 2).
+(installed: `jaxmeta-sinusoid`) is `python -m experiments.main` with the
+config `sinusoid` (experiments/configs/sinusoid.py) as its default: MAML on an
+MLP 1-40-40-1, then the query MSE of held-out tasks after 0..10 inner steps
+(`test_mse_by_step` in results.json, the paper's Figure 2).
 """
 
-import os
+from . import main
 
-from experiments import main
-
-DEFAULT_CONFIG = os.path.join(
-  os.path.dirname(__file__), 'configs', 'sinusoid.py'
-)
+# A config of experiments/configs, by name.
+DEFAULT_CONFIG = 'sinusoid'
 
 
 def run() -> None:

@@ -90,6 +90,27 @@ def train_ways(config: ml_collections.ConfigDict) -> int:
   return config.get('train_ways', 0) or config.ways
 
 
+def check_crop_padding(crop_padding: int, image_size: int) -> None:
+  """Refuses a padding of half the image size or more.
+
+  A random crop of padding `p` from an image of `image_size` pixels is
+  shifted by up to `p` pixels each way; below half the image size every crop
+  holds over half of the image's rows and columns, from there on some crops
+  hold a sliver of the image or none of it (all padding).
+
+  Raises:
+    ValueError: naming the field, the bound and the fix.
+  """
+  bound = (image_size - 1) // 2
+  if crop_padding > bound:
+    raise ValueError(
+      f'config.augment.crop_padding={crop_padding} is half the '
+      f'{image_size}-pixel images or more: random crops would hold little or '
+      f'none of the image. Fix: --config.augment.crop_padding=<0..{bound}> '
+      f'(e.g. {min(bound, 4 if image_size <= 32 else 8)}).'
+    )
+
+
 def episodic(
   config: ml_collections.ConfigDict,
   data_dir: str | None = None,
@@ -103,12 +124,23 @@ def episodic(
     False: (config.ways, config.shots, config.queries),
   }
   on_host = config.sampler == 'host'
+  settings = augment_lib.AugmentConfig(**config.augment)
   augment_task = make_augment(config)
 
   @functools.cache
   def load(split):
     data = loader(split, data_dir=data_dir, source_dir=source_dir, **options)
-    num_classes, num_examples = data.images.shape[:2]
+    num_classes, num_examples, height, width, channels = data.images.shape
+    try:
+      check_crop_padding(settings.crop_padding, min(height, width))
+    except ValueError as e:
+      raise TaskFamilyError(str(e)) from e
+    if settings.saturation and channels == 1:
+      raise TaskFamilyError(
+        f'config.augment.saturation={settings.saturation}: the images of '
+        f'{config.dataset} are grayscale, which saturation leaves as they '
+        'are. Fix: --config.augment.saturation=0.'
+      )
     for ways, shots, queries in set(shapes.values()):
       try:
         episodes.check_episode_config(
@@ -177,6 +209,11 @@ def sinusoid_family(
     raise TaskFamilyError(
       'sinusoid tasks are generated on the device: '
       "config.sampler must be 'device'."
+    )
+  if augment_lib.AugmentConfig(**config.augment) != augment_lib.AugmentConfig():
+    raise TaskFamilyError(
+      'config.augment: sinusoid tasks are points, not images, and take no '
+      'augmentation. Fix: leave config.augment at its defaults (all off).'
     )
   shapes = {True: train_shape(config), False: (config.shots, config.queries)}
 

@@ -34,9 +34,10 @@ import jaxmeta
 from jaxmeta import sharding
 from jaxmeta.data import episodes
 from jaxmeta.models import norms
-from experiments import checkpoints as checkpoints_lib
-from experiments import common
-from experiments import tasks
+from . import checkpoints as checkpoints_lib
+from . import common
+from . import configs
+from . import tasks
 
 # Fields that may differ when a run is resumed or evaluated: they change how
 # long or how it runs, not what is learned (but for `num_iterations` with a
@@ -109,25 +110,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the field, its value and what it must be.
   """
-  if config.algorithm not in jaxmeta.ALGORITHMS:
-    raise ConfigError(
-      f'Unknown algorithm {config.algorithm!r}; choose one '
-      f'of {sorted(jaxmeta.ALGORITHMS)}.'
-    )
-  if config.dataset not in tasks.names():
-    raise ConfigError(
-      f'Unknown dataset {config.dataset!r}; choose one of {tasks.names()}.'
-    )
-  if config.backbone not in jaxmeta.models.BACKBONES:
-    raise ConfigError(
-      f'Unknown backbone {config.backbone!r}; choose one of '
-      f'{sorted(jaxmeta.models.BACKBONES)}.'
-    )
-  if config.batch_norm not in norms.MODES:
-    raise ConfigError(
-      f'Unknown config.batch_norm {config.batch_norm!r}; choose one of '
-      f'{norms.MODES}.'
-    )
+  for name, field, choices in (
+    ('algorithm', 'algorithm', jaxmeta.ALGORITHMS),
+    ('dataset', 'dataset', tasks.names()),
+    ('backbone', 'backbone', jaxmeta.models.BACKBONES),
+    ('config.batch_norm', 'batch_norm', norms.MODES),
+  ):
+    value = config[field]
+    if value not in choices:
+      raise ConfigError(
+        f'Unknown {name} {value!r}{configs.did_you_mean(value, choices)}. '
+        f'Fix: --config.{field}=<one of {", ".join(sorted(choices))}>.'
+      )
   if not 0 < config.bn_momentum <= 1:
     raise ConfigError(
       f'config.bn_momentum must be in (0, 1], got {config.bn_momentum}.'
@@ -189,13 +183,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.meta_lr_schedule must be one of '
       f'{_META_LR_SCHEDULES}, got {config.meta_lr_schedule!r}.'
     )
-  known = jaxmeta.algorithms.options(config.algorithm)
+  known = configs.option_defaults(config.algorithm)
   unknown = sorted(set(config.method) - set(known))
   if unknown:
     raise ConfigError(
-      f'config.method has {unknown}, which {config.algorithm} does not take; '
-      f'its options are {list(known)}.'
+      f'config.method has {unknown}, which {config.algorithm} does not take. '
+      f'Fix: remove it; {config.algorithm} takes '
+      f'{", ".join(known) if known else "no option"}.'
     )
+  for name, value in config.method.items():
+    _check_option(config.algorithm, name, value, known[name])
   if config.meta_lr_halve_every < 1:
     raise ConfigError(
       'config.meta_lr_halve_every must be >= 1, got '
@@ -205,6 +202,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'config.batch_size must be >= 1, got {config.batch_size}.'
     )
+  if config.dataset in jaxmeta.data.DATASETS:
+    _validate_classification(config)
+  elif config.ways != 1 or config.train_ways:
+    raise ConfigError(
+      f'config.ways={config.ways}, train_ways={config.train_ways}: '
+      f'{config.dataset} tasks are not classification and have no classes. '
+      'Fix: --config.ways=1 --config.train_ways=0.'
+    )
+
+
+# Method options with a range, whatever the algorithm: name -> (check,
+# the range in words).
+_OPTION_RANGES = {
+  'momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+  'msl_iterations': (lambda v: v >= 0, '>= 0'),
+  'first_order_iterations': (lambda v: v >= 0, '>= 0'),
+}
+
+
+def _check_option(algorithm: str, name: str, value: Any, default: Any) -> None:
+  """An option of `config.method`: of its default's type, in its range."""
+  expected = type(default)
+  if default is None:  # Set by the harness unless given: any value.
+    ok = True
+  elif isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, float):  # An int is a float here.
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, expected) and not isinstance(value, bool)
+  if not ok:
+    raise ConfigError(
+      f'config.method.{name}={value!r}: {algorithm} takes a '
+      f'{expected.__name__} (default {default!r}). Fix: '
+      f'--config.method.{name}=<{expected.__name__}>.'
+    )
+  check, bound = _OPTION_RANGES.get(name, (None, ''))
+  if check is not None and value is not None and not check(value):
+    raise ConfigError(
+      f'config.method.{name}={value!r} must be {bound}. Fix: '
+      f'--config.method.{name}={default!r} (its default).'
+    )
+
+
+def _validate_classification(config: ml_collections.ConfigDict) -> None:
+  """The checks of the class-image datasets."""
+  for name in ('ways', 'train_ways'):
+    # One class is a task every model solves: 100% accuracy says nothing.
+    if config[name] == 1:
+      fix = '0 (as many as ways) or >= 2' if name == 'train_ways' else '>= 2'
+      raise ConfigError(
+        f'config.{name}=1: a classification task needs at least 2 classes. '
+        f'Fix: --config.{name}=<{fix}>.'
+      )
+  image_size = config.data.get('image_size')
+  if image_size:
+    try:
+      tasks.check_crop_padding(config.augment.crop_padding, image_size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
 
 
 def build_learner(
@@ -221,7 +278,16 @@ def build_learner(
   """
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
-    options.setdefault('num_classes', num_train_classes)
+    if options.get('num_classes') is None:
+      options['num_classes'] = num_train_classes
+    # Fewer outputs than training classes: labels past the head score
+    # nothing.
+    if num_train_classes and options['num_classes'] < num_train_classes:
+      raise ConfigError(
+        f'config.method.num_classes={options["num_classes"]} is fewer than '
+        f'the {num_train_classes} classes of the training split. Fix: leave '
+        'it out (the training split sets it).'
+      )
   model_options = dict(config.model)
   if config.batch_norm != 'transductive':
     model_options['batch_norm'] = config.batch_norm
@@ -263,6 +329,21 @@ def build_learner(
       f'{config.ways}, but {config.algorithm} has a head of `ways` outputs; '
       'set train_ways = 0, or use an algorithm without one (protonet).'
     )
+  if traits.train_batches:
+    # Trained on minibatches of `batch_size` images of all classes: the
+    # training episode's shape is never used.
+    ignored = [
+      f'{name}={config[name]}'
+      for name in ('train_ways', 'train_shots', 'train_queries')
+      if config[name]
+    ]
+    if ignored:
+      raise ConfigError(
+        f'config.{", ".join(ignored)}: {config.algorithm} trains on '
+        'minibatches of config.batch_size images of all classes, not on '
+        f'episodes. Fix: set {", ".join(i.split("=")[0] for i in ignored)} '
+        'to 0 (config.batch_size sets its minibatch).'
+      )
   if traits.train_batches and (
     family.sample_batch is None or config.sampler != 'device'
   ):

@@ -3,12 +3,12 @@
 import importlib
 import os
 import pkgutil
-import sys
 
-from absl import flags
-from ml_collections import config_flags
+import ml_collections
 import pytest
 
+import jaxmeta
+from experiments import cli
 from experiments import configs
 from experiments import train
 
@@ -41,24 +41,124 @@ def test_there_are_config_files():
 
 
 @pytest.mark.parametrize('name,preset', CASES)
-def test_every_file_and_preset_loads_through_config_flags(
-  name, preset, monkeypatch
-):
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=values)
-  path = os.path.join(CONFIG_DIR, f'{name}.py')
-  argv = [
-    'prog',
-    f'--config={path}' + (f':{preset}' if preset else ''),
-    '--config.seed=7',
-  ]
-  monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads overrides here.
-  values(argv)
-  config = values.config
-  assert config.seed == 7
-  train.validate(config)
+def test_every_file_and_preset_loads_by_name_and_by_path(name, preset):
+  suffix = f':{preset}' if preset else ''
+  config = configs.load(name + suffix)
+  assert configs.load(os.path.join(CONFIG_DIR, f'{name}.py') + suffix) == (
+    config
+  )
+  module = importlib.import_module(f'experiments.configs.{name}')
+  assert config == (
+    module.get_config(preset) if preset else module.get_config()
+  )
+  overridden = cli.load(
+    name + suffix, [cli.Override('seed', '7', False, '--config.seed=7')]
+  )
+  assert overridden.seed == 7
+  train.validate(overridden)
   if preset:
     assert config.preset.endswith(f':{preset}') or name == 'sinusoid'
+
+
+def _every_option():
+  for algorithm in sorted(jaxmeta.ALGORITHMS):
+    for name, value in configs.option_defaults(algorithm).items():
+      yield algorithm, name, value
+
+
+@pytest.mark.parametrize('algorithm,name,default', list(_every_option()))
+def test_every_option_of_every_algorithm_is_settable(algorithm, name, default):
+  """Each option from the command line, whatever the config file lists."""
+  text, value = {
+    bool: ('true', True),
+    int: ('7', 7),
+    float: ('0.5', 0.5),
+    str: ('cosine', 'cosine'),
+    type(None): ('100', 100),  # Baseline's num_classes.
+  }[type(default)]
+  _, overrides = cli.split_overrides(
+    [
+      'prog',
+      f'--config.algorithm={algorithm}',
+      f'--config.method.{name}={text}',
+    ]
+  )
+  config = cli.load('default', overrides)
+  assert config.method.to_dict() == {name: value}
+  train.validate(config)
+
+
+def test_option_defaults_are_the_builders():
+  assert configs.option_defaults('maml') == {'first_order': False}
+  assert configs.option_defaults('baseline') == {
+    'num_classes': None,
+    'head': 'linear',
+    'momentum': 0.9,
+  }
+  assert configs.option_defaults('reptile') == {'query_metrics': True}
+  assert configs.option_defaults('protonet') == {}
+  assert configs.option_defaults('maml_plus_plus')['per_step_bn_stats'] is False
+  with pytest.raises(ValueError, match="did you mean 'protonet'"):
+    configs.option_defaults('protonets')
+
+
+@pytest.mark.parametrize(
+  'args,field,value',
+  [
+    (['--config.method.first_order=true'], 'method.first_order', True),
+    (['--config.method.first_order'], 'method.first_order', True),
+    (['--noconfig.method.first_order'], 'method.first_order', False),
+    (['--config.meta_lr=3'], 'meta_lr', 3.0),
+    (['--config.model.hidden=(8, 4)'], 'model.hidden', (8, 4)),
+    (['--config.dataset=omniglot'], 'dataset', 'omniglot'),
+    (["--config.data={'scheme': 'maml'}"], 'data.scheme', 'maml'),
+    (
+      ['--config.algorithm=baseline', '--config.method.head=cosine'],
+      'method',
+      {'head': 'cosine'},
+    ),
+    (['--config.method.first_order=1'], 'method', {'first_order': True}),
+    (
+      ['--config.algorithm=maml_plus_plus', '--config.method.msl_iterations=9'],
+      'method.msl_iterations',
+      9,
+    ),
+  ],
+)
+def test_overrides_take_the_type_of_their_field(args, field, value):
+  _, overrides = cli.split_overrides(['prog', *args])
+  config = cli.load('sinusoid', overrides)
+  for part in field.split('.'):
+    config = config[part]
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  assert config == value and type(config) is type(value)
+
+
+def test_split_overrides_keeps_the_rest_and_positional_arguments():
+  rest, overrides = cli.split_overrides(
+    ['prog', '--config=default', '--config.seed=3', '--workdir=x', '--', '-c']
+  )
+  assert rest == ['prog', '--config=default', '--workdir=x', '--', '-c']
+  assert overrides == [cli.Override('seed', '3', False, '--config.seed=3')]
+
+
+def test_a_config_file_of_ones_own_imports_the_shipped_ones(tmp_path):
+  (tmp_path / 'mine.py').write_text(
+    'from . import maml_omniglot\n\n\n'
+    "def get_config(arg='5w1s'):\n"
+    '  c = maml_omniglot.get_config(arg)\n'
+    '  c.seed = 3\n'
+    '  return c\n'
+  )
+  config = configs.load(f'{tmp_path}/mine.py:20w5s')
+  assert (config.ways, config.shots, config.seed) == (20, 5, 3)
+  (tmp_path / 'broken.py').write_text('import no_such_module\n')
+  with pytest.raises(configs.ConfigFileError, match='ModuleNotFoundError'):
+    configs.load(f'{tmp_path}/broken.py')
+  (tmp_path / 'empty.py').write_text('')
+  with pytest.raises(configs.ConfigFileError, match='has no get_config'):
+    configs.load(f'{tmp_path}/empty.py')
 
 
 def test_maml_presets_follow_the_paper():

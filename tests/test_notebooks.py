@@ -10,6 +10,8 @@ notebook nobody runs is already broken.
 import json
 import os
 from pathlib import Path
+import sys
+import types
 
 import nbformat
 from nbclient import NotebookClient
@@ -145,44 +147,161 @@ def test_jax_vs_pytorch_runs_without_torch(
   assert 'this machine (live' not in out, out[-2000:]
 
 
-def test_one_command_points_every_notebook_at_another_repository(
-  tmp_path, monkeypatch
-):
+def _load_colab_module(name):
   import importlib.util  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location(
-    'set_repository', COLAB_DIR / 'set_repository.py'
-  )
+  spec = importlib.util.spec_from_file_location(name, COLAB_DIR / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def test_no_notebook_links_to_a_repository_that_is_not_set():
+  for path in [*NOTEBOOKS, *sorted((COLAB_DIR / 'executed').glob('*.ipynb'))]:
+    text = path.read_text()
+    assert 'github.com/jaxmeta' not in text, path
+    assert "JAXMETA_REPO = ''" in text, path
+    assert 'On Colab: File > Upload notebook' in text, path
+
+
+def test_one_command_points_every_notebook_at_another_repository(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  module = _load_colab_module('set_repository')
+  (tmp_path / 'executed').mkdir()
   for path in NOTEBOOKS:
     shutil.copy(path, tmp_path / path.name)
-  monkeypatch.setattr(module, 'FOLDER', tmp_path)
-  changed = module.set_repository('https://github.com/someone/fork')
-  assert len(changed) == len(NOTEBOOKS)
-  for path in changed:
-    text = path.read_text()
-    assert "JAXMETA_REPO = 'https://github.com/someone/fork'" in text
-    assert 'colab.research.google.com/github/someone/fork/blob/' in text
-    assert 'jaxmeta/jaxmeta' not in text
-    metadata = json.loads(text)['metadata']
-    assert metadata['accelerator'] == 'GPU'
+    shutil.copy(COLAB_DIR / 'executed' / path.name, tmp_path / 'executed')
+  before = {p: p.read_text() for p in module.notebooks(tmp_path)}
+  changed = module.set_repository('https://github.com/someone/fork', tmp_path)
+  assert sorted(changed) == sorted(before) and len(changed) == 6
+  for url, owner in (
+    ('https://github.com/someone/fork', 'someone/fork'),
+    ('https://github.com/other/jaxmeta.git', 'other/jaxmeta'),
+  ):
+    module.set_repository(url, tmp_path)
+    for path in changed:
+      text = path.read_text()
+      assert f"JAXMETA_REPO = 'https://github.com/{owner}'" in text
+      assert (
+        f'colab.research.google.com/github/{owner}/blob/main/colab/'
+        f'{path.name})' in text
+      )
+      assert 'On Colab: File > Upload notebook' not in text
+      nb = json.loads(text)
+      assert nb['metadata'] == json.loads(before[path])['metadata']
+      # Only the Colab line and the repository's variable changed.
+      old = before[path].splitlines()
+      assert len(text.splitlines()) == len(old)
+      assert sum(a != b for a, b in zip(text.splitlines(), old)) == 2
   with pytest.raises(ValueError, match='OWNER/NAME'):
-    module.set_repository('https://example.com/x')
+    module.set_repository('https://example.com/x', tmp_path)
+
+
+def _setup_cell(path):
+  """The notebook's setup cell as Python (IPython's `!` lines as calls of
+  `get_ipython().system`)."""
+  from IPython.core.inputtransformer2 import TransformerManager  # pylint: disable=g-import-not-at-top
+
+  source = nbformat.read(path, as_version=4).cells[1].source
+  assert source.startswith('# Setup: a jaxmeta checkout')
+  return TransformerManager().transform_cell(source)
+
+
+class _Shell:
+  """Records the shell commands of a cell instead of running them."""
+
+  def __init__(self):
+    self.commands = []
+
+  def system(self, command):
+    self.commands.append(command)
+
+
+def _run_setup(code, cwd, monkeypatch, colab_dir=None, repo='', shell=None):
+  """Runs the setup cell in `cwd`, on a fake Colab whose /content is
+  `colab_dir` if given; returns its variables and shell commands."""
+  shell = shell or _Shell()
+  monkeypatch.chdir(cwd)
+  monkeypatch.setattr(sys, 'path', list(sys.path))
+  monkeypatch.setenv('JAXMETA_OMNIGLOT_DIR', 'unchanged')
+  if colab_dir is not None:
+    monkeypatch.setitem(sys.modules, 'google.colab', types.ModuleType('colab'))
+    assert "COLAB_DIR = Path('/content')" in code
+    code = code.replace(
+      "COLAB_DIR = Path('/content')", f'COLAB_DIR = Path({str(colab_dir)!r})'
+    )
+  code = code.replace("JAXMETA_REPO = ''", f'JAXMETA_REPO = {repo!r}')
+  namespace = {'get_ipython': lambda: shell}
+  exec(compile(code, 'setup', 'exec'), namespace)  # pylint: disable=exec-used
+  return namespace, shell.commands
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=_ids)
+def test_setup_cell_finds_a_checkout_or_says_what_to_do(
+  path, tmp_path, monkeypatch
+):
+  import zipfile  # pylint: disable=g-import-not-at-top
+
+  code = _setup_cell(path)
+  # In a checkout: imported from there, nothing installed.
+  namespace, commands = _run_setup(code, COLAB_DIR, monkeypatch)
+  assert namespace['REPO_ROOT'] == _REPO and not commands
+  # Outside one, not on Colab: one message with the fix.
+  outside = tmp_path / 'outside'
+  outside.mkdir()
+  with pytest.raises(SystemExit, match='No jaxmeta checkout found. Fix: '):
+    _run_setup(code, outside, monkeypatch)
+  # Colab with nothing uploaded and no repository: the same message.
+  content = tmp_path / 'content'
+  content.mkdir()
+  with pytest.raises(SystemExit, match='No jaxmeta checkout found'):
+    _run_setup(code, content, monkeypatch, colab_dir=content)
+  # Colab with a zip of a checkout uploaded: unzipped and installed.
+  with zipfile.ZipFile(content / 'jaxmeta-main.zip', 'w') as archive:
+    archive.writestr('jaxmeta-main/pyproject.toml', '')
+    archive.writestr('jaxmeta-main/jaxmeta/__init__.py', '')
+  namespace, commands = _run_setup(
+    code, content, monkeypatch, colab_dir=content
+  )
+  assert namespace['REPO_ROOT'] == content / 'jaxmeta'
+  assert (content / 'jaxmeta' / 'jaxmeta' / '__init__.py').is_file()
+  assert len(commands) == 1 and commands[0].startswith('pip install -q')
+  assert os.environ['JAXMETA_OMNIGLOT_DIR'] == 'unchanged'
+
+
+def test_setup_cell_clones_a_repository_once_set(tmp_path, monkeypatch):
+  code = _setup_cell(NOTEBOOKS[0])
+  content = tmp_path / 'content'
+  content.mkdir()
+
+  class Cloning(_Shell):
+    def system(self, command):
+      super().system(command)
+      if command.startswith('git clone'):
+        (content / 'jaxmeta' / 'jaxmeta').mkdir(parents=True)
+        (content / 'jaxmeta' / 'jaxmeta' / '__init__.py').write_text('')
+        (content / 'jaxmeta' / 'pyproject.toml').write_text('')
+
+  namespace, commands = _run_setup(
+    code,
+    content,
+    monkeypatch,
+    colab_dir=content,
+    repo='https://x/y',
+    shell=Cloning(),
+  )
+  assert namespace['REPO_ROOT'] == content / 'jaxmeta'
+  assert commands[0].startswith('git clone -q --depth 1 {JAXMETA_REPO}')
+  assert commands[1].startswith('pip install -q')
 
 
 def test_render_writes_executed_copies_with_figures(tmp_path, monkeypatch):
   """`render.py` on a two-cell notebook: the copy has the figure and the
   text, the source is untouched, `--smoke` reaches the kernel only. The
   notebooks themselves run in `test_notebook_runs` (slow tier)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location(
-    'render', COLAB_DIR / 'render.py'
-  )
-  render = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(render)
+  render = _load_colab_module('render')
   folder = tmp_path / 'colab'
   folder.mkdir()
   source = folder / 'tiny.ipynb'

@@ -6,14 +6,22 @@ import re
 import sys
 
 from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 
-from experiments import common
+from experiments import configs
 from experiments import main
 from experiments import omniglot
 from experiments import sinusoid
+import jaxmeta
+from experiments import tasks
 from experiments import train
 from experiments.configs import default
+from experiments.configs import maml_omniglot
+from experiments.configs import sinusoid as sinusoid_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DIR = os.path.join(ROOT, 'data', 'omniglot')
@@ -34,29 +42,14 @@ TINY = [
 ]
 
 
-def parse(monkeypatch, args):
-  """Parses a command line into the global flags, as absl does at start-up.
-
-  config_flags reads the `--config.<field>` overrides from `sys.argv` when
-  it parses `--config`, which a process does once at start-up; here every
-  command line names its config file (the default one if it has none).
-  """
-  if not any(a.startswith('--config=') for a in args):
-    args = [f'--config={omniglot.DEFAULT_CONFIG}', *args]
-  argv = ['prog', *args]
-  monkeypatch.setattr(sys, 'argv', argv)
-  return FLAGS(argv)
-
-
-def unparse():
-  """Forgets a parse, the override flags config_flags defined included."""
-  FLAGS.unparse_flags()
-  for name in [n for n in FLAGS if n.startswith('config.')]:
-    delattr(FLAGS, name)
+def parse(args):
+  """Parses a command line into the global flags, as absl does at start-up:
+  the argv `main` gets (the overrides after the positional arguments)."""
+  return main.parse_flags(['prog', *args])
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
+def cli(capsys):
   """Runs the program on a command line in-process: `(exit code, out, err)`.
 
   Flags are parsed afresh for every call and reset afterwards, as absl does
@@ -66,13 +59,12 @@ def cli(capsys, monkeypatch):
   def call(*args):
     capsys.readouterr()
     try:
-      argv = parse(monkeypatch, args)
-      main.main(argv)
+      main.main(parse(args))
       code = 0
     except SystemExit as e:
       code = e.code
     finally:
-      unparse()
+      FLAGS.unparse_flags()
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -105,12 +97,56 @@ def test_command_line_train_resume_eval_and_refusals(
     code, _, err = cli(*common, f'--mode={mode}', '--config.ways=10')
     assert code == 1 and err.startswith('Error: ') and 'ways' in err, err
     assert 'Traceback' not in err and len(err.splitlines()) == 1
-  code, _, err = cli(
-    f'--config={ROOT}/experiments/configs/maml_omniglot.py:20w1s',
-    *common,
-    '--mode=eval',
-  )
+  code, _, err = cli('--config=maml_omniglot:20w1s', *common, '--mode=eval')
   assert code == 1 and 'different configuration' in err
+
+
+def test_first_order_maml_from_the_command_line(
+  tmp_path, cli, omniglot_data_dir
+):
+  """`--config.method.first_order=true` trains first-order MAML: the learner
+  the run's config builds has FOMAML's meta-gradient, not MAML's."""
+  code, out, err = cli(
+    '--config=maml_omniglot:5w1s',
+    '--config.method.first_order=true',
+    f'--workdir={tmp_path}',
+    f'--data_dir={omniglot_data_dir}',
+    f'--source_dir={SOURCE_DIR}',
+    *TINY,
+    '--config.num_iterations=2',
+    '--config.eval_every=2',
+    '--config.checkpoint_every=2',
+  )
+  assert code == 0, err
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['method'] == {'first_order': True}
+  config = ml_collections.ConfigDict(saved)
+  family = tasks.build(config)
+  shape = (28, 28, 1)
+  learner = train.build_learner(config, family, shape)
+  config.method.first_order = False
+  second_order = train.build_learner(config, family, shape)
+  first_order = jaxmeta.make_learner(
+    'fomaml',
+    jaxmeta.models.BACKBONES['conv4'](5, shape, num_filters=8),
+    family.make_loss,
+    config.inner_lr,
+    config.inner_steps,
+  )
+  keys = jax.random.split(jax.random.key(0), 3)
+  params = learner.init(keys[0])
+  x = jax.random.uniform(keys[1], (10, *shape))
+  y = jnp.arange(10) % 5
+  task = jaxmeta.Task(x[:5], y[:5], x[5:], y[5:])
+  grad = learner.task_update(params, task)[0]
+  expected = first_order.task_update(params, task)[0]
+  other = second_order.task_update(params, task)[0]
+  close = lambda a, b: all(
+    np.allclose(u, v, rtol=1e-5, atol=1e-6)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+  assert close(grad, expected)
+  assert not close(grad, other)
 
 
 @pytest.mark.parametrize(
@@ -142,31 +178,114 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, cli):
   [
     (
       [f'--config={ROOT}/experiments/configs/maml_omniglot.py:5w2s'],
-      "Unknown preset '5w2s'",
+      "unknown preset '5w2s' of .*maml_omniglot.py \\(did you mean '5w5s'\\?\\)"
+      '. Fix: one of 5w1s, 5w5s, 20w1s, 20w5s',
     ),
-    (['--config.no_such_field=1'], 'no_such_field'),
-    (['--config.seed=abc'], 'config.seed=abc'),
+    (
+      ['--config=maml_omniglt:5w1s'],
+      "unknown config 'maml_omniglt' \\(did you mean 'maml_omniglot'\\?\\)",
+    ),
+    (
+      ['--config.bogus_field=1'],
+      "unknown config field 'bogus_field'. Fix: --print_config lists",
+    ),
+    (
+      ['--config.model.num_filter=3'],
+      "unknown config field 'model.num_filter'. Fix: one of model.conv_impl, "
+      "model.num_filters \\(did you mean 'model.num_filters'\\?\\)",
+    ),
+    (
+      ['--config.method.first_ordr=true'],
+      "unknown config field 'method.first_ordr'. Fix: maml takes "
+      "method.first_order \\(did you mean 'method.first_order'\\?\\)",
+    ),
+    (
+      ['--config.algorithm=protonet', '--config.method.first_order=true'],
+      "unknown config field 'method.first_order'. Fix: protonet takes no",
+    ),
+    (
+      ['--config.model.num_filters=8', "--config.model={'num_filters': 4}"],
+      '--config.model comes after --config.model.num_filters and would '
+      'replace it. Fix: give --config.model first',
+    ),
+    (['--config.model=3'], 'config.model is a group of fields. Fix:'),
+    (['--config.seed.x=3'], 'config.seed is a single value'),
+    (
+      ['--config.seed=abc'],
+      'config.seed=abc: config.seed is a number \\(int\\)',
+    ),
+    (['--config.seed=1.5'], 'config.seed=1.5: config.seed is a number'),
+    (['--config.method.first_order=maybe'], 'is true or false. Fix:'),
+    (['--config.seed'], 'needs a value. Fix: --config.seed=<value>'),
+    (['--config.algorithm=protonets'], "did you mean 'protonet'"),
+    (['--config='], '--config is required. Fix: --config=NAME'),
+    (
+      ['--config=protonet_omniglot:5w1s', '--config.ways=1'],
+      'config.ways=1: a classification task needs at least 2 classes. Fix:',
+    ),
+    (
+      ['--config.augment.crop_padding=100'],
+      r'crop_padding=100 is half the 28-pixel images or more.*Fix:',
+    ),
     (['--no_such_flag'], 'no_such_flag'),
   ],
 )
-def test_flag_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
-  if not any(a.startswith('--config=') for a in args):
-    args = [f'--config={omniglot.DEFAULT_CONFIG}', *args]
-  argv = ['prog', f'--workdir={tmp_path}', *args]
-  monkeypatch.setattr(sys, 'argv', argv)
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as exit_:
-    common.parse_flags(argv)
-  unparse()
-  err = capsys.readouterr().err
-  assert exit_.value.code == 1
+def test_flag_and_config_errors_are_one_line(tmp_path, cli, args, message):
+  code, out, err = cli(f'--workdir={tmp_path}/run', *args)
+  assert code == 1 and not out, (out, err)
   assert err.startswith('Error: ') and len(err.splitlines()) == 1, err
-  assert message in err, err
+  assert re.search(message, err), err
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_the_baselines_refuse_training_ways_in_one_line(
+  tmp_path, cli, omniglot_data_dir
+):
+  code, _, err = cli(
+    '--config=baseline_omniglot:baseline_5w1s',
+    '--config.train_ways=10',
+    f'--workdir={tmp_path}',
+    f'--data_dir={omniglot_data_dir}',
+    f'--source_dir={SOURCE_DIR}',
+  )
+  assert code == 1 and len(err.splitlines()) == 1, err
+  assert 'config.train_ways=10: baseline trains on minibatches' in err
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_config_is_checked_before_the_workdir(cli):
+  code, _, err = cli('--config=nope')
+  assert code == 1 and "unknown config 'nope'" in err, err
+
+
+def test_print_config_prints_every_field_after_the_overrides(cli):
+  code, out, err = cli(
+    '--config=maml_omniglot:20w1s',
+    '--config.method.first_order=true',
+    '--config.model.num_filters=8',
+    '--config.meta_lr=3e-4',
+    '--print_config',
+  )
+  assert code == 0 and not err, err
+  expected = maml_omniglot.get_config('20w1s')
+  expected.method.first_order = True
+  expected.model.num_filters = 8
+  expected.meta_lr = 3e-4
+  printed = dict(line.split(' = ', 1) for line in out.splitlines())
+  assert printed == {k: repr(v) for k, v in train.flatten(expected).items()}
+
+
+def test_list_configs_lists_every_config_and_preset(cli):
+  code, out, err = cli('--list_configs')
+  assert code == 0 and not err, err
+  assert 'maml_omniglot: 5w1s (default), 5w5s, 20w1s, 20w5s\n' in out
+  assert 'sinusoid: maml (default), fomaml, reptile, pretrain\n' in out
+  assert '\ndefault\n    The main job' in out
 
 
 def test_a_missing_config_file_is_one_line(tmp_path, cli):
   code, _, err = cli(f'--config={tmp_path}/nope.py', f'--workdir={tmp_path}')
-  assert code == 1 and 'No such file' in err and len(err.splitlines()) == 1
+  assert code == 1 and 'no config file' in err and len(err.splitlines()) == 1
 
 
 def test_stray_arguments_are_one_line(tmp_path, cli):
@@ -175,10 +294,10 @@ def test_stray_arguments_are_one_line(tmp_path, cli):
 
 
 def test_wrappers_default_to_their_config_files():
-  assert omniglot.DEFAULT_CONFIG.endswith('configs/default.py')
-  assert sinusoid.DEFAULT_CONFIG.endswith('configs/sinusoid.py')
-  assert os.path.isfile(omniglot.DEFAULT_CONFIG)
-  assert os.path.isfile(sinusoid.DEFAULT_CONFIG)
+  assert omniglot.DEFAULT_CONFIG == 'default'
+  assert sinusoid.DEFAULT_CONFIG == 'sinusoid'
+  assert configs.load('default') == default.get_config()
+  assert configs.load('sinusoid') == sinusoid_config.get_config()
 
 
 def short_real_run(workdir, data_dir, **overrides):
@@ -215,3 +334,47 @@ def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
   )
   # Measured: 67.4% +- 2.7% (100 test tasks) in under a minute on 2 cores.
   assert results['test_accuracy'] - results['test_ci95'] > 0.5, results
+
+
+def test_an_unknown_field_is_one_line_in_a_real_process(tmp_path):
+  """Overrides are applied after parsing, in a process of its own as at
+  start-up (not when absl defines or parses the flags)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  done = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.omniglot',
+      '--config.bogus_field=1',
+      f'--workdir={tmp_path}/run',
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAXMETA_HUGE_PAGES='0'),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert done.returncode == 1 and not done.stdout, done
+  assert done.stderr == (
+    "Error: --config: unknown config field 'bogus_field'. Fix: "
+    '--print_config lists every field.\n'
+  )
+
+
+def test_a_reader_that_stops_early_is_no_error():
+  """`--list_configs | head -1`: the reader has gone before the program
+  prints (it closes the pipe at once; the program takes seconds to start)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  process = subprocess.Popen(
+    [sys.executable, '-m', 'experiments.main', '--list_configs'],
+    cwd=ROOT,
+    env=dict(os.environ, JAXMETA_HUGE_PAGES='0'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  process.stdout.close()
+  err = process.stderr.read()
+  assert process.wait() == 0 and not err, err

@@ -2,9 +2,15 @@
 
 from pathlib import Path
 import re
+import shlex
+import tomllib
 
 import jaxmeta
 from jaxmeta.data import registry
+from experiments import cli
+from experiments import omniglot
+from experiments import sinusoid
+from experiments import train
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
@@ -43,3 +49,57 @@ def test_ci_runs_the_readme_test_command_and_then_the_slow_tier():
     command,
     'python -m pytest -q -n auto -m slow tests',
   ], ci[-2:]
+
+
+def _commands():
+  """Every command of the README's bash blocks, split into words."""
+  text = README.read_text()
+  for block in re.findall(r'```bash\n(.*?)```', text, re.S):
+    for line in block.splitlines():
+      for command in line.split(' && '):
+        yield shlex.split(command.split('  #')[0])
+
+
+_PROGRAMS = {
+  'experiments.main': None,
+  'experiments.omniglot': omniglot.DEFAULT_CONFIG,
+  'experiments.sinusoid': sinusoid.DEFAULT_CONFIG,
+}
+
+
+def test_every_experiment_command_names_a_config_that_loads():
+  checked = 0
+  for words in _commands():
+    if not {'python', 'python3'} & set(words) or '-m' not in words:
+      continue
+    program = words[words.index('-m') + 1]
+    if program not in _PROGRAMS:
+      assert program in ('pytest', 'pip', 'venv'), words
+      continue
+    args = words[words.index('-m') + 2 :]
+    if '--list_configs' in args:
+      continue
+    specs = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
+    spec = specs[-1] if specs else _PROGRAMS[program]
+    _, overrides = cli.split_overrides(['prog', *args])
+    train.validate(cli.load(spec, overrides))
+    checked += 1
+  assert checked >= 5
+
+
+def test_every_command_and_file_it_names_exists():
+  text = README.read_text()
+  scripts = tomllib.loads((README.parent / 'pyproject.toml').read_text())[
+    'project'
+  ]['scripts']
+  for name in re.findall(r'`(jaxmeta-[a-z]+)', text):
+    assert name in scripts, name
+  for target in re.findall(r'\]\(([^)#]+)\)', text):
+    if not target.startswith('http'):
+      assert (README.parent / target).exists(), target
+
+
+def test_no_link_to_a_repository_that_does_not_exist_and_short():
+  text = README.read_text()
+  assert 'github.com/jaxmeta' not in text
+  assert len(text.encode()) <= 13_000, len(text.encode())

@@ -1,6 +1,6 @@
 """ANIL on Omniglot (presets 5w1s, 5w5s, 20w1s, 20w5s).
 
-  python -m experiments.main --config=experiments/configs/anil_omniglot.py:20w1s \
+  python -m experiments.main --config=anil_omniglot:20w1s \
       --workdir=runs/anil_20w1s
 
 Raghu et al. 2020 (Section 4 and Appendix) train ANIL with MAML's settings,
@@ -12,7 +12,7 @@ steps at test time). The inner loop adapts the head only.
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 PRESETS = maml_omniglot.PRESETS
 

@@ -1,9 +1,9 @@
 """Baseline and Baseline++ on mini-ImageNet (presets
 {baseline,baseline_plus_plus}_{conv4,resnet12}_5w{1,5}s).
 
-  python -m experiments.main --workdir=runs/baseline_pp_mini \
-      --config=experiments/configs/baseline_miniimagenet.py:\
-baseline_plus_plus_conv4_5w1s --source_dir=/path/to/mini-imagenet
+  python -m experiments.main \
+      --config=baseline_miniimagenet:baseline_plus_plus_conv4_5w1s \
+      --workdir=runs/baseline_pp_mini --source_dir=/path/to/mini-imagenet
 
 Chen et al. 2019 (Section 4.1): pretrain on the 64 training classes with
 minibatches of 16, Adam 1e-3, 400 epochs of the 38,400 images (960,000
@@ -18,7 +18,7 @@ presets have no published counterpart.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (algorithm, backbone, shots)
 PRESETS = {

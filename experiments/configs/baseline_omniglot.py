@@ -2,7 +2,7 @@
 baseline_20w1s, baseline_plus_plus_5w1s, baseline_plus_plus_20w1s).
 
   python -m experiments.main \
-      --config=experiments/configs/baseline_omniglot.py:baseline_plus_plus_5w1s \
+      --config=baseline_omniglot:baseline_plus_plus_5w1s \
       --workdir=runs/baseline_pp_5w1s
 
 Chen et al. 2019 (Section 4.1): pretrain Conv-4 on minibatches of 16 images
@@ -16,7 +16,7 @@ cross-domain experiment.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (algorithm, ways, shots)
 PRESETS = {

@@ -1,7 +1,7 @@
 """The main job: MAML, Omniglot 5-way 1-shot, under 5 minutes on 2 CPU cores.
 
   python -m experiments.omniglot --workdir=/tmp/omniglot
-  python -m experiments.main --config=experiments/configs/default.py \
+  python -m experiments.main --config=default \
       --workdir=/tmp/omniglot --config.num_iterations=1000
 
 Every other config file starts from this one and overrides a few fields.
@@ -13,12 +13,16 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default configuration (`arg` must be empty)."""
   if arg:
-    raise ValueError(f'default.py takes no preset, got {arg!r}.')
+    raise ValueError(
+      f'default takes no preset, got {arg!r}. Fix: --config=default.'
+    )
   c = ml_collections.ConfigDict()
   c.preset = ''  # Set by the config files of published settings.
   c.algorithm = 'maml'  # A name in jaxmeta.ALGORITHMS.
   # The algorithm's own options (keywords of its builder, e.g. MAML++'s
-  # switches; `jaxmeta.algorithms.options(name)` lists them).
+  # switches; `jaxmeta.algorithms.options(name)` lists them), each at its
+  # builder's default unless set here or on the command line
+  # (`--config.method.first_order=true`; `--print_config` shows them all).
   c.method = ml_collections.ConfigDict()
 
   # The task family: a name in jaxmeta.data.DATASETS (class-image datasets,

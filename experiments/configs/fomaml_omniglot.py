@@ -1,7 +1,7 @@
 """First-order MAML on Omniglot: MAML's published settings, Hessian dropped.
 
   python -m experiments.main \
-      --config=experiments/configs/fomaml_omniglot.py:5w1s --workdir=DIR
+      --config=fomaml_omniglot:5w1s --workdir=DIR
 
 Finn et al. 2017, Section 5.2: first-order MAML 98.3 +- 0.5 (5w1s),
 99.2 +- 0.2 (5w5s), 89.4 +- 0.5 (20w1s), 97.9 +- 0.1 (20w5s).
@@ -9,7 +9,7 @@ Finn et al. 2017, Section 5.2: first-order MAML 98.3 +- 0.5 (5w1s),
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:

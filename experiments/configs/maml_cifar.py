@@ -1,7 +1,7 @@
 """MAML on CIFAR-FS and FC100 (presets cifar_fs_5w1s, ..., fc100_5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/maml_cifar.py:cifar_fs_5w1s \
+      --config=maml_cifar:cifar_fs_5w1s \
       --workdir=runs/maml_cifar_fs_5w1s --source_dir=/path/to/cifar-100-python
 
 MAML's mini-ImageNet settings (Finn et al. 2017: Conv-4 with 32 filters,
@@ -15,7 +15,7 @@ Published for MAML on CIFAR-FS (Bertinetto et al. 2019, Table 1):
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # dataset -> its split scheme.
 SCHEMES = {'cifar_fs': 'bertinetto', 'fc100': 'oreshkin'}

@@ -1,7 +1,7 @@
 """MAML on mini-ImageNet as in Finn et al. 2017 (presets 5w1s, 5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/maml_miniimagenet.py:5w1s \
+      --config=maml_miniimagenet:5w1s \
       --workdir=runs/maml_mini_5w1s --source_dir=/path/to/mini-imagenet
 
 Section 5.2 of the paper: Conv-4 with 32 filters on 84x84 RGB images, inner
@@ -14,7 +14,7 @@ device is 0.8 GB of uint8 (train), or use `--config.sampler=host`.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (shots, meta_batch_size)
 PRESETS = {'5w1s': (1, 4), '5w5s': (5, 2)}

@@ -1,6 +1,6 @@
 """MAML on Omniglot as in Finn et al. 2017 (presets 5w1s, 5w5s, 20w1s, 20w5s).
 
-  python -m experiments.main --config=experiments/configs/maml_omniglot.py:5w1s \
+  python -m experiments.main --config=maml_omniglot:5w1s \
       --workdir=runs/maml_5w1s
 
 The cbfinn/maml README: inner lr 0.4, one inner step, meta-batch 32, Adam
@@ -12,7 +12,7 @@ test time. Published (Table 1): 5w1s 98.7 +- 0.4, 5w5s 99.9 +- 0.1,
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (ways, shots, meta_batch_size, inner_lr, inner_steps)
 PRESETS = {

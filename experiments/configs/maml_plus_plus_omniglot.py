@@ -1,7 +1,7 @@
 """MAML++ on Omniglot (presets 5w1s, 20w1s), every trick on.
 
   python -m experiments.main \
-      --config=experiments/configs/maml_plus_plus_omniglot.py:20w1s \
+      --config=maml_plus_plus_omniglot:20w1s \
       --workdir=runs/maml_plus_plus_20w1s
 
 Antoniou et al. 2019 (Sections 4-5): Conv-4 with 64 filters, 5 inner steps
@@ -16,7 +16,7 @@ statistics. Published: 20w1s 97.65 +- 0.05%.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 EPOCH = 500
 # preset -> (ways, shots)

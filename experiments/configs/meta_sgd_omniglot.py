@@ -1,7 +1,7 @@
 """Meta-SGD on Omniglot (presets 5w1s, 5w5s, 20w1s, 20w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/meta_sgd_omniglot.py:5w1s \
+      --config=meta_sgd_omniglot:5w1s \
       --workdir=runs/meta_sgd_5w1s
 
 Li et al. 2017 (Section 4.2) use MAML's Conv-4 (64 filters, 28x28 images)
@@ -14,7 +14,7 @@ at MAML's inner learning rate. Published (Table 1): 5w1s 99.53 +- 0.26,
 
 import ml_collections
 
-from experiments.configs import maml_omniglot
+from . import maml_omniglot
 
 PRESETS = maml_omniglot.PRESETS
 

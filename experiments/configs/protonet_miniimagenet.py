@@ -2,7 +2,7 @@
 resnet12_5w1s, resnet12_5w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/protonet_miniimagenet.py:conv4_5w1s \
+      --config=protonet_miniimagenet:conv4_5w1s \
       --workdir=runs/protonet_mini_5w1s --source_dir=/path/to/mini-imagenet
 
 Snell et al. 2017 (Section 3.2): Conv-4 with 64 filters on 84x84 images,
@@ -18,7 +18,7 @@ splits on the device: 0.8 GB of uint8 for train, or `--config.sampler=host`.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (backbone, shots, train_ways)
 PRESETS = {

@@ -1,7 +1,7 @@
 """Prototypical Networks on Omniglot (presets 5w1s, 5w5s, 20w1s, 20w5s).
 
   python -m experiments.main \
-      --config=experiments/configs/protonet_omniglot.py:20w1s \
+      --config=protonet_omniglot:20w1s \
       --workdir=runs/protonet_20w1s
 
 Snell et al. 2017 (Section 3.1): Vinyals' split with rotations, 28x28
@@ -14,7 +14,7 @@ Published (Table 1): 5w1s 98.8%, 5w5s 99.7%, 20w1s 96.0%, 20w5s 98.9%.
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (ways, shots)
 PRESETS = {'5w1s': (5, 1), '5w5s': (5, 5), '20w1s': (20, 1), '20w5s': (20, 5)}

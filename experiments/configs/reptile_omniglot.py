@@ -1,7 +1,7 @@
 """Reptile on Omniglot as in Nichol et al. 2018 (transductive runs).
 
   python -m experiments.main \
-      --config=experiments/configs/reptile_omniglot.py:5w1s --workdir=DIR
+      --config=reptile_omniglot:5w1s --workdir=DIR
 
 The openai/supervised-reptile README: Adam (b1 = 0) inner loop, 10 training
 shots per class, meta-batch 5, meta step size 1 linearly annealed to 0, 50
@@ -14,7 +14,7 @@ only feeds the logged training accuracy. Published (transductive):
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
 
 # preset -> (ways, shots, inner_lr, inner_steps, num_iterations)
 PRESETS = {

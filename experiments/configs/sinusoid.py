@@ -1,7 +1,7 @@
 """Sinusoid regression (Finn et al. 2017, Section 5.1): MAML or the baseline.
 
   python -m experiments.sinusoid --workdir=/tmp/sinusoid
-  python -m experiments.main --config=experiments/configs/sinusoid.py:pretrain \
+  python -m experiments.main --config=sinusoid:pretrain \
       --workdir=/tmp/sinusoid_pretrain
 
 An MLP 1-40-40-1, K = 10 support points, inner lr 0.01, one inner step,
@@ -15,11 +15,16 @@ same way at test time).
 
 import ml_collections
 
-from experiments.configs import default
+from . import default
+
+# The presets are the algorithms.
+PRESETS = ('maml', 'fomaml', 'reptile', 'pretrain')
 
 
 def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
-  """The paper's setting, trained with the algorithm `arg`."""
+  """The paper's setting, trained with the algorithm `arg` (of `PRESETS`)."""
+  if arg not in PRESETS:
+    raise ValueError(f'Unknown preset {arg!r}; choose one of {PRESETS}.')
   c = default.get_config()
   c.preset = f'sinusoid:{arg}' if arg != 'maml' else ''
   c.algorithm = arg
