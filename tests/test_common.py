@@ -1,12 +1,16 @@
-"""Tests of experiments/common.py's start-up restart with huge pages."""
+"""Tests of experiments/common.py: the start-up restart with huge pages,
+metrics and TensorBoard, workdir paths and locks, JSON writes."""
 
+import json
 import os
 import platform
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import common
+import tb_events  # tests/ is on sys.path under pytest.
 
 
 class _Exec(Exception):
@@ -62,3 +66,43 @@ def test_does_nothing_when_off_set_or_unsupported(
   monkeypatch.setattr(platform, 'libc_ver', lambda: libc)
   common.reexec_with_huge_pages()
   assert not execve
+
+
+def test_metric_writer_writes_records_scalars_and_hparams(tmp_path):
+  writer = common.MetricWriter(tmp_path)
+  writer.write(1, {'loss': np.float32(0.5)}, prefix='train/')
+  writer.write(2, {'loss': 0.25, 'accuracy': 0.75}, prefix='train/')
+  writer.write_hparams(
+    2,
+    {
+      'algorithm': 'maml',
+      'inner_lr': 0.4,
+      'ways': 5,
+      'bn': True,
+      'hidden': (8,),
+    },
+    {'train/accuracy': 0.75},
+  )
+  writer.close()
+  records = [
+    json.loads(line)
+    for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert records == [
+    {'step': 1, 'train/loss': 0.5},
+    {'step': 2, 'train/loss': 0.25, 'train/accuracy': 0.75},
+  ]
+  logdir = tmp_path / 'tensorboard'
+  assert tb_events.scalars(logdir) == {
+    'train/loss': [(1, 0.5), (2, 0.25)],
+    'train/accuracy': [(2, 0.75)],
+  }
+  values, metric_tags = tb_events.hparams(logdir)
+  assert values == {
+    'algorithm': 'maml',
+    'inner_lr': 0.4,
+    'ways': 5.0,
+    'bn': True,
+    'hidden': '[8]',
+  }
+  assert metric_tags == ['train/accuracy']

@@ -16,6 +16,7 @@ from experiments import tasks
 from experiments import train
 from experiments.configs import default
 from experiments.configs import sinusoid as sinusoid_config
+import tb_events  # tests/ is on sys.path under pytest.
 
 # Small options per backbone, so that every pair trains in seconds.
 TINY_MODEL_OPTIONS = {
@@ -169,7 +170,15 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
   assert on_disk['best_val_accuracy'] == pytest.approx(
     val[on_disk['best_step']]
   )
-  assert os.listdir(tmp_path / 'tensorboard')
+  # The flattened config and the test metrics, for TensorBoard's HParams tab.
+  hparams, metric_tags = tb_events.hparams(tmp_path / 'tensorboard')
+  assert hparams['algorithm'] == 'maml' and hparams['model.num_filters'] == 4
+  assert hparams['meta_lr'] == config.meta_lr and hparams['ways'] == 3
+  assert 'test/accuracy' in metric_tags and 'test/accuracy_alone' in metric_tags
+  ((step, value),) = tb_events.scalars(tmp_path / 'tensorboard')[
+    'test/accuracy'
+  ]
+  assert step == 4 and value == pytest.approx(on_disk['test_accuracy'])
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
   _, meta = restore(config, tmp_path)
   assert meta['config']['model'] == {'num_blocks': 2, 'num_filters': 4}
@@ -294,14 +303,29 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
     chex.assert_trees_all_close(new.params, reference[False].params, atol=1e-6)
 
 
-@pytest.mark.slow
-def test_extending_a_run_with_a_decaying_rate_says_so(
-  tmp_path, tiny_dataset, capsys
-):
-  run(tiny_config(tiny_dataset, num_iterations=2, meta_lr_final=0.0), tmp_path)
-  capsys.readouterr()
-  run(tiny_config(tiny_dataset, num_iterations=4, meta_lr_final=0.0), tmp_path)
-  assert 'decays over num_iterations' in capsys.readouterr().out
+def test_extending_a_run_with_a_decaying_rate_is_refused(tmp_path):
+  """The rate decays over num_iterations: a longer run from the same
+  checkpoints would have taken its first steps at other rates."""
+  decaying = lambda n: tiny_sinusoid(
+    num_iterations=n, meta_lr_final=0.0, meta_lr_schedule='linear'
+  )
+  short = run(decaying(2), tmp_path / 'run')
+  with pytest.raises(
+    train.ConfigError,
+    match=r'decays \(linear\) over num_iterations=2; going on from its step '
+    r'2 with num_iterations=4 .* Fix: rerun with --config.num_iterations=2',
+  ):
+    run(decaying(4), tmp_path / 'run')
+  # Nothing of the run changed: the same command finishes as before.
+  again = run(decaying(2), tmp_path / 'run')
+  assert again['test_mse'] == short['test_mse']
+  state, _ = restore(decaying(2), tmp_path / 'run')
+  assert int(state.step) == 2
+  # The longer run in its own workdir; and a constant rate may be extended.
+  assert run(decaying(4), tmp_path / 'long')['iterations'] == 4
+  constant = lambda n: tiny_sinusoid(num_iterations=n, meta_lr_final=-1.0)
+  run(constant(2), tmp_path / 'constant')
+  assert run(constant(4), tmp_path / 'constant')['resumed_from_step'] == 2
 
 
 def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path, tiny_dataset):
