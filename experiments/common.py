@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+import struct
 import sys
 import time
 from typing import Any, Iterator, Mapping
@@ -172,18 +173,63 @@ def locked_workdir(
     os.close(fd)  # Releases the lock.
 
 
+class _EventFile:
+  """A TensorBoard event file (TFRecord framing of tensorboardX's `Event`
+  protos), written synchronously through `epath`, so that it can live in a
+  remote workdir and a failing write raises in the caller's thread."""
+
+  def __init__(self, logdir: epath.Path):
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+    self._event_pb2 = event_pb2
+    # TensorBoard's naming, made unique: a rerun within the same second
+    # must not overwrite the file of the run before.
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    path, n = logdir / name, 0
+    while path.exists():
+      n += 1
+      path = logdir / f'{name}.{n}'
+    self._file = path.open('wb')
+    self.write(
+      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2')
+    )
+
+  def add(self, summary, step: int) -> None:
+    self.write(
+      self._event_pb2.Event(
+        summary=summary, wall_time=time.time(), step=int(step)
+      )
+    )
+
+  def write(self, event) -> None:
+    from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+
+    data = event.SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._file.write(
+      header
+      + struct.pack('<I', masked_crc32c(header))
+      + data
+      + struct.pack('<I', masked_crc32c(data))
+    )
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
 class MetricWriter:
   """Scalars to `workdir/metrics.jsonl` and TensorBoard event files.
 
-  The TensorBoard events are written by tensorboardX (no TensorFlow needed),
-  synchronously, so that a failing write raises here and not in a
-  background thread; `tensorboard --logdir WORKDIR/tensorboard` shows them.
-  On a store without appends (`gs://`), metrics.jsonl is rewritten whole.
+  The events are tensorboardX's protos (no TensorFlow needed), written
+  synchronously; `tensorboard --logdir WORKDIR/tensorboard` shows them. On a
+  remote store (`gs://`), which has no appends, metrics.jsonl is rewritten
+  whole at each write and the event file appears when closed.
   """
 
   def __init__(self, workdir: 'str | os.PathLike'):
-    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
-
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._path = workdir / 'metrics.jsonl'
@@ -195,14 +241,7 @@ class MetricWriter:
       self._lines = self._path.read_text() if self._path.exists() else ''
     logdir = workdir / 'tensorboard'
     logdir.mkdir(parents=True, exist_ok=True)
-    self._tb = event_file_writer.EventsWriter(os.fspath(logdir / 'events'))
-
-  def _add_summary(self, summary, step: int) -> None:
-    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-
-    self._tb.write_event(
-      event_pb2.Event(summary=summary, wall_time=time.time(), step=int(step))
-    )
+    self._tb = _EventFile(logdir)
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
     from tensorboardX import summary  # pylint: disable=g-import-not-at-top
@@ -216,7 +255,7 @@ class MetricWriter:
       self._lines += line
       self._path.write_text(self._lines)
     for name, value in scalars.items():
-      self._add_summary(summary.scalar(name, value), step)
+      self._tb.add(summary.scalar(name, value), step)
     self._tb.flush()
 
   def write_hparams(
@@ -241,7 +280,7 @@ class MetricWriter:
     }
     metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
     for part in summary.hparams(plain, metrics):
-      self._add_summary(part, step)
+      self._tb.add(part, step)
     self._tb.flush()
 
   def close(self):
@@ -251,10 +290,7 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
     finally:
-      try:
-        self._tb.close()
-      finally:  # The event file itself, should its last flush have failed.
-        self._tb._py_recordio_writer.close()  # pylint: disable=protected-access
+      self._tb.close()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

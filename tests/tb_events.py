@@ -7,21 +7,26 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.proto import plugin_hparams_pb2
 
 
+def parse_events(data):
+  """The `Event`s of the bytes of one event file."""
+  events = []
+  offset = 0
+  while offset < len(data):
+    # uint64 length, uint32 crc of it, the record, uint32 crc of it.
+    (length,) = struct.unpack('<Q', data[offset : offset + 8])
+    record = data[offset + 12 : offset + 12 + length]
+    events.append(event_pb2.Event.FromString(record))
+    offset += 12 + length + 4
+  return events
+
+
 def read_events(logdir):
   """Every `Event` of every event file in `logdir`, file by file in order."""
   events = []
   for name in sorted(os.listdir(logdir)):
-    if '.tfevents.' not in name:
-      continue
-    with open(os.path.join(logdir, name), 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      # uint64 length, uint32 crc of it, the record, uint32 crc of it.
-      (length,) = struct.unpack('<Q', data[offset : offset + 8])
-      record = data[offset + 12 : offset + 12 + length]
-      events.append(event_pb2.Event.FromString(record))
-      offset += 12 + length + 4
+    if '.tfevents.' in name:
+      with open(os.path.join(logdir, name), 'rb') as f:
+        events += parse_events(f.read())
   return events
 
 

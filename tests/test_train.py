@@ -542,3 +542,28 @@ def test_checkpoints_without_validation_are_not_best(tmp_path):
   assert ckpt.best_step() == 2 and ckpt.best_metric() == 0.2
   assert sorted(ckpt.manager.all_steps()) == [2, 4]
   ckpt.close()
+
+
+def test_file_uri_and_relative_workdirs_run_and_resume(tmp_path, monkeypatch):
+  straight = run(tiny_sinusoid(), tmp_path / 'straight')
+  uri = f'file://{tmp_path}/uri'
+  run(tiny_sinusoid(num_iterations=2), uri)
+  resumed = run(tiny_sinusoid(), uri)
+  assert resumed['resumed_from_step'] == 2
+  assert resumed['test_mse'] == straight['test_mse']
+  a, _ = restore(tiny_sinusoid(), tmp_path / 'straight')
+  b, _ = restore(tiny_sinusoid(), tmp_path / 'uri')
+  chex.assert_trees_all_equal(a, b)
+  assert train.evaluate(tiny_sinusoid(), uri)['test_mse'] == resumed['test_mse']
+  monkeypatch.chdir(tmp_path)
+  relative = run(tiny_sinusoid(), os.path.join('runs', 'rel'))
+  assert relative['test_mse'] == straight['test_mse']
+  assert sorted(os.listdir(tmp_path / 'runs' / 'rel')) == [
+    'checkpoints',
+    'config.json',
+    'lock',
+    'metrics.jsonl',
+    'results.json',
+    'tensorboard',
+  ]
+  assert sorted(os.listdir(tmp_path)) == ['runs', 'straight', 'uri']
