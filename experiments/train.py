@@ -507,7 +507,8 @@ def prepare_workdir(workdir: epath.Path, create: bool = True) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise ConfigError(
-      f'Cannot create --workdir={workdir}: {e.strerror}.'
+      f'Cannot create --workdir={workdir}: {e.strerror or e}. Fix: give a '
+      'directory you can create (its parents must be directories).'
     ) from e
   if common.is_local(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
     raise ConfigError(

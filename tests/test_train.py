@@ -460,6 +460,12 @@ def test_workdir_errors(tmp_path, tiny_dataset):
   a_file.write_text('x')
   with pytest.raises(train.ConfigError, match='is a file'):
     run(tiny_config(tiny_dataset), a_file)
+  with pytest.raises(train.ConfigError, match='is a file'):
+    train.evaluate(tiny_config(tiny_dataset), str(a_file))
+  with pytest.raises(
+    train.ConfigError, match='Cannot create .*Not a directory. Fix:'
+  ):
+    run(tiny_config(tiny_dataset), a_file / 'run')
   old = tmp_path / 'old'
   (old / 'best').mkdir(parents=True)
   with pytest.raises(train.ConfigError, match='earlier version'):
@@ -510,6 +516,11 @@ def test_eval_mode(tmp_path, tiny_dataset):
     train.evaluate(tiny_config(tiny_dataset, ways=4), str(tmp_path))
   with pytest.raises(train.ConfigError, match='holds no run'):
     train.evaluate(config, str(tmp_path / 'nothing'))
+  # Evaluation reads the checkpoints, not the results of the run.
+  os.remove(tmp_path / 'results.json')
+  assert (
+    train.evaluate(config, str(tmp_path))['best_step'] == (trained['best_step'])
+  )
 
 
 def test_eval_on_a_read_only_workdir_prints_the_result_first(
