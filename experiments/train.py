@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 from etils import epath
-
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -889,7 +888,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
   """`train_and_evaluate` in a checked, locked workdir."""
   run = _Run(config, workdir, data_dir, source_dir, 'train')
   checkpoints = run.checkpoints
-  writer = _NoWriter()
+  writer, bar = _NoWriter(), None
   try:
     saved, source = _read_saved_config(workdir, checkpoints)
     check_same_run(saved, source, config, workdir)
@@ -1036,6 +1035,8 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
     writer.close()
     checkpoints.close()
   except BaseException:
+    if bar is not None:
+      _close_quietly(bar.close)
     _close_quietly(writer.close, checkpoints.close)
     raise
   _say(summary(results, results_path))
