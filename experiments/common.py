@@ -2,8 +2,9 @@
 results.
 
 A workdir is an `etils.epath.Path`: a local directory, or a remote one
-(`gs://`, `s3://`, with the matching fsspec package installed); `file://`
-URIs name local directories.
+(`gs://` with gcsfs installed: epath writes the files, orbax the
+checkpoints); `file://` URIs name local directories. Only local workdirs
+are locked (`locked_workdir`).
 """
 
 import contextlib

@@ -34,6 +34,7 @@ for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -211,7 +212,9 @@ def _prepare(builder) -> None:
         f'being prepared in it ({type(e).__name__}). Fix: leave it in place '
         'and load again: the cache is prepared afresh.'
       ) from e
-    if isinstance(e, OSError):
+    if isinstance(e, PermissionError) or (
+      isinstance(e, OSError) and e.errno == errno.EROFS
+    ):
       raise Cifar100Error(
         f'Cannot write the CIFAR-100 cache into the data dir {root}: {e}. {fix}'
       ) from e

@@ -41,6 +41,7 @@ decodes 60,000 JPEGs once (minutes, single process).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -192,7 +193,9 @@ def _prepare(builder) -> None:
         f'being prepared in it ({type(e).__name__}). Fix: leave it in place '
         'and load again: the cache is prepared afresh.'
       ) from e
-    if isinstance(e, OSError):
+    if isinstance(e, PermissionError) or (
+      isinstance(e, OSError) and e.errno == errno.EROFS
+    ):
       raise MiniImageNetError(
         f'Cannot write the mini-ImageNet cache into the data dir {root}: '
         f'{e}. {fix}'
