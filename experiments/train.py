@@ -814,7 +814,13 @@ def _disk_full(
   cause = error
   while cause is not None and not getattr(cause, 'filename', None):
     cause = cause.__cause__ or cause.__context__
-  where = f' ({cause.filename})' if cause is not None else ''
+  filename = os.fspath(cause.filename) if cause is not None else None
+  where = f'--workdir={workdir}'
+  if filename:
+    inside = os.path.abspath(filename).startswith(
+      os.path.abspath(os.fspath(workdir))
+    )
+    where = f'{where} ({filename})' if inside else filename
   steps = _saved_steps(workdir)
   kept = (
     f'the latest checkpoint, step {steps[-1]}, is intact and the rerun '
@@ -823,9 +829,8 @@ def _disk_full(
     else 'no checkpoint had been saved yet, the rerun starts afresh'
   )
   return common.DiskFullError(
-    f'The disk of --workdir={workdir} is full (or over quota){where}: the '
-    f'run stopped, and {kept}. Fix: free space there and rerun the same '
-    'command.'
+    f'The disk of {where} is full (or over quota): the run stopped, and '
+    f'{kept}. Fix: free space there and rerun the same command.'
   )
 
 

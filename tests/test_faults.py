@@ -446,3 +446,16 @@ def test_the_programs_say_each_fault_in_one_line_and_then_finish(tmp_path):
     chex.assert_trees_all_equal(
       final_state(config(), workdir), final_state(config(), straight_dir)
     )
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
+  workdir = common.workdir_path(str(tmp_path / 'run'))
+  (tmp_path / 'run' / 'checkpoints' / '4').mkdir(parents=True)
+  enospc = lambda path: OSError(errno.ENOSPC, 'No space left on device', path)
+  inside = str(train._disk_full(workdir, enospc(f'{workdir}/metrics.jsonl')))
+  assert inside.startswith(f'The disk of --workdir={workdir} (')
+  assert 'step 4, is intact' in inside
+  elsewhere = train._disk_full(workdir, enospc('/data/tfds/x.array_record'))
+  assert str(elsewhere).startswith('The disk of /data/tfds/x.array_record is')
+  assert common.is_disk_full(RuntimeError('write: Disk quota exceeded'))
+  assert not common.is_disk_full(OSError(errno.EACCES, 'Permission denied'))
