@@ -20,11 +20,11 @@ is a `CheckpointError` that says how to recover.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, Mapping
 
-from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -62,6 +62,10 @@ class Checkpoints:
     self.metric = metric
     self._sign = 1.0 if higher_is_better else -1.0
     score = lambda m: self._sign * float(m[metric])
+    self.manager = None
+    # Orbax reads every step's validation record when it opens the
+    # directory, and fails on one it cannot parse: such steps go first.
+    self._move_aside_unreadable_records()
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
       [
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -82,6 +86,24 @@ class Checkpoints:
         enable_async_checkpointing=False,
       ),
     )
+
+  def _move_aside_unreadable_records(self) -> None:
+    directory = self.workdir / 'checkpoints'
+    if not directory.is_dir():
+      return
+    for step_dir in directory.iterdir():
+      record = step_dir / 'metrics' / 'metrics'
+      if not step_dir.name.isdigit() or not record.exists():
+        continue
+      try:
+        float(json.loads(record.read_text())[self.metric])
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        self.move_aside(
+          int(step_dir.name),
+          e,
+          'a step whose validation record is unreadable',
+          'the other checkpoints',
+        )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -177,11 +199,17 @@ class Checkpoints:
       try:
         return (step, *self.restore(like, step))
       except Exception as e:  # pylint: disable=broad-except
-        self.move_aside(step, e, 'the best on validation')
+        self.move_aside(
+          step, e, 'the best on validation', 'the next-best validated step'
+        )
     return None
 
   def move_aside(
-    self, step: int, error: Exception, role: str = 'the latest'
+    self,
+    step: int,
+    error: Exception,
+    role: str = 'the latest',
+    fallback: str = 'the previous checkpoint',
   ) -> None:
     """Moves an unreadable step to `workdir/unreadable/` and says so.
 
@@ -190,6 +218,7 @@ class Checkpoints:
       error: what reading it raised.
       role: which checkpoint it was, for the messages ('the latest', 'the
         best on validation').
+      fallback: what the run uses instead, for the warning.
 
     Raises:
       CheckpointError: opened read-only, where nothing may be moved.
@@ -203,7 +232,7 @@ class Checkpoints:
         '(--mode=train) on this workdir: it moves the unreadable step aside '
         'and falls back to the previous intact one; then evaluate again.'
       ) from error
-    source = epath.Path(self.manager.directory) / str(step)
+    source = self.workdir / 'checkpoints' / str(step)
     target_dir = self.workdir / 'unreadable'
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / str(step)
@@ -212,12 +241,8 @@ class Checkpoints:
       suffix += 1
       target = target_dir / f'{step}.{suffix}'
     source.rename(target)
-    self.manager.reload()
-    fallback = (
-      'the next-best validated checkpoint'
-      if role == 'the best on validation'
-      else 'the previous checkpoint'
-    )
+    if self.manager is not None:
+      self.manager.reload()
     print(
       f'Warning: checkpoint step {step} could not be read ({reason}); it was '
       f'{role}: moved it to {target} and fell back to {fallback}.',

@@ -52,9 +52,10 @@ def final_state(c, workdir, step=6):
   return state
 
 
-def damage(step_dir):
-  """Truncates every file of a checkpoint step's state to half its size."""
-  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+def damage(step_dir, part='state'):
+  """Truncates every file of a part of a checkpoint step to half its size:
+  its `state`, or its validation record (`metrics`)."""
+  for root, _, files in os.walk(os.path.join(step_dir, part)):
     for name in files:
       path = os.path.join(root, name)
       with open(path, 'r+b') as f:
@@ -78,13 +79,14 @@ def one_line(message):
 # An unreadable best checkpoint.
 
 
+@pytest.mark.parametrize('part', ['state', 'metrics'])
 def test_an_unreadable_best_checkpoint_falls_back_to_the_next_best(
-  tmp_path, straight, capsys
+  tmp_path, straight, capsys, part
 ):
   straight_dir, straight_results = straight
   workdir = tmp_path / 'damaged'
   shutil.copytree(straight_dir, workdir)
-  damage(workdir / 'checkpoints' / '2')
+  damage(workdir / 'checkpoints' / '2', part)
   # What the run should fall back to: the straight run without its step 2.
   expected_dir = tmp_path / 'expected'
   shutil.copytree(straight_dir, expected_dir)
@@ -96,7 +98,7 @@ def test_an_unreadable_best_checkpoint_falls_back_to_the_next_best(
   with pytest.raises(checkpoints_lib.CheckpointError) as error:
     train.evaluate(config(), str(workdir))
   one_line(error.value)
-  assert 'step 2 (the best on validation)' in str(error.value)
+  assert 'Checkpoint step 2 (' in str(error.value)
   assert (workdir / 'checkpoints' / '2').is_dir()
 
   capsys.readouterr()
