@@ -808,6 +808,32 @@ def _saved_steps(workdir: epath.Path) -> list[int]:
     return []
 
 
+def _blocked_path(
+  workdir: epath.Path, error: BaseException
+) -> common.OneLineError | None:
+  """An `OSError` on a path inside the workdir (a folder where the run
+  writes a file, a file where it makes a folder, no permission) as one line;
+  None for other errors."""
+  root = os.path.abspath(os.fspath(workdir)) if common.is_local(workdir) else ''
+  while error is not None:
+    if isinstance(error, OSError):
+      path = error.filename and os.path.abspath(os.fspath(error.filename))
+      if root and path and (path + os.sep).startswith(root + os.sep):
+        return common.OneLineError(
+          f'Cannot use {path} ({error.strerror or error}): the run writes '
+          'its own file or folder there. Fix: move it out of the way, or use '
+          'a new --workdir; then the same command goes on from the last '
+          'checkpoint.'
+        )
+      if root and not path and root in str(error):
+        return common.OneLineError(
+          f'{error}. Fix: move it out of the way, or use a new --workdir; '
+          'then the same command goes on from the last checkpoint.'
+        )
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def _disk_full(
   workdir: epath.Path, error: BaseException
 ) -> common.DiskFullError:
@@ -875,8 +901,13 @@ def train_and_evaluate(
         config, workdir, data_dir, source_dir, progress
       )
   except Exception as e:  # pylint: disable=broad-except
-    if common.is_disk_full(e) and not isinstance(e, common.DiskFullError):
+    if isinstance(e, common.OneLineError):
+      raise
+    if common.is_disk_full(e):
       raise _disk_full(workdir, e) from e
+    blocked = _blocked_path(workdir, e)
+    if blocked is not None:
+      raise blocked from e
     raise
 
 

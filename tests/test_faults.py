@@ -461,3 +461,37 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
   assert str(elsewhere).startswith('The disk of /data/tfds/x.array_record is')
   assert common.is_disk_full(RuntimeError('write: Disk quota exceeded'))
   assert not common.is_disk_full(OSError(errno.EACCES, 'Permission denied'))
+
+
+# Something else where the run writes.
+
+
+@pytest.mark.parametrize(
+  'name, kind',
+  [
+    ('checkpoints', 'file'),
+    ('lock', 'folder'),
+    ('metrics.jsonl', 'folder'),
+    ('tensorboard', 'file'),
+    ('results.json', 'folder'),
+  ],
+)
+def test_a_blocked_path_in_the_workdir_is_one_line(
+  tmp_path, straight, name, kind
+):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  blocker = workdir / name
+  if kind == 'file':
+    blocker.write_text('x')
+  else:
+    blocker.mkdir()
+  with pytest.raises(common.OneLineError) as error:
+    run(config(), workdir)
+  one_line(error.value)
+  assert str(blocker) in str(error.value)
+  if kind == 'file':
+    blocker.unlink()
+  else:
+    blocker.rmdir()
+  assert run(config(), workdir)['test_mse'] == straight[1]['test_mse']
