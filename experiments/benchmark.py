@@ -290,12 +290,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     'num_steps',
     None,
     'Timed meta-steps per row (default 20; 3 at --size=tiny).',
+    lower_bound=1,
     **fv,
   )
   flags.DEFINE_integer(
     'warmup_steps',
     None,
     'Untimed steps after the first (default 2; 1 at --size=tiny).',
+    lower_bound=0,
     **fv,
   )
   flags.DEFINE_float(
@@ -304,6 +306,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     'If > 0, time fewer than '
     '--num_steps steps (at least 3) where the warm-up says they '
     'would take longer than this; the row records the count.',
+    lower_bound=0.0,
     **fv,
   )
   flags.DEFINE_enum(
@@ -321,6 +324,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     'Largest relative error of the '
     'float32 meta-gradient against the reference, per '
     'parameter tensor (see `verdict` for the float64 rule).',
+    lower_bound=0.0,
     **fv,
   )
   flags.DEFINE_bool(
@@ -340,6 +344,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     'in the timed meta-step and its cross-check; 0: '
     'jaxmeta.default_task_chunk_size (one task at a time '
     'on CPUs, the whole meta-batch on accelerators).',
+    lower_bound=0,
     **fv,
   )
   flags.DEFINE_integer(
@@ -352,7 +357,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     **fv,
   )
   flags.DEFINE_integer(
-    'seed', 0, 'Seed of the initial weights and the batch.', **fv
+    'seed', 0, 'Seed of the initial weights and the batch.', lower_bound=0, **fv
   )
   flags.DEFINE_string(
     'torch_device', 'auto', "'auto' (cuda if available), 'cpu' or 'cuda'.", **fv
@@ -1080,13 +1085,52 @@ def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
   return tuple(out)
 
 
+def check_counts(settings: Settings) -> None:
+  """Refuses counts and tolerances that cannot time or check anything.
+
+  Raises:
+    BenchmarkError: naming the flag, its value and what it must be.
+  """
+  bounds = (
+    ('num_steps', 1, 'the timings are medians over the timed steps'),
+    ('warmup_steps', 0, 'untimed steps after the first'),
+    ('interleave_block', 1, 'timed steps per turn'),
+    ('task_chunk_size', 0, '0: the default'),
+    ('seed', 0, 'a PRNG seed'),
+  )
+  for name, lowest, why in bounds:
+    value = getattr(settings, name)
+    if not isinstance(value, int) or value < lowest:
+      raise BenchmarkError(
+        f'--{name}={value} must be an integer >= {lowest} ({why}). Fix: '
+        f'pass --{name}={max(lowest, 1)} or more.'
+      )
+  if not (
+    math.isfinite(settings.max_seconds_per_row)
+    and settings.max_seconds_per_row >= 0
+  ):
+    raise BenchmarkError(
+      f'--max_seconds_per_row={settings.max_seconds_per_row} must be a '
+      'finite number >= 0 (0: no limit). Fix: pass --max_seconds_per_row=0.'
+    )
+  if not (math.isfinite(settings.check_tol) and settings.check_tol > 0):
+    raise BenchmarkError(
+      f'--check_tol={settings.check_tol} must be a finite number > 0. Fix: '
+      'pass --check_tol=1e-4 (the default).'
+    )
+
+
 def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
   """Runs the cross-checks and the timings, writing outputs as it goes.
 
   Returns:
     `(results, ok)`: the content of `benchmark.json` and whether every
     cross-check passed and every implementation ran.
+
+  Raises:
+    BenchmarkError: settings that cannot run, before any compilation.
   """
+  check_counts(settings)
   for name, known in (
     (settings.configs, CONFIGS),
     (settings.algorithms, ALGORITHMS),
@@ -1550,4 +1594,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   common.reexec_with_huge_pages()
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

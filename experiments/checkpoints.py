@@ -12,14 +12,16 @@ directory and renames it when complete; the temporary directories of an
 interrupted save are removed when the manager opens
 (`cleanup_tmp_directories`), so the next run trains that step again and
 saves it afresh. A step directory that is nevertheless unreadable (a
-truncated file, a disk error) is moved aside to `workdir/unreadable/` and the
-previous intact step is restored, with a warning.
+truncated file, a disk error) is moved aside to `workdir/unreadable/`, with a
+warning: the previous intact step is resumed from, and the next-best intact
+validated step is tested. Opened read-only (evaluation), an unreadable step
+is a `CheckpointError` that says how to recover.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import sys
 from typing import Any, Mapping
 
@@ -48,17 +50,22 @@ class Checkpoints:
 
   def __init__(
     self,
-    workdir: str,
+    workdir: 'str | os.PathLike',
     keep: int,
     metric: str,
     higher_is_better: bool,
     read_only: bool = False,
   ):
-    self.workdir = os.path.abspath(workdir)
+    workdir = common.workdir_path(workdir)
+    self.workdir = workdir.resolve() if common.is_local(workdir) else workdir
     self.read_only = read_only
     self.metric = metric
     self._sign = 1.0 if higher_is_better else -1.0
     score = lambda m: self._sign * float(m[metric])
+    self.manager = None
+    # Orbax reads every step's validation record when it opens the
+    # directory, and fails on one it cannot parse: such steps go first.
+    self._move_aside_unreadable_records()
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
       [
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -68,7 +75,7 @@ class Checkpoints:
       ]
     )
     self.manager = ocp.CheckpointManager(
-      os.path.join(self.workdir, 'checkpoints'),
+      self.workdir / 'checkpoints',
       options=ocp.CheckpointManagerOptions(
         best_fn=score,
         best_mode='max',
@@ -79,6 +86,24 @@ class Checkpoints:
         enable_async_checkpointing=False,
       ),
     )
+
+  def _move_aside_unreadable_records(self) -> None:
+    directory = self.workdir / 'checkpoints'
+    if not directory.is_dir():
+      return
+    for step_dir in directory.iterdir():
+      record = step_dir / 'metrics' / 'metrics'
+      if not step_dir.name.isdigit() or not record.exists():
+        continue
+      try:
+        float(json.loads(record.read_text())[self.metric])
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        self.move_aside(
+          int(step_dir.name),
+          e,
+          'a step whose validation record is unreadable',
+          'the other checkpoints',
+        )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -157,28 +182,70 @@ class Checkpoints:
         self.move_aside(step, e)
     return None
 
-  def move_aside(self, step: int, error: Exception) -> None:
-    """Moves an unreadable step to `workdir/unreadable/` and says so."""
+  def restore_best_readable(
+    self, like: Any
+  ) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the best validated step that reads back, moving broken ones
+    aside (read-only: a `CheckpointError` at the first broken one).
+
+    Args:
+      like: a state of the right structure, shapes and dtypes.
+
+    Returns:
+      `(step, state, meta)`, or None if no validated step reads back (or
+      none exists).
+    """
+    while (step := self.best_step()) is not None:
+      try:
+        return (step, *self.restore(like, step))
+      except Exception as e:  # pylint: disable=broad-except
+        self.move_aside(
+          step, e, 'the best on validation', 'the next-best validated step'
+        )
+    return None
+
+  def move_aside(
+    self,
+    step: int,
+    error: Exception,
+    role: str = 'the latest',
+    fallback: str = 'the previous checkpoint',
+  ) -> None:
+    """Moves an unreadable step to `workdir/unreadable/` and says so.
+
+    Args:
+      step: the unreadable step.
+      error: what reading it raised.
+      role: which checkpoint it was, for the messages ('the latest', 'the
+        best on validation').
+      fallback: what the run uses instead, for the warning.
+
+    Raises:
+      CheckpointError: opened read-only, where nothing may be moved.
+    """
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = f'{type(error).__name__}: {first_line[:200]}'
     if self.read_only:
       raise CheckpointError(
-        f'Checkpoint step {step} in {self.workdir}/checkpoints could not be '
-        f'read ({type(error).__name__}: {error}).'
+        f'Checkpoint step {step} ({role}) in {self.workdir}/checkpoints '
+        f'could not be read ({reason}). Fix: rerun the training command '
+        '(--mode=train) on this workdir: it moves the unreadable step aside '
+        'and falls back to the previous intact one; then evaluate again.'
       ) from error
-    source = os.path.join(self.manager.directory, str(step))
-    target_dir = os.path.join(self.workdir, 'unreadable')
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, str(step))
+    source = self.workdir / 'checkpoints' / str(step)
+    target_dir = self.workdir / 'unreadable'
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / str(step)
     suffix = 0
-    while os.path.exists(target):
+    while target.exists():
       suffix += 1
-      target = os.path.join(target_dir, f'{step}.{suffix}')
-    shutil.move(source, target)
-    self.manager.reload()
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+      target = target_dir / f'{step}.{suffix}'
+    source.rename(target)
+    if self.manager is not None:
+      self.manager.reload()
     print(
-      f'Warning: checkpoint step {step} could not be read '
-      f'({type(error).__name__}: {first_line[:200]}); moved it to {target} '
-      'and fell back to the previous checkpoint.',
+      f'Warning: checkpoint step {step} could not be read ({reason}); it was '
+      f'{role}: moved it to {target} and fell back to {fallback}.',
       file=sys.stderr,
     )
 

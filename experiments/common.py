@@ -1,14 +1,27 @@
-"""Pieces shared by the experiment modules: command line, metrics, results."""
+"""Pieces shared by the experiment modules: command line, workdirs, metrics,
+results.
 
+A workdir is an `etils.epath.Path`: a local directory, or a remote one
+(`gs://` with gcsfs installed: epath writes the files, orbax the
+checkpoints); `file://` URIs name local directories. Only local workdirs
+are locked (`locked_workdir`).
+"""
+
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import platform
+import socket
+import struct
 import sys
-import tempfile
-from typing import Any, Mapping
+import time
+from typing import Any, Iterator, Mapping
 
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -39,44 +52,246 @@ def to_python(value: Any) -> Any:
   return value
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically: a crash never leaves a half-written file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # As open() would; mkstemp makes it 0600.
-  with os.fdopen(fd, 'w') as f:
-    json.dump(to_python(obj), f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+class OneLineError(RuntimeError):
+  """A fault of the run's surroundings (a busy workdir, a full disk) whose
+  message names the problem and the fix: the programs print it as one line."""
+
+
+class DiskFullError(OneLineError):
+  """The disk (or quota) of the workdir ran out while the run was writing."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ('No space left on device', 'Disk quota exceeded')
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk.
+
+  Orbax and TensorStore re-raise the `OSError` of a write as their own
+  types, sometimes with only its text, so the chain and the text are read.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return True
+    if any(text in str(error) for text in _DISK_FULL_TEXT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def workdir_path(workdir: 'str | os.PathLike') -> epath.Path:
+  """The path of a `--workdir`: `file://` URIs become local paths, a local
+  relative path stays relative; `gs://` and the like stay remote."""
+  if isinstance(workdir, str) and workdir.startswith('file://'):
+    workdir = workdir[len('file://') :]
+  return epath.Path(workdir)
+
+
+def is_local(path: epath.Path) -> bool:
+  """Whether `path` is on this machine's file system (not `gs://` etc.)."""
+  return '://' not in os.fspath(path)
+
+
+def write_json(path: 'str | os.PathLike', obj: Any) -> None:
+  """Writes JSON atomically: a crash never leaves a half-written file.
+
+  Written to a temporary file beside it, then renamed over it (on a remote
+  store a single object write, which is atomic by itself).
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(to_python(obj), indent=2, sort_keys=True) + '\n'
+  if not is_local(path):
+    path.write_text(text)
+    return
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+LOCK_FILE = 'lock'
+
+
+@contextlib.contextmanager
+def locked_workdir(
+  workdir: epath.Path, exclusive: bool = True
+) -> Iterator[None]:
+  """Holds `workdir/lock` for a run (`exclusive`) or an evaluation (shared).
+
+  An advisory `flock` on a file of the workdir: the kernel releases it when
+  the process ends however it ends (kill -9 included), so no stale lock is
+  ever left. The file records the holder (pid, host, start time) for the
+  message of the run that is refused. Remote workdirs (`gs://` ...) and
+  workdirs this process cannot write are not locked: flock is local.
+
+  Raises:
+    OneLineError: another run holds the lock.
+  """
+  if not is_local(workdir):
+    yield
+    return
+  path = os.path.join(os.fspath(workdir), LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError:
+    if exclusive:
+      raise
+    try:  # A read-only workdir: a shared lock needs only reading.
+      fd = os.open(path, os.O_RDONLY)
+    except OSError:
+      yield  # Nothing to lock; evaluating it writes nothing to guard.
+      return
+  try:
+    try:
+      fcntl.flock(
+        fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+      )
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
+      raise OneLineError(
+        f'--workdir={workdir} is in use by another run '
+        f'({holder or "an evaluation of it"}). Fix: wait for it to finish '
+        'or stop it, or use another --workdir.'
+      ) from None
+    if exclusive:
+      started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())
+      record = f'pid {os.getpid()} on {socket.gethostname()}, since {started}'
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, record.encode(), 0)
+    try:
+      yield
+    finally:
+      if exclusive:  # The record names a holder only while one holds it.
+        os.ftruncate(fd, 0)
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+class _EventFile:
+  """A TensorBoard event file (TFRecord framing of tensorboardX's `Event`
+  protos), written synchronously through `epath`, so that it can live in a
+  remote workdir and a failing write raises in the caller's thread."""
+
+  def __init__(self, logdir: epath.Path):
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+    self._event_pb2 = event_pb2
+    # TensorBoard's naming, made unique: a rerun within the same second
+    # must not overwrite the file of the run before.
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    path, n = logdir / name, 0
+    while path.exists():
+      n += 1
+      path = logdir / f'{name}.{n}'
+    self._file = path.open('wb')
+    self.write(
+      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2')
+    )
+
+  def add(self, summary, step: int) -> None:
+    self.write(
+      self._event_pb2.Event(
+        summary=summary, wall_time=time.time(), step=int(step)
+      )
+    )
+
+  def write(self, event) -> None:
+    from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+
+    data = event.SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._file.write(
+      header
+      + struct.pack('<I', masked_crc32c(header))
+      + data
+      + struct.pack('<I', masked_crc32c(data))
+    )
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 class MetricWriter:
   """Scalars to `workdir/metrics.jsonl` and TensorBoard event files.
 
-  The TensorBoard files are written by tensorboardX, which needs no
-  TensorFlow; `tensorboard --logdir WORKDIR/tensorboard` shows them.
+  The events are tensorboardX's protos (no TensorFlow needed), written
+  synchronously; `tensorboard --logdir WORKDIR/tensorboard` shows them. On a
+  remote store (`gs://`), which has no appends, metrics.jsonl is rewritten
+  whole at each write and the event file appears when closed.
   """
 
-  def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  def __init__(self, workdir: 'str | os.PathLike'):
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._path = workdir / 'metrics.jsonl'
+    self._lines = None
+    if is_local(workdir):
+      self._jsonl = open(self._path, 'a')
+    else:
+      self._jsonl = None
+      self._lines = self._path.read_text() if self._path.exists() else ''
+    logdir = workdir / 'tensorboard'
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._tb = _EventFile(logdir)
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+
     scalars = {f'{prefix}{k}': float(np.asarray(v)) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': int(step), **scalars}) + '\n'
+    if self._jsonl is not None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._lines += line
+      self._path.write_text(self._lines)
     for name, value in scalars.items():
-      self._tb.add_scalar(name, value, int(step))
+      self._tb.add(summary.scalar(name, value), step)
+    self._tb.flush()
+
+  def write_hparams(
+    self, step: int, hparams: Mapping[str, Any], metrics: Mapping[str, float]
+  ) -> None:
+    """Writes `hparams` and final `metrics` for TensorBoard's HParams tab.
+
+    Args:
+      step: the step the metrics belong to.
+      hparams: flat `{name: value}`; values that are not a number, string or
+        bool are written as their JSON text.
+      metrics: `{tag: value}` of scalars written with `write` (the HParams
+        tab reads a session's metrics from its scalars of those tags).
+    """
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+
+    plain = {
+      name: value
+      if isinstance(value, (bool, int, float, str))
+      else json.dumps(to_python(value))
+      for name, value in hparams.items()
+    }
+    metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    for part in summary.hparams(plain, metrics):
+      self._tb.add(part, step)
+    self._tb.flush()
 
   def close(self):
-    self._jsonl.close()
-    self._tb.close()
+    """Closes the files; a failure to flush them (a full disk) is raised,
+    and the files are closed all the same."""
+    try:
+      if self._jsonl is not None:
+        self._jsonl.close()
+    finally:
+      self._tb.close()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

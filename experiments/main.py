@@ -40,6 +40,7 @@ _USER_ERRORS = (
   train.ConfigError,
   train.RunError,
   checkpoints.CheckpointError,
+  common.OneLineError,
   tasks.TaskFamilyError,
   jaxmeta.data.EpisodeConfigError,
   jaxmeta.data.DataError,

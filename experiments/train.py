@@ -8,13 +8,23 @@ latest few and the best on validation, `experiments.checkpoints`), resume,
 evaluation of a finished run, the non-finite stop, metrics (JSONL,
 TensorBoard, a progress bar) and `results.json`.
 
-Outputs in the workdir: `config.json` (written once the configuration has
-been checked), `metrics.jsonl`, `tensorboard/`, `checkpoints/<step>/`,
-`results.json` at the end of a run and `eval.json` for `--mode=eval`.
+Outputs in the workdir (local, or remote through `etils.epath`):
+`config.json` (written once the configuration has been checked),
+`metrics.jsonl`, `tensorboard/` (scalars, and the flattened config with the
+test metrics for the HParams tab), `checkpoints/<step>/`, `results.json` at
+the end of a run and `eval.json` for `--mode=eval`; `lock` while a run holds
+the workdir (`common.locked_workdir`).
+
+Faults of the surroundings end the run with one line and lose nothing
+already saved, and rerunning the same command finishes the run: a second run
+on a busy workdir is refused; a full disk stops the run
+(`common.DiskFullError`) and the next run resumes from the last checkpoint;
+unreadable checkpoints are moved aside (`experiments.checkpoints`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -22,6 +32,7 @@ import os
 import time
 from typing import Any
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -41,7 +52,8 @@ from . import tasks
 
 # Fields that may differ when a run is resumed or evaluated: they change how
 # long or how it runs, not what is learned (but for `num_iterations` with a
-# decaying meta learning rate, whose schedule follows it: a warning says so).
+# decaying meta learning rate, whose schedule follows it: see
+# `check_schedule_horizon`).
 RESUMABLE_FIELDS = (
   'num_iterations',
   'eval_every',
@@ -550,14 +562,21 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def prepare_workdir(workdir: str, create: bool = True) -> None:
+def prepare_workdir(workdir: epath.Path, create: bool = True) -> None:
   """Refuses a workdir that is a file, not writable, or of an older layout."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  try:
+    is_file = workdir.exists() and not workdir.is_dir()
+  except ImportError as e:  # A remote scheme without its fsspec package.
+    raise ConfigError(
+      f'--workdir={workdir}: {common.last_line(e)} Fix: install the package '
+      'it names, or give a local directory.'
+    ) from e
+  if is_file:
     raise ConfigError(
       f'--workdir={workdir} is a file, not a directory. Fix: '
       'give the path of a directory (it is created).'
     )
-  if os.path.isdir(os.path.join(workdir, 'best')):
+  if (workdir / 'best').is_dir():
     raise ConfigError(
       f'{workdir} holds a run written by an earlier version of jaxmeta (its '
       'best checkpoint in best/); this version keeps every checkpoint in '
@@ -566,12 +585,13 @@ def prepare_workdir(workdir: str, create: bool = True) -> None:
   if not create:
     return
   try:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise ConfigError(
-      f'Cannot create --workdir={workdir}: {e.strerror}.'
+      f'Cannot create --workdir={workdir}: {e.strerror or e}. Fix: give a '
+      'directory you can create (its parents must be directories).'
     ) from e
-  if not os.access(workdir, os.W_OK | os.X_OK):
+  if common.is_local(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
     raise ConfigError(
       f'--workdir={workdir} is not writable. Fix: choose a '
       'directory you can write to.'
@@ -579,7 +599,7 @@ def prepare_workdir(workdir: str, create: bool = True) -> None:
 
 
 def _read_saved_config(
-  workdir: str, checkpoints: checkpoints_lib.Checkpoints
+  workdir: epath.Path, checkpoints: checkpoints_lib.Checkpoints
 ) -> tuple[dict[str, Any] | None, str]:
   """The config of the run in `workdir`: the latest checkpoint's, else
   `config.json`'s; `(None, '')` for an empty workdir."""
@@ -588,12 +608,11 @@ def _read_saved_config(
       return checkpoints.read_meta(step)['config'], f'checkpoint step {step}'
     except Exception as e:  # pylint: disable=broad-except
       checkpoints.move_aside(step, e)
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = workdir / 'config.json'
+  if not path.exists():
     return None, ''
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
     if not isinstance(saved, dict):
       raise ValueError('not a JSON object')
   except (OSError, ValueError) as e:
@@ -701,17 +720,27 @@ class _Run:
       'jaxmeta_version': jaxmeta.__version__,
     }
 
-  def test(self, evaluator: 'Evaluator | None' = None) -> dict[str, Any]:
+  def test(
+    self, evaluator: 'Evaluator | None' = None, none_left_ok: bool = False
+  ) -> dict[str, Any] | None:
     """Tests the best-validation checkpoint on the fixed test tasks (with
-    `evaluator`, an `Evaluator(..., alone=True)` of this run, if given)."""
+    `evaluator`, an `Evaluator(..., alone=True)` of this run, if given).
+
+    An unreadable best step is moved aside and the next best tested
+    (`Checkpoints.restore_best_readable`); with `none_left_ok`, None when
+    no validated step reads back, else a `RunError`.
+    """
     config, checkpoints = self.config, self.checkpoints
-    step = checkpoints.best_step()
-    if step is None:
+    found = checkpoints.restore_best_readable(self.init_state())
+    if found is None:
+      if none_left_ok:
+        return None
       raise RunError(
-        f'No validated checkpoint in {self.workdir}/checkpoints '
-        'to test. Fix: train first (--mode=train).'
+        f'No readable validated checkpoint in {self.workdir}/checkpoints '
+        'to test. Fix: train first (--mode=train; it validates the final '
+        'state again if every validated step was unreadable).'
       )
-    state, _ = checkpoints.restore(self.init_state(), step)
+    step, state, _ = found
     if not bool(_all_finite(state.params)):
       raise RunError(
         f'Checkpoint step {step} in {self.workdir}/checkpoints '
@@ -782,6 +811,9 @@ class _NoWriter:
   def write(self, *args, **kwargs):
     del args, kwargs
 
+  def write_hparams(self, *args, **kwargs):
+    del args, kwargs
+
   def close(self):
     pass
 
@@ -792,28 +824,127 @@ def _say(line: str) -> None:
     tqdm.tqdm.write(line)
 
 
-def _keep_records_up_to(path: str, step: int) -> None:
+def _keep_records_up_to(path: epath.Path, step: int) -> None:
   """Drops metrics.jsonl records past `step` (written before a kill)."""
-  if not os.path.exists(path):
+  if not path.exists():
     return
   kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue  # A line cut short by a kill.
-      if record.get('step', 0) <= step:
-        kept.append(json.dumps(record) + '\n')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue  # A line cut short by a kill or a full disk.
+    if record.get('step', 0) <= step:
+      kept.append(json.dumps(record) + '\n')
+  text = ''.join(kept)
+  if not common.is_local(path):
+    path.write_text(text)
+    return
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def check_schedule_horizon(
+  saved: dict[str, Any] | None,
+  config: ml_collections.ConfigDict,
+  step: int,
+  workdir: epath.Path,
+) -> None:
+  """Refuses to resume, with another `num_iterations`, a run whose meta
+  learning rate decays over `num_iterations` (linear or cosine).
+
+  Its schedule's horizon would move under the steps already taken, and the
+  run would equal a straight run of neither length. It is refused rather
+  than continued on the old horizon, because past that horizon the rate is
+  `meta_lr_final` (0 by default) and the extra steps would learn nothing.
+  A finished run may still be tested with a smaller `num_iterations`
+  (nothing is trained).
+  """
+  if saved is None or step == 0 or step >= config.num_iterations:
+    return
+  if config.meta_lr_final < 0 or config.meta_lr_schedule == 'halving':
+    return
+  before = saved.get('num_iterations', config.num_iterations)
+  if before == config.num_iterations:
+    return
+  raise ConfigError(
+    f'{workdir} holds a run whose meta learning rate decays '
+    f'({config.meta_lr_schedule}) over num_iterations={before}; going on '
+    f'from its step {step} with num_iterations={config.num_iterations} '
+    'would change the schedule of the steps already taken. Fix: rerun with '
+    f'--config.num_iterations={before}, or train '
+    f'{config.num_iterations} iterations in a new --workdir.'
+  )
+
+
+def _saved_steps(workdir: epath.Path) -> list[int]:
+  """The finished checkpoint steps on disk (without asking orbax)."""
+  try:
+    return sorted(
+      int(p.name)
+      for p in (workdir / 'checkpoints').iterdir()
+      if p.name.isdigit()
+    )
+  except OSError:
+    return []
+
+
+def _blocked_path(
+  workdir: epath.Path, error: BaseException
+) -> common.OneLineError | None:
+  """An `OSError` on a path inside the workdir (a folder where the run
+  writes a file, a file where it makes a folder, no permission) as one line;
+  None for other errors."""
+  root = os.path.abspath(os.fspath(workdir)) if common.is_local(workdir) else ''
+  while error is not None:
+    if isinstance(error, OSError):
+      path = error.filename and os.path.abspath(os.fspath(error.filename))
+      if root and path and (path + os.sep).startswith(root + os.sep):
+        return common.OneLineError(
+          f'Cannot use {path} ({error.strerror or error}): the run writes '
+          'its own file or folder there. Fix: move it out of the way, or use '
+          'a new --workdir; then the same command goes on from the last '
+          'checkpoint.'
+        )
+      if root and not path and root in str(error):
+        return common.OneLineError(
+          f'{error}. Fix: move it out of the way, or use a new --workdir; '
+          'then the same command goes on from the last checkpoint.'
+        )
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _disk_full(
+  workdir: epath.Path, error: BaseException
+) -> common.DiskFullError:
+  cause = error
+  while cause is not None and not getattr(cause, 'filename', None):
+    cause = cause.__cause__ or cause.__context__
+  filename = os.fspath(cause.filename) if cause is not None else None
+  where = f'--workdir={workdir}'
+  if filename:
+    inside = os.path.abspath(filename).startswith(
+      os.path.abspath(os.fspath(workdir))
+    )
+    where = f'{where} ({filename})' if inside else filename
+  steps = _saved_steps(workdir)
+  kept = (
+    f'the latest checkpoint, step {steps[-1]}, is intact and the rerun '
+    f'resumes from it'
+    if steps
+    else 'no checkpoint had been saved yet, the rerun starts afresh'
+  )
+  return common.DiskFullError(
+    f'The disk of {where} is full (or over quota): the run stopped, and '
+    f'{kept}. Fix: free space there and rerun the same command.'
+  )
 
 
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: 'str | os.PathLike',
   *,
   data_dir: str | None = None,
   source_dir: str | None = None,
@@ -824,7 +955,7 @@ def train_and_evaluate(
 
   Args:
     config: the experiment's configuration (see `experiments/configs`).
-    workdir: the run's directory.
+    workdir: the run's directory (local, `file://` or remote, e.g. `gs://`).
     data_dir: TFDS data dir of the prepared datasets (default: the loader's).
     source_dir: where a dataset's source files are (default: the loader's).
     progress: show a progress bar.
@@ -835,145 +966,197 @@ def train_and_evaluate(
   Raises:
     ConfigError: a configuration, workdir or data that cannot run.
     RunError: a non-finite step (nothing of it is applied or saved).
+    common.OneLineError: the workdir is in use by another run, or its disk
+      is full (`common.DiskFullError`; what was saved before stays).
   """
   validate(config)
+  workdir = common.workdir_path(workdir)
   prepare_workdir(workdir)
+  lock = (
+    common.locked_workdir(workdir)
+    if sharding.is_main_process()
+    else contextlib.nullcontext()
+  )
+  try:
+    with lock:
+      return _train_and_evaluate(
+        config, workdir, data_dir, source_dir, progress
+      )
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, common.OneLineError):
+      raise
+    if common.is_disk_full(e):
+      raise _disk_full(workdir, e) from e
+    blocked = _blocked_path(workdir, e)
+    if blocked is not None:
+      raise blocked from e
+    raise
+
+
+def _close_quietly(*closers) -> None:
+  """Closes what a failing run opened; the failure itself is what to report."""
+  for close in closers:
+    try:
+      close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
+  """`train_and_evaluate` in a checked, locked workdir."""
   run = _Run(config, workdir, data_dir, source_dir, 'train')
   checkpoints = run.checkpoints
-  saved, source = _read_saved_config(workdir, checkpoints)
-  check_same_run(saved, source, config, workdir)
-  train_data, val_data = run.load('train'), run.load('val')
-  state = run.init_state()
-  restored = checkpoints.restore_latest_readable(state)
-  if restored is not None:
-    state = restored[0]
-    _say(f'Resuming from step {int(state.step)} of {workdir}.')
-    before = (saved or {}).get('num_iterations', config.num_iterations)
-    if config.meta_lr_final >= 0 and before != config.num_iterations:
-      _say(
-        f'Warning: the meta learning rate decays over num_iterations, which '
-        f'was {before} and is now {config.num_iterations}: the schedule of '
-        'the remaining steps follows the new length.'
+  writer, bar = _NoWriter(), None
+  try:
+    saved, source = _read_saved_config(workdir, checkpoints)
+    check_same_run(saved, source, config, workdir)
+    train_data, val_data = run.load('train'), run.load('val')
+    state = run.init_state()
+    restored = checkpoints.restore_latest_readable(state)
+    if restored is not None:
+      state = restored[0]
+      check_schedule_horizon(saved, config, int(state.step), workdir)
+      _say(f'Resuming from step {int(state.step)} of {workdir}.')
+    main_process = sharding.is_main_process()  # Only it writes files.
+    if main_process:
+      common.write_json(workdir / 'config.json', config.to_dict())
+
+    train_step = make_train_step(
+      run.learner, run.optimizer, run.family, config, run.mesh
+    )
+    # Validation compiles the test's program: it also scores each query
+    # alone, which it does not report.
+    evaluator = Evaluator(run.learner, run.family, config, run.mesh, alone=True)
+    val_keys = episodes.eval_task_keys(
+      config.eval_seed + 1, config.num_val_tasks
+    )
+    start_step = int(state.step)
+    if main_process:
+      _keep_records_up_to(workdir / 'metrics.jsonl', start_step)
+      writer = common.MetricWriter(workdir)
+    metric = run.metric
+
+    def validate_now(state):
+      values = evaluator(state.params, val_data, val_keys)[0]
+      value, ci95 = jaxmeta.mean_and_ci95(values)
+      writer.write(
+        int(state.step), {metric: value, 'ci95': ci95}, prefix='val/'
       )
-  main_process = sharding.is_main_process()  # Only it writes files.
-  if main_process:
-    common.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      return value
 
-  train_step = make_train_step(
-    run.learner, run.optimizer, run.family, config, run.mesh
-  )
-  # Validation compiles the test's program: it also scores each query
-  # alone, which it does not report.
-  evaluator = Evaluator(run.learner, run.family, config, run.mesh, alone=True)
-  val_keys = episodes.eval_task_keys(config.eval_seed + 1, config.num_val_tasks)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  start_step = int(state.step)
-  if main_process:
-    _keep_records_up_to(metrics_path, start_step)
-  writer = common.MetricWriter(workdir) if main_process else _NoWriter()
-  metric = run.metric
-
-  def validate_now(state):
-    values = evaluator(state.params, val_data, val_keys)[0]
-    value, ci95 = jaxmeta.mean_and_ci95(values)
-    writer.write(int(state.step), {metric: value, 'ci95': ci95}, prefix='val/')
-    return value
-
-  start = time.time()
-  bar = tqdm.tqdm(
-    total=config.num_iterations,
-    initial=start_step,
-    disable=not (progress and main_process),
-    desc=f'{config.dataset} {config.algorithm}',
-  )
-  step = start_step
-  compile_seconds, first_timed_step = None, step
-  while step < config.num_iterations:
-    batch = train_data
-    if run.family.sample_host is not None:
-      batch = run.family.sample_host(
-        jax.random.fold_in(state.key, state.step),
-        train_data,
-        config.meta_batch_size,
-      )
-      if run.mesh is not None:  # Every process drew the same meta-batch.
-        batch = sharding.shard_tasks(batch, run.mesh)
-    state, metrics = train_step(state, batch)
-    step += 1
-    if compile_seconds is None:
-      jax.block_until_ready(state)
-      compile_seconds = time.time() - start
-      start, first_timed_step = time.time(), step
-    last = step == config.num_iterations
-    log = step % config.log_every == 0 or last
-    evaluate = step % config.eval_every == 0 or last
-    save = step % config.checkpoint_every == 0 or last or evaluate
-    if log or evaluate or save:
-      metrics = jax.device_get(metrics)
-      if not metrics.pop('finite'):
-        raise _diverged(
-          config,
-          workdir,
-          metrics,
-          int(state.step) + 1,
-          checkpoints.latest_step(),
+    start = time.time()
+    bar = tqdm.tqdm(
+      total=config.num_iterations,
+      initial=start_step,
+      disable=not (progress and main_process),
+      desc=f'{config.dataset} {config.algorithm}',
+    )
+    step = start_step
+    compile_seconds, first_timed_step = None, step
+    while step < config.num_iterations:
+      batch = train_data
+      if run.family.sample_host is not None:
+        batch = run.family.sample_host(
+          jax.random.fold_in(state.key, state.step),
+          train_data,
+          config.meta_batch_size,
         )
-    if log:
-      writer.write(step, metrics, prefix='train/')
-      bar.set_postfix(
-        loss=f'{metrics["loss"]:.3f}', **{metric: f'{metrics[metric]:.3f}'}
-      )
-    bar.update(1)
-    value = None
-    if evaluate:
-      value = validate_now(state)
-      best = checkpoints.best_metric()
-      _say(
-        f'step {step}: val {metric} {value:.4f} (best before '
-        f'{"none" if best is None else f"{best:.4f}"})'
-      )
-    if save:
-      checkpoints.save(step, state, run.meta(), value)
-  bar.close()
-  jax.block_until_ready(state)
-  train_seconds = time.time() - start
-  timed_steps = step - first_timed_step
-  if checkpoints.best_step() is None:  # No validated step yet (no training).
-    if step in checkpoints.manager.all_steps():
-      checkpoints.manager.delete(step)
-    checkpoints.save(step, state, run.meta(), validate_now(state))
+        if run.mesh is not None:  # Every process drew the same meta-batch.
+          batch = sharding.shard_tasks(batch, run.mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if compile_seconds is None:
+        jax.block_until_ready(state)
+        compile_seconds = time.time() - start
+        start, first_timed_step = time.time(), step
+      last = step == config.num_iterations
+      log = step % config.log_every == 0 or last
+      evaluate = step % config.eval_every == 0 or last
+      save = step % config.checkpoint_every == 0 or last or evaluate
+      if log or evaluate or save:
+        metrics = jax.device_get(metrics)
+        if not metrics.pop('finite'):
+          raise _diverged(
+            config,
+            workdir,
+            metrics,
+            int(state.step) + 1,
+            checkpoints.latest_step(),
+          )
+      if log:
+        writer.write(step, metrics, prefix='train/')
+        bar.set_postfix(
+          loss=f'{metrics["loss"]:.3f}', **{metric: f'{metrics[metric]:.3f}'}
+        )
+      bar.update(1)
+      value = None
+      if evaluate:
+        value = validate_now(state)
+        best = checkpoints.best_metric()
+        _say(
+          f'step {step}: val {metric} {value:.4f} (best before '
+          f'{"none" if best is None else f"{best:.4f}"})'
+        )
+      if save:
+        checkpoints.save(step, state, run.meta(), value)
+    bar.close()
+    jax.block_until_ready(state)
+    train_seconds = time.time() - start
+    timed_steps = step - first_timed_step
 
-  results = run.test(evaluator)
-  results_path = os.path.join(workdir, 'results.json')
-  timing = dict(
-    iterations=step,
-    resumed_from_step=start_step,
-    compile_seconds=compile_seconds,
-    train_seconds=train_seconds,
-    steps_per_second=timed_steps / train_seconds if timed_steps else None,
-  )
-  if step == start_step and os.path.exists(results_path):
-    # Nothing trained in this call: keep the figures of the call that did.
-    try:
-      with open(results_path) as f:
-        earlier = json.load(f)
-      for key in (
-        'compile_seconds',
-        'train_seconds',
-        'steps_per_second',
-        'resumed_from_step',
-      ):
-        timing[key] = earlier.get(key, timing[key])
-    except (OSError, ValueError):
-      pass
-  results.update(timing)
-  writer.write(
-    step,
-    {metric: results[f'test_{metric}'], 'ci95': results['test_ci95']},
-    prefix='test/',
-  )
-  writer.close()
-  checkpoints.close()
+    def validate_final_state():
+      """Validates and saves the final state where no validated step is
+      left: none was trained, or every validated one was unreadable."""
+      if checkpoints.best_step() is None:
+        if step in checkpoints.manager.all_steps():
+          checkpoints.manager.delete(step)
+        checkpoints.save(step, state, run.meta(), validate_now(state))
+
+    validate_final_state()
+    results = run.test(evaluator, none_left_ok=True)
+    if results is None:
+      validate_final_state()
+      results = run.test(evaluator)
+    results_path = workdir / 'results.json'
+    timing = dict(
+      iterations=step,
+      resumed_from_step=start_step,
+      compile_seconds=compile_seconds,
+      train_seconds=train_seconds,
+      steps_per_second=timed_steps / train_seconds if timed_steps else None,
+    )
+    if step == start_step and results_path.exists():
+      # Nothing trained in this call: keep the figures of the call that did.
+      try:
+        earlier = json.loads(results_path.read_text())
+        for key in (
+          'compile_seconds',
+          'train_seconds',
+          'steps_per_second',
+          'resumed_from_step',
+        ):
+          timing[key] = earlier.get(key, timing[key])
+      except (OSError, ValueError, AttributeError):
+        pass
+    results.update(timing)
+    test_metrics = {
+      metric: results[f'test_{metric}'],
+      'ci95': results['test_ci95'],
+      f'{metric}_alone': results[f'test_{metric}_alone'],
+    }
+    writer.write(step, test_metrics, prefix='test/')
+    writer.write_hparams(
+      step,
+      flatten(config),
+      {f'test/{name}': value for name, value in test_metrics.items()},
+    )
+    writer.close()
+    checkpoints.close()
+  except BaseException:
+    if bar is not None:
+      _close_quietly(bar.close)
+    _close_quietly(writer.close, checkpoints.close)
+    raise
   _say(summary(results, results_path))
   if main_process:
     common.write_json(results_path, results)
@@ -998,7 +1181,7 @@ def _diverged(config, workdir, metrics, step, last_saved) -> RunError:
 
 def evaluate(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: 'str | os.PathLike',
   *,
   data_dir: str | None = None,
   source_dir: str | None = None,
@@ -1007,23 +1190,36 @@ def evaluate(
 
   The config must be the run's (but for `RESUMABLE_FIELDS`, e.g. a different
   `num_eval_tasks`); the results go to `workdir/eval.json`, and are printed
-  first, so that a read-only workdir still shows them.
+  first, so that a read-only workdir still shows them. It holds the
+  workdir's lock shared: refused while a run trains there (and a run is
+  refused while it evaluates), alongside other evaluations. Nothing in the
+  workdir is changed but `eval.json`: an unreadable best checkpoint is a
+  `checkpoints.CheckpointError` that says how to recover.
   """
   validate(config)
+  workdir = common.workdir_path(workdir)
   prepare_workdir(workdir, create=False)
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if not (workdir / 'checkpoints').is_dir():
     raise ConfigError(
       f'{workdir} holds no run (no checkpoints/). Fix: train '
       'first (--mode=train), or give the workdir of a run.'
     )
-  run = _Run(config, workdir, data_dir, source_dir, 'test', read_only=True)
-  saved, source = _read_saved_config(workdir, run.checkpoints)
-  if saved is None:
-    raise ConfigError(f'{workdir} holds no checkpoint. Fix: train first.')
-  check_same_run(saved, source, config, workdir)
-  results = run.test()
-  run.checkpoints.close()
-  path = os.path.join(workdir, 'eval.json')
+  lock = (
+    common.locked_workdir(workdir, exclusive=False)
+    if sharding.is_main_process()
+    else contextlib.nullcontext()
+  )
+  with lock:
+    run = _Run(config, workdir, data_dir, source_dir, 'test', read_only=True)
+    try:
+      saved, source = _read_saved_config(workdir, run.checkpoints)
+      if saved is None:
+        raise ConfigError(f'{workdir} holds no checkpoint. Fix: train first.')
+      check_same_run(saved, source, config, workdir)
+      results = run.test()
+    finally:
+      _close_quietly(run.checkpoints.close)
+  path = workdir / 'eval.json'
   _say(summary(results, path))
   if not sharding.is_main_process():
     return results

@@ -16,6 +16,7 @@ from experiments import tasks
 from experiments import train
 from experiments.configs import default
 from experiments.configs import sinusoid as sinusoid_config
+import tb_events  # tests/ is on sys.path under pytest.
 
 # Small options per backbone, so that every pair trains in seconds.
 TINY_MODEL_OPTIONS = {
@@ -169,7 +170,15 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
   assert on_disk['best_val_accuracy'] == pytest.approx(
     val[on_disk['best_step']]
   )
-  assert os.listdir(tmp_path / 'tensorboard')
+  # The flattened config and the test metrics, for TensorBoard's HParams tab.
+  hparams, metric_tags = tb_events.hparams(tmp_path / 'tensorboard')
+  assert hparams['algorithm'] == 'maml' and hparams['model.num_filters'] == 4
+  assert hparams['meta_lr'] == config.meta_lr and hparams['ways'] == 3
+  assert 'test/accuracy' in metric_tags and 'test/accuracy_alone' in metric_tags
+  ((step, value),) = tb_events.scalars(tmp_path / 'tensorboard')[
+    'test/accuracy'
+  ]
+  assert step == 4 and value == pytest.approx(on_disk['test_accuracy'])
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
   _, meta = restore(config, tmp_path)
   assert meta['config']['model'] == {'num_blocks': 2, 'num_filters': 4}
@@ -293,14 +302,29 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
     chex.assert_trees_all_close(new.params, reference[False].params, atol=1e-6)
 
 
-@pytest.mark.slow
-def test_extending_a_run_with_a_decaying_rate_says_so(
-  tmp_path, tiny_dataset, capsys
-):
-  run(tiny_config(tiny_dataset, num_iterations=2, meta_lr_final=0.0), tmp_path)
-  capsys.readouterr()
-  run(tiny_config(tiny_dataset, num_iterations=4, meta_lr_final=0.0), tmp_path)
-  assert 'decays over num_iterations' in capsys.readouterr().out
+def test_extending_a_run_with_a_decaying_rate_is_refused(tmp_path):
+  """The rate decays over num_iterations: a longer run from the same
+  checkpoints would have taken its first steps at other rates."""
+  decaying = lambda n: tiny_sinusoid(
+    num_iterations=n, meta_lr_final=0.0, meta_lr_schedule='linear'
+  )
+  short = run(decaying(2), tmp_path / 'run')
+  with pytest.raises(
+    train.ConfigError,
+    match=r'decays \(linear\) over num_iterations=2; going on from its step '
+    r'2 with num_iterations=4 .* Fix: rerun with --config.num_iterations=2',
+  ):
+    run(decaying(4), tmp_path / 'run')
+  # Nothing of the run changed: the same command finishes as before.
+  again = run(decaying(2), tmp_path / 'run')
+  assert again['test_mse'] == short['test_mse']
+  state, _ = restore(decaying(2), tmp_path / 'run')
+  assert int(state.step) == 2
+  # The longer run in its own workdir; and a constant rate may be extended.
+  assert run(decaying(4), tmp_path / 'long')['iterations'] == 4
+  constant = lambda n: tiny_sinusoid(num_iterations=n, meta_lr_final=-1.0)
+  run(constant(2), tmp_path / 'constant')
+  assert run(constant(4), tmp_path / 'constant')['resumed_from_step'] == 2
 
 
 def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path, tiny_dataset):
@@ -435,6 +459,12 @@ def test_workdir_errors(tmp_path, tiny_dataset):
   a_file.write_text('x')
   with pytest.raises(train.ConfigError, match='is a file'):
     run(tiny_config(tiny_dataset), a_file)
+  with pytest.raises(train.ConfigError, match='is a file'):
+    train.evaluate(tiny_config(tiny_dataset), str(a_file))
+  with pytest.raises(
+    train.ConfigError, match='Cannot create .*Not a directory. Fix:'
+  ):
+    run(tiny_config(tiny_dataset), a_file / 'run')
   old = tmp_path / 'old'
   (old / 'best').mkdir(parents=True)
   with pytest.raises(train.ConfigError, match='earlier version'):
@@ -485,6 +515,11 @@ def test_eval_mode(tmp_path, tiny_dataset):
     train.evaluate(tiny_config(tiny_dataset, ways=4), str(tmp_path))
   with pytest.raises(train.ConfigError, match='holds no run'):
     train.evaluate(config, str(tmp_path / 'nothing'))
+  # Evaluation reads the checkpoints, not the results of the run.
+  os.remove(tmp_path / 'results.json')
+  assert (
+    train.evaluate(config, str(tmp_path))['best_step'] == (trained['best_step'])
+  )
 
 
 def test_eval_on_a_read_only_workdir_prints_the_result_first(
@@ -517,3 +552,28 @@ def test_checkpoints_without_validation_are_not_best(tmp_path):
   assert ckpt.best_step() == 2 and ckpt.best_metric() == 0.2
   assert sorted(ckpt.manager.all_steps()) == [2, 4]
   ckpt.close()
+
+
+def test_file_uri_and_relative_workdirs_run_and_resume(tmp_path, monkeypatch):
+  straight = run(tiny_sinusoid(), tmp_path / 'straight')
+  uri = f'file://{tmp_path}/uri'
+  run(tiny_sinusoid(num_iterations=2), uri)
+  resumed = run(tiny_sinusoid(), uri)
+  assert resumed['resumed_from_step'] == 2
+  assert resumed['test_mse'] == straight['test_mse']
+  a, _ = restore(tiny_sinusoid(), tmp_path / 'straight')
+  b, _ = restore(tiny_sinusoid(), tmp_path / 'uri')
+  chex.assert_trees_all_equal(a, b)
+  assert train.evaluate(tiny_sinusoid(), uri)['test_mse'] == resumed['test_mse']
+  monkeypatch.chdir(tmp_path)
+  relative = run(tiny_sinusoid(), os.path.join('runs', 'rel'))
+  assert relative['test_mse'] == straight['test_mse']
+  assert sorted(os.listdir(tmp_path / 'runs' / 'rel')) == [
+    'checkpoints',
+    'config.json',
+    'lock',
+    'metrics.jsonl',
+    'results.json',
+    'tensorboard',
+  ]
+  assert sorted(os.listdir(tmp_path)) == ['runs', 'straight', 'uri']

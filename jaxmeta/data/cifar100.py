@@ -34,6 +34,7 @@ for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -183,6 +184,43 @@ def _source_folder(
   return manual_dir, 'the TFDS manual dir'
 
 
+def _prepare(builder) -> None:
+  """Prepares the cache; a data dir that cannot be written or that vanishes
+  meanwhile is a `Cifar100Error` (as Omniglot's loader does)."""
+  root = Path(os.fspath(builder.data_dir_root))
+  existing = root
+  while not existing.exists() and existing.parent != existing:
+    existing = existing.parent
+  fix = (
+    'Fix: pass `data_dir=` (--data_dir, or set $JAXMETA_DATA_DIR) to a '
+    'writable folder.'
+  )
+  if not existing.is_dir() or not os.access(existing, os.W_OK):
+    raise Cifar100Error(
+      f'Cannot write the CIFAR-100 cache into the data dir {root}: '
+      f'{existing} is {"read-only" if existing.is_dir() else "a file"}. {fix}'
+    )
+  try:
+    builder.download_and_prepare()
+  except Cifar100Error:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # TFDS reports a folder removed under it with its own error types.
+    if not root.is_dir():
+      raise Cifar100Error(
+        f'The data dir {root} was removed while the CIFAR-100 cache was '
+        f'being prepared in it ({type(e).__name__}). Fix: leave it in place '
+        'and load again: the cache is prepared afresh.'
+      ) from e
+    if isinstance(e, PermissionError) or (
+      isinstance(e, OSError) and e.errno == errno.EROFS
+    ):
+      raise Cifar100Error(
+        f'Cannot write the CIFAR-100 cache into the data dir {root}: {e}. {fix}'
+      ) from e
+    raise
+
+
 @functools.lru_cache(maxsize=2)
 def _read_cache(
   data_dir: str | None, source_dir: str | None
@@ -208,7 +246,7 @@ def _read_cache(
     builder = cifar100_tfds.JaxmetaCifar100(
       data_dir=data_dir, file_format='array_record', source_dir=folder
     )
-    builder.download_and_prepare()
+    _prepare(builder)
   source = builder.as_data_source()['classes']
   per_class = cifar100_tfds.EXAMPLES_PER_CLASS
   fix = f'Fix: delete {builder.data_dir} and load again to rebuild the cache.'

@@ -1,0 +1,115 @@
+"""mini-ImageNet and CIFAR-FS/FC100 with a data dir that cannot be written,
+or that is removed while their cache is prepared: one `DataError` each, and
+the next load (with the fault removed) prepares the cache."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from jaxmeta.data import cifar100
+from jaxmeta.data import cifar100_tfds
+from jaxmeta.data import miniimagenet
+from jaxmeta.data import miniimagenet_tfds
+from jaxmeta.data import registry
+
+# Fake sources in the real formats, and the fixtures that shrink the split
+# lists and classes to them (autouse, here as there).
+from test_cifar_data import _fake_cifar
+from test_cifar_data import _small_classes  # noqa: F401
+from test_cifar_data import _write_archive
+from test_miniimagenet_data import _fake_pickles
+from test_miniimagenet_data import _write_pickles
+from test_miniimagenet_data import tiny_lists  # noqa: F401
+
+
+def _mini(tmp_path):
+  source = _write_pickles(tmp_path / 'pickles', _fake_pickles())
+  load = lambda data_dir: miniimagenet.load(
+    'train', data_dir=str(data_dir), source_dir=str(source)
+  )
+  return load, miniimagenet_tfds.JaxmetaMiniImageNet
+
+
+def _cifar(tmp_path):
+  meta, files = _fake_cifar()
+  _write_archive(tmp_path / 'cifar', meta, files)
+
+  def load(data_dir):
+    cifar100._read_cache.cache_clear()
+    return cifar100.load_fc100(
+      'train', data_dir=str(data_dir), source_dir=str(tmp_path / 'cifar')
+    )
+
+  return load, cifar100_tfds.JaxmetaCifar100
+
+
+DATASETS = {'miniimagenet': _mini, 'fc100': _cifar}
+
+
+@contextlib.contextmanager
+def read_only_dir(path):
+  """`path`, a folder this process cannot write (as root too: a read-only
+  mount); skips where that cannot be made."""
+  path.mkdir()
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    try:
+      yield path
+    finally:
+      path.chmod(0o755)
+    return
+  try:
+    mounted = (
+      subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(path)],
+        capture_output=True,
+        check=False,
+      ).returncode
+      == 0
+    )
+  except OSError:
+    mounted = False
+  if not mounted:
+    pytest.skip('Root, and no read-only mount can be made here.')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+@pytest.mark.parametrize('dataset', sorted(DATASETS))
+def test_a_read_only_data_dir_is_one_error(tmp_path, dataset):
+  load, _ = DATASETS[dataset](tmp_path)
+  with read_only_dir(tmp_path / 'ro') as data_dir:
+    with pytest.raises(registry.DataError) as error:
+      load(data_dir / 'tfds')
+  message = str(error.value)
+  assert 'is read-only' in message and 'Fix:' in message, message
+  assert '\n' not in message
+  assert load(tmp_path / 'writable').images.dtype.name == 'uint8'
+
+
+@pytest.mark.parametrize('dataset', sorted(DATASETS))
+def test_a_data_dir_removed_while_preparing_is_one_error(
+  tmp_path, monkeypatch, dataset
+):
+  load, builder_class = DATASETS[dataset](tmp_path)
+  data_dir = tmp_path / 'tfds'
+  generate = builder_class._generate_examples
+
+  def removed_midway(self, *args, **kwargs):
+    shutil.rmtree(data_dir)
+    yield from generate(self, *args, **kwargs)
+
+  with monkeypatch.context() as patches:
+    patches.setattr(builder_class, '_generate_examples', removed_midway)
+    with pytest.raises(registry.DataError) as error:
+      load(data_dir)
+  message = str(error.value)
+  assert 'was removed while' in message and 'Fix:' in message, message
+  assert '\n' not in message
+  first = load(data_dir)  # Prepared afresh.
+  assert first.images.shape[0] > 0
