@@ -373,3 +373,7 @@ def reexec_with_huge_pages() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+class RunError(RuntimeError):
+  """A run that cannot go on: a non-finite step, nothing to test."""

@@ -34,6 +34,7 @@ import jax
 import ml_collections
 
 from . import common
+from . import build
 from . import train
 from .configs import default
 from .configs import reptile_omniglot
@@ -157,8 +158,8 @@ def steps_per_second(
   3 steps).
   """
   with tempfile.TemporaryDirectory() as workdir:
-    run = train._Run(config, workdir, None, None, 'train')  # pylint: disable=protected-access
-    step = train.make_train_step(
+    run = build.Run(config, workdir, None, None, 'train')  # pylint: disable=protected-access
+    step = build.make_train_step(
       run.learner, run.optimizer, run.family, config, run.mesh
     )
     state, data = run.init_state(), run.load('train')

@@ -28,6 +28,7 @@ from absl import flags
 from . import checkpoints
 from . import cli
 from . import common
+from . import config_checks
 from . import configs
 from . import tasks
 from . import train
@@ -37,8 +38,8 @@ import jaxmeta.data
 FLAGS = flags.FLAGS
 # Errors that already name the problem and the fix: printed as one line.
 _USER_ERRORS = (
-  train.ConfigError,
-  train.RunError,
+  config_checks.ConfigError,
+  common.RunError,
   checkpoints.CheckpointError,
   common.OneLineError,
   tasks.TaskFamilyError,

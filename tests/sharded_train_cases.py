@@ -20,7 +20,8 @@ import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import build
+from experiments import config_checks
 import test_train  # tests/ is on sys.path under pytest.
 
 if jax.device_count() != NUM_DEVICES:
@@ -33,10 +34,10 @@ if jax.device_count() != NUM_DEVICES:
 
 def _unsharded_replay(config, workdir, steps):
   """The same steps with the one-device step, from the same initial state."""
-  built = train._Run(config, str(workdir), None, None, 'train')
+  built = build.Run(config, str(workdir), None, None, 'train')
   state = jax.device_put(built.init_state(), jax.devices()[0])
   data = built.family.load('train')
-  step = train.make_train_step(
+  step = build.make_train_step(
     built.learner, built.optimizer, built.family, config, mesh=None
   )
   for _ in range(steps):
@@ -106,7 +107,7 @@ def test_sharded_run_matches_one_device_and_resumes(
 
 
 def test_a_meta_batch_that_does_not_divide_is_refused(tmp_path, tiny_dataset):
-  with pytest.raises(train.ConfigError, match=r'12 tasks .* 8 devices'):
+  with pytest.raises(config_checks.ConfigError, match=r'12 tasks .* 8 devices'):
     test_train.run(
       test_train.tiny_config(tiny_dataset, meta_batch_size=12), tmp_path
     )

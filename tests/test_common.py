@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from experiments import common
-from experiments import train
+from experiments import config_checks
+from experiments import workdir as workdir_lib
 import tb_events  # tests/ is on sys.path under pytest.
 
 
@@ -145,7 +146,7 @@ def memory_gcs(monkeypatch, tmp_path):
 
 def test_workdir_files_go_to_a_remote_store(memory_gcs, tmp_path):
   workdir = common.workdir_path('gs://bucket/run')
-  train.prepare_workdir(workdir)
+  workdir_lib.prepare_workdir(workdir)
   with common.locked_workdir(workdir):  # Local only: nothing to lock.
     common.write_json(workdir / 'config.json', {'seed': 0})
     writer = common.MetricWriter(workdir)
@@ -153,7 +154,9 @@ def test_workdir_files_go_to_a_remote_store(memory_gcs, tmp_path):
       writer.write(step, {'loss': 1.0 / step}, prefix='train/')
     writer.write_hparams(3, {'seed': 0}, {'train/loss': 1.0 / 3})
     writer.close()
-    train._keep_records_up_to(workdir / 'metrics.jsonl', 2)  # As on resume.
+    workdir_lib.keep_records_up_to(
+      workdir / 'metrics.jsonl', 2
+    )  # As on resume.
     writer = common.MetricWriter(workdir)
     writer.write(3, {'loss': 0.5}, prefix='train/')
     writer.close()
@@ -183,8 +186,10 @@ def test_workdir_files_go_to_a_remote_store(memory_gcs, tmp_path):
 
 def test_a_remote_workdir_without_its_file_system_package_is_one_line():
   # s3fs is not a dependency: epath cannot reach s3:// without it.
-  with pytest.raises(train.ConfigError, match='s3://bucket/run: .*Fix:'):
-    train.prepare_workdir(common.workdir_path('s3://bucket/run'))
+  with pytest.raises(
+    config_checks.ConfigError, match='s3://bucket/run: .*Fix:'
+  ):
+    workdir_lib.prepare_workdir(common.workdir_path('s3://bucket/run'))
 
 
 def test_file_uris_and_relative_paths_are_local(tmp_path, monkeypatch):

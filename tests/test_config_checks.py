@@ -7,6 +7,8 @@ import pytest
 
 from experiments import configs
 from experiments import tasks
+from experiments import build
+from experiments import config_checks
 from experiments import train
 from experiments.configs import default
 from experiments.configs import sinusoid as sinusoid_config
@@ -32,27 +34,30 @@ def test_one_way_classification_is_refused(name, preset):
   config = configs.load(f'{name}:{preset}')
   config.ways = 1
   with pytest.raises(
-    train.ConfigError, match='config.ways=1: a classification task needs'
+    config_checks.ConfigError,
+    match='config.ways=1: a classification task needs',
   ):
-    train.validate(config)
+    config_checks.validate(config)
 
 
 def test_one_training_way_is_refused_and_two_are_enough():
   config = configs.load('protonet_omniglot:5w1s')
   config.train_ways = 1
-  with pytest.raises(train.ConfigError, match='config.train_ways=1'):
-    train.validate(config)
+  with pytest.raises(config_checks.ConfigError, match='config.train_ways=1'):
+    config_checks.validate(config)
   config.train_ways = 2
-  train.validate(config)
+  config_checks.validate(config)
 
 
 def test_regression_has_no_ways():
-  train.validate(sinusoid_config.get_config())
+  config_checks.validate(sinusoid_config.get_config())
   for field, value in (('ways', 5), ('train_ways', 3)):
     config = sinusoid_config.get_config()
     config[field] = value
-    with pytest.raises(train.ConfigError, match='are not classification'):
-      train.validate(config)
+    with pytest.raises(
+      config_checks.ConfigError, match='are not classification'
+    ):
+      config_checks.validate(config)
 
 
 @pytest.mark.parametrize('image_size,bound', [(28, 13), (84, 41), (8, 3)])
@@ -65,10 +70,12 @@ def test_crop_padding_stays_below_half_the_image(image_size, bound):
 def test_crop_padding_is_checked_against_the_config_image_size():
   config = omniglot()
   config.augment.crop_padding = 13
-  train.validate(config)
+  config_checks.validate(config)
   config.augment.crop_padding = 100
-  with pytest.raises(train.ConfigError, match=r'crop_padding=<0\.\.13>'):
-    train.validate(config)
+  with pytest.raises(
+    config_checks.ConfigError, match=r'crop_padding=<0\.\.13>'
+  ):
+    config_checks.validate(config)
 
 
 def _tiny(dataset, **augment):
@@ -109,12 +116,12 @@ def test_the_baselines_refuse_an_episode_shape_they_would_ignore(
 ):
   config = configs.load(f'baseline_omniglot:{algorithm}_5w1s')
   family = tasks.build(config)
-  train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+  build.build_learner(config, family, (28, 28, 1), num_train_classes=100)
   config[field] = 10
   with pytest.raises(
-    train.ConfigError, match=f'config.{field}=10: {algorithm} trains on'
+    config_checks.ConfigError, match=f'config.{field}=10: {algorithm} trains on'
   ):
-    train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+    build.build_learner(config, family, (28, 28, 1), num_train_classes=100)
 
 
 @pytest.mark.parametrize(
@@ -128,8 +135,8 @@ def test_the_baselines_refuse_an_episode_shape_they_would_ignore(
 )
 def test_registry_names_suggest_the_closest(field, value, message):
   config = omniglot(**{field: value})
-  with pytest.raises(train.ConfigError, match=message) as error:
-    train.validate(config)
+  with pytest.raises(config_checks.ConfigError, match=message) as error:
+    config_checks.validate(config)
   assert 'Fix: --config.' in str(error.value)
 
 
@@ -137,13 +144,14 @@ def test_an_option_of_another_algorithm_is_refused():
   config = omniglot(algorithm='protonet')
   config.method = ml_collections.ConfigDict({'first_order': True})
   with pytest.raises(
-    train.ConfigError, match='which protonet does not take. Fix: remove it'
+    config_checks.ConfigError,
+    match='which protonet does not take. Fix: remove it',
   ):
-    train.validate(config)
+    config_checks.validate(config)
 
 
 def test_the_refusals_leave_no_workdir_behind(tmp_path):
-  with pytest.raises(train.ConfigError):
+  with pytest.raises(config_checks.ConfigError):
     train.train_and_evaluate(omniglot(ways=1), str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 
@@ -173,8 +181,8 @@ def test_method_options_of_the_wrong_type_or_range_are_refused(
 ):
   config = configs.load(name)
   config.method[option] = value
-  with pytest.raises(train.ConfigError, match=message) as error:
-    train.validate(config)
+  with pytest.raises(config_checks.ConfigError, match=message) as error:
+    config_checks.validate(config)
   assert 'Fix: --config.method.' in str(error.value)
 
 
@@ -182,7 +190,7 @@ def test_method_options_in_range_are_accepted():
   config = configs.load('baseline_omniglot:baseline_5w1s')
   config.method.momentum = 0  # An int where the default is a float.
   config.method.head = 'cosine'
-  train.validate(config)
+  config_checks.validate(config)
 
 
 def test_a_baseline_head_smaller_than_the_training_classes_is_refused():
@@ -190,7 +198,9 @@ def test_a_baseline_head_smaller_than_the_training_classes_is_refused():
   family = tasks.build(config)
   for num_classes in (None, 100):  # None: the training split's (its default).
     config.method.num_classes = num_classes
-    train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+    build.build_learner(config, family, (28, 28, 1), num_train_classes=100)
   config.method.num_classes = 99
-  with pytest.raises(train.ConfigError, match='fewer than the 100 classes'):
-    train.build_learner(config, family, (28, 28, 1), num_train_classes=100)
+  with pytest.raises(
+    config_checks.ConfigError, match='fewer than the 100 classes'
+  ):
+    build.build_learner(config, family, (28, 28, 1), num_train_classes=100)

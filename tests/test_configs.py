@@ -10,7 +10,7 @@ import pytest
 import jaxmeta
 from experiments import cli
 from experiments import configs
-from experiments import train
+from experiments import config_checks
 
 CONFIG_DIR = os.path.dirname(configs.__file__)
 
@@ -55,7 +55,7 @@ def test_every_file_and_preset_loads_by_name_and_by_path(name, preset):
     name + suffix, [cli.Override('seed', '7', False, '--config.seed=7')]
   )
   assert overridden.seed == 7
-  train.validate(overridden)
+  config_checks.validate(overridden)
   if preset:
     assert config.preset.endswith(f':{preset}') or name == 'sinusoid'
 
@@ -85,7 +85,7 @@ def test_every_option_of_every_algorithm_is_settable(algorithm, name, default):
   )
   config = cli.load('default', overrides)
   assert config.method.to_dict() == {name: value}
-  train.validate(config)
+  config_checks.validate(config)
 
 
 def test_option_defaults_are_the_builders():

@@ -22,6 +22,8 @@ import pytest
 
 from experiments import checkpoints as checkpoints_lib
 from experiments import common
+from experiments import build
+from experiments import workdir as workdir_lib
 from experiments import train
 import kill_driver  # tests/ is on sys.path under pytest.
 
@@ -46,7 +48,7 @@ def run(c, workdir):
 
 
 def final_state(c, workdir, step=6):
-  built = train._Run(c, str(workdir), None, None, 'train')
+  built = build.Run(c, str(workdir), None, None, 'train')
   state, _ = built.checkpoints.restore(built.init_state(), step)
   built.checkpoints.close()
   return state
@@ -153,7 +155,7 @@ def test_a_run_whose_every_validated_step_is_unreadable_validates_again(
     damage(workdir / 'checkpoints' / str(step))
   # Step 6 stays readable, but its validation record is lost: re-save it
   # without a metric.
-  built = train._Run(config(), str(workdir), None, None, 'train')
+  built = build.Run(config(), str(workdir), None, None, 'train')
   state, meta = built.checkpoints.restore(built.init_state(), 6)
   built.checkpoints.manager.delete(6)
   built.checkpoints.save(6, state, meta)
@@ -454,10 +456,14 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
   workdir = common.workdir_path(str(tmp_path / 'run'))
   (tmp_path / 'run' / 'checkpoints' / '4').mkdir(parents=True)
   enospc = lambda path: OSError(errno.ENOSPC, 'No space left on device', path)
-  inside = str(train._disk_full(workdir, enospc(f'{workdir}/metrics.jsonl')))
+  inside = str(
+    workdir_lib.disk_full(workdir, enospc(f'{workdir}/metrics.jsonl'))
+  )
   assert inside.startswith(f'The disk of --workdir={workdir} (')
   assert 'step 4, is intact' in inside
-  elsewhere = train._disk_full(workdir, enospc('/data/tfds/x.array_record'))
+  elsewhere = workdir_lib.disk_full(
+    workdir, enospc('/data/tfds/x.array_record')
+  )
   assert str(elsewhere).startswith('The disk of /data/tfds/x.array_record is')
   assert common.is_disk_full(RuntimeError('write: Disk quota exceeded'))
   assert not common.is_disk_full(OSError(errno.EACCES, 'Permission denied'))

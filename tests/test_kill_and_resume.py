@@ -8,7 +8,7 @@ import chex
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import build
 import forked  # tests/ is on sys.path under pytest.
 import kill_driver
 
@@ -30,7 +30,7 @@ def _runs(*runs):
 
 
 def _final_state(workdir):
-  built = train._Run(kill_driver.config(), str(workdir), None, None, 'train')
+  built = build.Run(kill_driver.config(), str(workdir), None, None, 'train')
   state, _ = built.checkpoints.restore(built.init_state(), 6)
   built.checkpoints.close()
   return state

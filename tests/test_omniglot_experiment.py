@@ -18,6 +18,8 @@ from experiments import omniglot
 from experiments import sinusoid
 import jaxmeta
 from experiments import tasks
+from experiments import build
+from experiments import config_checks
 from experiments import train
 from experiments.configs import default
 from experiments.configs import maml_omniglot
@@ -123,9 +125,9 @@ def test_first_order_maml_from_the_command_line(
   config = ml_collections.ConfigDict(saved)
   family = tasks.build(config)
   shape = (28, 28, 1)
-  learner = train.build_learner(config, family, shape)
+  learner = build.build_learner(config, family, shape)
   config.method.first_order = False
-  second_order = train.build_learner(config, family, shape)
+  second_order = build.build_learner(config, family, shape)
   first_order = jaxmeta.make_learner(
     'fomaml',
     jaxmeta.models.BACKBONES['conv4'](5, shape, num_filters=8),
@@ -272,7 +274,9 @@ def test_print_config_prints_every_field_after_the_overrides(cli):
   expected.model.num_filters = 8
   expected.meta_lr = 3e-4
   printed = dict(line.split(' = ', 1) for line in out.splitlines())
-  assert printed == {k: repr(v) for k, v in train.flatten(expected).items()}
+  assert printed == {
+    k: repr(v) for k, v in config_checks.flatten(expected).items()
+  }
 
 
 def test_list_configs_lists_every_config_and_preset(cli):

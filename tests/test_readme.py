@@ -10,7 +10,7 @@ from jaxmeta.data import registry
 from experiments import cli
 from experiments import omniglot
 from experiments import sinusoid
-from experiments import train
+from experiments import config_checks
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
@@ -82,7 +82,7 @@ def test_every_experiment_command_names_a_config_that_loads():
     specs = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
     spec = specs[-1] if specs else _PROGRAMS[program]
     _, overrides = cli.split_overrides(['prog', *args])
-    train.validate(cli.load(spec, overrides))
+    config_checks.validate(cli.load(spec, overrides))
     checked += 1
   assert checked >= 5
 

@@ -13,6 +13,9 @@ import pytest
 import jaxmeta
 from experiments import checkpoints as checkpoints_lib
 from experiments import tasks
+from experiments import build
+from experiments import config_checks
+from experiments import common
 from experiments import train
 from experiments.configs import default
 from experiments.configs import sinusoid as sinusoid_config
@@ -77,7 +80,7 @@ def run(config, workdir, **kwargs):
 
 def restore(config, workdir, step=None):
   """`(state, meta)` of a step (default: the latest) of a finished run."""
-  built = train._Run(config, str(workdir), None, None, 'train')
+  built = build.Run(config, str(workdir), None, None, 'train')
   step = built.checkpoints.latest_step() if step is None else step
   state, meta = built.checkpoints.restore(built.init_state(), step)
   built.checkpoints.close()
@@ -261,7 +264,7 @@ def test_a_step_that_overflows_the_parameters_is_not_applied():
   )
   optimizer = optax.sgd(1e38)
   family = tasks.sinusoid_family(tiny_sinusoid())
-  step = train.make_train_step(learner, optimizer, family, tiny_sinusoid())
+  step = build.make_train_step(learner, optimizer, family, tiny_sinusoid())
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.PRNGKey(0))
   before = jax.tree.map(np.asarray, state)
   after, metrics = step(state, None)
@@ -277,9 +280,9 @@ def test_the_model_gets_its_key_in_training(tiny_dataset):
   config.model = ml_collections.ConfigDict(
     {'widths': (2, 2, 2), 'drop_rate': 0.5, 'dropblock_size': 1}
   )
-  built = train._Run(config, '/nonexistent', None, None, 'train')
+  built = build.Run(config, '/nonexistent', None, None, 'train')
   data = built.family.load('train')
-  step = train.make_train_step(
+  step = build.make_train_step(
     built.learner, built.optimizer, built.family, config
   )
   new, _ = step(built.init_state(), data)
@@ -310,7 +313,7 @@ def test_extending_a_run_with_a_decaying_rate_is_refused(tmp_path):
   )
   short = run(decaying(2), tmp_path / 'run')
   with pytest.raises(
-    train.ConfigError,
+    config_checks.ConfigError,
     match=r'decays \(linear\) over num_iterations=2; going on from its step '
     r'2 with num_iterations=4 .* Fix: rerun with --config.num_iterations=2',
   ):
@@ -338,7 +341,7 @@ def test_nothing_at_or_after_a_non_finite_step_is_saved(tmp_path, tiny_dataset):
     log_every=100,
   )
   with pytest.raises(
-    train.RunError,
+    common.RunError,
     match=r'Meta-step \d produced non-finite'
     r'.*not applied',
   ) as error:
@@ -363,7 +366,7 @@ def test_divergence_after_good_steps_keeps_them(tmp_path, tiny_dataset):
     checkpoint_every=1,
     log_every=100,
   )
-  with pytest.raises(train.ConfigError, match='meta_lr'):
+  with pytest.raises(config_checks.ConfigError, match='meta_lr'):
     run(bad, tmp_path / 'run')
   state, _ = restore(good, tmp_path / 'run')
   assert int(state.step) == 2
@@ -375,7 +378,7 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
 ):
   config = tiny_config(tiny_dataset, num_iterations=2)
   run(config, tmp_path)
-  built = train._Run(config, str(tmp_path), None, None, 'train')
+  built = build.Run(config, str(tmp_path), None, None, 'train')
   state, meta = built.checkpoints.restore(built.init_state(), 2)
   poisoned = state.replace(
     params=jax.tree.map(lambda x: x * np.float32('nan'), state.params)
@@ -383,7 +386,7 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
   built.checkpoints.manager.delete(2)
   built.checkpoints.save(2, poisoned, meta, val_metric=1.0)
   built.checkpoints.close()
-  with pytest.raises(train.RunError, match='non-finite parameters'):
+  with pytest.raises(common.RunError, match='non-finite parameters'):
     train.evaluate(config, str(tmp_path))
 
 
@@ -412,7 +415,7 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
 def test_bad_configs_are_rejected_before_any_work(
   tmp_path, tiny_dataset, overrides, message
 ):
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(config_checks.ConfigError, match=message):
     run(tiny_config(tiny_dataset, **overrides), tmp_path)
   assert not os.path.exists(tmp_path / 'config.json')
 
@@ -420,7 +423,7 @@ def test_bad_configs_are_rejected_before_any_work(
 def test_a_failed_start_does_not_block_the_corrected_command(
   tmp_path, tiny_dataset
 ):
-  with pytest.raises(train.ConfigError):
+  with pytest.raises(config_checks.ConfigError):
     run(tiny_config(tiny_dataset, seed=2**70), tmp_path)
   run(tiny_config(tiny_dataset, num_iterations=1), tmp_path)
 
@@ -428,7 +431,7 @@ def test_a_failed_start_does_not_block_the_corrected_command(
 def test_backbone_errors_are_config_errors(tmp_path, tiny_dataset):
   config = tiny_config(tiny_dataset)
   config.model.num_blocks = 4  # 8x8 images cannot be pooled four times.
-  with pytest.raises(train.ConfigError, match='too small'):
+  with pytest.raises(config_checks.ConfigError, match='too small'):
     run(config, tmp_path)
 
 
@@ -438,7 +441,7 @@ def test_a_different_configuration_is_refused_even_without_config_json(
   run(tiny_config(tiny_dataset, num_iterations=2), tmp_path)
   os.remove(tmp_path / 'config.json')
   with pytest.raises(
-    train.ConfigError,
+    config_checks.ConfigError,
     match=r'different configuration \(inner_lr: saved 0.4 '
     r'vs now 0.1, seed: saved 0 vs now 3; from its '
     r'checkpoint step 2\)',
@@ -457,22 +460,22 @@ def test_a_different_configuration_is_refused_even_without_config_json(
 def test_workdir_errors(tmp_path, tiny_dataset):
   a_file = tmp_path / 'file'
   a_file.write_text('x')
-  with pytest.raises(train.ConfigError, match='is a file'):
+  with pytest.raises(config_checks.ConfigError, match='is a file'):
     run(tiny_config(tiny_dataset), a_file)
-  with pytest.raises(train.ConfigError, match='is a file'):
+  with pytest.raises(config_checks.ConfigError, match='is a file'):
     train.evaluate(tiny_config(tiny_dataset), str(a_file))
   with pytest.raises(
-    train.ConfigError, match='Cannot create .*Not a directory. Fix:'
+    config_checks.ConfigError, match='Cannot create .*Not a directory. Fix:'
   ):
     run(tiny_config(tiny_dataset), a_file / 'run')
   old = tmp_path / 'old'
   (old / 'best').mkdir(parents=True)
-  with pytest.raises(train.ConfigError, match='earlier version'):
+  with pytest.raises(config_checks.ConfigError, match='earlier version'):
     run(tiny_config(tiny_dataset), old)
   corrupt = tmp_path / 'corrupt'
   corrupt.mkdir()
   (corrupt / 'config.json').write_text('{"seed": ')
-  with pytest.raises(train.ConfigError, match='corrupted'):
+  with pytest.raises(config_checks.ConfigError, match='corrupted'):
     run(tiny_config(tiny_dataset), corrupt)
 
 
@@ -511,9 +514,11 @@ def test_eval_mode(tmp_path, tiny_dataset):
     again['num_test_tasks'] == 8 and again['best_step'] == trained['best_step']
   )
   assert json.loads((tmp_path / 'eval.json').read_text())['num_test_tasks'] == 8
-  with pytest.raises(train.ConfigError, match='different configuration'):
+  with pytest.raises(
+    config_checks.ConfigError, match='different configuration'
+  ):
     train.evaluate(tiny_config(tiny_dataset, ways=4), str(tmp_path))
-  with pytest.raises(train.ConfigError, match='holds no run'):
+  with pytest.raises(config_checks.ConfigError, match='holds no run'):
     train.evaluate(config, str(tmp_path / 'nothing'))
   # Evaluation reads the checkpoints, not the results of the run.
   os.remove(tmp_path / 'results.json')
@@ -532,8 +537,8 @@ def test_eval_on_a_read_only_workdir_prints_the_result_first(
   def refuse(path, obj):
     raise PermissionError(13, 'Permission denied', path)
 
-  monkeypatch.setattr(train.common, 'write_json', refuse)
-  with pytest.raises(train.RunError, match='Could not write'):
+  monkeypatch.setattr(common.common, 'write_json', refuse)
+  with pytest.raises(common.RunError, match='Could not write'):
     train.evaluate(config, str(tmp_path))
   assert 'test accuracy' in capsys.readouterr().out
 

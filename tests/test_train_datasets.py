@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments import config_checks
 from experiments import train
 from experiments.configs import maml_miniimagenet
 from jaxmeta.data import miniimagenet
@@ -171,5 +172,5 @@ def test_bad_sampler_or_augmentation_is_a_config_error(
     config.augment[field.split('.')[1]] = value
   else:
     config[field] = value
-  with pytest.raises(train.ConfigError, match=field.split('.')[-1]):
+  with pytest.raises(config_checks.ConfigError, match=field.split('.')[-1]):
     test_train.run(config, tmp_path)

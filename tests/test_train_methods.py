@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import tasks
-from experiments import train
+from experiments import build
+from experiments import config_checks
 from test_train import restore
 from test_train import run
 from test_train import tiny_config
@@ -42,7 +43,7 @@ def test_every_method_trains_and_evaluates(
   state, _ = restore(config, tmp_path)
   assert int(state.step) == 4
   assert jax.tree.structure(state.params) == jax.tree.structure(
-    train._Run(config, str(tmp_path), None, None, 'train').init_state().params
+    build.Run(config, str(tmp_path), None, None, 'train').init_state().params
   )
 
 
@@ -51,7 +52,7 @@ def test_methods_that_need_a_body_refuse_the_mlp_backbone(
 ):
   config = tiny_config(tiny_dataset, algorithm='anil', backbone='mlp')
   config.model = ml_collections.ConfigDict(TINY_MODEL_OPTIONS['mlp'])
-  with pytest.raises(train.ConfigError, match='body and a head'):
+  with pytest.raises(config_checks.ConfigError, match='body and a head'):
     run(config, tmp_path)
 
 
@@ -62,13 +63,13 @@ def test_method_options_reach_the_builder_and_unknown_ones_are_refused(
   config.method = ml_collections.ConfigDict(
     {'per_step_lr': False, 'per_step_bn': False, 'multi_step_loss': False}
   )
-  built = train._Run(config, str(tmp_path / 'a'), None, None, 'train')
+  built = build.Run(config, str(tmp_path / 'a'), None, None, 'train')
   params = built.init_state().params
   assert params['inner'] == {}
   assert params['model']['conv0']['scale'].ndim == 1
   config.method = ml_collections.ConfigDict({'msl_epochs': 3})
-  with pytest.raises(train.ConfigError, match='msl_epochs'):
-    train.validate(config)
+  with pytest.raises(config_checks.ConfigError, match='msl_epochs'):
+    config_checks.validate(config)
 
 
 def test_protonet_trains_with_more_ways_than_it_is_tested_on(
@@ -88,7 +89,7 @@ def test_train_ways_is_refused_for_methods_with_a_ways_wide_head(
   tmp_path, tiny_dataset
 ):
   config = tiny_config(tiny_dataset, algorithm='maml', train_ways=5)
-  with pytest.raises(train.ConfigError, match='train_ways'):
+  with pytest.raises(config_checks.ConfigError, match='train_ways'):
     run(config, tmp_path)
 
 
@@ -96,7 +97,7 @@ def test_baseline_pretrains_on_minibatches_of_all_training_classes(
   tmp_path, tiny_dataset
 ):
   config = tiny_config(tiny_dataset, algorithm='baseline', batch_size=16)
-  built = train._Run(config, str(tmp_path), None, None, 'train')
+  built = build.Run(config, str(tmp_path), None, None, 'train')
   num_classes = built.load('train').shape[0]
   # The pretraining head spans every training class; evaluation fits a
   # head of `ways` outputs.
@@ -123,7 +124,7 @@ def test_baseline_pretrains_on_minibatches_of_all_training_classes(
 
 def test_baseline_refuses_the_host_sampler(tmp_path, tiny_dataset):
   config = tiny_config(tiny_dataset, algorithm='baseline', sampler='host')
-  with pytest.raises(train.ConfigError, match='minibatches'):
+  with pytest.raises(config_checks.ConfigError, match='minibatches'):
     run(config, tmp_path)
 
 
@@ -136,7 +137,7 @@ def test_cosine_meta_learning_rate_schedule():
     num_iterations=100,
     meta_optimizer='sgd',
   )
-  optimizer = train.build_optimizer(config)
+  optimizer = build.build_optimizer(config)
   params = {'w': jnp.zeros(())}
   state = optimizer.init(params)
   rates = []
@@ -149,5 +150,5 @@ def test_cosine_meta_learning_rate_schedule():
   ]
   np.testing.assert_allclose(rates, expected, rtol=1e-5)
   config.meta_lr_schedule = 'step'
-  with pytest.raises(train.ConfigError, match='meta_lr_schedule'):
-    train.validate(config)
+  with pytest.raises(config_checks.ConfigError, match='meta_lr_schedule'):
+    config_checks.validate(config)

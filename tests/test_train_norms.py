@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import config_checks
 from test_omniglot_experiment import short_real_run
 from test_train import restore
 from test_train import run
@@ -108,7 +108,7 @@ def test_maml_plus_plus_keeps_per_step_running_statistics(
 def test_bad_batch_norm_settings_are_config_errors(
   tmp_path, tiny_dataset, overrides, message
 ):
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(config_checks.ConfigError, match=message):
     run(tiny_config(tiny_dataset, **overrides), tmp_path)
 
 
@@ -117,13 +117,13 @@ def test_a_backbone_without_batch_norm_has_only_the_transductive_mode(
 ):
   config = tiny_config(tiny_dataset, backbone='mlp', batch_norm='support')
   config.model = ml_collections.ConfigDict(TINY_MODEL_OPTIONS['mlp'])
-  with pytest.raises(train.ConfigError, match='has no batch norm'):
+  with pytest.raises(config_checks.ConfigError, match='has no batch norm'):
     run(config, tmp_path)
   config = tiny_config(
     tiny_dataset, algorithm='maml_plus_plus', batch_norm='support'
   )
   config.method = ml_collections.ConfigDict({'per_step_bn_stats': True})
-  with pytest.raises(train.ConfigError, match="batch_norm='running'"):
+  with pytest.raises(config_checks.ConfigError, match="batch_norm='running'"):
     run(config, tmp_path)
 
 

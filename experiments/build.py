@@ -1,0 +1,314 @@
+"""A config becomes a run: model, learner, optimiser, task family and the
+compiled training step (`Run`, `make_train_step`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import jaxmeta
+from jaxmeta import sharding
+from . import checkpoints as checkpoints_lib
+from . import tasks
+from . import config_checks
+
+
+def build_learner(
+  config: ml_collections.ConfigDict,
+  family: tasks.TaskFamily,
+  input_shape: tuple[int, ...],
+  num_train_classes: int | None = None,
+) -> jaxmeta.MetaLearner:
+  """The backbone and algorithm named by the config.
+
+  `num_train_classes` (the training split's classes) is handed to the
+  algorithms that take `num_classes` (Baseline) unless `config.method` sets
+  it.
+  """
+  options = dict(config.method)
+  if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
+    if options.get('num_classes') is None:
+      options['num_classes'] = num_train_classes
+    # Fewer outputs than training classes: labels past the head score
+    # nothing.
+    if num_train_classes and options['num_classes'] < num_train_classes:
+      raise config_checks.ConfigError(
+        f'config.method.num_classes={options["num_classes"]} is fewer than '
+        f'the {num_train_classes} classes of the training split. Fix: leave '
+        'it out (the training split sets it).'
+      )
+  model_options = dict(config.model)
+  if config.batch_norm != 'transductive':
+    model_options['batch_norm'] = config.batch_norm
+  try:
+    model = jaxmeta.models.BACKBONES[config.backbone](
+      family.num_outputs, input_shape, **model_options
+    )
+  except TypeError as e:
+    if 'batch_norm' in model_options and 'batch_norm' in str(e):
+      raise config_checks.ConfigError(
+        f'config.batch_norm={config.batch_norm!r}: the backbone '
+        f"{config.backbone} has no batch norm; use 'transductive'."
+      ) from e
+    raise config_checks.ConfigError(f'{config.backbone}: {e}') from e
+  except ValueError as e:
+    raise config_checks.ConfigError(f'{config.backbone}: {e}') from e
+  inner_optimizer = None
+  if config.inner_optimizer == 'adam':
+    inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
+  build = lambda m: jaxmeta.make_learner(
+    config.algorithm,
+    m,
+    family.make_loss,
+    config.inner_lr,
+    config.inner_steps,
+    inner_optimizer,
+    **options,
+  )
+  try:
+    learner = jaxmeta.algorithms.normalised_learner(
+      build, model, config.bn_momentum, config.inner_steps
+    )
+  except (TypeError, ValueError) as e:
+    raise config_checks.ConfigError(
+      f'{config.backbone} / {config.algorithm}: {e}'
+    ) from e
+  traits = jaxmeta.algorithms.traits(config.algorithm)
+  if tasks.train_ways(config) != config.ways and not traits.any_ways:
+    raise config_checks.ConfigError(
+      f'config.train_ways={config.train_ways} differs from config.ways='
+      f'{config.ways}, but {config.algorithm} has a head of `ways` outputs; '
+      'set train_ways = 0, or use an algorithm without one (protonet).'
+    )
+  if traits.train_batches:
+    # Trained on minibatches of `batch_size` images of all classes: the
+    # training episode's shape is never used.
+    ignored = [
+      f'{name}={config[name]}'
+      for name in ('train_ways', 'train_shots', 'train_queries')
+      if config[name]
+    ]
+    if ignored:
+      raise config_checks.ConfigError(
+        f'config.{", ".join(ignored)}: {config.algorithm} trains on '
+        'minibatches of config.batch_size images of all classes, not on '
+        f'episodes. Fix: set {", ".join(i.split("=")[0] for i in ignored)} '
+        'to 0 (config.batch_size sets its minibatch).'
+      )
+  if traits.train_batches and (
+    family.sample_batch is None or config.sampler != 'device'
+  ):
+    raise config_checks.ConfigError(
+      f'{config.algorithm} trains on minibatches of all classes: it needs an '
+      "image dataset and config.sampler = 'device'."
+    )
+  return learner
+
+
+def build_optimizer(
+  config: ml_collections.ConfigDict,
+) -> optax.GradientTransformation:
+  """The outer optimiser. Its rate halves every `meta_lr_halve_every`
+  iterations with `meta_lr_schedule='halving'`; else it decays from `meta_lr`
+  to `meta_lr_final` over the run (linear, or cosine as in MAML++) if
+  `meta_lr_final >= 0`, and is constant otherwise."""
+  lr = config.meta_lr
+  steps = max(config.num_iterations, 1)
+  if config.meta_lr_schedule == 'halving':
+    lr = optax.exponential_decay(
+      config.meta_lr, config.meta_lr_halve_every, 0.5, staircase=True
+    )
+  elif config.meta_lr_final >= 0 and config.meta_lr_schedule == 'cosine':
+    lr = optax.cosine_decay_schedule(
+      config.meta_lr, steps, alpha=config.meta_lr_final / config.meta_lr
+    )
+  elif config.meta_lr_final >= 0:
+    lr = optax.linear_schedule(config.meta_lr, config.meta_lr_final, steps)
+  if config.meta_optimizer == 'adam':
+    return optax.adam(lr)
+  return optax.sgd(lr)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_mesh() -> jax.sharding.Mesh | None:
+  """A mesh over every device of every process, or None on one device."""
+  return sharding.make_mesh() if jax.device_count() > 1 else None
+
+
+def make_train_step(
+  learner: jaxmeta.MetaLearner,
+  optimizer: optax.GradientTransformation,
+  family: tasks.TaskFamily,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh | None = None,
+):
+  """The jitted step `(state, batch) -> (state, metrics)`.
+
+  `batch` is the training split, and tasks are drawn inside the step from
+  `fold_in(state.key, state.step)`; or, where the family draws its
+  meta-batches on the host (`family.sample_host`), the meta-batch itself,
+  augmented inside the step. With
+  a `mesh`, the meta-batch is split over its devices, each drawing and
+  adapting its own tasks, and the meta-gradient is averaged across them in
+  the same program (`jaxmeta.sharding`). The model gets a key in training
+  (`jaxmeta.model_key`: dropout and DropBlock are active), the same on any
+  number of devices. A step whose loss, meta-gradient,
+  new parameters or new optimiser state are not all finite is not applied:
+  the state stays the last good one (so its `step` names the failing step)
+  and `metrics['finite']` is False.
+  """
+  chunk = config.task_chunk_size or jaxmeta.default_task_chunk_size(
+    config.meta_batch_size
+  )
+
+  def sample_task(key, data):
+    if jaxmeta.algorithms.traits(config.algorithm).train_batches:
+      return family.sample_batch(key, data, config.batch_size)
+    return family.sample(key, data, True)
+
+  if family.sample_host is not None:
+    sharded = (
+      None
+      if mesh is None
+      else sharding.shard_train_step(
+        learner, optimizer, mesh, task_chunk_size=chunk, model_keys=True
+      )
+    )
+
+    def meta_step(state, tasks):
+      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+      keys = jax.random.split(key, config.meta_batch_size)
+      tasks = jax.vmap(family.augment)(keys, tasks)
+      if sharded is None:
+        return jaxmeta.meta_train_step(
+          learner, optimizer, state, tasks, chunk, jaxmeta.model_key(state)
+        )
+      return sharded(state, tasks)
+  elif mesh is None:
+
+    def sample_tasks(key, data):
+      keys = jax.random.split(key, config.meta_batch_size)
+      return jax.vmap(lambda k: sample_task(k, data))(keys)
+
+    def meta_step(state, data):
+      return jaxmeta.make_meta_train_step(
+        learner,
+        optimizer,
+        functools.partial(sample_tasks, data=data),
+        task_chunk_size=chunk,
+        model_keys=True,
+      )(state)
+  else:
+    try:
+      meta_step = sharding.shard_train_step(
+        learner,
+        optimizer,
+        mesh,
+        sample_task=sample_task,
+        meta_batch_size=config.meta_batch_size,
+        task_chunk_size=chunk,
+        model_keys=True,
+      )
+    except ValueError as e:
+      raise config_checks.ConfigError(
+        f'config.meta_batch_size / task_chunk_size: {e}'
+      ) from e
+
+  def train_step(state, data):
+    new_state, metrics = meta_step(state, data)
+    finite = (
+      jnp.isfinite(metrics['loss'])
+      & jnp.isfinite(metrics['meta_grad_norm'])
+      & all_finite((new_state.params, new_state.opt_state))
+    )
+    new_state = jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new_state, state
+    )
+    return new_state, dict(metrics, finite=finite)
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+class Run:
+  """What train and eval mode both build from a config."""
+
+  def __init__(
+    self, config, workdir, data_dir, source_dir, first_split, read_only=False
+  ):
+    self.config = config
+    self.workdir = workdir
+    try:
+      jax.random.PRNGKey(config.seed)
+      jax.random.PRNGKey(config.eval_seed)
+    except (OverflowError, ValueError, TypeError) as e:
+      raise config_checks.ConfigError(
+        f'config.seed / config.eval_seed: {e}'
+      ) from e
+    self.mesh = make_mesh()
+    if self.mesh is not None:
+      try:
+        sharding.check_divisible(config.meta_batch_size, self.mesh)
+      except ValueError as e:
+        raise config_checks.ConfigError(f'config.meta_batch_size: {e}') from e
+    try:
+      self.family = tasks.build(config, data_dir, source_dir)
+    except tasks.TaskFamilyError as e:
+      raise config_checks.ConfigError(str(e)) from e
+    self.data = {}
+    self.load(first_split)
+    num_train_classes = None
+    if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
+      num_train_classes = int(self.load('train').shape[0])
+    self.learner = build_learner(
+      config,
+      self.family,
+      self.family.input_shape(self.data[first_split]),
+      num_train_classes,
+    )
+    self.optimizer = build_optimizer(config)
+    self.metric = self.family.metric
+    self.checkpoints = checkpoints_lib.Checkpoints(
+      workdir,
+      config.keep_checkpoints,
+      f'val_{self.metric}',
+      self.family.higher_is_better,
+      read_only=read_only,
+    )
+
+  def load(self, split):
+    """The data of `split`, on every device of the mesh if there is one."""
+    if split not in self.data:
+      try:
+        data = self.family.load(split)
+      except tasks.TaskFamilyError as e:
+        raise config_checks.ConfigError(str(e)) from e
+      if self.mesh is not None and data is not None:
+        data = sharding.replicate(data, self.mesh)
+      self.data[split] = data
+    return self.data[split]
+
+  def init_state(self) -> jaxmeta.MetaTrainState:
+    """The initial state (replicated over the mesh if there is one)."""
+    state = jaxmeta.init_train_state(
+      self.learner, self.optimizer, jax.random.PRNGKey(self.config.seed)
+    )
+    return state if self.mesh is None else sharding.replicate(state, self.mesh)
+
+  def meta(self) -> dict[str, Any]:
+    return {
+      'config': self.config.to_dict(),
+      'jaxmeta_version': jaxmeta.__version__,
+    }
