@@ -36,8 +36,8 @@ import tqdm
 import jaxmeta
 from jaxmeta import sharding
 from jaxmeta.data import episodes
-from . import common
 from . import build
+from . import common
 from . import config_checks
 from . import evaluation
 from . import workdir as workdir_lib
@@ -84,7 +84,7 @@ def train_and_evaluate(
     The results, as written to `workdir/results.json`.
 
   Raises:
-    config_checks.ConfigError: a configuration, workdir or data that cannot run.
+    ConfigError: a configuration, workdir or data that cannot run.
     common.RunError: a non-finite step (nothing of it is applied or saved).
     common.OneLineError: the workdir is in use by another run, or its disk
       is full (`common.DiskFullError`; what was saved before stays).
@@ -312,7 +312,7 @@ def evaluate(
 ) -> dict[str, Any]:
   """`--mode=eval`: tests the best checkpoint of the run in `workdir`.
 
-  The config must be the run's (but for `workdir_lib.RESUMABLE_FIELDS`, e.g. a different
+  The config must be the run's (but for `workdir.RESUMABLE_FIELDS`, e.g. a different
   `num_eval_tasks`); the results go to `workdir/eval.json`, and are printed
   first, so that a read-only workdir still shows them. It holds the
   workdir's lock shared: refused while a run trains there (and a run is
