@@ -537,7 +537,7 @@ def test_eval_on_a_read_only_workdir_prints_the_result_first(
   def refuse(path, obj):
     raise PermissionError(13, 'Permission denied', path)
 
-  monkeypatch.setattr(common.common, 'write_json', refuse)
+  monkeypatch.setattr(common, 'write_json', refuse)
   with pytest.raises(common.RunError, match='Could not write'):
     train.evaluate(config, str(tmp_path))
   assert 'test accuracy' in capsys.readouterr().out
