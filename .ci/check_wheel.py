@@ -27,7 +27,7 @@ for module in (jaxmeta, jaxmeta_experiments):
   assert not path.startswith(checkout), path
 assert omniglot.DEFAULT_SOURCE_DIR is None, omniglot.DEFAULT_SOURCE_DIR
 sizes = [
-  len(omniglot._read_vinyals_list(n, None))  # pylint: disable=protected-access
+  len(omniglot._read_vinyals_list(n, None))
   for n in ('train', 'trainval', 'test')
 ]
 assert sizes == [1028, 1200, 423], sizes

@@ -23,8 +23,8 @@ def execute(
   path: Path, smoke: bool = False, timeout: int = CELL_TIMEOUT_S
 ) -> 'nbformat.NotebookNode':  # noqa: F821
   """The notebook at `path`, executed in memory (the file is not touched)."""
-  import nbformat  # pylint: disable=g-import-not-at-top
-  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  import nbformat
+  from nbclient import NotebookClient
 
   nb = nbformat.read(path, as_version=4)
   env = {'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
@@ -51,7 +51,7 @@ def execute(
 
 
 def main(argv=None) -> int:
-  import nbformat  # pylint: disable=g-import-not-at-top
+  import nbformat
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--smoke', action='store_true', help='tiny sizes')

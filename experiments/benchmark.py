@@ -85,7 +85,7 @@ NO_TORCH = (
 def import_torch_baselines():
   """Returns `experiments.torch_baselines`, or raises BenchmarkError(NO_TORCH)."""
   try:
-    from . import torch_baselines  # pylint: disable=g-import-not-at-top
+    from . import torch_baselines
   except ImportError as e:
     raise BenchmarkError(f'{NO_TORCH} ({e}).') from e
   return torch_baselines
@@ -623,7 +623,7 @@ def environment(torch_device: str | None) -> dict[str, Any]:
     'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
   }
   if torch_device is not None:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     env['torch_device'] = (
       torch.cuda.get_device_name(0)
@@ -762,7 +762,7 @@ def program_peak_bytes(compiled) -> int | None:
   """
   try:
     m = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None
   if m is None:
     return None
@@ -846,7 +846,7 @@ def start_jax_timer(
 
 
 def torch_device_name(requested: str) -> str:
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   if requested == 'auto':
     return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -854,7 +854,7 @@ def torch_device_name(requested: str) -> str:
 
 
 def set_torch_precision(highest: bool) -> None:
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   torch.backends.cudnn.allow_tf32 = not highest
   torch.backends.cuda.matmul.allow_tf32 = not highest
@@ -906,7 +906,7 @@ def torch_meta_gradient_float64(
   device: str,
 ) -> dict[str, np.ndarray]:
   """One PyTorch implementation's meta-gradient in float64 (same weights)."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   model, meta_grad = torch_setup(
     tb, config, implementation, algorithm, params, device, torch.float64
@@ -929,7 +929,7 @@ def start_torch_timer(
 ) -> Timer:
   """A fresh model at `params` and its `zero_grad` + meta-gradient +
   `Adam.step`, run once (its peak memory is this first step's)."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   model, meta_grad = torch_setup(
     tb, config, implementation, algorithm, params, device
@@ -987,7 +987,7 @@ def time_interleaved(
       start = time.perf_counter()
       timers[k].step()
       return time.perf_counter() - start
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       results[k] = {'status': 'error', 'error': f'{type(e).__name__}: {e}'}
       active.remove(k)
       return None
@@ -1158,7 +1158,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
   tb = device = None
   if torch_impls:
     tb = import_torch_baselines()
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     device = torch_device_name(settings.torch_device)
     torch.set_default_dtype(torch.float32)
@@ -1267,7 +1267,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
             settings.check_tol,
             check[('jaxmeta', conv_impls[0])].get('vs_float64_max_rel_err'),
           )
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           entry.update(
             passed=False,
             verdict='error',
@@ -1343,7 +1343,7 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
               )
             )
           timed_rows.append(row)
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           row.update(status='error', error=f'{type(e).__name__}: {e}')
       for row, timing in zip(
         timed_rows, time_interleaved(timers, settings, config.meta_batch)
@@ -1514,10 +1514,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
   """Bar chart: ms per meta-step, one group per config x algorithm."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   ok_rows = [r for r in rows if r['status'] == 'ok']
   groups = list(dict.fromkeys(f'{r["config"]}\n{r["algorithm"]}' for r in rows))

@@ -177,7 +177,7 @@ class Checkpoints:
     for step in candidates:
       try:
         return self.restore(like, step)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         # Orbax, tensorstore and JSON raise many types for a damaged step.
         self.move_aside(step, e)
     return None
@@ -198,7 +198,7 @@ class Checkpoints:
     while (step := self.best_step()) is not None:
       try:
         return (step, *self.restore(like, step))
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         self.move_aside(
           step, e, 'the best on validation', 'the next-best validated step'
         )

@@ -180,7 +180,7 @@ class _EventFile:
   remote workdir and a failing write raises in the caller's thread."""
 
   def __init__(self, logdir: epath.Path):
-    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2
 
     self._event_pb2 = event_pb2
     # TensorBoard's naming, made unique: a rerun within the same second
@@ -203,7 +203,7 @@ class _EventFile:
     )
 
   def write(self, event) -> None:
-    from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+    from tensorboardX.record_writer import masked_crc32c
 
     data = event.SerializeToString()
     header = struct.pack('<Q', len(data))
@@ -245,7 +245,7 @@ class MetricWriter:
     self._tb = _EventFile(logdir)
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
-    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX import summary
 
     scalars = {f'{prefix}{k}': float(np.asarray(v)) for k, v in scalars.items()}
     line = json.dumps({'step': int(step), **scalars}) + '\n'
@@ -271,7 +271,7 @@ class MetricWriter:
       metrics: `{tag: value}` of scalars written with `write` (the HParams
         tab reads a session's metrics from its scalars of those tags).
     """
-    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX import summary
 
     plain = {
       name: value

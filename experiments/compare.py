@@ -158,7 +158,7 @@ def steps_per_second(
   3 steps).
   """
   with tempfile.TemporaryDirectory() as workdir:
-    run = build.Run(config, workdir, None, None, 'train')  # pylint: disable=protected-access
+    run = build.Run(config, workdir, None, None, 'train')
     step = build.make_train_step(
       run.learner, run.optimizer, run.family, config, run.mesh
     )
@@ -260,7 +260,7 @@ def compare(
 def plot(results: dict[str, Any], path: str | None = None):
   """Test accuracy with 95% CIs, and validation accuracy against training
   time; saved to `path` if given. Returns the figure."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   methods = list(results['methods'])
   fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -311,7 +311,7 @@ def make_func_meta_grad(
       f'No PyTorch baseline for algorithm {algorithm!r}; '
       f'choose from {ALGORITHMS}.'
     )
-  from torch import func as tfunc  # pylint: disable=g-import-not-at-top
+  from torch import func as tfunc
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
     names = [n for n, _ in model.named_parameters()]
@@ -362,7 +362,7 @@ def make_higher_meta_grad(
       f'No PyTorch baseline for algorithm {algorithm!r}; '
       f'choose from {ALGORITHMS}.'
     )
-  import higher  # pylint: disable=g-import-not-at-top
+  import higher
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
     theta = list(model.parameters())

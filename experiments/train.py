@@ -102,7 +102,7 @@ def train_and_evaluate(
       return _train_and_evaluate(
         config, workdir, data_dir, source_dir, progress
       )
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     if isinstance(e, common.OneLineError):
       raise
     if common.is_disk_full(e):
@@ -118,7 +118,7 @@ def _close_quietly(*closers) -> None:
   for close in closers:
     try:
       close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
 

@@ -77,7 +77,7 @@ def read_saved_config(
   for step in sorted(checkpoints.manager.all_steps(), reverse=True):
     try:
       return checkpoints.read_meta(step)['config'], f'checkpoint step {step}'
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       checkpoints.move_aside(step, e)
   path = workdir / 'config.json'
   if not path.exists():

@@ -38,7 +38,7 @@ def pytest_configure(config):
     os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix='jaxmeta_xla_cache_'
     )
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.config.update(
     'jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR']
@@ -103,8 +103,8 @@ def omniglot_data_dir(tmp_path_factory) -> str:
   missing = [str(p) for p in zips if not p.is_file()]
   if missing:
     pytest.skip(f'Omniglot zips not in the checkout: {missing}')
-  import filelock  # pylint: disable=g-import-not-at-top
-  from jaxmeta.data import omniglot  # pylint: disable=g-import-not-at-top
+  import filelock
+  from jaxmeta.data import omniglot
 
   # Under pytest-xdist every worker is a session of its own; they share the
   # parent of their temporary directories, so the first to get here prepares
@@ -130,8 +130,8 @@ def tiny_dataset() -> str:
   12 classes x 6 examples of 8x8x1 per split, different per split and the
   same on every call; options `image_size` and `channels` change the shape.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxmeta.data import registry  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from jaxmeta.data import registry
 
   def load(
     split,

@@ -45,7 +45,7 @@ def run(workers, timeout):
   the child wrote to stdout and stderr. Children still running after
   `timeout` seconds are killed (status `-9`).
   """
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge
 
   # A forked JAX backend (its threads, devices, clients) would be broken.
   assert not xla_bridge.backends_are_initialized()
@@ -64,7 +64,7 @@ def run(workers, timeout):
         code = 0
       except SystemExit as e:
         code = _exit_code(e.code)
-      except BaseException:  # pylint: disable=broad-except
+      except BaseException:
         traceback.print_exc()
       finally:
         sys.stdout.flush()

@@ -50,7 +50,7 @@ def _counted_open(fn):
 
 def config():
   """The run: tiny sinusoid, a checkpoint every step, validation every 2."""
-  from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
+  from experiments.configs import sinusoid
 
   c = sinusoid.get_config()
   c.model.hidden = (8,)
@@ -95,7 +95,7 @@ def _train(workdir, kill_at):
   """One run, in a forked process: counts from its own start."""
   global _count, _kill_at
   _count, _kill_at = 0, kill_at
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import train
 
   train.train_and_evaluate(config(), workdir, progress=False)
   print(f'EVENTS {_count}')
@@ -105,10 +105,10 @@ def main():
   args = sys.argv[1:]
   runs = [(args[i], int(args[i + 1])) for i in range(0, len(args), 2)]
   sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-  import forked  # pylint: disable=g-import-not-at-top
+  import forked
 
   # Imported once, before the runs fork (tests/forked.py).
-  from experiments import train  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  from experiments import train  # noqa: F401
 
   _count_file_events()
   results = []

@@ -14,18 +14,18 @@ import sys
 
 
 def main(port, process_id, num_processes, local_devices, workdir, iterations):
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.config.update('jax_num_cpu_devices', local_devices)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  from jaxmeta import sharding  # pylint: disable=g-import-not-at-top
+  from jaxmeta import sharding
 
   if num_processes > 1:
     assert sharding.initialize_distributed(
       f'127.0.0.1:{port}', num_processes, process_id, initialization_timeout=60
     )
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  from experiments.configs import sinusoid  # pylint: disable=g-import-not-at-top
+  from experiments import train
+  from experiments.configs import sinusoid
 
   config = sinusoid.get_config()
   config.model.hidden = (8,)
@@ -44,11 +44,11 @@ def main(port, process_id, num_processes, local_devices, workdir, iterations):
 
 
 if __name__ == '__main__':
-  import functools  # pylint: disable=g-import-not-at-top
-  import forked  # pylint: disable=g-import-not-at-top
+  import functools
+  import forked
 
   # Imported once, before the processes fork (tests/forked.py).
-  from experiments import train  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  from experiments import train  # noqa: F401
 
   reports = []
   for run in sys.argv[1:]:

@@ -15,8 +15,8 @@ try:
 except RuntimeError:  # The backend is already up with its own device count.
   pass
 
-import ml_collections  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import ml_collections
+import chex
 import numpy as np
 import pytest
 

@@ -16,7 +16,7 @@ try:
 except RuntimeError:  # The backend is already up with its own device count.
   pass
 
-import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import chex
 import jax.numpy as jnp
 import optax
 import pytest

@@ -17,21 +17,21 @@ import sys
 
 
 def main(port, process_id, num_processes, local_devices, out_dir):
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.config.update('jax_num_cpu_devices', local_devices)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  from jaxmeta import sharding  # pylint: disable=g-import-not-at-top
+  from jaxmeta import sharding
 
   assert sharding.initialize_distributed(
     f'127.0.0.1:{port}', num_processes, process_id, initialization_timeout=60
   )
 
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import jaxmeta  # pylint: disable=g-import-not-at-top
-  from jaxmeta.data import episodes  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  import jaxmeta
+  from jaxmeta.data import episodes
 
   assert jax.process_count() == num_processes
   assert jax.device_count() == num_processes * local_devices
@@ -120,10 +120,10 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
 
 if __name__ == '__main__':
-  import forked  # pylint: disable=g-import-not-at-top
+  import forked
 
   # Imported once, before the processes fork (tests/forked.py).
-  import jaxmeta  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  import jaxmeta  # noqa: F401
 
   num_processes, local_devices = int(sys.argv[1]), int(sys.argv[2])
   port = forked.free_port()

@@ -340,7 +340,7 @@ def test_meta_train_step_compiles_once():
   for i in range(4):
     state, _ = jitted(state, _classification_tasks(jax.random.key(10 + i)))
   assert len(traces) == 1
-  assert jitted._cache_size() == 1  # pylint: disable=protected-access
+  assert jitted._cache_size() == 1
   assert int(state.step) == 4
 
 

@@ -18,9 +18,9 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('higher')
 
-import jaxmeta  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import torch_baselines  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jaxmeta
+from experiments import benchmark
+from experiments import torch_baselines
 
 TORCH_IMPLS = set(benchmark.TORCH_IMPLEMENTATIONS)
 

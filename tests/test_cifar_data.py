@@ -283,7 +283,7 @@ def test_errors_are_value_errors():
 
 
 def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   _write_archive(tmp_path / 'manual', *_fake_cifar())
   builder = cifar100_tfds.JaxmetaCifar100(

@@ -162,7 +162,7 @@ def test_a_config_file_of_ones_own_imports_the_shipped_ones(tmp_path):
 
 
 def test_maml_presets_follow_the_paper():
-  from experiments.configs import maml_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import maml_omniglot
 
   c = maml_omniglot.get_config('5w1s')
   assert (
@@ -189,8 +189,8 @@ def test_maml_presets_follow_the_paper():
 
 
 def test_fomaml_and_reptile_presets():
-  from experiments.configs import fomaml_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import reptile_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import fomaml_omniglot
+  from experiments.configs import reptile_omniglot
 
   assert fomaml_omniglot.get_config('5w5s').algorithm == 'fomaml'
   c = reptile_omniglot.get_config('20w1s')
@@ -209,7 +209,7 @@ def test_fomaml_and_reptile_presets():
 
 
 def test_the_default_is_the_main_job():
-  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default
 
   c = default.get_config()
   assert (
@@ -253,14 +253,14 @@ def test_published_settings_keep_their_constant_adam_rate(name, preset):
 
 
 def test_method_presets_follow_their_papers():
-  from experiments.configs import anil_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import baseline_miniimagenet  # pylint: disable=g-import-not-at-top
-  from experiments.configs import baseline_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import maml_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import maml_plus_plus_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import meta_sgd_omniglot  # pylint: disable=g-import-not-at-top
-  from experiments.configs import protonet_miniimagenet  # pylint: disable=g-import-not-at-top
-  from experiments.configs import protonet_omniglot  # pylint: disable=g-import-not-at-top
+  from experiments.configs import anil_omniglot
+  from experiments.configs import baseline_miniimagenet
+  from experiments.configs import baseline_omniglot
+  from experiments.configs import maml_omniglot
+  from experiments.configs import maml_plus_plus_omniglot
+  from experiments.configs import meta_sgd_omniglot
+  from experiments.configs import protonet_miniimagenet
+  from experiments.configs import protonet_omniglot
 
   # ANIL: MAML's settings, another algorithm.
   anil, maml = (

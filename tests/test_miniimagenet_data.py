@@ -442,7 +442,7 @@ def test_errors_are_value_errors():
 
 
 def test_builder_alone_reads_the_tfds_manual_dir(tmp_path):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   _write_pickles(tmp_path / 'manual', _fake_pickles())
   builder = miniimagenet_tfds.JaxmetaMiniImageNet(

@@ -148,7 +148,7 @@ def test_jax_vs_pytorch_runs_without_torch(
 
 
 def _load_colab_module(name):
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  import importlib.util
 
   spec = importlib.util.spec_from_file_location(name, COLAB_DIR / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
@@ -165,7 +165,7 @@ def test_no_notebook_links_to_a_repository_that_is_not_set():
 
 
 def test_one_command_points_every_notebook_at_another_repository(tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
+  import shutil
 
   module = _load_colab_module('set_repository')
   (tmp_path / 'executed').mkdir()
@@ -201,7 +201,7 @@ def test_one_command_points_every_notebook_at_another_repository(tmp_path):
 def _setup_cell(path):
   """The notebook's setup cell as Python (IPython's `!` lines as calls of
   `get_ipython().system`)."""
-  from IPython.core.inputtransformer2 import TransformerManager  # pylint: disable=g-import-not-at-top
+  from IPython.core.inputtransformer2 import TransformerManager
 
   source = nbformat.read(path, as_version=4).cells[1].source
   assert source.startswith('# Setup: a jaxmeta checkout')
@@ -233,7 +233,7 @@ def _run_setup(code, cwd, monkeypatch, colab_dir=None, repo='', shell=None):
     )
   code = code.replace("JAXMETA_REPO = ''", f'JAXMETA_REPO = {repo!r}')
   namespace = {'get_ipython': lambda: shell}
-  exec(compile(code, 'setup', 'exec'), namespace)  # pylint: disable=exec-used
+  exec(compile(code, 'setup', 'exec'), namespace)
   return namespace, shell.commands
 
 
@@ -241,7 +241,7 @@ def _run_setup(code, cwd, monkeypatch, colab_dir=None, repo='', shell=None):
 def test_setup_cell_finds_a_checkout_or_says_what_to_do(
   path, tmp_path, monkeypatch
 ):
-  import zipfile  # pylint: disable=g-import-not-at-top
+  import zipfile
 
   code = _setup_cell(path)
   # In a checkout: imported from there, nothing installed.

@@ -376,7 +376,7 @@ def test_absent_zips_are_downloaded_from_the_official_urls(
   monkeypatch.setattr(omniglot_tfds, 'can_reach', lambda url: True)
   requested = []
 
-  def offline_download(self, urls):  # pylint: disable=unused-argument
+  def offline_download(self, urls):
     requested.append(urls)
     raise ConnectionError('offline')
 
@@ -417,7 +417,7 @@ def test_offline_without_zips_fails_in_seconds(tmp_path, monkeypatch):
     },
   )
 
-  def download(self, urls):  # pylint: disable=unused-argument
+  def download(self, urls):
     raise AssertionError('download attempted although the host is down')
 
   monkeypatch.setattr(tfds.download.DownloadManager, 'download', download)

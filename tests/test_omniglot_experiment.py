@@ -343,7 +343,7 @@ def test_short_real_run_learns_far_above_chance(tmp_path, omniglot_data_dir):
 def test_an_unknown_field_is_one_line_in_a_real_process(tmp_path):
   """Overrides are applied after parsing, in a process of its own as at
   start-up (not when absl defines or parses the flags)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
+  import subprocess
 
   done = subprocess.run(
     [
@@ -369,7 +369,7 @@ def test_an_unknown_field_is_one_line_in_a_real_process(tmp_path):
 def test_a_reader_that_stops_early_is_no_error():
   """`--list_configs | head -1`: the reader has gone before the program
   prints (it closes the pipe at once; the program takes seconds to start)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
+  import subprocess
 
   process = subprocess.Popen(
     [sys.executable, '-m', 'experiments.main', '--list_configs'],

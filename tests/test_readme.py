@@ -27,7 +27,7 @@ def test_bring_your_own_model_and_dataset(tmp_path):
   code = code.replace("'/tmp/my_run'", repr(str(tmp_path / 'run')))
   namespace = {}
   try:
-    exec(compile(code, str(README), 'exec'), namespace)  # pylint: disable=exec-used
+    exec(compile(code, str(README), 'exec'), namespace)
   finally:
     registry.DATASETS.pop('my_shapes', None)
     jaxmeta.models.BACKBONES.pop('linear', None)

@@ -137,8 +137,8 @@ def test_host_sampler_with_augmentation_trains_and_resumes_exactly(
 
 
 def test_augmentation_changes_the_training_tasks_only(tiny_dataset):
-  import jax  # pylint: disable=g-import-not-at-top
-  from experiments import tasks  # pylint: disable=g-import-not-at-top
+  import jax
+  from experiments import tasks
 
   plain = test_train.tiny_config(tiny_dataset)
   augmented = test_train.tiny_config(tiny_dataset)

@@ -78,7 +78,7 @@ for v in VARIANTS:
     res = compiled(state, tasks)
     jax.block_until_ready(res)
     t2 = time.perf_counter()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     print(f'[build] {name(v)} FAILED {type(e).__name__}: {e}', flush=True)
     continue
   built[v] = (compiled, state)
@@ -157,7 +157,7 @@ if os.environ.get('PROBE_PROFILE', '1') == '1':
     if v[1] is None and v[2] is None:
       try:
         profiles[name(v)] = profile(v)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f'[profile] {name(v)} FAILED {type(e).__name__}: {e}', flush=True)
 with open(os.path.join(out, f'probe_{config_name}_{algorithm}.json'), 'w') as f:
   json.dump(

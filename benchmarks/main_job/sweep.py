@@ -91,10 +91,10 @@ def run(name, overrides, root):
 
 
 def plot(rows, out):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
   for r in rows:

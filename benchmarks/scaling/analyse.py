@@ -29,12 +29,12 @@ import jax
 NUM_DEVICES = 8
 jax.config.update('jax_num_cpu_devices', NUM_DEVICES)
 
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import optax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import optax
 
-import jaxmeta  # pylint: disable=g-import-not-at-top
-from jaxmeta import sharding  # pylint: disable=g-import-not-at-top
-from jaxmeta import xla_costs  # pylint: disable=g-import-not-at-top
+import jaxmeta
+from jaxmeta import sharding
+from jaxmeta import xla_costs
 
 CONFIGS = {
   # Finn et al. 2017: inner lr 0.4, 1 step, meta-batch 32, 15 queries.

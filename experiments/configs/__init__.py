@@ -76,7 +76,7 @@ def _load_file(path: str) -> types.ModuleType:
   loaded = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(loaded)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise ConfigFileError(f'{path}: {type(e).__name__}: {e}') from e
   return loaded
 
@@ -115,7 +115,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     )
   try:
     config = get_config(preset) if has_preset else get_config()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise ConfigFileError(f'{spec}: {type(e).__name__}: {e}') from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigFileError(

@@ -106,7 +106,7 @@ def locate(folder: os.PathLike | str) -> Path | None:
 def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
   try:
     content = pickle.loads(data, encoding='latin1')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # Truncated or corrupted pickles raise EOFError, UnpicklingError,
     # ValueError, ... depending on where they break.
     raise Cifar100Error(

@@ -185,7 +185,7 @@ def _prepare(builder) -> None:
     builder.download_and_prepare()
   except MiniImageNetError:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # TFDS reports a folder removed under it with its own error types.
     if not root.is_dir():
       raise MiniImageNetError(

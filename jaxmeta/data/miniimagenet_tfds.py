@@ -341,7 +341,7 @@ def read_pickle(
   try:
     with open(path, 'rb') as f:
       content = pickle.load(f, encoding='latin1')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise MiniImageNetError(
       f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
       f'Fix: replace it by an intact copy. {HOW_TO_GET}'

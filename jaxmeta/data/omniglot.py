@@ -372,7 +372,7 @@ def _load_characters(
     prepared = builder.is_prepared()
   except OmniglotError:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise corrupted(e) from e
   if not prepared:
     if not os.access(existing, os.W_OK):
@@ -395,7 +395,7 @@ def _load_characters(
       columns = omniglot_tfds.read_all(builder.as_data_source()[source])
     except OmniglotError:
       raise
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise corrupted(e) from e
     order = np.lexsort((columns['drawer'], columns['character_name']))
     names = columns['character_name'][order]

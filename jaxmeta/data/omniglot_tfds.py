@@ -453,7 +453,7 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
       )
     try:
       downloaded = dl_manager.download(URLS)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise OmniglotError(
         f'The Omniglot zips are in none of the places looked in ({looked}) '
         f'and downloading them from {list(URLS.values())} failed: {e!r}. '
