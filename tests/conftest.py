@@ -45,50 +45,6 @@ def pytest_configure(config):
   )
 
 
-# Parametrized cases in the slow tier (`-m slow`), by `file::test[` prefix of
-# their ids, where the other cases of the test stay quick; whole tests carry
-# `@pytest.mark.slow` themselves.
-SLOW_CASES = (
-  # Every algorithm trains the MLP in the quick tier, and conv4 with MAML;
-  # the ResNet-12 step compiles for up to half a minute.
-  'test_train.py::test_every_algorithm_trains_every_backbone[resnet12-',
-  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-fomaml]',
-  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-reptile]',
-  'test_train.py::test_every_algorithm_trains_every_backbone[conv4-pretrain]',
-  # Regression through the harness: MAML, and MAML++ (no other quick test
-  # trains it through the harness); the other algorithms train on images in
-  # the quick tier.
-  'test_train.py::test_every_algorithm_trains_on_sinusoids[fomaml]',
-  'test_train.py::test_every_algorithm_trains_on_sinusoids[meta_sgd]',
-  'test_train.py::test_every_algorithm_trains_on_sinusoids[pretrain]',
-  'test_train.py::test_every_algorithm_trains_on_sinusoids[reptile]',
-  # The methods with a body and a head through the harness: the quick tier
-  # keeps ANIL (a head-only inner loop), Meta-SGD (learned inner rates) and
-  # Baseline++ (minibatch pretraining); MAML++ trains through the harness in
-  # the sinusoid test, ProtoNets in the test of more training ways.
-  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-maml_plus_plus]',
-  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-protonet]',
-  'test_train_methods.py::test_every_method_trains_and_evaluates[conv4-baseline]',
-  # Every registered method through meta_train_step: MAML++ with every
-  # trick on compiles the slowest, and its step runs in the quick tier
-  # through the harness (the sinusoid test).
-  'test_methods.py::test_every_registered_method_steps_through_the_meta_train_step[maml_plus_plus]',
-  # ResNet-12 against PyTorch: the CPU's default conv implementation stays
-  # quick; the others compute the same function (test_models.py, slow tier).
-  'test_resnet12.py::test_forward_matches_pytorch[xla]',
-  'test_resnet12.py::test_forward_matches_pytorch[patches]',
-  'test_resnet12.py::test_forward_matches_pytorch[patches_cf]',
-)
-
-
-@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
-def pytest_collection_modifyitems(config, items):
-  del config
-  for item in items:
-    if f'{item.path.name}::{item.name}'.startswith(SLOW_CASES):
-      item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope='session')
 def omniglot_data_dir(tmp_path_factory) -> str:
   """A TFDS data dir holding the prepared 28x28 Omniglot cache.

@@ -97,7 +97,17 @@ def _torch_forward(params, x):
   return (embedding @ t(params['head']['w']) + t(params['head']['b'])).numpy()
 
 
-@pytest.mark.parametrize('conv_impl', models.CONV_IMPLS[1:])
+# The CPU's default conv implementation in the quick tier; the others compute
+# the same function (test_models.py) and are slow.
+@pytest.mark.parametrize(
+  'conv_impl',
+  [
+    impl
+    if impl == models.resolve_conv_impl('auto')
+    else pytest.param(impl, marks=pytest.mark.slow)
+    for impl in models.CONV_IMPLS[1:]
+  ],
+)
 def test_forward_matches_pytorch(conv_impl):
   model = jaxmeta.resnet12(3, (16, 16, 3), conv_impl=conv_impl, **_TINY)
   with jax.enable_x64(True):

@@ -26,9 +26,26 @@ METHODS = (
 )
 
 
-@pytest.mark.parametrize('algorithm', METHODS)
+# The quick tier keeps ANIL (a head-only inner loop), Meta-SGD (learned inner
+# rates) and Baseline++ (minibatch pretraining) on Conv-4; MAML++ trains
+# through the harness in the sinusoid test, ProtoNets in the test of more
+# training ways.
+_QUICK = ('anil', 'meta_sgd', 'baseline_plus_plus')
+
+
 @pytest.mark.parametrize(
-  'backbone', ['conv4', pytest.param('resnet12', marks=pytest.mark.slow)]
+  'backbone, algorithm',
+  [
+    pytest.param(
+      backbone,
+      algorithm,
+      marks=()
+      if backbone == 'conv4' and algorithm in _QUICK
+      else pytest.mark.slow,
+    )
+    for backbone in ('conv4', 'resnet12')
+    for algorithm in METHODS
+  ],
 )
 def test_every_method_trains_and_evaluates(
   tmp_path, tiny_dataset, algorithm, backbone
