@@ -238,6 +238,19 @@ def build_learner(
     raise ConfigError(f'{config.backbone}: {e}') from e
   except ValueError as e:
     raise ConfigError(f'{config.backbone}: {e}') from e
+  remat = config.get('remat', '')
+  if remat:
+    if remat not in jaxmeta.models.REMAT_POLICIES:
+      raise ConfigError(
+        "config.remat must be '' (off) or one of "
+        f'{tuple(jaxmeta.models.REMAT_POLICIES)}, got {remat!r}.'
+      )
+    if config.batch_norm != 'transductive':
+      raise ConfigError(
+        f'config.remat={remat!r} recomputes the transductive forward pass '
+        f"only, not batch_norm={config.batch_norm!r}; set remat to ''."
+      )
+    model = jaxmeta.models.rematerialised(model, remat)
   inner_optimizer = None
   if config.inner_optimizer == 'adam':
     inner_optimizer = optax.adam(config.inner_lr, b1=0.0)
