@@ -58,6 +58,20 @@ def build_learner(
     raise config_checks.ConfigError(f'{config.backbone}: {e}') from e
   except ValueError as e:
     raise config_checks.ConfigError(f'{config.backbone}: {e}') from e
+  remat = config.get('remat', '')
+  if remat:
+    if remat not in jaxmeta.models.REMAT_POLICIES:
+      raise config_checks.ConfigError(
+        f'Unknown config.remat {remat!r}. Fix: --config.remat=<one of '
+        f"{', '.join(jaxmeta.models.REMAT_POLICIES)}>, or '' (off)."
+      )
+    if config.batch_norm != 'transductive':
+      raise config_checks.ConfigError(
+        f'config.remat={remat!r} recomputes the transductive forward pass '
+        f'only, not batch_norm={config.batch_norm!r}. Fix: '
+        "--config.remat=''."
+      )
+    model = jaxmeta.models.rematerialised(model, remat)
   inner_optimizer = None
   if config.inner_optimizer == 'adam':
     inner_optimizer = optax.adam(config.inner_lr, b1=0.0)

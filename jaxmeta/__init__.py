@@ -42,6 +42,7 @@ from jaxmeta.models import conv4
 from jaxmeta.models import mlp
 from jaxmeta.models import Model
 from jaxmeta.models import register_backbone
+from jaxmeta.models import rematerialised
 from jaxmeta.models import resnet12
 from jaxmeta.models import resolve_conv_impl
 from jaxmeta.training import default_task_chunk_size

@@ -41,6 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # TaskNorm-I.
   c.batch_norm = 'transductive'
   c.bn_momentum = 0.1
+  # Rematerialisation (jaxmeta.models.rematerialised): '' off; 'full' keeps
+  # only each forward pass's inputs and recomputes the rest in the backward
+  # pass (or another name in jaxmeta.models.REMAT_POLICIES). Less memory for
+  # second-order MAML with several inner steps, for more compute;
+  # 'transductive' batch norm only.
+  c.remat = ''
 
   # Training augmentation of image tasks (jaxmeta.data.augment.AugmentConfig):
   # all off, as in MAML.

@@ -44,5 +44,7 @@ from jaxmeta.models.layers import max_pool_2x2
 from jaxmeta.models.layers import resolve_conv_impl
 from jaxmeta.models.mlp import mlp
 from jaxmeta.models.mlp import mlp_backbone
+from jaxmeta.models.remat import REMAT_POLICIES
+from jaxmeta.models.remat import rematerialised
 from jaxmeta.models.resnet12 import resnet12
 from jaxmeta.models.resnet12 import resnet12_embed
