@@ -34,7 +34,6 @@ for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -45,6 +44,7 @@ import numpy as np
 from jaxmeta.data import cifar100_tfds
 from jaxmeta.data.cifar100_tfds import Cifar100Error
 from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import prepare_cache
 from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
@@ -185,40 +185,9 @@ def _source_folder(
 
 
 def _prepare(builder) -> None:
-  """Prepares the cache; a data dir that cannot be written or that vanishes
-  meanwhile is a `Cifar100Error` (as Omniglot's loader does)."""
-  root = Path(os.fspath(builder.data_dir_root))
-  existing = root
-  while not existing.exists() and existing.parent != existing:
-    existing = existing.parent
-  fix = (
-    'Fix: pass `data_dir=` (--data_dir, or set $JAXMETA_DATA_DIR) to a '
-    'writable folder.'
-  )
-  if not existing.is_dir() or not os.access(existing, os.W_OK):
-    raise Cifar100Error(
-      f'Cannot write the CIFAR-100 cache into the data dir {root}: '
-      f'{existing} is {"read-only" if existing.is_dir() else "a file"}. {fix}'
-    )
-  try:
-    builder.download_and_prepare()
-  except Cifar100Error:
-    raise
-  except Exception as e:
-    # TFDS reports a folder removed under it with its own error types.
-    if not root.is_dir():
-      raise Cifar100Error(
-        f'The data dir {root} was removed while the CIFAR-100 cache was '
-        f'being prepared in it ({type(e).__name__}). Fix: leave it in place '
-        'and load again: the cache is prepared afresh.'
-      ) from e
-    if isinstance(e, PermissionError) or (
-      isinstance(e, OSError) and e.errno == errno.EROFS
-    ):
-      raise Cifar100Error(
-        f'Cannot write the CIFAR-100 cache into the data dir {root}: {e}. {fix}'
-      ) from e
-    raise
+  """Prepares the cache (`registry.prepare_cache`: one `Cifar100Error` for a
+  data dir that cannot be written or that vanishes meanwhile)."""
+  prepare_cache(builder, 'CIFAR-100', Cifar100Error)
 
 
 @functools.lru_cache(maxsize=2)

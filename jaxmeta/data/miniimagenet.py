@@ -41,7 +41,6 @@ decodes 60,000 JPEGs once (minutes, single process).
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import numpy as np
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
 from jaxmeta.data.registry import ClassImages
+from jaxmeta.data.registry import prepare_cache
 from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
@@ -166,41 +166,9 @@ def _prepared_builder(
 
 
 def _prepare(builder) -> None:
-  """Prepares the cache; a data dir that cannot be written or that vanishes
-  meanwhile is a `MiniImageNetError` (as Omniglot's loader does)."""
-  root = Path(os.fspath(builder.data_dir_root))
-  existing = root
-  while not existing.exists() and existing.parent != existing:
-    existing = existing.parent
-  fix = (
-    f'Fix: pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a '
-    'writable folder.'
-  )
-  if not existing.is_dir() or not os.access(existing, os.W_OK):
-    raise MiniImageNetError(
-      f'Cannot write the mini-ImageNet cache into the data dir {root}: '
-      f'{existing} is {"read-only" if existing.is_dir() else "a file"}. {fix}'
-    )
-  try:
-    builder.download_and_prepare()
-  except MiniImageNetError:
-    raise
-  except Exception as e:
-    # TFDS reports a folder removed under it with its own error types.
-    if not root.is_dir():
-      raise MiniImageNetError(
-        f'The data dir {root} was removed while the mini-ImageNet cache was '
-        f'being prepared in it ({type(e).__name__}). Fix: leave it in place '
-        'and load again: the cache is prepared afresh.'
-      ) from e
-    if isinstance(e, PermissionError) or (
-      isinstance(e, OSError) and e.errno == errno.EROFS
-    ):
-      raise MiniImageNetError(
-        f'Cannot write the mini-ImageNet cache into the data dir {root}: '
-        f'{e}. {fix}'
-      ) from e
-    raise
+  """Prepares the cache (`registry.prepare_cache`: one `MiniImageNetError` for a
+  data dir that cannot be written or that vanishes meanwhile)."""
+  prepare_cache(builder, 'mini-ImageNet', MiniImageNetError)
 
 
 def _read_split(builder, split: str) -> ClassImages:
