@@ -5,6 +5,8 @@ import re
 import shlex
 import tomllib
 
+import pytest
+
 import jaxmeta
 from jaxmeta.data import registry
 from experiments import cli
@@ -19,6 +21,22 @@ def _code_of_section(title):
   text = README.read_text()
   section = text.split(f'## {title}\n', 1)[1].split('\n## ', 1)[0]
   return re.findall(r'```python\n(.*?)```', section, re.S)[0]
+
+
+@pytest.mark.slow
+def test_the_library_example_learns(omniglot_data_dir, monkeypatch, capsys):
+  """The example as written, for 40 meta-steps and 50 test tasks."""
+  code = _code_of_section('The library in one example')
+  assert 'range(2400)' in code and 'test, 600)' in code
+  code = code.replace('range(2400)', 'range(40)').replace(
+    'test, 600)', 'test, 50)'
+  )
+  monkeypatch.setenv('JAXMETA_DATA_DIR', omniglot_data_dir)
+  namespace = {}
+  exec(compile(code, str(README), 'exec'), namespace)
+  assert namespace['state'].step == 40
+  assert 0.3 < namespace['mean'] <= 1.0  # Chance is 0.2.
+  assert re.search(r'^\d+\.\d% \+- \d+\.\d% on ', capsys.readouterr().out, re.M)
 
 
 def test_bring_your_own_model_and_dataset(tmp_path):
