@@ -14,8 +14,8 @@ import optax
 import jaxmeta
 from jaxmeta import sharding
 from . import checkpoints as checkpoints_lib
-from . import tasks
 from . import config_checks
+from . import tasks
 
 
 def build_learner(

@@ -15,9 +15,9 @@ import numpy as np
 import jaxmeta
 from jaxmeta import sharding
 from jaxmeta.data import episodes
+from . import build
 from . import common
 from . import tasks
-from . import build
 
 
 class Evaluator:
