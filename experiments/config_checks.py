@@ -90,6 +90,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ('dataset', 'dataset', tasks.names()),
     ('backbone', 'backbone', jaxmeta.models.BACKBONES),
     ('config.batch_norm', 'batch_norm', norms.MODES),
+    ('config.inner_optimizer', 'inner_optimizer', _INNER_OPTIMIZERS),
+    ('config.meta_optimizer', 'meta_optimizer', _META_OPTIMIZERS),
+    ('config.meta_lr_schedule', 'meta_lr_schedule', _META_LR_SCHEDULES),
+    ('config.sampler', 'sampler', _SAMPLERS),
   ):
     value = config[field]
     if value not in choices:
@@ -133,31 +137,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.task_chunk_size={chunk} must divide '
       f'config.meta_batch_size={config.meta_batch_size}.'
     )
-  if config.inner_optimizer not in _INNER_OPTIMIZERS:
-    raise ConfigError(
-      f'config.inner_optimizer must be one of '
-      f'{_INNER_OPTIMIZERS}, got {config.inner_optimizer!r}.'
-    )
-  if config.sampler not in _SAMPLERS:
-    raise ConfigError(
-      f'config.sampler must be one of {_SAMPLERS}, got {config.sampler!r}.'
-    )
   try:
     jaxmeta.data.augment.check_config(
       jaxmeta.data.AugmentConfig(**config.augment)
     )
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.augment: {e}') from e
-  if config.meta_optimizer not in _META_OPTIMIZERS:
-    raise ConfigError(
-      f'config.meta_optimizer must be one of '
-      f'{_META_OPTIMIZERS}, got {config.meta_optimizer!r}.'
-    )
-  if config.meta_lr_schedule not in _META_LR_SCHEDULES:
-    raise ConfigError(
-      f'config.meta_lr_schedule must be one of '
-      f'{_META_LR_SCHEDULES}, got {config.meta_lr_schedule!r}.'
-    )
   known = configs.option_defaults(config.algorithm)
   unknown = sorted(set(config.method) - set(known))
   if unknown:
