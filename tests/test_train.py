@@ -431,7 +431,10 @@ def test_evaluating_a_checkpoint_with_non_finite_parameters_fails(
     (dict(num_iterations=2**40), 'num_iterations=.* is too large'),
     (dict(task_chunk_size=3), 'must divide config.meta_batch_size=2'),
     (dict(inner_optimizer='adam'), 'inner_optimizer applies to'),
-    (dict(inner_optimizer='rmsprop'), r"Unknown config.inner_optimizer 'rmsprop'"),
+    (
+      dict(inner_optimizer='rmsprop'),
+      r"Unknown config.inner_optimizer 'rmsprop'",
+    ),
     (dict(ways=13), r'train split .*ways=13 is more than the 12 classes'),
     (dict(shots=3, queries=4), r'shots \+ queries = 3 \+ 4 = 7 is more'),
   ],
