@@ -1,11 +1,10 @@
-"""Smoke test of experiments/benchmark.py at --size=tiny, and of its check.
+"""Smoke test of experiments/benchmark/ at --size=tiny, and of its check.
 
 Never asserts a speed: only that the gradient cross-check passes for every
 PyTorch implementation, that it fails when the gradients differ, and that the
 three outputs are written with sane contents.
 """
 
-import dataclasses
 import json
 import os
 import time
@@ -19,10 +18,16 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('higher')
 
 import jaxmeta
-from experiments import benchmark
-from experiments import torch_baselines
+from experiments.benchmark import checks
+from experiments.benchmark import cli
+from experiments.benchmark import configs
+from experiments.benchmark import jax_step
+from experiments.benchmark import run
+from experiments.benchmark import timing
+from experiments.benchmark import torch_baselines
+from experiments.benchmark import torch_step
 
-TORCH_IMPLS = set(benchmark.TORCH_IMPLEMENTATIONS)
+TORCH_IMPLS = set(configs.TORCH_IMPLEMENTATIONS)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -39,12 +44,12 @@ def _one_torch_thread():
 def _run_cli(out_dir, *extra):
   """`python -m experiments.benchmark --size=tiny ...`, run in-process.
 
-  The flags are parsed into a fresh `FlagValues` that stands in for the
-  module's global ones while `main` runs, as absl would parse them at
-  start-up. Returns `main`'s exit code (0 when it returns).
+  The flags are parsed into a fresh `FlagValues`, handed to `main` in place
+  of the global ones absl would parse at start-up. Returns `main`'s exit
+  code (0 when it returns).
   """
   flag_values = flags.FlagValues()
-  benchmark.define_flags(flag_values)
+  cli.define_flags(flag_values)
   argv = flag_values(
     [
       'benchmark',
@@ -55,12 +60,10 @@ def _run_cli(out_dir, *extra):
       *extra,
     ]
   )
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(benchmark, 'FLAGS', flag_values)
-    try:
-      benchmark.main(argv)
-    except SystemExit as e:
-      return e.code
+  try:
+    cli.main(argv, flag_values)
+  except SystemExit as e:
+    return e.code
   return 0
 
 
@@ -83,7 +86,7 @@ def test_tiny_benchmark_passes_cross_check(tiny_run):
     for c in results['cross_checks']
     if c['passed']
   }
-  for algorithm in benchmark.ALGORITHMS:
+  for algorithm in configs.ALGORITHMS:
     for impl in TORCH_IMPLS:
       assert (algorithm, impl) in checked
   for check in results['cross_checks']:
@@ -91,7 +94,7 @@ def test_tiny_benchmark_passes_cross_check(tiny_run):
     # Each implementation's float32 result is within 1e-4 of the float64
     # meta-gradient, and in float64 each computes jaxmeta's function.
     assert check['vs_float64_max_rel_err'] <= 1e-4
-    assert check['float64_agreement'] <= benchmark.FLOAT64_TOL
+    assert check['float64_agreement'] <= checks.FLOAT64_TOL
     assert check['verdict'] == 'float32'
 
 
@@ -102,15 +105,17 @@ def test_tiny_benchmark_outputs(tiny_run):
     results = json.load(f)
   rows = results['rows']
   impls = {r['implementation'] for r in rows}
-  assert impls == set(benchmark.IMPLEMENTATIONS)
-  assert len(rows) == len(benchmark.ALGORITHMS) * len(impls)
+  assert impls == set(configs.IMPLEMENTATIONS)
+  assert len(rows) == len(configs.ALGORITHMS) * len(impls)
   for row in rows:
     assert row['status'] == 'ok'
     assert row['num_timed_steps'] == 2
     assert 0 < row['min_ms'] <= row['median_ms']
     assert row['tasks_per_s'] > 0
     assert row['device'] and row['versions']['jax']
-    assert row['settings']['meta_batch'] == benchmark.CONFIGS['tiny'].meta_batch
+    assert (
+      row['settings']['meta_batch'] == configs.get_config('tiny').meta_batch
+    )
     if row['implementation'] == 'jaxmeta':
       # From XLA's analysis of the step, on any backend.
       assert row['peak_memory_bytes'] > 0
@@ -147,12 +152,12 @@ def test_cli_fails_when_a_torch_gradient_differs(tmp_path):
 
 
 def _tiny_setup(algorithm):
-  config = benchmark.CONFIGS['tiny']
+  config = configs.get_config('tiny')
   data_key, init_key = jax.random.split(jax.random.key(0))
-  tasks = benchmark.make_tasks(config, data_key)
-  learner, optimizer = benchmark.jax_setup(config, algorithm, 'auto')
+  tasks = jax_step.make_tasks(config, data_key)
+  learner, optimizer = jax_step.jax_setup(config, algorithm, 'auto')
   params = jaxmeta.init_train_state(learner, optimizer, init_key).params
-  reference = benchmark.jax_meta_gradient(
+  reference = jax_step.jax_meta_gradient(
     config, algorithm, 'auto', params, tasks
   )
   model = torch_baselines.Conv4(
@@ -170,17 +175,17 @@ def test_cross_check_detects_perturbed_and_mismatched_gradients():
   torch_baselines.params_from_jax(model, params)
   meta_grad(model, batch)
   good = torch_baselines.grads_to_jax(model)
-  assert benchmark.cross_check(reference, good, 1e-4)['passed']
+  assert checks.cross_check(reference, good, 1e-4)['passed']
 
   # One tensor off by 0.1%.
   perturbed = dict(good, **{'conv1/w': good['conv1/w'] * 1.001})
-  result = benchmark.cross_check(reference, perturbed, 1e-4)
+  result = checks.cross_check(reference, perturbed, 1e-4)
   assert not result['passed'] and result['worst_tensor'] == 'conv1/w'
 
   # The head weight transposed the wrong way round (same as loading weights
   # in NCHW flatten order): shapes differ.
   bad_shape = dict(good, **{'head/w': good['head/w'].T})
-  assert not benchmark.cross_check(reference, bad_shape, 1e-4)['passed']
+  assert not checks.cross_check(reference, bad_shape, 1e-4)['passed']
 
   # Mismatched weights: torch evaluated at different initial weights.
   other = jax.tree.map(lambda p: p * 1.01, params)
@@ -189,41 +194,42 @@ def test_cross_check_detects_perturbed_and_mismatched_gradients():
     p.grad = None
   meta_grad(model, batch)
   mismatched = torch_baselines.grads_to_jax(model)
-  assert not benchmark.cross_check(reference, mismatched, 1e-4)['passed']
+  assert not checks.cross_check(reference, mismatched, 1e-4)['passed']
 
   # A NaN is never a pass, nor is a missing tensor.
   nan = dict(good, **{'head/b': good['head/b'] * np.nan})
-  assert not benchmark.cross_check(reference, nan, 1e-4)['passed']
+  assert not checks.cross_check(reference, nan, 1e-4)['passed']
   missing = {k: v for k, v in good.items() if k != 'head/b'}
-  assert not benchmark.cross_check(reference, missing, 1e-4)['passed']
+  assert not checks.cross_check(reference, missing, 1e-4)['passed']
 
 
 @pytest.mark.slow
 def test_float64_check_separates_rounding_from_a_different_function():
-  config = benchmark.CONFIGS['tiny']
+  config = configs.get_config('tiny')
   params, reference, _, batch, _ = _tiny_setup('maml')
   data_key, _ = jax.random.split(jax.random.key(0))
-  tasks = benchmark.make_tasks(config, data_key)
-  truth = benchmark.jax_meta_gradient(
+  tasks = jax_step.make_tasks(config, data_key)
+  truth = jax_step.jax_meta_gradient(
     config, 'maml', 'auto', params, tasks, float64=True
   )
   assert all(v.dtype == np.float64 for v in truth.values())
   # float32 jaxmeta is a rounding away from float64 ...
-  assert benchmark.cross_check(truth, reference, 1e-4)['passed']
+  assert checks.cross_check(truth, reference, 1e-4)['passed']
   # ... and every torch implementation in float64 is the same function.
-  for impl in benchmark.TORCH_IMPLEMENTATIONS:
-    got = benchmark.torch_meta_gradient_float64(
-      torch_baselines, config, impl, 'maml', params, batch, 'cpu'
+  for impl in configs.TORCH_IMPLEMENTATIONS:
+    got = torch_step.torch_meta_gradient_float64(
+      config, impl, 'maml', params, batch, 'cpu'
     )
     assert all(v.dtype == np.float64 for v in got.values())
-    assert benchmark.cross_check(truth, got, 1e-12)['passed'], impl
+    assert checks.cross_check(truth, got, 1e-12)['passed'], impl
   # An inner learning rate 0.1% off is a different function: 1e-3 apart in
   # float64, far beyond FLOAT64_TOL.
-  other = dataclasses.replace(config, inner_lr=config.inner_lr * 1.001)
-  got = benchmark.torch_meta_gradient_float64(
-    torch_baselines, other, 'torch_loop', 'maml', params, batch, 'cpu'
+  other = configs.get_config('tiny')
+  other.inner_lr = config.inner_lr * 1.001
+  got = torch_step.torch_meta_gradient_float64(
+    other, 'torch_loop', 'maml', params, batch, 'cpu'
   )
-  assert not benchmark.cross_check(truth, got, benchmark.FLOAT64_TOL)['passed']
+  assert not checks.cross_check(truth, got, checks.FLOAT64_TOL)['passed']
 
 
 def test_verdict():
@@ -237,7 +243,7 @@ def test_verdict():
       'problems': list(problems),
     }
 
-  verdict = lambda e, ref=3e-2: benchmark.verdict(e, tol, ref)
+  verdict = lambda e, ref=3e-2: checks.verdict(e, tol, ref)
   assert verdict(entry(5e-5, 1e-5, 1e-14)) == (True, 'float32')
   # The reference's own float32 result is 3e-2 from float64: a candidate
   # within 3e-2 of float64, or of the reference, passes; one further from
@@ -269,7 +275,7 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
     return real(learner, params, tasks, task_chunk_size=task_chunk_size)
 
   monkeypatch.setattr(jaxmeta, 'meta_gradient', spy)
-  settings = benchmark.Settings(
+  settings = configs.settings(
     out=str(tmp_path),
     configs=('tiny',),
     algorithms=('fomaml',),
@@ -279,7 +285,7 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
     warmup_steps=0,
     task_chunk_size=2,
   )
-  results, ok = benchmark.run_benchmark(settings)
+  results, ok = run.run_benchmark(settings)
   assert ok
   # Reference and candidate, each in float32 and float64.
   assert chunks == [2, 2, 2, 2]
@@ -288,7 +294,7 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
 
 
 def test_task_chunk_size_must_divide_the_meta_batch(tmp_path):
-  settings = benchmark.Settings(
+  settings = configs.settings(
     out=str(tmp_path),
     configs=('omniglot_5w1s_mb4',),
     algorithms=('reptile',),
@@ -303,7 +309,7 @@ def test_task_chunk_size_must_divide_the_meta_batch(tmp_path):
     match='must divide the meta-batch size of '
     r'omniglot_5w1s_mb4 \(4\)',
   ):
-    benchmark.run_benchmark(settings)
+    run.run_benchmark(settings)
   assert not os.listdir(tmp_path)  # Failed before any work.
 
 
@@ -320,18 +326,13 @@ def test_time_interleaved_takes_turns_in_blocks():
         raise RuntimeError('boom')
       time.sleep(seconds)
 
-    return benchmark.Timer(
+    return timing.Timer(
       step,
       {'first_run_s': seconds, 'compile_s': None},
       lambda: {'final_loss': name},
     )
 
-  settings = benchmark.Settings(
-    out='',
-    configs=(),
-    algorithms=(),
-    implementations=(),
-    conv_impls=(),
+  settings = configs.settings(
     num_steps=4,
     warmup_steps=1,
     max_seconds_per_row=0.5,
@@ -339,7 +340,7 @@ def test_time_interleaved_takes_turns_in_blocks():
   )
   fast, slow = timer('fast', 0.0), timer('slow', 0.2)
   bad = timer('bad', 0.0, fail_at=3)
-  results = benchmark.time_interleaved([fast, slow, bad], settings, 2)
+  results = timing.time_interleaved([fast, slow, bad], settings, 2)
   # A warm-up step each, then turns of one untimed + up to 2 timed steps;
   # 'bad' leaves the rotation when it raises, 'slow' after the 3 timed steps
   # that max_seconds_per_row affords it (0.5 s / 0.2 s, but at least 3).
@@ -389,7 +390,7 @@ def test_paired_speedups_pair_turns_of_the_same_round():
       'status': 'gradient_mismatch',
     },
   ]
-  benchmark.add_paired_speedups(rows)
+  timing.add_paired_speedups(rows)
   # Ratios 2, 2, 1: median 2, quartiles (inclusive) 1.5 and 2.
   assert rows[0]['paired_x_vs_torch_loop'] == 2.0
   assert rows[0]['paired_x_vs_torch_loop_quartiles'] == [1.5, 2.0]
@@ -403,13 +404,13 @@ def test_paired_speedups_pair_turns_of_the_same_round():
 def test_program_peak_bytes_counts_one_program():
   f = jax.jit(lambda x: (x @ x).sum())
   compiled = f.lower(jax.numpy.ones((256, 256))).compile()
-  peak = benchmark.program_peak_bytes(compiled)
+  peak = jax_step.program_peak_bytes(compiled)
   # At least the 256x256 float32 argument; not a process-wide counter.
   assert 256 * 256 * 4 <= peak < 64 * 2**20
 
 
 def test_torch_conv4_is_jaxmeta_conv4():
-  config = benchmark.CONFIGS['tiny']
+  config = configs.get_config('tiny')
   model = jaxmeta.conv4(
     config.ways, config.input_shape, config.num_filters, config.num_blocks
   )

@@ -9,20 +9,23 @@ import sys
 from absl import flags
 import pytest
 
-import experiments
-from experiments import benchmark
+from experiments import benchmark as package
+from experiments.benchmark import cli
+from experiments.benchmark import configs
+from experiments.benchmark import report
+from experiments.benchmark import run
 import jaxmeta
 
 
 def _flags(*argv):
   flag_values = flags.FlagValues()
-  benchmark.define_flags(flag_values)
+  cli.define_flags(flag_values)
   flag_values(['benchmark', *argv])
   return flag_values
 
 
 def _settings(tmp_path, **kwargs):
-  return benchmark.Settings(
+  return configs.settings(
     **{
       'out': str(tmp_path / 'out'),
       'configs': ('tiny',),
@@ -36,17 +39,25 @@ def _settings(tmp_path, **kwargs):
   )
 
 
-def test_without_torch_one_line_says_what_to_install(tmp_path, monkeypatch):
+def test_without_torch_one_line_says_what_to_install(
+  tmp_path, monkeypatch, capsys
+):
   # Before: a ModuleNotFoundError traceback from inside run_benchmark.
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
-  monkeypatch.delitem(sys.modules, 'experiments.torch_baselines', raising=False)
-  monkeypatch.delattr(experiments, 'torch_baselines', raising=False)
-  settings = _settings(tmp_path, implementations=('jaxmeta', 'torch_loop'))
-  monkeypatch.setattr(benchmark, 'settings_from_flags', lambda: settings)
+  for name in ('torch_step', 'torch_baselines'):
+    monkeypatch.delitem(sys.modules, f'{package.__name__}.{name}', False)
+    monkeypatch.delattr(package, name, raising=False)
+  flag_values = _flags(
+    f'--out={tmp_path / "out"}',
+    '--size=tiny',
+    '--algorithms=maml',
+    '--implementations=jaxmeta,torch_loop',
+  )
   with pytest.raises(SystemExit) as exit_info:
-    benchmark.main(['benchmark'])
-  message = str(exit_info.value.code)
-  assert '\n' not in message
+    cli.main(['benchmark'], flag_values)
+  assert exit_info.value.code == 1
+  message = capsys.readouterr().err
+  assert message.startswith('Error: ') and message.count('\n') == 1
   assert 'requirements-benchmark.txt' in message
   assert '--implementations=jaxmeta' in message
   assert not (tmp_path / 'out').exists()  # Refused before any work.
@@ -75,8 +86,8 @@ def test_out_naming_an_existing_file_is_a_usage_error(tmp_path):
   path.write_text('{}')
   with pytest.raises(flags.IllegalFlagValueError, match='is an existing file'):
     _flags(f'--out={path}')
-  with pytest.raises(benchmark.BenchmarkError, match='is an existing file'):
-    benchmark.run_benchmark(_settings(tmp_path, out=str(path)))
+  with pytest.raises(configs.BenchmarkError, match='is an existing file'):
+    run.run_benchmark(_settings(tmp_path, out=str(path)))
 
 
 def test_valid_flags_parse():
@@ -84,7 +95,7 @@ def test_valid_flags_parse():
     '--out=/tmp/unused',
     '--configs=tiny',
     '--conv_impls=all',
-    f'--algorithms={benchmark.ALGORITHMS[0]}',
+    f'--algorithms={configs.ALGORITHMS[0]}',
   )
   assert flag_values.configs == ['tiny']
 
@@ -92,9 +103,9 @@ def test_valid_flags_parse():
 def test_all_and_both_expand_to_every_conv_impl():
   # Before: 'both' was xla and patches only, and the help named no patches_cf.
   expected = ('xla', 'patches', 'patches_cf', 'patches_cf_2pass')
-  assert benchmark.ALL_CONV_IMPLS == expected
-  assert benchmark.resolve_conv_impls(['both']) == expected
-  assert benchmark.resolve_conv_impls(['patches_cf', 'all']) == (
+  assert configs.ALL_CONV_IMPLS == expected
+  assert configs.resolve_conv_impls(['both']) == expected
+  assert configs.resolve_conv_impls(['patches_cf', 'all']) == (
     'patches_cf',
     'xla',
     'patches',
@@ -105,10 +116,10 @@ def test_all_and_both_expand_to_every_conv_impl():
 
 
 def test_algorithms_are_the_library_ones_with_a_pytorch_baseline():
-  torch_baselines = pytest.importorskip('experiments.torch_baselines')
-  assert benchmark.ALGORITHMS == torch_baselines.ALGORITHMS
-  assert set(benchmark.ALGORITHMS) <= set(jaxmeta.ALGORITHMS)
-  assert set(benchmark.ALGORITHMS) == {'maml', 'fomaml', 'reptile'}
+  torch_baselines = pytest.importorskip('experiments.benchmark.torch_baselines')
+  assert configs.ALGORITHMS == torch_baselines.ALGORITHMS
+  assert set(configs.ALGORITHMS) <= set(jaxmeta.ALGORITHMS)
+  assert set(configs.ALGORITHMS) == {'maml', 'fomaml', 'reptile'}
 
 
 def _results(cross_checks, rows=()):
@@ -141,7 +152,7 @@ def test_benchmark_json_is_strict_json_with_null_for_non_finite(tmp_path):
       }
     ]
   )
-  benchmark.write_outputs(results, str(tmp_path), plot=False)
+  report.write_outputs(results, str(tmp_path), plot=False)
 
   def refuse(constant):
     raise ValueError(f'not JSON: {constant}')

@@ -1,6 +1,5 @@
 """The benchmark refuses counts that cannot time anything, before compiling."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -8,21 +7,25 @@ import sys
 from absl import flags
 import pytest
 
-from experiments import benchmark
+from experiments.benchmark import cli
+from experiments.benchmark import configs
+from experiments.benchmark import run
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _settings(tmp_path, **kwargs):
-  return benchmark.Settings(
-    out=str(tmp_path / 'out'),
-    configs=('tiny',),
-    algorithms=('maml',),
-    implementations=('jaxmeta',),
-    conv_impls=('auto',),
-    num_steps=1,
-    warmup_steps=0,
-    **kwargs,
+  return configs.settings(
+    **{
+      'out': str(tmp_path / 'out'),
+      'configs': ('tiny',),
+      'algorithms': ('maml',),
+      'implementations': ('jaxmeta',),
+      'conv_impls': ('auto',),
+      'num_steps': 1,
+      'warmup_steps': 0,
+      **kwargs,
+    }
   )
 
 
@@ -44,13 +47,13 @@ def _settings(tmp_path, **kwargs):
 def test_nonsense_counts_are_refused_before_any_work(
   tmp_path, monkeypatch, field, value, message
 ):
-  settings = dataclasses.replace(_settings(tmp_path), **{field: value})
+  settings = _settings(tmp_path, **{field: value})
   compiled = []
   monkeypatch.setattr(
-    benchmark, 'resolve_conv_impls', lambda *a: compiled.append(a)
+    configs, 'resolve_conv_impls', lambda *a: compiled.append(a)
   )
-  with pytest.raises(benchmark.BenchmarkError, match=message) as error:
-    benchmark.run_benchmark(settings)
+  with pytest.raises(configs.BenchmarkError, match=message) as error:
+    run.run_benchmark(settings)
   assert '\n' not in str(error.value) and 'Fix:' in str(error.value)
   assert not compiled and not (tmp_path / 'out').exists()
 
@@ -68,7 +71,7 @@ def test_nonsense_counts_are_refused_before_any_work(
 )
 def test_nonsense_flags_are_usage_errors(flag):
   flag_values = flags.FlagValues()
-  benchmark.define_flags(flag_values)
+  cli.define_flags(flag_values)
   with pytest.raises(flags.IllegalFlagValueError):
     flag_values(['benchmark', '--out=/tmp/unused', flag])
 

@@ -254,11 +254,6 @@ def make_loop_meta_grad(
   algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
   """Per-task loop; leaves the mean meta-gradient in `.grad`."""
-  if algorithm not in ALGORITHMS:
-    raise ValueError(
-      f'No PyTorch baseline for algorithm {algorithm!r}; '
-      f'choose from {ALGORITHMS}.'
-    )
   second_order = algorithm == 'maml'
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -306,11 +301,6 @@ def make_func_meta_grad(
   algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
   """torch.func implementation; leaves the mean meta-gradient in `.grad`."""
-  if algorithm not in ALGORITHMS:
-    raise ValueError(
-      f'No PyTorch baseline for algorithm {algorithm!r}; '
-      f'choose from {ALGORITHMS}.'
-    )
   from torch import func as tfunc
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -357,11 +347,6 @@ def make_higher_meta_grad(
   algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
   """`higher.innerloop_ctx` implementation; leaves the mean meta-gradient."""
-  if algorithm not in ALGORITHMS:
-    raise ValueError(
-      f'No PyTorch baseline for algorithm {algorithm!r}; '
-      f'choose from {ALGORITHMS}.'
-    )
   import higher
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -409,6 +394,11 @@ def make_meta_grad(
   implementation: str, algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
   """Returns `meta_grad(model, batch)` of one implementation and algorithm."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(
+      f'No PyTorch baseline for algorithm {algorithm!r}; '
+      f'choose from {ALGORITHMS}.'
+    )
   if implementation not in META_GRAD_FACTORIES:
     raise ValueError(
       f'Unknown torch implementation {implementation!r}; '

@@ -1,0 +1,196 @@
+"""jaxmeta's side: the batch, the learner, the checked and the timed step."""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import jaxmeta
+from .checks import flatten_params
+from .timing import Timer
+
+Config = ml_collections.ConfigDict
+
+
+def make_tasks(config: Config, key: jax.Array) -> jaxmeta.Task:
+  """A meta-batch of random image-like inputs with balanced labels.
+
+  Pixels in [0, 1] like real images: Bernoulli(0.2) strokes for one channel
+  (Omniglot-like), uniform for three. N(0, 1) noise makes second-order MAML
+  with inner lr 0.4 so ill-conditioned that float32 meta-gradients of ANY
+  implementation (XLA's own convolution included) differ from the float64
+  value by 1e-4 to 2e-3 relative; on [0, 1] images they agree to ~3e-6.
+
+  Returns:
+    A `Task` with `support_x` `[meta_batch, ways * shots, H, W, C]`,
+    `support_y` `[meta_batch, ways * shots]` int32 (and the same for the
+    query set with `ways * queries`).
+  """
+  support_key, query_key = jax.random.split(key)
+
+  def images(k, per_class):
+    shape = (config.meta_batch, config.ways * per_class) + config.input_shape
+    if config.input_shape[-1] == 1:
+      return jax.random.bernoulli(k, 0.2, shape).astype(jnp.float32)
+    return jax.random.uniform(k, shape, jnp.float32)
+
+  def labels(per_class):
+    one = jnp.repeat(jnp.arange(config.ways, dtype=jnp.int32), per_class)
+    return jnp.tile(one, (config.meta_batch, 1))
+
+  return jaxmeta.Task(
+    images(support_key, config.shots),
+    labels(config.shots),
+    images(query_key, config.queries),
+    labels(config.queries),
+  )
+
+
+def jax_setup(config: Config, algorithm: str, conv_impl: str):
+  """The learner of `algorithm` on `config`'s Conv-4, and the Adam update."""
+  model = jaxmeta.conv4(
+    config.ways,
+    config.input_shape,
+    config.num_filters,
+    config.num_blocks,
+    conv_impl=conv_impl,
+  )
+  # The PyTorch Reptiles do the update only; so does this one (no query
+  # scoring for monitoring, see `jaxmeta.reptile`).
+  options = {'query_metrics': False} if algorithm == 'reptile' else {}
+  learner = jaxmeta.make_learner(
+    algorithm,
+    model,
+    jaxmeta.classification_loss,
+    config.inner_lr,
+    config.inner_steps,
+    **options,
+  )
+  return learner, optax.adam(config.outer_lr)
+
+
+def _compile_unoptimised(fn, *args):
+  """Compiles `fn` for a one-off check: on GPUs without autotuning.
+
+  XLA:GPU autotunes every matmul and convolution of a program, which makes
+  compiling a full-size MAML step take tens of seconds (see
+  benchmarks/README.md). A check computed once does not need the fastest
+  kernels.
+  """
+  lowered = jax.jit(fn).lower(*args)
+  options = (
+    {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+  )
+  return lowered.compile(compiler_options=options)
+
+
+def jax_task_chunk_size(config: Config, settings: Config) -> int | None:
+  """The task chunking of jaxmeta's timed step: `--task_chunk_size`, else
+  the backend's default (one task at a time on CPUs, all at once on
+  accelerators). The cross-check computes the meta-gradient with the same
+  chunking, so that it checks the program that is timed."""
+  if settings.task_chunk_size > 0:
+    return settings.task_chunk_size
+  return jaxmeta.default_task_chunk_size(config.meta_batch)
+
+
+def jax_meta_gradient(
+  config: Config,
+  algorithm: str,
+  conv_impl: str,
+  params,
+  tasks,
+  float64: bool = False,
+  task_chunk_size: int | None = None,
+) -> dict[str, np.ndarray]:
+  """jaxmeta's mean meta-gradient at full float32 (or float64) precision,
+  `task_chunk_size` tasks vmapped at a time (None: the backend's
+  default)."""
+  learner, _ = jax_setup(config, algorithm, conv_impl)
+  fn = functools.partial(
+    jaxmeta.meta_gradient, learner, task_chunk_size=task_chunk_size
+  )
+  dtype = jnp.float64 if float64 else jnp.float32
+  with jax.enable_x64(float64), jax.default_matmul_precision('highest'):
+    params, tasks = jax.tree.map(
+      lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+      (params, tasks),
+    )
+    grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
+  return flatten_params(grads, dtype)
+
+
+def program_peak_bytes(compiled) -> int | None:
+  """Device memory one run of a compiled program needs, from XLA's analysis.
+
+  Arguments + outputs - donated (aliased) buffers + temporaries. Not the
+  device's `peak_bytes_in_use`: that counts since the process started, so
+  every row after the largest would report the largest (seen on an H200).
+  """
+  try:
+    m = compiled.memory_analysis()
+  except Exception:
+    return None
+  if m is None:
+    return None
+  return int(
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    - m.alias_size_in_bytes
+    + m.temp_size_in_bytes
+  )
+
+
+def start_jax_timer(
+  config: Config,
+  algorithm: str,
+  conv_impl: str,
+  init_key: jax.Array,
+  tasks: jaxmeta.Task,
+  settings: Config,
+) -> Timer:
+  """Compiles jaxmeta's jitted meta-step (meta-gradient + Adam, state
+  donated) and runs it once."""
+  learner, optimizer = jax_setup(config, algorithm, conv_impl)
+  chunk = jax_task_chunk_size(config, settings)
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, task_chunk_size=chunk),
+    donate_argnums=0,
+  )
+  carry = {'state': jaxmeta.init_train_state(learner, optimizer, init_key)}
+  # The precision is fixed when the step is traced and compiled.
+  precision = None if settings.timing_precision == 'default' else 'highest'
+  with jax.default_matmul_precision(precision):
+    start = time.perf_counter()
+    compiled = step.lower(carry['state'], tasks).compile()
+  compile_s = time.perf_counter() - start
+
+  def run():
+    carry['state'], carry['metrics'] = compiled(carry['state'], tasks)
+    jax.block_until_ready((carry['state'], carry['metrics']))
+
+  run()
+  first_step_s = time.perf_counter() - start
+
+  def finish():
+    metrics = carry['metrics']
+    return {
+      'final_loss': float(metrics.get('loss', metrics.get('support_loss')))
+    }
+
+  return Timer(
+    run,
+    dict(
+      task_chunk_size=chunk,
+      compile_s=compile_s,
+      first_step_s=first_step_s,
+      first_run_s=first_step_s - compile_s,
+      peak_memory_bytes=program_peak_bytes(compiled),
+      peak_memory_source='XLA memory analysis of the compiled step',
+    ),
+    finish,
+  )

@@ -1,0 +1,299 @@
+"""The run: cross-check every implementation, then time those that pass."""
+
+import datetime
+import os
+import sys
+import traceback
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+import jaxmeta
+from . import checks
+from . import configs
+from . import jax_step
+from . import report
+from . import timing
+
+Config = ml_collections.ConfigDict
+NO_TORCH = (
+  'the PyTorch implementations need torch and higher. Fix: pip install -r '
+  'requirements-benchmark.txt, or pass --implementations=jaxmeta'
+)
+
+
+def load_torch_step():
+  """Returns the `torch_step` module, or raises BenchmarkError(NO_TORCH)."""
+  try:
+    from . import torch_step
+  except ImportError as e:
+    raise configs.BenchmarkError(f'{NO_TORCH} ({e}).') from e
+  return torch_step
+
+
+class Job(NamedTuple):
+  """One configuration and algorithm: what every implementation gets."""
+
+  config: Config
+  algorithm: str
+  params: Any  # jaxmeta's initial weights, the same for everyone.
+  init_key: jax.Array
+  tasks: jaxmeta.Task  # [meta_batch, ...] per field.
+  batch: Any  # The same tasks as a TorchBatch, or None.
+  chunk: int | None  # jaxmeta's task chunking, checked and timed.
+
+
+class Harness(NamedTuple):
+  """What stays the same over a run."""
+
+  settings: Config
+  conv_impls: tuple[str, ...]  # jaxmeta's; the first is the reference.
+  torch_impls: tuple[str, ...]
+  torch_step: Any  # The `torch_step` module, or None.
+  device: str | None  # torch's.
+
+
+def label(impl: str, conv_impl: str | None) -> str:
+  return impl + (f'[{conv_impl}]' if conv_impl else '')
+
+
+def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
+  """Every implementation's meta-gradient against the reference's.
+
+  Returns:
+    `({(impl, conv_impl): entry}, new entries)`; the reference's entry is
+    in the dict only.
+  """
+  s, ref_impl = h.settings, h.conv_impls[0]
+
+  def jax_grad(conv_impl, float64=False):
+    return jax_step.jax_meta_gradient(
+      job.config,
+      job.algorithm,
+      conv_impl,
+      job.params,
+      job.tasks,
+      float64=float64,
+      task_chunk_size=job.chunk,
+    )
+
+  def torch_grad(impl, float64=False):
+    ts = h.torch_step
+    if float64:
+      return ts.torch_meta_gradient_float64(
+        job.config, impl, job.algorithm, job.params, job.batch, h.device
+      )
+    model, meta_grad = ts.torch_setup(
+      job.config, impl, job.algorithm, job.params, h.device
+    )
+    return ts.torch_meta_gradient(
+      model, meta_grad, job.batch, impl in s.debug_perturb_check
+    )
+
+  reference = jax_grad(ref_impl)
+  # The float64 meta-gradient: what every float32 result approximates.
+  truth = jax_grad(ref_impl, float64=True) if s.float64_check else None
+  found = {
+    ('jaxmeta', ref_impl): {
+      'passed': True,
+      'max_rel_err': 0.0,
+      'reference': True,
+      **checks.float64_errors(truth, reference),
+    }
+  }
+  candidates = [('jaxmeta', c) for c in h.conv_impls[1:]]
+  if 'jaxmeta' not in s.implementations:
+    candidates = []
+  candidates += [(i, None) for i in h.torch_impls]
+  entries = []
+  for impl, conv_impl in candidates:
+    entry = {
+      'config': job.config.name,
+      'algorithm': job.algorithm,
+      'implementation': impl,
+      'conv_impl': conv_impl,
+      'reference': f'jaxmeta[{ref_impl}]',
+      'jax_task_chunk_size': job.chunk,
+    }
+    grad = (
+      (lambda **kw: jax_grad(conv_impl, **kw))
+      if conv_impl
+      else (lambda **kw: torch_grad(impl, **kw))
+    )
+    try:
+      got = grad()
+      entry.update(checks.cross_check(reference, got, s.check_tol))
+      entry.update(checks.float64_errors(truth, got))
+      if truth is not None:
+        entry['float64_agreement'] = checks.cross_check(
+          truth, grad(float64=True), checks.FLOAT64_TOL
+        )['max_rel_err']
+      entry['passed'], entry['verdict'] = checks.verdict(
+        entry,
+        s.check_tol,
+        found[('jaxmeta', ref_impl)].get('vs_float64_max_rel_err'),
+      )
+    except Exception as e:
+      entry.update(
+        passed=False,
+        verdict='error',
+        max_rel_err=None,
+        problems=[f'{type(e).__name__}: {e}'],
+        traceback=traceback.format_exc(),
+      )
+    entries.append(entry)
+    found[(impl, conv_impl)] = entry
+    print(
+      f'[check] {job.config.name} {job.algorithm} {label(impl, conv_impl)}: '
+      f'{"ok" if entry["passed"] else "MISMATCH"} ({entry["verdict"]}) '
+      f'max_rel_err={entry.get("max_rel_err")} '
+      f'({entry.get("worst_tensor")}); vs float64 '
+      f'{entry.get("vs_float64_max_rel_err")}, float64 agreement '
+      f'{entry.get("float64_agreement")}',
+      flush=True,
+    )
+  return found, entries
+
+
+def timings(h: Harness, job: Job, found: dict, env: dict) -> list[dict]:
+  """One row per implementation: timed if its cross-check passed."""
+  s = h.settings
+  timed = [('jaxmeta', c) for c in h.conv_impls]
+  if 'jaxmeta' not in s.implementations:
+    timed = []
+  timed += [(i, None) for i in h.torch_impls]
+  rows, timers, timed_rows = [], [], []
+  if h.torch_step:
+    h.torch_step.set_precision(s.timing_precision == 'highest')
+  for impl, conv_impl in timed:
+    entry = found[(impl, conv_impl)]
+    jax_side = impl == 'jaxmeta'
+    row = {
+      'config': job.config.name,
+      'algorithm': job.algorithm,
+      'implementation': impl,
+      'conv_impl': jaxmeta.resolve_conv_impl(conv_impl) if jax_side else None,
+      'framework': 'jax' if jax_side else 'torch',
+      'device': env['jax_device' if jax_side else 'torch_device'],
+      'settings': dict(
+        job.config.to_dict(),
+        outer_optimizer='adam',
+        timing_precision=s.timing_precision,
+      ),
+      'versions': env['versions'],
+      'cross_check_passed': entry['passed'],
+      'cross_check_verdict': entry.get('verdict', 'reference'),
+      'cross_check_max_rel_err': entry.get('max_rel_err'),
+      'cross_check_vs_float64': entry.get('vs_float64_max_rel_err'),
+      'float64_agreement': entry.get('float64_agreement'),
+      'load_average_before': report.load_average(),
+    }
+    rows.append(row)
+    if not entry['passed']:
+      row['status'] = 'gradient_mismatch'
+      continue
+    try:
+      if jax_side:
+        timer = jax_step.start_jax_timer(
+          job.config, job.algorithm, conv_impl, job.init_key, job.tasks, s
+        )
+      else:
+        timer = h.torch_step.start_torch_timer(
+          job.config, impl, job.algorithm, job.params, job.batch, h.device
+        )
+      timers.append(timer)
+      timed_rows.append(row)
+    except Exception as e:
+      row.update(status='error', error=f'{type(e).__name__}: {e}')
+  measured = timing.time_interleaved(timers, s, job.config.meta_batch)
+  for row, measurement in zip(timed_rows, measured):
+    row.update(measurement)
+  timing.add_paired_speedups(rows)
+  if h.torch_step:
+    h.torch_step.set_precision(True)
+  for row in rows:
+    print(
+      f'[time] {job.config.name} {job.algorithm} '
+      f'{label(row["implementation"], row["conv_impl"])}: '
+      + (
+        f'median {row["median_ms"]:.1f} ms, min {row["min_ms"]:.1f} '
+        f'ms over {row["num_timed_steps"]} steps'
+        if row['status'] == 'ok'
+        else row['status']
+      ),
+      flush=True,
+    )
+  return rows
+
+
+def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
+  """Runs the cross-checks and the timings, writing outputs as it goes.
+
+  Args:
+    settings: `configs.settings(...)`.
+
+  Returns:
+    `(results, ok)`: the content of `benchmark.json` and whether every
+    cross-check passed and every implementation ran.
+
+  Raises:
+    BenchmarkError: settings that cannot run, before any compilation.
+  """
+  s = settings
+  configs.check_settings(s)
+  torch_impls = tuple(
+    i for i in s.implementations if i in configs.TORCH_IMPLEMENTATIONS
+  )
+  ts = device = None
+  if torch_impls:
+    ts = load_torch_step()
+    device = ts.device_name(s.torch_device)
+    ts.set_precision(True)
+  h = Harness(
+    s, configs.resolve_conv_impls(s.conv_impls), torch_impls, ts, device
+  )
+  os.makedirs(s.out, exist_ok=True)
+  env = report.environment(device)
+  results = {
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    'command': 'python -m experiments.benchmark ' + ' '.join(sys.argv[1:]),
+    'environment': env,
+    'settings': s.to_dict(),
+    'data': (
+      'random [0, 1] images (Bernoulli(0.2) strokes for 1 channel, '
+      'uniform for 3) and balanced labels from '
+      f'jax.random.key({s.seed}); weights: jaxmeta.conv4 init '
+      'from the same seed, identical for every implementation'
+    ),
+    'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
+    'off' + ('; and float64' if s.float64_check else ''),
+    'timing_precision': s.timing_precision,
+    'cross_checks': [],
+    'rows': [],
+  }
+  ok = True
+  for name in s.configs:
+    config = configs.get_config(name)
+    data_key, init_key = jax.random.split(jax.random.key(s.seed))
+    tasks = jax_step.make_tasks(config, data_key)
+    batch = ts.batch_from_tasks(tasks, device) if ts else None
+    chunk = jax_step.jax_task_chunk_size(config, s)
+    for algorithm in s.algorithms:
+      # Same initial weights as init_train_state gives the timed JAX step.
+      learner, optimizer = jax_step.jax_setup(
+        config, algorithm, h.conv_impls[0]
+      )
+      params = jaxmeta.init_train_state(learner, optimizer, init_key).params
+      job = Job(config, algorithm, params, init_key, tasks, batch, chunk)
+      found, entries = cross_checks(h, job)
+      results['cross_checks'] += entries
+      rows = timings(h, job, found, env)
+      ok = ok and all(row['status'] == 'ok' for row in rows)
+      results['rows'] += rows
+      report.write_outputs(results, s.out, plot=False)
+  results['all_checks_passed'] = ok
+  report.write_outputs(results, s.out, plot=True)
+  return results, ok

@@ -1,0 +1,161 @@
+"""Timing: implementations take turns in blocks; paired speed-ups.
+
+A `Timer` is one implementation's meta-step, compiled and run once;
+`time_interleaved` times the timers of one configuration and algorithm in
+turns, and `add_paired_speedups` compares them round by round.
+"""
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+MIN_TIMED_STEPS = 3
+
+
+@dataclasses.dataclass
+class Timer:
+  """One implementation's meta-step, compiled and run once, ready to time.
+
+  Attributes:
+    step: runs one synchronised meta-step (device work finished on return).
+    info: row fields known before timing (compile and first-step time, peak
+      memory, ...).
+    finish: returns row fields known after timing (e.g. the final loss).
+  """
+
+  step: Callable[[], None]
+  info: dict[str, Any]
+  finish: Callable[[], dict[str, Any]] = lambda: {}
+
+
+def summarise(times_s: Sequence[float], meta_batch: int) -> dict[str, Any]:
+  median = statistics.median(times_s)
+  return {
+    'median_ms': 1e3 * median,
+    'min_ms': 1e3 * min(times_s),
+    'max_ms': 1e3 * max(times_s),
+    'num_timed_steps': len(times_s),
+    'tasks_per_s': meta_batch / median,
+  }
+
+
+def timed_count(
+  settings: ml_collections.ConfigDict, last_warmup_s: float
+) -> int:
+  """Timed steps: `num_steps`, fewer if `max_seconds_per_row` says so."""
+  if settings.max_seconds_per_row <= 0 or last_warmup_s <= 0:
+    return settings.num_steps
+  affordable = int(settings.max_seconds_per_row / last_warmup_s)
+  return max(
+    min(settings.num_steps, MIN_TIMED_STEPS),
+    min(settings.num_steps, affordable),
+  )
+
+
+def time_interleaved(
+  timers: Sequence[Timer], settings: ml_collections.ConfigDict, meta_batch: int
+) -> list[dict[str, Any]]:
+  """Times the implementations of one configuration in interleaved blocks.
+
+  After `warmup_steps` steps of each, the implementations take turns: each
+  turn is one untimed step (the others' steps in between leave caches,
+  allocators and thread pools cold) and then up to `interleave_block` timed
+  steps. A change in the machine's load (large on shared CPUs) then shifts
+  every implementation rather than the ratios between them. Turns of a single
+  step are not the default: on 2 CPU cores each step paid for the other
+  framework's last, and the medians came out far above those of a sequential
+  run (benchmarks/README.md). An implementation whose warm-up says it would
+  overrun `max_seconds_per_row` leaves the rotation after fewer steps.
+
+  Returns:
+    One dict per timer: the row fields, or `{'status': 'error', 'error'}`.
+  """
+  results = [dict(timer.info) for timer in timers]
+  last = [timer.info['first_run_s'] for timer in timers]
+  active = list(range(len(timers)))
+
+  def run(k: int) -> float | None:
+    try:
+      start = time.perf_counter()
+      timers[k].step()
+      return time.perf_counter() - start
+    except Exception as e:
+      results[k] = {'status': 'error', 'error': f'{type(e).__name__}: {e}'}
+      active.remove(k)
+      return None
+
+  for k in list(active):
+    for _ in range(settings.warmup_steps):
+      seconds = run(k)
+      if seconds is None:
+        break
+      last[k] = seconds
+  wanted = {k: timed_count(settings, last[k]) for k in active}
+  times = {k: [] for k in active}
+  turns = {k: [] for k in active}  # per turn: its timed steps
+  block = max(1, settings.interleave_block)
+  while any(len(times[k]) < wanted[k] for k in active):
+    for k in list(active):
+      todo = min(block, wanted[k] - len(times[k]))
+      if todo <= 0 or run(k) is None:  # the untimed step
+        continue
+      turn = []
+      for _ in range(todo):
+        seconds = run(k)
+        if seconds is None:
+          break
+        turn.append(seconds)
+      times[k].extend(turn)
+      if turn:
+        turns[k].append(turn)
+  for k in active:
+    results[k].update(
+      summarise(times[k], meta_batch),
+      status='ok',
+      timing=f'interleaved blocks of {block}',
+      step_ms=[1e3 * t for t in times[k]],
+      turn_median_ms=[1e3 * statistics.median(t) for t in turns[k]],
+      **timers[k].finish(),
+    )
+  return results
+
+
+def add_paired_speedups(
+  rows: Sequence[dict[str, Any]], baseline: str = 'torch_loop'
+) -> None:
+  """Adds each timed row's speed-up over `baseline`, paired turn by turn.
+
+  The implementations of one configuration and algorithm take turns (see
+  `time_interleaved`), so turn `i` of every implementation falls in the same
+  round. `paired_x_vs_<baseline>` is the median over rounds of (the
+  baseline's median step time in that round / this row's), with the first
+  and third quartiles in `..._quartiles`. A burst of load that hits a few
+  turns moves it less than it moves the ratio of the two overall medians
+  (`x vs torch loop` in the table): on this 2-core CPU two runs ten minutes
+  apart gave MAML ratios of medians of 0.94 and 1.08.
+
+  Args:
+    rows: the result rows (modified in place); rows without
+      `turn_median_ms` (not timed) are left alone.
+    baseline: the implementation to compare against.
+  """
+  key = f'paired_x_vs_{baseline}'
+  base = {
+    (r['config'], r['algorithm']): r['turn_median_ms']
+    for r in rows
+    if r['implementation'] == baseline and r.get('turn_median_ms')
+  }
+  for r in rows:
+    base_turns = base.get((r['config'], r['algorithm']))
+    if not base_turns or not r.get('turn_median_ms'):
+      continue
+    ratios = [b / t for b, t in zip(base_turns, r['turn_median_ms'])]
+    r[key] = statistics.median(ratios)
+    if len(ratios) > 1:
+      q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    else:
+      q1 = q3 = r[key]
+    r[key + '_quartiles'] = [q1, q3]

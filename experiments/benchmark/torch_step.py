@@ -1,0 +1,132 @@
+"""PyTorch's side: the same weights and batch, the checked and the timed step.
+
+Imports torch: the harness loads this module only when a PyTorch
+implementation is asked for (`run.load_torch_step`).
+"""
+
+import time
+
+import ml_collections
+import numpy as np
+import torch
+
+from . import torch_baselines
+from .timing import Timer
+
+Config = ml_collections.ConfigDict
+# How much `--debug_perturb_check` scales a torch gradient tensor by.
+DEBUG_PERTURBATION = 1e-3
+
+
+def device_name(requested: str) -> str:
+  """'cuda' or 'cpu' for `--torch_device` ('auto': cuda if available)."""
+  if requested == 'auto':
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return requested
+
+
+def set_precision(highest: bool) -> None:
+  """Full float32 matmuls and convolutions (no TF32), or TF32 allowed."""
+  torch.backends.cudnn.allow_tf32 = not highest
+  torch.backends.cuda.matmul.allow_tf32 = not highest
+
+
+def batch_from_tasks(tasks, device: str) -> torch_baselines.TorchBatch:
+  """jaxmeta's `Task` meta-batch as a `TorchBatch` on `device`."""
+  return torch_baselines.batch_from_numpy(
+    *(np.asarray(a) for a in tasks), device=device
+  )
+
+
+def torch_setup(
+  config: Config,
+  implementation: str,
+  algorithm: str,
+  params,
+  device: str,
+  dtype=None,
+):
+  """A fresh torch `Conv4` at jaxmeta's `params`, and its meta-gradient."""
+  model = torch_baselines.Conv4(
+    config.ways, config.input_shape, config.num_filters, config.num_blocks
+  ).to(device=device, dtype=dtype)
+  torch_baselines.params_from_jax(
+    model, params
+  )  # float32 values, exact in float64
+  meta_grad = torch_baselines.make_meta_grad(
+    implementation.removeprefix('torch_'),
+    algorithm,
+    config.inner_lr,
+    config.inner_steps,
+  )
+  return model, meta_grad
+
+
+def torch_meta_gradient(
+  model, meta_grad, batch, perturb: bool
+) -> dict[str, np.ndarray]:
+  """Runs one torch meta-gradient and returns it in jaxmeta's layout."""
+  for p in model.parameters():
+    p.grad = None
+  meta_grad(model, batch)
+  grads = torch_baselines.grads_to_jax(model)
+  if perturb:
+    grads = {n: g * (1 + DEBUG_PERTURBATION) for n, g in grads.items()}
+  return grads
+
+
+def torch_meta_gradient_float64(
+  config: Config,
+  implementation: str,
+  algorithm: str,
+  params,
+  batch,
+  device: str,
+) -> dict[str, np.ndarray]:
+  """One PyTorch implementation's meta-gradient in float64 (same weights)."""
+  model, meta_grad = torch_setup(
+    config, implementation, algorithm, params, device, torch.float64
+  )
+  batch = torch_baselines.TorchBatch(
+    *(t.double() if t.is_floating_point() else t for t in batch)
+  )
+  return torch_meta_gradient(model, meta_grad, batch, perturb=False)
+
+
+def start_torch_timer(
+  config: Config,
+  implementation: str,
+  algorithm: str,
+  params,
+  batch,
+  device: str,
+) -> Timer:
+  """A fresh model at `params` and its `zero_grad` + meta-gradient +
+  `Adam.step`, run once (its peak memory is this first step's)."""
+  model, meta_grad = torch_setup(
+    config, implementation, algorithm, params, device
+  )
+  optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+  meta_step = torch_baselines.make_meta_step(meta_grad, model, optimizer)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def run():
+    meta_step(batch)
+    sync()
+
+  if device == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+  start = time.perf_counter()
+  run()
+  first_step_s = time.perf_counter() - start
+  peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  return Timer(
+    run,
+    dict(
+      compile_s=None,
+      first_step_s=first_step_s,
+      first_run_s=first_step_s,
+      peak_memory_bytes=peak,
+      peak_memory_source='torch.cuda.max_memory_allocated' if peak else None,
+    ),
+  )
