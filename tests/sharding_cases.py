@@ -23,7 +23,7 @@ import pytest
 
 import jaxmeta
 from jaxmeta import sharding
-from jaxmeta import xla_costs
+from experiments.benchmark import xla_costs
 from jaxmeta.data import episodes
 
 if jax.device_count() != NUM_DEVICES:

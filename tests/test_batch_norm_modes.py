@@ -3,7 +3,7 @@
 from absl import flags
 import pytest
 
-from experiments import batch_norm_modes
+from experiments.studies import batch_norm_modes
 from test_train import tiny_config
 
 

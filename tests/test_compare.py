@@ -1,11 +1,14 @@
 """The method comparison: every method trained for the same time budget and
 tested on the same tasks, at smoke size on the tiny dataset."""
 
+import os
+
 from absl import flags
 import pytest
 
-from experiments import compare
 from experiments import config_checks
+from experiments import configs
+from experiments.studies import compare
 from test_train import tiny_config
 
 
@@ -63,6 +66,30 @@ def test_compare_trains_each_method_for_the_budget_and_plots(
   fig = compare.plot(results, str(tmp_path / 'comparison.png'))
   assert (tmp_path / 'comparison.png').stat().st_size > 0
   del fig
+
+
+def test_the_recipes_are_a_config_file_that_main_loads():
+  # `python -m experiments.main --config=<this file>:<method>` trains the
+  # comparison's config of that method.
+  path = os.path.join(os.path.dirname(compare.__file__), 'compare_recipes.py')
+  for method in compare.METHODS:
+    loaded = configs.load(f'{path}:{method}')
+    assert loaded.to_dict() == compare.method_config(method).to_dict()
+  with pytest.raises(configs.ConfigFileError, match='unknown preset'):
+    configs.load(f'{path}:mamll')
+  # Reptile: Nichol et al.'s training recipe, on the main job's backbone.
+  reptile = compare.method_config('reptile')
+  assert (
+    reptile.inner_optimizer,
+    reptile.meta_optimizer,
+    reptile.train_shots,
+    reptile.meta_batch_size,
+    reptile.inner_steps,
+    reptile.eval_inner_steps,
+    reptile.inner_lr,
+    reptile.meta_lr,
+    reptile.model.num_filters,
+  ) == ('adam', 'sgd', 10, 5, 5, 50, 1e-3, 1.0, 32)
 
 
 def test_the_schedule_follows_the_budget():

@@ -13,7 +13,7 @@ from jaxmeta.models import per_step_batch_norm
 from jaxmeta.models import REMAT_POLICIES
 from jaxmeta.models import rematerialised
 from jaxmeta.models import resnet12
-from jaxmeta import xla_costs
+from experiments.benchmark import xla_costs
 
 WAYS = 3
 

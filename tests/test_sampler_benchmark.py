@@ -2,7 +2,7 @@
 
 import json
 
-from experiments import sampler_benchmark
+from experiments.studies import sampler_benchmark
 
 
 def test_sampler_benchmark_writes_its_figures(tmp_path, omniglot_data_dir):

@@ -1,9 +1,9 @@
-"""jaxmeta.xla_costs against hand-computed sizes and FLOPs."""
+"""experiments.benchmark.xla_costs against hand-computed sizes and FLOPs."""
 
 import jax
 import jax.numpy as jnp
 
-from jaxmeta import xla_costs
+from experiments.benchmark import xla_costs
 
 
 def test_shape_bytes_of_arrays_and_tuples():

@@ -24,16 +24,17 @@ import time
 import jax
 
 import jaxmeta
-from experiments import benchmark as B
+from experiments.benchmark import configs
+from experiments.benchmark import jax_step
 
 out = sys.argv[1]
 config_name = sys.argv[2] if len(sys.argv) > 2 else 'omniglot_5w1s'
 algorithm = sys.argv[3] if len(sys.argv) > 3 else 'maml'
 rounds = int(os.environ.get('PROBE_ROUNDS', '15'))
 os.makedirs(out, exist_ok=True)
-cfg = B.CONFIGS[config_name]
+cfg = configs.get_config(config_name)
 data_key, init_key = jax.random.split(jax.random.key(0))
-tasks = B.make_tasks(cfg, data_key)
+tasks = jax_step.make_tasks(cfg, data_key)
 print('devices', jax.devices(), jax.__version__, flush=True)
 
 VARIANTS = [
@@ -65,7 +66,7 @@ for v in VARIANTS:
     print(f'[build] {name(v)} skipped: build budget spent', flush=True)
     continue
   conv, prec, chunk = v
-  learner, opt = B.jax_setup(cfg, algorithm, conv)
+  learner, opt = jax_step.jax_setup(cfg, algorithm, conv)
   state = jaxmeta.init_train_state(learner, opt, init_key)
   step = jax.jit(
     jaxmeta.make_meta_train_step(learner, opt, task_chunk_size=chunk)

@@ -34,7 +34,7 @@ import optax
 
 import jaxmeta
 from jaxmeta import sharding
-from jaxmeta import xla_costs
+from experiments.benchmark import xla_costs
 
 CONFIGS = {
   # Finn et al. 2017: inner lr 0.4, 1 step, meta-batch 32, 15 queries.

@@ -37,7 +37,7 @@ def measure(inner_steps: int, policy: str, repeats: int) -> dict:
   import jax.numpy as jnp
 
   import jaxmeta
-  from jaxmeta import xla_costs
+  from experiments.benchmark import xla_costs
 
   model = jaxmeta.resnet12(WAYS, (SIZE, SIZE, 3), drop_rate=0.0)
   if policy != 'none':

@@ -1,6 +1,6 @@
 r"""The batch-norm modes side by side, each scored both ways.
 
-  python -m experiments.batch_norm_modes --workdir=/tmp/bn_modes \
+  python -m experiments.studies.batch_norm_modes --workdir=/tmp/bn_modes \
       --output_dir=benchmarks/batch_norm
 
 trains the main job (MAML, Omniglot with Vinyals' split, Conv-4 with 32
@@ -24,9 +24,9 @@ from absl import flags
 from absl import logging
 import ml_collections
 
-from . import common
-from . import train
-from .configs import default
+from .. import common
+from .. import train
+from ..configs import default
 from jaxmeta.models import norms
 
 

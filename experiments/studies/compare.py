@@ -1,18 +1,19 @@
 r"""Every method on equal terms: the same tasks, backbone and training time.
 
-  python -m experiments.compare --workdir=/tmp/compare \
+  python -m experiments.studies.compare --workdir=/tmp/compare \
       --output_dir=benchmarks/methods --budget_s=300
 
 trains each method of `METHODS` on Omniglot 5-way 1-shot (the main job's
 data and backbone: Vinyals' split, 28x28, Conv-4 with 32 filters) for the
 same training time, then tests each on the same 600 test tasks (the main
-job's `eval_seed`). Each method keeps its own recipe (learning rates, inner
-steps, episode shape, meta-batch; see `METHODS`). The time budget becomes a
-number of iterations per method: a calibration run times the compiled step
-(after compilation) and the method then trains `budget_s * steps_per_second`
-iterations, so that a busy machine changes how long the comparison takes,
-not what it trains. MAML++ is timed in its slowest phase (second order, with
-the multi-step loss), so it trains somewhat less than the budget. Writes
+job's `eval_seed`). Each method keeps its own recipe (learning rates,
+inner steps, episode shape, meta-batch; see `compare_recipes`). The time
+budget becomes a number of iterations per method: a calibration run times
+the compiled step (after compilation) and the method then trains
+`budget_s * steps_per_second` iterations, so that a busy machine changes
+how long the comparison takes, not what it trains. MAML++ is timed in its
+slowest phase (second order, with the multi-step loss), so it trains
+somewhat less than the budget. Writes
 `results.json` (per method: test accuracy and its 95% CI, iterations,
 measured training seconds, the validation curve, the config) and
 `comparison.png` (accuracy with CI; validation accuracy against training
@@ -25,7 +26,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -33,107 +34,21 @@ from absl import logging
 import jax
 import ml_collections
 
-from . import common
-from . import build
-from . import train
-from .configs import default
-from .configs import reptile_omniglot
+from .. import common
+from .. import build
+from .. import train
+from . import compare_recipes
 
 
-def _maml_recipe(c: ml_collections.ConfigDict) -> None:
-  """The main job's recipe (inner lr 0.4, one step, 3 at test time,
-  meta-batch 8, Adam 2e-3 decayed linearly to 0)."""
-  del c
-
-
-def _reptile_recipe(c: ml_collections.ConfigDict) -> None:
-  """Nichol et al.'s Omniglot recipe (`reptile_omniglot`)."""
-  preset = reptile_omniglot.get_config('5w1s')
-  for name in (
-    'train_shots',
-    'train_queries',
-    'meta_batch_size',
-    'inner_steps',
-    'eval_inner_steps',
-    'inner_lr',
-    'inner_optimizer',
-    'meta_optimizer',
-    'meta_lr',
-    'meta_lr_final',
-  ):
-    c[name] = preset[name]
-
-
-def _meta_sgd_recipe(c: ml_collections.ConfigDict) -> None:
-  """One step in training and at test time (Li et al.)."""
-  c.eval_inner_steps = 1
-
-
-def _maml_plus_plus_recipe(c: ml_collections.ConfigDict) -> None:
-  """Five steps from rate 0.1, cosine to 1e-5; MSL over the first 1/15 and
-  first order over the first 1/3 of the run (10 and 50 of 150 epochs)."""
-  c.update(
-    inner_lr=0.1,
-    inner_steps=5,
-    eval_inner_steps=5,
-    meta_lr_final=1e-5,
-    meta_lr_schedule='cosine',
-  )
-
-
-def _protonet_recipe(c: ml_collections.ConfigDict) -> None:
-  """60-way training episodes, 5 queries, one episode per update, Adam 1e-3
-  halved every 2000 episodes (Snell et al.)."""
-  c.update(
-    algorithm='protonet',
-    train_ways=60,
-    train_queries=5,
-    meta_batch_size=1,
-    inner_steps=0,
-    eval_inner_steps=0,
-    meta_lr=1e-3,
-    meta_lr_schedule='halving',
-    meta_lr_halve_every=2000,
-  )
-
-
-def _baseline_recipe(c: ml_collections.ConfigDict) -> None:
-  """Minibatches of 16, Adam 1e-3; a new head fitted with 100 SGD steps at
-  0.01, momentum 0.9 (Chen et al.)."""
-  c.update(
-    meta_batch_size=1,
-    batch_size=16,
-    inner_steps=0,
-    inner_lr=0.01,
-    eval_inner_steps=100,
-    meta_lr=1e-3,
-    meta_lr_final=-1.0,
-  )
-
-
-# method -> its recipe on top of the main job's config.
-METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
-  'maml': _maml_recipe,
-  'fomaml': _maml_recipe,
-  'reptile': _reptile_recipe,
-  'anil': _maml_recipe,
-  'meta_sgd': _meta_sgd_recipe,
-  'maml_plus_plus': _maml_plus_plus_recipe,
-  'protonet': _protonet_recipe,
-  'baseline': _baseline_recipe,
-  'baseline_plus_plus': _baseline_recipe,
-}
+# The methods compared, each with its recipe (`compare_recipes`).
+METHODS = compare_recipes.PRESETS
 
 
 def method_config(
   method: str, base: ml_collections.ConfigDict | None = None
 ) -> ml_collections.ConfigDict:
   """The main job's config (or `base`) with `method`'s recipe."""
-  c = ml_collections.ConfigDict((base or default.get_config()).to_dict())
-  c.algorithm = method
-  METHODS[method](c)
-  c.preset = f'compare:{method}'
-  return c
+  return compare_recipes.get_config(method, base)
 
 
 def _schedule(c: ml_collections.ConfigDict, iterations: int) -> None:
@@ -252,7 +167,7 @@ def compare(
       'train_seconds': results['train_seconds'],
       'eval_inner_steps': results['eval_inner_steps'],
       'val_curve': _curve(method_dir, rate),
-      'recipe': (METHODS[method].__doc__ or '').strip(),
+      'recipe': compare_recipes.RECIPES[method][0],
     }
   return out
 

@@ -1,6 +1,6 @@
 r"""Cost of on-device task sampling relative to one MAML meta-step.
 
-  python -m experiments.sampler_benchmark --out=/tmp/sampler
+  python -m experiments.studies.sampler_benchmark --out=/tmp/sampler
 
 Draws meta-batches of Omniglot tasks (default 32 tasks of 20-way 5-shot
 15-query from the Vinyals training split, 4,112 classes) with the jitted
@@ -22,7 +22,7 @@ import optax
 import jaxmeta
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
-from . import common
+from .. import common
 
 FLAGS = flags.FLAGS
 
