@@ -217,8 +217,8 @@ def test_float64_check_separates_rounding_from_a_different_function():
   assert checks.cross_check(truth, reference, 1e-4)['passed']
   # ... and every torch implementation in float64 is the same function.
   for impl in configs.TORCH_IMPLEMENTATIONS:
-    got = torch_step.torch_meta_gradient_float64(
-      config, impl, 'maml', params, batch, 'cpu'
+    got = torch_step.torch_meta_gradient(
+      config, impl, 'maml', params, batch, 'cpu', float64=True
     )
     assert all(v.dtype == np.float64 for v in got.values())
     assert checks.cross_check(truth, got, 1e-12)['passed'], impl
@@ -226,8 +226,8 @@ def test_float64_check_separates_rounding_from_a_different_function():
   # float64, far beyond FLOAT64_TOL.
   other = configs.get_config('tiny')
   other.inner_lr = config.inner_lr * 1.001
-  got = torch_step.torch_meta_gradient_float64(
-    other, 'torch_loop', 'maml', params, batch, 'cpu'
+  got = torch_step.torch_meta_gradient(
+    other, 'torch_loop', 'maml', params, batch, 'cpu', float64=True
   )
   assert not checks.cross_check(truth, got, checks.FLOAT64_TOL)['passed']
 

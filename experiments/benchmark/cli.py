@@ -13,25 +13,49 @@ from . import configs
 from . import run
 
 FLAGS = flags.FLAGS
-# Flags whose value is the setting of the same name (`configs.settings`).
-SETTINGS = (
-  'out',
-  'configs',
-  'algorithms',
-  'implementations',
-  'conv_impls',
-  'num_steps',
-  'warmup_steps',
-  'max_seconds_per_row',
-  'timing_precision',
-  'check_tol',
-  'float64_check',
-  'task_chunk_size',
-  'interleave_block',
-  'seed',
-  'torch_device',
-  'debug_perturb_check',
-)
+_FULL, _TINY = configs.SIZES['full'], configs.SIZES['tiny']
+# Every setting of `configs.settings` is the flag of the same name; its
+# default there is the flag's, its type the flag's type.
+HELP = {
+  'out': 'Output directory.',
+  'configs': 'Configurations to run (default: those of --size). Known: '
+  f'{sorted(configs.PRESETS)}.',
+  'algorithms': f'Algorithms to run, any of {", ".join(configs.ALGORITHMS)}.',
+  'implementations': 'Implementations to run, any of '
+  f'{", ".join(configs.IMPLEMENTATIONS)}.',
+  'conv_impls': 'jaxmeta conv implementations to time: any of '
+  f'{", ".join(jaxmeta.models.CONV_IMPLS)}; '
+  f"'all' (or 'both') = {','.join(configs.ALL_CONV_IMPLS)}.",
+  'num_steps': f'Timed meta-steps per row (default {_FULL["num_steps"]}; '
+  f'{_TINY["num_steps"]} at --size=tiny).',
+  'warmup_steps': 'Untimed steps after the first (default '
+  f'{_FULL["warmup_steps"]}; {_TINY["warmup_steps"]} at --size=tiny).',
+  'max_seconds_per_row': 'If > 0, time fewer than --num_steps steps (at '
+  'least 3) where the warm-up says they would take longer than this; the '
+  'row records the count.',
+  'timing_precision': 'Matmul precision of the TIMED steps on both sides: '
+  'highest (float32, no TF32: what the cross-check uses) or default (JAX '
+  'default precision; TF32 allowed in torch on CUDA).',
+  'check_tol': 'Largest relative error of the float32 meta-gradient against '
+  'the reference, per parameter tensor (see `checks.verdict` for the '
+  'float64 rule).',
+  'float64_check': 'Also compute the meta-gradient in float64 (jaxmeta, and '
+  "every PyTorch implementation): reports each float32 result's error "
+  'against it, and fails a PyTorch implementation whose float64 gradient '
+  f"differs from jaxmeta's by more than {checks.FLOAT64_TOL:g}.",
+  'task_chunk_size': 'jaxmeta: tasks vmapped at once in the timed meta-step '
+  'and its cross-check; 0: jaxmeta.default_task_chunk_size (one task at a '
+  'time on CPUs, the whole meta-batch on accelerators).',
+  'interleave_block': 'Timed steps of one implementation per turn (each '
+  'turn starts with one untimed step); see `timing.time_interleaved`.',
+  'seed': 'Seed of the initial weights and the batch.',
+  'torch_device': "'auto' (cuda if available), 'cpu' or 'cuda'.",
+  'debug_perturb_check': 'Testing aid: torch implementations whose '
+  'gradients are scaled by 1 + 1e-3 before the cross-check, which must '
+  'then fail.',
+}
+# Settings whose flag has no default: --size's.
+BY_SIZE = ('configs', 'num_steps', 'warmup_steps')
 
 
 def _validator(problem):
@@ -50,9 +74,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines the flags; only when run as a program, so that the experiment
   modules can be imported together (absl flags are global)."""
   fv = dict(flag_values=flag_values)
-  d = configs.settings()
-  names = lambda known: ', '.join(known)
-  flags.DEFINE_string('out', None, 'Output directory.', required=True, **fv)
   flags.DEFINE_enum(
     'size',
     'full',
@@ -60,121 +81,24 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     'full: the paper configurations; tiny: CI shapes.',
     **fv,
   )
-  flags.DEFINE_list(
-    'configs',
-    [],
-    'Configurations to run (default: those of --size). Known: '
-    f'{sorted(configs.PRESETS)}.',
-    **fv,
-  )
-  for name, known in (
-    ('algorithms', configs.ALGORITHMS),
-    ('implementations', configs.IMPLEMENTATIONS),
-  ):
-    flags.DEFINE_list(
-      name,
-      list(known),
-      f'{name.capitalize()} to run, any of {names(known)}.',
-      **fv,
-    )
-  flags.DEFINE_list(
-    'conv_impls',
-    list(d.conv_impls),
-    'jaxmeta conv implementations to time: any of '
-    f'{names(jaxmeta.models.CONV_IMPLS)}; '
-    f"'all' (or 'both') = {','.join(configs.ALL_CONV_IMPLS)}.",
-    **fv,
-  )
-  full, tiny = configs.SIZES['full'], configs.SIZES['tiny']
-  flags.DEFINE_integer(
-    'num_steps',
-    None,
-    f'Timed meta-steps per row (default {full["num_steps"]}; '
-    f'{tiny["num_steps"]} at --size=tiny).',
-    lower_bound=1,
-    **fv,
-  )
-  flags.DEFINE_integer(
-    'warmup_steps',
-    None,
-    f'Untimed steps after the first (default {full["warmup_steps"]}; '
-    f'{tiny["warmup_steps"]} at --size=tiny).',
-    lower_bound=0,
-    **fv,
-  )
-  flags.DEFINE_float(
-    'max_seconds_per_row',
-    d.max_seconds_per_row,
-    'If > 0, time fewer than --num_steps steps (at least 3) where the '
-    'warm-up says they would take longer than this; the row records the '
-    'count.',
-    lower_bound=0.0,
-    **fv,
-  )
-  flags.DEFINE_enum(
-    'timing_precision',
-    d.timing_precision,
-    configs.PRECISIONS,
-    'Matmul precision of the TIMED steps on both sides: highest (float32, '
-    'no TF32: what the cross-check uses) or default (JAX default precision; '
-    'TF32 allowed in torch on CUDA).',
-    **fv,
-  )
-  flags.DEFINE_float(
-    'check_tol',
-    d.check_tol,
-    'Largest relative error of the float32 meta-gradient against the '
-    'reference, per parameter tensor (see `checks.verdict` for the float64 '
-    'rule).',
-    lower_bound=0.0,
-    **fv,
-  )
-  flags.DEFINE_bool(
-    'float64_check',
-    d.float64_check,
-    'Also compute the meta-gradient in float64 (jaxmeta, and every PyTorch '
-    "implementation): reports each float32 result's error against it, and "
-    'fails a PyTorch implementation whose float64 gradient differs from '
-    f"jaxmeta's by more than {checks.FLOAT64_TOL:g}.",
-    **fv,
-  )
-  flags.DEFINE_integer(
-    'task_chunk_size',
-    d.task_chunk_size,
-    'jaxmeta: tasks vmapped at once in the timed meta-step and its '
-    'cross-check; 0: jaxmeta.default_task_chunk_size (one task at a time on '
-    'CPUs, the whole meta-batch on accelerators).',
-    lower_bound=0,
-    **fv,
-  )
-  flags.DEFINE_integer(
-    'interleave_block',
-    d.interleave_block,
-    'Timed steps of one implementation per turn (each turn starts with one '
-    'untimed step); see `timing.time_interleaved`.',
-    lower_bound=1,
-    **fv,
-  )
-  flags.DEFINE_integer(
-    'seed',
-    d.seed,
-    'Seed of the initial weights and the batch.',
-    lower_bound=0,
-    **fv,
-  )
-  flags.DEFINE_string(
-    'torch_device',
-    d.torch_device,
-    "'auto' (cuda if available), 'cpu' or 'cuda'.",
-    **fv,
-  )
-  flags.DEFINE_list(
-    'debug_perturb_check',
-    [],
-    'Testing aid: torch implementations whose gradients are scaled by '
-    '1 + 1e-3 before the cross-check, which must then fail.',
-    **fv,
-  )
+  defaults = configs.settings()
+  for name, help_ in HELP.items():
+    value = defaults[name]
+    default = None if name in BY_SIZE else value
+    if name == 'timing_precision':
+      flags.DEFINE_enum(name, value, configs.PRECISIONS, help_, **fv)
+    elif isinstance(value, bool):
+      flags.DEFINE_bool(name, value, help_, **fv)
+    elif isinstance(value, int):
+      lowest = configs.LOWER_BOUNDS[name][0]
+      flags.DEFINE_integer(name, default, help_, lower_bound=lowest, **fv)
+    elif isinstance(value, float):
+      flags.DEFINE_float(name, value, help_, lower_bound=0.0, **fv)
+    elif isinstance(value, tuple):
+      flags.DEFINE_list(name, list(default or ()), help_, **fv)
+    else:
+      required = name == 'out'
+      flags.DEFINE_string(name, value or None, help_, required=required, **fv)
   for name in ('configs', 'algorithms', 'implementations', 'conv_impls'):
     problem = lambda values, name=name: configs.name_problem(name, values)
     flags.register_validator(name, _validator(problem), **fv)
@@ -185,7 +109,7 @@ def settings_from_flags(
   flag_values: flags.FlagValues = FLAGS,
 ) -> ml_collections.ConfigDict:
   """The run's settings: `--size`'s defaults, then the flags given."""
-  values = {name: flag_values[name].value for name in SETTINGS}
+  values = {name: flag_values[name].value for name in HELP}
   values['configs'] = values['configs'] or None  # [] is --size's.
   return configs.settings(flag_values.size, **values)
 

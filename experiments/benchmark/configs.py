@@ -28,44 +28,21 @@ TORCH_IMPLEMENTATIONS = ('torch_loop', 'torch_func', 'torch_higher')
 IMPLEMENTATIONS = ('jaxmeta',) + TORCH_IMPLEMENTATIONS
 PRECISIONS = ('highest', 'default')
 
-_OMNIGLOT = dict(ways=5, shots=1, queries=15, input_shape=(28, 28, 1))
-# name -> ways, shots, queries per class, meta_batch (tasks per meta-step),
-# inner_steps, inner_lr, input_shape (H, W, C) and Conv-4 num_filters.
+# name -> (ways, shots, queries per class, meta_batch (tasks per meta-step),
+# inner_steps, inner_lr, input_shape (H, W, C), Conv-4 num_filters).
 PRESETS = {
-  'omniglot_5w1s': dict(
-    _OMNIGLOT, meta_batch=32, inner_steps=1, inner_lr=0.4, num_filters=64
-  ),
+  'omniglot_5w1s': (5, 1, 15, 32, 1, 0.4, (28, 28, 1), 64),
   # The CPU anchor: omniglot_5w1s at meta-batch 4 (2-core CPUs).
-  'omniglot_5w1s_mb4': dict(
-    _OMNIGLOT, meta_batch=4, inner_steps=1, inner_lr=0.4, num_filters=64
-  ),
-  'omniglot_20w1s': dict(
-    _OMNIGLOT,
-    ways=20,
-    meta_batch=16,
-    inner_steps=5,
-    inner_lr=0.1,
-    num_filters=64,
-  ),
-  'miniimagenet_5w1s': dict(
-    _OMNIGLOT,
-    input_shape=(84, 84, 3),
-    meta_batch=4,
-    inner_steps=5,
-    inner_lr=0.01,
-    num_filters=32,
-  ),
+  'omniglot_5w1s_mb4': (5, 1, 15, 4, 1, 0.4, (28, 28, 1), 64),
+  'omniglot_20w1s': (20, 1, 15, 16, 5, 0.1, (28, 28, 1), 64),
+  'miniimagenet_5w1s': (5, 1, 15, 4, 5, 0.01, (84, 84, 3), 32),
   # CI size: two tasks, 8 filters, two inner steps (so that second-order
   # terms through more than one step are cross-checked).
-  'tiny': dict(
-    _OMNIGLOT,
-    queries=3,
-    meta_batch=2,
-    inner_steps=2,
-    inner_lr=0.4,
-    num_filters=8,
-  ),
+  'tiny': (5, 1, 3, 2, 2, 0.4, (28, 28, 1), 8),
 }
+FIELDS = (
+  'ways shots queries meta_batch inner_steps inner_lr input_shape num_filters'
+)
 # --size -> the presets it runs, timed and untimed steps per row.
 SIZES = {
   'full': dict(
@@ -89,8 +66,9 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   """The preset `name` of `PRESETS`, with its Conv-4 depth and Adam rate."""
   if name not in PRESETS:
     raise BenchmarkError(name_problem('configs', [name]))
+  fields = dict(zip(FIELDS.split(), PRESETS[name]))
   return ml_collections.ConfigDict(
-    dict(name=name, num_blocks=4, outer_lr=1e-3, **PRESETS[name])
+    dict(name=name, num_blocks=4, outer_lr=1e-3, **fields)
   )
 
 
@@ -180,7 +158,7 @@ def check_settings(s: ml_collections.ConfigDict) -> None:
   ]
   problems.append(out_problem(s.out))
   for name in s.configs if not any(problems) else ():
-    meta_batch, chunk = PRESETS[name]['meta_batch'], s.task_chunk_size
+    meta_batch, chunk = get_config(name).meta_batch, s.task_chunk_size
     if 0 < chunk < meta_batch and meta_batch % chunk:
       problems.append(
         f'--task_chunk_size={chunk} must divide the meta-batch size of '

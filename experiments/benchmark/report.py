@@ -17,6 +17,16 @@ from .. import common
 from .checks import FLOAT64_TOL
 
 BYTES_PER_MIB = 2**20
+# The table's columns of a timed row: (row field, format).
+TIMED_COLUMNS = [
+  ('median_ms', '.1f'),
+  ('min_ms', '.1f'),
+  ('num_timed_steps', 'd'),
+  ('tasks_per_s', '.2f'),
+  ('compile_s', '.2f'),
+  ('first_step_s', '.2f'),
+  ('peak_mib', '.0f'),
+]
 
 
 def cpu_name() -> str:
@@ -172,11 +182,8 @@ def markdown(results: dict[str, Any]) -> str:
     if ok and r.get('paired_x_vs_torch_loop') is not None:
       q1, q3 = r['paired_x_vs_torch_loop_quartiles']
       paired = f'{r["paired_x_vs_torch_loop"]:.2f} [{q1:.2f}, {q3:.2f}]'
-    peak = (
-      r.get('peak_memory_bytes') / BYTES_PER_MIB
-      if r.get('peak_memory_bytes')
-      else None
-    )
+    peak = r.get('peak_memory_bytes')
+    r = dict(r, peak_mib=peak / BYTES_PER_MIB if peak else None)
     check = (
       'ref'
       if r['implementation'] == 'jaxmeta'
@@ -189,23 +196,12 @@ def markdown(results: dict[str, Any]) -> str:
     vs64 = _fmt(r.get('cross_check_vs_float64'), '.1e')
     if r.get('float64_agreement') is not None:
       vs64 += f' ({r["float64_agreement"]:.0e})'
+    timed = [_fmt(r.get(k), spec) for k, spec in TIMED_COLUMNS]
     lines.append(
       f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
       f'{r["algorithm"]} | {row_label(r)} | '
       + (
-        ' | '.join(
-          [
-            _fmt(r.get('median_ms'), '.1f'),
-            _fmt(r.get('min_ms'), '.1f'),
-            str(r.get('num_timed_steps')),
-            _fmt(r.get('tasks_per_s'), '.2f'),
-            _fmt(r.get('compile_s'), '.2f'),
-            _fmt(r.get('first_step_s'), '.2f'),
-            _fmt(peak, '.0f'),
-            speedup,
-            paired,
-          ]
-        )
+        ' | '.join(timed + [speedup, paired])
         if ok
         else f'{r["status"]} | | | | | | | | '
       )

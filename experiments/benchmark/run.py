@@ -79,16 +79,15 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
     )
 
   def torch_grad(impl, float64=False):
-    ts = h.torch_step
-    if float64:
-      return ts.torch_meta_gradient_float64(
-        job.config, impl, job.algorithm, job.params, job.batch, h.device
-      )
-    model, meta_grad = ts.torch_setup(
-      job.config, impl, job.algorithm, job.params, h.device
-    )
-    return ts.torch_meta_gradient(
-      model, meta_grad, job.batch, impl in s.debug_perturb_check
+    return h.torch_step.torch_meta_gradient(
+      job.config,
+      impl,
+      job.algorithm,
+      job.params,
+      job.batch,
+      h.device,
+      float64=float64,
+      perturb=impl in s.debug_perturb_check and not float64,
     )
 
   reference = jax_grad(ref_impl)

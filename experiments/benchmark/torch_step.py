@@ -43,16 +43,15 @@ def torch_setup(
   implementation: str,
   algorithm: str,
   params,
-  device: str,
+  device,
   dtype=None,
 ):
   """A fresh torch `Conv4` at jaxmeta's `params`, and its meta-gradient."""
   model = torch_baselines.Conv4(
     config.ways, config.input_shape, config.num_filters, config.num_blocks
   ).to(device=device, dtype=dtype)
-  torch_baselines.params_from_jax(
-    model, params
-  )  # float32 values, exact in float64
+  # float32 values, exact in float64.
+  torch_baselines.params_from_jax(model, params)
   meta_grad = torch_baselines.make_meta_grad(
     implementation.removeprefix('torch_'),
     algorithm,
@@ -63,34 +62,31 @@ def torch_setup(
 
 
 def torch_meta_gradient(
-  model, meta_grad, batch, perturb: bool
+  config: Config,
+  implementation: str,
+  algorithm: str,
+  params,
+  batch: torch_baselines.TorchBatch,
+  device: str,
+  float64: bool = False,
+  perturb: bool = False,
 ) -> dict[str, np.ndarray]:
-  """Runs one torch meta-gradient and returns it in jaxmeta's layout."""
-  for p in model.parameters():
-    p.grad = None
+  """One PyTorch implementation's meta-gradient at jaxmeta's `params`, in
+  jaxmeta's layout; in float64 if asked, scaled by `1 + DEBUG_PERTURBATION`
+  if `perturb`."""
+  dtype = torch.float64 if float64 else None
+  model, meta_grad = torch_setup(
+    config, implementation, algorithm, params, device, dtype
+  )
+  if float64:
+    batch = torch_baselines.TorchBatch(
+      *(t.double() if t.is_floating_point() else t for t in batch)
+    )
   meta_grad(model, batch)
   grads = torch_baselines.grads_to_jax(model)
   if perturb:
     grads = {n: g * (1 + DEBUG_PERTURBATION) for n, g in grads.items()}
   return grads
-
-
-def torch_meta_gradient_float64(
-  config: Config,
-  implementation: str,
-  algorithm: str,
-  params,
-  batch,
-  device: str,
-) -> dict[str, np.ndarray]:
-  """One PyTorch implementation's meta-gradient in float64 (same weights)."""
-  model, meta_grad = torch_setup(
-    config, implementation, algorithm, params, device, torch.float64
-  )
-  batch = torch_baselines.TorchBatch(
-    *(t.double() if t.is_floating_point() else t for t in batch)
-  )
-  return torch_meta_gradient(model, meta_grad, batch, perturb=False)
 
 
 def start_torch_timer(

@@ -30,6 +30,13 @@ from ..configs import default
 from jaxmeta.models import norms
 
 
+# What a run's results.json gives each (ways, mode) of the study.
+RESULTS = (
+  'test_accuracy test_ci95 test_accuracy_alone test_ci95_alone '
+  'num_test_tasks iterations train_seconds eval_inner_steps'
+).split()
+
+
 def mode_config(
   mode: str,
   ways: int,
@@ -76,19 +83,7 @@ def run_modes(
         results = train.train_and_evaluate(
           mode_config(mode, ways, steps, base), run_dir, progress=progress
         )
-      rows[mode] = {
-        k: results[k]
-        for k in (
-          'test_accuracy',
-          'test_ci95',
-          'test_accuracy_alone',
-          'test_ci95_alone',
-          'num_test_tasks',
-          'iterations',
-          'train_seconds',
-          'eval_inner_steps',
-        )
-      }
+      rows[mode] = {k: results[k] for k in RESULTS}
   return out
 
 

@@ -25,6 +25,11 @@ from jaxmeta.data import omniglot
 from .. import common
 
 FLAGS = flags.FLAGS
+# The flags that are `run`'s arguments of the same names.
+RUN_FLAGS = (
+  'out num_tasks ways shots queries num_filters repeats sample_repeats '
+  'data_dir task_chunk_size'
+).split()
 
 
 def define_flags() -> None:
@@ -117,18 +122,7 @@ def run(
 
 def main(argv):
   common.check_command_line(argv, 'out')
-  r = run(
-    FLAGS.out,
-    FLAGS.num_tasks,
-    FLAGS.ways,
-    FLAGS.shots,
-    FLAGS.queries,
-    FLAGS.num_filters,
-    FLAGS.repeats,
-    FLAGS.sample_repeats,
-    FLAGS.data_dir,
-    FLAGS.task_chunk_size,
-  )
+  r = run(**{name: FLAGS[name].value for name in RUN_FLAGS})
   print(
     f'{r["num_tasks"]} tasks of {r["ways"]}-way {r["shots"]}-shot '
     f'{r["queries"]}-query on {r["device"]}: sampling '
