@@ -98,10 +98,10 @@ def settings(size: str = 'full', **overrides) -> ml_collections.ConfigDict:
       **SIZES[size],
     )
   )
+  c.lock()  # A misspelt setting is an error, not a new field.
   for name, value in overrides.items():
-    if value is None:
-      continue
-    c[name] = tuple(value) if isinstance(value, list) else value
+    if value is not None:
+      c[name] = tuple(value) if isinstance(value, list) else value
   return c
 
 

@@ -55,7 +55,19 @@ class Harness(NamedTuple):
 
 
 def label(impl: str, conv_impl: str | None) -> str:
+  """'jaxmeta[conv impl]' or the torch implementation's name."""
   return impl + (f'[{conv_impl}]' if conv_impl else '')
+
+
+def implementations(h: Harness, with_reference: bool) -> list[tuple]:
+  """`(implementation, conv impl or None)` of the run, in order: jaxmeta's
+  (the reference among them if `with_reference`), then PyTorch's."""
+  conv_impls = h.conv_impls if with_reference else h.conv_impls[1:]
+  if 'jaxmeta' not in h.settings.implementations:
+    conv_impls = ()
+  return [('jaxmeta', c) for c in conv_impls] + [
+    (i, None) for i in h.torch_impls
+  ]
 
 
 def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
@@ -67,18 +79,17 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
   """
   s, ref_impl = h.settings, h.conv_impls[0]
 
-  def jax_grad(conv_impl, float64=False):
-    return jax_step.jax_meta_gradient(
-      job.config,
-      job.algorithm,
-      conv_impl,
-      job.params,
-      job.tasks,
-      float64=float64,
-      task_chunk_size=job.chunk,
-    )
-
-  def torch_grad(impl, float64=False):
+  def grad(impl, conv_impl, float64=False):
+    if impl == 'jaxmeta':
+      return jax_step.jax_meta_gradient(
+        job.config,
+        job.algorithm,
+        conv_impl,
+        job.params,
+        job.tasks,
+        float64=float64,
+        task_chunk_size=job.chunk,
+      )
     return h.torch_step.torch_meta_gradient(
       job.config,
       impl,
@@ -90,9 +101,9 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
       perturb=impl in s.debug_perturb_check and not float64,
     )
 
-  reference = jax_grad(ref_impl)
+  reference = grad('jaxmeta', ref_impl)
   # The float64 meta-gradient: what every float32 result approximates.
-  truth = jax_grad(ref_impl, float64=True) if s.float64_check else None
+  truth = grad('jaxmeta', ref_impl, float64=True) if s.float64_check else None
   found = {
     ('jaxmeta', ref_impl): {
       'passed': True,
@@ -101,12 +112,8 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
       **checks.float64_errors(truth, reference),
     }
   }
-  candidates = [('jaxmeta', c) for c in h.conv_impls[1:]]
-  if 'jaxmeta' not in s.implementations:
-    candidates = []
-  candidates += [(i, None) for i in h.torch_impls]
   entries = []
-  for impl, conv_impl in candidates:
+  for impl, conv_impl in implementations(h, with_reference=False):
     entry = {
       'config': job.config.name,
       'algorithm': job.algorithm,
@@ -115,18 +122,13 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
       'reference': f'jaxmeta[{ref_impl}]',
       'jax_task_chunk_size': job.chunk,
     }
-    grad = (
-      (lambda **kw: jax_grad(conv_impl, **kw))
-      if conv_impl
-      else (lambda **kw: torch_grad(impl, **kw))
-    )
     try:
-      got = grad()
+      got = grad(impl, conv_impl)
       entry.update(checks.cross_check(reference, got, s.check_tol))
       entry.update(checks.float64_errors(truth, got))
       if truth is not None:
         entry['float64_agreement'] = checks.cross_check(
-          truth, grad(float64=True), checks.FLOAT64_TOL
+          truth, grad(impl, conv_impl, float64=True), checks.FLOAT64_TOL
         )['max_rel_err']
       entry['passed'], entry['verdict'] = checks.verdict(
         entry,
@@ -158,14 +160,10 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
 def timings(h: Harness, job: Job, found: dict, env: dict) -> list[dict]:
   """One row per implementation: timed if its cross-check passed."""
   s = h.settings
-  timed = [('jaxmeta', c) for c in h.conv_impls]
-  if 'jaxmeta' not in s.implementations:
-    timed = []
-  timed += [(i, None) for i in h.torch_impls]
   rows, timers, timed_rows = [], [], []
   if h.torch_step:
     h.torch_step.set_precision(s.timing_precision == 'highest')
-  for impl, conv_impl in timed:
+  for impl, conv_impl in implementations(h, with_reference=True):
     entry = found[(impl, conv_impl)]
     jax_side = impl == 'jaxmeta'
     row = {
