@@ -67,11 +67,7 @@ def cross_check(
     cand = np.asarray(candidate[name], np.float64)
     if ref.shape != cand.shape:
       problems.append(f'{name}: shape {cand.shape} != {ref.shape}')
-      tensors[name] = {
-        'rel_err': float('inf'),
-        'ref_norm': None,
-        'scale': 'tensor',
-      }
+      tensors[name] = dict(rel_err=float('inf'), ref_norm=None, scale='tensor')
       continue
     ref_norm = float(np.linalg.norm(ref))
     near_zero = ref_norm < ZERO_GRAD_FRACTION * global_norm

@@ -25,46 +25,28 @@ import numpy as np
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.types import Params, Task
 
-_DTYPE_BYTES = {
-  'pred': 1,
-  's8': 1,
-  'u8': 1,
-  's16': 2,
-  'u16': 2,
-  'f16': 2,
-  'bf16': 2,
-  's32': 4,
-  'u32': 4,
-  'f32': 4,
-  's64': 8,
-  'u64': 8,
-  'f64': 8,
-  'c64': 8,
-  'c128': 16,
-}
 _COLLECTIVES = (
-  'all-reduce',
-  'all-gather',
-  'reduce-scatter',
-  'collective-permute',
-  'all-to-all',
-  'collective-broadcast',
-)
+  'all-reduce all-gather reduce-scatter collective-permute all-to-all '
+  'collective-broadcast'
+).split()
 # `%name = <result shape> <opcode>(`; async forms end in -start.
 _INSTRUCTION = re.compile(
   r'=\s*(?P<shape>.*?)\s+(?P<op>' + '|'.join(_COLLECTIVES) + r')(?:-start)?\('
 )
 _ARRAY_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
+# An element type's bits: pred, or the number ending its name (s8, bf16, c64).
+_BITS = re.compile(r'pred|[a-z]+?(\d+)')
 
 
 def shape_bytes(hlo_shape: str) -> int:
   """Bytes of an HLO shape string, e.g. `(f32[4,5]{1,0}, f32[])` -> 84."""
   total = 0
   for dtype, dims in _ARRAY_SHAPE.findall(hlo_shape):
-    if dtype not in _DTYPE_BYTES:
+    bits = _BITS.fullmatch(dtype)
+    if not bits:
       continue
     size = int(np.prod([int(d) for d in dims.split(',') if d], dtype=np.int64))
-    total += size * _DTYPE_BYTES[dtype]
+    total += size * (int(bits.group(1)) // 8 if bits.group(1) else 1)
   return total
 
 
