@@ -84,6 +84,13 @@ done = run(
 )
 assert done.returncode == 0, done.stderr[-2000:]
 assert os.path.isfile(os.path.join(run_dir, 'results.json')), done
+# The benchmark and the studies come with the programs.
+done = run(sys.executable, '-m', 'jaxmeta_experiments.benchmark', '--help')
+assert '--conv_impls' in done.stdout, done  # absl's --help exits 1.
+recipe = os.path.join(
+  os.path.dirname(jaxmeta_experiments.__file__), 'studies', 'compare_recipes.py'
+)
+assert configs.load(f'{recipe}:protonet').train_ways == 60
 print(
   f'installed jaxmeta {jaxmeta.__version__} from '
   f'{os.path.dirname(jaxmeta.__file__)}: split lists {sizes}, configs '
