@@ -32,6 +32,7 @@ class Timer:
 
 
 def summarise(times_s: Sequence[float], meta_batch: int) -> dict[str, Any]:
+  """A row's timing fields from its timed steps' seconds."""
   median = statistics.median(times_s)
   return {
     'median_ms': 1e3 * median,
