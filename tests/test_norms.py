@@ -239,21 +239,15 @@ def test_running_mode_normalises_with_the_running_statistics():
     np.testing.assert_allclose(
       model.apply(params, x), expected, rtol=1e-10, atol=1e-10
     )
-    # Given a support set, that set alone normalises itself (adaptation, as
-    # in meta-training); other images keep the running statistics.
+    # Given a support set, other images keep the running statistics.
     on_support = norms.given_support(model, x)
-    np.testing.assert_allclose(
-      on_support.apply(params, x),
-      _model('transductive').apply(params, x),
-      rtol=1e-12,
-      atol=1e-12,
-    )
     np.testing.assert_allclose(
       on_support.apply(params, x[:2]), expected[:2], rtol=1e-10, atol=1e-10
     )
-    # Meta-training's form normalises with batch statistics instead.
+    # The support set (adaptation) and meta-training normalise with batch
+    # statistics instead.
     np.testing.assert_allclose(
-      norms.training_form(model).apply(params, x),
+      norms.self_normalised(model).apply(params, x),
       _model('transductive').apply(params, x),
       rtol=1e-12,
       atol=1e-12,

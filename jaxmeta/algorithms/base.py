@@ -24,6 +24,7 @@ import optax
 
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models import norms
 from jaxmeta.models.base import Model
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
@@ -140,6 +141,15 @@ def learner_of_model(
 STATISTICS_METRIC = 'batch_statistics'
 
 
+def model_losses(
+  make_loss: Callable[..., LossFn], model: Model
+) -> tuple[LossFn, LossFn]:
+  """`(loss_fn, support_loss)`: `make_loss` of `model.apply`, for every
+  batch but the support set, and of `norms.self_normalised(model).apply`,
+  for the support set (normalised by itself in every batch-norm mode)."""
+  return make_loss(model.apply), make_loss(norms.self_normalised(model).apply)
+
+
 def split_task_key(
   key: PRNGKey | None,
 ) -> tuple[PRNGKey | None, PRNGKey | None]:
@@ -200,6 +210,7 @@ def inner_loop(
   first_order: bool = False,
   query: tuple[Array, Array] | None = None,
   key: PRNGKey | None = None,
+  support_loss: LossFn | None = None,
 ) -> tuple[Params, dict[str, Array]]:
   """Runs `num_steps` steps of `optimizer` on `loss_fn(params, x, y)`.
 
@@ -210,7 +221,7 @@ def inner_loop(
 
   Args:
     loss_fn: `loss_fn(params, x, y, *, key=None, step=None) -> (loss,
-      metrics)` for one batch.
+      metrics)` for one batch; it scores `query`.
     params: the starting point (the meta-parameters).
     x: support inputs, `[support_size, ...]`.
     y: support targets, `[support_size, ...]`.
@@ -224,6 +235,8 @@ def inner_loop(
       `step_key = fold_in(key, i)` and calls the support loss with
       `fold_in(step_key, 0)` and the query loss with `fold_in(step_key, 1)`.
       With None the losses get `key=None`.
+    support_loss: the loss of the support set `x` (default `loss_fn`); with
+      batch norm, that of `norms.self_normalised(model)` (`model_losses`).
 
   Returns:
     `(adapted_params, trace)` where `trace` maps `support_<m>` to the support
@@ -234,8 +247,9 @@ def inner_loop(
   check_batch(x, y, 'support')
   if query is not None:
     check_batch(*query, 'query')
+  support_loss = support_loss or loss_fn
   value_and_grad = jax.value_and_grad(
-    lambda p, k, i: loss_fn(p, x, y, key=k, step=i), has_aux=True
+    lambda p, k, i: support_loss(p, x, y, key=k, step=i), has_aux=True
   )
 
   def step(carry, i):
@@ -268,6 +282,7 @@ def evaluate_adaptation(
   task: Task,
   num_steps: int,
   optimizer: optax.GradientTransformation,
+  support_loss: LossFn | None = None,
 ) -> dict[str, Array]:
   """`MetaLearner.evaluate` of an algorithm that adapts with `inner_loop`.
 
@@ -277,6 +292,7 @@ def evaluate_adaptation(
     task: one task.
     num_steps: inner steps, a static int >= 0.
     optimizer: the inner update.
+    support_loss: the support set's loss of `inner_loop`.
 
   Returns:
     For every metric `m` of `loss_fn`: `m` after the last step and
@@ -297,6 +313,7 @@ def evaluate_adaptation(
     num_steps,
     optimizer,
     query=(task.query_x, task.query_y),
+    support_loss=support_loss,
   )
   out = {}
   for k, v in before.items():
@@ -307,20 +324,30 @@ def evaluate_adaptation(
 
 
 def gradient_adaptation(
-  loss_fn: LossFn, optimizer: optax.GradientTransformation
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  support_loss: LossFn | None = None,
 ) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
   """`(adapt, evaluate)` of a `MetaLearner` that adapts with `inner_loop`
-  and `optimizer` from the meta-parameters themselves (MAML, Reptile, and
-  the heads of ANIL and the Baselines)."""
+  (the losses of `model_losses`) and `optimizer` from the meta-parameters
+  themselves (MAML, Reptile, and the heads of ANIL and the Baselines)."""
 
   def adapt(params, support_x, support_y, num_steps):
     adapted, _ = inner_loop(
-      loss_fn, params, support_x, support_y, num_steps, optimizer
+      loss_fn,
+      params,
+      support_x,
+      support_y,
+      num_steps,
+      optimizer,
+      support_loss=support_loss,
     )
     return adapted
 
   def evaluate(params, task, num_steps):
-    return evaluate_adaptation(loss_fn, params, task, num_steps, optimizer)
+    return evaluate_adaptation(
+      loss_fn, params, task, num_steps, optimizer, support_loss
+    )
 
   return adapt, evaluate
 

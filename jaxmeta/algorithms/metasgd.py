@@ -11,6 +11,7 @@ from jaxmeta.algorithms.base import evaluate_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -53,7 +54,7 @@ def meta_sgd(
   """
   num_inner_steps = check_num_steps(num_inner_steps)
   check_inner_lr(inner_lr)
-  loss_fn = make_loss(model.apply)
+  loss_fn, support_loss = model_losses(make_loss, model)
 
   def init(key):
     params = model.init(key)
@@ -65,7 +66,13 @@ def meta_sgd(
 
   def adapt(meta, support_x, support_y, num_steps):
     adapted, _ = inner_loop(
-      loss_fn, meta['model'], support_x, support_y, num_steps, optimizer(meta)
+      loss_fn,
+      meta['model'],
+      support_x,
+      support_y,
+      num_steps,
+      optimizer(meta),
+      support_loss=support_loss,
     )
     return adapted
 
@@ -81,6 +88,7 @@ def meta_sgd(
       optimizer(meta),
       first_order=first_order,
       key=inner_key,
+      support_loss=support_loss,
     )
     return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
 
@@ -90,7 +98,7 @@ def meta_sgd(
 
   def evaluate(meta, task, num_steps):
     return evaluate_adaptation(
-      loss_fn, meta['model'], task, num_steps, optimizer(meta)
+      loss_fn, meta['model'], task, num_steps, optimizer(meta), support_loss
     )
 
   return MetaLearner(
