@@ -8,11 +8,12 @@ over devices.
 
 There is one inner loop, `inner_loop`, under `lax.scan` (the compiled program
 holds the inner update once, whatever the number of steps), and one
-evaluation of it, `evaluate_adaptation`. Learned inner rates (Meta-SGD,
+evaluation of it, `gradient_adaptation`. Learned inner rates (Meta-SGD,
 MAML++) are an optax transformation, `learned_sgd`, so they go through the
 same loop as plain SGD or Adam.
 """
 
+import functools
 import math
 import numbers
 import operator
@@ -276,78 +277,47 @@ def inner_loop(
   return adapted, trace
 
 
-def evaluate_adaptation(
-  loss_fn: LossFn,
-  params: Params,
-  task: Task,
-  num_steps: int,
-  optimizer: optax.GradientTransformation,
-  support_loss: LossFn | None = None,
-) -> dict[str, Array]:
-  """`MetaLearner.evaluate` of an algorithm that adapts with `inner_loop`.
-
-  Args:
-    loss_fn: the loss of `inner_loop`.
-    params: the starting point.
-    task: one task.
-    num_steps: inner steps, a static int >= 0.
-    optimizer: the inner update.
-    support_loss: the support set's loss of `inner_loop`.
-
-  Returns:
-    For every metric `m` of `loss_fn`: `m` after the last step and
-    `m_by_step [num_steps + 1]`, the query metric after 0, 1, ...,
-    `num_steps` steps (before adaptation with `step=0`). Without a key:
-    evaluation is deterministic.
-  """
-  num_steps = check_num_steps(num_steps, 'num_steps')
-  check_batch(task.query_x, task.query_y, 'query')
-  _, before = loss_fn(
-    params, task.query_x, task.query_y, step=jnp.zeros((), jnp.int32)
-  )
-  _, trace = inner_loop(
-    loss_fn,
-    params,
-    task.support_x,
-    task.support_y,
-    num_steps,
-    optimizer,
-    query=(task.query_x, task.query_y),
-    support_loss=support_loss,
-  )
-  out = {}
-  for k, v in before.items():
-    by_step = jnp.concatenate([v[None], trace[f'query_{k}']])
-    out[k] = by_step[-1]
-    out[f'{k}_by_step'] = by_step
-  return out
-
-
 def gradient_adaptation(
   loss_fn: LossFn,
   optimizer: optax.GradientTransformation,
   support_loss: LossFn | None = None,
 ) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
   """`(adapt, evaluate)` of a `MetaLearner` that adapts with `inner_loop`
-  (the losses of `model_losses`) and `optimizer` from the meta-parameters
-  themselves (MAML, Reptile, and the heads of ANIL and the Baselines)."""
+  and `optimizer` from the given parameters (MAML, Reptile, Meta-SGD, MAML++,
+  and the heads of ANIL and the Baselines).
+
+  `evaluate(params, task, num_steps)` returns, for every metric `m` of
+  `loss_fn`, `m` after the last step and `m_by_step [num_steps + 1]`, the
+  query metric after 0, 1, ..., `num_steps` steps (before adaptation with
+  `step=0`). Without a key: evaluation is deterministic.
+
+  Args:
+    loss_fn: the loss of every batch but the support set (`model_losses`).
+    optimizer: the inner update.
+    support_loss: the support set's loss (default `loss_fn`).
+  """
+
+  run = functools.partial(
+    inner_loop, loss_fn, optimizer=optimizer, support_loss=support_loss
+  )
 
   def adapt(params, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn,
-      params,
-      support_x,
-      support_y,
-      num_steps,
-      optimizer,
-      support_loss=support_loss,
-    )
-    return adapted
+    return run(params, support_x, support_y, num_steps)[0]
 
   def evaluate(params, task, num_steps):
-    return evaluate_adaptation(
-      loss_fn, params, task, num_steps, optimizer, support_loss
+    num_steps = check_num_steps(num_steps, 'num_steps')
+    query = (task.query_x, task.query_y)
+    check_batch(*query, 'query')
+    _, before = loss_fn(params, *query, step=jnp.zeros((), jnp.int32))
+    _, trace = run(
+      params, task.support_x, task.support_y, num_steps, query=query
     )
+    out = {}
+    for k, v in before.items():
+      by_step = jnp.concatenate([v[None], trace[f'query_{k}']])
+      out[k] = by_step[-1]
+      out[f'{k}_by_step'] = by_step
+    return out
 
   return adapt, evaluate
 

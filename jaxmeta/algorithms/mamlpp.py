@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
@@ -168,17 +168,11 @@ def maml_plus_plus(
 
     return learned_sgd(rates)
 
+  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
+    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
+
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn,
-      meta['model'],
-      support_x,
-      support_y,
-      num_steps,
-      optimizer(meta),
-      support_loss=support_loss,
-    )
-    return adapted
+    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
 
   def meta_loss(meta, task, key, global_step, msl, first_order):
     inner_key, query_key = split_task_key(key)
@@ -251,9 +245,7 @@ def maml_plus_plus(
     )
 
   def evaluate(meta, task, num_steps):
-    return evaluate_adaptation(
-      loss_fn, meta['model'], task, num_steps, optimizer(meta), support_loss
-    )
+    return adaptation(meta)[1](meta['model'], task, num_steps)
 
   return MetaLearner(
     'maml_plus_plus',

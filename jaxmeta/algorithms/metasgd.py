@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
@@ -64,17 +64,11 @@ def meta_sgd(
   def optimizer(meta):
     return learned_sgd(lambda i: meta['inner']['lr'])
 
+  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
+    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
+
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn,
-      meta['model'],
-      support_x,
-      support_y,
-      num_steps,
-      optimizer(meta),
-      support_loss=support_loss,
-    )
-    return adapted
+    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
 
   def meta_loss(meta, task, key):
     check_batch(task.query_x, task.query_y, 'query')
@@ -97,9 +91,7 @@ def meta_sgd(
     return jax.grad(meta_loss, has_aux=True)(meta, task, key)
 
   def evaluate(meta, task, num_steps):
-    return evaluate_adaptation(
-      loss_fn, meta['model'], task, num_steps, optimizer(meta), support_loss
-    )
+    return adaptation(meta)[1](meta['model'], task, num_steps)
 
   return MetaLearner(
     'meta_sgd',
