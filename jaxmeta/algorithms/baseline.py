@@ -120,6 +120,7 @@ def baseline(
 
   def minibatch_loss(params, x, y, key):
     body, h = split_head(params)
+    # A minibatch of all classes has no queries: it normalises itself.
     return train_loss(h, support_embed(body, x, key=key), y)
 
   def task_update(params, task, key=None, global_step=None):
