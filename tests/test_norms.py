@@ -1,6 +1,7 @@
 """Batch-norm modes: support statistics, running statistics, TaskNorm-I, and
 scoring each image on its own, against NumPy references."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,21 +240,15 @@ def test_running_mode_normalises_with_the_running_statistics():
     np.testing.assert_allclose(
       model.apply(params, x), expected, rtol=1e-10, atol=1e-10
     )
-    # Given a support set, that set alone normalises itself (adaptation, as
-    # in meta-training); other images keep the running statistics.
+    # Given a support set, other images keep the running statistics.
     on_support = norms.given_support(model, x)
-    np.testing.assert_allclose(
-      on_support.apply(params, x),
-      _model('transductive').apply(params, x),
-      rtol=1e-12,
-      atol=1e-12,
-    )
     np.testing.assert_allclose(
       on_support.apply(params, x[:2]), expected[:2], rtol=1e-10, atol=1e-10
     )
-    # Meta-training's form normalises with batch statistics instead.
+    # The support set (adaptation) and meta-training normalise with batch
+    # statistics instead.
     np.testing.assert_allclose(
-      norms.training_form(model).apply(params, x),
+      norms.self_normalised(model).apply(params, x),
       _model('transductive').apply(params, x),
       rtol=1e-12,
       atol=1e-12,
@@ -365,6 +360,83 @@ def test_a_query_is_scored_the_same_alone_or_in_a_batch(mode, name, options):
     np.testing.assert_allclose(
       alone_score(learner, params, task, 2), accuracy, atol=1e-12
     )
+
+
+@pytest.mark.parametrize('name, options', _METHODS)
+def test_a_copy_of_the_support_set_is_still_the_support_set(name, options):
+  # The model is given one array and the algorithm adapts on another with
+  # the same images: a copy, as a cast or a minibatch would hand it over.
+  build = _build(name, **options)
+
+  def adapt_and_predict(params, given_x, support_x, support_y, query_x):
+    learner = build(norms.given_support(_model(mode), given_x))
+    adapted = learner.adapt(params, support_x, support_y, 2)
+    return adapted, learner.predict(adapted, query_x)
+
+  with jax.enable_x64(True):
+    task = _task(jax.random.key(1), dtype=jnp.float64)
+    copy = jnp.array(task.support_x, copy=True)
+    for mode in ('support', 'running', 'tasknorm'):
+      params = _to64(build(_model(mode)).init(jax.random.key(0)))
+      if mode == 'running':
+        params = normalised_learner(build, _model(mode)).update_state(
+          params, _shifted_statistics(params)
+        )
+      same = jax.jit(lambda p, x, y, q: adapt_and_predict(p, x, x, y, q))(
+        params, task.support_x, task.support_y, task.query_x
+      )
+      copied = jax.jit(adapt_and_predict)(
+        params, task.support_x, copy, task.support_y, task.query_x
+      )
+      jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10),
+        copied,
+        same,
+      )
+
+
+@pytest.mark.parametrize(
+  'name',
+  [
+    'maml',
+    pytest.param('reptile', marks=_slow),
+    pytest.param('meta_sgd', marks=_slow),
+    pytest.param('maml_plus_plus', marks=_slow),
+    pytest.param('pretrain', marks=_slow),
+  ],
+)
+def test_a_checkpointed_loss_adapts_like_the_plain_one(name):
+  # `jax.checkpoint` hands the loss new arrays: the support set must still
+  # normalise itself (as meta-training's form does), the queries with the
+  # running statistics.
+  checkpointed = lambda apply: jax.checkpoint(
+    jaxmeta.classification_loss(apply)
+  )
+  build = lambda make_loss: (
+    lambda m: jaxmeta.make_learner(name, m, make_loss, 0.2, 2)
+  )
+  model = _model('running')
+  plain, recomputed = (
+    normalised_learner(build(make_loss), model)
+    for make_loss in (jaxmeta.classification_loss, checkpointed)
+  )
+  with jax.enable_x64(True):
+    params = _to64(plain.init(jax.random.key(0)))
+    params = plain.update_state(params, _shifted_statistics(params))
+    task = _task(jax.random.key(1), dtype=jnp.float64)
+    adapt = jax.jit(
+      build(jaxmeta.classification_loss)(norms.self_normalised(model)).adapt,
+      static_argnums=3,
+    )
+    expected = adapt(params, task.support_x, task.support_y, 2)
+    logits = jax.jit(plain.predict)(expected, task.query_x)
+    for learner in (plain, recomputed):
+      adapt, predict = _compiled(learner)
+      adapted = adapt(params, task.support_x, task.support_y, 2)
+      chex.assert_trees_all_close(adapted, expected, rtol=1e-10, atol=1e-10)
+      np.testing.assert_allclose(
+        predict(adapted, task.query_x), logits, rtol=1e-10, atol=1e-10
+      )
 
 
 def _compiled(learner):

@@ -32,7 +32,6 @@ import optax
 from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import evaluate_adaptation
 from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import inner_loop
@@ -208,7 +207,6 @@ __all__ = [
   'baseline_plus_plus',
   'check_inner_lr',
   'check_num_steps',
-  'evaluate_adaptation',
   'fomaml',
   'gradient_adaptation',
   'head_apply',

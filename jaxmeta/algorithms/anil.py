@@ -16,6 +16,7 @@ from jaxmeta.algorithms.base import require_embed
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models import norms
 from jaxmeta.models.base import join_head
 from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
@@ -67,17 +68,18 @@ def anil(
   head_loss = make_loss(head_apply(linear_head))
   optimizer = optax.sgd(inner_lr)
   adapt_head, evaluate_head = gradient_adaptation(head_loss, optimizer)
+  support_embed = norms.self_normalised(model).embed
 
   def adapt(params, support_x, support_y, num_steps):
     body, head = split_head(params)
-    features = model.embed(body, support_x)
+    features = support_embed(body, support_x)
     return join_head(body, adapt_head(head, features, support_y, num_steps))
 
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
     body, head = split_head(params)
     support_key, query_key = split_task_key(key)
-    support_features = model.embed(body, task.support_x, key=support_key)
+    support_features = support_embed(body, task.support_x, key=support_key)
     query_features = model.embed(body, task.query_x, key=query_key)
     adapted, _ = inner_loop(
       head_loss,
@@ -97,7 +99,7 @@ def anil(
   def evaluate(params, task, num_steps):
     body, head = split_head(params)
     features = Task(
-      model.embed(body, task.support_x),
+      support_embed(body, task.support_x),
       task.support_y,
       model.embed(body, task.query_x),
       task.query_y,

@@ -8,11 +8,12 @@ over devices.
 
 There is one inner loop, `inner_loop`, under `lax.scan` (the compiled program
 holds the inner update once, whatever the number of steps), and one
-evaluation of it, `evaluate_adaptation`. Learned inner rates (Meta-SGD,
+evaluation of it, `gradient_adaptation`. Learned inner rates (Meta-SGD,
 MAML++) are an optax transformation, `learned_sgd`, so they go through the
 same loop as plain SGD or Adam.
 """
 
+import functools
 import math
 import numbers
 import operator
@@ -24,6 +25,7 @@ import optax
 
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models import norms
 from jaxmeta.models.base import Model
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
@@ -140,6 +142,15 @@ def learner_of_model(
 STATISTICS_METRIC = 'batch_statistics'
 
 
+def model_losses(
+  make_loss: Callable[..., LossFn], model: Model
+) -> tuple[LossFn, LossFn]:
+  """`(loss_fn, support_loss)`: `make_loss` of `model.apply`, for every
+  batch but the support set, and of `norms.self_normalised(model).apply`,
+  for the support set (normalised by itself in every batch-norm mode)."""
+  return make_loss(model.apply), make_loss(norms.self_normalised(model).apply)
+
+
 def split_task_key(
   key: PRNGKey | None,
 ) -> tuple[PRNGKey | None, PRNGKey | None]:
@@ -200,6 +211,7 @@ def inner_loop(
   first_order: bool = False,
   query: tuple[Array, Array] | None = None,
   key: PRNGKey | None = None,
+  support_loss: LossFn | None = None,
 ) -> tuple[Params, dict[str, Array]]:
   """Runs `num_steps` steps of `optimizer` on `loss_fn(params, x, y)`.
 
@@ -210,7 +222,7 @@ def inner_loop(
 
   Args:
     loss_fn: `loss_fn(params, x, y, *, key=None, step=None) -> (loss,
-      metrics)` for one batch.
+      metrics)` for one batch; it scores `query`.
     params: the starting point (the meta-parameters).
     x: support inputs, `[support_size, ...]`.
     y: support targets, `[support_size, ...]`.
@@ -224,6 +236,8 @@ def inner_loop(
       `step_key = fold_in(key, i)` and calls the support loss with
       `fold_in(step_key, 0)` and the query loss with `fold_in(step_key, 1)`.
       With None the losses get `key=None`.
+    support_loss: the loss of the support set `x` (default `loss_fn`); with
+      batch norm, that of `norms.self_normalised(model)` (`model_losses`).
 
   Returns:
     `(adapted_params, trace)` where `trace` maps `support_<m>` to the support
@@ -234,8 +248,9 @@ def inner_loop(
   check_batch(x, y, 'support')
   if query is not None:
     check_batch(*query, 'query')
+  support_loss = support_loss or loss_fn
   value_and_grad = jax.value_and_grad(
-    lambda p, k, i: loss_fn(p, x, y, key=k, step=i), has_aux=True
+    lambda p, k, i: support_loss(p, x, y, key=k, step=i), has_aux=True
   )
 
   def step(carry, i):
@@ -262,65 +277,47 @@ def inner_loop(
   return adapted, trace
 
 
-def evaluate_adaptation(
-  loss_fn: LossFn,
-  params: Params,
-  task: Task,
-  num_steps: int,
-  optimizer: optax.GradientTransformation,
-) -> dict[str, Array]:
-  """`MetaLearner.evaluate` of an algorithm that adapts with `inner_loop`.
-
-  Args:
-    loss_fn: the loss of `inner_loop`.
-    params: the starting point.
-    task: one task.
-    num_steps: inner steps, a static int >= 0.
-    optimizer: the inner update.
-
-  Returns:
-    For every metric `m` of `loss_fn`: `m` after the last step and
-    `m_by_step [num_steps + 1]`, the query metric after 0, 1, ...,
-    `num_steps` steps (before adaptation with `step=0`). Without a key:
-    evaluation is deterministic.
-  """
-  num_steps = check_num_steps(num_steps, 'num_steps')
-  check_batch(task.query_x, task.query_y, 'query')
-  _, before = loss_fn(
-    params, task.query_x, task.query_y, step=jnp.zeros((), jnp.int32)
-  )
-  _, trace = inner_loop(
-    loss_fn,
-    params,
-    task.support_x,
-    task.support_y,
-    num_steps,
-    optimizer,
-    query=(task.query_x, task.query_y),
-  )
-  out = {}
-  for k, v in before.items():
-    by_step = jnp.concatenate([v[None], trace[f'query_{k}']])
-    out[k] = by_step[-1]
-    out[f'{k}_by_step'] = by_step
-  return out
-
-
 def gradient_adaptation(
-  loss_fn: LossFn, optimizer: optax.GradientTransformation
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  support_loss: LossFn | None = None,
 ) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
   """`(adapt, evaluate)` of a `MetaLearner` that adapts with `inner_loop`
-  and `optimizer` from the meta-parameters themselves (MAML, Reptile, and
-  the heads of ANIL and the Baselines)."""
+  and `optimizer` from the given parameters (MAML, Reptile, Meta-SGD, MAML++,
+  and the heads of ANIL and the Baselines).
+
+  `evaluate(params, task, num_steps)` returns, for every metric `m` of
+  `loss_fn`, `m` after the last step and `m_by_step [num_steps + 1]`, the
+  query metric after 0, 1, ..., `num_steps` steps (before adaptation with
+  `step=0`). Without a key: evaluation is deterministic.
+
+  Args:
+    loss_fn: the loss of every batch but the support set (`model_losses`).
+    optimizer: the inner update.
+    support_loss: the support set's loss (default `loss_fn`).
+  """
+
+  run = functools.partial(
+    inner_loop, loss_fn, optimizer=optimizer, support_loss=support_loss
+  )
 
   def adapt(params, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn, params, support_x, support_y, num_steps, optimizer
-    )
-    return adapted
+    return run(params, support_x, support_y, num_steps)[0]
 
   def evaluate(params, task, num_steps):
-    return evaluate_adaptation(loss_fn, params, task, num_steps, optimizer)
+    num_steps = check_num_steps(num_steps, 'num_steps')
+    query = (task.query_x, task.query_y)
+    check_batch(*query, 'query')
+    _, before = loss_fn(params, *query, step=jnp.zeros((), jnp.int32))
+    _, trace = run(
+      params, task.support_x, task.support_y, num_steps, query=query
+    )
+    out = {}
+    for k, v in before.items():
+      by_step = jnp.concatenate([v[None], trace[f'query_{k}']])
+      out[k] = by_step[-1]
+      out[f'{k}_by_step'] = by_step
+    return out
 
   return adapt, evaluate
 

@@ -14,6 +14,7 @@ from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models import norms
 from jaxmeta.models.base import cosine_logits
 from jaxmeta.models.base import init_linear_head
 from jaxmeta.models.base import join_head
@@ -100,6 +101,7 @@ def baseline(
   task_loss = make_loss(head_apply(classifier(ways)))
   optimizer = optax.sgd(inner_lr, momentum=momentum or None)
   fit_head, evaluate_head = gradient_adaptation(task_loss, optimizer)
+  support_embed = norms.self_normalised(model).embed
 
   def init(key):
     body_key, head_key = jax.random.split(key)
@@ -113,12 +115,13 @@ def baseline(
 
   def adapt(params, support_x, support_y, num_steps):
     body, _ = split_head(params)
-    features = model.embed(body, support_x)
+    features = support_embed(body, support_x)
     return join_head(body, fit_head(new_head(), features, support_y, num_steps))
 
   def minibatch_loss(params, x, y, key):
     body, h = split_head(params)
-    return train_loss(h, model.embed(body, x, key=key), y)
+    # A minibatch of all classes has no queries: it normalises itself.
+    return train_loss(h, support_embed(body, x, key=key), y)
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
@@ -130,7 +133,7 @@ def baseline(
   def evaluate(params, task, num_steps):
     body, _ = split_head(params)
     features = Task(
-      model.embed(body, task.support_x),
+      support_embed(body, task.support_x),
       task.support_y,
       model.embed(body, task.query_x),
       task.query_y,

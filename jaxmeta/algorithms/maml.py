@@ -16,6 +16,7 @@ from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -58,9 +59,9 @@ def maml(
   """
   num_inner_steps = check_num_steps(num_inner_steps)
   check_inner_lr(inner_lr)
-  loss_fn = make_loss(model.apply)
+  loss_fn, support_loss = model_losses(make_loss, model)
   optimizer = optax.sgd(inner_lr)
-  adapt, evaluate = gradient_adaptation(loss_fn, optimizer)
+  adapt, evaluate = gradient_adaptation(loss_fn, optimizer, support_loss)
 
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
@@ -74,6 +75,7 @@ def maml(
       optimizer,
       first_order=first_order,
       key=inner_key,
+      support_loss=support_loss,
     )
     return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
 

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -136,7 +137,7 @@ def maml_plus_plus(
     model = per_step_batch_norm(
       model, num_inner_steps, per_step_bn, per_step_bn_stats
     )
-  loss_fn = make_loss(model.apply)
+  loss_fn, support_loss = model_losses(make_loss, model)
   last = num_inner_steps - 1
 
   def init(key):
@@ -167,11 +168,11 @@ def maml_plus_plus(
 
     return learned_sgd(rates)
 
+  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
+    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
+
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn, meta['model'], support_x, support_y, num_steps, optimizer(meta)
-    )
-    return adapted
+    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
 
   def meta_loss(meta, task, key, global_step, msl, first_order):
     inner_key, query_key = split_task_key(key)
@@ -185,6 +186,7 @@ def maml_plus_plus(
       first_order=first_order,
       query=(task.query_x, task.query_y) if msl else None,
       key=inner_key,
+      support_loss=support_loss,
     )
     if msl:
       weights = multi_step_loss_weights(
@@ -243,9 +245,7 @@ def maml_plus_plus(
     )
 
   def evaluate(meta, task, num_steps):
-    return evaluate_adaptation(
-      loss_fn, meta['model'], task, num_steps, optimizer(meta)
-    )
+    return adaptation(meta)[1](meta['model'], task, num_steps)
 
   return MetaLearner(
     'maml_plus_plus',

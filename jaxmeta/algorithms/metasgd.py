@@ -7,10 +7,11 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import evaluate_adaptation
+from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -53,7 +54,7 @@ def meta_sgd(
   """
   num_inner_steps = check_num_steps(num_inner_steps)
   check_inner_lr(inner_lr)
-  loss_fn = make_loss(model.apply)
+  loss_fn, support_loss = model_losses(make_loss, model)
 
   def init(key):
     params = model.init(key)
@@ -63,11 +64,11 @@ def meta_sgd(
   def optimizer(meta):
     return learned_sgd(lambda i: meta['inner']['lr'])
 
+  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
+    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
+
   def adapt(meta, support_x, support_y, num_steps):
-    adapted, _ = inner_loop(
-      loss_fn, meta['model'], support_x, support_y, num_steps, optimizer(meta)
-    )
-    return adapted
+    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
 
   def meta_loss(meta, task, key):
     check_batch(task.query_x, task.query_y, 'query')
@@ -81,6 +82,7 @@ def meta_sgd(
       optimizer(meta),
       first_order=first_order,
       key=inner_key,
+      support_loss=support_loss,
     )
     return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
 
@@ -89,9 +91,7 @@ def meta_sgd(
     return jax.grad(meta_loss, has_aux=True)(meta, task, key)
 
   def evaluate(meta, task, num_steps):
-    return evaluate_adaptation(
-      loss_fn, meta['model'], task, num_steps, optimizer(meta)
-    )
+    return adaptation(meta)[1](meta['model'], task, num_steps)
 
   return MetaLearner(
     'meta_sgd',

@@ -5,17 +5,18 @@ whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
 
 * 'transductive': `build(model)` itself.
 * 'support', 'tasknorm': every per-task function rebuilds the algorithm on
-  `given_support(model, task.support_x)`, the model whose other images are
-  normalised by that task's support set. The algorithms need nothing of
-  their own for it: their query losses, embeddings and predictions go
-  through the model.
-* 'running': meta-training runs `build(training_form(model))` (batch
+  `given_support(model, task.support_x)`, the model whose images are
+  normalised by that task's support set.
+* 'running': meta-training runs `build(self_normalised(model))` (batch
   statistics) and returns each task's query statistics beside its metrics
   (`task_statistics`); the meta-step averages them into the running
-  statistics (`MetaLearner.update_state`, momentum `momentum`). Evaluation
-  and `adapt` adapt on a support set normalised by itself, as in
-  meta-training, and every other image (the queries, `predict`) is
-  normalised with the running statistics.
+  statistics (`MetaLearner.update_state`, momentum `momentum`). Evaluation,
+  `adapt` and `predict` are `build(model)`'s: every image but the support set
+  is normalised with the running statistics.
+
+In every mode the algorithms normalise support images by themselves
+(`norms.self_normalised`, through `model_losses` or the support embedding)
+and every other image with the model they are built on.
 """
 
 from typing import Callable
@@ -71,7 +72,7 @@ def task_statistics(
   variances are.
 
   Args:
-    learner: the training-form learner (`normalised_learner`), with `model`.
+    learner: the self-normalised learner (`normalised_learner`), with `model`.
     params: its meta-parameters.
     task: one task.
     num_steps: the training inner steps.
@@ -127,13 +128,9 @@ def normalised_learner(
     return build(model)
   on = lambda support_x: build(norms.given_support(model, support_x))
   if mode in ('support', 'tasknorm'):
-    base = build(model)
 
     def task_update(params, task, key=None, global_step=None):
-      # A minibatch of all classes (Baseline's pretraining) normalises
-      # itself: it has no queries.
-      learner = base if task.query_x.shape[0] == 0 else on(task.support_x)
-      return learner.task_update(params, task, key, global_step=global_step)
+      return on(task.support_x).task_update(params, task, key, global_step)
 
     def evaluate(params, task, num_steps):
       return on(task.support_x).evaluate(params, task, num_steps)
@@ -145,11 +142,11 @@ def normalised_learner(
     def predict(adapted, x):
       return on(adapted['support_x']).predict(adapted['adapted'], x)
 
-    return base._replace(
+    return build(model)._replace(
       task_update=task_update, evaluate=evaluate, adapt=adapt, predict=predict
     )
 
-  train = build(norms.training_form(model))
+  train = build(norms.self_normalised(model))
   test = build(model)  # Its predictions normalise with the running statistics.
 
   def running_task_update(params, task, key=None, global_step=None):
@@ -169,17 +166,8 @@ def normalised_learner(
     )
     return _replace_statistics(params, running)
 
-  def running_evaluate(params, task, num_steps):
-    return on(task.support_x).evaluate(params, task, num_steps)
-
-  def running_adapt(params, support_x, support_y, num_steps):
-    return on(support_x).adapt(params, support_x, support_y, num_steps)
-
   return test._replace(
-    task_update=running_task_update,
-    evaluate=running_evaluate,
-    adapt=running_adapt,
-    update_state=update_state,
+    task_update=running_task_update, update_state=update_state
   )
 
 

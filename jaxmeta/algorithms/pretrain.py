@@ -12,6 +12,7 @@ from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -45,8 +46,10 @@ def pretrain(
   """
   check_num_steps(num_inner_steps)
   check_inner_lr(inner_lr)
-  loss_fn = make_loss(model.apply)
-  adapt, evaluate = gradient_adaptation(loss_fn, optax.sgd(inner_lr))
+  loss_fn, support_loss = model_losses(make_loss, model)
+  adapt, evaluate = gradient_adaptation(
+    loss_fn, optax.sgd(inner_lr), support_loss
+  )
 
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.

@@ -12,6 +12,7 @@ from jaxmeta.algorithms.base import require_embed
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
+from jaxmeta.models import norms
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import split_head
 from jaxmeta.types import Array
@@ -88,6 +89,7 @@ def protonet(
   require_embed(model, 'protonet')
   check_num_steps(num_inner_steps)
   loss_fn = make_loss(head_apply(lambda _, logits: logits))
+  support_embed = norms.self_normalised(model).embed
 
   def init(key):
     body, _ = split_head(model.init(key))
@@ -97,7 +99,7 @@ def protonet(
     del num_steps
     check_batch(support_x, support_y, 'support')
     protos, counts = prototypes(
-      model.embed(body, support_x, key=key), support_y, support_x.shape[0]
+      support_embed(body, support_x, key=key), support_y, support_x.shape[0]
     )
     return {'body': body, 'prototypes': protos, 'counts': counts}
 

@@ -17,6 +17,7 @@ from jaxmeta.algorithms.base import gradient_adaptation
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
@@ -74,8 +75,8 @@ def reptile(
   if inner_optimizer is None:
     check_inner_lr(inner_lr)
     inner_optimizer = optax.sgd(inner_lr)
-  loss_fn = make_loss(model.apply)
-  adapt, evaluate = gradient_adaptation(loss_fn, inner_optimizer)
+  loss_fn, support_loss = model_losses(make_loss, model)
+  adapt, evaluate = gradient_adaptation(loss_fn, inner_optimizer, support_loss)
 
   if not query_metrics and num_inner_steps < 1:
     raise ValueError(
@@ -95,6 +96,7 @@ def reptile(
       num_inner_steps,
       inner_optimizer,
       key=inner_key,
+      support_loss=support_loss,
     )
     pseudo_grad = jax.tree.map(jnp.subtract, params, adapted)
     if query_metrics:

@@ -9,21 +9,22 @@ parameters, `h` its input). The mode picks the normaliser:
   in MAML's and Reptile's reference code, and their published numbers). A
   query image's prediction then depends on the other queries scored with it.
 * 'support': a batch normalises itself, and `given_support(model, support_x)`
-  normalises any other images with the statistics of the support set (at
-  each inner step, under that step's parameters). Each query is scored
+  normalises any images with the statistics of the support set (at each
+  inner step, under that step's parameters). Each query is scored
   independently of the others.
-* 'running': the support set normalises itself during adaptation, as in
-  meta-training, and every other image is normalised with running averages
-  of the statistics the query sets had in meta-training (kept in the
-  parameters, entry `STATISTICS`, updated by the meta-step; see
-  `jaxmeta.algorithms.normalised_learner`). Meta-training normalises every
-  batch by itself (`training_form`).
+* 'running': every image but the support set is normalised with running
+  averages of the statistics the query sets had in meta-training (kept in
+  the parameters, entry `STATISTICS`, updated by the meta-step; see
+  `jaxmeta.algorithms.normalised_learner`), where every batch normalises
+  itself.
 * 'tasknorm': TaskNorm-I (Bronskill et al. 2020): the support set's
   statistics blended with each image's own instance-norm statistics, with a
   learned blend per layer.
 
-Every transformation here returns a `Model`, so the algorithms run unchanged
-on any mode.
+In every mode the support set normalises itself (`self_normalised(model)`).
+The algorithms apply that form to support images and the model to every
+other image: the support set is named by the function applied to it, never
+recognised by its array, so copies, casts and `jax.checkpoint` keep it.
 """
 
 from typing import Callable
@@ -154,12 +155,11 @@ def model_from_forward(
 ) -> Model:
   """The `Model` of a backbone body `forward` and a linear head, in `mode`.
 
-  `apply(params, x)` of the model returned normalises as the mode does for a
+  `apply(params, x)` of the model returned normalises as the mode does a
   batch on its own: 'transductive' and 'support' with the batch's statistics
-  (a support set normalises itself; see `given_support` for the queries),
-  'tasknorm' with TaskNorm-I taking the batch as its context, 'running' with
-  the running statistics `params[STATISTICS]` (as it does a query; see
-  `given_support` for the support set).
+  (see `given_support` for the queries), 'tasknorm' with TaskNorm-I taking
+  the batch as its context, 'running' with the running statistics
+  `params[STATISTICS]` (see `self_normalised` for the support set).
 
   Args:
     init: `init(key) -> params`, holding `STATISTICS` in 'running' mode and
@@ -211,10 +211,9 @@ def given_support(model: Model, support_x: Array) -> Model:
   moments of the support set's activations at that layer (computed by a
   forward pass of `support_x` under the same parameters, hence at every inner
   step those of the step's parameters); in 'tasknorm' mode those moments are
-  TaskNorm-I's context. The support set itself (the very array `support_x`,
-  as the inner loop hands it to the loss) is normalised as a batch on its own
-  is in meta-training; in 'running' mode, it alone, every other image with
-  the running statistics. 'transductive': `model` unchanged.
+  TaskNorm-I's context. 'transductive' and 'running': `model` unchanged. The
+  support set itself goes through `self_normalised(model)`, which gives it
+  the same values in 'support' and 'tasknorm' modes in one pass.
 
   Under `jax.vmap` over the images (scoring queries one at a time), the
   support pass does not depend on the mapped image and is computed once.
@@ -229,18 +228,15 @@ def given_support(model: Model, support_x: Array) -> Model:
   if model.batch_norm == 'transductive':
     return model
   _require_forward(model, f'batch_norm={model.batch_norm!r}')
-  self_normaliser = _self_normaliser(model.batch_norm)
+  if model.batch_norm == 'running':
+    return model
 
   def embed(params, x, *, key=None, step=None):
-    if x is support_x:
-      return model.forward(params, x, self_normaliser, key=key, step=step)
-    if model.batch_norm == 'running':
-      return model.embed(params, x, key=key, step=step)
     found = {}
     model.forward(
       params,
       support_x,
-      _collecting(found, self_normaliser),
+      _collecting(found, _self_normaliser(model.batch_norm)),
       key=key,
       step=step,
     )
@@ -253,16 +249,21 @@ def given_support(model: Model, support_x: Array) -> Model:
   return _from_embed(model, embed)
 
 
-def training_form(model: Model) -> Model:
-  """For a 'running' model, the model that normalises with batch statistics
-  (as meta-training does) and never reads the running statistics; other
-  models unchanged."""
-  if model.batch_norm != 'running':
+def self_normalised(model: Model) -> Model:
+  """The model that normalises every batch by itself, as meta-training does.
+
+  With the batch's own statistics ('tasknorm': TaskNorm-I with the batch as
+  its context), never the running ones. It is how every mode normalises a
+  support set, and every batch of 'running' mode's meta-training. A
+  'transductive' model is returned unchanged.
+  """
+  if model.batch_norm == 'transductive':
     return model
-  _require_forward(model, "batch_norm='running'")
+  _require_forward(model, f'batch_norm={model.batch_norm!r}')
+  normaliser = _self_normaliser(model.batch_norm)
 
   def embed(params, x, *, key=None, step=None):
-    return model.forward(params, x, transductive, key=key, step=step)
+    return model.forward(params, x, normaliser, key=key, step=step)
 
   return _from_embed(model, embed)
 
@@ -277,8 +278,7 @@ def batch_statistics(
 ) -> Params:
   """The batch moments every batch-norm layer sees in a forward pass of `x`.
 
-  The pass normalises as `model` does a batch on its own (its `embed`; for a
-  'running' model, its `training_form`).
+  The pass normalises as `self_normalised(model)` does.
 
   Args:
     model: a model with `forward`.
