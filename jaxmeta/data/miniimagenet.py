@@ -23,13 +23,10 @@ if they are not SxS already); the pickles' images are used as they are
 `n0153282900000005.jpg` is class n01532829's 5th ILSVRC file in numeric order of
 `k` in `n01532829_<k>.JPEG`.
 
-Where the source is looked for, when no cache is prepared: the `source_dir`
-argument, else `$JAXMETA_MINIIMAGENET_DIR`, else TFDS's manual dir
-(`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
-`$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
-~/tensorflow_datasets). The cache is per source family (ILSVRC, ready-made
-images, pickles) and image size; with no source found, an existing cache is
-used, in that order of preference.
+The source (`$JAXMETA_MINIIMAGENET_DIR`) and the cache are found as
+`jaxmeta.data.tfds_cache` says. The cache is per source family (ILSVRC,
+ready-made images, pickles) and image size; with no source found, an existing
+cache is used, in that order of preference.
 
 Order: classes in the CSV's order (sorted WordNet ids); images of a class in
 the CSV's order (ascending ILSVRC index), or the pickle's `class_dict` order.
@@ -41,21 +38,14 @@ decodes 60,000 JPEGs once (minutes, single process).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
-
 from jaxmeta.data import miniimagenet_tfds
+from jaxmeta.data import tfds_cache
 from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
 from jaxmeta.data.registry import ClassImages
-from jaxmeta.data.registry import prepare_cache
 from jaxmeta.data.registry import register_dataset
-from jaxmeta.data.registry import SPLITS
 
 SCHEMES = ('ravi',)
 SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
-DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 
 
 @register_dataset('miniimagenet')
@@ -87,10 +77,7 @@ def load(
     MiniImageNetError (a ValueError): a bad argument; a missing, incomplete,
       truncated or malformed source (naming the class where one is at fault).
   """
-  if split not in SPLITS:
-    raise MiniImageNetError(
-      f'Unknown split {split!r}. Fix: use one of {SPLITS}.'
-    )
+  tfds_cache.check_split(split, MiniImageNetError)
   if scheme not in SCHEMES:
     raise MiniImageNetError(
       f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
@@ -105,8 +92,7 @@ def load(
       f'image_size must be a positive int, got {image_size!r}. Fix: pass '
       'e.g. 84.'
     )
-  if data_dir is None:
-    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  data_dir = tfds_cache.data_dir_or_default(data_dir)
   builder = _prepared_builder(data_dir, source_dir, image_size)
   return _read_split(builder, split)
 
@@ -122,13 +108,9 @@ def _prepared_builder(
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
-  if source_dir is not None:
-    folder, how = Path(source_dir), 'source_dir'
-  elif os.environ.get(SOURCE_ENV):
-    folder, how = Path(os.environ[SOURCE_ENV]), f'${SOURCE_ENV}'
-  else:
-    folder = Path(os.fspath(probe.data_dir_root)) / 'downloads' / 'manual'
-    how = 'the TFDS manual dir'
+  folder, how = tfds_cache.source_folder(
+    source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
+  )
   source = miniimagenet_tfds.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)
@@ -145,7 +127,7 @@ def _prepared_builder(
     config = miniimagenet_tfds.config_for(config_source, image_size)
     builder = _builder(data_dir, config, source_dir=source.path)
     if not builder.is_prepared():
-      _prepare(builder)
+      tfds_cache.prepare_cache(builder, 'mini-ImageNet', MiniImageNetError)
     return builder
   candidates = [
     probe,
@@ -165,47 +147,29 @@ def _prepared_builder(
   )
 
 
-def _prepare(builder) -> None:
-  """Prepares the cache (`registry.prepare_cache`: one `MiniImageNetError` for a
-  data dir that cannot be written or that vanishes meanwhile)."""
-  prepare_cache(builder, 'mini-ImageNet', MiniImageNetError)
-
-
 def _read_split(builder, split: str) -> ClassImages:
   """Reads one split of the cache into `[classes, 600, S, S, 3]`, checked."""
   classes = miniimagenet_tfds.read_split_list(split)
   size = builder.builder_config.image_size
-  source = builder.as_data_source()[split]
   per_class = {len(indices) for indices in classes.values()}
   fix = (
     f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
     'from the source.'
   )
-  if len(per_class) != 1 or len(source) != len(classes):
+  if len(per_class) != 1:
     raise MiniImageNetError(
-      f'The prepared mini-ImageNet cache in {builder.data_dir} has '
-      f'{len(source)} {split} classes, the split list {len(classes)} (with '
-      f'{sorted(per_class)} images each). {fix}'
+      f'The {split} split list has classes of {sorted(per_class)} images; '
+      'mini-ImageNet has the same number in every class. Fix: restore '
+      'jaxmeta/data/splits/miniimagenet.'
     )
   class_index = {wnid: i for i, wnid in enumerate(classes)}
-  images = np.empty((len(classes), per_class.pop(), size, size, 3), np.uint8)
-  filled = np.zeros(len(classes), bool)
-  for record in range(len(source)):  # One class at a time: no second copy.
-    record = source[record]
-    wnid = record['wnid']
-    wnid = wnid.decode() if isinstance(wnid, bytes) else str(wnid)
-    i = class_index.get(wnid)
-    if i is None or record['images'].shape != images.shape[1:]:
-      raise MiniImageNetError(
-        f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
-        f'{wnid} with images {record["images"].shape}; the {split} split '
-        f'list wants {images.shape[1:]} per class of its classes. {fix}'
-      )
-    images[i] = record['images']
-    filled[i] = True
-  if not filled.all():
-    raise MiniImageNetError(
-      f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
-      f'{list(classes)[int(np.argmin(filled))]}. {fix}'
-    )
+  images = tfds_cache.read_class_records(
+    builder,
+    split,
+    (len(classes), per_class.pop(), size, size, 3),
+    lambda record: class_index.get(tfds_cache.decode_text(record['wnid'])),
+    'mini-ImageNet',
+    MiniImageNetError,
+    fix,
+  )
   return ClassImages(images=images, class_names=tuple(classes))

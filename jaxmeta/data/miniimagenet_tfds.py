@@ -32,13 +32,9 @@ the same way and resized only if they are not SxS. Both were made by other
 code, so their pixels differ slightly from ours: each source family ('ilsvrc'
 for folder and tar, 'images', 'pickles') is its own builder config.
 
-The cache holds one record per class (its images `[600, S, S, 3]` as raw
-bytes, `Encoding.BYTES`): the loader always reads whole classes, and TFDS
-decodes records one by one in Python, so 100 large records read far faster
-than 60,000 small ones.
-
-Everything runs without TensorFlow: `tfds.features.Tensor(uint8)` images,
-array_record files, read back with `builder.as_data_source()`.
+The cache holds one record per class, its images `[600, S, S, 3]` (see
+`tfds_cache.class_images_feature`); everything runs without TensorFlow (see
+`jaxmeta.data.tfds_cache`).
 """
 
 from __future__ import annotations
@@ -48,20 +44,19 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-import pickle
 import re
 import tarfile
 from typing import Any, NamedTuple
 import zlib
 
-from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxmeta.data import registry
+from jaxmeta.data import tfds_cache
+from jaxmeta.data.registry import SPLITS
 
-SPLITS = ('train', 'val', 'test')
 SPLITS_DIR = (
   Path(__file__).resolve().parent / 'splits' / 'miniimagenet' / 'ravi'
 )
@@ -87,17 +82,6 @@ HOW_TO_GET = (
   f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
   '(<data_dir>/downloads/manual).'
 )
-
-MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-Put one of these in the TFDS manual dir (default <data_dir>/downloads/manual/),
-or pass `source_dir=` to the builder / loader, or set ${SOURCE_ENV}:
-(a) the ILSVRC-2012 training images, extracted: nXXXXXXXX/nXXXXXXXX_<k>.JPEG;
-(b) {TAR_NAME} (from {IMAGENET_URL}, after accepting ImageNet's terms);
-(c) mini-ImageNet images named as in the split CSVs (nXXXXXXXX000000NN.jpg),
-    in images/ or in train/<wnid>/, val/<wnid>/, test/<wnid>/;
-(d) mini-imagenet-cache-train.pkl, mini-imagenet-cache-val.pkl and
-    mini-imagenet-cache-test.pkl.
-"""
 
 
 class MiniImageNetError(registry.DataError):
@@ -324,7 +308,7 @@ def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
             and (k := _jpeg_k(Path(m.name).name, wnid)) is not None
           }
         selected[wnid] = _ilsvrc_index(ks, wnid, indices, f'{path}:{wnid}.tar')
-  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+  except tfds_cache.ARCHIVE_ERRORS as e:
     raise _tar_error(path, e) from e
   return selected
 
@@ -338,23 +322,10 @@ def read_pickle(
     (image_data uint8 `[N, 84, 84, 3]`, wnid -> its rows of image_data in
     class_dict order).
   """
-  try:
-    with open(path, 'rb') as f:
-      content = pickle.load(f, encoding='latin1')
-  except Exception as e:
-    raise MiniImageNetError(
-      f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
-      f'Fix: replace it by an intact copy. {HOW_TO_GET}'
-    ) from e
-  if isinstance(content, dict):
-    content = {
-      k.decode() if isinstance(k, bytes) else k: v for k, v in content.items()
-    }
-  if (
-    not isinstance(content, dict)
-    or 'image_data' not in content
-    or 'class_dict' not in content
-  ):
+  content = tfds_cache.unpickle(
+    path.read_bytes(), str(path), 'mini-ImageNet', MiniImageNetError, HOW_TO_GET
+  )
+  if 'image_data' not in content or 'class_dict' not in content:
     raise MiniImageNetError(
       f'{path} should hold a dict with keys image_data and class_dict. '
       f'{HOW_TO_GET}'
@@ -372,8 +343,7 @@ def read_pickle(
       f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}'
     )
   class_dict = {
-    k.decode() if isinstance(k, bytes) else k: v
-    for k, v in dict(content['class_dict']).items()
+    tfds_cache.decode_text(k): v for k, v in dict(content['class_dict']).items()
   }
   if set(class_dict) != set(classes):
     extra = sorted(set(class_dict) - set(classes))[:5]
@@ -424,15 +394,13 @@ def config_source(kind: str) -> str:
   return {'folder': 'ilsvrc', 'tar': 'ilsvrc'}.get(kind, kind)
 
 
-class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
+class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
   name = (
     'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
   )
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   BUILDER_CONFIGS = [
     MiniImageNetConfig(
       name='ilsvrc84',
@@ -454,24 +422,15 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
-  code_path = epath.Path(__file__)
 
-  def __init__(
-    self,
-    *,
-    source_dir: os.PathLike | str | None = None,
-    splits_dir: os.PathLike | str | None = None,
-    **kwargs,
-  ):
+  def __init__(self, *, splits_dir: os.PathLike | str | None = None, **kwargs):
     """Builder reading a folder, the train tar or the pickles.
 
     Args:
-      source_dir: folder holding the source (see `locate`), or the tar itself;
-        default: TFDS's manual dir.
       splits_dir: folder of the split CSVs; default the shipped Ravi lists.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
+      **kwargs: `source_dir=`, the folder holding the source (see `locate`)
+        or the tar itself, and `tfds.core.DatasetBuilder` arguments.
     """
-    self._source_dir = None if source_dir is None else Path(source_dir)
     self._splits_dir = None if splits_dir is None else Path(splits_dir)
     super().__init__(**kwargs)
 
@@ -487,11 +446,7 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
       features=tfds.features.FeaturesDict(
         {
           # One record per class: its images in split-list order.
-          'images': tfds.features.Tensor(
-            shape=(None, size, size, 3),
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
+          'images': tfds_cache.class_images_feature((size, size, 3)),
           'wnid': tfds.features.Text(),
           # Per image: the split list's 1-based ILSVRC index (ILSVRC
           # sources) or the row of the pickle's image_data (pickles).
@@ -507,12 +462,7 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    folder = self._source_dir
-    if folder is None:
-      try:
-        folder = Path(os.fspath(dl_manager.manual_dir))
-      except AssertionError as e:  # TFDS's way to say: missing or empty.
-        raise MiniImageNetError(f'{e} {HOW_TO_GET}') from e
+    folder = self.source_folder(dl_manager, MiniImageNetError)
     source = locate(folder)
     if source is None:
       raise MiniImageNetError(

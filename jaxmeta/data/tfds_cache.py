@@ -1,0 +1,291 @@
+"""The TFDS caches behind the image datasets: where, how prepared, how read.
+
+Every image dataset is prepared once, from its source files, by a
+TensorFlow-free tensorflow-datasets builder into a TFDS data dir; later loads
+read that cache. Images are `tfds.features.Tensor(uint8)` (not
+`tfds.features.Image`, which imports TensorFlow), strings
+`tfds.features.Text`, the file format is array_record and records are read
+back with `builder.as_data_source()`.
+
+Where the cache goes: `data_dir`, else `$JAXMETA_DATA_DIR`, else TFDS's
+default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets). Where a source is looked
+for while no cache is prepared: `source_dir`, else the dataset's environment
+variable, else TFDS's manual dir (`<data_dir>/downloads/manual`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+import pickle
+import tarfile
+from typing import Any, Mapping
+import zipfile
+import zlib
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxmeta.data.registry import DataError
+from jaxmeta.data.registry import SPLITS
+
+DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+# What reading a truncated or corrupted tar or zip raises.
+ARCHIVE_ERRORS = (
+  tarfile.TarError,
+  zipfile.BadZipFile,
+  zipfile.LargeZipFile,
+  zlib.error,
+  EOFError,
+  OSError,
+)
+_NO_SPACE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+_WRITABLE_FIX = (
+  f'Fix: pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a '
+  'writable folder.'
+)
+
+
+def data_dir_or_default(data_dir: os.PathLike | str | None) -> str | None:
+  """`data_dir`, else `$JAXMETA_DATA_DIR`, else None (TFDS's default)."""
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  return None if data_dir is None else str(data_dir)
+
+
+def check_split(split: str, error: type[DataError]) -> None:
+  """Raises `error` unless `split` is one of `SPLITS`."""
+  if split not in SPLITS:
+    raise error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+
+
+def decode_text(value: bytes | str) -> str:
+  """A TFDS text feature as read back (bytes) or as written (str)."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def manual_dir(builder: tfds.core.DatasetBuilder) -> Path:
+  """TFDS's manual download folder of `builder`'s data dir."""
+  return Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
+
+
+def source_folder(
+  source_dir: os.PathLike | str | None, env: str, manual: Path
+) -> tuple[Path, str]:
+  """Where to look for a source, and how it was chosen (for messages).
+
+  Args:
+    source_dir: the folder the caller named, or None.
+    env: the dataset's environment variable naming a folder.
+    manual: TFDS's manual dir (`manual_dir`).
+  """
+  if source_dir is not None:
+    return Path(source_dir), 'source_dir'
+  if os.environ.get(env):
+    return Path(os.environ[env]), f'${env}'
+  return manual, 'the TFDS manual dir'
+
+
+def _existing_parent(root: Path) -> Path:
+  while not root.exists() and root.parent != root:
+    root = root.parent
+  return root
+
+
+def check_data_dir(
+  root: os.PathLike | str, what: str, error: type[DataError]
+) -> None:
+  """Refuses a data dir that cannot be a folder or cannot be written.
+
+  Args:
+    root: the data dir (it need not exist yet).
+    what: the cache's name in messages, e.g. 'mini-ImageNet'.
+    error: the dataset's `DataError` subclass.
+  """
+  root = Path(root)
+  existing = _existing_parent(root)
+  if not existing.is_dir():
+    raise error(
+      f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
+      f'pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a folder, '
+      'or remove that file.'
+    )
+  if not os.access(existing, os.W_OK):
+    raise error(
+      f'Cannot write the {what} cache into the data dir {root}: {existing} '
+      f'is read-only. {_WRITABLE_FIX}'
+    )
+
+
+def prepare_cache(
+  builder: tfds.core.DatasetBuilder, what: str, error: type[DataError]
+) -> None:
+  """Prepares a builder's cache; a data dir that cannot be written, or that
+  is removed meanwhile, is one `error` naming the fix.
+
+  Args:
+    builder: a `tfds.core.DatasetBuilder`.
+    what: the cache's name in messages, e.g. 'mini-ImageNet'.
+    error: the dataset's `DataError` subclass.
+  """
+  root = Path(os.fspath(builder.data_dir_root))
+  check_data_dir(root, what, error)
+  try:
+    builder.download_and_prepare()
+  except DataError:
+    raise
+  except Exception as e:
+    # TFDS reports a folder removed under it with its own error types.
+    if not root.is_dir():
+      raise error(
+        f'The data dir {root} was removed while the {what} cache was being '
+        f'prepared in it ({type(e).__name__}). Fix: leave it in place and '
+        'load again: the cache is prepared afresh.'
+      ) from e
+    if isinstance(e, PermissionError) or (
+      isinstance(e, OSError) and e.errno in _NO_SPACE
+    ):
+      raise error(
+        f'Cannot write the {what} cache into the data dir {root}: {e}. '
+        f'{_WRITABLE_FIX}'
+      ) from e
+    raise
+
+
+def unpickle(
+  data: bytes, where: str, what: str, error: type[DataError], how_to_get: str
+) -> Mapping[str, Any]:
+  """A pickled dict, written by Python 2 or 3, with str keys.
+
+  `encoding='latin1'` is what NumPy needs for Python 2 arrays.
+
+  Args:
+    data: the pickle's bytes.
+    where: the file, for messages.
+    what: the kind of pickle, for messages, e.g. 'CIFAR-100'.
+    error: the dataset's `DataError` subclass.
+    how_to_get: appended to every message: what to bring, where to put it.
+  """
+  try:
+    content = pickle.loads(data, encoding='latin1')
+  except Exception as e:
+    # Truncated or corrupted pickles raise EOFError, UnpicklingError,
+    # ValueError, ... depending on where they break.
+    raise error(
+      f'{where} is not a readable pickle (truncated or corrupted?): '
+      f'{e!r}. Fix: replace it by an intact copy. {how_to_get}'
+    ) from e
+  if not isinstance(content, dict):
+    raise error(
+      f'{where} holds a {type(content).__name__}, not the dict of a {what} '
+      f'pickle. {how_to_get}'
+    )
+  return {
+    k.decode('latin1') if isinstance(k, bytes) else k: v
+    for k, v in content.items()
+  }
+
+
+def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
+  """A record's images `[n, *image_shape]` uint8, stored as raw bytes.
+
+  A record per class rather than per image: the loaders always read whole
+  classes, and TFDS decodes records one by one in Python, so 100 large records
+  read far faster than 60,000 small ones (benchmarks/README.md). Raw bytes
+  (`Encoding.BYTES`), not TFDS's default int64 list, which is several times
+  slower to write and read.
+  """
+  return tfds.features.Tensor(
+    shape=(None,) + tuple(image_shape),
+    dtype=np.uint8,
+    encoding=tfds.features.Encoding.BYTES,
+  )
+
+
+class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder that reads its source from a folder given to it.
+
+  `source_dir=` names that folder; without it, TFDS's manual dir.
+  """
+
+  # Bump when the preprocessing or the features change: caches are per
+  # version.
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
+  # `code_path` needs the `importlib_resources` backport for builders outside
+  # tensorflow_datasets; this folder is the answer anyway.
+  code_path = epath.Path(__file__)
+
+  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
+    """Builder reading the source in `source_dir`.
+
+    Args:
+      source_dir: folder holding the source; default: see `source_folder`.
+      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
+    """
+    self._source_dir = None if source_dir is None else Path(source_dir)
+    super().__init__(**kwargs)
+
+  def source_folder(
+    self, dl_manager: tfds.download.DownloadManager, error: type[DataError]
+  ) -> Path:
+    """`source_dir`, else TFDS's manual dir; `error` if there is neither.
+
+    The message quotes `MANUAL_DOWNLOAD_INSTRUCTIONS`, the dataset's
+    `HOW_TO_GET`.
+    """
+    if self._source_dir is not None:
+      return self._source_dir
+    try:
+      return Path(os.fspath(dl_manager.manual_dir))
+    except AssertionError as e:  # TFDS's way to say: missing or empty.
+      raise error(' '.join(str(e).split('\n'))) from e
+
+
+def read_class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  shape: tuple[int, ...],
+  slot: Any,
+  what: str,
+  error: type[DataError],
+  fix: str,
+) -> np.ndarray:
+  """Reads a split of one record per class into one uint8 array.
+
+  Args:
+    builder: a prepared builder whose records hold `images`.
+    split: the TFDS split.
+    shape: `[classes, examples, H, W, C]` of the result.
+    slot: record -> its class's index in the result, or None if the record is
+      not a class of it.
+    what: the cache's name in messages, e.g. 'CIFAR-100'.
+    error: the dataset's `DataError` subclass.
+    fix: the end of every message: how to rebuild the cache.
+
+  Returns:
+    uint8 `shape`, each class filled exactly once.
+  """
+  source = builder.as_data_source()[split]
+  where = f'The prepared {what} cache in {builder.data_dir}'
+  if len(source) != shape[0]:
+    raise error(
+      f'{where} has {len(source)} classes in its {split} split, not '
+      f'{shape[0]}. {fix}'
+    )
+  images = np.empty(shape, np.uint8)
+  filled = np.zeros(shape[0], bool)
+  for i in range(len(source)):  # One class at a time: no second copy.
+    record = source[i]
+    index = slot(record)
+    if index is None or record['images'].shape != shape[1:] or filled[index]:
+      raise error(
+        f'{where} holds a class with images {record["images"].shape} that '
+        f'is not one of the {split} split, of images {shape[1:]}. {fix}'
+      )
+    images[index] = record['images']
+    filled[index] = True
+  return images
