@@ -3,10 +3,7 @@
 Users call `jaxmeta.data.omniglot.load`; this module holds what it needs to
 prepare the TFDS cache from the official zips.
 
-Everything here runs without TensorFlow: images are stored as
-`tfds.features.Tensor(uint8)` (not `tfds.features.Image`, which imports TF),
-strings as `tfds.features.Text`, the file format is `array_record` and data is
-read back with `builder.as_data_source()`.
+Everything here runs without TensorFlow (see `jaxmeta.data.tfds_cache`).
 
 Preprocessing, done once at preparation time (per builder config = image size):
 
@@ -36,12 +33,12 @@ import urllib.parse
 import zipfile
 import zlib
 
-from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxmeta.data import registry
+from jaxmeta.data import tfds_cache
 
 # The project's shipped copy of the Omniglot source files (see its README.md):
 # `data/omniglot` of a checkout; None where that folder does not exist (an
@@ -186,13 +183,7 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
     with zipfile.ZipFile(path) as archive:
       bad_member = archive.testzip()  # Reads every member, checks its CRC.
       names = archive.namelist()
-  except (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-  ) as e:
+  except tfds_cache.ARCHIVE_ERRORS as e:
     raise OmniglotError(
       f'{path} is not a readable zip file (truncated or corrupted?): {e}. {fix}'
     ) from e
@@ -341,12 +332,17 @@ def config_for_size(image_size: int) -> OmniglotConfig:
   )
 
 
-class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
-  """Omniglot, preprocessed for few-shot learning, without TensorFlow."""
+class JaxmetaOmniglot(tfds_cache.SourceBuilder):
+  """Omniglot, preprocessed for few-shot learning, without TensorFlow.
 
-  # Bump when the preprocessing or the features change: caches are per version.
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  `source_dir=`: the folder holding images_background.zip and
+  images_evaluation.zip, looked at first; then the folders of `source_dirs`
+  (`$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot`,
+  `<data_dir>/downloads/manual`). If none holds the zips, they are downloaded
+  from the official URLs (checked against the sha256 in `checksums.tsv`),
+  after a quick check that the download host can be reached.
+  """
+
   BUILDER_CONFIGS = [
     OmniglotConfig(
       name='size28',
@@ -358,26 +354,6 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'size28'
-  # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
-  # `code_path` needs the `importlib_resources` backport for builders outside
-  # tensorflow_datasets; this file is the answer anyway.
-  code_path = epath.Path(__file__)
-
-  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading the official zips.
-
-    Args:
-      source_dir: folder holding images_background.zip and
-        images_evaluation.zip, looked at first; then the folders of
-        `source_dirs` (`$JAXMETA_OMNIGLOT_DIR`, the checkout's
-        `data/omniglot`, `<data_dir>/downloads/manual`). If none holds the
-        zips, they are downloaded from the official URLs (checked against the
-        sha256 in `checksums.tsv`), after a quick check that the download host
-        can be reached.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
-    """
-    self._source_dir = None if source_dir is None else Path(source_dir)
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size

@@ -88,35 +88,26 @@ def source_folder(
   return manual, 'the TFDS manual dir'
 
 
-def _existing_parent(root: Path) -> Path:
-  while not root.exists() and root.parent != root:
-    root = root.parent
-  return root
-
-
-def check_data_dir(
-  root: os.PathLike | str, what: str, error: type[DataError]
-) -> None:
-  """Refuses a data dir that cannot be a folder or cannot be written.
+def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
+  """Refuses a data dir that cannot be a folder (it or a parent is a file).
 
   Args:
     root: the data dir (it need not exist yet).
-    what: the cache's name in messages, e.g. 'mini-ImageNet'.
     error: the dataset's `DataError` subclass.
+
+  Returns:
+    The nearest of `root` and its parents that exists.
   """
-  root = Path(root)
-  existing = _existing_parent(root)
+  existing = Path(root)
+  while not existing.exists() and existing.parent != existing:
+    existing = existing.parent
   if not existing.is_dir():
     raise error(
       f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
       f'pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a folder, '
       'or remove that file.'
     )
-  if not os.access(existing, os.W_OK):
-    raise error(
-      f'Cannot write the {what} cache into the data dir {root}: {existing} '
-      f'is read-only. {_WRITABLE_FIX}'
-    )
+  return existing
 
 
 def prepare_cache(
@@ -131,7 +122,12 @@ def prepare_cache(
     error: the dataset's `DataError` subclass.
   """
   root = Path(os.fspath(builder.data_dir_root))
-  check_data_dir(root, what, error)
+  existing = check_data_dir(root, error)
+  if not os.access(existing, os.W_OK):
+    raise error(
+      f'Cannot write the {what} cache into the data dir {root}: {existing} '
+      f'is read-only. {_WRITABLE_FIX}'
+    )
   try:
     builder.download_and_prepare()
   except DataError:
