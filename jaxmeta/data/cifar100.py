@@ -178,9 +178,7 @@ def _read_cache(
     data_dir=data_dir, file_format='array_record'
   )
   if not builder.is_prepared():
-    folder, how = tfds_cache.source_folder(
-      source_dir, SOURCE_ENV, tfds_cache.manual_dir(builder)
-    )
+    folder, how = tfds_cache.source_folder(source_dir, SOURCE_ENV, builder)
     if cifar100_tfds.locate(folder) is None:
       raise Cifar100Error(
         f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
@@ -190,7 +188,7 @@ def _read_cache(
     builder = cifar100_tfds.JaxmetaCifar100(
       data_dir=data_dir, file_format='array_record', source_dir=folder
     )
-    tfds_cache.prepare_cache(builder, 'CIFAR-100', Cifar100Error)
+    tfds_cache.prepare_cache(builder, Cifar100Error)
   names = []
 
   def slot(record) -> int:
@@ -207,9 +205,7 @@ def _read_cache(
     (cifar100_tfds.NUM_FINE, cifar100_tfds.EXAMPLES_PER_CLASS)
     + cifar100_tfds.IMAGE_SHAPE,
     slot,
-    'CIFAR-100',
     Cifar100Error,
-    f'Fix: delete {builder.data_dir} and load again to rebuild the cache.',
   )
   # Records are in TFDS's order; sort by fine name, CIFAR's label order.
   order = sorted(range(len(names)), key=lambda i: names[i].split('/')[1])

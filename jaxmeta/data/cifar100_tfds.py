@@ -56,6 +56,8 @@ class Cifar100Error(registry.DataError):
   The message always names the problem and how to fix it.
   """
 
+  dataset = 'CIFAR-100'
+
 
 class Cifar100Arrays(NamedTuple):
   """The content of one CIFAR-100 pickle (`train` or `test`), checked."""
@@ -89,9 +91,7 @@ def locate(folder: os.PathLike | str) -> Path | None:
 
 
 def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
-  return tfds_cache.unpickle(
-    data, where, 'CIFAR-100', Cifar100Error, HOW_TO_GET
-  )
+  return tfds_cache.unpickle(data, where, Cifar100Error, HOW_TO_GET)
 
 
 def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:

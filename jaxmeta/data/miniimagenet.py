@@ -108,9 +108,7 @@ def _prepared_builder(
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
-  folder, how = tfds_cache.source_folder(
-    source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
-  )
+  folder, how = tfds_cache.source_folder(source_dir, SOURCE_ENV, probe)
   source = miniimagenet_tfds.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)
@@ -127,7 +125,7 @@ def _prepared_builder(
     config = miniimagenet_tfds.config_for(config_source, image_size)
     builder = _builder(data_dir, config, source_dir=source.path)
     if not builder.is_prepared():
-      tfds_cache.prepare_cache(builder, 'mini-ImageNet', MiniImageNetError)
+      tfds_cache.prepare_cache(builder, MiniImageNetError)
     return builder
   candidates = [
     probe,
@@ -152,10 +150,6 @@ def _read_split(builder, split: str) -> ClassImages:
   classes = miniimagenet_tfds.read_split_list(split)
   size = builder.builder_config.image_size
   per_class = {len(indices) for indices in classes.values()}
-  fix = (
-    f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
-    'from the source.'
-  )
   if len(per_class) != 1:
     raise MiniImageNetError(
       f'The {split} split list has classes of {sorted(per_class)} images; '
@@ -168,8 +162,6 @@ def _read_split(builder, split: str) -> ClassImages:
     split,
     (len(classes), per_class.pop(), size, size, 3),
     lambda record: class_index.get(tfds_cache.decode_text(record['wnid'])),
-    'mini-ImageNet',
     MiniImageNetError,
-    fix,
   )
   return ClassImages(images=images, class_names=tuple(classes))

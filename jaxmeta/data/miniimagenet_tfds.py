@@ -22,15 +22,11 @@ The split lists are Ravi & Larochelle's CSVs, shipped in
 index 5 in ascending numeric order of `k` among that class's ILSVRC files
 `n01532829_<k>.JPEG` (not `k = 5`).
 
-ILSVRC preprocessing (folder and tar, one builder config per image size):
-decode the JPEG with PIL, convert to RGB (a few ILSVRC images are grayscale or
-CMYK), resize the whole image (no crop; the aspect ratio is not kept) to SxS
-with `Image.Resampling.LANCZOS` (PIL's antialiased resize, formerly
-`Image.ANTIALIAS`, as in MAML's `proc_images.py`), uint8 `[S, S, 3]`. The
-pickles' images are used unchanged (84x84). Ready-made image files are decoded
-the same way and resized only if they are not SxS. Both were made by other
-code, so their pixels differ slightly from ours: each source family ('ilsvrc'
-for folder and tar, 'images', 'pickles') is its own builder config.
+Images (`preprocess`; one builder config per image size) are resized whole to
+SxS with PIL's LANCZOS, as MAML's `proc_images.py`; the pickles' are used
+unchanged (84x84). Ready-made images and pickles were made by other code, so
+their pixels differ slightly from ours: each source family ('ilsvrc' for
+folder and tar, 'images', 'pickles') is its own builder config.
 
 The cache holds one record per class, its images `[600, S, S, 3]` (see
 `tfds_cache.class_images_feature`); everything runs without TensorFlow (see
@@ -89,6 +85,8 @@ class MiniImageNetError(registry.DataError):
 
   The message always names the problem and how to fix it.
   """
+
+  dataset = 'mini-ImageNet'
 
 
 class Source(NamedTuple):
@@ -199,7 +197,9 @@ def _class_folders_kind(folder: Path) -> str | None:
 def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
   """Decodes one JPEG to RGB, resizes it whole with LANCZOS to SxS.
 
-  An image already SxS is not resampled.
+  RGB: a few ILSVRC images are grayscale or CMYK. Whole: no crop, the aspect
+  ratio is not kept. LANCZOS is PIL's antialiased resize (formerly
+  `Image.ANTIALIAS`). An image already SxS is not resampled.
 
   Returns:
     uint8 `[S, S, 3]`.
@@ -323,7 +323,7 @@ def read_pickle(
     class_dict order).
   """
   content = tfds_cache.unpickle(
-    path.read_bytes(), str(path), 'mini-ImageNet', MiniImageNetError, HOW_TO_GET
+    path.read_bytes(), str(path), MiniImageNetError, HOW_TO_GET
   )
   if 'image_data' not in content or 'class_dict' not in content:
     raise MiniImageNetError(
@@ -403,23 +403,13 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   BUILDER_CONFIGS = [
     MiniImageNetConfig(
-      name='ilsvrc84',
-      source='ilsvrc',
-      image_size=84,
-      description='ILSVRC-2012 images resized to 84x84 (LANCZOS).',
-    ),
-    MiniImageNetConfig(
-      name='images84',
-      source='images',
-      image_size=84,
-      description='Ready-made mini-ImageNet image files, 84x84.',
-    ),
-    MiniImageNetConfig(
-      name='pickles84',
-      source='pickles',
-      image_size=84,
-      description='The mini-imagenet-cache pickles, 84x84, unchanged.',
-    ),
+      name=f'{source}84', source=source, image_size=84, description=description
+    )
+    for source, description in (
+      ('ilsvrc', 'ILSVRC-2012 images resized to 84x84 (LANCZOS).'),
+      ('images', 'Ready-made mini-ImageNet image files, 84x84.'),
+      ('pickles', 'The mini-imagenet-cache pickles, 84x84, unchanged.'),
+    )
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
 
@@ -485,17 +475,13 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
         'images.'
       )
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
-    # Check every class of every split before writing anything.
-    if source.kind == 'folder':
-      selected = {s: scan_folder(source.path, lists[s]) for s in SPLITS}
-    elif source.kind == 'tar':
-      selected = {s: scan_tar(source.path, lists[s]) for s in SPLITS}
-    elif source.kind == 'images':
-      selected = {s: scan_images(source.path, s, lists[s]) for s in SPLITS}
-    else:
-      selected = {
-        s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]) for s in SPLITS
-      }
+    scan = {
+      'folder': lambda s: scan_folder(source.path, lists[s]),
+      'tar': lambda s: scan_tar(source.path, lists[s]),
+      'images': lambda s: scan_images(source.path, s, lists[s]),
+      'pickles': lambda s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]),
+    }[source.kind]
+    selected = {s: scan(s) for s in SPLITS}  # Check all before writing.
     return {
       s: self._generate_examples(source, lists[s], selected[s]) for s in SPLITS
     }
@@ -503,16 +489,23 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   def _generate_examples(
     self, source: Source, classes: dict[str, list[int]], selected
   ):
-    generate = {
-      'folder': self._generate_from_folder,
-      'tar': self._generate_from_tar,
-      'images': self._generate_from_folder,
-      'pickles': self._generate_from_pickles,
-    }[source.kind]
-    return generate(source.path, classes, selected)
+    """One record per class: its images in split-list order."""
+    if source.kind == 'pickles':
+      data, rows = selected
+      for wnid in classes:
+        yield self._example(wnid, data[rows[wnid]], rows[wnid])
+    elif source.kind != 'tar':  # Files: 'folder' or 'images'.
+      for wnid, indices in classes.items():
+        images = [
+          self._decode(path.read_bytes(), wnid, str(path))
+          for path in selected[wnid]
+        ]
+        yield self._example(wnid, images, indices)
+    else:
+      yield from self._generate_from_tar(source.path, classes, selected)
 
   def _example(
-    self, wnid: str, images: list[np.ndarray], source_indices
+    self, wnid: str, images, source_indices
   ) -> tuple[str, dict[str, Any]]:
     return wnid, {
       'images': np.stack(images),
@@ -534,18 +527,6 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
         'the intact ILSVRC-2012 file.'
       ) from e
 
-  def _generate_from_folder(self, root, classes, selected):
-    del root
-    for wnid, indices in classes.items():
-      yield self._example(
-        wnid,
-        [
-          self._decode(path.read_bytes(), wnid, str(path))
-          for path in selected[wnid]
-        ],
-        indices,
-      )
-
   def _generate_from_tar(self, path, classes, selected):
     try:
       with tarfile.open(path, 'r:*') as outer:
@@ -566,9 +547,3 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
           yield self._example(wnid, images, indices)
     except (tarfile.TarError, EOFError, zlib.error) as e:
       raise _tar_error(path, e) from e
-
-  def _generate_from_pickles(self, root, classes, selected):
-    del root
-    data, rows = selected
-    for wnid in classes:
-      yield self._example(wnid, list(data[rows[wnid]]), rows[wnid])

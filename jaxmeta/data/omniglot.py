@@ -364,7 +364,7 @@ def _load_characters(
   except Exception as e:
     raise corrupted(e) from e
   if not prepared:
-    tfds_cache.prepare_cache(builder, 'Omniglot', OmniglotError)
+    tfds_cache.prepare_cache(builder, OmniglotError)
   by_source = {}
   for source in omniglot_tfds.SOURCES:
     try:

@@ -86,6 +86,8 @@ class OmniglotError(registry.DataError):
   The message always names the problem and how to fix it.
   """
 
+  dataset = 'Omniglot'
+
 
 class Drawing(NamedTuple):
   """Where one drawing lives in a zip, and what it is."""

@@ -22,8 +22,10 @@ class DataError(ValueError):
   """Missing, malformed or unusable data; the message names the fix.
 
   Every dataset's own error type derives from it, so that a program can
-  report any of them as one line.
+  report any of them as one line; its `dataset` names the data in messages.
   """
+
+  dataset = 'the data'
 
 
 class ClassImages(NamedTuple):

@@ -3,9 +3,9 @@
 Every image dataset is prepared once, from its source files, by a
 TensorFlow-free tensorflow-datasets builder into a TFDS data dir; later loads
 read that cache. Images are `tfds.features.Tensor(uint8)` (not
-`tfds.features.Image`, which imports TensorFlow), strings
-`tfds.features.Text`, the file format is array_record and records are read
-back with `builder.as_data_source()`.
+`tfds.features.Image`, which imports TensorFlow), the file format is
+array_record and records are read back with `builder.as_data_source()`.
+Errors are the dataset's `DataError` subclass, whose `dataset` names it.
 
 Where the cache goes: `data_dir`, else `$JAXMETA_DATA_DIR`, else TFDS's
 default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets). Where a source is looked
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 import pickle
 import tarfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 import zipfile
 import zlib
 
@@ -66,38 +66,24 @@ def decode_text(value: bytes | str) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def manual_dir(builder: tfds.core.DatasetBuilder) -> Path:
-  """TFDS's manual download folder of `builder`'s data dir."""
-  return Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
-
-
 def source_folder(
-  source_dir: os.PathLike | str | None, env: str, manual: Path
+  source_dir: os.PathLike | str | None,
+  env: str,
+  builder: tfds.core.DatasetBuilder,
 ) -> tuple[Path, str]:
-  """Where to look for a source, and how it was chosen (for messages).
-
-  Args:
-    source_dir: the folder the caller named, or None.
-    env: the dataset's environment variable naming a folder.
-    manual: TFDS's manual dir (`manual_dir`).
-  """
+  """Where to look for a source, and how it was chosen (for messages):
+  `source_dir`, else `$env`, else the manual dir of `builder`'s data dir."""
   if source_dir is not None:
     return Path(source_dir), 'source_dir'
   if os.environ.get(env):
     return Path(os.environ[env]), f'${env}'
+  manual = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
   return manual, 'the TFDS manual dir'
 
 
 def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
-  """Refuses a data dir that cannot be a folder (it or a parent is a file).
-
-  Args:
-    root: the data dir (it need not exist yet).
-    error: the dataset's `DataError` subclass.
-
-  Returns:
-    The nearest of `root` and its parents that exists.
-  """
+  """Refuses a data dir that cannot be a folder (it or a parent is a file);
+  returns the nearest of `root` and its parents that exists."""
   existing = Path(root)
   while not existing.exists() and existing.parent != existing:
     existing = existing.parent
@@ -111,16 +97,11 @@ def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
 
 
 def prepare_cache(
-  builder: tfds.core.DatasetBuilder, what: str, error: type[DataError]
+  builder: tfds.core.DatasetBuilder, error: type[DataError]
 ) -> None:
   """Prepares a builder's cache; a data dir that cannot be written, or that
-  is removed meanwhile, is one `error` naming the fix.
-
-  Args:
-    builder: a `tfds.core.DatasetBuilder`.
-    what: the cache's name in messages, e.g. 'mini-ImageNet'.
-    error: the dataset's `DataError` subclass.
-  """
+  is removed meanwhile, is one `error` naming the fix."""
+  what = error.dataset
   root = Path(os.fspath(builder.data_dir_root))
   existing = check_data_dir(root, error)
   if not os.access(existing, os.W_OK):
@@ -151,19 +132,11 @@ def prepare_cache(
 
 
 def unpickle(
-  data: bytes, where: str, what: str, error: type[DataError], how_to_get: str
+  data: bytes, where: str, error: type[DataError], how_to_get: str
 ) -> Mapping[str, Any]:
-  """A pickled dict, written by Python 2 or 3, with str keys.
-
-  `encoding='latin1'` is what NumPy needs for Python 2 arrays.
-
-  Args:
-    data: the pickle's bytes.
-    where: the file, for messages.
-    what: the kind of pickle, for messages, e.g. 'CIFAR-100'.
-    error: the dataset's `DataError` subclass.
-    how_to_get: appended to every message: what to bring, where to put it.
-  """
+  """A pickled dict (Python 2 or 3) with str keys; `where` names the file and
+  `how_to_get` ends every message. `encoding='latin1'` is what NumPy needs for
+  Python 2 arrays."""
   try:
     content = pickle.loads(data, encoding='latin1')
   except Exception as e:
@@ -175,8 +148,8 @@ def unpickle(
     ) from e
   if not isinstance(content, dict):
     raise error(
-      f'{where} holds a {type(content).__name__}, not the dict of a {what} '
-      f'pickle. {how_to_get}'
+      f'{where} holds a {type(content).__name__}, not the dict of a '
+      f'{error.dataset} pickle. {how_to_get}'
     )
   return {
     k.decode('latin1') if isinstance(k, bytes) else k: v
@@ -216,23 +189,15 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   code_path = epath.Path(__file__)
 
   def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading the source in `source_dir`.
-
-    Args:
-      source_dir: folder holding the source; default: see `source_folder`.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
-    """
+    """`**kwargs`: `tfds.core.DatasetBuilder`'s (data_dir, config, ...)."""
     self._source_dir = None if source_dir is None else Path(source_dir)
     super().__init__(**kwargs)
 
   def source_folder(
     self, dl_manager: tfds.download.DownloadManager, error: type[DataError]
   ) -> Path:
-    """`source_dir`, else TFDS's manual dir; `error` if there is neither.
-
-    The message quotes `MANUAL_DOWNLOAD_INSTRUCTIONS`, the dataset's
-    `HOW_TO_GET`.
-    """
+    """`source_dir`, else TFDS's manual dir; else an `error` quoting
+    `MANUAL_DOWNLOAD_INSTRUCTIONS` (the dataset's `HOW_TO_GET`)."""
     if self._source_dir is not None:
       return self._source_dir
     try:
@@ -245,10 +210,8 @@ def read_class_records(
   builder: tfds.core.DatasetBuilder,
   split: str,
   shape: tuple[int, ...],
-  slot: Any,
-  what: str,
+  slot: Callable[[Mapping[str, Any]], int | None],
   error: type[DataError],
-  fix: str,
 ) -> np.ndarray:
   """Reads a split of one record per class into one uint8 array.
 
@@ -258,15 +221,14 @@ def read_class_records(
     shape: `[classes, examples, H, W, C]` of the result.
     slot: record -> its class's index in the result, or None if the record is
       not a class of it.
-    what: the cache's name in messages, e.g. 'CIFAR-100'.
     error: the dataset's `DataError` subclass.
-    fix: the end of every message: how to rebuild the cache.
 
   Returns:
     uint8 `shape`, each class filled exactly once.
   """
   source = builder.as_data_source()[split]
-  where = f'The prepared {what} cache in {builder.data_dir}'
+  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
   if len(source) != shape[0]:
     raise error(
       f'{where} has {len(source)} classes in its {split} split, not '
