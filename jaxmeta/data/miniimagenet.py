@@ -11,17 +11,11 @@ shipped in `jaxmeta/data/splits/miniimagenet/ravi` (MIT, see the README
 there): 64 / 16 / 20 classes of ILSVRC-2012, 600 images each (38,400 / 9,600 /
 12,000 images).
 
-Images are not shipped and cannot be downloaded (ImageNet's terms). The first
-load prepares a TFDS cache from one of (see `jaxmeta.data.miniimagenet_tfds`):
-the extracted ILSVRC-2012 training images (`nXXXXXXXX/nXXXXXXXX_<k>.JPEG`),
-`ILSVRC2012_img_train.tar`, ready-made mini-ImageNet image files named as in
-the CSVs (`images/n0153282900000005.jpg` or `train/n01532829/...`), or the
-`mini-imagenet-cache-{train,val,test}.pkl` pickles. Images are converted to
-RGB and resized whole to SxS with PIL's LANCZOS filter (ready-made files only
-if they are not SxS already); the pickles' images are used as they are
-(84x84). A CSV row
-`n0153282900000005.jpg` is class n01532829's 5th ILSVRC file in numeric order of
-`k` in `n01532829_<k>.JPEG`.
+Images are not shipped and cannot be downloaded (ImageNet's terms): the first
+load prepares a TFDS cache from a source the user brings (the ILSVRC-2012
+training images, their tar, ready-made image files or the cache pickles; see
+`jaxmeta.data.miniimagenet_sources`), preprocessed as
+`jaxmeta.data.miniimagenet_tfds` says.
 
 The source (`$JAXMETA_MINIIMAGENET_DIR`) and the cache are found as
 `jaxmeta.data.tfds_cache` says. The cache is per source family (ILSVRC,
@@ -38,14 +32,15 @@ decodes 60,000 JPEGs once (minutes, single process).
 
 from __future__ import annotations
 
+from jaxmeta.data import miniimagenet_sources
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import tfds_cache
-from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
+from jaxmeta.data.miniimagenet_sources import MiniImageNetError
 from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import register_dataset
 
 SCHEMES = ('ravi',)
-SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
+SOURCE_ENV = miniimagenet_sources.SOURCE_ENV
 
 
 @register_dataset('miniimagenet')
@@ -109,17 +104,18 @@ def _prepared_builder(
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
   folder, how = tfds_cache.source_folder(source_dir, SOURCE_ENV, probe)
-  source = miniimagenet_tfds.locate(folder)
+  source = miniimagenet_sources.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)
     if (
-      config_source == 'pickles' and image_size != miniimagenet_tfds.PICKLE_SIZE
+      config_source == 'pickles'
+      and image_size != miniimagenet_sources.PICKLE_SIZE
     ):
       raise MiniImageNetError(
         f'{folder} holds the mini-imagenet-cache pickles, which are '
-        f'{miniimagenet_tfds.PICKLE_SIZE}x{miniimagenet_tfds.PICKLE_SIZE}; '
+        f'{miniimagenet_sources.PICKLE_SIZE}x{miniimagenet_sources.PICKLE_SIZE}; '
         f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
-        f'image_size={miniimagenet_tfds.PICKLE_SIZE} or bring the ILSVRC '
+        f'image_size={miniimagenet_sources.PICKLE_SIZE} or bring the ILSVRC '
         'images.'
       )
     config = miniimagenet_tfds.config_for(config_source, image_size)
@@ -131,7 +127,7 @@ def _prepared_builder(
     probe,
     _builder(data_dir, miniimagenet_tfds.config_for('images', image_size)),
   ]
-  if image_size == miniimagenet_tfds.PICKLE_SIZE:
+  if image_size == miniimagenet_sources.PICKLE_SIZE:
     candidates.append(
       _builder(data_dir, miniimagenet_tfds.config_for('pickles', image_size))
     )
@@ -141,7 +137,7 @@ def _prepared_builder(
   raise MiniImageNetError(
     f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
     f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-    f'{miniimagenet_tfds.HOW_TO_GET}'
+    f'{miniimagenet_sources.HOW_TO_GET}'
   )
 
 
