@@ -84,22 +84,10 @@ def load_fc100(
   data_dir: str | None = None,
   source_dir: str | None = None,
 ) -> ClassImages:
-  """Loads one split of FC100 (Oreshkin et al., 2018).
+  """Loads one split of FC100 (Oreshkin et al., 2018), as `load_cifar_fs`.
 
-  Args:
-    split: 'train' (12 superclasses, 60 classes), 'val' (4, 20) or 'test'
-      (4, 20).
-    scheme: 'oreshkin', the only one.
-    data_dir: TFDS data dir of the cache (see the module docstring).
-    source_dir: folder with `cifar-100-python.tar.gz` or `cifar-100-python/`;
-      only read to prepare the cache.
-
-  Returns:
-    `ClassImages`, images uint8 `[classes, 600, 32, 32, 3]`.
-
-  Raises:
-    Cifar100Error (a ValueError): a bad split or scheme, a missing, corrupted
-      or malformed source.
+  Splits: 'train' (12 superclasses, 60 classes), 'val' (4, 20) or 'test'
+  (4, 20); scheme: 'oreshkin', the only one.
   """
   return _load('fc100', split, scheme, data_dir, source_dir)
 

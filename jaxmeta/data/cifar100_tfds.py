@@ -51,10 +51,7 @@ HOW_TO_GET = (
 
 
 class Cifar100Error(registry.DataError):
-  """CIFAR-100 data is missing, corrupted, malformed or asked for wrongly.
-
-  The message always names the problem and how to fix it.
-  """
+  """CIFAR-100 data is missing, corrupted, malformed or asked for wrongly."""
 
   dataset = 'CIFAR-100'
 
@@ -88,10 +85,6 @@ def locate(folder: os.PathLike | str) -> Path | None:
   if (folder / ARCHIVE_NAME).is_file():
     return folder / ARCHIVE_NAME
   return None
-
-
-def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
-  return tfds_cache.unpickle(data, where, Cifar100Error, HOW_TO_GET)
 
 
 def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
@@ -164,14 +157,14 @@ def read_cifar100(
   """
   source = Path(source)
   members = _read_members(source)
-  meta = _unpickle(*members['meta'])
+  meta = tfds_cache.unpickle(*members['meta'], Cifar100Error, HOW_TO_GET)
   fine_names = _names(meta, 'fine_label_names', NUM_FINE, members['meta'][1])
   coarse_names = _names(
     meta, 'coarse_label_names', NUM_COARSE, members['meta'][1]
   )
   arrays = {}
   for name in FILES:
-    content = _unpickle(*members[name])
+    content = tfds_cache.unpickle(*members[name], Cifar100Error, HOW_TO_GET)
     where = members[name][1]
     missing = [
       k for k in ('data', 'fine_labels', 'coarse_labels') if k not in content

@@ -78,15 +78,7 @@ def load(
       f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
       f'{SCHEMES}.'
     )
-  if (
-    isinstance(image_size, bool)
-    or not isinstance(image_size, int)
-    or image_size < 1
-  ):
-    raise MiniImageNetError(
-      f'image_size must be a positive int, got {image_size!r}. Fix: pass '
-      'e.g. 84.'
-    )
+  tfds_cache.check_image_size(image_size, MiniImageNetError, '84')
   data_dir = tfds_cache.data_dir_or_default(data_dir)
   builder = _prepared_builder(data_dir, source_dir, image_size)
   return _read_split(builder, split)

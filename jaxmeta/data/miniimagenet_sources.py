@@ -58,10 +58,7 @@ HOW_TO_GET = (
 
 
 class MiniImageNetError(registry.DataError):
-  """mini-ImageNet data is missing, corrupted, malformed or asked for wrongly.
-
-  The message always names the problem and how to fix it.
-  """
+  """mini-ImageNet data is missing, corrupted, malformed or asked for wrongly."""
 
   dataset = 'mini-ImageNet'
 

@@ -135,16 +135,9 @@ def load(
     raise OmniglotError(
       f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.'
     )
-  if (
-    isinstance(image_size, bool)
-    or not isinstance(image_size, int)
-    or not 1 <= image_size <= omniglot_tfds.ORIGINAL_SIZE
-  ):
-    raise OmniglotError(
-      f'image_size must be an int in 1..{omniglot_tfds.ORIGINAL_SIZE} (the '
-      f'original drawings are 105x105), got {image_size!r}. Fix: pass e.g. '
-      '28 or 84.'
-    )
+  tfds_cache.check_image_size(
+    image_size, OmniglotError, '28 or 84', omniglot_tfds.ORIGINAL_SIZE
+  )
   if rotations not in (None, True, False):
     raise OmniglotError(
       f'rotations must be None, True or False, got {rotations!r}.'

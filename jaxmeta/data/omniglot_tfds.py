@@ -81,10 +81,7 @@ _LAYOUT = (
 
 
 class OmniglotError(registry.DataError):
-  """Omniglot data is missing, corrupted, badly laid out or asked for wrongly.
-
-  The message always names the problem and how to fix it.
-  """
+  """Omniglot data is missing, corrupted, badly laid out or asked for wrongly."""
 
   dataset = 'Omniglot'
 
@@ -473,6 +470,6 @@ def read_all(data_source) -> Mapping[str, np.ndarray]:
   for key in records[0]:
     values = [r[key] for r in records]
     if isinstance(values[0], bytes):
-      values = [v.decode('utf-8') for v in values]
+      values = [tfds_cache.decode_text(v) for v in values]
     columns[key] = np.stack(values) if key == 'image' else np.asarray(values)
   return columns

@@ -19,7 +19,8 @@ SPLITS = ('train', 'val', 'test')
 
 
 class DataError(ValueError):
-  """Missing, malformed or unusable data; the message names the fix.
+  """Missing, malformed or unusable data; the message names the problem and
+  the fix.
 
   Every dataset's own error type derives from it, so that a program can
   report any of them as one line; its `dataset` names the data in messages.

@@ -33,14 +33,8 @@ from jaxmeta.data.registry import SPLITS
 
 DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 # What reading a truncated or corrupted tar or zip raises.
-ARCHIVE_ERRORS = (
-  tarfile.TarError,
-  zipfile.BadZipFile,
-  zipfile.LargeZipFile,
-  zlib.error,
-  EOFError,
-  OSError,
-)
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile)
+ARCHIVE_ERRORS += (zlib.error, EOFError, OSError)
 _NO_SPACE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 _WRITABLE_FIX = (
   f'Fix: pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a '
@@ -59,6 +53,27 @@ def check_split(split: str, error: type[DataError]) -> None:
   """Raises `error` unless `split` is one of `SPLITS`."""
   if split not in SPLITS:
     raise error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+
+
+def check_image_size(
+  image_size: int, error: type[DataError], example: str, largest: int = 0
+) -> None:
+  """Raises `error` unless `image_size` is an int in 1..`largest`, the size of
+  the source images (0: any positive int); the fix proposes `example`."""
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or not 1 <= image_size <= (largest or image_size)
+  ):
+    within = (
+      'a positive int'
+      if not largest
+      else f'an int in 1..{largest} (the originals are {largest}x{largest})'
+    )
+    raise error(
+      f'image_size must be {within}, got {image_size!r}. Fix: pass e.g. '
+      f'{example}.'
+    )
 
 
 def decode_text(value: bytes | str) -> str:
