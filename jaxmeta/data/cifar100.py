@@ -166,7 +166,9 @@ def _read_cache(
     data_dir=data_dir, file_format='array_record'
   )
   if not builder.is_prepared():
-    folder, how = tfds_cache.source_folder(source_dir, SOURCE_ENV, builder)
+    how, folder = tfds_cache.source_folders(
+      source_dir, SOURCE_ENV, tfds_cache.manual_dir(builder)
+    )[0]
     if cifar100_tfds.locate(folder) is None:
       raise Cifar100Error(
         f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '

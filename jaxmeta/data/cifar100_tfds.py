@@ -230,6 +230,7 @@ class JaxmetaCifar100(tfds_cache.SourceBuilder):
   """
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
+  error = Cifar100Error
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -258,12 +259,9 @@ class JaxmetaCifar100(tfds_cache.SourceBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    folder = self.source_folder(dl_manager, Cifar100Error)
-    source = locate(folder)
-    if source is None:
-      raise Cifar100Error(
-        f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. {HOW_TO_GET}'
-      )
+    _, source = self.find_source(
+      dl_manager, locate, f'{ARCHIVE_NAME} or {FOLDER_NAME}/'
+    )
     # Read and check everything before writing anything.
     arrays, fine_names, coarse_names = read_cifar100(source)
     return {

@@ -95,7 +95,9 @@ def _prepared_builder(
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
-  folder, how = tfds_cache.source_folder(source_dir, SOURCE_ENV, probe)
+  how, folder = tfds_cache.source_folders(
+    source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
+  )[0]
   source = miniimagenet_sources.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)

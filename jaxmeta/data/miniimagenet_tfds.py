@@ -143,6 +143,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
     'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
   )
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
+  error = MiniImageNetError
   BUILDER_CONFIGS = [
     MiniImageNetConfig(
       name=f'{source}84', source=source, image_size=84, description=description
@@ -194,12 +195,9 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    folder = self.source_folder(dl_manager, MiniImageNetError)
-    source = locate(folder)
-    if source is None:
-      raise MiniImageNetError(
-        f'No mini-ImageNet source in {folder}. {HOW_TO_GET}'
-      )
+    folder, source = self.find_source(
+      dl_manager, locate, 'mini-ImageNet source'
+    )
     wanted = self.builder_config.source
     if config_source(source.kind) != wanted:
       raise MiniImageNetError(

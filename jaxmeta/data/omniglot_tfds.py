@@ -272,29 +272,18 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
 def source_dirs(
   source_dir: os.PathLike | str | None, manual_dir: os.PathLike | str | None
 ) -> list[tuple[str, Path]]:
-  """Where to look for the two zips, in order, each with how it was chosen.
+  """Where to look for the two zips, in order, as `(how chosen, folder)`.
 
   1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
   checkout's `data/omniglot`, if it exists; 4. TFDS's manual dir,
-  `<data_dir>/downloads/manual`. Only then are the zips downloaded.
-
-  Args:
-    source_dir: the folder the caller named, or None.
-    manual_dir: TFDS's manual download folder of the data dir, or None.
-
-  Returns:
-    `(description, folder)` pairs.
+  `<data_dir>/downloads/manual`, if given. Only then are the zips downloaded.
   """
-  candidates = []
-  if source_dir is not None:
-    candidates.append(('source_dir', Path(source_dir)))
-  if os.environ.get(SOURCE_DIR_ENV):
-    candidates.append((f'${SOURCE_DIR_ENV}', Path(os.environ[SOURCE_DIR_ENV])))
-  if DEFAULT_SOURCE_DIR is not None:
-    candidates.append(("the checkout's data/omniglot", DEFAULT_SOURCE_DIR))
-  if manual_dir is not None:
-    candidates.append(('TFDS manual dir', Path(manual_dir)))
-  return candidates
+  checkout = [("the checkout's data/omniglot", DEFAULT_SOURCE_DIR)]
+  if DEFAULT_SOURCE_DIR is None:
+    checkout = []
+  return tfds_cache.source_folders(
+    source_dir, SOURCE_DIR_ENV, manual_dir, *checkout
+  )
 
 
 def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -385,10 +374,7 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    candidates = source_dirs(
-      self._source_dir,
-      Path(os.fspath(self.data_dir_root)) / 'downloads' / 'manual',
-    )
+    candidates = source_dirs(self._source_dir, tfds_cache.manual_dir(self))
     zips = None
     for _, folder in candidates:
       zips = locate_zips(folder)

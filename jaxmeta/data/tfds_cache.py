@@ -81,19 +81,27 @@ def decode_text(value: bytes | str) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def source_folder(
+def manual_dir(builder: tfds.core.DatasetBuilder) -> Path:
+  """TFDS's manual download folder of `builder`'s data dir."""
+  return Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
+
+
+def source_folders(
   source_dir: os.PathLike | str | None,
   env: str,
-  builder: tfds.core.DatasetBuilder,
-) -> tuple[Path, str]:
-  """Where to look for a source, and how it was chosen (for messages):
-  `source_dir`, else `$env`, else the manual dir of `builder`'s data dir."""
-  if source_dir is not None:
-    return Path(source_dir), 'source_dir'
+  manual: os.PathLike | str | None,
+  *others: tuple[str, Path],
+) -> list[tuple[str, Path]]:
+  """Where to look for a source, in order, each with how it was chosen (for
+  messages): `source_dir` if given, `$env` if set, the `others`, then TFDS's
+  `manual` dir if given."""
+  folders = [] if source_dir is None else [('source_dir', Path(source_dir))]
   if os.environ.get(env):
-    return Path(os.environ[env]), f'${env}'
-  manual = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
-  return manual, 'the TFDS manual dir'
+    folders.append((f'${env}', Path(os.environ[env])))
+  folders += others
+  if manual is not None:
+    folders.append(('the TFDS manual dir', Path(manual)))
+  return folders
 
 
 def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
@@ -191,8 +199,11 @@ def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A TFDS builder that reads its source from a folder given to it.
 
-  `source_dir=` names that folder; without it, TFDS's manual dir.
+  `source_dir=` names that folder; without it, TFDS's manual dir. `error` is
+  the dataset's `DataError` subclass.
   """
+
+  error: type[DataError] = DataError
 
   # Bump when the preprocessing or the features change: caches are per
   # version.
@@ -208,17 +219,31 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._source_dir = None if source_dir is None else Path(source_dir)
     super().__init__(**kwargs)
 
-  def source_folder(
-    self, dl_manager: tfds.download.DownloadManager, error: type[DataError]
-  ) -> Path:
-    """`source_dir`, else TFDS's manual dir; else an `error` quoting
-    `MANUAL_DOWNLOAD_INSTRUCTIONS` (the dataset's `HOW_TO_GET`)."""
-    if self._source_dir is not None:
-      return self._source_dir
-    try:
-      return Path(os.fspath(dl_manager.manual_dir))
-    except AssertionError as e:  # TFDS's way to say: missing or empty.
-      raise error(' '.join(str(e).split('\n'))) from e
+  def find_source(
+    self,
+    dl_manager: tfds.download.DownloadManager,
+    locate: Callable[[Path], Any],
+    missing: str,
+  ) -> tuple[Path, Any]:
+    """`(folder, locate(folder))` for `source_dir`, else TFDS's manual dir.
+
+    Raises:
+      `self.error`, quoting `MANUAL_DOWNLOAD_INSTRUCTIONS` (the dataset's
+      `HOW_TO_GET`), where there is no folder or `locate` finds no `missing`
+      in it.
+    """
+    folder = self._source_dir
+    if folder is None:
+      try:
+        folder = Path(os.fspath(dl_manager.manual_dir))
+      except AssertionError as e:  # TFDS's way to say: missing or empty.
+        raise self.error(' '.join(str(e).split('\n'))) from e
+    source = locate(folder)
+    if source is None:
+      raise self.error(
+        f'No {missing} in {folder}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
+    return folder, source
 
 
 def read_class_records(
