@@ -116,12 +116,9 @@ def _load(
   data_dir: str | None,
   source_dir: str | None,
 ) -> ClassImages:
-  tfds_cache.check_split(split, Cifar100Error)
-  if scheme not in SCHEMES[dataset]:
-    raise Cifar100Error(
-      f'Unknown {dataset} split scheme {scheme!r}. Fix: use one of '
-      f'{SCHEMES[dataset]}.'
-    )
+  tfds_cache.check_split(
+    split, scheme, SCHEMES[dataset], Cifar100Error, dataset
+  )
   images, names = _read_cache(
     tfds_cache.data_dir_or_default(data_dir),
     None if source_dir is None else str(source_dir),

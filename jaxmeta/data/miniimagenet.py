@@ -72,12 +72,7 @@ def load(
     MiniImageNetError (a ValueError): a bad argument; a missing, incomplete,
       truncated or malformed source (naming the class where one is at fault).
   """
-  tfds_cache.check_split(split, MiniImageNetError)
-  if scheme not in SCHEMES:
-    raise MiniImageNetError(
-      f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
-      f'{SCHEMES}.'
-    )
+  tfds_cache.check_split(split, scheme, SCHEMES, MiniImageNetError)
   tfds_cache.check_image_size(image_size, MiniImageNetError, '84')
   data_dir = tfds_cache.data_dir_or_default(data_dir)
   builder = _prepared_builder(data_dir, source_dir, image_size)

@@ -130,11 +130,7 @@ def load(
 
     train = load('train', 'vinyals')  # images: [4112, 20, 28, 28, 1]
   """
-  tfds_cache.check_split(split, OmniglotError)
-  if scheme not in SPLIT_SCHEMES:
-    raise OmniglotError(
-      f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.'
-    )
+  tfds_cache.check_split(split, scheme, SPLIT_SCHEMES, OmniglotError)
   tfds_cache.check_image_size(
     image_size, OmniglotError, '28 or 84', omniglot_tfds.ORIGINAL_SIZE
   )
@@ -172,16 +168,9 @@ def load(
     rotations = scheme == 'vinyals' or split == 'train'
   class_rotations = ROTATIONS if rotations else (0,)
 
-  images = np.empty(
-    (
-      len(characters) * len(class_rotations),
-      NUM_DRAWINGS,
-      image_size,
-      image_size,
-      1,
-    ),
-    np.uint8,
-  )
+  num_classes = len(characters) * len(class_rotations)
+  shape = (num_classes, NUM_DRAWINGS, image_size, image_size, 1)
+  images = np.empty(shape, np.uint8)
   class_names = []
   for i, character in enumerate(characters):
     drawings = images_by_character[character]  # [20, S, S, 1]

@@ -49,10 +49,22 @@ def data_dir_or_default(data_dir: os.PathLike | str | None) -> str | None:
   return None if data_dir is None else str(data_dir)
 
 
-def check_split(split: str, error: type[DataError]) -> None:
-  """Raises `error` unless `split` is one of `SPLITS`."""
+def check_split(
+  split: str,
+  scheme: str,
+  schemes: tuple[str, ...],
+  error: type[DataError],
+  name: str = '',
+) -> None:
+  """Raises `error` unless `split` is one of `SPLITS` and `scheme` one of
+  `schemes`; `name` (default `error.dataset`) names the dataset."""
   if split not in SPLITS:
     raise error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+  if scheme not in schemes:
+    raise error(
+      f'Unknown split scheme {scheme!r} of {name or error.dataset}. Fix: '
+      f'use one of {schemes}.'
+    )
 
 
 def check_image_size(
