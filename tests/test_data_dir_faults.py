@@ -3,6 +3,7 @@ written, or that is removed while their cache is prepared: one `DataError`
 each, and the next load (with the fault removed) prepares the cache."""
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 import shutil
@@ -132,6 +133,22 @@ def test_a_data_dir_removed_while_preparing_is_one_error(
   assert '\n' not in message
   first = load(data_dir)  # Prepared afresh.
   assert first.images.shape[0] > 0
+
+
+@pytest.mark.parametrize('dataset', NAMES[:2])
+def test_a_full_disk_is_one_error(tmp_path, monkeypatch, dataset):
+  load, builder_class = DATASETS[dataset](tmp_path)
+
+  def disk_full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+    yield
+
+  monkeypatch.setattr(builder_class, '_generate_examples', disk_full)
+  with pytest.raises(registry.DataError) as error:
+    load(tmp_path / 'tfds')
+  message = str(error.value)
+  assert 'Cannot write the' in message and 'No space left' in message, message
+  assert 'Fix:' in message and '\n' not in message, message
 
 
 @pytest.mark.parametrize(
