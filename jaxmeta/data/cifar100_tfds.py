@@ -231,32 +231,29 @@ class JaxmetaCifar100(tfds_cache.SourceBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   error = Cifar100Error
+  HOMEPAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+  CITATION = (
+    '@techreport{krizhevsky2009learning, title={Learning multiple layers of '
+    'features from tiny images}, author={Krizhevsky, Alex}, '
+    'institution={University of Toronto}, year={2009}}'
+  )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
-        '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
-        'the fine and coarse label names.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          'images': tfds_cache.class_images_feature(IMAGE_SHAPE),
-          'fine_label_name': tfds.features.Text(),
-          'coarse_label_name': tfds.features.Text(),
-          # Where each image comes from: pickle (0 train, 1 test) and row.
-          'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-          'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }
-      ),
-      homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-      citation=(
-        '@techreport{krizhevsky2009learning, title={Learning multiple '
-        'layers of features from tiny images}, author={Krizhevsky, Alex}, '
-        'institution={University of Toronto}, year={2009}}'
-      ),
+  def _description(self) -> str:
+    return (
+      'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
+      '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
+      'the fine and coarse label names.'
     )
+
+  def _features(self) -> dict[str, Any]:
+    return {
+      'images': tfds_cache.class_images_feature(IMAGE_SHAPE),
+      'fine_label_name': tfds.features.Text(),
+      'coarse_label_name': tfds.features.Text(),
+      # Where each image comes from: pickle (0 train, 1 test) and row.
+      'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+      'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     _, source = self.find_source(

@@ -144,6 +144,12 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   )
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   error = MiniImageNetError
+  HOMEPAGE = 'https://github.com/twitter/meta-learning-lstm'
+  CITATION = (
+    '@inproceedings{ravi2017optimization, title={Optimization as a Model for '
+    'Few-Shot Learning}, author={Ravi, Sachin and Larochelle, Hugo}, '
+    'booktitle={ICLR}, year={2017}}'
+  )
   BUILDER_CONFIGS = [
     MiniImageNetConfig(
       name=f'{source}84', source=source, image_size=84, description=description
@@ -167,32 +173,24 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
     self._splits_dir = None if splits_dir is None else Path(splits_dir)
     super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _description(self) -> str:
     size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
-        f'2017), uint8 [{size}, {size}, 3] RGB images, from '
-        f'{self.builder_config.source}.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          # One record per class: its images in split-list order.
-          'images': tfds_cache.class_images_feature((size, size, 3)),
-          'wnid': tfds.features.Text(),
-          # Per image: the split list's 1-based ILSVRC index (ILSVRC
-          # sources) or the row of the pickle's image_data (pickles).
-          'source_indices': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }
-      ),
-      homepage='https://github.com/twitter/meta-learning-lstm',
-      citation=(
-        '@inproceedings{ravi2017optimization, title={Optimization as a '
-        'Model for Few-Shot Learning}, author={Ravi, Sachin and '
-        'Larochelle, Hugo}, booktitle={ICLR}, year={2017}}'
-      ),
+    return (
+      f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
+      f'2017), uint8 [{size}, {size}, 3] RGB images, from '
+      f'{self.builder_config.source}.'
     )
+
+  def _features(self) -> dict[str, Any]:
+    size = self.builder_config.image_size
+    return {
+      # One record per class: its images in split-list order.
+      'images': tfds_cache.class_images_feature((size, size, 3)),
+      'wnid': tfds.features.Text(),
+      # Per image: the split list's 1-based ILSVRC index (ILSVRC sources) or
+      # the row of the pickle's image_data (pickles).
+      'source_indices': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     folder, source = self.find_source(

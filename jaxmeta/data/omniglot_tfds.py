@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 import re
 import socket
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 import urllib.parse
 import zipfile
 import zlib
@@ -342,36 +342,34 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'size28'
+  error = OmniglotError
+  HOMEPAGE = 'https://github.com/brendenlake/omniglot'
+  CITATION = (
+    '@article{lake2015human, title={Human-level concept learning through '
+    'probabilistic program induction}, author={Lake, Brenden M and '
+    'Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, journal={Science}, '
+    'volume={350}, number={6266}, pages={1332--1338}, year={2015}}'
+  )
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _description(self) -> str:
     size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, '
-        'strokes 255 and background 0 (inverted), resized from 105x105 '
-        'with PIL BOX on the float image.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
-          'alphabet': tfds.features.Text(),
-          'character': np.int64,  # NN of characterNN, 1-based.
-          'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
-          'character_id': np.int64,  # Global ID, 1..1623.
-          'drawer': np.int64,  # 1..20.
-          'source': tfds.features.Text(),  # 'background' | 'evaluation'.
-        }
-      ),
-      homepage='https://github.com/brendenlake/omniglot',
-      citation=(
-        '@article{lake2015human, title={Human-level concept learning '
-        'through probabilistic program induction}, author={Lake, Brenden '
-        'M and Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, '
-        'journal={Science}, volume={350}, number={6266}, '
-        'pages={1332--1338}, year={2015}}'
-      ),
+    return (
+      f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, strokes 255 '
+      'and background 0 (inverted), resized from 105x105 with PIL BOX on the '
+      'float image.'
     )
+
+  def _features(self) -> dict[str, Any]:
+    size = self.builder_config.image_size
+    return {
+      'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+      'alphabet': tfds.features.Text(),
+      'character': np.int64,  # NN of characterNN, 1-based.
+      'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
+      'character_id': np.int64,  # Global ID, 1..1623.
+      'drawer': np.int64,  # 1..20.
+      'source': tfds.features.Text(),  # 'background' | 'evaluation'.
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     candidates = source_dirs(self._source_dir, tfds_cache.manual_dir(self))

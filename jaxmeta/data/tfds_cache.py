@@ -211,11 +211,14 @@ def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A TFDS builder that reads its source from a folder given to it.
 
-  `source_dir=` names that folder; without it, TFDS's manual dir. `error` is
-  the dataset's `DataError` subclass.
+  `source_dir=` names that folder; without it, TFDS's manual dir. A dataset
+  sets `error` (its `DataError` subclass), `HOMEPAGE`, `CITATION` and the
+  `_description` and `_features` of its records.
   """
 
   error: type[DataError] = DataError
+  HOMEPAGE = ''
+  CITATION = ''
 
   # Bump when the preprocessing or the features change: caches are per
   # version.
@@ -230,6 +233,21 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """`**kwargs`: `tfds.core.DatasetBuilder`'s (data_dir, config, ...)."""
     self._source_dir = None if source_dir is None else Path(source_dir)
     super().__init__(**kwargs)
+
+  def _description(self) -> str:
+    raise NotImplementedError
+
+  def _features(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=self._description(),
+      features=tfds.features.FeaturesDict(self._features()),
+      homepage=self.HOMEPAGE,
+      citation=self.CITATION,
+    )
 
   def find_source(
     self,
