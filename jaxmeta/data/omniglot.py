@@ -311,11 +311,7 @@ def _load_characters(
       a writable folder, or a prepared cache that cannot be read (truncated,
       corrupted): the message names the folder to delete.
   """
-  root = Path(
-    data_dir
-    if data_dir is not None
-    else os.path.expanduser(tfds.core.constants.DATA_DIR)
-  )
+  root = Path(data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR))
   tfds_cache.check_data_dir(root, OmniglotError)
   config = omniglot_tfds.config_for_size(image_size)
   cache_dir = (
