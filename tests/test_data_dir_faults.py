@@ -1,18 +1,23 @@
-"""mini-ImageNet and CIFAR-FS/FC100 with a data dir that cannot be written,
-or that is removed while their cache is prepared: one `DataError` each, and
-the next load (with the fault removed) prepares the cache."""
+"""Omniglot, mini-ImageNet and CIFAR-FS/FC100 with a data dir that cannot be
+written, or that is removed while their cache is prepared: one `DataError`
+each, and the next load (with the fault removed) prepares the cache."""
 
 import contextlib
+import errno
 import os
+from pathlib import Path
 import shutil
 import subprocess
 
 import pytest
+import tensorflow_datasets as tfds
 
 from jaxmeta.data import cifar100
 from jaxmeta.data import cifar100_tfds
 from jaxmeta.data import miniimagenet
 from jaxmeta.data import miniimagenet_tfds
+from jaxmeta.data import omniglot
+from jaxmeta.data import omniglot_tfds
 from jaxmeta.data import registry
 
 # Fake sources in the real formats, and the fixtures that shrink the split
@@ -46,7 +51,22 @@ def _cifar(tmp_path):
   return load, cifar100_tfds.JaxmetaCifar100
 
 
-DATASETS = {'miniimagenet': _mini, 'fc100': _cifar}
+def _omniglot(tmp_path):
+  del tmp_path
+  source = Path(__file__).resolve().parents[1] / 'data' / 'omniglot'
+  load = lambda data_dir: omniglot.load(
+    'test', 'lake', data_dir=str(data_dir), source_dir=str(source)
+  )
+  return load, omniglot_tfds.JaxmetaOmniglot
+
+
+DATASETS = {'miniimagenet': _mini, 'fc100': _cifar, 'omniglot': _omniglot}
+# Omniglot's cache is its 32,460 real drawings: prepared twice, ~30 s a test.
+NAMES = [
+  'fc100',
+  'miniimagenet',
+  pytest.param('omniglot', marks=pytest.mark.slow),
+]
 
 
 @contextlib.contextmanager
@@ -80,7 +100,7 @@ def read_only_dir(path):
     subprocess.run(['umount', '-l', str(path)], check=False)
 
 
-@pytest.mark.parametrize('dataset', sorted(DATASETS))
+@pytest.mark.parametrize('dataset', NAMES)
 def test_a_read_only_data_dir_is_one_error(tmp_path, dataset):
   load, _ = DATASETS[dataset](tmp_path)
   with read_only_dir(tmp_path / 'ro') as data_dir:
@@ -92,7 +112,7 @@ def test_a_read_only_data_dir_is_one_error(tmp_path, dataset):
   assert load(tmp_path / 'writable').images.dtype.name == 'uint8'
 
 
-@pytest.mark.parametrize('dataset', sorted(DATASETS))
+@pytest.mark.parametrize('dataset', NAMES)
 def test_a_data_dir_removed_while_preparing_is_one_error(
   tmp_path, monkeypatch, dataset
 ):
@@ -113,3 +133,43 @@ def test_a_data_dir_removed_while_preparing_is_one_error(
   assert '\n' not in message
   first = load(data_dir)  # Prepared afresh.
   assert first.images.shape[0] > 0
+
+
+@pytest.mark.parametrize('dataset', NAMES[:2])
+def test_a_full_disk_is_one_error(tmp_path, monkeypatch, dataset):
+  load, builder_class = DATASETS[dataset](tmp_path)
+
+  def disk_full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+    yield
+
+  monkeypatch.setattr(builder_class, '_generate_examples', disk_full)
+  with pytest.raises(registry.DataError) as error:
+    load(tmp_path / 'tfds')
+  message = str(error.value)
+  assert 'Cannot write the' in message and 'No space left' in message, message
+  assert 'Fix:' in message and '\n' not in message, message
+
+
+@pytest.mark.parametrize(
+  'builder_class, config',
+  [
+    (miniimagenet_tfds.JaxmetaMiniImageNet, 'pickles84'),
+    (cifar100_tfds.JaxmetaCifar100, None),
+  ],
+)
+def test_a_builder_with_an_empty_manual_dir_is_one_line(
+  tmp_path, builder_class, config
+):
+  builder = builder_class(
+    data_dir=str(tmp_path / 'tfds'), config=config, file_format='array_record'
+  )
+  with pytest.raises(registry.DataError) as error:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp_path / 'empty')
+      )
+    )
+  message = str(error.value)
+  assert 'Fix:' in message or 'source_dir=' in message, message
+  assert '\n' not in message, message

@@ -24,34 +24,28 @@ alphabetically within a superclass.
 The split lists are shipped in `jaxmeta/data/splits/cifar100` (from
 github.com/tristandeleu/pytorch-meta, MIT; see the README there).
 
-Where the source is looked for, when the cache is not prepared yet: the
-`source_dir` argument, else `$JAXMETA_CIFAR100_DIR`, else TFDS's manual dir
-(`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
-`$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
-~/tensorflow_datasets). Memory: 100 classes x 600 x 32 x 32 x 3 bytes = 184 MB
-for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
+The source (`$JAXMETA_CIFAR100_DIR`) and the cache are found as
+`jaxmeta.data.tfds_cache` says. Memory: 100 classes x 600 x 32 x 32 x 3 bytes
+= 184 MB for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from jaxmeta.data import cifar100_tfds
+from jaxmeta.data import tfds_cache
 from jaxmeta.data.cifar100_tfds import Cifar100Error
 from jaxmeta.data.registry import ClassImages
-from jaxmeta.data.registry import prepare_cache
 from jaxmeta.data.registry import register_dataset
-from jaxmeta.data.registry import SPLITS
 
 SCHEMES = {'cifar_fs': ('bertinetto',), 'fc100': ('oreshkin',)}
 SPLITS_DIR = Path(__file__).resolve().parent / 'splits' / 'cifar100'
 _LIST_FOLDERS = {'cifar_fs': 'cifar-fs', 'fc100': 'fc100'}
-DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 SOURCE_ENV = cifar100_tfds.SOURCE_ENV
 
 
@@ -90,22 +84,10 @@ def load_fc100(
   data_dir: str | None = None,
   source_dir: str | None = None,
 ) -> ClassImages:
-  """Loads one split of FC100 (Oreshkin et al., 2018).
+  """Loads one split of FC100 (Oreshkin et al., 2018), as `load_cifar_fs`.
 
-  Args:
-    split: 'train' (12 superclasses, 60 classes), 'val' (4, 20) or 'test'
-      (4, 20).
-    scheme: 'oreshkin', the only one.
-    data_dir: TFDS data dir of the cache (see the module docstring).
-    source_dir: folder with `cifar-100-python.tar.gz` or `cifar-100-python/`;
-      only read to prepare the cache.
-
-  Returns:
-    `ClassImages`, images uint8 `[classes, 600, 32, 32, 3]`.
-
-  Raises:
-    Cifar100Error (a ValueError): a bad split or scheme, a missing, corrupted
-      or malformed source.
+  Splits: 'train' (12 superclasses, 60 classes), 'val' (4, 20) or 'test'
+  (4, 20); scheme: 'oreshkin', the only one.
   """
   return _load('fc100', split, scheme, data_dir, source_dir)
 
@@ -134,17 +116,11 @@ def _load(
   data_dir: str | None,
   source_dir: str | None,
 ) -> ClassImages:
-  if split not in SPLITS:
-    raise Cifar100Error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
-  if scheme not in SCHEMES[dataset]:
-    raise Cifar100Error(
-      f'Unknown {dataset} split scheme {scheme!r}. Fix: use one of '
-      f'{SCHEMES[dataset]}.'
-    )
-  if data_dir is None:
-    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  tfds_cache.check_split(
+    split, scheme, SCHEMES[dataset], Cifar100Error, dataset
+  )
   images, names = _read_cache(
-    None if data_dir is None else str(data_dir),
+    tfds_cache.data_dir_or_default(data_dir),
     None if source_dir is None else str(source_dir),
   )
   index = {name: i for i, name in enumerate(names)}
@@ -173,23 +149,6 @@ def _load(
   )
 
 
-def _source_folder(
-  source_dir: str | None, manual_dir: Path
-) -> tuple[Path, str]:
-  """Where to look for the source, and how it was chosen (for errors)."""
-  if source_dir is not None:
-    return Path(source_dir), 'source_dir'
-  if os.environ.get(SOURCE_ENV):
-    return Path(os.environ[SOURCE_ENV]), f'${SOURCE_ENV}'
-  return manual_dir, 'the TFDS manual dir'
-
-
-def _prepare(builder) -> None:
-  """Prepares the cache (`registry.prepare_cache`: one `Cifar100Error` for a
-  data dir that cannot be written or that vanishes meanwhile)."""
-  prepare_cache(builder, 'CIFAR-100', Cifar100Error)
-
-
 @functools.lru_cache(maxsize=2)
 def _read_cache(
   data_dir: str | None, source_dir: str | None
@@ -204,8 +163,9 @@ def _read_cache(
     data_dir=data_dir, file_format='array_record'
   )
   if not builder.is_prepared():
-    manual_dir = Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
-    folder, how = _source_folder(source_dir, manual_dir)
+    how, folder = tfds_cache.source_folders(
+      source_dir, SOURCE_ENV, tfds_cache.manual_dir(builder)
+    )[0]
     if cifar100_tfds.locate(folder) is None:
       raise Cifar100Error(
         f'CIFAR-100 is not prepared in {builder.data_dir_root} and there is '
@@ -215,35 +175,25 @@ def _read_cache(
     builder = cifar100_tfds.JaxmetaCifar100(
       data_dir=data_dir, file_format='array_record', source_dir=folder
     )
-    _prepare(builder)
-  source = builder.as_data_source()['classes']
-  per_class = cifar100_tfds.EXAMPLES_PER_CLASS
-  fix = f'Fix: delete {builder.data_dir} and load again to rebuild the cache.'
-  if len(source) != cifar100_tfds.NUM_FINE:
-    raise Cifar100Error(
-      f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
-      f'{len(source)} classes, not {cifar100_tfds.NUM_FINE}. {fix}'
-    )
-  images = np.empty(
-    (cifar100_tfds.NUM_FINE, per_class) + cifar100_tfds.IMAGE_SHAPE, np.uint8
-  )
+    tfds_cache.prepare_cache(builder, Cifar100Error)
   names = []
-  for i in range(len(source)):
-    record = source[i]
+
+  def slot(record) -> int:
     fine, coarse = (
-      record[k].decode() if isinstance(record[k], bytes) else str(record[k])
+      tfds_cache.decode_text(record[k])
       for k in ('fine_label_name', 'coarse_label_name')
     )
-    if record['images'].shape != images.shape[1:]:
-      raise Cifar100Error(
-        f'The prepared CIFAR-100 cache in {builder.data_dir} holds '
-        f'{record["images"].shape} images of class {fine!r}, expected '
-        f'{images.shape[1:]}. {fix}'
-      )
-    images[i] = record['images']
     names.append(f'{coarse}/{fine}')
+    return len(names) - 1
+
+  images = tfds_cache.read_class_records(
+    builder,
+    'classes',
+    (cifar100_tfds.NUM_FINE, cifar100_tfds.EXAMPLES_PER_CLASS)
+    + cifar100_tfds.IMAGE_SHAPE,
+    slot,
+    Cifar100Error,
+  )
   # Records are in TFDS's order; sort by fine name, CIFAR's label order.
   order = sorted(range(len(names)), key=lambda i: names[i].split('/')[1])
-  class_names = [names[i] for i in order]
-  images = images[order]
-  return images, tuple(class_names)
+  return images[order], tuple(names[i] for i in order)

@@ -4,12 +4,8 @@ Users call `jaxmeta.data.cifar100.load_cifar_fs` / `load_fc100` (registered as
 'cifar_fs' and 'fc100'); this module prepares the TFDS cache they read: all
 60,000 CIFAR-100 images, uint8 `[32, 32, 3]`, unchanged, as ONE RECORD PER FINE
 CLASS (TFDS split 'classes', 100 records of `[600, 32, 32, 3]`: the class's images
-of the `train` pickle, then those of the `test` pickle, each in pickle order).
-A record per class rather than per image because the loaders always read whole
-classes, and TFDS decodes records one by one in Python: 100 large records read
-far faster than 60,000 small ones (benchmarks/README.md). Images are stored as
-raw bytes (`Encoding.BYTES`), not TFDS's default int64 list, which is several
-times slower to write and read.
+of the `train` pickle, then those of the `test` pickle, each in pickle order;
+see `tfds_cache.class_images_feature`).
 
 Source: `cifar-100-python.tar.gz` (https://www.cs.toronto.edu/~kriz/cifar.html)
 or the folder `cifar-100-python/` it extracts to, holding the Python pickles
@@ -17,26 +13,22 @@ or the folder `cifar-100-python/` it extracts to, holding the Python pickles
 byte strings and `data` is a NumPy uint8 array `[N, 3072]` whose rows are three
 row-major 32x32 planes, red (values 0..1023), then green, then blue. We load
 them with `encoding='latin1'` (what NumPy needs for Python 2 arrays) and accept
-str or bytes keys and names.
-
-Everything runs without TensorFlow: `tfds.features.Tensor(uint8)` images,
-array_record files, read back with `builder.as_data_source()`.
+str or bytes keys and names. Everything runs without TensorFlow (see
+`jaxmeta.data.tfds_cache`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-import pickle
 import tarfile
 from typing import Any, Mapping, NamedTuple
-import zlib
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxmeta.data import registry
+from jaxmeta.data import tfds_cache
 
 ARCHIVE_NAME = 'cifar-100-python.tar.gz'
 FOLDER_NAME = 'cifar-100-python'
@@ -57,19 +49,11 @@ HOW_TO_GET = (
   'that holds it.'
 )
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-Put {ARCHIVE_NAME} (or the folder {FOLDER_NAME}/ with the pickles train, test
-and meta) in the TFDS manual dir (default <data_dir>/downloads/manual/), or
-pass `source_dir=` to the builder / loader, or set ${SOURCE_ENV}.
-Download: {URL}
-"""
-
 
 class Cifar100Error(registry.DataError):
-  """CIFAR-100 data is missing, corrupted, malformed or asked for wrongly.
+  """CIFAR-100 data is missing, corrupted, malformed or asked for wrongly."""
 
-  The message always names the problem and how to fix it.
-  """
+  dataset = 'CIFAR-100'
 
 
 class Cifar100Arrays(NamedTuple):
@@ -103,27 +87,6 @@ def locate(folder: os.PathLike | str) -> Path | None:
   return None
 
 
-def _unpickle(data: bytes, where: str) -> Mapping[str, Any]:
-  try:
-    content = pickle.loads(data, encoding='latin1')
-  except Exception as e:
-    # Truncated or corrupted pickles raise EOFError, UnpicklingError,
-    # ValueError, ... depending on where they break.
-    raise Cifar100Error(
-      f'{where} is not a readable CIFAR-100 pickle (truncated or corrupted?): '
-      f'{e!r}. Fix: replace it by an intact copy. {HOW_TO_GET}'
-    ) from e
-  if not isinstance(content, dict):
-    raise Cifar100Error(
-      f'{where} holds a {type(content).__name__}, not the dict of a CIFAR-100 '
-      f'pickle. {HOW_TO_GET}'
-    )
-  return {
-    k.decode('latin1') if isinstance(k, bytes) else k: v
-    for k, v in content.items()
-  }
-
-
 def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
   """name -> (pickle bytes, where it came from) for meta, train and test."""
   names = ('meta',) + FILES
@@ -148,7 +111,7 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
             archive.extractfile(member).read(),
             f'{source}:{member.name}',
           )
-  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+  except tfds_cache.ARCHIVE_ERRORS as e:
     raise Cifar100Error(
       f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
       f'Fix: download it again. {HOW_TO_GET}'
@@ -194,14 +157,14 @@ def read_cifar100(
   """
   source = Path(source)
   members = _read_members(source)
-  meta = _unpickle(*members['meta'])
+  meta = tfds_cache.unpickle(*members['meta'], Cifar100Error, HOW_TO_GET)
   fine_names = _names(meta, 'fine_label_names', NUM_FINE, members['meta'][1])
   coarse_names = _names(
     meta, 'coarse_label_names', NUM_COARSE, members['meta'][1]
   )
   arrays = {}
   for name in FILES:
-    content = _unpickle(*members[name])
+    content = tfds_cache.unpickle(*members[name], Cifar100Error, HOW_TO_GET)
     where = members[name][1]
     missing = [
       k for k in ('data', 'fine_labels', 'coarse_labels') if k not in content
@@ -259,67 +222,43 @@ def read_cifar100(
   return arrays, fine_names, coarse_names
 
 
-class JaxmetaCifar100(tfds.core.GeneratorBasedBuilder):
-  """CIFAR-100 with fine and coarse label names, without TensorFlow."""
+class JaxmetaCifar100(tfds_cache.SourceBuilder):
+  """CIFAR-100 with fine and coarse label names, without TensorFlow.
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-  code_path = epath.Path(__file__)
+  `source_dir=`: the folder holding `cifar-100-python.tar.gz` or
+  `cifar-100-python/` (or that folder or archive itself).
+  """
 
-  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading `cifar-100-python.tar.gz` or its extracted folder.
+  MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
+  error = Cifar100Error
+  HOMEPAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+  CITATION = (
+    '@techreport{krizhevsky2009learning, title={Learning multiple layers of '
+    'features from tiny images}, author={Krizhevsky, Alex}, '
+    'institution={University of Toronto}, year={2009}}'
+  )
 
-    Args:
-      source_dir: folder holding the archive or `cifar-100-python/` (or that
-        folder or archive itself); default: TFDS's manual dir.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, ...).
-    """
-    self._source_dir = None if source_dir is None else Path(source_dir)
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
-        '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
-        'the fine and coarse label names.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          'images': tfds.features.Tensor(
-            shape=(None,) + IMAGE_SHAPE,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          'fine_label_name': tfds.features.Text(),
-          'coarse_label_name': tfds.features.Text(),
-          # Where each image comes from: pickle (0 train, 1 test) and row.
-          'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-          'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }
-      ),
-      homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-      citation=(
-        '@techreport{krizhevsky2009learning, title={Learning multiple '
-        'layers of features from tiny images}, author={Krizhevsky, Alex}, '
-        'institution={University of Toronto}, year={2009}}'
-      ),
+  def _description(self) -> str:
+    return (
+      'CIFAR-100 (Krizhevsky 2009), one record per fine class: its uint8 '
+      '[n, 32, 32, 3] RGB images (train pickle, then test pickle) with '
+      'the fine and coarse label names.'
     )
 
+  def _features(self) -> dict[str, Any]:
+    return {
+      'images': tfds_cache.class_images_feature(IMAGE_SHAPE),
+      'fine_label_name': tfds.features.Text(),
+      'coarse_label_name': tfds.features.Text(),
+      # Where each image comes from: pickle (0 train, 1 test) and row.
+      'files': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+      'rows': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    }
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    folder = self._source_dir
-    if folder is None:
-      try:
-        folder = Path(os.fspath(dl_manager.manual_dir))
-      except AssertionError as e:  # TFDS's way to say: missing or empty.
-        raise Cifar100Error(f'{e} {HOW_TO_GET}') from e
-    source = locate(folder)
-    if source is None:
-      raise Cifar100Error(
-        f'No {ARCHIVE_NAME} or {FOLDER_NAME}/ in {folder}. {HOW_TO_GET}'
-      )
+    _, source = self.find_source(
+      dl_manager, locate, f'{ARCHIVE_NAME} or {FOLDER_NAME}/'
+    )
     # Read and check everything before writing anything.
     arrays, fine_names, coarse_names = read_cifar100(source)
     return {

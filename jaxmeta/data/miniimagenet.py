@@ -11,25 +11,16 @@ shipped in `jaxmeta/data/splits/miniimagenet/ravi` (MIT, see the README
 there): 64 / 16 / 20 classes of ILSVRC-2012, 600 images each (38,400 / 9,600 /
 12,000 images).
 
-Images are not shipped and cannot be downloaded (ImageNet's terms). The first
-load prepares a TFDS cache from one of (see `jaxmeta.data.miniimagenet_tfds`):
-the extracted ILSVRC-2012 training images (`nXXXXXXXX/nXXXXXXXX_<k>.JPEG`),
-`ILSVRC2012_img_train.tar`, ready-made mini-ImageNet image files named as in
-the CSVs (`images/n0153282900000005.jpg` or `train/n01532829/...`), or the
-`mini-imagenet-cache-{train,val,test}.pkl` pickles. Images are converted to
-RGB and resized whole to SxS with PIL's LANCZOS filter (ready-made files only
-if they are not SxS already); the pickles' images are used as they are
-(84x84). A CSV row
-`n0153282900000005.jpg` is class n01532829's 5th ILSVRC file in numeric order of
-`k` in `n01532829_<k>.JPEG`.
+Images are not shipped and cannot be downloaded (ImageNet's terms): the first
+load prepares a TFDS cache from a source the user brings (the ILSVRC-2012
+training images, their tar, ready-made image files or the cache pickles; see
+`jaxmeta.data.miniimagenet_sources`), preprocessed as
+`jaxmeta.data.miniimagenet_tfds` says.
 
-Where the source is looked for, when no cache is prepared: the `source_dir`
-argument, else `$JAXMETA_MINIIMAGENET_DIR`, else TFDS's manual dir
-(`<data_dir>/downloads/manual`). Where the cache goes: `data_dir`, else
-`$JAXMETA_DATA_DIR`, else TFDS's default (`$TFDS_DATA_DIR` or
-~/tensorflow_datasets). The cache is per source family (ILSVRC, ready-made
-images, pickles) and image size; with no source found, an existing cache is
-used, in that order of preference.
+The source (`$JAXMETA_MINIIMAGENET_DIR`) and the cache are found as
+`jaxmeta.data.tfds_cache` says. The cache is per source family (ILSVRC,
+ready-made images, pickles) and image size; with no source found, an existing
+cache is used, in that order of preference.
 
 Order: classes in the CSV's order (sorted WordNet ids); images of a class in
 the CSV's order (ascending ILSVRC index), or the pickle's `class_dict` order.
@@ -41,21 +32,15 @@ decodes 60,000 JPEGs once (minutes, single process).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
-
+from jaxmeta.data import miniimagenet_sources
 from jaxmeta.data import miniimagenet_tfds
-from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
+from jaxmeta.data import tfds_cache
+from jaxmeta.data.miniimagenet_sources import MiniImageNetError
 from jaxmeta.data.registry import ClassImages
-from jaxmeta.data.registry import prepare_cache
 from jaxmeta.data.registry import register_dataset
-from jaxmeta.data.registry import SPLITS
 
 SCHEMES = ('ravi',)
-SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
-DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+SOURCE_ENV = miniimagenet_sources.SOURCE_ENV
 
 
 @register_dataset('miniimagenet')
@@ -87,26 +72,9 @@ def load(
     MiniImageNetError (a ValueError): a bad argument; a missing, incomplete,
       truncated or malformed source (naming the class where one is at fault).
   """
-  if split not in SPLITS:
-    raise MiniImageNetError(
-      f'Unknown split {split!r}. Fix: use one of {SPLITS}.'
-    )
-  if scheme not in SCHEMES:
-    raise MiniImageNetError(
-      f'Unknown mini-ImageNet split scheme {scheme!r}. Fix: use one of '
-      f'{SCHEMES}.'
-    )
-  if (
-    isinstance(image_size, bool)
-    or not isinstance(image_size, int)
-    or image_size < 1
-  ):
-    raise MiniImageNetError(
-      f'image_size must be a positive int, got {image_size!r}. Fix: pass '
-      'e.g. 84.'
-    )
-  if data_dir is None:
-    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  tfds_cache.check_split(split, scheme, SCHEMES, MiniImageNetError)
+  tfds_cache.check_image_size(image_size, MiniImageNetError, '84')
+  data_dir = tfds_cache.data_dir_or_default(data_dir)
   builder = _prepared_builder(data_dir, source_dir, image_size)
   return _read_split(builder, split)
 
@@ -122,36 +90,33 @@ def _prepared_builder(
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
   probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
-  if source_dir is not None:
-    folder, how = Path(source_dir), 'source_dir'
-  elif os.environ.get(SOURCE_ENV):
-    folder, how = Path(os.environ[SOURCE_ENV]), f'${SOURCE_ENV}'
-  else:
-    folder = Path(os.fspath(probe.data_dir_root)) / 'downloads' / 'manual'
-    how = 'the TFDS manual dir'
-  source = miniimagenet_tfds.locate(folder)
+  how, folder = tfds_cache.source_folders(
+    source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
+  )[0]
+  source = miniimagenet_sources.locate(folder)
   if source is not None:
     config_source = miniimagenet_tfds.config_source(source.kind)
     if (
-      config_source == 'pickles' and image_size != miniimagenet_tfds.PICKLE_SIZE
+      config_source == 'pickles'
+      and image_size != miniimagenet_sources.PICKLE_SIZE
     ):
       raise MiniImageNetError(
         f'{folder} holds the mini-imagenet-cache pickles, which are '
-        f'{miniimagenet_tfds.PICKLE_SIZE}x{miniimagenet_tfds.PICKLE_SIZE}; '
+        f'{miniimagenet_sources.PICKLE_SIZE}x{miniimagenet_sources.PICKLE_SIZE}; '
         f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
-        f'image_size={miniimagenet_tfds.PICKLE_SIZE} or bring the ILSVRC '
+        f'image_size={miniimagenet_sources.PICKLE_SIZE} or bring the ILSVRC '
         'images.'
       )
     config = miniimagenet_tfds.config_for(config_source, image_size)
     builder = _builder(data_dir, config, source_dir=source.path)
     if not builder.is_prepared():
-      _prepare(builder)
+      tfds_cache.prepare_cache(builder, MiniImageNetError)
     return builder
   candidates = [
     probe,
     _builder(data_dir, miniimagenet_tfds.config_for('images', image_size)),
   ]
-  if image_size == miniimagenet_tfds.PICKLE_SIZE:
+  if image_size == miniimagenet_sources.PICKLE_SIZE:
     candidates.append(
       _builder(data_dir, miniimagenet_tfds.config_for('pickles', image_size))
     )
@@ -161,51 +126,27 @@ def _prepared_builder(
   raise MiniImageNetError(
     f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
     f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-    f'{miniimagenet_tfds.HOW_TO_GET}'
+    f'{miniimagenet_sources.HOW_TO_GET}'
   )
-
-
-def _prepare(builder) -> None:
-  """Prepares the cache (`registry.prepare_cache`: one `MiniImageNetError` for a
-  data dir that cannot be written or that vanishes meanwhile)."""
-  prepare_cache(builder, 'mini-ImageNet', MiniImageNetError)
 
 
 def _read_split(builder, split: str) -> ClassImages:
   """Reads one split of the cache into `[classes, 600, S, S, 3]`, checked."""
   classes = miniimagenet_tfds.read_split_list(split)
   size = builder.builder_config.image_size
-  source = builder.as_data_source()[split]
   per_class = {len(indices) for indices in classes.values()}
-  fix = (
-    f'Fix: delete {builder.data_dir} and load again to rebuild the cache '
-    'from the source.'
-  )
-  if len(per_class) != 1 or len(source) != len(classes):
+  if len(per_class) != 1:
     raise MiniImageNetError(
-      f'The prepared mini-ImageNet cache in {builder.data_dir} has '
-      f'{len(source)} {split} classes, the split list {len(classes)} (with '
-      f'{sorted(per_class)} images each). {fix}'
+      f'The {split} split list has classes of {sorted(per_class)} images; '
+      'mini-ImageNet has the same number in every class. Fix: restore '
+      'jaxmeta/data/splits/miniimagenet.'
     )
   class_index = {wnid: i for i, wnid in enumerate(classes)}
-  images = np.empty((len(classes), per_class.pop(), size, size, 3), np.uint8)
-  filled = np.zeros(len(classes), bool)
-  for record in range(len(source)):  # One class at a time: no second copy.
-    record = source[record]
-    wnid = record['wnid']
-    wnid = wnid.decode() if isinstance(wnid, bytes) else str(wnid)
-    i = class_index.get(wnid)
-    if i is None or record['images'].shape != images.shape[1:]:
-      raise MiniImageNetError(
-        f'The prepared mini-ImageNet cache in {builder.data_dir} holds class '
-        f'{wnid} with images {record["images"].shape}; the {split} split '
-        f'list wants {images.shape[1:]} per class of its classes. {fix}'
-      )
-    images[i] = record['images']
-    filled[i] = True
-  if not filled.all():
-    raise MiniImageNetError(
-      f'The prepared mini-ImageNet cache in {builder.data_dir} lacks class '
-      f'{list(classes)[int(np.argmin(filled))]}. {fix}'
-    )
+  images = tfds_cache.read_class_records(
+    builder,
+    split,
+    (len(classes), per_class.pop(), size, size, 3),
+    lambda record: class_index.get(tfds_cache.decode_text(record['wnid'])),
+    MiniImageNetError,
+  )
   return ClassImages(images=images, class_names=tuple(classes))

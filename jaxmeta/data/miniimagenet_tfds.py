@@ -1,20 +1,7 @@
 """A TensorFlow-free tensorflow-datasets builder for mini-ImageNet (private).
 
 Users call `jaxmeta.data.miniimagenet.load`; this module prepares the TFDS
-cache it reads. The images are not shipped (ImageNet's terms forbid it); the
-builder reads one of three sources a user already has:
-
-* `'folder'`: the ILSVRC-2012 training images extracted, a folder of class
-  folders `nXXXXXXXX/` holding `nXXXXXXXX_<k>.JPEG`;
-* `'tar'`: `ILSVRC2012_img_train.tar` itself, a tar of per-class tars
-  `nXXXXXXXX.tar` (read in place, nothing is extracted to disk);
-* `'images'`: mini-ImageNet image files named as in the CSVs
-  (`n0153282900000005.jpg`), as Ravi & Larochelle's `images/` folder or the
-  `{train,val,test}/<wnid>/` folders that common preparation scripts write
-  (e.g. MAML's `proc_images.py`); usually already 84x84;
-* `'pickles'`: the preprocessed caches `mini-imagenet-cache-{train,val,test}.pkl`
-  (Ren et al., 2018), dicts with `image_data` uint8 `[N, 84, 84, 3]` and
-  `class_dict` {wnid: [row indices]}.
+cache it reads from one of the sources of `jaxmeta.data.miniimagenet_sources`.
 
 The split lists are Ravi & Larochelle's CSVs, shipped in
 `jaxmeta/data/splits/miniimagenet/ravi` (see the README there). A row
@@ -22,23 +9,15 @@ The split lists are Ravi & Larochelle's CSVs, shipped in
 index 5 in ascending numeric order of `k` among that class's ILSVRC files
 `n01532829_<k>.JPEG` (not `k = 5`).
 
-ILSVRC preprocessing (folder and tar, one builder config per image size):
-decode the JPEG with PIL, convert to RGB (a few ILSVRC images are grayscale or
-CMYK), resize the whole image (no crop; the aspect ratio is not kept) to SxS
-with `Image.Resampling.LANCZOS` (PIL's antialiased resize, formerly
-`Image.ANTIALIAS`, as in MAML's `proc_images.py`), uint8 `[S, S, 3]`. The
-pickles' images are used unchanged (84x84). Ready-made image files are decoded
-the same way and resized only if they are not SxS. Both were made by other
-code, so their pixels differ slightly from ours: each source family ('ilsvrc'
-for folder and tar, 'images', 'pickles') is its own builder config.
+Images (`preprocess`; one builder config per image size) are resized whole to
+SxS with PIL's LANCZOS, as MAML's `proc_images.py`; the pickles' are used
+unchanged (84x84). Ready-made images and pickles were made by other code, so
+their pixels differ slightly from ours: each source family ('ilsvrc' for
+folder and tar, 'images', 'pickles') is its own builder config.
 
-The cache holds one record per class (its images `[600, S, S, 3]` as raw
-bytes, `Encoding.BYTES`): the loader always reads whole classes, and TFDS
-decodes records one by one in Python, so 100 large records read far faster
-than 60,000 small ones.
-
-Everything runs without TensorFlow: `tfds.features.Tensor(uint8)` images,
-array_record files, read back with `builder.as_data_source()`.
+The cache holds one record per class, its images `[600, S, S, 3]` (see
+`tfds_cache.class_images_feature`); everything runs without TensorFlow (see
+`jaxmeta.data.tfds_cache`).
 """
 
 from __future__ import annotations
@@ -48,70 +27,32 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-import pickle
-import re
 import tarfile
-from typing import Any, NamedTuple
+from typing import Any
 import zlib
 
-from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from jaxmeta.data import registry
+from jaxmeta.data import tfds_cache
+from jaxmeta.data.miniimagenet_sources import CSV_NAME_RE
+from jaxmeta.data.miniimagenet_sources import HOW_TO_GET
+from jaxmeta.data.miniimagenet_sources import locate
+from jaxmeta.data.miniimagenet_sources import MiniImageNetError
+from jaxmeta.data.miniimagenet_sources import PICKLE_NAMES
+from jaxmeta.data.miniimagenet_sources import PICKLE_SIZE
+from jaxmeta.data.miniimagenet_sources import read_pickle
+from jaxmeta.data.miniimagenet_sources import scan_folder
+from jaxmeta.data.miniimagenet_sources import scan_images
+from jaxmeta.data.miniimagenet_sources import scan_tar
+from jaxmeta.data.miniimagenet_sources import Source
+from jaxmeta.data.miniimagenet_sources import tar_error
+from jaxmeta.data.registry import SPLITS
 
-SPLITS = ('train', 'val', 'test')
 SPLITS_DIR = (
   Path(__file__).resolve().parent / 'splits' / 'miniimagenet' / 'ravi'
 )
-SOURCE_ENV = 'JAXMETA_MINIIMAGENET_DIR'
-TAR_NAME = 'ILSVRC2012_img_train.tar'
-PICKLE_NAMES = {s: f'mini-imagenet-cache-{s}.pkl' for s in SPLITS}
-PICKLE_SIZE = 84
-IMAGENET_URL = 'https://image-net.org/challenges/LSVRC/2012/'
-
-_CSV_NAME_RE = re.compile(r'^(n\d{8})(\d{8})\.jpg$')
-_WNID_RE = re.compile(r'^n\d{8}$')
-_ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
-
-# Appended to every error about the source: what to bring, where to put it.
-HOW_TO_GET = (
-  "mini-ImageNet cannot be downloaded for you (ImageNet's terms); bring one "
-  f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
-  f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
-  f'{IMAGENET_URL} after accepting its terms), (c) mini-ImageNet images '
-  'named as in the split CSVs (nXXXXXXXX000000NN.jpg) in images/ or in '
-  'train/, val/, test/ class folders, or (d) the three files '
-  f'{", ".join(PICKLE_NAMES.values())}; and pass `source_dir=` the folder '
-  f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
-  '(<data_dir>/downloads/manual).'
-)
-
-MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-Put one of these in the TFDS manual dir (default <data_dir>/downloads/manual/),
-or pass `source_dir=` to the builder / loader, or set ${SOURCE_ENV}:
-(a) the ILSVRC-2012 training images, extracted: nXXXXXXXX/nXXXXXXXX_<k>.JPEG;
-(b) {TAR_NAME} (from {IMAGENET_URL}, after accepting ImageNet's terms);
-(c) mini-ImageNet images named as in the split CSVs (nXXXXXXXX000000NN.jpg),
-    in images/ or in train/<wnid>/, val/<wnid>/, test/<wnid>/;
-(d) mini-imagenet-cache-train.pkl, mini-imagenet-cache-val.pkl and
-    mini-imagenet-cache-test.pkl.
-"""
-
-
-class MiniImageNetError(registry.DataError):
-  """mini-ImageNet data is missing, corrupted, malformed or asked for wrongly.
-
-  The message always names the problem and how to fix it.
-  """
-
-
-class Source(NamedTuple):
-  """A located source: kind 'folder' | 'tar' | 'images' | 'pickles', its path."""
-
-  kind: str
-  path: Path
 
 
 def read_split_list(
@@ -142,7 +83,7 @@ def read_split_list(
     )
   classes = {}
   for number, row in enumerate(rows[1:], 2):
-    match = _CSV_NAME_RE.match(row[0]) if len(row) == 2 else None
+    match = CSV_NAME_RE.match(row[0]) if len(row) == 2 else None
     if match is None or match[1] != row[1]:
       raise MiniImageNetError(
         f'{path}:{number}: expected "<wnid><8-digit index>.jpg,<wnid>", got '
@@ -152,70 +93,12 @@ def read_split_list(
   return classes
 
 
-def locate(folder: os.PathLike | str) -> Source | None:
-  """The mini-ImageNet source in `folder`, or None if there is none.
-
-  Looks for, in this order: class folders `nXXXXXXXX/` (in `folder` or in
-  `folder/train`) of ILSVRC files (kind 'folder') or of CSV-named files (kind
-  'images'), CSV-named files in `folder/images` ('images'),
-  `ILSVRC2012_img_train.tar` or `folder` being that tar ('tar'), the three
-  cache pickles ('pickles').
-
-  Raises:
-    MiniImageNetError: if only some of the three pickles are there.
-  """
-  folder = Path(folder)
-  if folder.is_file() and folder.name.endswith('.tar'):
-    return Source('tar', folder)
-  if not folder.is_dir():
-    return None
-  for candidate in (folder, folder / 'train'):
-    kind = _class_folders_kind(candidate)
-    if kind == 'folder':
-      return Source('folder', candidate)
-    if kind == 'images':
-      return Source('images', folder)
-  images = folder / 'images'
-  if images.is_dir() and any(
-    _CSV_NAME_RE.match(p.name) for p in images.iterdir()
-  ):
-    return Source('images', folder)
-  if (folder / TAR_NAME).is_file():
-    return Source('tar', folder / TAR_NAME)
-  present = [n for n in PICKLE_NAMES.values() if (folder / n).is_file()]
-  if len(present) == len(PICKLE_NAMES):
-    return Source('pickles', folder)
-  if present:
-    missing = [n for n in PICKLE_NAMES.values() if n not in present]
-    raise MiniImageNetError(
-      f'{folder} holds {present} but not {missing}. Fix: put all three '
-      'mini-imagenet-cache pickles there.'
-    )
-  return None
-
-
-def _class_folders_kind(folder: Path) -> str | None:
-  """The kind of class folders `folder` holds: 'folder', 'images' or None.
-
-  'folder': class folders of ILSVRC files (`n01532829_1234.JPEG`); 'images':
-  of CSV-named files (`n0153282900000005.jpg`); judged by the first such file.
-  """
-  if not folder.is_dir():
-    return None
-  for sub in sorted(folder.iterdir()):
-    if sub.is_dir() and _WNID_RE.match(sub.name):
-      for path in sub.iterdir():
-        if _ILSVRC_FILE_RE.match(path.name):
-          return 'folder'
-        if _CSV_NAME_RE.match(path.name):
-          return 'images'
-  return None
-
-
 def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
   """Decodes one JPEG to RGB, resizes it whole with LANCZOS to SxS.
 
-  An image already SxS is not resampled.
+  RGB: a few ILSVRC images are grayscale or CMYK. Whole: no crop, the aspect
+  ratio is not kept. LANCZOS is PIL's antialiased resize (formerly
+  `Image.ANTIALIAS`). An image already SxS is not resampled.
 
   Returns:
     uint8 `[S, S, 3]`.
@@ -225,177 +108,6 @@ def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
     if image.size != (image_size, image_size):
       image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.uint8)
-
-
-def _ilsvrc_index(
-  k_by_name: dict[str, int], wnid: str, indices: list[int], where: str
-) -> list[str]:
-  """File names (of a class's ILSVRC files) selected by 1-based rank indices."""
-  ordered = sorted(k_by_name, key=k_by_name.__getitem__)
-  if max(indices) > len(ordered):
-    raise MiniImageNetError(
-      f'Class {wnid} has {len(ordered)} images in {where}, but the split '
-      f'list needs image #{max(indices)} (1-based, in numeric order of '
-      f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
-      f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}'
-    )
-  return [ordered[i - 1] for i in indices]
-
-
-def _jpeg_k(name: str, wnid: str) -> int | None:
-  match = re.match(rf'^{wnid}_(\d+)\.jpe?g$', name, re.IGNORECASE)
-  return None if match is None else int(match[1])
-
-
-def scan_folder(
-  root: Path, classes: dict[str, list[int]]
-) -> dict[str, list[Path]]:
-  """wnid -> the selected files, in split-list order; checks completeness."""
-  selected = {}
-  for wnid, indices in classes.items():
-    folder = root / wnid
-    if not folder.is_dir():
-      raise MiniImageNetError(
-        f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}'
-      )
-    ks = {
-      p.name: k
-      for p in folder.iterdir()
-      if (k := _jpeg_k(p.name, wnid)) is not None
-    }
-    names = _ilsvrc_index(ks, wnid, indices, str(folder))
-    selected[wnid] = [folder / n for n in names]
-  return selected
-
-
-def scan_images(
-  root: Path, split: str, classes: dict[str, list[int]]
-) -> dict[str, list[Path]]:
-  """wnid -> paths of CSV-named files, in split-list order; checks presence.
-
-  A file `n0153282900000005.jpg` of split s is looked for in `root/images/`,
-  `root/s/n01532829/` and `root/n01532829/`.
-  """
-  selected = {}
-  for wnid, indices in classes.items():
-    folders = (root / 'images', root / split / wnid, root / wnid)
-    paths = []
-    for index in indices:
-      name = f'{wnid}{index:08d}.jpg'
-      path = next((f / name for f in folders if (f / name).is_file()), None)
-      if path is None:
-        raise MiniImageNetError(
-          f'Class {wnid} of the {split} split is incomplete: no {name} in '
-          f'{[str(f) for f in folders]}. Fix: complete the images of class '
-          f'{wnid}. {HOW_TO_GET}'
-        )
-      paths.append(path)
-    selected[wnid] = paths
-  return selected
-
-
-def _tar_error(path: Path, e: Exception) -> MiniImageNetError:
-  return MiniImageNetError(
-    f'{path} is not a readable tar (truncated or corrupted?): {e!r}. Fix: '
-    f'replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
-  )
-
-
-def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
-  """wnid -> selected member names of its inner tar; checks completeness."""
-  selected = {}
-  try:
-    with tarfile.open(path, 'r:*') as outer:
-      members = {Path(m.name).name: m for m in outer.getmembers() if m.isfile()}
-      for wnid, indices in classes.items():
-        member = members.get(f'{wnid}.tar')
-        if member is None:
-          raise MiniImageNetError(
-            f'Class {wnid} is missing: {path} has no member {wnid}.tar '
-            f'(an incomplete or truncated tar?). {HOW_TO_GET}'
-          )
-        with tarfile.open(
-          fileobj=outer.extractfile(member), mode='r:'
-        ) as inner:
-          ks = {
-            m.name: k
-            for m in inner.getmembers()
-            if m.isfile()
-            and (k := _jpeg_k(Path(m.name).name, wnid)) is not None
-          }
-        selected[wnid] = _ilsvrc_index(ks, wnid, indices, f'{path}:{wnid}.tar')
-  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-    raise _tar_error(path, e) from e
-  return selected
-
-
-def read_pickle(
-  path: Path, classes: dict[str, list[int]]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """One cache pickle, checked against the split list.
-
-  Returns:
-    (image_data uint8 `[N, 84, 84, 3]`, wnid -> its rows of image_data in
-    class_dict order).
-  """
-  try:
-    with open(path, 'rb') as f:
-      content = pickle.load(f, encoding='latin1')
-  except Exception as e:
-    raise MiniImageNetError(
-      f'{path} is not a readable pickle (truncated or corrupted?): {e!r}. '
-      f'Fix: replace it by an intact copy. {HOW_TO_GET}'
-    ) from e
-  if isinstance(content, dict):
-    content = {
-      k.decode() if isinstance(k, bytes) else k: v for k, v in content.items()
-    }
-  if (
-    not isinstance(content, dict)
-    or 'image_data' not in content
-    or 'class_dict' not in content
-  ):
-    raise MiniImageNetError(
-      f'{path} should hold a dict with keys image_data and class_dict. '
-      f'{HOW_TO_GET}'
-    )
-  data = content['image_data']
-  if (
-    not isinstance(data, np.ndarray)
-    or data.dtype != np.uint8
-    or data.ndim != 4
-    or data.shape[1:] != (PICKLE_SIZE, PICKLE_SIZE, 3)
-  ):
-    raise MiniImageNetError(
-      f'{path}: image_data should be uint8 [N, {PICKLE_SIZE}, {PICKLE_SIZE}, '
-      f'3], got {getattr(data, "dtype", type(data).__name__)} '
-      f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}'
-    )
-  class_dict = {
-    k.decode() if isinstance(k, bytes) else k: v
-    for k, v in dict(content['class_dict']).items()
-  }
-  if set(class_dict) != set(classes):
-    extra = sorted(set(class_dict) - set(classes))[:5]
-    lacking = sorted(set(classes) - set(class_dict))[:5]
-    raise MiniImageNetError(
-      f'{path} holds classes {extra} not in the split list and lacks '
-      f'{lacking}. Fix: use the pickle of this split. {HOW_TO_GET}'
-    )
-  out = {}
-  for wnid, indices in classes.items():
-    rows = np.asarray(class_dict[wnid], np.int64)
-    if rows.shape != (len(indices),):
-      raise MiniImageNetError(
-        f'{path}: class {wnid} has {rows.size} images, the split list '
-        f'{len(indices)}. {HOW_TO_GET}'
-      )
-    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
-      raise MiniImageNetError(
-        f'{path}: class {wnid} points at rows outside image_data. {HOW_TO_GET}'
-      )
-    out[wnid] = rows
-  return data, out
 
 
 @dataclasses.dataclass
@@ -424,100 +136,66 @@ def config_source(kind: str) -> str:
   return {'folder': 'ilsvrc', 'tar': 'ilsvrc'}.get(kind, kind)
 
 
-class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
+class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
   name = (
     'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
   )
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
+  error = MiniImageNetError
+  HOMEPAGE = 'https://github.com/twitter/meta-learning-lstm'
+  CITATION = (
+    '@inproceedings{ravi2017optimization, title={Optimization as a Model for '
+    'Few-Shot Learning}, author={Ravi, Sachin and Larochelle, Hugo}, '
+    'booktitle={ICLR}, year={2017}}'
+  )
   BUILDER_CONFIGS = [
     MiniImageNetConfig(
-      name='ilsvrc84',
-      source='ilsvrc',
-      image_size=84,
-      description='ILSVRC-2012 images resized to 84x84 (LANCZOS).',
-    ),
-    MiniImageNetConfig(
-      name='images84',
-      source='images',
-      image_size=84,
-      description='Ready-made mini-ImageNet image files, 84x84.',
-    ),
-    MiniImageNetConfig(
-      name='pickles84',
-      source='pickles',
-      image_size=84,
-      description='The mini-imagenet-cache pickles, 84x84, unchanged.',
-    ),
+      name=f'{source}84', source=source, image_size=84, description=description
+    )
+    for source, description in (
+      ('ilsvrc', 'ILSVRC-2012 images resized to 84x84 (LANCZOS).'),
+      ('images', 'Ready-made mini-ImageNet image files, 84x84.'),
+      ('pickles', 'The mini-imagenet-cache pickles, 84x84, unchanged.'),
+    )
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
-  code_path = epath.Path(__file__)
 
-  def __init__(
-    self,
-    *,
-    source_dir: os.PathLike | str | None = None,
-    splits_dir: os.PathLike | str | None = None,
-    **kwargs,
-  ):
+  def __init__(self, *, splits_dir: os.PathLike | str | None = None, **kwargs):
     """Builder reading a folder, the train tar or the pickles.
 
     Args:
-      source_dir: folder holding the source (see `locate`), or the tar itself;
-        default: TFDS's manual dir.
       splits_dir: folder of the split CSVs; default the shipped Ravi lists.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
+      **kwargs: `source_dir=`, the folder holding the source (see `locate`)
+        or the tar itself, and `tfds.core.DatasetBuilder` arguments.
     """
-    self._source_dir = None if source_dir is None else Path(source_dir)
     self._splits_dir = None if splits_dir is None else Path(splits_dir)
     super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _description(self) -> str:
     size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
-        f'2017), uint8 [{size}, {size}, 3] RGB images, from '
-        f'{self.builder_config.source}.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          # One record per class: its images in split-list order.
-          'images': tfds.features.Tensor(
-            shape=(None, size, size, 3),
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          'wnid': tfds.features.Text(),
-          # Per image: the split list's 1-based ILSVRC index (ILSVRC
-          # sources) or the row of the pickle's image_data (pickles).
-          'source_indices': tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }
-      ),
-      homepage='https://github.com/twitter/meta-learning-lstm',
-      citation=(
-        '@inproceedings{ravi2017optimization, title={Optimization as a '
-        'Model for Few-Shot Learning}, author={Ravi, Sachin and '
-        'Larochelle, Hugo}, booktitle={ICLR}, year={2017}}'
-      ),
+    return (
+      f'mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle '
+      f'2017), uint8 [{size}, {size}, 3] RGB images, from '
+      f'{self.builder_config.source}.'
     )
 
+  def _features(self) -> dict[str, Any]:
+    size = self.builder_config.image_size
+    return {
+      # One record per class: its images in split-list order.
+      'images': tfds_cache.class_images_feature((size, size, 3)),
+      'wnid': tfds.features.Text(),
+      # Per image: the split list's 1-based ILSVRC index (ILSVRC sources) or
+      # the row of the pickle's image_data (pickles).
+      'source_indices': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    }
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    folder = self._source_dir
-    if folder is None:
-      try:
-        folder = Path(os.fspath(dl_manager.manual_dir))
-      except AssertionError as e:  # TFDS's way to say: missing or empty.
-        raise MiniImageNetError(f'{e} {HOW_TO_GET}') from e
-    source = locate(folder)
-    if source is None:
-      raise MiniImageNetError(
-        f'No mini-ImageNet source in {folder}. {HOW_TO_GET}'
-      )
+    folder, source = self.find_source(
+      dl_manager, locate, 'mini-ImageNet source'
+    )
     wanted = self.builder_config.source
     if config_source(source.kind) != wanted:
       raise MiniImageNetError(
@@ -535,17 +213,13 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
         'images.'
       )
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
-    # Check every class of every split before writing anything.
-    if source.kind == 'folder':
-      selected = {s: scan_folder(source.path, lists[s]) for s in SPLITS}
-    elif source.kind == 'tar':
-      selected = {s: scan_tar(source.path, lists[s]) for s in SPLITS}
-    elif source.kind == 'images':
-      selected = {s: scan_images(source.path, s, lists[s]) for s in SPLITS}
-    else:
-      selected = {
-        s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]) for s in SPLITS
-      }
+    scan = {
+      'folder': lambda s: scan_folder(source.path, lists[s]),
+      'tar': lambda s: scan_tar(source.path, lists[s]),
+      'images': lambda s: scan_images(source.path, s, lists[s]),
+      'pickles': lambda s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]),
+    }[source.kind]
+    selected = {s: scan(s) for s in SPLITS}  # Check all before writing.
     return {
       s: self._generate_examples(source, lists[s], selected[s]) for s in SPLITS
     }
@@ -553,16 +227,23 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(
     self, source: Source, classes: dict[str, list[int]], selected
   ):
-    generate = {
-      'folder': self._generate_from_folder,
-      'tar': self._generate_from_tar,
-      'images': self._generate_from_folder,
-      'pickles': self._generate_from_pickles,
-    }[source.kind]
-    return generate(source.path, classes, selected)
+    """One record per class: its images in split-list order."""
+    if source.kind == 'pickles':
+      data, rows = selected
+      for wnid in classes:
+        yield self._example(wnid, data[rows[wnid]], rows[wnid])
+    elif source.kind != 'tar':  # Files: 'folder' or 'images'.
+      for wnid, indices in classes.items():
+        images = [
+          self._decode(path.read_bytes(), wnid, str(path))
+          for path in selected[wnid]
+        ]
+        yield self._example(wnid, images, indices)
+    else:
+      yield from self._generate_from_tar(source.path, classes, selected)
 
   def _example(
-    self, wnid: str, images: list[np.ndarray], source_indices
+    self, wnid: str, images, source_indices
   ) -> tuple[str, dict[str, Any]]:
     return wnid, {
       'images': np.stack(images),
@@ -584,18 +265,6 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
         'the intact ILSVRC-2012 file.'
       ) from e
 
-  def _generate_from_folder(self, root, classes, selected):
-    del root
-    for wnid, indices in classes.items():
-      yield self._example(
-        wnid,
-        [
-          self._decode(path.read_bytes(), wnid, str(path))
-          for path in selected[wnid]
-        ],
-        indices,
-      )
-
   def _generate_from_tar(self, path, classes, selected):
     try:
       with tarfile.open(path, 'r:*') as outer:
@@ -615,10 +284,4 @@ class JaxmetaMiniImageNet(tfds.core.GeneratorBasedBuilder):
             ]
           yield self._example(wnid, images, indices)
     except (tarfile.TarError, EOFError, zlib.error) as e:
-      raise _tar_error(path, e) from e
-
-  def _generate_from_pickles(self, root, classes, selected):
-    del root
-    data, rows = selected
-    for wnid in classes:
-      yield self._example(wnid, list(data[rows[wnid]]), rows[wnid])
+      raise tar_error(path, e) from e

@@ -8,9 +8,8 @@ Data path: the official zips are found in, in this order, `source_dir`,
 `$JAXMETA_OMNIGLOT_DIR`, a checkout's `data/omniglot` (the copy shipped in the
 repository), the data dir's `downloads/manual`; else they are downloaded from
 github.com/brendenlake/omniglot (see `omniglot_tfds.source_dirs`). They are
-preprocessed once by a TensorFlow-free tensorflow-datasets builder into a TFDS
-data dir (`data_dir`, default `$JAXMETA_DATA_DIR` if set, else TFDS's default,
-`$TFDS_DATA_DIR` or ~/tensorflow_datasets); later loads read that cache.
+preprocessed once into a TFDS cache found as `jaxmeta.data.tfds_cache` says;
+later loads read that cache.
 
 Images: uint8, strokes 255 and background 0 (inverted, as MAML's reference
 code: strokes are 1.0 after `/ 255`), resized from 105x105 with PIL's BOX
@@ -58,8 +57,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxmeta.data import omniglot_tfds
-from jaxmeta.data.registry import ClassImages
+from jaxmeta.data import tfds_cache
 from jaxmeta.data.omniglot_tfds import OmniglotError
+from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import register_dataset
 from jaxmeta.data.registry import SPLITS
 
@@ -67,7 +67,6 @@ SPLIT_SCHEMES = ('vinyals', 'maml', 'lake')
 ROTATIONS = (0, 90, 180, 270)
 NUM_DRAWINGS = omniglot_tfds.NUM_DRAWINGS
 DEFAULT_SOURCE_DIR = omniglot_tfds.DEFAULT_SOURCE_DIR
-DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
 
 # The Vinyals lists, package data of `jaxmeta.data`.
 _VINYALS_DIR = importlib.resources.files('jaxmeta.data').joinpath(
@@ -131,34 +130,21 @@ def load(
 
     train = load('train', 'vinyals')  # images: [4112, 20, 28, 28, 1]
   """
-  if split not in SPLITS:
-    raise OmniglotError(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
-  if scheme not in SPLIT_SCHEMES:
-    raise OmniglotError(
-      f'Unknown split scheme {scheme!r}. Fix: use one of {SPLIT_SCHEMES}.'
-    )
-  if (
-    isinstance(image_size, bool)
-    or not isinstance(image_size, int)
-    or not 1 <= image_size <= omniglot_tfds.ORIGINAL_SIZE
-  ):
-    raise OmniglotError(
-      f'image_size must be an int in 1..{omniglot_tfds.ORIGINAL_SIZE} (the '
-      f'original drawings are 105x105), got {image_size!r}. Fix: pass e.g. '
-      '28 or 84.'
-    )
+  tfds_cache.check_split(split, scheme, SPLIT_SCHEMES, OmniglotError)
+  tfds_cache.check_image_size(
+    image_size, OmniglotError, '28 or 84', omniglot_tfds.ORIGINAL_SIZE
+  )
   if rotations not in (None, True, False):
     raise OmniglotError(
       f'rotations must be None, True or False, got {rotations!r}.'
     )
-  if data_dir is None:
-    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  data_dir = tfds_cache.data_dir_or_default(data_dir)
   source = Path(source_dir) if source_dir is not None else None
 
   if scheme == 'vinyals':  # Check the lists before any work on the images.
     characters = _split_characters(scheme, split, source, None)
   by_source = _load_characters(
-    None if data_dir is None else str(data_dir),
+    data_dir,
     image_size,
     None if source is None else str(source),
   )
@@ -182,16 +168,9 @@ def load(
     rotations = scheme == 'vinyals' or split == 'train'
   class_rotations = ROTATIONS if rotations else (0,)
 
-  images = np.empty(
-    (
-      len(characters) * len(class_rotations),
-      NUM_DRAWINGS,
-      image_size,
-      image_size,
-      1,
-    ),
-    np.uint8,
-  )
+  num_classes = len(characters) * len(class_rotations)
+  shape = (num_classes, NUM_DRAWINGS, image_size, image_size, 1)
+  images = np.empty(shape, np.uint8)
   class_names = []
   for i, character in enumerate(characters):
     drawings = images_by_character[character]  # [20, S, S, 1]
@@ -332,20 +311,8 @@ def _load_characters(
       a writable folder, or a prepared cache that cannot be read (truncated,
       corrupted): the message names the folder to delete.
   """
-  root = Path(
-    data_dir
-    if data_dir is not None
-    else os.path.expanduser(tfds.core.constants.DATA_DIR)
-  )
-  existing = root
-  while not existing.exists() and existing.parent != existing:
-    existing = existing.parent
-  if not existing.is_dir():
-    raise OmniglotError(
-      f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
-      f'pass `data_dir=` (or set ${DATA_DIR_ENV}) to a folder, or remove '
-      'that file.'
-    )
+  root = Path(data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR))
+  tfds_cache.check_data_dir(root, OmniglotError)
   config = omniglot_tfds.config_for_size(image_size)
   cache_dir = (
     root
@@ -375,20 +342,7 @@ def _load_characters(
   except Exception as e:
     raise corrupted(e) from e
   if not prepared:
-    if not os.access(existing, os.W_OK):
-      raise OmniglotError(
-        f'Cannot write the Omniglot cache into the data dir {root}: '
-        f'{existing} is read-only. Fix: pass `data_dir=` (or set '
-        f'${DATA_DIR_ENV}) to a writable folder.'
-      )
-    try:
-      builder.download_and_prepare()
-    except OSError as e:
-      raise OmniglotError(
-        f'Cannot write the Omniglot cache into the data dir {root}: {e}. '
-        f'Fix: pass `data_dir=` (or set ${DATA_DIR_ENV}) to a writable '
-        'folder.'
-      ) from e
+    tfds_cache.prepare_cache(builder, OmniglotError)
   by_source = {}
   for source in omniglot_tfds.SOURCES:
     try:

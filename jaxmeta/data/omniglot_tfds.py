@@ -3,10 +3,7 @@
 Users call `jaxmeta.data.omniglot.load`; this module holds what it needs to
 prepare the TFDS cache from the official zips.
 
-Everything here runs without TensorFlow: images are stored as
-`tfds.features.Tensor(uint8)` (not `tfds.features.Image`, which imports TF),
-strings as `tfds.features.Text`, the file format is `array_record` and data is
-read back with `builder.as_data_source()`.
+Everything here runs without TensorFlow (see `jaxmeta.data.tfds_cache`).
 
 Preprocessing, done once at preparation time (per builder config = image size):
 
@@ -31,17 +28,17 @@ import os
 from pathlib import Path
 import re
 import socket
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 import urllib.parse
 import zipfile
 import zlib
 
-from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxmeta.data import registry
+from jaxmeta.data import tfds_cache
 
 # The project's shipped copy of the Omniglot source files (see its README.md):
 # `data/omniglot` of a checkout; None where that folder does not exist (an
@@ -84,10 +81,9 @@ _LAYOUT = (
 
 
 class OmniglotError(registry.DataError):
-  """Omniglot data is missing, corrupted, badly laid out or asked for wrongly.
+  """Omniglot data is missing, corrupted, badly laid out or asked for wrongly."""
 
-  The message always names the problem and how to fix it.
-  """
+  dataset = 'Omniglot'
 
 
 class Drawing(NamedTuple):
@@ -186,13 +182,7 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
     with zipfile.ZipFile(path) as archive:
       bad_member = archive.testzip()  # Reads every member, checks its CRC.
       names = archive.namelist()
-  except (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-  ) as e:
+  except tfds_cache.ARCHIVE_ERRORS as e:
     raise OmniglotError(
       f'{path} is not a readable zip file (truncated or corrupted?): {e}. {fix}'
     ) from e
@@ -282,29 +272,18 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
 def source_dirs(
   source_dir: os.PathLike | str | None, manual_dir: os.PathLike | str | None
 ) -> list[tuple[str, Path]]:
-  """Where to look for the two zips, in order, each with how it was chosen.
+  """Where to look for the two zips, in order, as `(how chosen, folder)`.
 
   1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
   checkout's `data/omniglot`, if it exists; 4. TFDS's manual dir,
-  `<data_dir>/downloads/manual`. Only then are the zips downloaded.
-
-  Args:
-    source_dir: the folder the caller named, or None.
-    manual_dir: TFDS's manual download folder of the data dir, or None.
-
-  Returns:
-    `(description, folder)` pairs.
+  `<data_dir>/downloads/manual`, if given. Only then are the zips downloaded.
   """
-  candidates = []
-  if source_dir is not None:
-    candidates.append(('source_dir', Path(source_dir)))
-  if os.environ.get(SOURCE_DIR_ENV):
-    candidates.append((f'${SOURCE_DIR_ENV}', Path(os.environ[SOURCE_DIR_ENV])))
-  if DEFAULT_SOURCE_DIR is not None:
-    candidates.append(("the checkout's data/omniglot", DEFAULT_SOURCE_DIR))
-  if manual_dir is not None:
-    candidates.append(('TFDS manual dir', Path(manual_dir)))
-  return candidates
+  checkout = [("the checkout's data/omniglot", DEFAULT_SOURCE_DIR)]
+  if DEFAULT_SOURCE_DIR is None:
+    checkout = []
+  return tfds_cache.source_folders(
+    source_dir, SOURCE_DIR_ENV, manual_dir, *checkout
+  )
 
 
 def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -341,12 +320,17 @@ def config_for_size(image_size: int) -> OmniglotConfig:
   )
 
 
-class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
-  """Omniglot, preprocessed for few-shot learning, without TensorFlow."""
+class JaxmetaOmniglot(tfds_cache.SourceBuilder):
+  """Omniglot, preprocessed for few-shot learning, without TensorFlow.
 
-  # Bump when the preprocessing or the features change: caches are per version.
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  `source_dir=`: the folder holding images_background.zip and
+  images_evaluation.zip, looked at first; then the folders of `source_dirs`
+  (`$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot`,
+  `<data_dir>/downloads/manual`). If none holds the zips, they are downloaded
+  from the official URLs (checked against the sha256 in `checksums.tsv`),
+  after a quick check that the download host can be reached.
+  """
+
   BUILDER_CONFIGS = [
     OmniglotConfig(
       name='size28',
@@ -358,62 +342,37 @@ class JaxmetaOmniglot(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'size28'
-  # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
-  # `code_path` needs the `importlib_resources` backport for builders outside
-  # tensorflow_datasets; this file is the answer anyway.
-  code_path = epath.Path(__file__)
+  error = OmniglotError
+  HOMEPAGE = 'https://github.com/brendenlake/omniglot'
+  CITATION = (
+    '@article{lake2015human, title={Human-level concept learning through '
+    'probabilistic program induction}, author={Lake, Brenden M and '
+    'Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, journal={Science}, '
+    'volume={350}, number={6266}, pages={1332--1338}, year={2015}}'
+  )
 
-  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading the official zips.
-
-    Args:
-      source_dir: folder holding images_background.zip and
-        images_evaluation.zip, looked at first; then the folders of
-        `source_dirs` (`$JAXMETA_OMNIGLOT_DIR`, the checkout's
-        `data/omniglot`, `<data_dir>/downloads/manual`). If none holds the
-        zips, they are downloaded from the official URLs (checked against the
-        sha256 in `checksums.tsv`), after a quick check that the download host
-        can be reached.
-      **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, ...).
-    """
-    self._source_dir = None if source_dir is None else Path(source_dir)
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _description(self) -> str:
     size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=(
-        f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, '
-        'strokes 255 and background 0 (inverted), resized from 105x105 '
-        'with PIL BOX on the float image.'
-      ),
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
-          'alphabet': tfds.features.Text(),
-          'character': np.int64,  # NN of characterNN, 1-based.
-          'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
-          'character_id': np.int64,  # Global ID, 1..1623.
-          'drawer': np.int64,  # 1..20.
-          'source': tfds.features.Text(),  # 'background' | 'evaluation'.
-        }
-      ),
-      homepage='https://github.com/brendenlake/omniglot',
-      citation=(
-        '@article{lake2015human, title={Human-level concept learning '
-        'through probabilistic program induction}, author={Lake, Brenden '
-        'M and Salakhutdinov, Ruslan and Tenenbaum, Joshua B}, '
-        'journal={Science}, volume={350}, number={6266}, '
-        'pages={1332--1338}, year={2015}}'
-      ),
+    return (
+      f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, strokes 255 '
+      'and background 0 (inverted), resized from 105x105 with PIL BOX on the '
+      'float image.'
     )
+
+  def _features(self) -> dict[str, Any]:
+    size = self.builder_config.image_size
+    return {
+      'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+      'alphabet': tfds.features.Text(),
+      'character': np.int64,  # NN of characterNN, 1-based.
+      'character_name': tfds.features.Text(),  # 'Alphabet/characterNN'.
+      'character_id': np.int64,  # Global ID, 1..1623.
+      'drawer': np.int64,  # 1..20.
+      'source': tfds.features.Text(),  # 'background' | 'evaluation'.
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    candidates = source_dirs(
-      self._source_dir,
-      Path(os.fspath(self.data_dir_root)) / 'downloads' / 'manual',
-    )
+    candidates = source_dirs(self._source_dir, tfds_cache.manual_dir(self))
     zips = None
     for _, folder in candidates:
       zips = locate_zips(folder)
@@ -495,6 +454,6 @@ def read_all(data_source) -> Mapping[str, np.ndarray]:
   for key in records[0]:
     values = [r[key] for r in records]
     if isinstance(values[0], bytes):
-      values = [v.decode('utf-8') for v in values]
+      values = [tfds_cache.decode_text(v) for v in values]
     columns[key] = np.stack(values) if key == 'image' else np.asarray(values)
   return columns

@@ -11,9 +11,6 @@ line.
 
 from __future__ import annotations
 
-import errno
-import os
-from pathlib import Path
 from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
@@ -22,11 +19,14 @@ SPLITS = ('train', 'val', 'test')
 
 
 class DataError(ValueError):
-  """Missing, malformed or unusable data; the message names the fix.
+  """Missing, malformed or unusable data; the message names the problem and
+  the fix.
 
   Every dataset's own error type derives from it, so that a program can
-  report any of them as one line.
+  report any of them as one line; its `dataset` names the data in messages.
   """
+
+  dataset = 'the data'
 
 
 class ClassImages(NamedTuple):
@@ -76,46 +76,3 @@ def load(name: str, split: str, **kwargs) -> ClassImages:
       f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.'
     )
   return DATASETS[name](split, **kwargs)
-
-
-def prepare_cache(builder, what: str, error: type[DataError]) -> None:
-  """Prepares a TFDS builder's cache; a data dir that cannot be written, or
-  that is removed meanwhile, is one `error` naming the fix.
-
-  Args:
-    builder: a `tfds.core.DatasetBuilder`.
-    what: the cache's name in messages, e.g. 'mini-ImageNet'.
-    error: the dataset's `DataError` subclass.
-  """
-  root = Path(os.fspath(builder.data_dir_root))
-  existing = root
-  while not existing.exists() and existing.parent != existing:
-    existing = existing.parent
-  fix = (
-    'Fix: pass `data_dir=` (--data_dir, or set $JAXMETA_DATA_DIR) to a '
-    'writable folder.'
-  )
-  if not existing.is_dir() or not os.access(existing, os.W_OK):
-    raise error(
-      f'Cannot write the {what} cache into the data dir {root}: '
-      f'{existing} is {"read-only" if existing.is_dir() else "a file"}. {fix}'
-    )
-  try:
-    builder.download_and_prepare()
-  except DataError:
-    raise
-  except Exception as e:
-    # TFDS reports a folder removed under it with its own error types.
-    if not root.is_dir():
-      raise error(
-        f'The data dir {root} was removed while the {what} cache was being '
-        f'prepared in it ({type(e).__name__}). Fix: leave it in place and '
-        'load again: the cache is prepared afresh.'
-      ) from e
-    if isinstance(e, PermissionError) or (
-      isinstance(e, OSError) and e.errno == errno.EROFS
-    ):
-      raise error(
-        f'Cannot write the {what} cache into the data dir {root}: {e}. {fix}'
-      ) from e
-    raise

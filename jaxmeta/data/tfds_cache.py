@@ -1,0 +1,319 @@
+"""The TFDS caches behind the image datasets: where, how prepared, how read.
+
+Every image dataset is prepared once, from its source files, by a
+TensorFlow-free tensorflow-datasets builder into a TFDS data dir; later loads
+read that cache. Images are `tfds.features.Tensor(uint8)` (not
+`tfds.features.Image`, which imports TensorFlow), the file format is
+array_record and records are read back with `builder.as_data_source()`.
+Errors are the dataset's `DataError` subclass, whose `dataset` names it.
+
+Where the cache goes: `data_dir`, else `$JAXMETA_DATA_DIR`, else TFDS's
+default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets). Where a source is looked
+for while no cache is prepared: `source_dir`, else the dataset's environment
+variable, else TFDS's manual dir (`<data_dir>/downloads/manual`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+import pickle
+import tarfile
+from typing import Any, Callable, Mapping
+import zipfile
+import zlib
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxmeta.data.registry import DataError
+from jaxmeta.data.registry import SPLITS
+
+DATA_DIR_ENV = 'JAXMETA_DATA_DIR'
+# What reading a truncated or corrupted tar or zip raises.
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile)
+ARCHIVE_ERRORS += (zlib.error, EOFError, OSError)
+_NO_SPACE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+_WRITABLE_FIX = (
+  f'Fix: pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a '
+  'writable folder.'
+)
+
+
+def data_dir_or_default(data_dir: os.PathLike | str | None) -> str | None:
+  """`data_dir`, else `$JAXMETA_DATA_DIR`, else None (TFDS's default)."""
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+  return None if data_dir is None else str(data_dir)
+
+
+def check_split(
+  split: str,
+  scheme: str,
+  schemes: tuple[str, ...],
+  error: type[DataError],
+  name: str = '',
+) -> None:
+  """Raises `error` unless `split` is one of `SPLITS` and `scheme` one of
+  `schemes`; `name` (default `error.dataset`) names the dataset."""
+  if split not in SPLITS:
+    raise error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
+  if scheme not in schemes:
+    raise error(
+      f'Unknown split scheme {scheme!r} of {name or error.dataset}. Fix: '
+      f'use one of {schemes}.'
+    )
+
+
+def check_image_size(
+  image_size: int, error: type[DataError], example: str, largest: int = 0
+) -> None:
+  """Raises `error` unless `image_size` is an int in 1..`largest`, the size of
+  the source images (0: any positive int); the fix proposes `example`."""
+  if (
+    isinstance(image_size, bool)
+    or not isinstance(image_size, int)
+    or not 1 <= image_size <= (largest or image_size)
+  ):
+    within = (
+      'a positive int'
+      if not largest
+      else f'an int in 1..{largest} (the originals are {largest}x{largest})'
+    )
+    raise error(
+      f'image_size must be {within}, got {image_size!r}. Fix: pass e.g. '
+      f'{example}.'
+    )
+
+
+def decode_text(value: bytes | str) -> str:
+  """A TFDS text feature as read back (bytes) or as written (str)."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def manual_dir(builder: tfds.core.DatasetBuilder) -> Path:
+  """TFDS's manual download folder of `builder`'s data dir."""
+  return Path(os.fspath(builder.data_dir_root)) / 'downloads' / 'manual'
+
+
+def source_folders(
+  source_dir: os.PathLike | str | None,
+  env: str,
+  manual: os.PathLike | str | None,
+  *others: tuple[str, Path],
+) -> list[tuple[str, Path]]:
+  """Where to look for a source, in order, each with how it was chosen (for
+  messages): `source_dir` if given, `$env` if set, the `others`, then TFDS's
+  `manual` dir if given."""
+  folders = [] if source_dir is None else [('source_dir', Path(source_dir))]
+  if os.environ.get(env):
+    folders.append((f'${env}', Path(os.environ[env])))
+  folders += others
+  if manual is not None:
+    folders.append(('the TFDS manual dir', Path(manual)))
+  return folders
+
+
+def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
+  """Refuses a data dir that cannot be a folder (it or a parent is a file);
+  returns the nearest of `root` and its parents that exists."""
+  existing = Path(root)
+  while not existing.exists() and existing.parent != existing:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise error(
+      f'The data dir {root} cannot be a folder: {existing} is a file. Fix: '
+      f'pass `data_dir=` (--data_dir, or set ${DATA_DIR_ENV}) to a folder, '
+      'or remove that file.'
+    )
+  return existing
+
+
+def prepare_cache(
+  builder: tfds.core.DatasetBuilder, error: type[DataError]
+) -> None:
+  """Prepares a builder's cache; a data dir that cannot be written, or that
+  is removed meanwhile, is one `error` naming the fix."""
+  what = error.dataset
+  root = Path(os.fspath(builder.data_dir_root))
+  existing = check_data_dir(root, error)
+  if not os.access(existing, os.W_OK):
+    raise error(
+      f'Cannot write the {what} cache into the data dir {root}: {existing} '
+      f'is read-only. {_WRITABLE_FIX}'
+    )
+  try:
+    builder.download_and_prepare()
+  except DataError:
+    raise
+  except Exception as e:
+    # TFDS reports a folder removed under it with its own error types.
+    if not root.is_dir():
+      raise error(
+        f'The data dir {root} was removed while the {what} cache was being '
+        f'prepared in it ({type(e).__name__}). Fix: leave it in place and '
+        'load again: the cache is prepared afresh.'
+      ) from e
+    if isinstance(e, PermissionError) or (
+      isinstance(e, OSError) and e.errno in _NO_SPACE
+    ):
+      raise error(
+        f'Cannot write the {what} cache into the data dir {root}: {e}. '
+        f'{_WRITABLE_FIX}'
+      ) from e
+    raise
+
+
+def unpickle(
+  data: bytes, where: str, error: type[DataError], how_to_get: str
+) -> Mapping[str, Any]:
+  """A pickled dict (Python 2 or 3) with str keys; `where` names the file and
+  `how_to_get` ends every message. `encoding='latin1'` is what NumPy needs for
+  Python 2 arrays."""
+  try:
+    content = pickle.loads(data, encoding='latin1')
+  except Exception as e:
+    # Truncated or corrupted pickles raise EOFError, UnpicklingError,
+    # ValueError, ... depending on where they break.
+    raise error(
+      f'{where} is not a readable pickle (truncated or corrupted?): '
+      f'{e!r}. Fix: replace it by an intact copy. {how_to_get}'
+    ) from e
+  if not isinstance(content, dict):
+    raise error(
+      f'{where} holds a {type(content).__name__}, not the dict of a '
+      f'{error.dataset} pickle. {how_to_get}'
+    )
+  return {
+    k.decode('latin1') if isinstance(k, bytes) else k: v
+    for k, v in content.items()
+  }
+
+
+def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
+  """A record's images `[n, *image_shape]` uint8, stored as raw bytes.
+
+  A record per class rather than per image: the loaders always read whole
+  classes, and TFDS decodes records one by one in Python, so 100 large records
+  read far faster than 60,000 small ones (benchmarks/README.md). Raw bytes
+  (`Encoding.BYTES`), not TFDS's default int64 list, which is several times
+  slower to write and read.
+  """
+  return tfds.features.Tensor(
+    shape=(None,) + tuple(image_shape),
+    dtype=np.uint8,
+    encoding=tfds.features.Encoding.BYTES,
+  )
+
+
+class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder that reads its source from a folder given to it.
+
+  `source_dir=` names that folder; without it, TFDS's manual dir. A dataset
+  sets `error` (its `DataError` subclass), `HOMEPAGE`, `CITATION` and the
+  `_description` and `_features` of its records.
+  """
+
+  error: type[DataError] = DataError
+  HOMEPAGE = ''
+  CITATION = ''
+
+  # Bump when the preprocessing or the features change: caches are per
+  # version.
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
+  # `code_path` needs the `importlib_resources` backport for builders outside
+  # tensorflow_datasets; this folder is the answer anyway.
+  code_path = epath.Path(__file__)
+
+  def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
+    """`**kwargs`: `tfds.core.DatasetBuilder`'s (data_dir, config, ...)."""
+    self._source_dir = None if source_dir is None else Path(source_dir)
+    super().__init__(**kwargs)
+
+  def _description(self) -> str:
+    raise NotImplementedError
+
+  def _features(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=self._description(),
+      features=tfds.features.FeaturesDict(self._features()),
+      homepage=self.HOMEPAGE,
+      citation=self.CITATION,
+    )
+
+  def find_source(
+    self,
+    dl_manager: tfds.download.DownloadManager,
+    locate: Callable[[Path], Any],
+    missing: str,
+  ) -> tuple[Path, Any]:
+    """`(folder, locate(folder))` for `source_dir`, else TFDS's manual dir.
+
+    Raises:
+      `self.error`, quoting `MANUAL_DOWNLOAD_INSTRUCTIONS` (the dataset's
+      `HOW_TO_GET`), where there is no folder or `locate` finds no `missing`
+      in it.
+    """
+    folder = self._source_dir
+    if folder is None:
+      try:
+        folder = Path(os.fspath(dl_manager.manual_dir))
+      except AssertionError as e:  # TFDS's way to say: missing or empty.
+        raise self.error(' '.join(str(e).split('\n'))) from e
+    source = locate(folder)
+    if source is None:
+      raise self.error(
+        f'No {missing} in {folder}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
+    return folder, source
+
+
+def read_class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  shape: tuple[int, ...],
+  slot: Callable[[Mapping[str, Any]], int | None],
+  error: type[DataError],
+) -> np.ndarray:
+  """Reads a split of one record per class into one uint8 array.
+
+  Args:
+    builder: a prepared builder whose records hold `images`.
+    split: the TFDS split.
+    shape: `[classes, examples, H, W, C]` of the result.
+    slot: record -> its class's index in the result, or None if the record is
+      not a class of it.
+    error: the dataset's `DataError` subclass.
+
+  Returns:
+    uint8 `shape`, each class filled exactly once.
+  """
+  source = builder.as_data_source()[split]
+  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
+  if len(source) != shape[0]:
+    raise error(
+      f'{where} has {len(source)} classes in its {split} split, not '
+      f'{shape[0]}. {fix}'
+    )
+  images = np.empty(shape, np.uint8)
+  filled = np.zeros(shape[0], bool)
+  for i in range(len(source)):  # One class at a time: no second copy.
+    record = source[i]
+    index = slot(record)
+    if index is None or record['images'].shape != shape[1:] or filled[index]:
+      raise error(
+        f'{where} holds a class with images {record["images"].shape} that '
+        f'is not one of the {split} split, of images {shape[1:]}. {fix}'
+      )
+    images[index] = record['images']
+    filled[index] = True
+  return images
