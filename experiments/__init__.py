@@ -3,9 +3,8 @@
 A folder of the repository, run from a checkout as `python -m
 experiments.main`; installed, it is the package `jaxmeta_experiments` (a
 name no user's own `experiments` folder shadows), with the commands
-`jaxmeta-train`, `jaxmeta-omniglot`, `jaxmeta-sinusoid` and
-`jaxmeta-predict`. Its modules import each other relatively, so both names
-work.
+`jaxmeta-train`, `jaxmeta-omniglot` and `jaxmeta-sinusoid`. Its modules
+import each other relatively, so both names work.
 
 `load_run(workdir)` gives a trained run's learner, parameters and config,
 and `classify` predicts new images with them (`experiments.predict`).

@@ -489,7 +489,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  """The program (also the `jaxmeta-predict` command)."""
+  """The program."""
   define_flags()
   app.run(main, flags_parser=common.parse_flags)
 

@@ -231,23 +231,24 @@ def _omniglot_pngs(classes):
 
 @pytest.fixture(scope='module')
 def omniglot_run(tmp_path_factory, omniglot_data_dir):
-  """A 2-step tiny Conv-4 MAML run on 28x28 Omniglot: `(workdir, config)`."""
+  """A 2-step tiny Conv-4 MAML run, 5-way, on 28x28 Omniglot: `(workdir,
+  config, data_dir)`."""
   workdir = str(tmp_path_factory.mktemp('omniglot_run'))
-  config = tiny_config('omniglot', num_iterations=2)
+  config = tiny_config('omniglot', ways=5, num_iterations=2)
   config.data = ml_collections.ConfigDict(
     {'scheme': 'vinyals', 'image_size': 28}
   )
   run(config, workdir, data_dir=omniglot_data_dir)
-  return workdir, config
+  return workdir, config, omniglot_data_dir
 
 
 @pytest.mark.slow
 def test_the_command_classifies_pngs_of_held_out_characters(
   tmp_path, omniglot_run, omniglot_data_dir
 ):
-  workdir, config = omniglot_run
+  workdir, config, _ = omniglot_run
   test = omniglot.load('test', data_dir=omniglot_data_dir)
-  picked = [0, 9, 17]  # Three test characters, unrotated.
+  picked = [0, 9, 17, 30, 41]  # Five test characters, unrotated.
   classes = [test.class_names[4 * i] for i in picked]
   assert all(c.endswith('/rot000') for c in classes)
   pngs = _omniglot_pngs(classes)
@@ -264,7 +265,7 @@ def test_the_command_classifies_pngs_of_held_out_characters(
       path.write_bytes(pngs[c][drawer])
       query_paths.append(str(path))
   # The files read back as the dataset's own images.
-  dataset_images = test.images[[4 * i for i in picked]]  # [3, 20, 28, 28, 1]
+  dataset_images = test.images[[4 * i for i in picked]]  # [5, 20, 28, 28, 1]
   np.testing.assert_array_equal(
     predict.read_image(query_paths[0], (28, 28, 1), 'omniglot'),
     dataset_images[0, 1],
@@ -295,50 +296,83 @@ def test_the_command_classifies_pngs_of_held_out_characters(
     learner,
     params,
     dataset_images[:, 0],
-    np.arange(3),
-    dataset_images[:, 1:4].reshape(9, 28, 28, 1),
+    np.arange(5),
+    dataset_images[:, 1:4].reshape(15, 28, 28, 1),
     config.eval_inner_steps,
   )
-  by_path = dict(zip(sorted(query_paths), range(9)))
-  order = [by_path[p] for p in query_paths]
-  assert [r[1] for r in rows] == [
-    names[int(predicted[order.index(i)])] for i in range(9)
-  ]
+  expected = {p: names[int(k)] for p, k in zip(query_paths, predicted)}
+  assert rows == [[p, expected[p]] for p in sorted(query_paths)]
 
 
 @pytest.mark.slow
-def test_the_command_errors_are_one_line(tmp_path, tiny_run):
-  support = tmp_path / 'support'
-  (support / 'a').mkdir(parents=True)
-  Image.fromarray(np.zeros((8, 8), np.uint8)).save(support / 'a' / 'x.png')
-  (tmp_path / 'not_an_image.png').write_text('text')
+def test_the_command_errors_are_one_line(tmp_path, omniglot_run):
+  workdir = omniglot_run[0]
+  one_class = tmp_path / 'one_class'
+  (one_class / 'a').mkdir(parents=True)
+  png = one_class / 'a' / 'x.png'
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+  five = tmp_path / 'five'
+  for name in 'abcde':
+    (five / name).mkdir(parents=True)
+    (five / name / 'x.png').write_bytes(png.read_bytes())
+  (tmp_path / 'text.png').write_text('text')
   cases = [
     (
-      [f'--workdir={tmp_path}', f'--support={support}', '--images=x.png'],
+      [f'--workdir={tmp_path}', f'--support={five}', f'--images={png}'],
       'holds no run',
     ),
-    ([f'--workdir={tiny_run[0]}', '--images=x.png'], '--support is required'),
+    ([f'--workdir={workdir}', f'--images={png}'], '--support is required'),
     (
-      [f'--workdir={tiny_run[0]}', f'--support={support}', '--images=nope'],
+      [f'--workdir={workdir}', f'--support={five}', '--images=nope'],
       'neither a file nor a folder',
     ),
     (
-      [
-        f'--workdir={tiny_run[0]}',
-        f'--support={tmp_path}',
-        f'--images={tmp_path / "not_an_image.png"}',
-      ],
+      [f'--workdir={workdir}', f'--support={tmp_path}', f'--images={png}'],
       'holds no PNG or JPEG image',
     ),
+    (
+      [f'--workdir={workdir}', f'--support={one_class}', f'--images={png}'],
+      'has 1 classes, but this maml run classifies 5',
+    ),
+    (
+      [
+        f'--workdir={workdir}',
+        f'--support={five}',
+        f'--images={tmp_path / "text.png"}',
+      ],
+      'is not a readable image',
+    ),
   ]
+  env = dict(os.environ, JAXMETA_DATA_DIR=omniglot_run[2])
   for argv, message in cases:
     done = subprocess.run(
       [sys.executable, '-m', 'experiments.predict', *argv],
       capture_output=True,
       text=True,
+      env=env,
       cwd=_REPO,
     )
     assert done.returncode == 1, (argv, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('Error: '), done.stderr
     assert message in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(omniglot_run, monkeypatch):
+  """The README's example as written, on a tiny run instead of the main
+  job's."""
+  workdir, _, data_dir = omniglot_run
+  text = (_REPO / 'README.md').read_text()
+  code = next(
+    block
+    for block in text.split('```python\n')[1:]
+    if 'load_run(' in block.split('```')[0]
+  ).split('```')[0]
+  assert "load_run('runs/omniglot')" in code
+  code = code.replace("'runs/omniglot'", repr(workdir))
+  monkeypatch.setenv('JAXMETA_DATA_DIR', data_dir)
+  namespace = {}
+  exec(compile(code, 'README.md', 'exec'), namespace)
+  assert namespace['classes'].shape == (95,)
+  assert set(np.unique(namespace['classes'])) <= set(range(5))
