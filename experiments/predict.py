@@ -18,6 +18,7 @@ it reads the workdir only, under the shared lock that `--mode=eval` takes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -67,13 +68,13 @@ def load_run(
     config_checks.ConfigError: `workdir` holds no run.
     checkpoints.CheckpointError: no checkpoint, or an unreadable one.
   """
-  learner, params, config, _ = load_run_and_input_shape(
+  learner, params, config, _ = _load(
     workdir, checkpoint=checkpoint, data_dir=data_dir, source_dir=source_dir
   )
   return learner, params, config
 
 
-def load_run_and_input_shape(
+def _load(
   workdir: 'str | os.PathLike',
   *,
   checkpoint: str = 'best',
@@ -207,7 +208,7 @@ def _at(tree, path):
   return tree
 
 
-def to_unit_float(images: jax.Array) -> jax.Array:
+def _to_unit_float(images: jax.Array) -> jax.Array:
   """Images as the sampler feeds them to the model: uint8 scaled by 1/255,
   floats cast to float32 unchanged."""
   images = jnp.asarray(images)
@@ -242,8 +243,8 @@ def classify(
   Returns:
     int32 `[m]`: the predicted label of each image.
   """
-  support_images = to_unit_float(support_images)
-  images = to_unit_float(images)
+  support_images = _to_unit_float(support_images)
+  images = _to_unit_float(images)
   support_labels = jnp.asarray(support_labels)
   if support_images.ndim != 4 or images.shape[1:] != support_images.shape[1:]:
     raise ValueError(
@@ -257,18 +258,24 @@ def classify(
       f'support_labels must be int [{support_images.shape[0]}] (one label '
       f'per support image), got {support_labels.dtype} {support_labels.shape}.'
     )
-  return _classify(learner, int(num_steps))(
-    params, support_images, support_labels.astype(jnp.int32), images
+  return _classify(
+    learner,
+    int(num_steps),
+    params,
+    support_images,
+    support_labels.astype(jnp.int32),
+    images,
   )
 
 
-def _classify(learner, num_steps):
-  def run(params, support_images, support_labels, images):
-    adapted = learner.adapt(params, support_images, support_labels, num_steps)
-    outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(images)
-    return jnp.argmax(outputs, -1).astype(jnp.int32)
-
-  return jax.jit(run)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _classify(
+  learner, num_steps, params, support_images, support_labels, images
+):
+  """`classify`, compiled once per learner, step count and shapes."""
+  adapted = learner.adapt(params, support_images, support_labels, num_steps)
+  outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(images)
+  return jnp.argmax(outputs, -1).astype(jnp.int32)
 
 
 def _omniglot_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -328,7 +335,7 @@ def _image_files(folder: str) -> list[str]:
   )
 
 
-def read_support(
+def _read_support(
   folder: str, input_shape: Sequence[int], dataset: str
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """`(images [n, H, W, C] uint8, labels [n], class names)` of a folder
@@ -397,7 +404,7 @@ def predict_files(
 ) -> list[tuple[str, str]]:
   """`(path, predicted class name)` for each image of `images` (files or
   folders), adapted on the class folders of `support`; the command's work."""
-  learner, params, config, shape = load_run_and_input_shape(
+  learner, params, config, shape = _load(
     workdir, checkpoint=checkpoint, data_dir=data_dir, source_dir=source_dir
   )
   if config.dataset not in jaxmeta.data.DATASETS:
@@ -406,7 +413,7 @@ def predict_files(
       'Fix: give the --workdir of a few-shot classification run.'
     )
   traits = jaxmeta.algorithms.traits(config.algorithm)
-  support_x, support_y, names = read_support(support, shape, config.dataset)
+  support_x, support_y, names = _read_support(support, shape, config.dataset)
   if len(names) != config.ways and not traits.any_ways:
     raise common.OneLineError(
       f'--support={support} has {len(names)} classes, but this '

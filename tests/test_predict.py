@@ -137,6 +137,15 @@ def test_classify_scores_each_image_alone(tiny_run):
   )
 
 
+def test_classify_compiles_once_per_shape(tiny_run):
+  learner, params, _ = predict.load_run(tiny_run[0])
+  x = np.zeros((3, 8, 8, 1), np.float32)
+  before = predict._classify._cache_size()
+  for _ in range(3):
+    predict.classify(learner, params, x, np.arange(3), x, 1)
+  assert predict._classify._cache_size() == before + 1
+
+
 def test_classify_refuses_mismatched_shapes(tiny_run):
   learner, params, _ = predict.load_run(tiny_run[0])
   x = np.zeros((3, 8, 8, 1), np.float32)
@@ -210,6 +219,16 @@ def test_load_run_refuses_a_damaged_checkpoint_and_moves_nothing(
   ):
     predict.load_run(workdir)
   assert step_dir.is_dir() and not Path(workdir, 'unreadable').exists()
+
+
+def test_load_run_refuses_a_run_without_checkpoints(tmp_path, tiny_run):
+  workdir = _copy_run(tiny_run[0], tmp_path / 'run')
+  for step_dir in Path(workdir, 'checkpoints').iterdir():
+    subprocess.run(['rm', '-r', str(step_dir)], check=True)
+  with pytest.raises(checkpoints_lib.CheckpointError, match='holds no valid'):
+    predict.load_run(workdir)
+  with pytest.raises(checkpoints_lib.CheckpointError, match='Fix: train'):
+    predict.load_run(workdir, checkpoint='latest')
 
 
 def _omniglot_pngs(classes):
