@@ -78,19 +78,27 @@ def task_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(task_axis(mesh)))
 
 
-def check_divisible(num_tasks: int, mesh: jax.sharding.Mesh) -> int:
+def check_divisible(
+  num_tasks: int,
+  mesh: jax.sharding.Mesh,
+  task_chunk_size: int | None = None,
+) -> int:
   """Tasks per device; raises if the meta-batch does not divide evenly.
 
   Args:
     num_tasks: tasks in the (global) meta-batch.
     mesh: the device mesh.
+    task_chunk_size: optional chunk of a device's tasks adapted at once
+      (`jaxmeta.meta_gradient`); if smaller than a device's tasks, it must
+      divide them.
 
   Returns:
     `num_tasks // mesh.size`.
 
   Raises:
-    ValueError: naming both numbers, if `num_tasks % mesh.size != 0` (every
-      device must adapt the same number of tasks; none are dropped).
+    ValueError: naming the numbers, if `num_tasks % mesh.size != 0` (every
+      device must adapt the same number of tasks; none are dropped) or the
+      chunk does not divide a device's tasks.
   """
   num_devices = mesh.size
   if num_tasks < 1 or num_tasks % num_devices:
@@ -100,7 +108,18 @@ def check_divisible(num_tasks: int, mesh: jax.sharding.Mesh) -> int:
       f'multiple of {num_devices} (e.g. '
       f'{max(1, -(-num_tasks // num_devices)) * num_devices}).'
     )
-  return num_tasks // num_devices
+  per_device = num_tasks // num_devices
+  chunk = task_chunk_size
+  if (
+    chunk is not None
+    and chunk < per_device
+    and (chunk < 1 or per_device % chunk)
+  ):
+    raise ValueError(
+      f'task_chunk_size={chunk} must be >= 1 and divide the {per_device} '
+      f'tasks of each device ({num_tasks} tasks over {num_devices} devices).'
+    )
+  return per_device
 
 
 def per_device(params: Params, axis: str) -> Params:

@@ -237,23 +237,6 @@ def apply_meta_gradient(
   return new_state, metrics
 
 
-def _tasks_per_device(
-  tasks: Task, mesh: jax.sharding.Mesh, task_chunk_size: int | None
-) -> int:
-  """Checks that the tasks and their chunks divide over the mesh."""
-  num_tasks = jax.tree.leaves(tasks)[0].shape[0]
-  per_device = sharding.check_divisible(num_tasks, mesh)
-  chunk = task_chunk_size
-  if chunk is not None and chunk < per_device and (
-    chunk < 1 or per_device % chunk
-  ):
-    raise ValueError(
-      f'task_chunk_size={chunk} must be >= 1 and divide the {per_device} '
-      f'tasks of each device ({num_tasks} tasks over {mesh.size} devices).'
-    )
-  return per_device
-
-
 def make_meta_train_step(
   learner: MetaLearner,
   optimizer: optax.GradientTransformation,
@@ -337,7 +320,8 @@ def make_meta_train_step(
       (tasks,) = data
     else:
       tasks = sample_tasks(jax.random.fold_in(state.key, state.step), *data)
-    _tasks_per_device(tasks, mesh, task_chunk_size)
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    sharding.check_divisible(num_tasks, mesh, task_chunk_size)
     return sharded_step(state, tasks)
 
   return step
@@ -403,7 +387,8 @@ def make_evaluate(
   )
 
   def evaluate(params, tasks):
-    _tasks_per_device(tasks, mesh, task_chunk_size)
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    sharding.check_divisible(num_tasks, mesh, task_chunk_size)
     return sharded(params, tasks)
 
   return evaluate

@@ -1,4 +1,4 @@
-"""jaxmeta.sharding: 8 virtual devices, two processes, multi-host set-up.
+"""The step on a mesh: 8 virtual devices, two processes.
 
 The sharded cases need several devices, and JAX fixes the CPU device count
 when its backend starts, so they run in one subprocess with 8 virtual CPU
@@ -16,11 +16,9 @@ from pathlib import Path
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from jaxmeta import sharding
 import forked  # tests/ is on sys.path under pytest.
 
 _TESTS = Path(__file__).resolve().parent
@@ -103,57 +101,6 @@ def test_two_processes_agree_with_one_process(tmp_path):
         rtol=0,
         err_msg=f'process {i}: {name}',
       )
-
-
-def test_initialize_distributed_is_a_no_op_on_one_process(monkeypatch):
-  for var in (
-    'SLURM_NTASKS',
-    'OMPI_COMM_WORLD_SIZE',
-    'TPU_WORKER_HOSTNAMES',
-    'TPU_PROCESS_ADDRESSES',
-    'JAX_COORDINATOR_ADDRESS',
-  ):
-    monkeypatch.delenv(var, raising=False)
-  monkeypatch.setenv('SLURM_NTASKS', '1')  # A one-task SLURM job.
-
-  def fail(**kwargs):
-    raise AssertionError(f'initialize called with {kwargs}')
-
-  monkeypatch.setattr(jax.distributed, 'initialize', fail)
-  assert not sharding.initialize_distributed()
-  assert sharding.is_main_process()
-
-
-@pytest.mark.parametrize(
-  'var, value',
-  [
-    ('SLURM_NTASKS', '4'),
-    ('OMPI_COMM_WORLD_SIZE', '2'),
-    ('TPU_WORKER_HOSTNAMES', 'host-0,host-1'),
-    ('JAX_COORDINATOR_ADDRESS', '10.0.0.1:1234'),
-  ],
-)
-def test_initialize_distributed_lets_jax_detect_a_launcher(
-  monkeypatch, var, value
-):
-  for name in (
-    'SLURM_NTASKS',
-    'OMPI_COMM_WORLD_SIZE',
-    'TPU_WORKER_HOSTNAMES',
-    'TPU_PROCESS_ADDRESSES',
-    'JAX_COORDINATOR_ADDRESS',
-  ):
-    monkeypatch.delenv(name, raising=False)
-  monkeypatch.setenv(var, value)
-  calls = []
-  monkeypatch.setattr(
-    jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs)
-  )
-  assert sharding.initialize_distributed()
-  # No layout passed: JAX's cluster detection fills it in.
-  assert calls == [
-    dict(coordinator_address=None, num_processes=None, process_id=None)
-  ]
 
 
 def _run_programs(*runs):
