@@ -125,7 +125,7 @@ def meta_gradient(
       chunking), each handed to `learner.task_update`. None: no keys, the
       deterministic meta-gradient.
     task_keys: instead of `key`, the per-task keys `[num_tasks]` themselves
-      (a device's slice of a meta-batch's keys under `jaxmeta.sharding`).
+      (a device's slice of a meta-batch's keys on a mesh).
     global_step: optional meta-iteration (int32 scalar), handed to every
       `task_update` as `global_step=` for the algorithm's schedules.
 
@@ -255,12 +255,13 @@ def make_meta_train_step(
   metrics together (one all-reduce, none on one device), and every device
   applies the same optimiser update to its replica of the state.
 
-  The sampler draws a meta-batch, `sample_tasks(key, *data) -> Task`: any
-  per-task sampler vmapped over `split(key, num_tasks)` (as
-  `episodes.sample_tasks` is), so the meta-batch size is its output's leading
-  axis, and sharding that output over the task axis lets XLA draw on each
-  device only the tasks it adapts. Task `i` of step `t` is then drawn from
-  `split(fold_in(state.key, t), num_tasks)[i]` on any number of devices.
+  The sampler draws a meta-batch, `sample_tasks(key, *data)`, because the
+  data modules draw meta-batches (`episodes.sample_tasks` is a per-task
+  sampler vmapped over `split(key, num_tasks)`) and its output's leading axis
+  gives the meta-batch size; with that output split over the task axis, XLA
+  gathers each task's images only on the device that adapts it. Task `i` of
+  step `t` is drawn from `split(fold_in(state.key, t), num_tasks)[i]` on any
+  number of devices.
 
   Args:
     learner: the algorithm.
@@ -291,14 +292,14 @@ def make_meta_train_step(
   mesh = _one_device_mesh(mesh)
   axis = sharding.task_axis(mesh)
 
-  def local_step(state, tasks):
+  def local_gradient(state, tasks):
     num_local = jax.tree.leaves(tasks)[0].shape[0]
     task_keys = None
     if model_keys:  # This device's slice of the meta-batch's keys.
       keys = jax.random.split(model_key(state), num_local * mesh.size)
       start = jax.lax.axis_index(axis) * num_local
       task_keys = jax.lax.dynamic_slice_in_dim(keys, start, num_local)
-    grad, metrics = meta_gradient(
+    grad_and_metrics = meta_gradient(
       learner,
       sharding.per_device(state.params, axis),
       tasks,
@@ -308,11 +309,10 @@ def make_meta_train_step(
     )
     # Every device has as many tasks, so the mean of the device means is
     # the mean over the meta-batch.
-    grad, metrics = jax.lax.pmean((grad, metrics), axis)
-    return apply_meta_gradient(learner, optimizer, state, grad, metrics)
+    return jax.lax.pmean(grad_and_metrics, axis)
 
-  sharded_step = jax.shard_map(
-    local_step, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()
+  sharded_gradient = jax.shard_map(
+    local_gradient, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()
   )
 
   def step(state, *data):
@@ -322,7 +322,9 @@ def make_meta_train_step(
       tasks = sample_tasks(jax.random.fold_in(state.key, state.step), *data)
     num_tasks = jax.tree.leaves(tasks)[0].shape[0]
     sharding.check_divisible(num_tasks, mesh, task_chunk_size)
-    return sharded_step(state, tasks)
+    grad, metrics = sharded_gradient(state, tasks)
+    # Replicated: every device applies the same update to its copy.
+    return apply_meta_gradient(learner, optimizer, state, grad, metrics)
 
   return step
 

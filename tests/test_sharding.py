@@ -16,8 +16,15 @@ from pathlib import Path
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+
+import jaxmeta
+from jaxmeta import sharding
+from jaxmeta.data import episodes
 
 import forked  # tests/ is on sys.path under pytest.
 
@@ -66,6 +73,46 @@ def test_sharded_cases_on_8_virtual_cpu_devices():
   assert result.returncode == 0, output
   assert ' passed' in output and 'skipped' not in output, output
   print(output.strip().splitlines()[-1])
+
+
+def _tiny_run():
+  images = jax.random.randint(
+    jax.random.key(7), (10, 5, 4, 4, 1), 0, 256, jnp.int32
+  ).astype(jnp.uint8)
+  learner = jaxmeta.maml(
+    jaxmeta.mlp((16, 8, 3)), jaxmeta.classification_loss, 0.3, 1
+  )
+  optimizer = optax.adam(0.05)
+  state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
+  sample = lambda key, im: episodes.sample_tasks(key, im, 4, 3, 2, 2)
+  return learner, optimizer, state, sample, images
+
+
+def test_the_default_one_device_step_compiles_once():
+  """The initial state lies where the step leaves its states (the default
+  mesh's one device), so the second call does not compile again."""
+  learner, optimizer, state, sample, images = _tiny_run()
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.device_set == {jax.local_devices()[0]}
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, sample),
+    donate_argnums=0,
+  )
+  for _ in range(3):
+    state, _ = step(state, images)
+  assert step._cache_size() == 1
+  assert int(state.step) == 3
+
+
+def test_a_chunk_that_does_not_divide_a_devices_tasks_is_refused():
+  learner, optimizer, state, sample, images = _tiny_run()
+  mesh = sharding.make_mesh(jax.local_devices()[:1])
+  assert sharding.check_divisible(4, mesh, 2) == 4
+  with pytest.raises(ValueError, match=r'task_chunk_size=3 .* the 4 tasks'):
+    sharding.check_divisible(4, mesh, 3)
+  step = jaxmeta.make_meta_train_step(learner, optimizer, sample, 3)
+  with pytest.raises(ValueError, match=r'task_chunk_size=3 .* the 4 tasks'):
+    step(state, images)
 
 
 def _launch(script, *args, timeout):

@@ -104,9 +104,7 @@ def main():
     'jax': jax.__version__,
     'rounds': args.rounds,
     'steps_per_round': args.steps,
-    'step_ms_median': {
-      n: 1e3 * float(np.median(t)) for n, t in times.items()
-    },
+    'step_ms_median': {n: 1e3 * float(np.median(t)) for n, t in times.items()},
     'after_over_before': {
       'median': float(np.median(ratios)),
       'quartiles': [float(q) for q in np.percentile(ratios, [25, 75])],
