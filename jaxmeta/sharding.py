@@ -9,7 +9,7 @@ Typical use (one process, or every process of a multi-host job after
 `jaxmeta.distributed.initialize_distributed()`)::
 
   mesh = sharding.make_mesh()  # 1-D, all devices of all processes.
-  state = sharding.replicate(jaxmeta.init_train_state(...), mesh)
+  state = jaxmeta.init_train_state(learner, optimizer, key, mesh)
   images = sharding.replicate(images, mesh)  # uint8 [classes, drawings, ...]
   step = jax.jit(jaxmeta.make_meta_train_step(
       learner, optimizer, sample_tasks, mesh=mesh), donate_argnums=0)
