@@ -3,7 +3,6 @@ compiled training step (`Run`, `make_train_step`)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -157,9 +156,9 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_mesh() -> jax.sharding.Mesh | None:
-  """A mesh over every device of every process, or None on one device."""
-  return sharding.make_mesh() if jax.device_count() > 1 else None
+def make_mesh() -> jax.sharding.Mesh:
+  """A mesh over every device of every process (one device: a mesh of it)."""
+  return sharding.make_mesh()
 
 
 def make_train_step(
@@ -169,20 +168,20 @@ def make_train_step(
   config: ml_collections.ConfigDict,
   mesh: jax.sharding.Mesh | None = None,
 ):
-  """The jitted step `(state, batch) -> (state, metrics)`.
+  """The jitted step `(state, batch) -> (state, metrics)` on `mesh`.
 
   `batch` is the training split, and tasks are drawn inside the step from
   `fold_in(state.key, state.step)`; or, where the family draws its
   meta-batches on the host (`family.sample_host`), the meta-batch itself,
-  augmented inside the step. With
-  a `mesh`, the meta-batch is split over its devices, each drawing and
-  adapting its own tasks, and the meta-gradient is averaged across them in
-  the same program (`jaxmeta.sharding`). The model gets a key in training
+  augmented inside the step. The meta-batch is split over the mesh's devices
+  (default: one device), each drawing and adapting its own tasks, and the
+  meta-gradient is averaged across them in the same program
+  (`jaxmeta.make_meta_train_step`). The model gets a key in training
   (`jaxmeta.model_key`: dropout and DropBlock are active), the same on any
-  number of devices. A step whose loss, meta-gradient,
-  new parameters or new optimiser state are not all finite is not applied:
-  the state stays the last good one (so its `step` names the failing step)
-  and `metrics['finite']` is False.
+  number of devices. A step whose loss, meta-gradient, new parameters or new
+  optimiser state are not all finite is not applied: the state stays the
+  last good one (so its `step` names the failing step) and
+  `metrics['finite']` is False.
   """
   chunk = config.task_chunk_size or jaxmeta.default_task_chunk_size(
     config.meta_batch_size
@@ -193,53 +192,17 @@ def make_train_step(
       return family.sample_batch(key, data, config.batch_size)
     return family.sample(key, data, True)
 
-  if family.sample_host is not None:
-    sharded = (
-      None
-      if mesh is None
-      else sharding.shard_train_step(
-        learner, optimizer, mesh, task_chunk_size=chunk, model_keys=True
-      )
-    )
-
-    def meta_step(state, tasks):
-      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+  def sample_tasks(key, data):
+    if family.sample_host is not None:  # Drawn on the host: augmented here.
+      key = jax.random.fold_in(key, 1)
       keys = jax.random.split(key, config.meta_batch_size)
-      tasks = jax.vmap(family.augment)(keys, tasks)
-      if sharded is None:
-        return jaxmeta.meta_train_step(
-          learner, optimizer, state, tasks, chunk, jaxmeta.model_key(state)
-        )
-      return sharded(state, tasks)
-  elif mesh is None:
+      return jax.vmap(family.augment)(keys, data)
+    keys = jax.random.split(key, config.meta_batch_size)
+    return jax.vmap(lambda k: sample_task(k, data))(keys)
 
-    def sample_tasks(key, data):
-      keys = jax.random.split(key, config.meta_batch_size)
-      return jax.vmap(lambda k: sample_task(k, data))(keys)
-
-    def meta_step(state, data):
-      return jaxmeta.make_meta_train_step(
-        learner,
-        optimizer,
-        functools.partial(sample_tasks, data=data),
-        task_chunk_size=chunk,
-        model_keys=True,
-      )(state)
-  else:
-    try:
-      meta_step = sharding.shard_train_step(
-        learner,
-        optimizer,
-        mesh,
-        sample_task=sample_task,
-        meta_batch_size=config.meta_batch_size,
-        task_chunk_size=chunk,
-        model_keys=True,
-      )
-    except ValueError as e:
-      raise config_checks.ConfigError(
-        f'config.meta_batch_size / task_chunk_size: {e}'
-      ) from e
+  meta_step = jaxmeta.make_meta_train_step(
+    learner, optimizer, sample_tasks, chunk, model_keys=True, mesh=mesh
+  )
 
   def train_step(state, data):
     new_state, metrics = meta_step(state, data)
@@ -272,11 +235,14 @@ class Run:
         f'config.seed / config.eval_seed: {e}'
       ) from e
     self.mesh = make_mesh()
-    if self.mesh is not None:
-      try:
-        sharding.check_divisible(config.meta_batch_size, self.mesh)
-      except ValueError as e:
-        raise config_checks.ConfigError(f'config.meta_batch_size: {e}') from e
+    try:
+      sharding.check_divisible(
+        config.meta_batch_size, self.mesh, config.task_chunk_size or None
+      )
+    except ValueError as e:
+      raise config_checks.ConfigError(
+        f'config.meta_batch_size / task_chunk_size: {e}'
+      ) from e
     try:
       self.family = tasks.build(config, data_dir, source_dir)
     except tasks.TaskFamilyError as e:
@@ -303,23 +269,25 @@ class Run:
     )
 
   def load(self, split):
-    """The data of `split`, on every device of the mesh if there is one."""
+    """The data of `split`, on every device of the mesh."""
     if split not in self.data:
       try:
         data = self.family.load(split)
       except tasks.TaskFamilyError as e:
         raise config_checks.ConfigError(str(e)) from e
-      if self.mesh is not None and data is not None:
+      if data is not None:
         data = sharding.replicate(data, self.mesh)
       self.data[split] = data
     return self.data[split]
 
   def init_state(self) -> jaxmeta.MetaTrainState:
-    """The initial state (replicated over the mesh if there is one)."""
-    state = jaxmeta.init_train_state(
-      self.learner, self.optimizer, jax.random.PRNGKey(self.config.seed)
+    """The initial state, replicated over the mesh."""
+    return jaxmeta.init_train_state(
+      self.learner,
+      self.optimizer,
+      jax.random.PRNGKey(self.config.seed),
+      self.mesh,
     )
-    return state if self.mesh is None else sharding.replicate(state, self.mesh)
 
   def meta(self) -> dict[str, Any]:
     return {

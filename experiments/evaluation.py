@@ -21,7 +21,8 @@ from . import tasks
 
 
 class Evaluator:
-  """A metric over a fixed set of tasks, in compiled chunks of tasks.
+  """A metric over a fixed set of tasks, in compiled chunks of tasks split
+  over the devices of `mesh`.
 
   With `alone`, also the metric with each query scored on its own
   (`jaxmeta.algorithms.score_alone`), beside all queries scored together.
@@ -32,30 +33,23 @@ class Evaluator:
     learner: jaxmeta.MetaLearner,
     family: tasks.TaskFamily,
     config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh | None = None,
+    mesh: jax.sharding.Mesh,
     alone: bool = False,
   ):
     metric = family.metric
     self._mesh = mesh
-    self._alone = alone
     if alone:
       learner = jaxmeta.algorithms.with_scoring_alone(learner)
-    sample_task = lambda key, data: family.sample(key, data, False)
-    if mesh is None:
-      self._chunk = config.eval_batch_size
-      evaluate = jaxmeta.make_evaluate(learner, config.eval_inner_steps)
-      evaluate_keys = lambda params, keys, data: evaluate(
-        params, jax.vmap(lambda k: sample_task(k, data))(keys)
-      )
-    else:
-      # Every device scores the same number of tasks of each chunk.
-      self._chunk = -(-config.eval_batch_size // mesh.size) * mesh.size
-      evaluate_keys = sharding.shard_evaluate(
-        learner, config.eval_inner_steps, mesh, sample_task=sample_task
-      )
+    # Every device scores the same number of tasks of each chunk.
+    self._chunk = -(-config.eval_batch_size // mesh.size) * mesh.size
+    evaluate = jaxmeta.make_evaluate(
+      learner, config.eval_inner_steps, mesh=mesh
+    )
 
     def run_chunk(params, data, keys):
-      metrics = evaluate_keys(params, keys, data)
+      # The keys are split over the devices, so each draws its own tasks.
+      tasks = jax.vmap(lambda k: family.sample(k, data, False))(keys)
+      metrics = evaluate(params, tasks)
       names = [metric, f'{metric}_by_step'] + [f'{metric}_alone'] * alone
       return tuple(metrics[name] for name in names)
 
@@ -70,9 +64,8 @@ class Evaluator:
       keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, 0)])
     outputs = []
     for i in range(0, padded, self._chunk):
-      chunk = keys[i : i + self._chunk]
-      if self._mesh is not None:  # Each device (of each process) its rows.
-        chunk = sharding.shard_tasks(chunk, self._mesh)
+      # Each device (of each process) its rows.
+      chunk = sharding.shard_tasks(keys[i : i + self._chunk], self._mesh)
       outputs.append([to_host(v) for v in self._run_chunk(params, data, chunk)])
     return tuple(np.concatenate(column)[:n] for column in zip(*outputs))
 

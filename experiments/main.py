@@ -32,7 +32,7 @@ from . import config_checks
 from . import configs
 from . import tasks
 from . import train
-from jaxmeta import sharding
+from jaxmeta import distributed
 import jaxmeta.data
 
 FLAGS = flags.FLAGS
@@ -135,7 +135,7 @@ def main(argv) -> None:
   common.check_command_line(argv, 'workdir')
   # Joins a multi-process run when a launcher (SLURM, Open MPI, a TPU pod)
   # started one; before anything touches a device.
-  sharding.initialize_distributed()
+  distributed.initialize_distributed()
   kwargs = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
   try:
     if FLAGS.mode == 'eval':

@@ -34,6 +34,7 @@ import ml_collections
 import tqdm
 
 import jaxmeta
+from jaxmeta import distributed
 from jaxmeta import sharding
 from jaxmeta.data import episodes
 from . import build
@@ -58,7 +59,7 @@ class _NoWriter:
 
 def _say(line: str) -> None:
   """Prints a line on the main process (above a progress bar, if any)."""
-  if sharding.is_main_process():
+  if distributed.is_main_process():
     tqdm.tqdm.write(line)
 
 
@@ -94,7 +95,7 @@ def train_and_evaluate(
   workdir_lib.prepare_workdir(workdir)
   lock = (
     common.locked_workdir(workdir)
-    if sharding.is_main_process()
+    if distributed.is_main_process()
     else contextlib.nullcontext()
   )
   try:
@@ -139,7 +140,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
         saved, config, int(state.step), workdir
       )
       _say(f'Resuming from step {int(state.step)} of {workdir}.')
-    main_process = sharding.is_main_process()  # Only it writes files.
+    main_process = distributed.is_main_process()  # Only it writes files.
     if main_process:
       common.write_json(workdir / 'config.json', config.to_dict())
 
@@ -185,8 +186,8 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
           train_data,
           config.meta_batch_size,
         )
-        if run.mesh is not None:  # Every process drew the same meta-batch.
-          batch = sharding.shard_tasks(batch, run.mesh)
+        # Every process drew the same meta-batch.
+        batch = sharding.shard_tasks(batch, run.mesh)
       state, metrics = train_step(state, batch)
       step += 1
       if compile_seconds is None:
@@ -330,7 +331,7 @@ def evaluate(
     )
   lock = (
     common.locked_workdir(workdir, exclusive=False)
-    if sharding.is_main_process()
+    if distributed.is_main_process()
     else contextlib.nullcontext()
   )
   with lock:
@@ -349,7 +350,7 @@ def evaluate(
       _close_quietly(run.checkpoints.close)
   path = workdir / 'eval.json'
   _say(evaluation.summary(results, path))
-  if not sharding.is_main_process():
+  if not distributed.is_main_process():
     return results
   try:
     common.write_json(path, results)

@@ -1,10 +1,10 @@
-"""The meta-training step and batched evaluation.
+"""The meta-training step and batched evaluation, always on a mesh.
 
-`meta_train_step` is the whole of one meta-iteration: per-task inner
-adaptation, outer loss, meta-gradient (second order for MAML), averaging over
-the meta-batch and the optax update. Jitted once by the caller, it is one XLA
-program. `make_meta_train_step` optionally folds task sampling into that same
-program, so a training iteration is a single device call.
+`make_meta_train_step` is the whole of one meta-iteration: task sampling,
+per-task inner adaptation, outer loss, meta-gradient (second order for MAML),
+averaging over the meta-batch and the optax update. Jitted once by the
+caller, it is one XLA program on one device or data parallel over the tasks
+of a mesh's devices (`jaxmeta.sharding`); `make_evaluate` likewise.
 """
 
 from typing import Any, Callable
@@ -12,8 +12,11 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
+
+from jaxmeta import sharding
 
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import STATISTICS_METRIC
@@ -39,18 +42,35 @@ class MetaTrainState(flax.struct.PyTreeNode):
   key: PRNGKey
 
 
+def _one_device_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh:
+  """`mesh`, or by default a mesh of this process's first device: the result
+  is then the same on any machine and any meta-batch size divides."""
+  if mesh is None:
+    return sharding.make_mesh(jax.local_devices()[:1])
+  return mesh
+
+
 def init_train_state(
-  learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  key: PRNGKey,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> MetaTrainState:
-  """Initialises meta-parameters, optimiser state and the data key."""
+  """Initialises meta-parameters, optimiser state and the data key.
+
+  The state is replicated over `mesh` (default: this process's first
+  device), where the step built with the same mesh leaves it: the step's
+  first call then compiles the program its later calls run.
+  """
   init_key, data_key = jax.random.split(key)
   params = learner.init(init_key)
-  return MetaTrainState(
+  state = MetaTrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     opt_state=optimizer.init(params),
     key=data_key,
   )
+  return sharding.replicate(state, _one_device_mesh(mesh))
 
 
 # Stream of the model's keys under a step's key. With JAX's default
@@ -105,7 +125,7 @@ def meta_gradient(
       chunking), each handed to `learner.task_update`. None: no keys, the
       deterministic meta-gradient.
     task_keys: instead of `key`, the per-task keys `[num_tasks]` themselves
-      (a device's slice of a meta-batch's keys under `jaxmeta.sharding`).
+      (a device's slice of a meta-batch's keys on a mesh).
     global_step: optional meta-iteration (int32 scalar), handed to every
       `task_update` as `global_step=` for the algorithm's schedules.
 
@@ -193,37 +213,6 @@ def default_task_chunk_size(meta_batch_size: int) -> int:
   return meta_batch_size
 
 
-def meta_train_step(
-  learner: MetaLearner,
-  optimizer: optax.GradientTransformation,
-  state: MetaTrainState,
-  tasks: Task,
-  task_chunk_size: int | None = None,
-  key: PRNGKey | None = None,
-) -> tuple[MetaTrainState, dict[str, Array]]:
-  """One meta-iteration on a given meta-batch of tasks.
-
-  Args:
-    learner: the algorithm.
-    optimizer: the outer (meta) optimiser.
-    state: the current `MetaTrainState`.
-    tasks: a meta-batch of tasks, leading axis `[num_tasks]`.
-    task_chunk_size: see `meta_gradient` (None: the backend's fastest).
-    key: the key of the model's randomness for this step (see
-      `meta_gradient`), or None.
-
-  `state.step` is handed to the algorithm as the global step (schedules).
-
-  Returns:
-    The new state and a dict of scalar metrics: the algorithm's query metrics
-    averaged over tasks and `meta_grad_norm`.
-  """
-  grad, metrics = meta_gradient(
-    learner, state.params, tasks, task_chunk_size, key, global_step=state.step
-  )
-  return apply_meta_gradient(learner, optimizer, state, grad, metrics)
-
-
 def apply_meta_gradient(
   learner: MetaLearner,
   optimizer: optax.GradientTransformation,
@@ -251,84 +240,158 @@ def apply_meta_gradient(
 def make_meta_train_step(
   learner: MetaLearner,
   optimizer: optax.GradientTransformation,
-  sample_tasks: Callable[[PRNGKey], Task] | None = None,
+  sample_tasks: Callable[..., Task] | None = None,
   task_chunk_size: int | None = None,
   model_keys: bool = False,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
-  """Returns the (unjitted) training step, to be jitted once by the caller.
+  """The (unjitted) meta-step on a mesh, to be jitted once by the caller.
+
+  The meta-batch is split over the devices of `mesh` (one device by
+  default). Under `jax.shard_map` each device computes the mean
+  meta-gradient of its own tasks (`meta_gradient`, chunked by
+  `task_chunk_size` within the device), one `pmean` averages gradient and
+  metrics together (one all-reduce, none on one device), and every device
+  applies the same optimiser update to its replica of the state.
+
+  The sampler draws a meta-batch, `sample_tasks(key, *data)`, because the
+  data modules draw meta-batches (`episodes.sample_tasks` is a per-task
+  sampler vmapped over `split(key, num_tasks)`) and its output's leading axis
+  gives the meta-batch size; with that output split over the task axis, XLA
+  gathers each task's images only on the device that adapts it. Task `i` of
+  step `t` is drawn from `split(fold_in(state.key, t), num_tasks)[i]` on any
+  number of devices.
 
   Args:
     learner: the algorithm.
     optimizer: the outer optimiser.
-    sample_tasks: optional `sample_tasks(key) -> Task` drawing a meta-batch
-      on the device. If given, the step is `step(state)` and draws its tasks
-      from `fold_in(state.key, state.step)` inside the same program; otherwise
-      it is `step(state, tasks)`.
-    task_chunk_size: see `meta_gradient` (None: the backend's fastest).
+    sample_tasks: optional `sample_tasks(key, *data) -> Task`, a meta-batch
+      `[num_tasks, ...]` drawn on the device from
+      `fold_in(state.key, state.step)`; the step is then
+      `step(state, *data)` (e.g. the image array, replicated). Without it the
+      step is `step(state, tasks)` for a given meta-batch.
+    task_chunk_size: see `meta_gradient` (None: the backend's fastest); must
+      divide the tasks of one device.
     model_keys: if True, the model gets a key during meta-training (dropout,
-      DropBlock active): `model_key(state)`, split over the tasks by
-      `meta_gradient`; the model's `apply` must then accept `key=`. If False
-      (default), no keys: the model is deterministic.
+      DropBlock active): task `i` gets key `i` of `split(model_key(state),
+      num_tasks)`, on whichever device adapts it; the model's `apply` must
+      then accept `key=`. If False (default), the model is deterministic.
+    mesh: a 1-D mesh (`sharding.make_mesh`); default: this process's first
+      device.
 
   Returns:
-    `step(state[, tasks]) -> (new_state, metrics)`.
+    `step(state, tasks)` or `step(state, *data)` -> `(new_state, metrics)`:
+    metrics are the algorithm's query metrics averaged over tasks and
+    `meta_grad_norm`; state and metrics come back replicated.
+
+  Raises:
+    ValueError: (when traced) if the meta-batch does not divide over the
+      devices, or `task_chunk_size` does not divide the tasks of one device.
   """
-  key_of = model_key if model_keys else lambda state: None
-  if sample_tasks is None:
+  mesh = _one_device_mesh(mesh)
+  axis = sharding.task_axis(mesh)
 
-    def step(state, tasks):
-      return meta_train_step(
-        learner, optimizer, state, tasks, task_chunk_size, key_of(state)
-      )
-
-    return step
-
-  def sampled_step(state):
-    tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
-    return meta_train_step(
-      learner, optimizer, state, tasks, task_chunk_size, key_of(state)
+  def local_gradient(state, tasks):
+    num_local = jax.tree.leaves(tasks)[0].shape[0]
+    task_keys = None
+    if model_keys:  # This device's slice of the meta-batch's keys.
+      keys = jax.random.split(model_key(state), num_local * mesh.size)
+      start = jax.lax.axis_index(axis) * num_local
+      task_keys = jax.lax.dynamic_slice_in_dim(keys, start, num_local)
+    grad_and_metrics = meta_gradient(
+      learner,
+      sharding.per_device(state.params, axis),
+      tasks,
+      task_chunk_size,
+      task_keys=task_keys,
+      global_step=state.step,
     )
+    # Every device has as many tasks, so the mean of the device means is
+    # the mean over the meta-batch.
+    return jax.lax.pmean(grad_and_metrics, axis)
 
-  return sampled_step
+  sharded_gradient = jax.shard_map(
+    local_gradient, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()
+  )
+
+  def step(state, *data):
+    if sample_tasks is None:
+      (tasks,) = data
+    else:
+      tasks = sample_tasks(jax.random.fold_in(state.key, state.step), *data)
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    sharding.check_divisible(num_tasks, mesh, task_chunk_size)
+    grad, metrics = sharded_gradient(state, tasks)
+    # Replicated: every device applies the same update to its copy.
+    return apply_meta_gradient(learner, optimizer, state, grad, metrics)
+
+  return step
+
+
+def meta_train_step(
+  learner: MetaLearner,
+  optimizer: optax.GradientTransformation,
+  state: MetaTrainState,
+  tasks: Task,
+  task_chunk_size: int | None = None,
+) -> tuple[MetaTrainState, dict[str, Array]]:
+  """One meta-iteration on a given meta-batch, on one device:
+  `make_meta_train_step(learner, optimizer, None, task_chunk_size)(state,
+  tasks)`."""
+  return make_meta_train_step(learner, optimizer, None, task_chunk_size)(
+    state, tasks
+  )
 
 
 def make_evaluate(
-  learner: MetaLearner, num_steps: int, task_chunk_size: int | None = None
+  learner: MetaLearner,
+  num_steps: int,
+  task_chunk_size: int | None = None,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[Params, Task], dict[str, Array]]:
-  """Per-task evaluation mapped over a batch of tasks (jit it once).
+  """Per-task evaluation of a batch of tasks on a mesh (jit it once).
+
+  Evaluation tasks are independent: each device adapts and scores its own,
+  and nothing is reduced across devices.
 
   Args:
     learner: the algorithm.
     num_steps: inner steps of the adaptation (static).
-    task_chunk_size: tasks evaluated at once (vmapped), chunks one after
-      another (`lax.map`); must divide the number of tasks. None:
-      `default_task_chunk_size`, the backend's fastest.
+    task_chunk_size: tasks evaluated at once (vmapped) on a device, chunks
+      one after another (`lax.map`); must divide the tasks of one device.
+      None: `default_task_chunk_size`, the backend's fastest.
+    mesh: a 1-D mesh (`sharding.make_mesh`); default: this process's first
+      device.
 
   Returns:
     `evaluate(params, tasks) -> metrics`, every metric with a leading
-    `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`).
+    `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`),
+    split over the mesh like the tasks.
   """
-  one = lambda params, task: learner.evaluate(params, task, num_steps)
+  mesh = _one_device_mesh(mesh)
+  axis = sharding.task_axis(mesh)
+
+  def local(params, tasks):
+    params = sharding.per_device(params, axis)
+    one = lambda task: learner.evaluate(params, task, num_steps)
+    num_local = jax.tree.leaves(tasks)[0].shape[0]
+    chunk = task_chunk_size or default_task_chunk_size(num_local)
+    if chunk >= num_local:
+      return jax.vmap(one)(tasks)
+    # One task at a time is a plain `lax.map`: a vmap over a chunk of one
+    # still adds a batch axis to every matmul (see `meta_gradient`).
+    return jax.lax.map(one, tasks, batch_size=None if chunk == 1 else chunk)
+
+  sharded = jax.shard_map(
+    local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis)
+  )
 
   def evaluate(params, tasks):
     num_tasks = jax.tree.leaves(tasks)[0].shape[0]
-    chunk = task_chunk_size
-    if chunk is None:
-      chunk = default_task_chunk_size(num_tasks)
-    if chunk >= num_tasks:
-      return jax.vmap(one, in_axes=(None, 0))(params, tasks)
-    if chunk < 1 or num_tasks % chunk:
-      raise ValueError(
-        f'task_chunk_size={chunk} must be >= 1 and divide the number of '
-        f'tasks {num_tasks}.'
-      )
-    # One task at a time is a plain `lax.map`: a vmap over a chunk of one
-    # still adds a batch axis to every matmul (see `meta_gradient`).
-    return jax.lax.map(
-      lambda task: one(params, task),
-      tasks,
-      batch_size=None if chunk == 1 else chunk,
-    )
+    sharding.check_divisible(num_tasks, mesh, task_chunk_size)
+    return sharded(params, tasks)
 
   return evaluate
 

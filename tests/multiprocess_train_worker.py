@@ -18,10 +18,10 @@ def main(port, process_id, num_processes, local_devices, workdir, iterations):
 
   jax.config.update('jax_num_cpu_devices', local_devices)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  from jaxmeta import sharding
+  from jaxmeta import distributed
 
   if num_processes > 1:
-    assert sharding.initialize_distributed(
+    assert distributed.initialize_distributed(
       f'127.0.0.1:{port}', num_processes, process_id, initialization_timeout=60
     )
   from experiments import train

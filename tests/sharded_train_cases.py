@@ -32,8 +32,8 @@ if jax.device_count() != NUM_DEVICES:
   )
 
 
-def _unsharded_replay(config, workdir, steps):
-  """The same steps with the one-device step, from the same initial state."""
+def _one_device_replay(config, workdir, steps):
+  """The same steps on a one-device mesh, from the same initial state."""
   built = build.Run(config, str(workdir), None, None, 'train')
   state = jax.device_put(built.init_state(), jax.devices()[0])
   data = built.family.load('train')
@@ -86,7 +86,7 @@ def test_sharded_run_matches_one_device_and_resumes(
   assert straight_state.params is not None
   sharded_leaf = jax.tree.leaves(straight_state.params)[0]
   assert len(sharded_leaf.sharding.device_set) == NUM_DEVICES
-  replay = _unsharded_replay(config, tmp_path / 'replay', 4)
+  replay = _one_device_replay(config, tmp_path / 'replay', 4)
   chex.assert_trees_all_close(
     jax.device_get(straight_state.params),
     jax.device_get(replay.params),

@@ -1,4 +1,4 @@
-"""jaxmeta.sharding on 8 virtual CPU devices.
+"""The meta-step and evaluation on a mesh of 8 virtual CPU devices.
 
 Run by `tests/test_sharding.py` in a subprocess (the device count is fixed
 when JAX starts its backend, so it cannot be changed inside a test session
@@ -18,6 +18,7 @@ except RuntimeError:  # The backend is already up with its own device count.
 
 import chex
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -45,10 +46,6 @@ def _images():
   ).astype(jnp.uint8)
 
 
-def _sample_task(key, images):
-  return episodes.sample_task(key, images, **SHAPE)
-
-
 def _setup(name):
   model = jaxmeta.mlp((16, 8, SHAPE['ways']))
   learner = jaxmeta.make_learner(
@@ -73,7 +70,7 @@ def tasks():
 
 @functools.cache
 def _reference_step(name):
-  """The single-device step of `training`, jitted (one per algorithm)."""
+  """The step on its default one-device mesh, jitted (one per algorithm)."""
   learner, optimizer, _ = _setup(name)
   return jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))
 
@@ -89,8 +86,8 @@ def _sharded(name, task_chunk_size):
   )
   state = sharding.replicate(state, mesh_)
   step = jax.jit(
-    sharding.shard_train_step(
-      learner, optimizer, mesh_, task_chunk_size=task_chunk_size
+    jaxmeta.make_meta_train_step(
+      learner, optimizer, task_chunk_size=task_chunk_size, mesh=mesh_
     )
   )
   compiled = step.lower(state, tasks_).compile()
@@ -114,7 +111,8 @@ def test_sharded_step_matches_single_device_step(name, task_chunk_size, tasks):
   assert int(new_state.step) == 1
   # Parameters moved: the comparison is not between two untouched states.
   moved = jax.tree.map(
-    lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, state.params
+    lambda a, b: float(np.max(np.abs(a - b))),
+    *jax.device_get((new_state.params, state.params)),
   )
   assert max(jax.tree.leaves(moved)) > 1e-3
 
@@ -141,7 +139,7 @@ def test_running_statistics_are_averaged_over_every_device(mesh, tasks):
   expected, _ = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))(
     state, tasks
   )
-  step = jax.jit(sharding.shard_train_step(learner, optimizer, mesh))
+  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer, mesh=mesh))
   new, _ = step(
     sharding.replicate(state, mesh), sharding.shard_tasks(tasks, mesh)
   )
@@ -209,66 +207,59 @@ def test_state_and_metrics_come_back_replicated(mesh):
     assert len(leaf.sharding.device_set) == NUM_DEVICES
 
 
-def test_sampler_creates_tasks_sharded_and_equal_to_sample_tasks(mesh):
-  images = sharding.replicate(_images(), mesh)
-  sampler = jax.jit(sharding.shard_sample_tasks(_sample_task, META_BATCH, mesh))
-  key = jax.random.key(11)
-  compiled = sampler.lower(key, images).compile()
-  tasks_ = compiled(key, images)
-  want = sharding.task_sharding(mesh)
-  for leaf, out_sharding in zip(
-    jax.tree.leaves(tasks_), jax.tree.leaves(compiled.output_shardings)
-  ):
-    assert out_sharding.is_equivalent_to(want, leaf.ndim), out_sharding
-    assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
-    assert len(leaf.addressable_shards) == NUM_DEVICES
-    assert leaf.addressable_shards[0].data.shape[0] == (
-      META_BATCH // NUM_DEVICES
+def _sample_tasks(key, images, num_tasks=META_BATCH):
+  return episodes.sample_tasks(key, images, num_tasks, **SHAPE)
+
+
+def test_each_device_draws_only_its_own_tasks(mesh):
+  """The sampler's meta-batch is drawn split over the devices: the
+  per-device program holds the images of its 2 tasks, never all 16."""
+  learner, optimizer, state = _setup('maml')
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, _sample_tasks, mesh=mesh)
+  )
+  hlo = (
+    step.lower(
+      sharding.replicate(state, mesh), sharding.replicate(_images(), mesh)
     )
-  # Each device drew its own tasks: no collective moved any.
-  assert not _COLLECTIVE.findall(compiled.as_text())
-  expected = episodes.sample_tasks(key, _images(), META_BATCH, **SHAPE)
-  chex.assert_trees_all_equal(jax.device_get(tasks_), jax.device_get(expected))
+    .compile()
+    .as_text()
+  )
+  shapes = set(_shapes(hlo))
+  support = [SHAPE['ways'] * SHAPE['shots'], 4, 4, 1]  # Per task.
+  per_device = 'f32[{}]'.format(','.join(map(str, [2] + support)))
+  whole = 'f32[{}]'.format(','.join(map(str, [META_BATCH] + support)))
+  assert per_device in shapes, sorted(shapes)
+  assert whole not in shapes
+  assert not _HOST_TRANSFER.search(hlo)
 
 
-def test_sampling_step_draws_the_tasks_of_make_meta_train_step(mesh):
+def test_sampling_step_draws_the_tasks_of_the_one_device_step(mesh):
   learner, optimizer, state = _setup('maml')
   images = _images()
-  # The unsharded reference: make_meta_train_step's own sampler.
   reference = jax.jit(
-    jaxmeta.make_meta_train_step(
-      learner,
-      optimizer,
-      functools.partial(
-        episodes.sample_tasks, images=images, num_tasks=META_BATCH, **SHAPE
-      ),
-    )
+    jaxmeta.make_meta_train_step(learner, optimizer, _sample_tasks)
   )
   step = jax.jit(
-    sharding.shard_train_step(
-      learner,
-      optimizer,
-      mesh,
-      sample_task=_sample_task,
-      meta_batch_size=META_BATCH,
-      task_chunk_size=1,
+    jaxmeta.make_meta_train_step(
+      learner, optimizer, _sample_tasks, task_chunk_size=1, mesh=mesh
     )
   )
   expected, sharded = state, sharding.replicate(state, mesh)
-  images = sharding.replicate(images, mesh)
+  sharded_images = sharding.replicate(images, mesh)
   for _ in range(2):
-    expected, expected_metrics = reference(expected)
-    sharded, metrics = step(sharded, images)
+    expected, expected_metrics = reference(expected, images)
+    sharded, metrics = step(sharded, sharded_images)
   chex.assert_trees_all_close(
     sharded.params, expected.params, atol=1e-5, rtol=0
   )
   chex.assert_trees_all_close(metrics, expected_metrics, atol=1e-5, rtol=1e-5)
 
 
-def test_sharded_evaluate_matches_make_evaluate(mesh, tasks):
+def test_sharded_evaluate_matches_the_one_device_evaluate(mesh, tasks):
   learner, _, state = _setup('maml')
   expected = jax.jit(jaxmeta.make_evaluate(learner, 3))(state.params, tasks)
-  evaluate = jax.jit(sharding.shard_evaluate(learner, 3, mesh))
+  evaluate = jax.jit(jaxmeta.make_evaluate(learner, 3, mesh=mesh))
   args = (
     sharding.replicate(state.params, mesh),
     sharding.shard_tasks(tasks, mesh),
@@ -284,25 +275,23 @@ def test_sharded_evaluate_matches_make_evaluate(mesh, tasks):
 
 def test_meta_batch_not_divisible_by_devices_is_a_clear_error(mesh, tasks):
   learner, optimizer, state = _setup('maml')
+  state, images = sharding.replicate(state, mesh), _images()
   odd = jax.tree.map(lambda v: v[:12], tasks)
-  step = sharding.shard_train_step(learner, optimizer, mesh)
+  step = jaxmeta.make_meta_train_step(learner, optimizer, mesh=mesh)
   message = r'12 tasks cannot be split evenly over 8 devices'
   with pytest.raises(ValueError, match=message):
     jax.jit(step)(state, odd)
   with pytest.raises(ValueError, match=message):
     sharding.shard_tasks(odd, mesh)
+  sample_12 = functools.partial(_sample_tasks, num_tasks=12)
   with pytest.raises(ValueError, match=message):
-    sharding.shard_train_step(
-      learner, optimizer, mesh, sample_task=_sample_task, meta_batch_size=12
+    jaxmeta.make_meta_train_step(learner, optimizer, sample_12, mesh=mesh)(
+      state, images
     )
   with pytest.raises(ValueError, match=message):
-    sharding.shard_evaluate(learner, 1, mesh)(state.params, odd)
+    jaxmeta.make_evaluate(learner, 1, mesh=mesh)(state.params, odd)
+  sample_48 = functools.partial(_sample_tasks, num_tasks=48)
   with pytest.raises(ValueError, match=r'task_chunk_size=4 .* the 6 tasks'):
-    sharding.shard_train_step(
-      learner,
-      optimizer,
-      mesh,
-      task_chunk_size=4,
-      sample_task=_sample_task,
-      meta_batch_size=48,
-    )
+    jaxmeta.make_meta_train_step(
+      learner, optimizer, sample_48, task_chunk_size=4, mesh=mesh
+    )(state, images)

@@ -6,10 +6,10 @@ and reports their exit statuses and outputs, as one run. Each process joins
 the run on a free port of 127.0.0.1, takes three sharded meta-steps that
 sample their tasks on the devices and writes the parameters to
 OUT_DIR/process_<id>.npz; process 0 also writes those of the same three
-steps taken by `make_meta_train_step` on one device. It also builds a global
-meta-batch from each process's own half of the tasks, and one from keys
-every process holds whole, and checks which rows each process's devices
-hold.
+steps taken by `make_meta_train_step` on its default one-device mesh. It
+also builds a global meta-batch from each process's own half of the tasks,
+and one from keys every process holds whole, and checks which rows each
+process's devices hold.
 """
 
 import functools
@@ -21,9 +21,10 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
   jax.config.update('jax_num_cpu_devices', local_devices)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  from jaxmeta import distributed
   from jaxmeta import sharding
 
-  assert sharding.initialize_distributed(
+  assert distributed.initialize_distributed(
     f'127.0.0.1:{port}', num_processes, process_id, initialization_timeout=60
   )
 
@@ -35,7 +36,7 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
   assert jax.process_count() == num_processes
   assert jax.device_count() == num_processes * local_devices
-  assert sharding.is_main_process() == (process_id == 0)
+  assert distributed.is_main_process() == (process_id == 0)
 
   shape = dict(ways=3, shots=2, queries=2)
   meta_batch = 2 * jax.device_count()
@@ -53,15 +54,12 @@ def main(port, process_id, num_processes, local_devices, out_dir):
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
 
   mesh = sharding.make_mesh()
-  sample_task = lambda key, im: episodes.sample_task(key, im, **shape)
+  sample_tasks = lambda key, im: episodes.sample_tasks(
+    key, im, meta_batch, **shape
+  )
   sampling_step = jax.jit(
-    sharding.shard_train_step(
-      learner,
-      optimizer,
-      mesh,
-      sample_task=sample_task,
-      meta_batch_size=meta_batch,
-      task_chunk_size=1,
+    jaxmeta.make_meta_train_step(
+      learner, optimizer, sample_tasks, task_chunk_size=1, mesh=mesh
     )
   )
 
@@ -101,16 +99,10 @@ def main(port, process_id, num_processes, local_devices, out_dir):
 
   if process_id == 0:
     reference = jax.jit(
-      jaxmeta.make_meta_train_step(
-        learner,
-        optimizer,
-        functools.partial(
-          episodes.sample_tasks, images=images, num_tasks=meta_batch, **shape
-        ),
-      )
+      jaxmeta.make_meta_train_step(learner, optimizer, sample_tasks)
     )
     for _ in range(3):
-      state, metrics = reference(state)
+      state, metrics = reference(state, images)
     np.savez(
       f'{out_dir}/reference.npz',
       **flat(state.params),

@@ -1,4 +1,4 @@
-"""jaxmeta.sharding: 8 virtual devices, two processes, multi-host set-up.
+"""The step on a mesh: 8 virtual devices, two processes.
 
 The sharded cases need several devices, and JAX fixes the CPU device count
 when its backend starts, so they run in one subprocess with 8 virtual CPU
@@ -17,10 +17,15 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import jaxmeta
 from jaxmeta import sharding
+from jaxmeta.data import episodes
+
 import forked  # tests/ is on sys.path under pytest.
 
 _TESTS = Path(__file__).resolve().parent
@@ -70,6 +75,46 @@ def test_sharded_cases_on_8_virtual_cpu_devices():
   print(output.strip().splitlines()[-1])
 
 
+def _tiny_run():
+  images = jax.random.randint(
+    jax.random.key(7), (10, 5, 4, 4, 1), 0, 256, jnp.int32
+  ).astype(jnp.uint8)
+  learner = jaxmeta.maml(
+    jaxmeta.mlp((16, 8, 3)), jaxmeta.classification_loss, 0.3, 1
+  )
+  optimizer = optax.adam(0.05)
+  state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
+  sample = lambda key, im: episodes.sample_tasks(key, im, 4, 3, 2, 2)
+  return learner, optimizer, state, sample, images
+
+
+def test_the_default_one_device_step_compiles_once():
+  """The initial state lies where the step leaves its states (the default
+  mesh's one device), so the second call does not compile again."""
+  learner, optimizer, state, sample, images = _tiny_run()
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.device_set == {jax.local_devices()[0]}
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, sample),
+    donate_argnums=0,
+  )
+  for _ in range(3):
+    state, _ = step(state, images)
+  assert step._cache_size() == 1
+  assert int(state.step) == 3
+
+
+def test_a_chunk_that_does_not_divide_a_devices_tasks_is_refused():
+  learner, optimizer, state, sample, images = _tiny_run()
+  mesh = sharding.make_mesh(jax.local_devices()[:1])
+  assert sharding.check_divisible(4, mesh, 2) == 4
+  with pytest.raises(ValueError, match=r'task_chunk_size=3 .* the 4 tasks'):
+    sharding.check_divisible(4, mesh, 3)
+  step = jaxmeta.make_meta_train_step(learner, optimizer, sample, 3)
+  with pytest.raises(ValueError, match=r'task_chunk_size=3 .* the 4 tasks'):
+    step(state, images)
+
+
 def _launch(script, *args, timeout):
   """Runs a driver of multi-process runs (`tests/forked.py`); per run, the
   outputs of its processes, each of which must exit 0."""
@@ -103,57 +148,6 @@ def test_two_processes_agree_with_one_process(tmp_path):
         rtol=0,
         err_msg=f'process {i}: {name}',
       )
-
-
-def test_initialize_distributed_is_a_no_op_on_one_process(monkeypatch):
-  for var in (
-    'SLURM_NTASKS',
-    'OMPI_COMM_WORLD_SIZE',
-    'TPU_WORKER_HOSTNAMES',
-    'TPU_PROCESS_ADDRESSES',
-    'JAX_COORDINATOR_ADDRESS',
-  ):
-    monkeypatch.delenv(var, raising=False)
-  monkeypatch.setenv('SLURM_NTASKS', '1')  # A one-task SLURM job.
-
-  def fail(**kwargs):
-    raise AssertionError(f'initialize called with {kwargs}')
-
-  monkeypatch.setattr(jax.distributed, 'initialize', fail)
-  assert not sharding.initialize_distributed()
-  assert sharding.is_main_process()
-
-
-@pytest.mark.parametrize(
-  'var, value',
-  [
-    ('SLURM_NTASKS', '4'),
-    ('OMPI_COMM_WORLD_SIZE', '2'),
-    ('TPU_WORKER_HOSTNAMES', 'host-0,host-1'),
-    ('JAX_COORDINATOR_ADDRESS', '10.0.0.1:1234'),
-  ],
-)
-def test_initialize_distributed_lets_jax_detect_a_launcher(
-  monkeypatch, var, value
-):
-  for name in (
-    'SLURM_NTASKS',
-    'OMPI_COMM_WORLD_SIZE',
-    'TPU_WORKER_HOSTNAMES',
-    'TPU_PROCESS_ADDRESSES',
-    'JAX_COORDINATOR_ADDRESS',
-  ):
-    monkeypatch.delenv(name, raising=False)
-  monkeypatch.setenv(var, value)
-  calls = []
-  monkeypatch.setattr(
-    jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs)
-  )
-  assert sharding.initialize_distributed()
-  # No layout passed: JAX's cluster detection fills it in.
-  assert calls == [
-    dict(coordinator_address=None, num_processes=None, process_id=None)
-  ]
 
 
 def _run_programs(*runs):

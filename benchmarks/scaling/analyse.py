@@ -136,7 +136,7 @@ def _sharded_step_costs(cfg, tasks_per_device, mesh):
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=tsk),
     _task_struct(cfg, tasks_per_device * NUM_DEVICES),
   )
-  step = jax.jit(sharding.shard_train_step(learner, optimizer, mesh))
+  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer, mesh=mesh))
   start = time.perf_counter()
   compiled = step.lower(state, tasks).compile()
   costs = xla_costs.compiled_costs(compiled)

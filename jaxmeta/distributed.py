@@ -1,0 +1,97 @@
+"""Joining a multi-process run: launcher detection and the main process.
+
+Typical use (every process of a multi-host job, before anything touches a
+device)::
+
+  from jaxmeta import distributed, sharding
+  distributed.initialize_distributed()
+  mesh = sharding.make_mesh()  # All devices of all processes.
+  ...
+  if distributed.is_main_process():
+    ...  # Logging, checkpoints.
+"""
+
+import os
+from typing import Any
+
+import jax
+
+# Environment variables that say a launcher started several processes, with
+# the number of processes where the variable holds it. JAX's own cluster
+# detection (`jax.distributed.initialize()` without arguments) then finds the
+# coordinator, the process count and this process's index.
+_PROCESS_COUNT_VARS = (
+  'SLURM_NTASKS',  # SLURM (srun).
+  'OMPI_COMM_WORLD_SIZE',  # Open MPI (mpirun).
+)
+
+
+def _launcher_process_count() -> int:
+  """The number of processes a launcher says it started (1 if none)."""
+  for var in _PROCESS_COUNT_VARS:
+    value = os.environ.get(var)
+    if value:
+      try:
+        return int(value)
+      except ValueError:
+        continue
+  # GKE TPU slices (and Cloud TPU launchers) list the slice's hosts.
+  for var in ('TPU_PROCESS_ADDRESSES', 'TPU_WORKER_HOSTNAMES'):
+    value = os.environ.get(var)
+    if value:
+      return len([h for h in value.split(',') if h])
+  return 1
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  force: bool = False,
+  **kwargs: Any,
+) -> bool:
+  """Joins a multi-process run if there is one; a no-op on one process.
+
+  Calls `jax.distributed.initialize` when an argument gives the run's
+  layout, `JAX_COORDINATOR_ADDRESS` is set, a launcher says it started
+  several processes (SLURM's `SLURM_NTASKS`, Open MPI's
+  `OMPI_COMM_WORLD_SIZE`, a TPU slice's `TPU_WORKER_HOSTNAMES` or
+  `TPU_PROCESS_ADDRESSES`), or `force` is set (e.g. on a Cloud TPU VM slice,
+  whose hosts JAX finds through the metadata server). Without arguments JAX
+  detects the coordinator, the number of processes and this process's index
+  itself. Must be called before anything touches a device.
+
+  Args:
+    coordinator_address: `host:port` of process 0's coordinator.
+    num_processes: processes in the run.
+    process_id: this process's index.
+    force: initialise even if nothing in the environment says there are
+      several processes.
+    **kwargs: passed to `jax.distributed.initialize` (e.g.
+      `local_device_ids`, `initialization_timeout`).
+
+  Returns:
+    True if `jax.distributed.initialize` was called.
+  """
+  explicit = any(
+    v is not None for v in (coordinator_address, num_processes, process_id)
+  )
+  if not (
+    explicit
+    or force
+    or os.environ.get('JAX_COORDINATOR_ADDRESS')
+    or _launcher_process_count() > 1
+  ):
+    return False
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **kwargs,
+  )
+  return True
+
+
+def is_main_process() -> bool:
+  """True on process 0, the one that logs and writes checkpoints."""
+  return jax.process_index() == 0
