@@ -252,11 +252,11 @@ class Run:
     num_train_classes = None
     if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
       num_train_classes = int(self.load('train').shape[0])
+    # Recorded in the workdir (`meta`) so that `predict.load_run` rebuilds the
+    # learner without the data.
+    self.input_shape = tuple(self.family.input_shape(self.data[first_split]))
     self.learner = build_learner(
-      config,
-      self.family,
-      self.family.input_shape(self.data[first_split]),
-      num_train_classes,
+      config, self.family, self.input_shape, num_train_classes
     )
     self.optimizer = build_optimizer(config)
     self.metric = self.family.metric
@@ -293,4 +293,5 @@ class Run:
     return {
       'config': self.config.to_dict(),
       'jaxmeta_version': jaxmeta.__version__,
+      'input_shape': list(self.input_shape),
     }

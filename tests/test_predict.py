@@ -62,7 +62,9 @@ def test_load_run_gives_the_best_checkpoint_and_the_tested_accuracy(tiny_run):
   assert all(jax.tree.leaves(chex_equal))
   # The test of the run, recomputed with the loaded learner and parameters.
   family = tasks.build(loaded_config)
-  evaluator = evaluation.Evaluator(learner, family, loaded_config, alone=True)
+  evaluator = evaluation.Evaluator(
+    learner, family, loaded_config, build.make_mesh(), alone=True
+  )
   keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
   values, _, alone = evaluator(params, family.load('test'), keys)
   assert jaxmeta.mean_and_ci95(values)[0] == results['test_accuracy']
@@ -155,16 +157,8 @@ def test_classify_refuses_mismatched_shapes(tiny_run):
     predict.classify(learner, params, x, np.arange(3), x[:, :4], 1)
 
 
-def test_load_run_with_a_recorded_input_shape_reads_no_data(
-  tmp_path, tiny_dataset, monkeypatch
-):
-  """A checkpoint that records the input shape needs no dataset."""
-  meta = build.Run.meta
-  monkeypatch.setattr(
-    build.Run,
-    'meta',
-    lambda self: dict(meta(self), input_shape=[8, 8, 1]),
-  )
+def test_load_run_reads_no_data(tmp_path, tiny_dataset, monkeypatch):
+  """The workdir records the input shape: loading needs no dataset."""
   config = tiny_config(tiny_dataset, num_iterations=2)
   run(config, tmp_path)
 
@@ -173,6 +167,33 @@ def test_load_run_with_a_recorded_input_shape_reads_no_data(
 
   monkeypatch.setitem(registry.DATASETS, tiny_dataset, no_data)
   learner, params, _ = predict.load_run(tmp_path)
+  x = np.zeros((3, 8, 8, 1), np.uint8)
+  assert predict.classify(learner, params, x, np.arange(3), x, 1).shape == (3,)
+
+
+def test_load_run_without_a_recorded_input_shape_reads_the_test_split(
+  tmp_path, tiny_dataset, monkeypatch
+):
+  """A run written before the input shape was recorded still loads."""
+  meta = build.Run.meta
+  monkeypatch.setattr(
+    build.Run,
+    'meta',
+    lambda self: {k: v for k, v in meta(self).items() if k != 'input_shape'},
+  )
+  config = tiny_config(tiny_dataset, num_iterations=2)
+  run(config, tmp_path)
+  monkeypatch.undo()
+  loaded = []
+  load = registry.DATASETS[tiny_dataset]
+
+  def recording(split, **kwargs):
+    loaded.append(split)
+    return load(split, **kwargs)
+
+  monkeypatch.setitem(registry.DATASETS, tiny_dataset, recording)
+  learner, params, _ = predict.load_run(tmp_path)
+  assert loaded == ['test']
   x = np.zeros((3, 8, 8, 1), np.uint8)
   assert predict.classify(learner, params, x, np.arange(3), x, 1).shape == (3,)
 
