@@ -1,4 +1,13 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+The tests mirror the code: tests/algorithms, tests/models, tests/data and
+tests/training for the library's modules, tests/experiments (with benchmark/
+and studies/) for the experiment programs, tests/project for the repository
+itself (README, notebooks, packaging, docs). Test modules import no other test
+module: what they share is in the `support` package (this folder is on
+`sys.path`), fixtures in conftest.py files. Test file names are unique across
+folders (pytest imports them by base name).
+"""
 
 import os
 from pathlib import Path
