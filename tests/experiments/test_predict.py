@@ -30,8 +30,6 @@ from support import REPO
 from support.tiny_runs import run
 from support.tiny_runs import tiny_config
 
-_REPO = REPO
-
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory, tiny_dataset):
@@ -258,7 +256,7 @@ def _omniglot_pngs(classes):
   wanted = {'/'.join(c.split('/')[:2]): c for c in classes}
   found = {c: {} for c in classes}
   for source in omniglot_tfds.SOURCES:
-    path = _REPO / 'data' / 'omniglot' / f'images_{source}.zip'
+    path = REPO / 'data' / 'omniglot' / f'images_{source}.zip'
     with zipfile.ZipFile(path) as z:
       for member in z.namelist():
         parts = member.split('/')
@@ -324,7 +322,7 @@ def test_the_command_classifies_pngs_of_held_out_characters(
     capture_output=True,
     text=True,
     env=env,
-    cwd=_REPO,
+    cwd=REPO,
   )
   assert done.returncode == 0, done.stderr
   rows = [line.split('\t') for line in done.stdout.splitlines()]
@@ -391,7 +389,7 @@ def test_the_command_errors_are_one_line(tmp_path, omniglot_run):
       capture_output=True,
       text=True,
       env=env,
-      cwd=_REPO,
+      cwd=REPO,
     )
     assert done.returncode == 1, (argv, done.stderr)
     lines = done.stderr.strip().splitlines()
@@ -404,7 +402,7 @@ def test_the_readme_example_runs(omniglot_run, monkeypatch):
   """The README's example as written, on a tiny run instead of the main
   job's."""
   workdir, _, data_dir = omniglot_run
-  text = (_REPO / 'README.md').read_text()
+  text = (REPO / 'README.md').read_text()
   code = next(
     block
     for block in text.split('```python\n')[1:]

@@ -18,8 +18,7 @@ from nbclient import NotebookClient
 import pytest
 from support import REPO
 
-_REPO = REPO
-COLAB_DIR = _REPO / 'colab'
+COLAB_DIR = REPO / 'colab'
 NOTEBOOKS = sorted(COLAB_DIR.glob('*.ipynb'))
 NUM_NOTEBOOKS = 3
 # Per cell. Smoke cells take well under a minute on 2 CPU cores, but the first
@@ -247,7 +246,7 @@ def test_setup_cell_finds_a_checkout_or_says_what_to_do(
   code = _setup_cell(path)
   # In a checkout: imported from there, nothing installed.
   namespace, commands = _run_setup(code, COLAB_DIR, monkeypatch)
-  assert namespace['REPO_ROOT'] == _REPO and not commands
+  assert namespace['REPO_ROOT'] == REPO and not commands
   # Outside one, not on Colab: one message with the fix.
   outside = tmp_path / 'outside'
   outside.mkdir()

@@ -1,12 +1,13 @@
 """Multi-process runs of the training program (CPU, gloo), one after another.
 
-Started by `tests/training/test_sharding.py`: `python multiprocess_train_worker.py
-RUN [RUN ...]`, each RUN `NUM_PROCESSES,LOCAL_DEVICES,NUM_ITERATIONS,WORKDIR`,
-forks the processes of each run in turn (`tests/support/forked.py`) and reports
-their exit statuses and outputs, run by run. With NUM_PROCESSES = 1 a run is
-the one-process reference. Every process runs
-`experiments.train.train_and_evaluate` on a tiny sinusoid configuration in
-the shared WORKDIR and prints its results as a JSON line after `RESULTS `.
+Started by `tests/training/test_sharding.py`: `python
+multiprocess_train_worker.py RUN [RUN ...]`, each RUN
+`NUM_PROCESSES,LOCAL_DEVICES,NUM_ITERATIONS,WORKDIR`, forks the processes of
+each run in turn (`tests/support/forked.py`) and reports their exit statuses
+and outputs, run by run. With NUM_PROCESSES = 1 a run is the one-process
+reference. Every process runs `experiments.train.train_and_evaluate` on a tiny
+sinusoid configuration in the shared WORKDIR and prints its results as a JSON
+line after `RESULTS `.
 """
 
 import json

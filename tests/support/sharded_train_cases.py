@@ -1,8 +1,8 @@
 """The training program on 8 virtual CPU devices.
 
-Run by `tests/training/test_sharding.py` in the subprocess that has 8 devices (the
-device count is fixed when JAX starts its backend); by hand:
-`pytest tests/support/sharded_train_cases.py`.
+Run by `tests/training/test_sharding.py` in the subprocess that has 8 devices
+(the device count is fixed when JAX starts its backend); by hand: `pytest
+tests/support/sharded_train_cases.py`.
 """
 
 import json

@@ -1,8 +1,9 @@
 """The meta-step and evaluation on a mesh of 8 virtual CPU devices.
 
-Run by `tests/training/test_sharding.py` in a subprocess (the device count is fixed
-when JAX starts its backend, so it cannot be changed inside a test session
-that has already used JAX); by hand: `pytest tests/support/sharding_cases.py`.
+Run by `tests/training/test_sharding.py` in a subprocess (the device count is
+fixed when JAX starts its backend, so it cannot be changed inside a test
+session that has already used JAX); by hand: `pytest
+tests/support/sharding_cases.py`.
 """
 
 import functools

@@ -1,15 +1,15 @@
 """A multi-process sharded run on this machine (CPU, gloo).
 
-Started by `tests/training/test_sharding.py`: `python sharding_multiprocess_worker.py
-NUM_PROCESSES LOCAL_DEVICES OUT_DIR` forks the processes (`tests/support/forked.py`)
-and reports their exit statuses and outputs, as one run. Each process joins
-the run on a free port of 127.0.0.1, takes three sharded meta-steps that
-sample their tasks on the devices and writes the parameters to
-OUT_DIR/process_<id>.npz; process 0 also writes those of the same three
-steps taken by `make_meta_train_step` on its default one-device mesh. It
-also builds a global meta-batch from each process's own half of the tasks,
-and one from keys every process holds whole, and checks which rows each
-process's devices hold.
+Started by `tests/training/test_sharding.py`: `python
+sharding_multiprocess_worker.py NUM_PROCESSES LOCAL_DEVICES OUT_DIR` forks the
+processes (`tests/support/forked.py`) and reports their exit statuses and
+outputs, as one run. Each process joins the run on a free port of 127.0.0.1,
+takes three sharded meta-steps that sample their tasks on the devices and
+writes the parameters to OUT_DIR/process_<id>.npz; process 0 also writes those
+of the same three steps taken by `make_meta_train_step` on its default
+one-device mesh. It also builds a global meta-batch from each process's own
+half of the tasks, and one from keys every process holds whole, and checks
+which rows each process's devices hold.
 """
 
 import functools

@@ -1,13 +1,14 @@
 """The step on a mesh: 8 virtual devices, two processes.
 
-The sharded cases need several devices, and JAX fixes the CPU device count
-when its backend starts, so they run in one subprocess with 8 virtual CPU
-devices (`tests/support/sharding_cases.py` for the library and
-`tests/support/sharded_train_cases.py` for the training program, all cases in one
-interpreter). The multi-process cases start one driver that forks processes
+The sharded cases need several devices, and JAX fixes the CPU device count when
+its backend starts, so they run in one subprocess with 8 virtual CPU devices
+(`tests/support/sharding_cases.py` for the library and
+`tests/support/sharded_train_cases.py` for the training program, all cases in
+one interpreter). The multi-process cases start one driver that forks processes
 joining one run on 127.0.0.1 (`tests/support/sharding_multiprocess_worker.py`,
-`tests/support/multiprocess_train_worker.py`, `tests/support/forked.py`). Everything is
-bounded by timeouts, so a hang fails the test instead of stalling the suite.
+`tests/support/multiprocess_train_worker.py`, `tests/support/forked.py`).
+Everything is bounded by timeouts, so a hang fails the test instead of stalling
+the suite.
 """
 
 import json
@@ -29,13 +30,12 @@ from support import REPO
 from support import forked
 
 _SUPPORT = REPO / 'tests' / 'support'
-_REPO = REPO
 
 
 def _env():
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(
-    [str(_REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+    [str(REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
   )
   env['JAX_PLATFORMS'] = 'cpu'
   for var in (
@@ -62,7 +62,7 @@ def test_sharded_cases_on_8_virtual_cpu_devices():
       str(_SUPPORT / 'sharding_cases.py'),
       str(_SUPPORT / 'sharded_train_cases.py'),
     ],
-    cwd=_REPO,
+    cwd=REPO,
     env=_env(),
     capture_output=True,
     text=True,
@@ -116,8 +116,8 @@ def test_a_chunk_that_does_not_divide_a_devices_tasks_is_refused():
 
 
 def _launch(script, *args, timeout):
-  """Runs a driver of multi-process runs (`tests/support/forked.py`); per run, the
-  outputs of its processes, each of which must exit 0."""
+  """Runs a driver of multi-process runs (`tests/support/forked.py`); per run,
+  the outputs of its processes, each of which must exit 0."""
   runs = forked.launch(script, *args, timeout=timeout, env=_env())
   for run in runs:
     for status, output in run:
