@@ -1197,7 +1197,9 @@ def run_benchmark(settings: Settings) -> tuple[dict[str, Any], bool]:
     for algorithm in settings.algorithms:
       # Same initial weights as init_train_state gives the timed JAX step.
       learner, optimizer = jax_setup(config, algorithm, conv_impls[0])
-      params = jaxmeta.init_train_state(learner, optimizer, init_key).params
+      params = jaxmeta.init_train_state(
+        learner, optimizer, init_key
+      ).merged_params()
 
       def jax_grad(conv_impl, float64=False):
         return jax_meta_gradient(

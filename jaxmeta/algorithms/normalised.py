@@ -12,7 +12,8 @@ whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
 * 'running': meta-training runs `build(training_form(model))` (batch
   statistics) and returns each task's query statistics beside its metrics
   (`task_statistics`); the meta-step averages them into the running
-  statistics (`MetaLearner.update_state`, momentum `momentum`). Evaluation
+  statistics, the train state's `model_state` (`MetaLearner.update_state`,
+  momentum `momentum`). Evaluation
   and `adapt` adapt on a support set normalised by itself, as in
   meta-training, and every other image (the queries, `predict`) is
   normalised with the running statistics.
@@ -162,12 +163,12 @@ def normalised_learner(
     )
     return grads, metrics
 
-  def update_state(params, statistics):
-    owner = _statistics_owner(params)
+  def update_state(model_state, statistics):
+    owner = _statistics_owner(model_state)
     running = norms.running_average(
       owner[norms.STATISTICS], statistics, momentum
     )
-    return _replace_statistics(params, running)
+    return _replace_statistics(model_state, running)
 
   def running_evaluate(params, task, num_steps):
     return on(task.support_x).evaluate(params, task, num_steps)
