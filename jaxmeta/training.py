@@ -51,7 +51,12 @@ class MetaTrainState(flax.struct.PyTreeNode):
 
   def merged_params(self) -> Params:
     """The parameters the learner's functions take (`adapt`, `evaluate`,
-    `predict`): `params` with `model_state` merged back in."""
+    `predict`, `task_update`): `params` with `model_state` merged back in.
+
+    The learners keep one parameter pytree because every forward pass holds
+    the statistics constant: no algorithm needs a second argument, and the
+    step merges where it calls them.
+    """
     return merge_model_state(self.params, self.model_state)
 
 
