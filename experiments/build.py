@@ -209,7 +209,9 @@ def make_train_step(
     finite = (
       jnp.isfinite(metrics['loss'])
       & jnp.isfinite(metrics['meta_grad_norm'])
-      & all_finite((new_state.params, new_state.opt_state))
+      & all_finite(
+        (new_state.params, new_state.model_state, new_state.opt_state)
+      )
     )
     new_state = jax.tree.map(
       lambda n, o: jnp.where(finite, n, o), new_state, state

@@ -26,6 +26,7 @@ import sys
 from typing import Any, Mapping
 
 import jax
+import jaxmeta
 import orbax.checkpoint as ocp
 
 from . import common
@@ -149,7 +150,20 @@ class Checkpoints:
     ).meta
 
   def restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
-    """Restores `(state, meta)` of `step`, shaped like `like`."""
+    """Restores `(state, meta)` of `step`, shaped like `like`.
+
+    A step saved before the train state had `model_state` (running
+    statistics inside the parameters, the optimiser's state over all of
+    them) is read into the current layout (`restore_without_model_state`).
+    """
+    if isinstance(like, jaxmeta.MetaTrainState):
+      handler = ocp.PyTreeCheckpointHandler()
+      try:
+        saved = handler.metadata(self._state_directory(step)).tree
+      finally:
+        handler.close()
+      if 'model_state' not in saved:
+        return self.restore_without_model_state(like, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     restored = self.manager.restore(
       step,
@@ -158,6 +172,54 @@ class Checkpoints:
       ),
     )
     return restored.state, restored.meta
+
+  def _state_directory(self, step: int):
+    return self.workdir / 'checkpoints' / str(step) / 'state'
+
+  def restore_without_model_state(
+    self, like: 'jaxmeta.MetaTrainState', step: int
+  ) -> tuple['jaxmeta.MetaTrainState', dict[str, Any]]:
+    """Restores a step saved without `model_state`, in the current layout.
+
+    Its parameters are `like`'s merged parameters
+    (`MetaTrainState.merged_params`), split again
+    (`jaxmeta.split_model_state`); of its optimiser state only the entries of
+    the trainable parameters are read, which are those an optimiser of the
+    trainable parameters alone would hold (the statistics had zero gradient
+    and per-parameter optimisers keep per-parameter state).
+
+    Args:
+      like: a state of the current layout, structure, shapes and dtypes.
+      step: the saved step.
+
+    Returns:
+      `(state, meta)` as `restore`.
+    """
+    target = {
+      'step': like.step,
+      'params': like.merged_params(),
+      'opt_state': like.opt_state,
+      'key': like.key,
+    }
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      old = checkpointer.restore(
+        self._state_directory(step),
+        args=ocp.args.PyTreeRestore(
+          abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True,
+        ),
+      )
+    params, model_state = jaxmeta.split_model_state(old['params'])
+    state = like.replace(
+      step=old['step'],
+      params=params,
+      model_state=model_state,
+      opt_state=old['opt_state'],
+      key=old['key'],
+    )
+    return state, self.read_meta(step)
 
   def restore_latest_readable(
     self, like: Any, steps: list[int] | None = None

@@ -125,7 +125,8 @@ def test_run(
       'state again if every validated step was unreadable).'
     )
   step, state, _ = found
-  if not bool(build.all_finite(state.params)):
+  params = state.merged_params()
+  if not bool(build.all_finite(params)):
     raise common.RunError(
       f'Checkpoint step {step} in {run.workdir}/checkpoints '
       'holds non-finite parameters; it cannot be evaluated.'
@@ -133,7 +134,7 @@ def test_run(
   keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
   if evaluator is None:
     evaluator = Evaluator(run.learner, run.family, config, run.mesh, alone=True)
-  values, by_step, alone = evaluator(state.params, run.load('test'), keys)
+  values, by_step, alone = evaluator(params, run.load('test'), keys)
   mean, ci95 = jaxmeta.mean_and_ci95(values)
   mean_alone, ci95_alone = jaxmeta.mean_and_ci95(alone)
   m = run.metric

@@ -129,7 +129,7 @@ def _load(
       learner, build.build_optimizer(config), jax.random.PRNGKey(config.seed)
     )
     state, _ = _read(checkpoints, step, role, checkpoints.restore, like, step)
-  return learner, state.params, config, tuple(input_shape)
+  return learner, state.merged_params(), config, tuple(input_shape)
 
 
 def _read_config_json(workdir) -> ml_collections.ConfigDict:

@@ -162,7 +162,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
     metric = run.metric
 
     def validate_now(state):
-      values = evaluator(state.params, val_data, val_keys)[0]
+      values = evaluator(state.merged_params(), val_data, val_keys)[0]
       value, ci95 = jaxmeta.mean_and_ci95(values)
       writer.write(
         int(state.step), {metric: value, 'ci95': ci95}, prefix='val/'

@@ -45,6 +45,8 @@ from jaxmeta.models import register_backbone
 from jaxmeta.models import rematerialised
 from jaxmeta.models import resnet12
 from jaxmeta.models import resolve_conv_impl
+from jaxmeta.models.norms import merge_model_state
+from jaxmeta.models.norms import split_model_state
 from jaxmeta.training import default_task_chunk_size
 from jaxmeta.training import init_train_state
 from jaxmeta.training import make_evaluate

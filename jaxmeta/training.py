@@ -20,6 +20,8 @@ from jaxmeta import sharding
 
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import STATISTICS_METRIC
+from jaxmeta.models.norms import merge_model_state
+from jaxmeta.models.norms import split_model_state
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 
@@ -28,8 +30,13 @@ class MetaTrainState(flax.struct.PyTreeNode):
 
   Attributes:
     step: int32 scalar, meta-iterations done so far.
-    params: the meta-parameters (the initialisation MAML learns).
-    opt_state: the outer optax optimiser's state.
+    params: the trainable meta-parameters (the initialisation MAML learns),
+      what the outer optimiser updates.
+    model_state: the model's state, which no gradient moves: the running
+      batch-norm statistics of a 'running' model (`norms.split_model_state`),
+      updated by the meta-step with the learner's `update_state`; `{}` for a
+      model without state.
+    opt_state: the outer optax optimiser's state, of `params` alone.
     key: the run's base PRNG key; step `t` draws its tasks from
       `jax.random.fold_in(key, t)`, so a resumed run sees the same tasks
       (and, with `make_meta_train_step(..., model_keys=True)`, the same
@@ -38,8 +45,19 @@ class MetaTrainState(flax.struct.PyTreeNode):
 
   step: Array
   params: Params
+  model_state: Params
   opt_state: optax.OptState
   key: PRNGKey
+
+  def merged_params(self) -> Params:
+    """The parameters the learner's functions take (`adapt`, `evaluate`,
+    `predict`, `task_update`): `params` with `model_state` merged back in.
+
+    The learners keep one parameter pytree because every forward pass holds
+    the statistics constant: no algorithm needs a second argument, and the
+    step merges where it calls them.
+    """
+    return merge_model_state(self.params, self.model_state)
 
 
 def _one_device_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh:
@@ -56,17 +74,21 @@ def init_train_state(
   key: PRNGKey,
   mesh: jax.sharding.Mesh | None = None,
 ) -> MetaTrainState:
-  """Initialises meta-parameters, optimiser state and the data key.
+  """Initialises meta-parameters, model state, optimiser state and the
+  data key.
 
+  The learner's initial parameters are split into the trainable ones, the
+  optimiser's, and the model state (`norms.split_model_state`).
   The state is replicated over `mesh` (default: this process's first
   device), where the step built with the same mesh leaves it: the step's
   first call then compiles the program its later calls run.
   """
   init_key, data_key = jax.random.split(key)
-  params = learner.init(init_key)
+  params, model_state = split_model_state(learner.init(init_key))
   state = MetaTrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
+    model_state=model_state,
     opt_state=optimizer.init(params),
     key=data_key,
   )
@@ -220,19 +242,24 @@ def apply_meta_gradient(
   grad: Params,
   metrics: dict[str, Array],
 ) -> tuple[MetaTrainState, dict[str, Array]]:
-  """The end of a meta-step: the optimiser's update, then, for a learner
-  with `update_state`, the update of its state (the running batch-norm
+  """The end of a meta-step: the optimiser's update of the trainable
+  parameters by `grad` (structured like `state.params`), then, for a learner
+  with `update_state`, the update of the model state (the running batch-norm
   statistics) by the tasks' mean `STATISTICS_METRIC`, which leaves the
   metrics."""
   updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
   statistics = metrics.pop(STATISTICS_METRIC, None)
+  model_state = state.model_state
   if learner.update_state is not None:
-    params = learner.update_state(params, statistics)
+    model_state = learner.update_state(model_state, statistics)
   metrics['meta_grad_norm'] = optax.tree.norm(grad)
   new_state = state.replace(
-    step=state.step + 1, params=params, opt_state=opt_state
+    step=state.step + 1,
+    params=params,
+    model_state=model_state,
+    opt_state=opt_state,
   )
   return new_state, metrics
 
@@ -299,17 +326,21 @@ def make_meta_train_step(
       keys = jax.random.split(model_key(state), num_local * mesh.size)
       start = jax.lax.axis_index(axis) * num_local
       task_keys = jax.lax.dynamic_slice_in_dim(keys, start, num_local)
-    grad_and_metrics = meta_gradient(
+    # The learner's functions take the merged parameters; the statistics'
+    # gradient is zero (the forward passes hold them constant) and is
+    # dropped, so the meta-gradient is that of the trainable parameters.
+    grad, metrics = meta_gradient(
       learner,
-      sharding.per_device(state.params, axis),
+      sharding.per_device(state.merged_params(), axis),
       tasks,
       task_chunk_size,
       task_keys=task_keys,
       global_step=state.step,
     )
+    grad = split_model_state(grad)[0]
     # Every device has as many tasks, so the mean of the device means is
     # the mean over the meta-batch.
-    return jax.lax.pmean(grad_and_metrics, axis)
+    return jax.lax.pmean((grad, metrics), axis)
 
   sharded_gradient = jax.shard_map(
     local_gradient, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()
@@ -366,7 +397,8 @@ def make_evaluate(
       device.
 
   Returns:
-    `evaluate(params, tasks) -> metrics`, every metric with a leading
+    `evaluate(params, tasks) -> metrics` (`params` merged with the model
+    state: `MetaTrainState.merged_params`), every metric with a leading
     `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`),
     split over the mesh like the tasks.
   """

@@ -283,7 +283,9 @@ def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
       learner, optimizer = jax_step.jax_setup(
         config, algorithm, h.conv_impls[0]
       )
-      params = jaxmeta.init_train_state(learner, optimizer, init_key).params
+      params = jaxmeta.init_train_state(
+        learner, optimizer, init_key
+      ).merged_params()
       job = Job(config, algorithm, params, init_key, tasks, batch, chunk)
       found, entries = cross_checks(h, job)
       results['cross_checks'] += entries

@@ -104,11 +104,12 @@ class MetaLearner(NamedTuple):
       classification.
     model: the `Model` the functions apply, after the algorithm's own
       transformations (MAML++'s per-step batch norm).
-    update_state: `update_state(meta_params, statistics) ->
-      meta_params`, or None: applied by the meta-step after the optimiser's
-      update, with the mean over the meta-batch of the per-task metric
-      `STATISTICS_METRIC` that `task_update` then returns (the running
-      batch-norm statistics; see `normalised_learner`).
+    update_state: `update_state(model_state, statistics) -> model_state`,
+      or None: applied by the meta-step to `MetaTrainState.model_state` (the
+      running batch-norm statistics, `norms.split_model_state`), with the
+      mean over the meta-batch of the per-task metric `STATISTICS_METRIC`
+      that `task_update` returns (see `normalised_learner`). The other
+      functions take the meta-parameters with the model state merged in.
   """
 
   name: str

@@ -10,9 +10,10 @@ whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
 * 'running': meta-training runs `build(self_normalised(model))` (batch
   statistics) and returns each task's query statistics beside its metrics
   (`task_statistics`); the meta-step averages them into the running
-  statistics (`MetaLearner.update_state`, momentum `momentum`). Evaluation,
-  `adapt` and `predict` are `build(model)`'s: every image but the support set
-  is normalised with the running statistics.
+  statistics, the train state's `model_state` (`MetaLearner.update_state`,
+  momentum `momentum`). Evaluation, `adapt` and `predict` are
+  `build(model)`'s: every image but the support set is normalised with the
+  running statistics.
 
 In every mode the algorithms normalise support images by themselves
 (`norms.self_normalised`, through `model_losses` or the support embedding)
@@ -159,12 +160,12 @@ def normalised_learner(
     )
     return grads, metrics
 
-  def update_state(params, statistics):
-    owner = _statistics_owner(params)
+  def update_state(model_state, statistics):
+    owner = _statistics_owner(model_state)
     running = norms.running_average(
       owner[norms.STATISTICS], statistics, momentum
     )
-    return _replace_statistics(params, running)
+    return _replace_statistics(model_state, running)
 
   return test._replace(
     task_update=running_task_update, update_state=update_state

@@ -14,9 +14,9 @@ parameters, `h` its input). The mode picks the normaliser:
   independently of the others.
 * 'running': every image but the support set is normalised with running
   averages of the statistics the query sets had in meta-training (kept in
-  the parameters, entry `STATISTICS`, updated by the meta-step; see
-  `jaxmeta.algorithms.normalised_learner`), where every batch normalises
-  itself.
+  the train state's `model_state`, entry `STATISTICS`, updated by the
+  meta-step; see `jaxmeta.algorithms.normalised_learner`), where every batch
+  normalises itself.
 * 'tasknorm': TaskNorm-I (Bronskill et al. 2020): the support set's
   statistics blended with each image's own instance-norm statistics, with a
   learned blend per layer.
@@ -43,13 +43,55 @@ from jaxmeta.types import Array, Params, PRNGKey
 MODES = ('transductive', 'support', 'running', 'tasknorm')
 
 # The entry of a 'running' model's parameters that holds the running
-# statistics, `{layer_name: {'mean': [C], 'var': [C]}}`. They live in the
-# parameters so that every algorithm, the sharded step, checkpoints and
-# `adapt`/`predict` carry them with no second state argument; the forward
-# passes of training never read them, so their gradient is exactly zero and
-# only the meta-step's running average changes them (an outer optimiser with
-# weight decay would move them too: mask them out of it).
+# statistics, `{layer_name: {'mean': [C], 'var': [C]}}`. A model's `init` and
+# its forward passes see them in the parameters (at the top, or under
+# `'model'` for Meta-SGD and MAML++); the train state keeps them apart, as
+# `MetaTrainState.model_state` (`split_model_state`), out of the outer
+# optimiser, and the meta-step's running average alone changes them.
 STATISTICS = 'batch_stats'
+
+
+def split_model_state(params: Params) -> tuple[Params, Params]:
+  """Splits the running statistics out of a model's parameters.
+
+  Every `STATISTICS` entry of the nested dicts of `params` goes to the model
+  state, at the same path; the rest are the trainable parameters.
+  `merge_model_state` is the inverse.
+
+  Args:
+    params: parameters as a model's (or learner's) `init` returns them.
+
+  Returns:
+    `(trainable, model_state)`: `model_state` is `{}` for a model without
+    running statistics, else e.g. `{STATISTICS: {layer: {'mean', 'var'}}}`
+    or `{'model': {STATISTICS: ...}}` (Meta-SGD, MAML++).
+  """
+  if not isinstance(params, dict):
+    return params, {}
+  trainable, state = {}, {}
+  for name, value in params.items():
+    if name == STATISTICS:
+      state[name] = value
+      continue
+    trainable[name], inner = split_model_state(value)
+    if inner:
+      state[name] = inner
+  return trainable, state
+
+
+def merge_model_state(trainable: Params, model_state: Params) -> Params:
+  """The parameters the learner's functions take: `trainable` with the
+  `model_state` of `split_model_state` put back at its paths."""
+  if not model_state:
+    return trainable
+  merged = dict(trainable)
+  for name, value in model_state.items():
+    if name == STATISTICS:
+      merged[name] = value
+    else:
+      merged[name] = merge_model_state(trainable[name], value)
+  return merged
+
 
 # Names of the learned TaskNorm-I blend parameters in a layer's parameters:
 # `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`.

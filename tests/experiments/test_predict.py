@@ -50,14 +50,28 @@ def _checkpoint(config, workdir, step):
 
 
 def test_load_run_gives_the_best_checkpoint_and_the_tested_accuracy(tiny_run):
-  workdir, config = tiny_run
+  _check_load_run(*tiny_run)
+
+
+def test_load_run_gives_the_running_statistics_too(tmp_path, tiny_dataset):
+  """'running' batch norm: the parameters come with the train state's
+  `model_state` merged in, as evaluation uses them."""
+  config = tiny_config(tiny_dataset, batch_norm='running')
+  run(config, tmp_path)
+  params = _check_load_run(str(tmp_path), config)
+  assert 'batch_stats' in params
+
+
+def _check_load_run(workdir, config):
+  """load_run gives the best checkpoint's (merged) parameters, and the
+  run's test accuracy is recomputed from them exactly."""
   results = json.loads(Path(workdir, 'results.json').read_text())
   learner, params, loaded_config = experiments.load_run(workdir)
   assert loaded_config.to_dict() == json.loads(
     json.dumps(config.to_dict())
   )  # As the JSON of the run holds it.
   state, _ = _checkpoint(config, workdir, results['best_step'])
-  chex_equal = jax.tree.map(np.array_equal, params, state.params)
+  chex_equal = jax.tree.map(np.array_equal, params, state.merged_params())
   assert all(jax.tree.leaves(chex_equal))
   # The test of the run, recomputed with the loaded learner and parameters.
   family = tasks.build(loaded_config)
@@ -68,6 +82,7 @@ def test_load_run_gives_the_best_checkpoint_and_the_tested_accuracy(tiny_run):
   values, _, alone = evaluator(params, family.load('test'), keys)
   assert jaxmeta.mean_and_ci95(values)[0] == results['test_accuracy']
   assert jaxmeta.mean_and_ci95(alone)[0] == results['test_accuracy_alone']
+  return params
 
 
 def test_load_run_latest_gives_the_last_step(tiny_run):

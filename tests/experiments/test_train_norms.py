@@ -40,7 +40,7 @@ def test_every_mode_trains_and_reports_both_protocols(
     # would move one query of the 6 tasks x 6 queries).
     assert abs(together - alone) <= 1 / 36 + 1e-9, results
   state, _ = restore(config, tmp_path)
-  has_statistics = 'batch_stats' in state.params
+  has_statistics = 'batch_stats' in state.model_state
   assert has_statistics == (mode == 'running')
   assert ('alpha_scale' in state.params['conv0']) == (mode == 'tasknorm')
 
@@ -70,11 +70,11 @@ def test_running_statistics_move_and_survive_a_resume(tmp_path, tiny_dataset):
   a, _ = restore(config, tmp_path / 'straight')
   b, _ = restore(config, tmp_path / 'resumed')
   chex.assert_trees_all_equal(a, b)
-  stats = a.params['batch_stats']['conv1']
+  stats = a.model_state['batch_stats']['conv1']
   # Moved from the initial zeros and ones, and on between steps 3 and 6.
   assert np.all(np.asarray(stats['var']) != 1.0)
   assert not np.allclose(
-    stats['mean'], halfway.params['batch_stats']['conv1']['mean']
+    stats['mean'], halfway.model_state['batch_stats']['conv1']['mean']
   )
 
 
@@ -92,7 +92,7 @@ def test_maml_plus_plus_keeps_per_step_running_statistics(
   results = run(config, tmp_path)
   assert 0.0 <= results['test_accuracy_alone'] <= 1.0
   state, _ = restore(config, tmp_path)
-  mean = state.params['model']['batch_stats']['conv0']['mean']
+  mean = state.model_state['model']['batch_stats']['conv0']['mean']
   assert mean.shape == (2, 4)
   assert not np.allclose(mean[0], mean[1])
 

@@ -265,27 +265,26 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
   optimizer = optax.adam(1e-2)
   state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
   np.testing.assert_array_equal(
-    state.params['batch_stats']['conv0']['mean'], np.zeros(4)
+    state.model_state['batch_stats']['conv0']['mean'], np.zeros(4)
   )
   np.testing.assert_array_equal(
-    state.params['batch_stats']['conv0']['var'], np.ones(4)
+    state.model_state['batch_stats']['conv0']['var'], np.ones(4)
   )
   step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))
   expected = {
     k: tuple(np.asarray(v, np.float64) for v in (s['mean'], s['var']))
-    for k, s in state.params['batch_stats'].items()
+    for k, s in state.model_state['batch_stats'].items()
   }
   # Compiled once: op by op, the inner step's gradient takes seconds.
   adapt = jax.jit(maml(_model('transductive')).adapt, static_argnums=3)
   for t in range(3):
     tasks = [_task(jax.random.key(10 * t + i)) for i in range(2)]
     batch = jax.tree.map(lambda *v: jnp.stack(v), *tasks)
-    before = jax.tree.map(np.asarray, state.params)
+    body = jax.tree.map(np.asarray, state.params)
     state, metrics = step(state, batch)
     assert 'batch_statistics' not in metrics
     # The query set's statistics after the inner step (taken with batch
     # statistics, as in meta-training).
-    body = {k: v for k, v in before.items() if k != 'batch_stats'}
     per_task = [
       _np_statistics(
         jax.tree.map(
@@ -303,12 +302,12 @@ def test_running_statistics_follow_the_momentum_over_meta_steps():
         (1 - momentum) * mean + momentum * batch_mean,
         (1 - momentum) * var + momentum * batch_var,
       )
-      got = state.params['batch_stats'][name]
+      got = state.model_state['batch_stats'][name]
       np.testing.assert_allclose(got['mean'], expected[name][0], rtol=1e-4)
       np.testing.assert_allclose(got['var'], expected[name][1], rtol=1e-4)
-  # The optimiser never moves them: their gradient is exactly zero.
+  # Nothing the optimiser would see: their gradient is exactly zero.
   grads, _ = jax.jit(jax.vmap(learner.task_update, in_axes=(None, 0)))(
-    state.params, batch
+    state.merged_params(), batch
   )
   for leaf in jax.tree.leaves(grads['batch_stats']):
     np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
@@ -345,7 +344,11 @@ def test_a_query_is_scored_the_same_alone_or_in_a_batch(mode, name, options):
     learner = normalised_learner(_build(name, **options), _model(mode))
     params = _to64(learner.init(jax.random.key(0)))
     if mode == 'running':  # Statistics other than the initial ones.
-      params = learner.update_state(params, _shifted_statistics(params))
+      trainable, model_state = jaxmeta.split_model_state(params)
+      model_state = learner.update_state(
+        model_state, _shifted_statistics(params)
+      )
+      params = jaxmeta.merge_model_state(trainable, model_state)
     task = _task(jax.random.key(1), dtype=jnp.float64)
     adapt, predict = _compiled(learner)
     adapted = adapt(params, task.support_x, task.support_y, 2)
@@ -497,7 +500,7 @@ def test_per_step_running_statistics_follow_the_inner_trajectory():
   new, _ = jaxmeta.meta_train_step(learner, optimizer, state, batch)
   # Set i: the query set after i + 1 inner steps of plain gradient descent
   # (every learned rate starts at the inner lr) with batch statistics.
-  body = {k: v for k, v in state.params['model'].items() if k != 'batch_stats'}
+  body = state.params['model']
   adapt = _build('maml')(_model('transductive')).adapt
   expected = [
     _np_statistics(
@@ -509,7 +512,7 @@ def test_per_step_running_statistics_follow_the_inner_trajectory():
     for i in range(steps)
   ]
   for name in ('conv0', 'conv1'):
-    got = new.params['model']['batch_stats'][name]
+    got = new.model_state['model']['batch_stats'][name]
     for i in range(steps):
       np.testing.assert_allclose(
         got['mean'][i], expected[i][name][0], rtol=1e-4, atol=1e-6
@@ -518,8 +521,8 @@ def test_per_step_running_statistics_follow_the_inner_trajectory():
         got['var'][i], expected[i][name][1], rtol=1e-4, atol=1e-6
       )
   assert not np.allclose(
-    new.params['model']['batch_stats']['conv1']['var'][0],
-    new.params['model']['batch_stats']['conv1']['var'][1],
+    new.model_state['model']['batch_stats']['conv1']['var'][0],
+    new.model_state['model']['batch_stats']['conv1']['var'][1],
   )
 
 

@@ -144,8 +144,10 @@ def test_running_statistics_are_averaged_over_every_device(mesh, tasks):
   new, _ = step(
     sharding.replicate(state, mesh), sharding.shard_tasks(tasks, mesh)
   )
-  chex.assert_trees_all_close(new.params, expected.params, atol=1e-5, rtol=1e-5)
-  moved = new.params['batch_stats']['conv1']['var'] - 1.0
+  chex.assert_trees_all_close(
+    new.merged_params(), expected.merged_params(), atol=1e-5, rtol=1e-5
+  )
+  moved = new.model_state['batch_stats']['conv1']['var'] - 1.0
   assert float(jnp.max(jnp.abs(moved))) > 1e-3
 
 
