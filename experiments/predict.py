@@ -68,15 +68,11 @@ def load_run(
     config_checks.ConfigError: `workdir` holds no run.
     checkpoints.CheckpointError: no checkpoint, or an unreadable one.
   """
-  learner, params, config, _ = _load(
-    workdir, checkpoint=checkpoint, data_dir=data_dir, source_dir=source_dir
-  )
-  return learner, params, config
+  return _load(workdir, checkpoint, data_dir, source_dir)[:3]
 
 
 def _load(
   workdir: 'str | os.PathLike',
-  *,
   checkpoint: str = 'best',
   data_dir: str | None = None,
   source_dir: str | None = None,
@@ -212,9 +208,8 @@ def _to_unit_float(images: jax.Array) -> jax.Array:
   """Images as the sampler feeds them to the model: uint8 scaled by 1/255,
   floats cast to float32 unchanged."""
   images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
+  floats = images.astype(jnp.float32)
+  return floats / 255.0 if images.dtype == jnp.uint8 else floats
 
 
 def classify(
@@ -438,6 +433,10 @@ _USER_ERRORS = (
 )
 
 
+# The flags, in the order of `predict_files`' arguments.
+_ARGUMENTS = 'workdir support images checkpoint num_steps data_dir source_dir'
+
+
 def define_flags() -> None:
   """The command's flags; only when run as a program (absl flags are
   global)."""
@@ -481,13 +480,7 @@ def main(argv) -> None:
       common.exit_with_one_line(f'--{name} is required.')
   try:
     rows = predict_files(
-      flags.FLAGS.workdir,
-      flags.FLAGS.support,
-      flags.FLAGS.images,
-      flags.FLAGS.checkpoint,
-      flags.FLAGS.num_steps,
-      flags.FLAGS.data_dir,
-      flags.FLAGS.source_dir,
+      *(flags.FLAGS[name].value for name in _ARGUMENTS.split())
     )
   except _USER_ERRORS as e:
     common.exit_with_one_line(e)
