@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -136,16 +135,8 @@ def _read_config_json(workdir) -> ml_collections.ConfigDict:
       f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
       'the --workdir of a trained run.'
     )
-  try:
-    saved = json.loads(path.read_text())
-    if not isinstance(saved, dict):
-      raise ValueError('not a JSON object')
-  except (OSError, ValueError) as e:
-    raise config_checks.ConfigError(
-      f'{path} is unreadable or corrupted ({e}). Fix: give the --workdir of '
-      'an intact run.'
-    ) from e
-  return ml_collections.ConfigDict(saved)
+  fix = 'give the --workdir of an intact run'
+  return ml_collections.ConfigDict(workdir_lib.read_config_json(path, fix))
 
 
 def _read(checkpoints, step, role, read, *args):

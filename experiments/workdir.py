@@ -82,17 +82,24 @@ def read_saved_config(
   path = workdir / 'config.json'
   if not path.exists():
     return None, ''
+  fix = (
+    'delete it (the workdir holds no checkpoint, so nothing else is lost) '
+    'or use a new --workdir'
+  )
+  return read_config_json(path, fix), 'config.json'
+
+
+def read_config_json(path: epath.Path, fix: str) -> dict[str, Any]:
+  """The JSON object in `path`; a ConfigError naming `fix` if it is not one."""
   try:
     saved = json.loads(path.read_text())
     if not isinstance(saved, dict):
       raise ValueError('not a JSON object')
   except (OSError, ValueError) as e:
     raise config_checks.ConfigError(
-      f'{path} is unreadable or corrupted ({e}). Fix: delete it (the '
-      'workdir holds no checkpoint, so nothing else is lost) or use a new '
-      '--workdir.'
+      f'{path} is unreadable or corrupted ({e}). Fix: {fix}.'
     ) from e
-  return saved, 'config.json'
+  return saved
 
 
 def check_same_run(
