@@ -53,6 +53,7 @@ def test_load_run_gives_the_best_checkpoint_and_the_tested_accuracy(tiny_run):
   _check_load_run(*tiny_run)
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_running_statistics_too(tmp_path, tiny_dataset):
   """'running' batch norm: the parameters come with the train state's
   `model_state` merged in, as evaluation uses them."""

@@ -77,7 +77,7 @@ def _old_step(learner, optimizer, params, opt_state, tasks):
   'name, mode',
   [
     ('maml', 'running'),  # Statistics at the top of the parameters.
-    ('meta_sgd', 'running'),  # Under 'model'.
+    pytest.param('meta_sgd', 'running', marks=pytest.mark.slow),  # 'model'.
     ('maml', 'transductive'),  # No model state.
   ],
 )
@@ -116,6 +116,7 @@ def test_the_optimiser_state_holds_no_statistics():
   assert 'batch_stats' not in str(jax.tree.structure(state.params))
 
 
+@pytest.mark.slow
 def test_weight_decay_does_not_move_the_running_statistics():
   learner = _learner()
   tasks = _tasks(jax.random.key(1))
