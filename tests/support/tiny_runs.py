@@ -105,3 +105,22 @@ def short_real_run(workdir, data_dir, **overrides):
     source_dir=OMNIGLOT_SOURCE_DIR,
     progress=False,
   )
+
+
+def tiny_benchmark_settings(tmp_path, **kwargs):
+  """The benchmark's settings for one jaxmeta MAML step of the tiny config,
+  writing under `tmp_path / 'out'`; `kwargs` override."""
+  from experiments.benchmark import configs
+
+  return configs.settings(
+    **{
+      'out': str(tmp_path / 'out'),
+      'configs': ('tiny',),
+      'algorithms': ('maml',),
+      'implementations': ('jaxmeta',),
+      'conv_impls': ('auto',),
+      'num_steps': 1,
+      'warmup_steps': 0,
+      **kwargs,
+    }
+  )

@@ -15,6 +15,7 @@ from experiments.benchmark import configs
 from experiments.benchmark import report
 from experiments.benchmark import run
 import jaxmeta
+from support.tiny_runs import tiny_benchmark_settings
 
 
 def _flags(*argv):
@@ -22,21 +23,6 @@ def _flags(*argv):
   cli.define_flags(flag_values)
   flag_values(['benchmark', *argv])
   return flag_values
-
-
-def _settings(tmp_path, **kwargs):
-  return configs.settings(
-    **{
-      'out': str(tmp_path / 'out'),
-      'configs': ('tiny',),
-      'algorithms': ('maml',),
-      'implementations': ('jaxmeta',),
-      'conv_impls': ('auto',),
-      'num_steps': 1,
-      'warmup_steps': 0,
-      **kwargs,
-    }
-  )
 
 
 def test_without_torch_one_line_says_what_to_install(
@@ -87,7 +73,7 @@ def test_out_naming_an_existing_file_is_a_usage_error(tmp_path):
   with pytest.raises(flags.IllegalFlagValueError, match='is an existing file'):
     _flags(f'--out={path}')
   with pytest.raises(configs.BenchmarkError, match='is an existing file'):
-    run.run_benchmark(_settings(tmp_path, out=str(path)))
+    run.run_benchmark(tiny_benchmark_settings(tmp_path, out=str(path)))
 
 
 def test_valid_flags_parse():

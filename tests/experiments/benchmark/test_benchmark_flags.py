@@ -11,23 +11,9 @@ from experiments.benchmark import cli
 from experiments.benchmark import configs
 from experiments.benchmark import run
 from support import REPO
+from support.tiny_runs import tiny_benchmark_settings
 
 _REPO = str(REPO)
-
-
-def _settings(tmp_path, **kwargs):
-  return configs.settings(
-    **{
-      'out': str(tmp_path / 'out'),
-      'configs': ('tiny',),
-      'algorithms': ('maml',),
-      'implementations': ('jaxmeta',),
-      'conv_impls': ('auto',),
-      'num_steps': 1,
-      'warmup_steps': 0,
-      **kwargs,
-    }
-  )
 
 
 @pytest.mark.parametrize(
@@ -48,7 +34,7 @@ def _settings(tmp_path, **kwargs):
 def test_nonsense_counts_are_refused_before_any_work(
   tmp_path, monkeypatch, field, value, message
 ):
-  settings = _settings(tmp_path, **{field: value})
+  settings = tiny_benchmark_settings(tmp_path, **{field: value})
   compiled = []
   monkeypatch.setattr(
     configs, 'resolve_conv_impls', lambda *a: compiled.append(a)
