@@ -15,6 +15,7 @@ algorithm shares one training loop and one compiled step:
 * Meta-SGD (`metasgd`), MAML++ (`mamlpp`): learned inner rates live beside
   the model, `{'model': ..., 'inner': ...}`.
 * Prototypical Networks (`protonet`): no inner loop, class means.
+* R2-D2 (`r2d2`): a ridge-regression head solved in closed form per task.
 * Baseline / Baseline++ (`baseline`), 'pretrain': ordinary training, then a
   fine-tuned head (Baseline) or the whole model (pretrain) per task.
 
@@ -53,6 +54,7 @@ from jaxmeta.algorithms.normalised import score_alone
 from jaxmeta.algorithms.normalised import with_scoring_alone
 from jaxmeta.algorithms.pretrain import pretrain
 from jaxmeta.algorithms.protonet import protonet
+from jaxmeta.algorithms.r2d2 import r2d2
 from jaxmeta.algorithms.reptile import reptile
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -130,6 +132,7 @@ register_algorithm('anil', anil)
 register_algorithm('meta_sgd', meta_sgd)
 register_algorithm('maml_plus_plus', maml_plus_plus)
 register_algorithm('protonet', protonet, any_ways=True)
+register_algorithm('r2d2', r2d2, any_ways=True)
 register_algorithm('baseline', baseline, train_batches=True, any_ways=True)
 register_algorithm(
   'baseline_plus_plus', baseline_plus_plus, train_batches=True, any_ways=True
@@ -222,6 +225,7 @@ __all__ = [
   'options',
   'pretrain',
   'protonet',
+  'r2d2',
   'register_algorithm',
   'reptile',
   'require_embed',
