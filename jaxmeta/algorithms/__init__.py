@@ -10,6 +10,8 @@ algorithm shares one training loop and one compiled step:
 
 * MAML / first-order MAML (`maml`): the gradient of the query loss after
   adaptation w.r.t. the initialisation.
+* Implicit MAML (`imaml`): the meta-gradient of a proximal inner problem
+  from its optimality condition, by conjugate gradient.
 * Reptile (`reptile`): the pseudo-gradient `meta_params - adapted_params`.
 * ANIL (`anil`): MAML adapting the head only, on embeddings computed once.
 * Meta-SGD (`metasgd`), MAML++ (`mamlpp`): learned inner rates live beside
@@ -44,6 +46,7 @@ from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.algorithms.base import STATISTICS_METRIC
 from jaxmeta.algorithms.baseline import baseline
 from jaxmeta.algorithms.baseline import baseline_plus_plus
+from jaxmeta.algorithms.imaml import imaml
 from jaxmeta.algorithms.maml import fomaml
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.algorithms.mamlpp import maml_plus_plus
@@ -127,6 +130,7 @@ def register_algorithm(
 register_algorithm('maml', maml)
 register_algorithm('fomaml', fomaml)
 register_algorithm('reptile', reptile)
+register_algorithm('imaml', imaml)
 register_algorithm('pretrain', pretrain)
 register_algorithm('anil', anil)
 register_algorithm('meta_sgd', meta_sgd)
@@ -213,6 +217,7 @@ __all__ = [
   'fomaml',
   'gradient_adaptation',
   'head_apply',
+  'imaml',
   'inner_loop',
   'learned_sgd',
   'learner_of_model',
