@@ -62,14 +62,9 @@ def check_episode_config(
   """
   num_classes = _static_int('num_classes', num_classes)
   num_drawings = _static_int('num_drawings', num_drawings)
-  ways = _static_int('ways', ways)
-  shots = _static_int('shots', shots)
-  queries = _static_int('queries', queries)
-  for name, value in (('ways', ways), ('shots', shots), ('queries', queries)):
-    if value < 1:
-      raise EpisodeConfigError(
-        f'{name}={value}: a task needs at least 1. Fix: set {name} >= 1.'
-      )
+  ways = check_at_least_one('ways', ways)
+  shots = check_at_least_one('shots', shots)
+  queries = check_at_least_one('queries', queries)
   if ways > num_classes:
     raise EpisodeConfigError(
       f'ways={ways} is more than the {num_classes} classes of this split. '
@@ -85,10 +80,49 @@ def check_episode_config(
     )
 
 
-def _to_unit_float(x: Array) -> Array:
+def check_at_least_one(name: str, value) -> int:
+  """`value` as a static int >= 1, else an `EpisodeConfigError`."""
+  value = _static_int(name, value)
+  if value < 1:
+    raise EpisodeConfigError(
+      f'{name}={value}: need at least 1. Fix: set {name} >= 1.'
+    )
+  return value
+
+
+def check_images(images) -> None:
+  """Raises an `EpisodeConfigError` unless `images` has 5 axes."""
+  if getattr(images, 'ndim', None) != 5:
+    raise EpisodeConfigError(
+      f'images must be [classes, drawings, H, W, C], got shape '
+      f'{getattr(images, "shape", None)}. Fix: pass `load(...).images` (add '
+      'a trailing channel axis to grayscale arrays).'
+    )
+
+
+def to_unit_float(x: Array) -> Array:
+  """float32 `x`: uint8 scaled by 1/255, other dtypes cast unchanged."""
   if x.dtype == jnp.uint8:
     return x.astype(jnp.float32) / 255.0
   return x.astype(jnp.float32)
+
+
+def split_support_query(chosen: Array, shots: int) -> Task:
+  """A task from its images `[ways, shots + queries, H, W, C]`, class-major.
+
+  The first `shots` drawings of a class are its support set, the rest its
+  query set; class i is labelled i. Images go through `to_unit_float`.
+  """
+  ways, queries = chosen.shape[0], chosen.shape[1] - shots
+  chosen = to_unit_float(chosen)
+  image_shape = chosen.shape[2:]
+  labels = jnp.arange(ways, dtype=jnp.int32)
+  return Task(
+    support_x=chosen[:, :shots].reshape((ways * shots,) + image_shape),
+    support_y=jnp.repeat(labels, shots),
+    query_x=chosen[:, shots:].reshape((ways * queries,) + image_shape),
+    query_y=jnp.repeat(labels, queries),
+  )
 
 
 def sample_task(
@@ -122,12 +156,7 @@ def sample_task(
     EpisodeConfigError: (at trace time) if the split cannot supply the task.
   """
   images = jnp.asarray(images)
-  if images.ndim != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, drawings, H, W, C], got shape '
-      f'{images.shape}. Fix: pass `load(...).images` (add a trailing channel '
-      'axis to grayscale arrays).'
-    )
+  check_images(images)
   num_classes, num_drawings = images.shape[:2]
   check_episode_config(num_classes, num_drawings, ways, shots, queries)
   class_key, drawing_key = jax.random.split(key)
@@ -144,20 +173,8 @@ def sample_task(
       k, num_drawings, (shots + queries,), replace=False
     )
   )(jax.random.split(drawing_key, ways))  # [ways, shots + queries]
-  chosen = images[
-    classes[:, None], drawings
-  ]  # [ways, shots + queries, H, W, C]
-  chosen = _to_unit_float(chosen)
-  image_shape = images.shape[2:]
-  support_x = chosen[:, :shots].reshape((ways * shots,) + image_shape)
-  query_x = chosen[:, shots:].reshape((ways * queries,) + image_shape)
-  labels = jnp.arange(ways, dtype=jnp.int32)
-  return Task(
-    support_x=support_x,
-    support_y=jnp.repeat(labels, shots),
-    query_x=query_x,
-    query_y=jnp.repeat(labels, queries),
-  )
+  chosen = images[classes[:, None], drawings]  # [ways, shots + queries, ...]
+  return split_support_query(chosen, shots)
 
 
 def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
@@ -180,18 +197,13 @@ def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
     `[0]`.
   """
   images = jnp.asarray(images)
-  if images.ndim != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, drawings, H, W, C], got shape {images.shape}.'
-    )
-  batch_size = _static_int('batch_size', batch_size)
-  if batch_size < 1:
-    raise EpisodeConfigError(f'batch_size={batch_size}: need at least 1.')
+  check_images(images)
+  batch_size = check_at_least_one('batch_size', batch_size)
   num_classes, num_drawings = images.shape[:2]
   class_key, drawing_key = jax.random.split(key)
   classes = jax.random.randint(class_key, (batch_size,), 0, num_classes)
   drawings = jax.random.randint(drawing_key, (batch_size,), 0, num_drawings)
-  x = _to_unit_float(images[classes, drawings])
+  x = to_unit_float(images[classes, drawings])
   y = classes.astype(jnp.int32)
   return Task(support_x=x, support_y=y, query_x=x[:0], query_y=y[:0])
 
@@ -218,11 +230,7 @@ def sample_tasks(
     `Task` whose leaves have a leading `[num_tasks]` axis, e.g. support_x
     float32 `[num_tasks, ways * shots, H, W, C]`.
   """
-  num_tasks = _static_int('num_tasks', num_tasks)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = check_at_least_one('num_tasks', num_tasks)
   keys = jax.random.split(key, num_tasks)
   sample_one = functools.partial(
     sample_task, images=images, ways=ways, shots=shots, queries=queries
@@ -245,11 +253,7 @@ def eval_task_keys(seed: int, num_tasks: int = 600) -> Array:
   Returns:
     Typed PRNG keys `[num_tasks]`; use with `jax.vmap(sample_task, ...)`.
   """
-  num_tasks = _static_int('num_tasks', num_tasks)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = check_at_least_one('num_tasks', num_tasks)
   base = jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(
     jnp.arange(num_tasks, dtype=jnp.uint32)

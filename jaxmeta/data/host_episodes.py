@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmeta.data import episodes
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
-from jaxmeta.types import Array, PRNGKey, Task
+from jaxmeta.types import PRNGKey, Task
 
 
 def host_rng(key: PRNGKey | np.random.Generator) -> np.random.Generator:
@@ -79,10 +80,7 @@ def sample_task_indices(
     `[num_tasks, ways, shots + queries]`).
   """
   check_episode_config(num_classes, num_examples, ways, shots, queries)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = episodes.check_at_least_one('num_tasks', num_tasks)
   classes = np.stack(
     [rng.choice(num_classes, ways, replace=False) for _ in range(num_tasks)]
   )
@@ -91,11 +89,11 @@ def sample_task_indices(
   return classes, examples
 
 
-@jax.jit
-def _to_unit_float(x: Array) -> Array:
-  if x.dtype == jnp.uint8:
-    return x.astype(jnp.float32) / 255.0
-  return x.astype(jnp.float32)
+# Splits a meta-batch's images on the device, where they arrive as uint8.
+_split_tasks = jax.jit(
+  jax.vmap(episodes.split_support_query, in_axes=(0, None)),
+  static_argnums=1,
+)
 
 
 def sample_tasks_host(
@@ -132,43 +130,11 @@ def sample_tasks_host(
   Raises:
     EpisodeConfigError: if the split cannot supply the tasks.
   """
-  if getattr(images, 'ndim', None) != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, examples, H, W, C], got shape '
-      f'{getattr(images, "shape", None)}. Fix: pass `load(...).images`.'
-    )
+  episodes.check_images(images)
   rng = host_rng(key)
   classes, examples = sample_task_indices(
     rng, images.shape[0], images.shape[1], num_tasks, ways, shots, queries
   )
+  # [num_tasks, ways, shots + queries, H, W, C]
   chosen = np.asarray(images[classes[:, :, None], examples])
-  # chosen: [num_tasks, ways, shots + queries, H, W, C]
-  image_shape = images.shape[2:]
-  support = chosen[:, :, :shots].reshape(
-    (num_tasks, ways * shots) + image_shape
-  )
-  query = chosen[:, :, shots:].reshape(
-    (num_tasks, ways * queries) + image_shape
-  )
-  labels = np.arange(ways, dtype=np.int32)
-  support_y = np.broadcast_to(
-    np.repeat(labels, shots), (num_tasks, ways * shots)
-  )
-  query_y = np.broadcast_to(
-    np.repeat(labels, queries), (num_tasks, ways * queries)
-  )
-  support, query, support_y, query_y = jax.device_put(
-    (
-      support,
-      query,
-      np.ascontiguousarray(support_y),
-      np.ascontiguousarray(query_y),
-    ),
-    device,
-  )
-  return Task(
-    support_x=_to_unit_float(support),
-    support_y=support_y,
-    query_x=_to_unit_float(query),
-    query_y=query_y,
-  )
+  return _split_tasks(jax.device_put(chosen, device), shots)
