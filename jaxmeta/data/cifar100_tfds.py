@@ -1,20 +1,14 @@
-"""A TensorFlow-free tensorflow-datasets builder for CIFAR-100 (private).
+"""The TensorFlow-free TFDS builder behind `jaxmeta.data.cifar100`.
 
-Users call `jaxmeta.data.cifar100.load_cifar_fs` / `load_fc100` (registered as
-'cifar_fs' and 'fc100'); this module prepares the TFDS cache they read: all
-60,000 CIFAR-100 images, uint8 `[32, 32, 3]`, unchanged, as ONE RECORD PER FINE
-CLASS (TFDS split 'classes', 100 records of `[600, 32, 32, 3]`: the class's images
-of the `train` pickle, then those of the `test` pickle, each in pickle order;
-see `tfds_cache.class_images_feature`).
+The cache holds all 60,000 CIFAR-100 images, uint8 `[32, 32, 3]`, unchanged,
+as one record per fine class (TFDS split 'classes', 100 records of
+`[600, 32, 32, 3]`: the class's images of the `train` pickle, then those of
+the `test` pickle, each in pickle order).
 
 Source: `cifar-100-python.tar.gz` (https://www.cs.toronto.edu/~kriz/cifar.html)
-or the folder `cifar-100-python/` it extracts to, holding the Python pickles
-`train`, `test` and `meta`. The pickles were written by Python 2: their keys are
-byte strings and `data` is a NumPy uint8 array `[N, 3072]` whose rows are three
-row-major 32x32 planes, red (values 0..1023), then green, then blue. We load
-them with `encoding='latin1'` (what NumPy needs for Python 2 arrays) and accept
-str or bytes keys and names. Everything runs without TensorFlow (see
-`jaxmeta.data.tfds_cache`).
+or the `cifar-100-python/` folder it extracts to, holding the pickles `train`,
+`test` and `meta` written by Python 2 (byte-string keys; `data` uint8
+`[N, 3072]`, rows of three row-major 32x32 planes, red, green, blue).
 """
 
 from __future__ import annotations
@@ -57,16 +51,13 @@ class Cifar100Error(registry.DataError):
 
 
 class Cifar100Arrays(NamedTuple):
-  """The content of one CIFAR-100 pickle (`train` or `test`), checked."""
+  """CIFAR-100's images, train pickle then test pickle, checked."""
 
   images: np.ndarray  # uint8 [N, 32, 32, 3]
   fine_labels: np.ndarray  # int64 [N], indices into fine_label_names
   coarse_labels: np.ndarray  # int64 [N], indices into coarse_label_names
-
-
-def rows_to_images(rows: np.ndarray) -> np.ndarray:
-  """CIFAR rows `[N, 3072]` (R, G, B planes, row-major) -> `[N, 32, 32, 3]`."""
-  return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  files: np.ndarray  # int64 [N], the pickle of each image: 0 train, 1 test
+  rows: np.ndarray  # int64 [N], its row in that pickle
 
 
 def locate(folder: os.PathLike | str) -> Path | None:
@@ -112,10 +103,8 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
             f'{source}:{member.name}',
           )
   except tfds_cache.ARCHIVE_ERRORS as e:
-    raise Cifar100Error(
-      f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
-      f'Fix: download it again. {HOW_TO_GET}'
-    ) from e
+    fix = f'Fix: download it again. {HOW_TO_GET}'
+    raise tfds_cache.unreadable(Cifar100Error, source, 'tar.gz', e, fix) from e
   missing = [n for n in names if n not in members]
   if missing:
     raise Cifar100Error(
@@ -141,15 +130,14 @@ def _names(
 
 def read_cifar100(
   source: os.PathLike | str,
-) -> tuple[dict[str, Cifar100Arrays], tuple[str, ...], tuple[str, ...]]:
+) -> tuple[Cifar100Arrays, tuple[str, ...], tuple[str, ...]]:
   """Reads and checks the whole of CIFAR-100 from its archive or folder.
 
   Args:
     source: `cifar-100-python.tar.gz` or the extracted `cifar-100-python/`.
 
   Returns:
-    (arrays per file 'train' / 'test', fine label names [100], coarse label
-    names [20]).
+    (all 60,000 images, fine label names [100], coarse label names [20]).
 
   Raises:
     Cifar100Error: unreadable, truncated or malformed input, a fine class with
@@ -162,8 +150,8 @@ def read_cifar100(
   coarse_names = _names(
     meta, 'coarse_label_names', NUM_COARSE, members['meta'][1]
   )
-  arrays = {}
-  for name in FILES:
+  arrays = []
+  for file, name in enumerate(FILES):
     content = tfds_cache.unpickle(*members[name], Cifar100Error, HOW_TO_GET)
     where = members[name][1]
     missing = [
@@ -194,10 +182,13 @@ def read_cifar100(
         f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
         f'0..{NUM_COARSE - 1}). {HOW_TO_GET}'
       )
-    arrays[name] = Cifar100Arrays(rows_to_images(data), fine, coarse)
-
-  fine = np.concatenate([arrays[n].fine_labels for n in FILES])
-  coarse = np.concatenate([arrays[n].coarse_labels for n in FILES])
+    rows = np.arange(len(data))
+    # Rows [N, 3072] of R, G, B planes -> [N, 32, 32, 3].
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    files = np.full_like(rows, file)
+    arrays.append(Cifar100Arrays(images, fine, coarse, files, rows))
+  pooled = Cifar100Arrays(*map(np.concatenate, zip(*arrays)))
+  fine, coarse = pooled.fine_labels, pooled.coarse_labels
   counts = np.bincount(fine, minlength=NUM_FINE)
   wrong = [
     (fine_names[i], int(c))
@@ -219,7 +210,7 @@ def read_cifar100(
         f'{[coarse_names[j] for j in parents]}; each fine class belongs to '
         f'exactly one. {HOW_TO_GET}'
       )
-  return arrays, fine_names, coarse_names
+  return pooled, fine_names, coarse_names
 
 
 class JaxmetaCifar100(tfds_cache.SourceBuilder):
@@ -267,30 +258,20 @@ class JaxmetaCifar100(tfds_cache.SourceBuilder):
 
   def _generate_examples(
     self,
-    arrays: dict[str, Cifar100Arrays],
+    arrays: Cifar100Arrays,
     fine_names: tuple[str, ...],
     coarse_names: tuple[str, ...],
   ):
     for fine, fine_name in enumerate(fine_names):
-      parts = [
-        (f, np.flatnonzero(arrays[name].fine_labels == fine))
-        for f, name in enumerate(FILES)
-      ]
-      rows = np.concatenate([r for _, r in parts])
-      files = np.concatenate([np.full(len(r), f, np.int64) for f, r in parts])
-      images = np.concatenate(
-        [arrays[name].images[r] for name, (_, r) in zip(FILES, parts)]
-      )
-      coarse = np.concatenate(
-        [arrays[name].coarse_labels[r] for name, (_, r) in zip(FILES, parts)]
-      )
+      chosen = np.flatnonzero(arrays.fine_labels == fine)
       yield (
         fine_name,
         {
-          'images': images,
+          'images': arrays.images[chosen],
           'fine_label_name': fine_name,
-          'coarse_label_name': coarse_names[coarse[0]],  # One (checked).
-          'files': files,
-          'rows': rows,
+          # One superclass per fine class (checked).
+          'coarse_label_name': coarse_names[arrays.coarse_labels[chosen[0]]],
+          'files': arrays.files[chosen],
+          'rows': arrays.rows[chosen],
         },
       )

@@ -1,7 +1,6 @@
 """The mini-ImageNet sources a user may bring: finding and checking them.
 
-The images are not shipped (ImageNet's terms forbid it); the builder of
-`jaxmeta.data.miniimagenet_tfds` reads one of four sources a user already has:
+The builder of `jaxmeta.data.miniimagenet_tfds` reads one of four:
 
 * `'folder'`: the ILSVRC-2012 training images extracted, a folder of class
   folders `nXXXXXXXX/` holding `nXXXXXXXX_<k>.JPEG`;
@@ -15,7 +14,7 @@ The images are not shipped (ImageNet's terms forbid it); the builder of
   (Ren et al., 2018), dicts with `image_data` uint8 `[N, 84, 84, 3]` and
   `class_dict` {wnid: [row indices]}.
 
-Every class of every split is checked here before the builder writes anything.
+Every class of every split is checked before the builder writes anything.
 """
 
 from __future__ import annotations
@@ -73,14 +72,10 @@ class Source(NamedTuple):
 def locate(folder: os.PathLike | str) -> Source | None:
   """The mini-ImageNet source in `folder`, or None if there is none.
 
-  Looks for, in this order: class folders `nXXXXXXXX/` (in `folder` or in
-  `folder/train`) of ILSVRC files (kind 'folder') or of CSV-named files (kind
-  'images'), CSV-named files in `folder/images` ('images'),
-  `ILSVRC2012_img_train.tar` or `folder` being that tar ('tar'), the three
-  cache pickles ('pickles').
-
-  Raises:
-    MiniImageNetError: if only some of the three pickles are there.
+  Looks for, in this order: class folders `nXXXXXXXX/` (in `folder` or
+  `folder/train`) of ILSVRC files ('folder') or CSV-named files ('images'),
+  CSV-named files in `folder/images` ('images'), the train tar or `folder`
+  being it ('tar'), the three pickles ('pickles'; some only: an error).
   """
   folder = Path(folder)
   if folder.is_file() and folder.name.endswith('.tar'):
@@ -113,11 +108,8 @@ def locate(folder: os.PathLike | str) -> Source | None:
 
 
 def _class_folders_kind(folder: Path) -> str | None:
-  """The kind of class folders `folder` holds: 'folder', 'images' or None.
-
-  'folder': class folders of ILSVRC files (`n01532829_1234.JPEG`); 'images':
-  of CSV-named files (`n0153282900000005.jpg`); judged by the first such file.
-  """
+  """'folder' (ILSVRC files), 'images' (CSV-named files) or None: the kind
+  of the first file in `folder`'s class folders."""
   if not folder.is_dir():
     return None
   for sub in sorted(folder.iterdir()):
@@ -174,11 +166,8 @@ def scan_folder(
 def scan_images(
   root: Path, split: str, classes: dict[str, list[int]]
 ) -> dict[str, list[Path]]:
-  """wnid -> paths of CSV-named files, in split-list order; checks presence.
-
-  A file `n0153282900000005.jpg` of split s is looked for in `root/images/`,
-  `root/s/n01532829/` and `root/n01532829/`.
-  """
+  """wnid -> paths of CSV-named files, in split-list order, looked for in
+  `root/images/`, `root/<split>/<wnid>/` and `root/<wnid>/`."""
   selected = {}
   for wnid, indices in classes.items():
     folders = (root / 'images', root / split / wnid, root / wnid)
@@ -198,10 +187,9 @@ def scan_images(
 
 
 def tar_error(path: Path, e: Exception) -> MiniImageNetError:
-  return MiniImageNetError(
-    f'{path} is not a readable tar (truncated or corrupted?): {e!r}. Fix: '
-    f'replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
-  )
+  """The error for an unreadable train tar."""
+  fix = f'Fix: replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
+  return tfds_cache.unreadable(MiniImageNetError, path, 'tar', e, fix)
 
 
 def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
@@ -235,12 +223,8 @@ def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
 def read_pickle(
   path: Path, classes: dict[str, list[int]]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """One cache pickle, checked against the split list.
-
-  Returns:
-    (image_data uint8 `[N, 84, 84, 3]`, wnid -> its rows of image_data in
-    class_dict order).
-  """
+  """One cache pickle, checked against the split list: (image_data uint8
+  `[N, 84, 84, 3]`, wnid -> its rows of image_data in class_dict order)."""
   content = tfds_cache.unpickle(
     path.read_bytes(), str(path), MiniImageNetError, HOW_TO_GET
   )

@@ -1,23 +1,16 @@
-"""A TensorFlow-free tensorflow-datasets builder for mini-ImageNet (private).
+"""The TensorFlow-free TFDS builder behind `jaxmeta.data.miniimagenet.load`.
 
-Users call `jaxmeta.data.miniimagenet.load`; this module prepares the TFDS
-cache it reads from one of the sources of `jaxmeta.data.miniimagenet_sources`.
-
-The split lists are Ravi & Larochelle's CSVs, shipped in
-`jaxmeta/data/splits/miniimagenet/ravi` (see the README there). A row
-`n0153282900000005.jpg,n01532829` names class n01532829's image with 1-based
-index 5 in ascending numeric order of `k` among that class's ILSVRC files
+It reads one of the sources of `jaxmeta.data.miniimagenet_sources`. The split
+lists are Ravi & Larochelle's CSVs (`jaxmeta/data/splits/miniimagenet/ravi`):
+a row `n0153282900000005.jpg,n01532829` names the image with 1-based index 5
+in ascending numeric order of `k` among class n01532829's ILSVRC files
 `n01532829_<k>.JPEG` (not `k = 5`).
 
-Images (`preprocess`; one builder config per image size) are resized whole to
-SxS with PIL's LANCZOS, as MAML's `proc_images.py`; the pickles' are used
-unchanged (84x84). Ready-made images and pickles were made by other code, so
-their pixels differ slightly from ours: each source family ('ilsvrc' for
-folder and tar, 'images', 'pickles') is its own builder config.
-
-The cache holds one record per class, its images `[600, S, S, 3]` (see
-`tfds_cache.class_images_feature`); everything runs without TensorFlow (see
-`jaxmeta.data.tfds_cache`).
+Images (`preprocess`) are resized whole to SxS with PIL's LANCZOS, as MAML's
+`proc_images.py`; the pickles' are used unchanged (84x84). Ready-made images
+and pickles were made by other code, so each source family ('ilsvrc' for
+folder and tar, 'images', 'pickles') is its own builder config. The cache
+holds one record per class (`tfds_cache.class_images_feature`).
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ import os
 from pathlib import Path
 import tarfile
 from typing import Any
-import zlib
 
 import numpy as np
 from PIL import Image
@@ -58,16 +50,8 @@ SPLITS_DIR = (
 def read_split_list(
   split: str, splits_dir: Path | None = None
 ) -> dict[str, list[int]]:
-  """One Ravi CSV: wnid -> 1-based ILSVRC indices, both in file order.
-
-  Args:
-    split: 'train', 'val' or 'test'.
-    splits_dir: folder of `{split}.csv`; default `SPLITS_DIR` (the shipped
-      lists).
-
-  Raises:
-    MiniImageNetError: a missing or malformed list.
-  """
+  """One Ravi CSV (`{split}.csv` of `splits_dir`, default `SPLITS_DIR`):
+  wnid -> 1-based ILSVRC indices, both in file order."""
   path = Path(splits_dir or SPLITS_DIR) / f'{split}.csv'
   fix = 'Fix: reinstall jaxmeta or restore jaxmeta/data/splits/miniimagenet.'
   try:
@@ -94,15 +78,9 @@ def read_split_list(
 
 
 def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
-  """Decodes one JPEG to RGB, resizes it whole with LANCZOS to SxS.
-
-  RGB: a few ILSVRC images are grayscale or CMYK. Whole: no crop, the aspect
-  ratio is not kept. LANCZOS is PIL's antialiased resize (formerly
-  `Image.ANTIALIAS`). An image already SxS is not resampled.
-
-  Returns:
-    uint8 `[S, S, 3]`.
-  """
+  """Decodes one JPEG to RGB (some ILSVRC images are grayscale or CMYK) and
+  resizes it whole (no crop) with LANCZOS to uint8 `[S, S, 3]`, unless it is
+  SxS already."""
   with Image.open(io.BytesIO(jpeg)) as image:
     image = image.convert('RGB')
     if image.size != (image_size, image_size):
@@ -136,12 +114,21 @@ def config_source(kind: str) -> str:
   return {'folder': 'ilsvrc', 'tar': 'ilsvrc'}.get(kind, kind)
 
 
+def check_pickle_size(source: str, image_size: int, folder: Path) -> None:
+  """Refuses to read the pickles (84x84) into another `image_size`."""
+  if source == 'pickles' and image_size != PICKLE_SIZE:
+    raise MiniImageNetError(
+      f'{folder} holds the mini-imagenet-cache pickles, which are '
+      f'{PICKLE_SIZE}x{PICKLE_SIZE}; image_size={image_size} needs the '
+      f'ILSVRC-2012 images. Fix: use image_size={PICKLE_SIZE} or bring the '
+      'ILSVRC images.'
+    )
+
+
 class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
-  name = (
-    'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
-  )
+  name = 'jaxmeta_miniimagenet'  # Not TFDS's 'jaxmeta_mini_image_net'.
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   error = MiniImageNetError
   HOMEPAGE = 'https://github.com/twitter/meta-learning-lstm'
@@ -163,13 +150,8 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
 
   def __init__(self, *, splits_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading a folder, the train tar or the pickles.
-
-    Args:
-      splits_dir: folder of the split CSVs; default the shipped Ravi lists.
-      **kwargs: `source_dir=`, the folder holding the source (see `locate`)
-        or the tar itself, and `tfds.core.DatasetBuilder` arguments.
-    """
+    """`splits_dir`: the folder of the split CSVs (default the shipped
+    lists); `**kwargs`: `source_dir=` (see `locate`) and TFDS's arguments."""
     self._splits_dir = None if splits_dir is None else Path(splits_dir)
     super().__init__(**kwargs)
 
@@ -203,15 +185,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
         f'{wanted} images, but {folder} holds {source.kind}. Fix: use the '
         f'config for {source.kind} (config_for).'
       )
-    if (
-      source.kind == 'pickles' and self.builder_config.image_size != PICKLE_SIZE
-    ):
-      raise MiniImageNetError(
-        f'The mini-imagenet-cache pickles are {PICKLE_SIZE}x{PICKLE_SIZE}; '
-        f'image_size={self.builder_config.image_size} needs the ILSVRC '
-        f'images. Fix: use image_size={PICKLE_SIZE}, or bring the ILSVRC '
-        'images.'
-      )
+    check_pickle_size(wanted, self.builder_config.image_size, folder)
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
     scan = {
       'folder': lambda s: scan_folder(source.path, lists[s]),
@@ -283,5 +257,5 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
               for name in selected[wnid]
             ]
           yield self._example(wnid, images, indices)
-    except (tarfile.TarError, EOFError, zlib.error) as e:
+    except tfds_cache.ARCHIVE_ERRORS as e:
       raise tar_error(path, e) from e
