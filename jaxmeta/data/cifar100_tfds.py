@@ -61,11 +61,8 @@ class Cifar100Arrays(NamedTuple):
 
 
 def locate(folder: os.PathLike | str) -> Path | None:
-  """The archive or extracted folder in `folder`, or None if neither is there.
-
-  Prefers the extracted folder (no decompression) when both are there; also
-  accepts `folder` being the extracted folder or the archive itself.
-  """
+  """The archive or extracted folder in `folder` (or `folder` itself), the
+  folder first (no decompression); None if neither is there."""
   folder = Path(folder)
   if folder.is_file() and folder.name.endswith('.tar.gz'):
     return folder
@@ -82,34 +79,29 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
   """name -> (pickle bytes, where it came from) for meta, train and test."""
   names = ('meta',) + FILES
   if source.is_dir():
-    members = {}
-    for name in names:
-      path = source / name
-      if not path.is_file():
-        raise Cifar100Error(
-          f'{source} lacks the pickle {name!r} (it needs meta, train and '
-          f'test). Fix: extract {ARCHIVE_NAME} again. {HOW_TO_GET}'
-        )
-      members[name] = (path.read_bytes(), str(path))
-    return members
-  try:
-    with tarfile.open(source, 'r:*') as archive:
-      members = {}
-      for member in archive.getmembers():
-        name = member.name.rsplit('/', 1)[-1]
-        if member.isfile() and name in names:
-          members[name] = (
-            archive.extractfile(member).read(),
-            f'{source}:{member.name}',
+    paths = [source / n for n in names if (source / n).is_file()]
+    members = {p.name: (p.read_bytes(), str(p)) for p in paths}
+  else:
+    try:
+      with tarfile.open(source, 'r:*') as archive:
+        members = {
+          m.name.rsplit('/', 1)[-1]: (
+            archive.extractfile(m).read(),
+            f'{source}:{m.name}',
           )
-  except tfds_cache.ARCHIVE_ERRORS as e:
-    fix = f'Fix: download it again. {HOW_TO_GET}'
-    raise tfds_cache.unreadable(Cifar100Error, source, 'tar.gz', e, fix) from e
+          for m in archive.getmembers()
+          if m.isfile() and m.name.rsplit('/', 1)[-1] in names
+        }
+    except tfds_cache.ARCHIVE_ERRORS as e:
+      fix = f'Fix: download it again. {HOW_TO_GET}'
+      raise tfds_cache.unreadable(
+        Cifar100Error, source, 'tar.gz', e, fix
+      ) from e
   missing = [n for n in names if n not in members]
   if missing:
     raise Cifar100Error(
       f'{source} lacks the pickle(s) {missing} ({FOLDER_NAME}/meta, train, '
-      f'test). Fix: use the original archive. {HOW_TO_GET}'
+      f'test). Fix: extract or download {ARCHIVE_NAME} again. {HOW_TO_GET}'
     )
   return members
 
@@ -140,8 +132,8 @@ def read_cifar100(
     (all 60,000 images, fine label names [100], coarse label names [20]).
 
   Raises:
-    Cifar100Error: unreadable, truncated or malformed input, a fine class with
-      other than `EXAMPLES_PER_CLASS` images, a fine class in two superclasses.
+    Cifar100Error: unreadable or malformed input, a fine class of other than
+      `EXAMPLES_PER_CLASS` images or in two superclasses.
   """
   source = Path(source)
   members = _read_members(source)
@@ -172,12 +164,8 @@ def read_cifar100(
         f'{where}: {len(data)} images but {fine.size} fine and {coarse.size} '
         f'coarse labels. {HOW_TO_GET}'
       )
-    if fine.size and (
-      fine.min() < 0
-      or fine.max() >= NUM_FINE
-      or coarse.min() < 0
-      or coarse.max() >= NUM_COARSE
-    ):
+    out_of_range = (fine < 0) | (fine >= NUM_FINE) | (coarse < 0)
+    if (out_of_range | (coarse >= NUM_COARSE)).any():
       raise Cifar100Error(
         f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
         f'0..{NUM_COARSE - 1}). {HOW_TO_GET}'

@@ -48,18 +48,9 @@ def _static_int(name: str, value) -> int:
 def check_episode_config(
   num_classes: int, num_drawings: int, ways: int, shots: int, queries: int
 ) -> None:
-  """Checks that a split can supply tasks of this shape.
-
-  Args:
-    num_classes: classes of the split.
-    num_drawings: drawings per class.
-    ways: classes per task.
-    shots: support drawings per class.
-    queries: query drawings per class.
-
-  Raises:
-    EpisodeConfigError (a ValueError): naming the problem and the fix.
-  """
+  """Checks that a split of `num_classes` classes of `num_drawings` drawings
+  can supply tasks of this shape (see `sample_task`); else an
+  `EpisodeConfigError` (a ValueError) naming the problem and the fix."""
   num_classes = _static_int('num_classes', num_classes)
   num_drawings = _static_int('num_drawings', num_drawings)
   ways = check_at_least_one('ways', ways)
@@ -108,11 +99,8 @@ def to_unit_float(x: Array) -> Array:
 
 
 def split_support_query(chosen: Array, shots: int) -> Task:
-  """A task from its images `[ways, shots + queries, H, W, C]`, class-major.
-
-  The first `shots` drawings of a class are its support set, the rest its
-  query set; class i is labelled i. Images go through `to_unit_float`.
-  """
+  """A task from its images `[ways, shots + queries, H, W, C]`: per class
+  the first `shots` support, the rest query; class i labelled i."""
   ways, queries = chosen.shape[0], chosen.shape[1] - shots
   chosen = to_unit_float(chosen)
   image_shape = chosen.shape[2:]
@@ -130,14 +118,11 @@ def sample_task(
 ) -> Task:
   """Samples one `ways`-way `shots`-shot task with `queries` queries per class.
 
-  Classes are drawn without replacement; each chosen class gets a random
-  label in `[0, ways)` (a uniformly random permutation per task); per class,
-  `shots + queries` drawings are drawn without replacement, the first `shots`
-  for the support set and the rest for the query set, so the two are
-  disjoint. Examples are class-major: `support_y = [0]*shots + [1]*shots + ...`.
-  Deterministic given `key`. Cost per task: O(classes) to choose the classes
-  (a top-k of random scores) plus O(ways * drawings) to choose the drawings;
-  only the chosen images are gathered.
+  Classes are drawn without replacement, in random order (label i is the
+  i-th); per class, `shots + queries` distinct drawings, the first `shots` for
+  the support set. Examples are class-major (`support_y = [0]*shots +
+  [1]*shots + ...`). Cost: a top-k over classes plus O(ways * drawings); only
+  the chosen images are gathered.
 
   Args:
     key: PRNG key.
@@ -180,11 +165,9 @@ def sample_task(
 def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
   """A minibatch of images of all classes, labelled with their class index.
 
-  What ordinary (non-episodic) classification training draws, e.g. the
-  pretraining of Baseline and Baseline++: `batch_size` (class, drawing) pairs
-  uniformly at random with replacement over the whole split. Returned as a
-  `Task` whose support set is the minibatch and whose query set is empty, so
-  that it travels through the same meta-step as episodes.
+  What ordinary classification training draws (Baseline's pretraining):
+  `batch_size` (class, drawing) pairs uniformly with replacement, as a `Task`
+  whose query set is empty, so that it travels through the meta-step.
 
   Args:
     key: PRNG key.
@@ -220,11 +203,8 @@ def sample_tasks(
 
   Args:
     key: PRNG key.
-    images: `[classes, drawings, H, W, C]` (see `sample_task`).
+    images, ways, shots, queries: see `sample_task`.
     num_tasks: tasks in the batch (static).
-    ways: classes per task (static).
-    shots: support examples per class (static).
-    queries: query examples per class (static).
 
   Returns:
     `Task` whose leaves have a leading `[num_tasks]` axis, e.g. support_x
@@ -241,14 +221,13 @@ def sample_tasks(
 def eval_task_keys(seed: int, num_tasks: int = 600) -> Array:
   """The keys of a fixed, reproducible set of evaluation tasks.
 
-  Key i is `fold_in(fold_in(key(seed), EVAL_STREAM), i)`: the same on every
-  machine and run, prefix-stable (the first 100 keys of a 600-task set are the
-  100-task set), and from another stream than `split(key(seed))`.
+  Key i is `fold_in(fold_in(key(seed), EVAL_STREAM), i)`: the same everywhere,
+  prefix-stable (a 600-task set starts with the 100-task set), and from
+  another stream than `split(key(seed))`.
 
   Args:
     seed: integer seed of the evaluation set.
-    num_tasks: number of tasks (600 is the usual Omniglot / miniImageNet
-      evaluation protocol).
+    num_tasks: number of tasks (600: the usual protocol).
 
   Returns:
     Typed PRNG keys `[num_tasks]`; use with `jax.vmap(sample_task, ...)`.

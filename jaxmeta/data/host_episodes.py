@@ -1,25 +1,16 @@
 """Episodic sampling on the host, for splits too large for the device.
 
-`jaxmeta.data.episodes.sample_tasks` keeps a whole split on the device and
-gathers tasks there: the fastest path whenever the split fits. When it does
-not, `sample_tasks_host` draws the same kind of meta-batch with NumPy on the
-host and transfers only the chosen images (as uint8, converted to float32 on
-the device). The split can then live in host memory, or even stay on disk as a
-`np.memmap` (`np.save` the images once, `np.load(path, mmap_mode='r')`).
+`episodes.sample_tasks` keeps a whole split on the device, the fastest path
+whenever it fits. When it does not, `sample_tasks_host` draws the meta-batch
+with NumPy and transfers only the chosen images (uint8, made float32 on the
+device): the split can live in host memory or stay on disk as a `np.memmap`
+(`np.load(path, mmap_mode='r')`). Mini-ImageNet's train split is 813 MB as
+uint8 (5.8 GB at 224x224); a meta-batch of 4 tasks of 5-way 5-shot 15-query
+moves 8.5 MB.
 
-Memory, uint8 (float32 is 4x):
-
-* a split: mini-ImageNet train 38,400 x 84 x 84 x 3 = 813 MB (val 203 MB, test
-  254 MB); at 224x224, 5.8 GB. CIFAR-FS train 64 x 600 x 32 x 32 x 3 = 118 MB.
-  Omniglot (vinyals) train 4,112 x 20 x 28 x 28 = 64 MB.
-* what one meta-batch transfers: tasks x ways x (shots + queries) images,
-  e.g. 4 tasks of 5-way 5-shot 15-query mini-ImageNet: 400 images = 8.5 MB.
-
-Tasks have the layout of `episodes.sample_tasks` (class-major examples, labels
-`[0]*shots + [1]*shots + ...`, support and query drawn without replacement and
-disjoint) and are a deterministic function of the key, but they are NOT the
-same tasks as `episodes.sample_tasks` draws from the same key: the random
-streams differ (NumPy's PCG64 seeded from the key's bits).
+Tasks have the layout of `episodes.sample_tasks` and are a deterministic
+function of the key, but not the same tasks: the random streams differ
+(NumPy's PCG64 seeded from the key's bits).
 
 Example::
 
@@ -42,10 +33,8 @@ from jaxmeta.types import PRNGKey, Task
 
 
 def host_rng(key: PRNGKey | np.random.Generator) -> np.random.Generator:
-  """A NumPy generator seeded from all bits of a JAX key (typed or raw uint32).
-
-  A `np.random.Generator` is returned as it is, so callers may pass either.
-  """
+  """A NumPy generator seeded from all bits of a JAX key (typed or raw
+  uint32); a `np.random.Generator` is returned as it is."""
   if isinstance(key, np.random.Generator):
     return key
   key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
@@ -69,11 +58,8 @@ def sample_task_indices(
   shots: int,
   queries: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Which classes and examples a meta-batch uses.
-
-  Classes are drawn without replacement per task (label i is `classes[t, i]`,
-  in random order); per class, `shots + queries` distinct examples, the first
-  `shots` for the support set.
+  """Which classes (label i is `classes[t, i]`) and examples (the first
+  `shots` for the support set) a meta-batch uses, all without replacement.
 
   Returns:
     (classes int64 `[num_tasks, ways]`, examples int64
@@ -112,20 +98,14 @@ def sample_tasks_host(
     key: a JAX PRNG key (its bits seed NumPy; see `host_rng`) or a
       `np.random.Generator` (advanced in place).
     images: `[classes, examples, H, W, C]` host array (NumPy or memmap),
-      uint8 (scaled by 1/255) or float (cast to float32 unchanged).
-    num_tasks: tasks in the batch.
-    ways: classes per task.
-    shots: support examples per class.
-    queries: query examples per class.
+      as `episodes.sample_task`'s.
+    num_tasks, ways, shots, queries: as `episodes.sample_tasks`'s.
     device: where to put the tasks (a device or sharding for
       `jax.device_put`); default JAX's default device.
 
   Returns:
-    `Task` on the device, laid out as `episodes.sample_tasks`: support_x
-    float32 `[num_tasks, ways * shots, H, W, C]`, support_y int32
-    `[num_tasks, ways * shots]`, query_x float32
-    `[num_tasks, ways * queries, H, W, C]`, query_y int32
-    `[num_tasks, ways * queries]`.
+    `Task` on the device, as `episodes.sample_tasks` returns, e.g. support_x
+    float32 `[num_tasks, ways * shots, H, W, C]`.
 
   Raises:
     EpisodeConfigError: if the split cannot supply the tasks.
