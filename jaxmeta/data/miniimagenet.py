@@ -9,26 +9,25 @@ one): the CSVs of Ravi & Larochelle (2017), shipped in
 
 Images are not shipped and cannot be downloaded (ImageNet's terms): the first
 load prepares a TFDS cache (`jaxmeta.data.miniimagenet_tfds`) from a source the
-user brings (`jaxmeta.data.miniimagenet_sources`), found with the cache as
-`jaxmeta.data.tfds_cache` says (`$JAXMETA_MINIIMAGENET_DIR`). The cache is per
-source family (ILSVRC, ready-made images, pickles) and image size; with no
-source found, an existing cache is used, in that order of preference.
+user brings, found with the cache as `jaxmeta.data.tfds_cache` says
+(`$JAXMETA_MINIIMAGENET_DIR`). The cache is per source family (ILSVRC,
+ready-made images, pickles) and image size; with no source found, an existing
+cache is used, in that order of preference.
 
 Memory: 21 KB per 84x84 image; train 813 MB, val 203 MB, test 254 MB as uint8.
 """
 
 from __future__ import annotations
 
-from jaxmeta.data import miniimagenet_sources
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import tfds_cache
-from jaxmeta.data.miniimagenet_sources import MiniImageNetError
-from jaxmeta.data.miniimagenet_sources import PICKLE_SIZE
+from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
+from jaxmeta.data.miniimagenet_tfds import PICKLE_SIZE
 from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import register_dataset
 
 SCHEMES = ('ravi',)
-SOURCE_ENV = miniimagenet_sources.SOURCE_ENV
+SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
 
 
 @register_dataset('miniimagenet')
@@ -82,7 +81,7 @@ def _prepared_builder(
   how, folder = tfds_cache.source_folders(
     source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
   )[0]
-  source = miniimagenet_sources.locate(folder)
+  source = miniimagenet_tfds.locate(folder)
   if source is not None:
     kind = miniimagenet_tfds.config_source(source.kind)
     miniimagenet_tfds.check_pickle_size(kind, image_size, folder)
@@ -98,7 +97,7 @@ def _prepared_builder(
   raise MiniImageNetError(
     f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
     f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-    f'{miniimagenet_sources.HOW_TO_GET}'
+    f'{miniimagenet_tfds.HOW_TO_GET}'
   )
 
 

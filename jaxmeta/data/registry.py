@@ -8,7 +8,7 @@ adding one is a module with such a loader and a `register_dataset` line.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -39,16 +39,7 @@ class ClassImages(NamedTuple):
   class_names: tuple[str, ...]
 
 
-class Loader(Protocol):
-  def __call__(
-    self,
-    split: str,
-    *,
-    data_dir: str | None = None,
-    source_dir: str | None = None,
-    **options,
-  ) -> ClassImages: ...
-
+Loader = Callable[..., ClassImages]  # See the module docstring.
 
 DATASETS: dict[str, Loader] = {}
 
