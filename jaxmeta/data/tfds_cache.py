@@ -173,13 +173,8 @@ def unpickle(
   except Exception as e:
     # Truncated or corrupted pickles raise EOFError, UnpicklingError,
     # ValueError, ... depending on where they break.
-    raise unreadable(
-      error,
-      where,
-      'pickle',
-      e,
-      f'Fix: replace it by an intact copy. {how_to_get}',
-    ) from e
+    fix = f'Fix: replace it by an intact copy. {how_to_get}'
+    raise unreadable(error, where, 'pickle', e, fix) from e
   if not isinstance(content, dict):
     raise error(
       f'{where} holds a {type(content).__name__}, not the dict of a '
@@ -225,8 +220,7 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   HOMEPAGE = ''
   CITATION = ''
 
-  # Bump when the preprocessing or the features change: caches are per
-  # version.
+  # Bump when the preprocessing or the features change: caches are per version.
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
@@ -238,12 +232,6 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """`**kwargs`: `tfds.core.DatasetBuilder`'s (data_dir, config, ...)."""
     self._source_dir = None if source_dir is None else Path(source_dir)
     super().__init__(**{'file_format': 'array_record', **kwargs})
-
-  def _description(self) -> str:
-    raise NotImplementedError
-
-  def _features(self) -> dict[str, Any]:
-    raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -283,19 +271,9 @@ def read_class_records(
   slot: Callable[[Mapping[str, Any]], int | None],
   error: type[DataError],
 ) -> np.ndarray:
-  """Reads a split of one record per class into one uint8 array.
-
-  Args:
-    builder: a prepared builder whose records hold `images`.
-    split: the TFDS split.
-    shape: `[classes, examples, H, W, C]` of the result.
-    slot: record -> its class's index in the result, or None if the record is
-      not a class of it.
-    error: the dataset's `DataError` subclass.
-
-  Returns:
-    uint8 `shape`, each class filled exactly once.
-  """
+  """Reads a `split` of one record per class (its `images`) into one uint8
+  array of `shape` `[classes, examples, H, W, C]`, each class filled once at
+  `slot(record)` (None: the record is not a class of it)."""
   source = builder.as_data_source()[split]
   where = f'The prepared {error.dataset} cache in {builder.data_dir}'
   fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
