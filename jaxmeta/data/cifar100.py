@@ -34,7 +34,6 @@ from jaxmeta.data.registry import register_dataset
 
 SCHEMES = {'cifar_fs': ('bertinetto',), 'fc100': ('oreshkin',)}
 SPLITS_DIR = Path(__file__).resolve().parent / 'splits' / 'cifar100'
-_LIST_FOLDERS = {'cifar_fs': 'cifar-fs', 'fc100': 'fc100'}
 SOURCE_ENV = cifar100_tfds.SOURCE_ENV
 
 
@@ -84,7 +83,7 @@ def load_fc100(
 def split_list(dataset: str, split: str) -> list:
   """The shipped list of one split: CIFAR-FS `[[coarse, fine], ...]`, FC100
   `[coarse, ...]`."""
-  path = SPLITS_DIR / _LIST_FOLDERS[dataset] / f'{split}.json'
+  path = SPLITS_DIR / dataset.replace('_', '-') / f'{split}.json'
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:

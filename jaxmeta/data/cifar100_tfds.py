@@ -123,18 +123,9 @@ def _names(
 def read_cifar100(
   source: os.PathLike | str,
 ) -> tuple[Cifar100Arrays, tuple[str, ...], tuple[str, ...]]:
-  """Reads and checks the whole of CIFAR-100 from its archive or folder.
-
-  Args:
-    source: `cifar-100-python.tar.gz` or the extracted `cifar-100-python/`.
-
-  Returns:
-    (all 60,000 images, fine label names [100], coarse label names [20]).
-
-  Raises:
-    Cifar100Error: unreadable or malformed input, a fine class of other than
-      `EXAMPLES_PER_CLASS` images or in two superclasses.
-  """
+  """(all 60,000 images, fine label names [100], coarse label names [20])
+  from the archive or extracted folder `source`, checked: readable, well
+  formed, `EXAMPLES_PER_CLASS` images and one superclass per fine class."""
   source = Path(source)
   members = _read_members(source)
   meta = tfds_cache.unpickle(*members['meta'], Cifar100Error, HOW_TO_GET)

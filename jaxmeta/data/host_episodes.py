@@ -4,9 +4,8 @@
 whenever it fits. When it does not, `sample_tasks_host` draws the meta-batch
 with NumPy and transfers only the chosen images (uint8, made float32 on the
 device): the split can live in host memory or stay on disk as a `np.memmap`
-(`np.load(path, mmap_mode='r')`). Mini-ImageNet's train split is 813 MB as
-uint8 (5.8 GB at 224x224); a meta-batch of 4 tasks of 5-way 5-shot 15-query
-moves 8.5 MB.
+(`np.load(path, mmap_mode='r')`); 4 tasks of 5-way 5-shot 15-query
+mini-ImageNet move 8.5 MB.
 
 Tasks have the layout of `episodes.sample_tasks` and are a deterministic
 function of the key, but not the same tasks: the random streams differ

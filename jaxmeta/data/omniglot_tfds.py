@@ -135,19 +135,8 @@ def _check_sha256sums(source_dir: Path, path: Path) -> None:
 
 
 def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
-  """Checks an Omniglot zip (readable, CRCs, layout, every character with
-  drawers 1..20) and indexes its drawings.
-
-  Args:
-    path: the zip file.
-    source: 'background' or 'evaluation'.
-
-  Returns:
-    The drawings, sorted by (alphabet, character, drawer).
-
-  Raises:
-    OmniglotError: naming the problem and the fix.
-  """
+  """The drawings of the `source` zip, sorted by (alphabet, character,
+  drawer), once it is checked: readable, CRCs, layout, drawers 1..20."""
   path = Path(path)
   shipped = (
     f", or by the project's shipped copy in {DEFAULT_SOURCE_DIR}"
@@ -215,12 +204,8 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
 
 
 def locate_zips(source_dir: Path) -> dict[str, Path] | None:
-  """Finds both zips in `source_dir`; None if neither is there.
-
-  Raises:
-    OmniglotError: if only one of them is there, or the folder holds
-      extracted folders instead of zips.
-  """
+  """Both zips in `source_dir`; None if neither is there, an error if one
+  only or extracted folders are."""
   paths = {s: source_dir / ZIP_NAMES[s] for s in SOURCES}
   present = {s: p.is_file() for s, p in paths.items()}
   if all(present.values()):
