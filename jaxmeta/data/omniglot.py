@@ -90,8 +90,7 @@ def load(
     rotations: whether every 90-degree rotation of a character is a class of
       its own. None: the scheme's convention (vinyals: every split; maml and
       lake: train only). True / False force it.
-    data_dir: TFDS data dir of the prepared cache; default `$JAXMETA_DATA_DIR`
-      if set, else TFDS's default.
+    data_dir: TFDS data dir of the cache (see `jaxmeta.data.tfds_cache`).
     source_dir: folder holding images_background.zip and
       images_evaluation.zip (and optionally `splits/vinyals/*.txt`, read
       instead of the shipped lists), looked at first (see
@@ -171,12 +170,8 @@ def _split_characters(
 
 
 def check_disjoint(splits: dict[str, list[str]], scheme: str) -> None:
-  """Raises OmniglotError if two splits share a character (a data leak).
-
-  Args:
-    splits: split name -> characters ('Alphabet/characterNN').
-    scheme: the scheme's name, for the message.
-  """
+  """Raises OmniglotError if two `splits` (name -> characters) share a
+  character, a leak between them; `scheme` names them in the message."""
   for first, second in itertools.combinations(sorted(splits), 2):
     shared = sorted(set(splits[first]) & set(splits[second]))
     if shared:
