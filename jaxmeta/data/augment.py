@@ -1,26 +1,20 @@
 """Data augmentation for few-shot image batches, in pure `jax.random`.
 
-The augmentations of the Baseline / ProtoNets / MetaOptNet line of work
-(Chen et al. 2019; Snell et al. 2017; Lee et al. 2019): random crop after
-padding, horizontal flip, colour jitter. Each function works on ONE float32
-image `[H, W, C]` with values in [0, 1], is deterministic given its key and
-runs under `jit` and `vmap`; `augment` applies a configured set to a batch
-`[n, H, W, C]` (e.g. one task's support set) with one key per image.
+Random crop after padding, horizontal flip and colour jitter, as Chen et al.
+2019, Snell et al. 2017 and Lee et al. 2019 use them, with the conventions of
+torchvision's `RandomCrop`, `RandomHorizontalFlip` and `ColorJitter`. Each
+function works on ONE float32 image `[H, W, C]` in [0, 1], is deterministic
+given its key and runs under `jit` and `vmap`; `augment` applies a configured
+set to a batch `[n, H, W, C]`, one key per image.
 
-Conventions (those of torchvision's `RandomCrop`, `RandomHorizontalFlip` and
-`ColorJitter`, which those papers use):
-
-* crop: pad `padding` pixels on every side, then take an HxW window at a
-  uniformly random offset in [0, 2 * padding] per axis. Padding is zeros
-  (`mode='constant'`, torchvision's default) or mirrored without repeating the
-  edge (`mode='reflect'`, `np.pad`'s 'reflect'). Usual: padding 4 for 32x32
-  (CIFAR), 8 for 84x84 (mini-ImageNet).
+* crop: pad `padding` pixels on every side (zeros, or `np.pad`'s 'reflect'),
+  take an HxW window at a uniform offset in [0, 2 * padding] per axis; usual:
+  4 for 32x32 (CIFAR), 8 for 84x84 (mini-ImageNet).
 * flip: mirror left-right with probability 1/2.
-* jitter: factors drawn uniformly from [max(0, 1 - s), 1 + s] for each strength
-  s; brightness scales the image, contrast blends it with the mean of its
-  grayscale, saturation with its grayscale (ITU-R 601 luma 0.299, 0.587,
-  0.114; a no-op for one channel), clipping to [0, 1] after each, always in
-  this order (torchvision draws a random order).
+* jitter: factors uniform in [max(0, 1 - s), 1 + s] per strength s;
+  brightness scales the image, contrast blends it with the mean of its
+  grayscale, saturation with its grayscale (ITU-R 601 luma), clipping to
+  [0, 1] after each, always in this order (torchvision's is random).
 """
 
 from __future__ import annotations
@@ -42,9 +36,7 @@ class AugmentConfig(NamedTuple):
     crop_padding: pixels padded on each side before a random crop; 0: no crop.
     crop_mode: 'constant' (zeros) or 'reflect'.
     flip: random horizontal flips.
-    brightness: jitter strength (0: none), e.g. 0.4.
-    contrast: jitter strength (0: none).
-    saturation: jitter strength (0: none).
+    brightness, contrast, saturation: jitter strengths (0: none), e.g. 0.4.
   """
 
   crop_padding: int = 0
@@ -89,17 +81,8 @@ def standard_config(image_size: int) -> AugmentConfig:
 def random_crop(
   key: PRNGKey, image: Array, padding: int, mode: str = 'constant'
 ) -> Array:
-  """A random HxW window of the image padded by `padding` on every side.
-
-  Args:
-    key: PRNG key.
-    image: `[H, W, C]`.
-    padding: pixels per side (static), >= 0.
-    mode: 'constant' (zeros) or 'reflect' (static).
-
-  Returns:
-    `[H, W, C]`, same dtype.
-  """
+  """A random HxW window of `image` `[H, W, C]` padded by `padding` (static)
+  on every side, with zeros (`mode='constant'`) or 'reflect'."""
   if mode not in ('constant', 'reflect'):
     raise ValueError(
       f"Unknown crop padding mode {mode!r}. Fix: use 'constant' or 'reflect'."
@@ -127,9 +110,7 @@ def _grayscale(image: Array) -> Array:
   """`[H, W, 1]` luma of `[H, W, C]` (the image itself if C == 1)."""
   if image.shape[-1] == 1:
     return image
-  return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=1)[
-    ..., None
-  ]
+  return image @ jnp.asarray(_LUMA, image.dtype)[:, None]
 
 
 def _factor(key: PRNGKey, strength: float) -> Array:
@@ -145,18 +126,8 @@ def color_jitter(
   contrast: float = 0.0,
   saturation: float = 0.0,
 ) -> Array:
-  """Random brightness, contrast and saturation, in that order.
-
-  Args:
-    key: PRNG key.
-    image: float `[H, W, C]` in [0, 1].
-    brightness: strength s (static): factor ~ U[max(0, 1 - s), 1 + s].
-    contrast: strength (static).
-    saturation: strength (static).
-
-  Returns:
-    float `[H, W, C]` in [0, 1].
-  """
+  """Random brightness, contrast and saturation, in that order, of a float
+  image `[H, W, C]` in [0, 1]; strengths are static (0: none)."""
   keys = jax.random.split(key, 3)
   if brightness:
     image = jnp.clip(image * _factor(keys[0], brightness), 0.0, 1.0)
@@ -177,11 +148,9 @@ def augment_image(key: PRNGKey, image: Array, config: AugmentConfig) -> Array:
     image = random_crop(crop_key, image, config.crop_padding, config.crop_mode)
   if config.flip:
     image = random_flip(flip_key, image)
-  if config.brightness or config.contrast or config.saturation:
-    image = color_jitter(
-      jitter_key, image, config.brightness, config.contrast, config.saturation
-    )
-  return image
+  return color_jitter(
+    jitter_key, image, config.brightness, config.contrast, config.saturation
+  )
 
 
 def augment(key: PRNGKey, images: Array, config: AugmentConfig) -> Array:

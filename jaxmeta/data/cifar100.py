@@ -1,32 +1,21 @@
 """CIFAR-FS and FC100: few-shot splits of CIFAR-100, as class-major arrays.
 
-Two registered datasets read one TFDS cache of CIFAR-100
-(`jaxmeta.data.cifar100_tfds`), prepared once from `cifar-100-python.tar.gz`:
+Two registered datasets, separate benchmarks in the literature and in configs,
+read one TFDS cache of CIFAR-100 (`jaxmeta.data.cifar100_tfds`):
 
 * `'cifar_fs'`, scheme `'bertinetto'`: CIFAR-FS (Bertinetto et al., ICLR 2019),
   random fine classes: 64 / 16 / 20 classes.
 * `'fc100'`, scheme `'oreshkin'`: FC100 (Oreshkin et al., NeurIPS 2018), split
-  by superclass so that train and test classes are semantically apart:
-  12 / 4 / 4 superclasses; as in the paper, a class is a fine class of those
-  superclasses, so 60 / 20 / 20 classes.
+  by superclass, 12 / 4 / 4, whose fine classes are the classes: 60 / 20 / 20.
 
-Both are separate names (not one 'cifar100' dataset with two schemes) because
-they are separate benchmarks in the literature and in configs
-(`dataset='fc100'`); they share the cache, so CIFAR-100 is decoded once.
-
-Every class has 600 images: its 500 of the `train` pickle, then its 100 of the
-`test` pickle, each in pickle order (as both papers, which pool the two).
-Images are uint8 `[32, 32, 3]` RGB, unchanged. Class names are
-`'superclass/class'`, e.g. `'aquatic_mammals/whale'`. Class order: CIFAR-FS
-follows its list file; FC100 follows its superclass list, fine classes
-alphabetically within a superclass.
-
-The split lists are shipped in `jaxmeta/data/splits/cifar100` (from
-github.com/tristandeleu/pytorch-meta, MIT; see the README there).
-
-The source (`$JAXMETA_CIFAR100_DIR`) and the cache are found as
-`jaxmeta.data.tfds_cache` says. Memory: 100 classes x 600 x 32 x 32 x 3 bytes
-= 184 MB for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
+Every class has 600 images, uint8 `[32, 32, 3]` RGB, unchanged: its 500 of
+the `train` pickle, then its 100 of the `test` pickle (both papers pool them).
+Class names are `'superclass/class'`, e.g. `'aquatic_mammals/whale'`, in the
+order of CIFAR-FS's list file, or of FC100's superclass list with fine
+classes alphabetically within one. The lists are shipped in
+`jaxmeta/data/splits/cifar100` (from pytorch-meta, MIT). The source
+(`$JAXMETA_CIFAR100_DIR`) and the cache are found as `jaxmeta.data.tfds_cache`
+says. Memory: 184 MB for the whole of CIFAR-100 (CIFAR-FS train: 118 MB).
 """
 
 from __future__ import annotations
@@ -45,7 +34,6 @@ from jaxmeta.data.registry import register_dataset
 
 SCHEMES = {'cifar_fs': ('bertinetto',), 'fc100': ('oreshkin',)}
 SPLITS_DIR = Path(__file__).resolve().parent / 'splits' / 'cifar100'
-_LIST_FOLDERS = {'cifar_fs': 'cifar-fs', 'fc100': 'fc100'}
 SOURCE_ENV = cifar100_tfds.SOURCE_ENV
 
 
@@ -93,12 +81,9 @@ def load_fc100(
 
 
 def split_list(dataset: str, split: str) -> list:
-  """The shipped list of one split.
-
-  Returns:
-    CIFAR-FS: `[[coarse, fine], ...]`; FC100: `[coarse, ...]`.
-  """
-  path = SPLITS_DIR / _LIST_FOLDERS[dataset] / f'{split}.json'
+  """The shipped list of one split: CIFAR-FS `[[coarse, fine], ...]`, FC100
+  `[coarse, ...]`."""
+  path = SPLITS_DIR / dataset.replace('_', '-') / f'{split}.json'
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
@@ -153,15 +138,9 @@ def _load(
 def _read_cache(
   data_dir: str | None, source_dir: str | None
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-  """Prepares (if needed) and reads the cache.
-
-  Returns:
-    (uint8 `[100, 600, 32, 32, 3]`, class names 'coarse/fine' in CIFAR fine
-    label order, i.e. alphabetical).
-  """
-  builder = cifar100_tfds.JaxmetaCifar100(
-    data_dir=data_dir, file_format='array_record'
-  )
+  """Prepares (if needed) and reads the cache: (uint8 `[100, 600, 32, 32,
+  3]`, names 'coarse/fine' in CIFAR's fine label order, alphabetical)."""
+  builder = cifar100_tfds.JaxmetaCifar100(data_dir=data_dir)
   if not builder.is_prepared():
     how, folder = tfds_cache.source_folders(
       source_dir, SOURCE_ENV, tfds_cache.manual_dir(builder)
@@ -173,7 +152,7 @@ def _read_cache(
         f'{folder} ({how}). {cifar100_tfds.HOW_TO_GET}'
       )
     builder = cifar100_tfds.JaxmetaCifar100(
-      data_dir=data_dir, file_format='array_record', source_dir=folder
+      data_dir=data_dir, source_dir=folder
     )
     tfds_cache.prepare_cache(builder, Cifar100Error)
   names = []

@@ -1,20 +1,14 @@
-"""A TensorFlow-free tensorflow-datasets builder for CIFAR-100 (private).
+"""The TensorFlow-free TFDS builder behind `jaxmeta.data.cifar100`.
 
-Users call `jaxmeta.data.cifar100.load_cifar_fs` / `load_fc100` (registered as
-'cifar_fs' and 'fc100'); this module prepares the TFDS cache they read: all
-60,000 CIFAR-100 images, uint8 `[32, 32, 3]`, unchanged, as ONE RECORD PER FINE
-CLASS (TFDS split 'classes', 100 records of `[600, 32, 32, 3]`: the class's images
-of the `train` pickle, then those of the `test` pickle, each in pickle order;
-see `tfds_cache.class_images_feature`).
+The cache holds all 60,000 CIFAR-100 images, uint8 `[32, 32, 3]`, unchanged,
+as one record per fine class (TFDS split 'classes', 100 records of
+`[600, 32, 32, 3]`: the class's images of the `train` pickle, then those of
+the `test` pickle, each in pickle order).
 
 Source: `cifar-100-python.tar.gz` (https://www.cs.toronto.edu/~kriz/cifar.html)
-or the folder `cifar-100-python/` it extracts to, holding the Python pickles
-`train`, `test` and `meta`. The pickles were written by Python 2: their keys are
-byte strings and `data` is a NumPy uint8 array `[N, 3072]` whose rows are three
-row-major 32x32 planes, red (values 0..1023), then green, then blue. We load
-them with `encoding='latin1'` (what NumPy needs for Python 2 arrays) and accept
-str or bytes keys and names. Everything runs without TensorFlow (see
-`jaxmeta.data.tfds_cache`).
+or the `cifar-100-python/` folder it extracts to, holding the pickles `train`,
+`test` and `meta` written by Python 2 (byte-string keys; `data` uint8
+`[N, 3072]`, rows of three row-major 32x32 planes, red, green, blue).
 """
 
 from __future__ import annotations
@@ -57,24 +51,18 @@ class Cifar100Error(registry.DataError):
 
 
 class Cifar100Arrays(NamedTuple):
-  """The content of one CIFAR-100 pickle (`train` or `test`), checked."""
+  """CIFAR-100's images, train pickle then test pickle, checked."""
 
   images: np.ndarray  # uint8 [N, 32, 32, 3]
   fine_labels: np.ndarray  # int64 [N], indices into fine_label_names
   coarse_labels: np.ndarray  # int64 [N], indices into coarse_label_names
-
-
-def rows_to_images(rows: np.ndarray) -> np.ndarray:
-  """CIFAR rows `[N, 3072]` (R, G, B planes, row-major) -> `[N, 32, 32, 3]`."""
-  return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  files: np.ndarray  # int64 [N], the pickle of each image: 0 train, 1 test
+  rows: np.ndarray  # int64 [N], its row in that pickle
 
 
 def locate(folder: os.PathLike | str) -> Path | None:
-  """The archive or extracted folder in `folder`, or None if neither is there.
-
-  Prefers the extracted folder (no decompression) when both are there; also
-  accepts `folder` being the extracted folder or the archive itself.
-  """
+  """The archive or extracted folder in `folder` (or `folder` itself), the
+  folder first (no decompression); None if neither is there."""
   folder = Path(folder)
   if folder.is_file() and folder.name.endswith('.tar.gz'):
     return folder
@@ -91,36 +79,29 @@ def _read_members(source: Path) -> dict[str, tuple[bytes, str]]:
   """name -> (pickle bytes, where it came from) for meta, train and test."""
   names = ('meta',) + FILES
   if source.is_dir():
-    members = {}
-    for name in names:
-      path = source / name
-      if not path.is_file():
-        raise Cifar100Error(
-          f'{source} lacks the pickle {name!r} (it needs meta, train and '
-          f'test). Fix: extract {ARCHIVE_NAME} again. {HOW_TO_GET}'
-        )
-      members[name] = (path.read_bytes(), str(path))
-    return members
-  try:
-    with tarfile.open(source, 'r:*') as archive:
-      members = {}
-      for member in archive.getmembers():
-        name = member.name.rsplit('/', 1)[-1]
-        if member.isfile() and name in names:
-          members[name] = (
-            archive.extractfile(member).read(),
-            f'{source}:{member.name}',
+    paths = [source / n for n in names if (source / n).is_file()]
+    members = {p.name: (p.read_bytes(), str(p)) for p in paths}
+  else:
+    try:
+      with tarfile.open(source, 'r:*') as archive:
+        members = {
+          m.name.rsplit('/', 1)[-1]: (
+            archive.extractfile(m).read(),
+            f'{source}:{m.name}',
           )
-  except tfds_cache.ARCHIVE_ERRORS as e:
-    raise Cifar100Error(
-      f'{source} is not a readable tar.gz (truncated or corrupted?): {e!r}. '
-      f'Fix: download it again. {HOW_TO_GET}'
-    ) from e
+          for m in archive.getmembers()
+          if m.isfile() and m.name.rsplit('/', 1)[-1] in names
+        }
+    except tfds_cache.ARCHIVE_ERRORS as e:
+      fix = f'Fix: download it again. {HOW_TO_GET}'
+      raise tfds_cache.unreadable(
+        Cifar100Error, source, 'tar.gz', e, fix
+      ) from e
   missing = [n for n in names if n not in members]
   if missing:
     raise Cifar100Error(
       f'{source} lacks the pickle(s) {missing} ({FOLDER_NAME}/meta, train, '
-      f'test). Fix: use the original archive. {HOW_TO_GET}'
+      f'test). Fix: extract or download {ARCHIVE_NAME} again. {HOW_TO_GET}'
     )
   return members
 
@@ -141,20 +122,10 @@ def _names(
 
 def read_cifar100(
   source: os.PathLike | str,
-) -> tuple[dict[str, Cifar100Arrays], tuple[str, ...], tuple[str, ...]]:
-  """Reads and checks the whole of CIFAR-100 from its archive or folder.
-
-  Args:
-    source: `cifar-100-python.tar.gz` or the extracted `cifar-100-python/`.
-
-  Returns:
-    (arrays per file 'train' / 'test', fine label names [100], coarse label
-    names [20]).
-
-  Raises:
-    Cifar100Error: unreadable, truncated or malformed input, a fine class with
-      other than `EXAMPLES_PER_CLASS` images, a fine class in two superclasses.
-  """
+) -> tuple[Cifar100Arrays, tuple[str, ...], tuple[str, ...]]:
+  """(all 60,000 images, fine label names [100], coarse label names [20])
+  from the archive or extracted folder `source`, checked: readable, well
+  formed, `EXAMPLES_PER_CLASS` images and one superclass per fine class."""
   source = Path(source)
   members = _read_members(source)
   meta = tfds_cache.unpickle(*members['meta'], Cifar100Error, HOW_TO_GET)
@@ -162,8 +133,8 @@ def read_cifar100(
   coarse_names = _names(
     meta, 'coarse_label_names', NUM_COARSE, members['meta'][1]
   )
-  arrays = {}
-  for name in FILES:
+  arrays = []
+  for file, name in enumerate(FILES):
     content = tfds_cache.unpickle(*members[name], Cifar100Error, HOW_TO_GET)
     where = members[name][1]
     missing = [
@@ -184,20 +155,19 @@ def read_cifar100(
         f'{where}: {len(data)} images but {fine.size} fine and {coarse.size} '
         f'coarse labels. {HOW_TO_GET}'
       )
-    if fine.size and (
-      fine.min() < 0
-      or fine.max() >= NUM_FINE
-      or coarse.min() < 0
-      or coarse.max() >= NUM_COARSE
-    ):
+    out_of_range = (fine < 0) | (fine >= NUM_FINE) | (coarse < 0)
+    if (out_of_range | (coarse >= NUM_COARSE)).any():
       raise Cifar100Error(
         f'{where}: labels out of range (fine 0..{NUM_FINE - 1}, coarse '
         f'0..{NUM_COARSE - 1}). {HOW_TO_GET}'
       )
-    arrays[name] = Cifar100Arrays(rows_to_images(data), fine, coarse)
-
-  fine = np.concatenate([arrays[n].fine_labels for n in FILES])
-  coarse = np.concatenate([arrays[n].coarse_labels for n in FILES])
+    rows = np.arange(len(data))
+    # Rows [N, 3072] of R, G, B planes -> [N, 32, 32, 3].
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    files = np.full_like(rows, file)
+    arrays.append(Cifar100Arrays(images, fine, coarse, files, rows))
+  pooled = Cifar100Arrays(*map(np.concatenate, zip(*arrays)))
+  fine, coarse = pooled.fine_labels, pooled.coarse_labels
   counts = np.bincount(fine, minlength=NUM_FINE)
   wrong = [
     (fine_names[i], int(c))
@@ -219,7 +189,7 @@ def read_cifar100(
         f'{[coarse_names[j] for j in parents]}; each fine class belongs to '
         f'exactly one. {HOW_TO_GET}'
       )
-  return arrays, fine_names, coarse_names
+  return pooled, fine_names, coarse_names
 
 
 class JaxmetaCifar100(tfds_cache.SourceBuilder):
@@ -267,30 +237,20 @@ class JaxmetaCifar100(tfds_cache.SourceBuilder):
 
   def _generate_examples(
     self,
-    arrays: dict[str, Cifar100Arrays],
+    arrays: Cifar100Arrays,
     fine_names: tuple[str, ...],
     coarse_names: tuple[str, ...],
   ):
     for fine, fine_name in enumerate(fine_names):
-      parts = [
-        (f, np.flatnonzero(arrays[name].fine_labels == fine))
-        for f, name in enumerate(FILES)
-      ]
-      rows = np.concatenate([r for _, r in parts])
-      files = np.concatenate([np.full(len(r), f, np.int64) for f, r in parts])
-      images = np.concatenate(
-        [arrays[name].images[r] for name, (_, r) in zip(FILES, parts)]
-      )
-      coarse = np.concatenate(
-        [arrays[name].coarse_labels[r] for name, (_, r) in zip(FILES, parts)]
-      )
+      chosen = np.flatnonzero(arrays.fine_labels == fine)
       yield (
         fine_name,
         {
-          'images': images,
+          'images': arrays.images[chosen],
           'fine_label_name': fine_name,
-          'coarse_label_name': coarse_names[coarse[0]],  # One (checked).
-          'files': files,
-          'rows': rows,
+          # One superclass per fine class (checked).
+          'coarse_label_name': coarse_names[arrays.coarse_labels[chosen[0]]],
+          'files': arrays.files[chosen],
+          'rows': arrays.rows[chosen],
         },
       )

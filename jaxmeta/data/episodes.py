@@ -48,28 +48,14 @@ def _static_int(name: str, value) -> int:
 def check_episode_config(
   num_classes: int, num_drawings: int, ways: int, shots: int, queries: int
 ) -> None:
-  """Checks that a split can supply tasks of this shape.
-
-  Args:
-    num_classes: classes of the split.
-    num_drawings: drawings per class.
-    ways: classes per task.
-    shots: support drawings per class.
-    queries: query drawings per class.
-
-  Raises:
-    EpisodeConfigError (a ValueError): naming the problem and the fix.
-  """
+  """Checks that a split of `num_classes` classes of `num_drawings` drawings
+  can supply tasks of this shape (see `sample_task`); else an
+  `EpisodeConfigError` (a ValueError) naming the problem and the fix."""
   num_classes = _static_int('num_classes', num_classes)
   num_drawings = _static_int('num_drawings', num_drawings)
-  ways = _static_int('ways', ways)
-  shots = _static_int('shots', shots)
-  queries = _static_int('queries', queries)
-  for name, value in (('ways', ways), ('shots', shots), ('queries', queries)):
-    if value < 1:
-      raise EpisodeConfigError(
-        f'{name}={value}: a task needs at least 1. Fix: set {name} >= 1.'
-      )
+  ways = check_at_least_one('ways', ways)
+  shots = check_at_least_one('shots', shots)
+  queries = check_at_least_one('queries', queries)
   if ways > num_classes:
     raise EpisodeConfigError(
       f'ways={ways} is more than the {num_classes} classes of this split. '
@@ -85,10 +71,46 @@ def check_episode_config(
     )
 
 
-def _to_unit_float(x: Array) -> Array:
+def check_at_least_one(name: str, value) -> int:
+  """`value` as a static int >= 1, else an `EpisodeConfigError`."""
+  value = _static_int(name, value)
+  if value < 1:
+    raise EpisodeConfigError(
+      f'{name}={value}: need at least 1. Fix: set {name} >= 1.'
+    )
+  return value
+
+
+def check_images(images) -> None:
+  """Raises an `EpisodeConfigError` unless `images` has 5 axes."""
+  if getattr(images, 'ndim', None) != 5:
+    raise EpisodeConfigError(
+      f'images must be [classes, drawings, H, W, C], got shape '
+      f'{getattr(images, "shape", None)}. Fix: pass `load(...).images` (add '
+      'a trailing channel axis to grayscale arrays).'
+    )
+
+
+def to_unit_float(x: Array) -> Array:
+  """float32 `x`: uint8 scaled by 1/255, other dtypes cast unchanged."""
   if x.dtype == jnp.uint8:
     return x.astype(jnp.float32) / 255.0
   return x.astype(jnp.float32)
+
+
+def split_support_query(chosen: Array, shots: int) -> Task:
+  """A task from its images `[ways, shots + queries, H, W, C]`: per class
+  the first `shots` support, the rest query; class i labelled i."""
+  ways, queries = chosen.shape[0], chosen.shape[1] - shots
+  chosen = to_unit_float(chosen)
+  image_shape = chosen.shape[2:]
+  labels = jnp.arange(ways, dtype=jnp.int32)
+  return Task(
+    support_x=chosen[:, :shots].reshape((ways * shots,) + image_shape),
+    support_y=jnp.repeat(labels, shots),
+    query_x=chosen[:, shots:].reshape((ways * queries,) + image_shape),
+    query_y=jnp.repeat(labels, queries),
+  )
 
 
 def sample_task(
@@ -96,14 +118,11 @@ def sample_task(
 ) -> Task:
   """Samples one `ways`-way `shots`-shot task with `queries` queries per class.
 
-  Classes are drawn without replacement; each chosen class gets a random
-  label in `[0, ways)` (a uniformly random permutation per task); per class,
-  `shots + queries` drawings are drawn without replacement, the first `shots`
-  for the support set and the rest for the query set, so the two are
-  disjoint. Examples are class-major: `support_y = [0]*shots + [1]*shots + ...`.
-  Deterministic given `key`. Cost per task: O(classes) to choose the classes
-  (a top-k of random scores) plus O(ways * drawings) to choose the drawings;
-  only the chosen images are gathered.
+  Classes are drawn without replacement, in random order (label i is the
+  i-th); per class, `shots + queries` distinct drawings, the first `shots` for
+  the support set. Examples are class-major (`support_y = [0]*shots +
+  [1]*shots + ...`). Cost: a top-k over classes plus O(ways * drawings); only
+  the chosen images are gathered.
 
   Args:
     key: PRNG key.
@@ -122,12 +141,7 @@ def sample_task(
     EpisodeConfigError: (at trace time) if the split cannot supply the task.
   """
   images = jnp.asarray(images)
-  if images.ndim != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, drawings, H, W, C], got shape '
-      f'{images.shape}. Fix: pass `load(...).images` (add a trailing channel '
-      'axis to grayscale arrays).'
-    )
+  check_images(images)
   num_classes, num_drawings = images.shape[:2]
   check_episode_config(num_classes, num_drawings, ways, shots, queries)
   class_key, drawing_key = jax.random.split(key)
@@ -144,30 +158,16 @@ def sample_task(
       k, num_drawings, (shots + queries,), replace=False
     )
   )(jax.random.split(drawing_key, ways))  # [ways, shots + queries]
-  chosen = images[
-    classes[:, None], drawings
-  ]  # [ways, shots + queries, H, W, C]
-  chosen = _to_unit_float(chosen)
-  image_shape = images.shape[2:]
-  support_x = chosen[:, :shots].reshape((ways * shots,) + image_shape)
-  query_x = chosen[:, shots:].reshape((ways * queries,) + image_shape)
-  labels = jnp.arange(ways, dtype=jnp.int32)
-  return Task(
-    support_x=support_x,
-    support_y=jnp.repeat(labels, shots),
-    query_x=query_x,
-    query_y=jnp.repeat(labels, queries),
-  )
+  chosen = images[classes[:, None], drawings]  # [ways, shots + queries, ...]
+  return split_support_query(chosen, shots)
 
 
 def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
   """A minibatch of images of all classes, labelled with their class index.
 
-  What ordinary (non-episodic) classification training draws, e.g. the
-  pretraining of Baseline and Baseline++: `batch_size` (class, drawing) pairs
-  uniformly at random with replacement over the whole split. Returned as a
-  `Task` whose support set is the minibatch and whose query set is empty, so
-  that it travels through the same meta-step as episodes.
+  What ordinary classification training draws (Baseline's pretraining):
+  `batch_size` (class, drawing) pairs uniformly with replacement, as a `Task`
+  whose query set is empty, so that it travels through the meta-step.
 
   Args:
     key: PRNG key.
@@ -180,18 +180,13 @@ def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
     `[0]`.
   """
   images = jnp.asarray(images)
-  if images.ndim != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, drawings, H, W, C], got shape {images.shape}.'
-    )
-  batch_size = _static_int('batch_size', batch_size)
-  if batch_size < 1:
-    raise EpisodeConfigError(f'batch_size={batch_size}: need at least 1.')
+  check_images(images)
+  batch_size = check_at_least_one('batch_size', batch_size)
   num_classes, num_drawings = images.shape[:2]
   class_key, drawing_key = jax.random.split(key)
   classes = jax.random.randint(class_key, (batch_size,), 0, num_classes)
   drawings = jax.random.randint(drawing_key, (batch_size,), 0, num_drawings)
-  x = _to_unit_float(images[classes, drawings])
+  x = to_unit_float(images[classes, drawings])
   y = classes.astype(jnp.int32)
   return Task(support_x=x, support_y=y, query_x=x[:0], query_y=y[:0])
 
@@ -208,21 +203,14 @@ def sample_tasks(
 
   Args:
     key: PRNG key.
-    images: `[classes, drawings, H, W, C]` (see `sample_task`).
+    images, ways, shots, queries: see `sample_task`.
     num_tasks: tasks in the batch (static).
-    ways: classes per task (static).
-    shots: support examples per class (static).
-    queries: query examples per class (static).
 
   Returns:
     `Task` whose leaves have a leading `[num_tasks]` axis, e.g. support_x
     float32 `[num_tasks, ways * shots, H, W, C]`.
   """
-  num_tasks = _static_int('num_tasks', num_tasks)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = check_at_least_one('num_tasks', num_tasks)
   keys = jax.random.split(key, num_tasks)
   sample_one = functools.partial(
     sample_task, images=images, ways=ways, shots=shots, queries=queries
@@ -233,23 +221,18 @@ def sample_tasks(
 def eval_task_keys(seed: int, num_tasks: int = 600) -> Array:
   """The keys of a fixed, reproducible set of evaluation tasks.
 
-  Key i is `fold_in(fold_in(key(seed), EVAL_STREAM), i)`: the same on every
-  machine and run, prefix-stable (the first 100 keys of a 600-task set are the
-  100-task set), and from another stream than `split(key(seed))`.
+  Key i is `fold_in(fold_in(key(seed), EVAL_STREAM), i)`: the same everywhere,
+  prefix-stable (a 600-task set starts with the 100-task set), and from
+  another stream than `split(key(seed))`.
 
   Args:
     seed: integer seed of the evaluation set.
-    num_tasks: number of tasks (600 is the usual Omniglot / miniImageNet
-      evaluation protocol).
+    num_tasks: number of tasks (600: the usual protocol).
 
   Returns:
     Typed PRNG keys `[num_tasks]`; use with `jax.vmap(sample_task, ...)`.
   """
-  num_tasks = _static_int('num_tasks', num_tasks)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = check_at_least_one('num_tasks', num_tasks)
   base = jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(
     jnp.arange(num_tasks, dtype=jnp.uint32)

@@ -1,25 +1,15 @@
 """Episodic sampling on the host, for splits too large for the device.
 
-`jaxmeta.data.episodes.sample_tasks` keeps a whole split on the device and
-gathers tasks there: the fastest path whenever the split fits. When it does
-not, `sample_tasks_host` draws the same kind of meta-batch with NumPy on the
-host and transfers only the chosen images (as uint8, converted to float32 on
-the device). The split can then live in host memory, or even stay on disk as a
-`np.memmap` (`np.save` the images once, `np.load(path, mmap_mode='r')`).
+`episodes.sample_tasks` keeps a whole split on the device, the fastest path
+whenever it fits. When it does not, `sample_tasks_host` draws the meta-batch
+with NumPy and transfers only the chosen images (uint8, made float32 on the
+device): the split can live in host memory or stay on disk as a `np.memmap`
+(`np.load(path, mmap_mode='r')`); 4 tasks of 5-way 5-shot 15-query
+mini-ImageNet move 8.5 MB.
 
-Memory, uint8 (float32 is 4x):
-
-* a split: mini-ImageNet train 38,400 x 84 x 84 x 3 = 813 MB (val 203 MB, test
-  254 MB); at 224x224, 5.8 GB. CIFAR-FS train 64 x 600 x 32 x 32 x 3 = 118 MB.
-  Omniglot (vinyals) train 4,112 x 20 x 28 x 28 = 64 MB.
-* what one meta-batch transfers: tasks x ways x (shots + queries) images,
-  e.g. 4 tasks of 5-way 5-shot 15-query mini-ImageNet: 400 images = 8.5 MB.
-
-Tasks have the layout of `episodes.sample_tasks` (class-major examples, labels
-`[0]*shots + [1]*shots + ...`, support and query drawn without replacement and
-disjoint) and are a deterministic function of the key, but they are NOT the
-same tasks as `episodes.sample_tasks` draws from the same key: the random
-streams differ (NumPy's PCG64 seeded from the key's bits).
+Tasks have the layout of `episodes.sample_tasks` and are a deterministic
+function of the key, but not the same tasks: the random streams differ
+(NumPy's PCG64 seeded from the key's bits).
 
 Example::
 
@@ -35,16 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmeta.data import episodes
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
-from jaxmeta.types import Array, PRNGKey, Task
+from jaxmeta.types import PRNGKey, Task
 
 
 def host_rng(key: PRNGKey | np.random.Generator) -> np.random.Generator:
-  """A NumPy generator seeded from all bits of a JAX key (typed or raw uint32).
-
-  A `np.random.Generator` is returned as it is, so callers may pass either.
-  """
+  """A NumPy generator seeded from all bits of a JAX key (typed or raw
+  uint32); a `np.random.Generator` is returned as it is."""
   if isinstance(key, np.random.Generator):
     return key
   key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
@@ -68,21 +57,15 @@ def sample_task_indices(
   shots: int,
   queries: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Which classes and examples a meta-batch uses.
-
-  Classes are drawn without replacement per task (label i is `classes[t, i]`,
-  in random order); per class, `shots + queries` distinct examples, the first
-  `shots` for the support set.
+  """Which classes (label i is `classes[t, i]`) and examples (the first
+  `shots` for the support set) a meta-batch uses, all without replacement.
 
   Returns:
     (classes int64 `[num_tasks, ways]`, examples int64
     `[num_tasks, ways, shots + queries]`).
   """
   check_episode_config(num_classes, num_examples, ways, shots, queries)
-  if num_tasks < 1:
-    raise EpisodeConfigError(
-      f'num_tasks={num_tasks}: need at least 1. Fix: set num_tasks >= 1.'
-    )
+  num_tasks = episodes.check_at_least_one('num_tasks', num_tasks)
   classes = np.stack(
     [rng.choice(num_classes, ways, replace=False) for _ in range(num_tasks)]
   )
@@ -91,11 +74,11 @@ def sample_task_indices(
   return classes, examples
 
 
-@jax.jit
-def _to_unit_float(x: Array) -> Array:
-  if x.dtype == jnp.uint8:
-    return x.astype(jnp.float32) / 255.0
-  return x.astype(jnp.float32)
+# Splits a meta-batch's images on the device, where they arrive as uint8.
+_split_tasks = jax.jit(
+  jax.vmap(episodes.split_support_query, in_axes=(0, None)),
+  static_argnums=1,
+)
 
 
 def sample_tasks_host(
@@ -114,61 +97,23 @@ def sample_tasks_host(
     key: a JAX PRNG key (its bits seed NumPy; see `host_rng`) or a
       `np.random.Generator` (advanced in place).
     images: `[classes, examples, H, W, C]` host array (NumPy or memmap),
-      uint8 (scaled by 1/255) or float (cast to float32 unchanged).
-    num_tasks: tasks in the batch.
-    ways: classes per task.
-    shots: support examples per class.
-    queries: query examples per class.
+      as `episodes.sample_task`'s.
+    num_tasks, ways, shots, queries: as `episodes.sample_tasks`'s.
     device: where to put the tasks (a device or sharding for
       `jax.device_put`); default JAX's default device.
 
   Returns:
-    `Task` on the device, laid out as `episodes.sample_tasks`: support_x
-    float32 `[num_tasks, ways * shots, H, W, C]`, support_y int32
-    `[num_tasks, ways * shots]`, query_x float32
-    `[num_tasks, ways * queries, H, W, C]`, query_y int32
-    `[num_tasks, ways * queries]`.
+    `Task` on the device, as `episodes.sample_tasks` returns, e.g. support_x
+    float32 `[num_tasks, ways * shots, H, W, C]`.
 
   Raises:
     EpisodeConfigError: if the split cannot supply the tasks.
   """
-  if getattr(images, 'ndim', None) != 5:
-    raise EpisodeConfigError(
-      f'images must be [classes, examples, H, W, C], got shape '
-      f'{getattr(images, "shape", None)}. Fix: pass `load(...).images`.'
-    )
+  episodes.check_images(images)
   rng = host_rng(key)
   classes, examples = sample_task_indices(
     rng, images.shape[0], images.shape[1], num_tasks, ways, shots, queries
   )
+  # [num_tasks, ways, shots + queries, H, W, C]
   chosen = np.asarray(images[classes[:, :, None], examples])
-  # chosen: [num_tasks, ways, shots + queries, H, W, C]
-  image_shape = images.shape[2:]
-  support = chosen[:, :, :shots].reshape(
-    (num_tasks, ways * shots) + image_shape
-  )
-  query = chosen[:, :, shots:].reshape(
-    (num_tasks, ways * queries) + image_shape
-  )
-  labels = np.arange(ways, dtype=np.int32)
-  support_y = np.broadcast_to(
-    np.repeat(labels, shots), (num_tasks, ways * shots)
-  )
-  query_y = np.broadcast_to(
-    np.repeat(labels, queries), (num_tasks, ways * queries)
-  )
-  support, query, support_y, query_y = jax.device_put(
-    (
-      support,
-      query,
-      np.ascontiguousarray(support_y),
-      np.ascontiguousarray(query_y),
-    ),
-    device,
-  )
-  return Task(
-    support_x=_to_unit_float(support),
-    support_y=support_y,
-    query_x=_to_unit_float(query),
-    query_y=query_y,
-  )
+  return _split_tasks(jax.device_put(chosen, device), shots)

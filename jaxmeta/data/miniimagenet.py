@@ -1,46 +1,33 @@
 """mini-ImageNet for few-shot classification: class-major image arrays per split.
 
 `load` returns every image of every class of one split as a single uint8 array
-`[classes, 600, S, S, 3]` (S = 84 by default), which
-`jaxmeta.data.episodes.sample_task` samples tasks from on device (or
-`jaxmeta.data.host_episodes.sample_tasks_host` on the host, for devices too
-small to hold a split).
-
-Split scheme `'ravi'` (the only one): the CSVs of Ravi & Larochelle (2017),
-shipped in `jaxmeta/data/splits/miniimagenet/ravi` (MIT, see the README
-there): 64 / 16 / 20 classes of ILSVRC-2012, 600 images each (38,400 / 9,600 /
-12,000 images).
+`[classes, 600, S, S, 3]` (S = 84 by default). Split scheme `'ravi'` (the only
+one): the CSVs of Ravi & Larochelle (2017), shipped in
+`jaxmeta/data/splits/miniimagenet/ravi`: 64 / 16 / 20 classes of ILSVRC-2012,
+600 images each; classes and images in the CSV's order (or the pickle's
+`class_dict` order).
 
 Images are not shipped and cannot be downloaded (ImageNet's terms): the first
-load prepares a TFDS cache from a source the user brings (the ILSVRC-2012
-training images, their tar, ready-made image files or the cache pickles; see
-`jaxmeta.data.miniimagenet_sources`), preprocessed as
-`jaxmeta.data.miniimagenet_tfds` says.
-
-The source (`$JAXMETA_MINIIMAGENET_DIR`) and the cache are found as
-`jaxmeta.data.tfds_cache` says. The cache is per source family (ILSVRC,
+load prepares a TFDS cache (`jaxmeta.data.miniimagenet_tfds`) from a source the
+user brings, found with the cache as `jaxmeta.data.tfds_cache` says
+(`$JAXMETA_MINIIMAGENET_DIR`). The cache is per source family (ILSVRC,
 ready-made images, pickles) and image size; with no source found, an existing
 cache is used, in that order of preference.
 
-Order: classes in the CSV's order (sorted WordNet ids); images of a class in
-the CSV's order (ascending ILSVRC index), or the pickle's `class_dict` order.
-
-Memory: 84x84x3 bytes = 21 KB per image; train 38,400 images = 813 MB, val
-203 MB, test 254 MB as uint8 (4x that as float32). Preparing from ILSVRC
-decodes 60,000 JPEGs once (minutes, single process).
+Memory: 21 KB per 84x84 image; train 813 MB, val 203 MB, test 254 MB as uint8.
 """
 
 from __future__ import annotations
 
-from jaxmeta.data import miniimagenet_sources
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import tfds_cache
-from jaxmeta.data.miniimagenet_sources import MiniImageNetError
+from jaxmeta.data.miniimagenet_tfds import MiniImageNetError
+from jaxmeta.data.miniimagenet_tfds import PICKLE_SIZE
 from jaxmeta.data.registry import ClassImages
 from jaxmeta.data.registry import register_dataset
 
 SCHEMES = ('ravi',)
-SOURCE_ENV = miniimagenet_sources.SOURCE_ENV
+SOURCE_ENV = miniimagenet_tfds.SOURCE_ENV
 
 
 @register_dataset('miniimagenet')
@@ -79,9 +66,10 @@ def load(
   return _read_split(builder, split)
 
 
-def _builder(data_dir, config, **kwargs):
+def _builder(data_dir, source, image_size, **kwargs):
+  config = miniimagenet_tfds.config_for(source, image_size)
   return miniimagenet_tfds.JaxmetaMiniImageNet(
-    data_dir=data_dir, config=config, file_format='array_record', **kwargs
+    data_dir=data_dir, config=config, **kwargs
   )
 
 
@@ -89,44 +77,27 @@ def _prepared_builder(
   data_dir: str | None, source_dir: str | None, image_size: int
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
-  probe = _builder(data_dir, miniimagenet_tfds.config_for('ilsvrc', image_size))
+  probe = _builder(data_dir, 'ilsvrc', image_size)
   how, folder = tfds_cache.source_folders(
     source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
   )[0]
-  source = miniimagenet_sources.locate(folder)
+  source = miniimagenet_tfds.locate(folder)
   if source is not None:
-    config_source = miniimagenet_tfds.config_source(source.kind)
-    if (
-      config_source == 'pickles'
-      and image_size != miniimagenet_sources.PICKLE_SIZE
-    ):
-      raise MiniImageNetError(
-        f'{folder} holds the mini-imagenet-cache pickles, which are '
-        f'{miniimagenet_sources.PICKLE_SIZE}x{miniimagenet_sources.PICKLE_SIZE}; '
-        f'image_size={image_size} needs the ILSVRC-2012 images. Fix: use '
-        f'image_size={miniimagenet_sources.PICKLE_SIZE} or bring the ILSVRC '
-        'images.'
-      )
-    config = miniimagenet_tfds.config_for(config_source, image_size)
-    builder = _builder(data_dir, config, source_dir=source.path)
+    kind = miniimagenet_tfds.config_source(source.kind)
+    miniimagenet_tfds.check_pickle_size(kind, image_size, folder)
+    builder = _builder(data_dir, kind, image_size, source_dir=source.path)
     if not builder.is_prepared():
       tfds_cache.prepare_cache(builder, MiniImageNetError)
     return builder
-  candidates = [
-    probe,
-    _builder(data_dir, miniimagenet_tfds.config_for('images', image_size)),
-  ]
-  if image_size == miniimagenet_sources.PICKLE_SIZE:
-    candidates.append(
-      _builder(data_dir, miniimagenet_tfds.config_for('pickles', image_size))
-    )
+  kinds = ('images', 'pickles')[: 1 + (image_size == PICKLE_SIZE)]
+  candidates = [probe] + [_builder(data_dir, k, image_size) for k in kinds]
   for builder in candidates:
     if builder.is_prepared():
       return builder
   raise MiniImageNetError(
     f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
     f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-    f'{miniimagenet_sources.HOW_TO_GET}'
+    f'{miniimagenet_tfds.HOW_TO_GET}'
   )
 
 

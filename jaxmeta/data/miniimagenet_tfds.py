@@ -1,23 +1,30 @@
-"""A TensorFlow-free tensorflow-datasets builder for mini-ImageNet (private).
+"""The TensorFlow-free TFDS builder behind `jaxmeta.data.miniimagenet.load`.
 
-Users call `jaxmeta.data.miniimagenet.load`; this module prepares the TFDS
-cache it reads from one of the sources of `jaxmeta.data.miniimagenet_sources`.
+The images are not shipped (ImageNet's terms); the builder reads one of four
+sources a user brings, and checks every class of every split before writing:
 
-The split lists are Ravi & Larochelle's CSVs, shipped in
-`jaxmeta/data/splits/miniimagenet/ravi` (see the README there). A row
-`n0153282900000005.jpg,n01532829` names class n01532829's image with 1-based
-index 5 in ascending numeric order of `k` among that class's ILSVRC files
+* `'folder'`: the ILSVRC-2012 training images extracted, a folder of class
+  folders `nXXXXXXXX/` holding `nXXXXXXXX_<k>.JPEG`;
+* `'tar'`: `ILSVRC2012_img_train.tar` itself, a tar of per-class tars
+  `nXXXXXXXX.tar` (read in place, nothing is extracted to disk);
+* `'images'`: mini-ImageNet image files named as in the CSVs
+  (`n0153282900000005.jpg`), as Ravi & Larochelle's `images/` folder or the
+  `{train,val,test}/<wnid>/` folders that common preparation scripts write
+  (e.g. MAML's `proc_images.py`); usually already 84x84;
+* `'pickles'`: the preprocessed caches `mini-imagenet-cache-{train,val,test}.pkl`
+  (Ren et al., 2018), dicts with `image_data` uint8 `[N, 84, 84, 3]` and
+  `class_dict` {wnid: [row indices]}.
+
+The split lists are Ravi & Larochelle's CSVs (`splits/miniimagenet/ravi`): a
+row `n0153282900000005.jpg,n01532829` names the image with 1-based index 5 in
+ascending numeric order of `k` among class n01532829's ILSVRC files
 `n01532829_<k>.JPEG` (not `k = 5`).
 
-Images (`preprocess`; one builder config per image size) are resized whole to
-SxS with PIL's LANCZOS, as MAML's `proc_images.py`; the pickles' are used
-unchanged (84x84). Ready-made images and pickles were made by other code, so
-their pixels differ slightly from ours: each source family ('ilsvrc' for
-folder and tar, 'images', 'pickles') is its own builder config.
-
-The cache holds one record per class, its images `[600, S, S, 3]` (see
-`tfds_cache.class_images_feature`); everything runs without TensorFlow (see
-`jaxmeta.data.tfds_cache`).
+Images (`preprocess`) are resized whole to SxS with PIL's LANCZOS, as MAML's
+`proc_images.py`; the pickles' are used unchanged (84x84). Ready-made images
+and pickles were made by other code, so each source family ('ilsvrc' for
+folder and tar, 'images', 'pickles') is its own builder config. The cache
+holds one record per class (`tfds_cache.class_images_feature`).
 """
 
 from __future__ import annotations
@@ -27,47 +34,259 @@ import dataclasses
 import io
 import os
 from pathlib import Path
+import re
 import tarfile
-from typing import Any
-import zlib
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxmeta.data import registry
 from jaxmeta.data import tfds_cache
-from jaxmeta.data.miniimagenet_sources import CSV_NAME_RE
-from jaxmeta.data.miniimagenet_sources import HOW_TO_GET
-from jaxmeta.data.miniimagenet_sources import locate
-from jaxmeta.data.miniimagenet_sources import MiniImageNetError
-from jaxmeta.data.miniimagenet_sources import PICKLE_NAMES
-from jaxmeta.data.miniimagenet_sources import PICKLE_SIZE
-from jaxmeta.data.miniimagenet_sources import read_pickle
-from jaxmeta.data.miniimagenet_sources import scan_folder
-from jaxmeta.data.miniimagenet_sources import scan_images
-from jaxmeta.data.miniimagenet_sources import scan_tar
-from jaxmeta.data.miniimagenet_sources import Source
-from jaxmeta.data.miniimagenet_sources import tar_error
 from jaxmeta.data.registry import SPLITS
 
 SPLITS_DIR = (
   Path(__file__).resolve().parent / 'splits' / 'miniimagenet' / 'ravi'
 )
+SOURCE_ENV = 'JAXMETA_MINIIMAGENET_DIR'
+TAR_NAME = 'ILSVRC2012_img_train.tar'
+PICKLE_NAMES = {s: f'mini-imagenet-cache-{s}.pkl' for s in SPLITS}
+PICKLE_SIZE = 84
+IMAGENET_URL = 'https://image-net.org/challenges/LSVRC/2012/'
+
+# A split list's file name: wnid, then the 1-based index of the image.
+CSV_NAME_RE = re.compile(r'^(n\d{8})(\d{8})\.jpg$')
+_WNID_RE = re.compile(r'^n\d{8}$')
+_ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
+
+# What PIL raises for a file that is not a decodable image.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+_DECODE_ERRORS += (Image.DecompressionBombError,)
+# Appended to every error about the source: what to bring, where to put it.
+HOW_TO_GET = (
+  "mini-ImageNet cannot be downloaded for you (ImageNet's terms); bring one "
+  f'of: (a) the ILSVRC-2012 training images as a folder of nXXXXXXXX/ class '
+  f'folders of nXXXXXXXX_<k>.JPEG, (b) {TAR_NAME} (138 GB, from '
+  f'{IMAGENET_URL} after accepting its terms), (c) mini-ImageNet images '
+  'named as in the split CSVs (nXXXXXXXX000000NN.jpg) in images/ or in '
+  'train/, val/, test/ class folders, or (d) the three files '
+  f'{", ".join(PICKLE_NAMES.values())}; and pass `source_dir=` the folder '
+  f'that holds it, or set ${SOURCE_ENV}, or put it in the TFDS manual dir '
+  '(<data_dir>/downloads/manual).'
+)
+
+
+class MiniImageNetError(registry.DataError):
+  """mini-ImageNet data is missing, corrupted, malformed or asked for wrongly."""
+
+  dataset = 'mini-ImageNet'
+
+
+class Source(NamedTuple):
+  """A located source: kind 'folder' | 'tar' | 'images' | 'pickles', its path."""
+
+  kind: str
+  path: Path
+
+
+def locate(folder: os.PathLike | str) -> Source | None:
+  """The mini-ImageNet source in `folder`, or None if there is none.
+
+  Looks for, in this order: class folders `nXXXXXXXX/` (in `folder` or
+  `folder/train`) of ILSVRC files ('folder') or CSV-named files ('images'),
+  CSV-named files in `folder/images` ('images'), the train tar or `folder`
+  being it ('tar'), the three pickles ('pickles'; some only: an error).
+  """
+  folder = Path(folder)
+  if folder.is_file() and folder.name.endswith('.tar'):
+    return Source('tar', folder)
+  if not folder.is_dir():
+    return None
+  for candidate in (folder, folder / 'train'):
+    kind = _class_folders_kind(candidate)
+    if kind == 'folder':
+      return Source('folder', candidate)
+    if kind == 'images':
+      return Source('images', folder)
+  images = folder / 'images'
+  if images.is_dir() and any(
+    CSV_NAME_RE.match(p.name) for p in images.iterdir()
+  ):
+    return Source('images', folder)
+  if (folder / TAR_NAME).is_file():
+    return Source('tar', folder / TAR_NAME)
+  present = [n for n in PICKLE_NAMES.values() if (folder / n).is_file()]
+  if len(present) == len(PICKLE_NAMES):
+    return Source('pickles', folder)
+  if present:
+    missing = [n for n in PICKLE_NAMES.values() if n not in present]
+    raise MiniImageNetError(
+      f'{folder} holds {present} but not {missing}. Fix: put all three '
+      'mini-imagenet-cache pickles there.'
+    )
+  return None
+
+
+def _class_folders_kind(folder: Path) -> str | None:
+  """'folder' (ILSVRC files), 'images' (CSV-named files) or None: the kind
+  of the first file in `folder`'s class folders."""
+  if not folder.is_dir():
+    return None
+  for sub in sorted(folder.iterdir()):
+    if sub.is_dir() and _WNID_RE.match(sub.name):
+      for path in sub.iterdir():
+        if _ILSVRC_FILE_RE.match(path.name):
+          return 'folder'
+        if CSV_NAME_RE.match(path.name):
+          return 'images'
+  return None
+
+
+def _select_ilsvrc(
+  names: list[str], wnid: str, indices: list[int], where: str
+) -> list[str]:
+  """Those of a class's file `names` that are its ILSVRC images `indices`:
+  1-based ranks in numeric order of `k` in `<wnid>_<k>.JPEG`."""
+  pattern = re.compile(rf'^{wnid}_(\d+)\.jpe?g$', re.IGNORECASE)
+  ks = {n: int(m[1]) for n in names if (m := pattern.match(Path(n).name))}
+  ordered = sorted(ks, key=ks.__getitem__)
+  if max(indices) > len(ordered):
+    raise MiniImageNetError(
+      f'Class {wnid} has {len(ordered)} images in {where}, but the split '
+      f'list needs image #{max(indices)} (1-based, in numeric order of '
+      f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
+      f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}'
+    )
+  return [ordered[i - 1] for i in indices]
+
+
+def scan_folder(
+  root: Path, classes: dict[str, list[int]]
+) -> dict[str, list[Path]]:
+  """wnid -> the selected files, in split-list order; checks completeness."""
+  selected = {}
+  for wnid, indices in classes.items():
+    folder = root / wnid
+    if not folder.is_dir():
+      raise MiniImageNetError(
+        f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}'
+      )
+    names = [p.name for p in folder.iterdir()]
+    chosen = _select_ilsvrc(names, wnid, indices, str(folder))
+    selected[wnid] = [folder / n for n in chosen]
+  return selected
+
+
+def scan_images(
+  root: Path, split: str, classes: dict[str, list[int]]
+) -> dict[str, list[Path]]:
+  """wnid -> paths of CSV-named files, in split-list order, looked for in
+  `root/images/`, `root/<split>/<wnid>/` and `root/<wnid>/`."""
+  selected = {}
+  for wnid, indices in classes.items():
+    folders = (root / 'images', root / split / wnid, root / wnid)
+    paths = []
+    for index in indices:
+      name = f'{wnid}{index:08d}.jpg'
+      path = next((f / name for f in folders if (f / name).is_file()), None)
+      if path is None:
+        raise MiniImageNetError(
+          f'Class {wnid} of the {split} split is incomplete: no {name} in '
+          f'{[str(f) for f in folders]}. Fix: complete the images of class '
+          f'{wnid}. {HOW_TO_GET}'
+        )
+      paths.append(path)
+    selected[wnid] = paths
+  return selected
+
+
+def tar_error(path: Path, e: Exception) -> MiniImageNetError:
+  """The error for an unreadable train tar."""
+  fix = f'Fix: replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
+  return tfds_cache.unreadable(MiniImageNetError, path, 'tar', e, fix)
+
+
+def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
+  """wnid -> selected member names of its inner tar; checks completeness."""
+  selected = {}
+  try:
+    with tarfile.open(path, 'r:*') as outer:
+      members = {Path(m.name).name: m for m in outer.getmembers() if m.isfile()}
+      for wnid, indices in classes.items():
+        member = members.get(f'{wnid}.tar')
+        if member is None:
+          raise MiniImageNetError(
+            f'Class {wnid} is missing: {path} has no member {wnid}.tar '
+            f'(an incomplete or truncated tar?). {HOW_TO_GET}'
+          )
+        with tarfile.open(
+          fileobj=outer.extractfile(member), mode='r:'
+        ) as inner:
+          names = [m.name for m in inner.getmembers() if m.isfile()]
+        where = f'{path}:{wnid}.tar'
+        selected[wnid] = _select_ilsvrc(names, wnid, indices, where)
+  except tfds_cache.ARCHIVE_ERRORS as e:
+    raise tar_error(path, e) from e
+  return selected
+
+
+def read_pickle(
+  path: Path, classes: dict[str, list[int]]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """One cache pickle, checked against the split list: (image_data uint8
+  `[N, 84, 84, 3]`, wnid -> its rows of image_data in class_dict order)."""
+  content = tfds_cache.unpickle(
+    path.read_bytes(), str(path), MiniImageNetError, HOW_TO_GET
+  )
+  if 'image_data' not in content or 'class_dict' not in content:
+    raise MiniImageNetError(
+      f'{path} should hold a dict with keys image_data and class_dict. '
+      f'{HOW_TO_GET}'
+    )
+  data = content['image_data']
+  if (
+    not isinstance(data, np.ndarray)
+    or data.dtype != np.uint8
+    or data.ndim != 4
+    or data.shape[1:] != (PICKLE_SIZE, PICKLE_SIZE, 3)
+  ):
+    raise MiniImageNetError(
+      f'{path}: image_data should be uint8 [N, {PICKLE_SIZE}, {PICKLE_SIZE}, '
+      f'3], got {getattr(data, "dtype", type(data).__name__)} '
+      f'{list(getattr(data, "shape", ()))}. {HOW_TO_GET}'
+    )
+  class_dict = {
+    tfds_cache.decode_text(k): v for k, v in dict(content['class_dict']).items()
+  }
+  if set(class_dict) != set(classes):
+    extra = sorted(set(class_dict) - set(classes))[:5]
+    lacking = sorted(set(classes) - set(class_dict))[:5]
+    raise MiniImageNetError(
+      f'{path} holds classes {extra} not in the split list and lacks '
+      f'{lacking}. Fix: use the pickle of this split. {HOW_TO_GET}'
+    )
+  out = {}
+  for wnid, indices in classes.items():
+    rows = np.asarray(class_dict[wnid], np.int64)
+    if rows.shape != (len(indices),):
+      raise MiniImageNetError(
+        f'{path}: class {wnid} has {rows.size} images, the split list '
+        f'{len(indices)}. {HOW_TO_GET}'
+      )
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+      raise MiniImageNetError(
+        f'{path}: class {wnid} points at rows outside image_data. {HOW_TO_GET}'
+      )
+    out[wnid] = rows
+  return data, out
 
 
 def read_split_list(
   split: str, splits_dir: Path | None = None
 ) -> dict[str, list[int]]:
-  """One Ravi CSV: wnid -> 1-based ILSVRC indices, both in file order.
-
-  Args:
-    split: 'train', 'val' or 'test'.
-    splits_dir: folder of `{split}.csv`; default `SPLITS_DIR` (the shipped
-      lists).
-
-  Raises:
-    MiniImageNetError: a missing or malformed list.
-  """
+  """One Ravi CSV (`{split}.csv` of `splits_dir`, default `SPLITS_DIR`):
+  wnid -> 1-based ILSVRC indices, both in file order."""
   path = Path(splits_dir or SPLITS_DIR) / f'{split}.csv'
   fix = 'Fix: reinstall jaxmeta or restore jaxmeta/data/splits/miniimagenet.'
   try:
@@ -94,15 +313,9 @@ def read_split_list(
 
 
 def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
-  """Decodes one JPEG to RGB, resizes it whole with LANCZOS to SxS.
-
-  RGB: a few ILSVRC images are grayscale or CMYK. Whole: no crop, the aspect
-  ratio is not kept. LANCZOS is PIL's antialiased resize (formerly
-  `Image.ANTIALIAS`). An image already SxS is not resampled.
-
-  Returns:
-    uint8 `[S, S, 3]`.
-  """
+  """Decodes one JPEG to RGB (some ILSVRC images are grayscale or CMYK) and
+  resizes it whole (no crop) with LANCZOS to uint8 `[S, S, 3]`, unless it is
+  SxS already."""
   with Image.open(io.BytesIO(jpeg)) as image:
     image = image.convert('RGB')
     if image.size != (image_size, image_size):
@@ -136,12 +349,21 @@ def config_source(kind: str) -> str:
   return {'folder': 'ilsvrc', 'tar': 'ilsvrc'}.get(kind, kind)
 
 
+def check_pickle_size(source: str, image_size: int, folder: Path) -> None:
+  """Refuses to read the pickles (84x84) into another `image_size`."""
+  if source == 'pickles' and image_size != PICKLE_SIZE:
+    raise MiniImageNetError(
+      f'{folder} holds the mini-imagenet-cache pickles, which are '
+      f'{PICKLE_SIZE}x{PICKLE_SIZE}; image_size={image_size} needs the '
+      f'ILSVRC-2012 images. Fix: use image_size={PICKLE_SIZE} or bring the '
+      'ILSVRC images.'
+    )
+
+
 class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   """mini-ImageNet (Ravi & Larochelle split), without TensorFlow."""
 
-  name = (
-    'jaxmeta_miniimagenet'  # Not the class name's 'jaxmeta_mini_image_net'.
-  )
+  name = 'jaxmeta_miniimagenet'  # Not TFDS's 'jaxmeta_mini_image_net'.
   MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_GET
   error = MiniImageNetError
   HOMEPAGE = 'https://github.com/twitter/meta-learning-lstm'
@@ -163,13 +385,8 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = 'ilsvrc84'
 
   def __init__(self, *, splits_dir: os.PathLike | str | None = None, **kwargs):
-    """Builder reading a folder, the train tar or the pickles.
-
-    Args:
-      splits_dir: folder of the split CSVs; default the shipped Ravi lists.
-      **kwargs: `source_dir=`, the folder holding the source (see `locate`)
-        or the tar itself, and `tfds.core.DatasetBuilder` arguments.
-    """
+    """`splits_dir`: the folder of the split CSVs (default the shipped
+    lists); `**kwargs`: `source_dir=` (see `locate`) and TFDS's arguments."""
     self._splits_dir = None if splits_dir is None else Path(splits_dir)
     super().__init__(**kwargs)
 
@@ -203,15 +420,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
         f'{wanted} images, but {folder} holds {source.kind}. Fix: use the '
         f'config for {source.kind} (config_for).'
       )
-    if (
-      source.kind == 'pickles' and self.builder_config.image_size != PICKLE_SIZE
-    ):
-      raise MiniImageNetError(
-        f'The mini-imagenet-cache pickles are {PICKLE_SIZE}x{PICKLE_SIZE}; '
-        f'image_size={self.builder_config.image_size} needs the ILSVRC '
-        f'images. Fix: use image_size={PICKLE_SIZE}, or bring the ILSVRC '
-        'images.'
-      )
+    check_pickle_size(wanted, self.builder_config.image_size, folder)
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
     scan = {
       'folder': lambda s: scan_folder(source.path, lists[s]),
@@ -254,12 +463,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   def _decode(self, jpeg: bytes, wnid: str, where: str) -> np.ndarray:
     try:
       return preprocess(jpeg, self.builder_config.image_size)
-    except (
-      OSError,
-      SyntaxError,
-      ValueError,
-      Image.DecompressionBombError,
-    ) as e:
+    except _DECODE_ERRORS as e:
       raise MiniImageNetError(
         f'Cannot decode {where} (class {wnid}): {e!r}. Fix: replace it by '
         'the intact ILSVRC-2012 file.'
@@ -283,5 +487,5 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
               for name in selected[wnid]
             ]
           yield self._example(wnid, images, indices)
-    except (tarfile.TarError, EOFError, zlib.error) as e:
+    except tfds_cache.ARCHIVE_ERRORS as e:
       raise tar_error(path, e) from e

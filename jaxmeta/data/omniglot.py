@@ -1,54 +1,39 @@
 """Omniglot for few-shot classification: class-major image arrays per split.
 
 `load` returns every drawing of every class of one split as a single uint8
-array `[classes, 20, S, S, 1]`, which `jaxmeta.data.episodes.sample_task`
-samples tasks from on device.
-
-Data path: the official zips are found in, in this order, `source_dir`,
-`$JAXMETA_OMNIGLOT_DIR`, a checkout's `data/omniglot` (the copy shipped in the
-repository), the data dir's `downloads/manual`; else they are downloaded from
-github.com/brendenlake/omniglot (see `omniglot_tfds.source_dirs`). They are
-preprocessed once into a TFDS cache found as `jaxmeta.data.tfds_cache` says;
-later loads read that cache.
-
-Images: uint8, strokes 255 and background 0 (inverted, as MAML's reference
-code: strokes are 1.0 after `/ 255`), resized from 105x105 with PIL's BOX
-filter on the float image (see `jaxmeta.data.omniglot_tfds`).
+array `[classes, 20, S, S, 1]`, strokes 255 on a background of 0, prepared
+from the official zips as `jaxmeta.data.omniglot_tfds` says (where the zips
+are looked for: `omniglot_tfds.source_dirs`) into a TFDS cache found as
+`jaxmeta.data.tfds_cache` says.
 
 Split schemes (every scheme splits by character; rotations make classes):
 
-* `'vinyals'`: the split lists of Vinyals et al. (2016), shipped with the
-  package in `jaxmeta/data/splits/omniglot/vinyals`: 1,028 train, 172 val
-  (= trainval minus train) and 423 test characters. The lists name every
-  character with its four rotations, so by default every split has rotated
-  classes: 4,112 / 688 / 1,692 classes.
-* `'maml'`: the procedure of Finn et al.'s reference code (cbfinn/maml,
-  `data_generator.py`): all 1,623 characters of both zips, shuffled with seed
-  1, the first 1,100 train, the next 100 val, the remaining 423 test. The
-  reference shuffles `os.listdir` order with `random.seed(1)`, and that order
-  depends on the file system; we shuffle the SORTED `'Alphabet/characterNN'`
-  names with `random.Random(1).shuffle`. Same procedure, reproducible
-  everywhere, but not necessarily the same characters as any one run of the
-  reference. By default rotations for train only: 4,400 / 100 / 423 classes.
-* `'lake'`: the background / evaluation division of Lake et al. (2015): test
-  is the evaluation set (659 characters, 20 alphabets not seen in training);
-  val is 100 background characters (the first 100 of the sorted background
-  names after `random.Random(0).shuffle`); train is the other 864. By
-  default rotations for train only: 3,456 / 100 / 659 classes.
+* `'vinyals'`: the lists of Vinyals et al. (2016), shipped in
+  `jaxmeta/data/splits/omniglot/vinyals`: 1,028 train, 172 val (= trainval
+  minus train) and 423 test characters, every split with rotations by
+  default: 4,112 / 688 / 1,692 classes.
+* `'maml'`: the procedure of Finn et al.'s reference code (cbfinn/maml): all
+  1,623 characters shuffled with seed 1, then 1,100 train, 100 val, 423 test.
+  The reference shuffles `os.listdir` order, which depends on the file
+  system; we shuffle the SORTED names with `random.Random(1).shuffle`:
+  reproducible, though not the characters of any one run of the reference.
+  Rotations for train only by default: 4,400 / 100 / 423 classes.
+* `'lake'`: Lake et al. (2015): test is the evaluation set (659 characters,
+  20 alphabets unseen in training); val the first 100 sorted background
+  names after `random.Random(0).shuffle`; train the other 864. Rotations for
+  train only by default: 3,456 / 100 / 659 classes.
 
-Rotations: `rotDDD` with DDD = 90k is `np.rot90(image, k)` over the (H, W)
-axes, i.e. a counter-clockwise rotation by 90k degrees of the image as
-displayed (row 0 on top); each rotation of a character is its own class.
-
-Order: classes sorted by character name then rotation, except `'vinyals'`,
-which keeps the order of its list files; drawings within a class are ordered by
-drawer 1..20.
+Rotations: `rotDDD`, DDD = 90k, is `np.rot90(image, k)` over (H, W), a
+counter-clockwise turn of the image as displayed; each is its own class.
+Order: classes by character name then rotation ('vinyals': its list order);
+drawings by drawer 1..20.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import itertools
 import os
 from pathlib import Path
 import random
@@ -94,8 +79,7 @@ def load(
 ) -> ClassImages:
   """Loads one split of Omniglot as a class-major image array.
 
-  The first call for a `data_dir` and `image_size` prepares the TFDS cache
-  from the zips, decoding every image once; later calls read the cache, and
+  The first call for a `data_dir` and `image_size` prepares the TFDS cache;
   calls in the same process reuse the decoded arrays.
 
   Args:
@@ -106,25 +90,20 @@ def load(
     rotations: whether every 90-degree rotation of a character is a class of
       its own. None: the scheme's convention (vinyals: every split; maml and
       lake: train only). True / False force it.
-    data_dir: TFDS data dir of the prepared cache; default `$JAXMETA_DATA_DIR`
-      if set, else TFDS's default.
+    data_dir: TFDS data dir of the cache (see `jaxmeta.data.tfds_cache`).
     source_dir: folder holding images_background.zip and
       images_evaluation.zip (and optionally `splits/vinyals/*.txt`, read
-      instead of the shipped lists), looked at first; then
-      `$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot` and
-      `<data_dir>/downloads/manual`. If none holds the zips they are
-      downloaded from the official URLs. Zips are only read to prepare the
-      cache.
+      instead of the shipped lists), looked at first (see
+      `omniglot_tfds.source_dirs`); only read to prepare the cache.
 
   Returns:
     `ClassImages` with images uint8 `[classes, 20, S, S, 1]`.
 
   Raises:
-    OmniglotError (a ValueError): unknown split or scheme, a bad image size,
-      missing, corrupted or badly laid out source files, split lists that
-      share characters (a leak between splits), a data dir that is not a
-      writable folder, a corrupted prepared cache, or the zips absent and no
-      network to download them.
+    OmniglotError (a ValueError): a bad argument; missing, corrupted or badly
+      laid out source files; split lists that share characters; a data dir
+      that is not a writable folder; a corrupted cache; no zips and no
+      network.
 
   Example::
 
@@ -138,13 +117,11 @@ def load(
     raise OmniglotError(
       f'rotations must be None, True or False, got {rotations!r}.'
     )
-  data_dir = tfds_cache.data_dir_or_default(data_dir)
   source = Path(source_dir) if source_dir is not None else None
-
   if scheme == 'vinyals':  # Check the lists before any work on the images.
     characters = _split_characters(scheme, split, source, None)
   by_source = _load_characters(
-    data_dir,
+    tfds_cache.data_dir_or_default(data_dir),
     image_size,
     None if source is None else str(source),
   )
@@ -166,20 +143,16 @@ def load(
     )
   if rotations is None:
     rotations = scheme == 'vinyals' or split == 'train'
-  class_rotations = ROTATIONS if rotations else (0,)
-
-  num_classes = len(characters) * len(class_rotations)
-  shape = (num_classes, NUM_DRAWINGS, image_size, image_size, 1)
-  images = np.empty(shape, np.uint8)
-  class_names = []
-  for i, character in enumerate(characters):
-    drawings = images_by_character[character]  # [20, S, S, 1]
-    for j, degrees in enumerate(class_rotations):
-      images[i * len(class_rotations) + j] = np.rot90(
-        drawings, k=degrees // 90, axes=(1, 2)
-      )
-      class_names.append(f'{character}/rot{degrees:03d}')
-  return ClassImages(images=images, class_names=tuple(class_names))
+  classes = [
+    (c, d) for c in characters for d in (ROTATIONS if rotations else (0,))
+  ]
+  images = np.stack(
+    [
+      np.rot90(images_by_character[c], k=d // 90, axes=(1, 2))
+      for c, d in classes
+    ]
+  )  # [classes, 20, S, S, 1]
+  return ClassImages(images, tuple(f'{c}/rot{d:03d}' for c, d in classes))
 
 
 def _split_characters(
@@ -188,42 +161,28 @@ def _split_characters(
   source_dir: Path | None,
   names: dict[str, list[str]] | None,
 ) -> list[str]:
-  """The characters ('Alphabet/characterNN') of one split of one scheme.
-
-  Computes all three splits and refuses them if they share characters.
-
-  Args:
-    scheme: one of `SPLIT_SCHEMES`.
-    split: one of `SPLITS`.
-    source_dir: where to look first for the Vinyals lists, or None.
-    names: 'background' / 'evaluation' -> sorted character names of each zip
-      (not used by 'vinyals').
-  """
+  """The characters ('Alphabet/characterNN') of one split of one scheme,
+  checked against the other splits (`check_disjoint`); `names`: each zip's
+  sorted characters (not used by 'vinyals')."""
   splits = {s: _scheme_split(scheme, s, source_dir, names) for s in SPLITS}
   check_disjoint(splits, scheme)
   return splits[split]
 
 
 def check_disjoint(splits: dict[str, list[str]], scheme: str) -> None:
-  """Raises OmniglotError if two splits share a character (a data leak).
-
-  Args:
-    splits: split name -> characters ('Alphabet/characterNN').
-    scheme: the scheme's name, for the message.
-  """
-  names = sorted(splits)
-  for i, first in enumerate(names):
-    for second in names[i + 1 :]:
-      shared = sorted(set(splits[first]) & set(splits[second]))
-      if shared:
-        raise OmniglotError(
-          f'The {scheme} {first} and {second} splits share {len(shared)} '
-          f'characters, e.g. {shared[:3]}: every rotation of a character '
-          'must belong to one split only, or the evaluation sees training '
-          'characters. Fix: remove them from one of the split lists (the '
-          'Vinyals lists shipped in jaxmeta/data/splits/omniglot/vinyals '
-          'are disjoint).'
-        )
+  """Raises OmniglotError if two `splits` (name -> characters) share a
+  character, a leak between them; `scheme` names them in the message."""
+  for first, second in itertools.combinations(sorted(splits), 2):
+    shared = sorted(set(splits[first]) & set(splits[second]))
+    if shared:
+      raise OmniglotError(
+        f'The {scheme} {first} and {second} splits share {len(shared)} '
+        f'characters, e.g. {shared[:3]}: every rotation of a character '
+        'must belong to one split only, or the evaluation sees training '
+        'characters. Fix: remove them from one of the split lists (the '
+        'Vinyals lists shipped in jaxmeta/data/splits/omniglot/vinyals '
+        'are disjoint).'
+      )
 
 
 def _scheme_split(
@@ -245,12 +204,9 @@ def _scheme_split(
   if scheme == 'maml':
     shuffled = sorted(names['background'] + names['evaluation'])
     random.Random(_MAML_SEED).shuffle(shuffled)
-    start, stop = {
-      'train': (0, _MAML_NUM_TRAIN),
-      'val': (_MAML_NUM_TRAIN, _MAML_NUM_TRAIN + _MAML_NUM_VAL),
-      'test': (_MAML_NUM_TRAIN + _MAML_NUM_VAL, None),
-    }[split]
-    return sorted(shuffled[start:stop])
+    bounds = (0, _MAML_NUM_TRAIN, _MAML_NUM_TRAIN + _MAML_NUM_VAL, None)
+    i = SPLITS.index(split)
+    return sorted(shuffled[bounds[i] : bounds[i + 1]])
   # scheme == 'lake'
   if split == 'test':
     return sorted(names['evaluation'])
@@ -263,11 +219,8 @@ def _scheme_split(
 
 
 def _read_vinyals_list(name: str, source_dir: Path | None) -> list[str]:
-  """Characters of one Vinyals list file, in file order, each once.
-
-  Read from `source_dir/splits/vinyals` if there, else from the lists shipped
-  with the package.
-  """
+  """Characters of one Vinyals list file (`source_dir/splits/vinyals` if
+  there, else the shipped one), in file order, each once."""
   candidates = [_VINYALS_DIR.joinpath(f'{name}.txt')]
   if source_dir is not None:
     candidates.insert(0, source_dir / 'splits' / 'vinyals' / f'{name}.txt')
@@ -300,17 +253,8 @@ def _read_vinyals_list(name: str, source_dir: Path | None) -> list[str]:
 def _load_characters(
   data_dir: str | None, image_size: int, source_dir: str
 ) -> dict[str, dict[str, np.ndarray]]:
-  """Prepares (if needed) and reads the TFDS cache.
-
-  Returns:
-    'background' / 'evaluation' -> {'Alphabet/characterNN' -> uint8
-    `[20, S, S, 1]`, drawers in order}.
-
-  Raises:
-    OmniglotError: besides the source files' errors, a `data_dir` that is not
-      a writable folder, or a prepared cache that cannot be read (truncated,
-      corrupted): the message names the folder to delete.
-  """
+  """Prepares (if needed) and reads the TFDS cache: 'background' /
+  'evaluation' -> {'Alphabet/characterNN' -> uint8 `[20, S, S, 1]`}."""
   root = Path(data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR))
   tfds_cache.check_data_dir(root, OmniglotError)
   config = omniglot_tfds.config_for_size(image_size)
@@ -325,32 +269,27 @@ def _load_characters(
     return OmniglotError(
       f'The prepared Omniglot cache in {cache_dir} cannot be read '
       f'(truncated or corrupted?): {type(e).__name__}: '
-      f'{str(e).rstrip(".")}. Fix: delete '
-      'that folder and load again to rebuild it from the zips.'
+      f'{str(e).rstrip(".")}. Fix: delete that folder and load again to '
+      'rebuild it from the zips.'
     )
 
   try:
     builder = omniglot_tfds.JaxmetaOmniglot(
-      data_dir=data_dir,
-      config=config,
-      file_format='array_record',
-      source_dir=source_dir,
+      data_dir=data_dir, config=config, source_dir=source_dir
     )
     prepared = builder.is_prepared()
-  except OmniglotError:
-    raise
   except Exception as e:
     raise corrupted(e) from e
   if not prepared:
     tfds_cache.prepare_cache(builder, OmniglotError)
-  by_source = {}
-  for source in omniglot_tfds.SOURCES:
-    try:
-      columns = omniglot_tfds.read_all(builder.as_data_source()[source])
-    except OmniglotError:
-      raise
-    except Exception as e:
-      raise corrupted(e) from e
+  try:
+    data = builder.as_data_source()
+    by_source = {
+      s: omniglot_tfds.read_all(data[s]) for s in omniglot_tfds.SOURCES
+    }
+  except Exception as e:
+    raise corrupted(e) from e
+  for source, columns in by_source.items():
     order = np.lexsort((columns['drawer'], columns['character_name']))
     names = columns['character_name'][order]
     images = columns['image'][order].reshape(

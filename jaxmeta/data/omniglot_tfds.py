@@ -1,22 +1,15 @@
-"""A TensorFlow-free tensorflow-datasets builder for Omniglot (private).
+"""The TensorFlow-free TFDS builder behind `jaxmeta.data.omniglot.load`.
 
-Users call `jaxmeta.data.omniglot.load`; this module holds what it needs to
-prepare the TFDS cache from the official zips.
-
-Everything here runs without TensorFlow (see `jaxmeta.data.tfds_cache`).
-
-Preprocessing, done once at preparation time (per builder config = image size):
+Preprocessing, once per builder config (= image size):
 
 1. Decode the 105x105 1-bit PNG; strokes are black (0), background white (1).
-2. Invert to a float32 image with strokes = 1.0 and background = 0.0, the
-   convention of MAML's reference code (`1.0 - image / 255`).
-3. Resize 105x105 -> SxS with PIL's `BOX` filter on the float image
-   (`Image.fromarray(x, mode='F').resize((S, S), Image.Resampling.BOX)`): each
-   output pixel is the mean of the input pixels whose centres fall inside its
-   footprint, i.e. antialiased, non-negative, no ringing and nothing to clip.
-   (MAML's reference resizes the 1-bit image with `resample=LANCZOS`, which
-   PIL silently replaces by NEAREST for mode '1' images: no antialiasing.)
-4. Quantise: `uint8(round(255 * x))`, shape `[S, S, 1]`, strokes = 255.
+2. Invert to float32, strokes 1.0 and background 0.0, as MAML's reference
+   code (`1.0 - image / 255`).
+3. Resize to SxS with PIL's `BOX` filter on the float image: each output
+   pixel is the mean of the input pixels whose centres fall inside it
+   (antialiased, no ringing, nothing to clip). MAML's reference asks LANCZOS
+   of the 1-bit image, which PIL silently replaces by NEAREST.
+4. Quantise: `uint8(round(255 * x))`, shape `[S, S, 1]`, strokes 255.
 """
 
 from __future__ import annotations
@@ -54,17 +47,12 @@ PROBE_TIMEOUT_S = 3.0
 
 # TFDS split name -> official zip file name.
 SOURCES = ('background', 'evaluation')
-ZIP_NAMES = {
-  'background': 'images_background.zip',
-  'evaluation': 'images_evaluation.zip',
-}
+ZIP_NAMES = {s: f'images_{s}.zip' for s in SOURCES}
 # The official download locations. Their sha256 (those tensorflow-datasets
 # registers for the original files) are in `checksums.tsv` next to this file.
 URLS = {
-  'background': 'https://github.com/brendenlake/omniglot/raw/master/python/'
-  'images_background.zip',
-  'evaluation': 'https://github.com/brendenlake/omniglot/raw/master/python/'
-  'images_evaluation.zip',
+  s: f'https://github.com/brendenlake/omniglot/raw/master/python/{name}'
+  for s, name in ZIP_NAMES.items()
 }
 # Characters in each zip; every character has exactly `NUM_DRAWINGS` drawers.
 NUM_CHARACTERS = {'background': 964, 'evaluation': 659}
@@ -104,7 +92,7 @@ def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
     image_size: side `S` of the output.
 
   Returns:
-    uint8 `[S, S, 1]`, strokes 255 and background 0 (see the module docstring).
+    uint8 `[S, S, 1]`, strokes 255 (see the module docstring).
   """
   with Image.open(io.BytesIO(png_bytes)) as image:
     gray = np.asarray(image.convert('L'), dtype=np.float32)  # [105, 105]
@@ -124,14 +112,6 @@ def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
   return quantised[:, :, None]
 
 
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _check_sha256sums(source_dir: Path, path: Path) -> None:
   """Checks `path` against `source_dir/SHA256SUMS` if that file lists it."""
   sums_file = source_dir / 'SHA256SUMS'
@@ -140,34 +120,23 @@ def _check_sha256sums(source_dir: Path, path: Path) -> None:
   for line in sums_file.read_text().splitlines():
     parts = line.split()
     if len(parts) == 2 and parts[1].lstrip('*') == path.name:
-      actual = _sha256(path)
-      if actual != parts[0]:
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+      if digest.hexdigest() != parts[0]:
         raise OmniglotError(
-          f'{path} is corrupted or replaced: its sha256 is {actual}, but '
-          f'{sums_file} says {parts[0]}. Fix: restore the original file '
-          '(e.g. `git checkout data/omniglot`), or remove its line from '
-          'SHA256SUMS if you replaced it on purpose.'
+          f'{path} is corrupted or replaced: its sha256 is '
+          f'{digest.hexdigest()}, but {sums_file} says {parts[0]}. Fix: '
+          'restore the original file (e.g. `git checkout data/omniglot`), or '
+          'remove its line from SHA256SUMS if you replaced it on purpose.'
         )
       return
 
 
 def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
-  """Checks an Omniglot zip's integrity and layout, and indexes its drawings.
-
-  Checks that the zip is readable (not truncated), that every member's CRC is
-  right, that every PNG follows the official layout and that the expected
-  number of characters, each with drawers 1..20, is there.
-
-  Args:
-    path: the zip file.
-    source: 'background' or 'evaluation'.
-
-  Returns:
-    The drawings, sorted by (alphabet, character, drawer).
-
-  Raises:
-    OmniglotError: naming the problem and the fix.
-  """
+  """The drawings of the `source` zip, sorted by (alphabet, character,
+  drawer), once it is checked: readable, CRCs, layout, drawers 1..20."""
   path = Path(path)
   shipped = (
     f", or by the project's shipped copy in {DEFAULT_SOURCE_DIR}"
@@ -183,9 +152,7 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
       bad_member = archive.testzip()  # Reads every member, checks its CRC.
       names = archive.namelist()
   except tfds_cache.ARCHIVE_ERRORS as e:
-    raise OmniglotError(
-      f'{path} is not a readable zip file (truncated or corrupted?): {e}. {fix}'
-    ) from e
+    raise tfds_cache.unreadable(OmniglotError, path, 'zip file', e, fix) from e
   if bad_member is not None:
     raise OmniglotError(
       f'{path} is corrupted: member {bad_member!r} fails its CRC check. {fix}'
@@ -209,19 +176,16 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
       )
     drawings.append(
       Drawing(
-        member=name,
-        alphabet=match['alphabet'],
-        character=int(match['character']),
-        character_id=int(match['id']),
-        drawer=int(match['drawer']),
+        name,
+        match['alphabet'],
+        int(match['character']),
+        int(match['id']),
+        int(match['drawer']),
       )
     )
-
   by_character = {}
-  for drawing in drawings:
-    by_character.setdefault((drawing.alphabet, drawing.character), []).append(
-      drawing
-    )
+  for d in drawings:
+    by_character.setdefault((d.alphabet, d.character), []).append(d)
   if len(by_character) != NUM_CHARACTERS[source]:
     raise OmniglotError(
       f'{path} holds {len(by_character)} characters laid out as {_LAYOUT}; '
@@ -240,12 +204,8 @@ def scan_zip(path: os.PathLike | str, source: str) -> list[Drawing]:
 
 
 def locate_zips(source_dir: Path) -> dict[str, Path] | None:
-  """Finds both zips in `source_dir`; None if neither is there.
-
-  Raises:
-    OmniglotError: if only one of them is there, or the folder holds
-      extracted folders instead of zips.
-  """
+  """Both zips in `source_dir`; None if neither is there, an error if one
+  only or extracted folders are."""
   paths = {s: source_dir / ZIP_NAMES[s] for s in SOURCES}
   present = {s: p.is_file() for s, p in paths.items()}
   if all(present.values()):
@@ -272,26 +232,21 @@ def locate_zips(source_dir: Path) -> dict[str, Path] | None:
 def source_dirs(
   source_dir: os.PathLike | str | None, manual_dir: os.PathLike | str | None
 ) -> list[tuple[str, Path]]:
-  """Where to look for the two zips, in order, as `(how chosen, folder)`.
-
-  1. `source_dir`, if given; 2. `$JAXMETA_OMNIGLOT_DIR`, if set; 3. the
-  checkout's `data/omniglot`, if it exists; 4. TFDS's manual dir,
-  `<data_dir>/downloads/manual`, if given. Only then are the zips downloaded.
-  """
+  """Where to look for the two zips, in order, as `(how chosen, folder)`:
+  `source_dir`, `$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot`,
+  TFDS's manual dir (those that exist). Only then are they downloaded."""
   checkout = [("the checkout's data/omniglot", DEFAULT_SOURCE_DIR)]
-  if DEFAULT_SOURCE_DIR is None:
-    checkout = []
   return tfds_cache.source_folders(
-    source_dir, SOURCE_DIR_ENV, manual_dir, *checkout
+    source_dir,
+    SOURCE_DIR_ENV,
+    manual_dir,
+    *(checkout if DEFAULT_SOURCE_DIR is not None else []),
   )
 
 
 def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-  """Whether a TCP connection to `url`'s host and port opens within `timeout`.
-
-  One attempt, no retries: tells a machine without network in seconds,
-  where TFDS's download retries would take minutes to give up.
-  """
+  """Whether a TCP connection to `url`'s host opens within `timeout`: one
+  try, so that no network is told in seconds, not TFDS's minutes of retries."""
   parts = urllib.parse.urlsplit(url)
   port = parts.port or (443 if parts.scheme == 'https' else 80)
   try:
@@ -323,12 +278,8 @@ def config_for_size(image_size: int) -> OmniglotConfig:
 class JaxmetaOmniglot(tfds_cache.SourceBuilder):
   """Omniglot, preprocessed for few-shot learning, without TensorFlow.
 
-  `source_dir=`: the folder holding images_background.zip and
-  images_evaluation.zip, looked at first; then the folders of `source_dirs`
-  (`$JAXMETA_OMNIGLOT_DIR`, the checkout's `data/omniglot`,
-  `<data_dir>/downloads/manual`). If none holds the zips, they are downloaded
-  from the official URLs (checked against the sha256 in `checksums.tsv`),
-  after a quick check that the download host can be reached.
+  The zips are looked for in the folders of `source_dirs`, else downloaded
+  (checked against `checksums.tsv`) once `can_reach` says the host is up.
   """
 
   BUILDER_CONFIGS = [
@@ -373,23 +324,17 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     candidates = source_dirs(self._source_dir, tfds_cache.manual_dir(self))
-    zips = None
     for _, folder in candidates:
       zips = locate_zips(folder)
       if zips is not None:
         for path in zips.values():
           _check_sha256sums(folder, path)
         break
-    if zips is None:
+    else:
       zips = self._download(dl_manager, candidates)
     # Scan (integrity and layout) both zips before writing anything.
     indices = {s: scan_zip(zips[s], s) for s in SOURCES}
-    return {
-      s: self._generate_examples(
-        zip_path=zips[s], source=s, drawings=indices[s]
-      )
-      for s in SOURCES
-    }
+    return {s: self._generate_examples(zips[s], s, indices[s]) for s in SOURCES}
 
   def _download(
     self,
@@ -398,6 +343,9 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
   ) -> dict[str, Path]:
     """Downloads the zips, failing in seconds when offline."""
     looked = '; '.join(f'{how}: {folder}' for how, folder in candidates)
+    missing = (
+      f'The Omniglot zips are in none of the places looked in ({looked})'
+    )
     fix = (
       'Fix: put images_background.zip and images_evaluation.zip in one '
       f'of these folders, in this order of precedence: `source_dir=`, '
@@ -406,17 +354,15 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
     )
     if not can_reach(URLS['background']):
       raise OmniglotError(
-        f'The Omniglot zips are in none of the places looked in ({looked}) '
-        f'and {urllib.parse.urlsplit(URLS["background"]).netloc} cannot be '
-        f'reached (no network?) to download them. {fix}'
+        f'{missing} and {urllib.parse.urlsplit(URLS["background"]).netloc} '
+        f'cannot be reached (no network?) to download them. {fix}'
       )
     try:
       downloaded = dl_manager.download(URLS)
     except Exception as e:
       raise OmniglotError(
-        f'The Omniglot zips are in none of the places looked in ({looked}) '
-        f'and downloading them from {list(URLS.values())} failed: {e!r}. '
-        f'{fix}'
+        f'{missing} and downloading them from {list(URLS.values())} failed: '
+        f'{e!r}. {fix}'
       ) from e
     return {s: Path(os.fspath(p)) for s, p in downloaded.items()}
 

@@ -1,17 +1,14 @@
 """The dataset registry: a name -> a loader of class-major image arrays.
 
-A few-shot image dataset is, to the rest of jaxmeta, one function:
-`load(split, *, data_dir=None, source_dir=None, **options) -> ClassImages`,
-returning every example of every class of one split as a single uint8 array
-`[classes, examples, H, W, C]`. The on-device episodic sampler
-(`jaxmeta.data.episodes`) and the experiment harness know nothing else about
-a dataset, so adding one is a module with such a loader and a `register`
-line.
+A few-shot image dataset is, to the rest of jaxmeta, one function
+`load(split, *, data_dir=None, source_dir=None, **options) -> ClassImages`;
+the sampler (`jaxmeta.data.episodes`) and the harness know nothing else, so
+adding one is a module with such a loader and a `register_dataset` line.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -19,11 +16,10 @@ SPLITS = ('train', 'val', 'test')
 
 
 class DataError(ValueError):
-  """Missing, malformed or unusable data; the message names the problem and
-  the fix.
+  """Missing, malformed or unusable data; the message names the fix.
 
-  Every dataset's own error type derives from it, so that a program can
-  report any of them as one line; its `dataset` names the data in messages.
+  Every dataset's error type derives from it (so that a program reports any
+  as one line); its `dataset` names the data in messages.
   """
 
   dataset = 'the data'
@@ -43,16 +39,7 @@ class ClassImages(NamedTuple):
   class_names: tuple[str, ...]
 
 
-class Loader(Protocol):
-  def __call__(
-    self,
-    split: str,
-    *,
-    data_dir: str | None = None,
-    source_dir: str | None = None,
-    **options,
-  ) -> ClassImages: ...
-
+Loader = Callable[..., ClassImages]  # See the module docstring.
 
 DATASETS: dict[str, Loader] = {}
 

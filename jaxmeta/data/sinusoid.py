@@ -18,12 +18,8 @@ INPUT_RANGE = (-5.0, 5.0)
 def sample_task_params(key: PRNGKey) -> tuple[Array, Array]:
   """Draws `(amplitude, phase)` of one task, both float32 scalars."""
   k_amp, k_phase = jax.random.split(key)
-  amplitude = jax.random.uniform(
-    k_amp, (), minval=AMPLITUDE_RANGE[0], maxval=AMPLITUDE_RANGE[1]
-  )
-  phase = jax.random.uniform(
-    k_phase, (), minval=PHASE_RANGE[0], maxval=PHASE_RANGE[1]
-  )
+  amplitude = jax.random.uniform(k_amp, (), jnp.float32, *AMPLITUDE_RANGE)
+  phase = jax.random.uniform(k_phase, (), jnp.float32, *PHASE_RANGE)
   return amplitude, phase
 
 
@@ -46,9 +42,7 @@ def sample_task(key: PRNGKey, shots: int, queries: int) -> Task:
   """
   k_task, k_support, k_query = jax.random.split(key, 3)
   amplitude, phase = sample_task_params(k_task)
-  draw = lambda k, n: jax.random.uniform(
-    k, (n, 1), minval=INPUT_RANGE[0], maxval=INPUT_RANGE[1]
-  )
+  draw = lambda k, n: jax.random.uniform(k, (n, 1), jnp.float32, *INPUT_RANGE)
   support_x, query_x = draw(k_support, shots), draw(k_query, queries)
   return Task(
     support_x,

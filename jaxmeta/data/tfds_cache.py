@@ -1,10 +1,9 @@
 """The TFDS caches behind the image datasets: where, how prepared, how read.
 
 Every image dataset is prepared once, from its source files, by a
-TensorFlow-free tensorflow-datasets builder into a TFDS data dir; later loads
-read that cache. Images are `tfds.features.Tensor(uint8)` (not
-`tfds.features.Image`, which imports TensorFlow), the file format is
-array_record and records are read back with `builder.as_data_source()`.
+TensorFlow-free tensorflow-datasets builder into a TFDS data dir (array_record;
+images as `tfds.features.Tensor(uint8)`, since `tfds.features.Image` imports
+TensorFlow); later loads read that cache with `builder.as_data_source()`.
 Errors are the dataset's `DataError` subclass, whose `dataset` names it.
 
 Where the cache goes: `data_dir`, else `$JAXMETA_DATA_DIR`, else TFDS's
@@ -56,8 +55,7 @@ def check_split(
   error: type[DataError],
   name: str = '',
 ) -> None:
-  """Raises `error` unless `split` is one of `SPLITS` and `scheme` one of
-  `schemes`; `name` (default `error.dataset`) names the dataset."""
+  """Raises `error` unless `split` is in `SPLITS` and `scheme` in `schemes`."""
   if split not in SPLITS:
     raise error(f'Unknown split {split!r}. Fix: use one of {SPLITS}.')
   if scheme not in schemes:
@@ -70,8 +68,7 @@ def check_split(
 def check_image_size(
   image_size: int, error: type[DataError], example: str, largest: int = 0
 ) -> None:
-  """Raises `error` unless `image_size` is an int in 1..`largest`, the size of
-  the source images (0: any positive int); the fix proposes `example`."""
+  """Raises `error` unless `image_size` is an int in 1..`largest` (0: any)."""
   if (
     isinstance(image_size, bool)
     or not isinstance(image_size, int)
@@ -104,9 +101,10 @@ def source_folders(
   manual: os.PathLike | str | None,
   *others: tuple[str, Path],
 ) -> list[tuple[str, Path]]:
-  """Where to look for a source, in order, each with how it was chosen (for
-  messages): `source_dir` if given, `$env` if set, the `others`, then TFDS's
-  `manual` dir if given."""
+  """`(how chosen, folder)` in order: `source_dir`, `$env`, `others`, `manual`.
+
+  Folders that are None or unset are left out.
+  """
   folders = [] if source_dir is None else [('source_dir', Path(source_dir))]
   if os.environ.get(env):
     folders.append((f'${env}', Path(os.environ[env])))
@@ -117,8 +115,7 @@ def source_folders(
 
 
 def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
-  """Refuses a data dir that cannot be a folder (it or a parent is a file);
-  returns the nearest of `root` and its parents that exists."""
+  """The nearest existing of `root` and its parents; `error` if a file."""
   existing = Path(root)
   while not existing.exists() and existing.parent != existing:
     existing = existing.parent
@@ -134,8 +131,8 @@ def check_data_dir(root: os.PathLike | str, error: type[DataError]) -> Path:
 def prepare_cache(
   builder: tfds.core.DatasetBuilder, error: type[DataError]
 ) -> None:
-  """Prepares a builder's cache; a data dir that cannot be written, or that
-  is removed meanwhile, is one `error` naming the fix."""
+  """Prepares a builder's cache; an unwritable or vanished data dir is one
+  `error` naming the fix."""
   what = error.dataset
   root = Path(os.fspath(builder.data_dir_root))
   existing = check_data_dir(root, error)
@@ -169,18 +166,15 @@ def prepare_cache(
 def unpickle(
   data: bytes, where: str, error: type[DataError], how_to_get: str
 ) -> Mapping[str, Any]:
-  """A pickled dict (Python 2 or 3) with str keys; `where` names the file and
-  `how_to_get` ends every message. `encoding='latin1'` is what NumPy needs for
-  Python 2 arrays."""
+  """A pickled dict (Python 2 or 3, `latin1` as NumPy needs) with str keys;
+  `where` names the file and `how_to_get` ends every message."""
   try:
     content = pickle.loads(data, encoding='latin1')
   except Exception as e:
     # Truncated or corrupted pickles raise EOFError, UnpicklingError,
     # ValueError, ... depending on where they break.
-    raise error(
-      f'{where} is not a readable pickle (truncated or corrupted?): '
-      f'{e!r}. Fix: replace it by an intact copy. {how_to_get}'
-    ) from e
+    fix = f'Fix: replace it by an intact copy. {how_to_get}'
+    raise unreadable(error, where, 'pickle', e, fix) from e
   if not isinstance(content, dict):
     raise error(
       f'{where} holds a {type(content).__name__}, not the dict of a '
@@ -192,14 +186,21 @@ def unpickle(
   }
 
 
+def unreadable(
+  error: type[DataError], where: str, kind: str, e: Exception, fix: str
+) -> DataError:
+  """`error` saying that the file `where` is not a readable `kind`."""
+  return error(
+    f'{where} is not a readable {kind} (truncated or corrupted?): {e!r}. {fix}'
+  )
+
+
 def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
   """A record's images `[n, *image_shape]` uint8, stored as raw bytes.
 
-  A record per class rather than per image: the loaders always read whole
-  classes, and TFDS decodes records one by one in Python, so 100 large records
-  read far faster than 60,000 small ones (benchmarks/README.md). Raw bytes
-  (`Encoding.BYTES`), not TFDS's default int64 list, which is several times
-  slower to write and read.
+  A record per class: TFDS decodes records one by one in Python, so 100 large
+  records read far faster than 60,000 small ones; raw bytes, as TFDS's
+  default int64 list is several times slower (benchmarks/README.md).
   """
   return tfds.features.Tensor(
     shape=(None,) + tuple(image_shape),
@@ -209,19 +210,17 @@ def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
 
 
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A TFDS builder that reads its source from a folder given to it.
+  """A TFDS builder reading its source from `source_dir=`, else the manual dir.
 
-  `source_dir=` names that folder; without it, TFDS's manual dir. A dataset
-  sets `error` (its `DataError` subclass), `HOMEPAGE`, `CITATION` and the
-  `_description` and `_features` of its records.
+  A dataset sets `error` (its `DataError` subclass), `HOMEPAGE`, `CITATION`,
+  `_description` and `_features`; the file format defaults to array_record.
   """
 
   error: type[DataError] = DataError
   HOMEPAGE = ''
   CITATION = ''
 
-  # Bump when the preprocessing or the features change: caches are per
-  # version.
+  # Bump when the preprocessing or the features change: caches are per version.
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   # TFDS finds `checksums.tsv` next to `code_path`. Its own lookup of
@@ -232,13 +231,7 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, source_dir: os.PathLike | str | None = None, **kwargs):
     """`**kwargs`: `tfds.core.DatasetBuilder`'s (data_dir, config, ...)."""
     self._source_dir = None if source_dir is None else Path(source_dir)
-    super().__init__(**kwargs)
-
-  def _description(self) -> str:
-    raise NotImplementedError
-
-  def _features(self) -> dict[str, Any]:
-    raise NotImplementedError
+    super().__init__(**{'file_format': 'array_record', **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -255,13 +248,8 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     locate: Callable[[Path], Any],
     missing: str,
   ) -> tuple[Path, Any]:
-    """`(folder, locate(folder))` for `source_dir`, else TFDS's manual dir.
-
-    Raises:
-      `self.error`, quoting `MANUAL_DOWNLOAD_INSTRUCTIONS` (the dataset's
-      `HOW_TO_GET`), where there is no folder or `locate` finds no `missing`
-      in it.
-    """
+    """`(folder, locate(folder))` for `source_dir`, else TFDS's manual dir;
+    `self.error` if there is no folder or `locate` finds no `missing`."""
     folder = self._source_dir
     if folder is None:
       try:
@@ -283,19 +271,9 @@ def read_class_records(
   slot: Callable[[Mapping[str, Any]], int | None],
   error: type[DataError],
 ) -> np.ndarray:
-  """Reads a split of one record per class into one uint8 array.
-
-  Args:
-    builder: a prepared builder whose records hold `images`.
-    split: the TFDS split.
-    shape: `[classes, examples, H, W, C]` of the result.
-    slot: record -> its class's index in the result, or None if the record is
-      not a class of it.
-    error: the dataset's `DataError` subclass.
-
-  Returns:
-    uint8 `shape`, each class filled exactly once.
-  """
+  """Reads a `split` of one record per class (its `images`) into one uint8
+  array of `shape` `[classes, examples, H, W, C]`, each class filled once at
+  `slot(record)` (None: the record is not a class of it)."""
   source = builder.as_data_source()[split]
   where = f'The prepared {error.dataset} cache in {builder.data_dir}'
   fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'

@@ -9,7 +9,6 @@ from PIL import Image
 import pytest
 
 from jaxmeta.data import miniimagenet
-from jaxmeta.data import miniimagenet_sources
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import registry
 from support.miniimagenet_files import fake_pickles
@@ -72,7 +71,7 @@ def _tar_bytes(files):
 
 def _write_tar(root, classes):
   root.mkdir(parents=True, exist_ok=True)
-  path = root / miniimagenet_sources.TAR_NAME
+  path = root / miniimagenet_tfds.TAR_NAME
   path.write_bytes(
     _tar_bytes({f'{w}.tar': _tar_bytes(files) for w, files in classes.items()})
   )
