@@ -1,9 +1,4 @@
-"""Timing: implementations take turns in blocks; paired speed-ups.
-
-A `Timer` is one implementation's meta-step, compiled and run once;
-`time_interleaved` times the timers of one configuration and algorithm in
-turns, and `add_paired_speedups` compares them round by round.
-"""
+"""Timing: implementations take turns in blocks; paired speed-ups."""
 
 import dataclasses
 import statistics
@@ -17,7 +12,7 @@ MIN_TIMED_STEPS = 3
 
 @dataclasses.dataclass
 class Timer:
-  """One implementation's meta-step, compiled and run once, ready to time.
+  """One implementation's meta-step, compiled and run once.
 
   Attributes:
     step: runs one synchronised meta-step (device work finished on return).
@@ -61,15 +56,12 @@ def time_interleaved(
 ) -> list[dict[str, Any]]:
   """Times the implementations of one configuration in interleaved blocks.
 
-  After `warmup_steps` steps of each, the implementations take turns: each
-  turn is one untimed step (the others' steps in between leave caches,
-  allocators and thread pools cold) and then up to `interleave_block` timed
-  steps. A change in the machine's load (large on shared CPUs) then shifts
-  every implementation rather than the ratios between them. Turns of a single
-  step are not the default: on 2 CPU cores each step paid for the other
-  framework's last, and the medians came out far above those of a sequential
-  run (benchmarks/README.md). An implementation whose warm-up says it would
-  overrun `max_seconds_per_row` leaves the rotation after fewer steps.
+  After `warmup_steps` steps of each, the implementations take turns of one
+  untimed step (the others' steps leave caches and thread pools cold) and up
+  to `interleave_block` timed ones, so that a change in the machine's load
+  shifts every implementation rather than their ratios (why blocks and not
+  single steps: benchmarks/README.md). An implementation whose warm-up says
+  it would overrun `max_seconds_per_row` leaves after fewer steps.
 
   Returns:
     One dict per timer: the row fields, or `{'status': 'error', 'error'}`.
@@ -129,14 +121,11 @@ def add_paired_speedups(
 ) -> None:
   """Adds each timed row's speed-up over `baseline`, paired turn by turn.
 
-  The implementations of one configuration and algorithm take turns (see
-  `time_interleaved`), so turn `i` of every implementation falls in the same
-  round. `paired_x_vs_<baseline>` is the median over rounds of (the
-  baseline's median step time in that round / this row's), with the first
-  and third quartiles in `..._quartiles`. A burst of load that hits a few
-  turns moves it less than it moves the ratio of the two overall medians
-  (`x vs torch loop` in the table): on this 2-core CPU two runs ten minutes
-  apart gave MAML ratios of medians of 0.94 and 1.08.
+  Turn `i` of every implementation falls in the same round (see
+  `time_interleaved`). `paired_x_vs_<baseline>` is the median over rounds of
+  (the baseline's median step time in that round / this row's), with the
+  first and third quartiles in `..._quartiles`: a burst of load that hits a
+  few turns moves it less than the ratio of the overall medians.
 
   Args:
     rows: the result rows (modified in place); rows without
