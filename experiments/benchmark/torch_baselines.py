@@ -62,7 +62,7 @@ def batch_from_numpy(
   query_y: np.ndarray,
   device: torch.device | str = 'cpu',
 ) -> TorchBatch:
-  """An NHWC meta-batch (jaxmeta's `Task` layout) as a `TorchBatch` on
+  """An NHWC numpy meta-batch (jaxmeta's `Task` layout) as a `TorchBatch` on
   `device`: the same fields, images transposed to NCHW."""
   # np.array copies: torch must not share (read-only) jax buffers.
   to_x = lambda a: torch.from_numpy(

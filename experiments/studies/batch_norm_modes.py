@@ -15,18 +15,16 @@ workdir is reused.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 
 from .. import common
-from .. import train
 from ..configs import default
+from . import compare
 from jaxmeta.models import norms
 
 
@@ -73,16 +71,12 @@ def run_modes(
   for ways, steps in iterations.items():
     rows = out.setdefault(f'{ways}-way', {})
     for mode in modes:
-      run_dir = os.path.join(workdir, f'{ways}way_{mode}')
-      path = os.path.join(run_dir, 'results.json')
-      if os.path.exists(path):
-        with open(path) as f:
-          results = json.load(f)
-      else:
-        print(f'{ways}-way 1-shot, {mode}: {steps} iterations')
-        results = train.train_and_evaluate(
-          mode_config(mode, ways, steps, base), run_dir, progress=progress
-        )
+      results = compare.train_or_read(
+        mode_config(mode, ways, steps, base),
+        os.path.join(workdir, f'{ways}way_{mode}'),
+        progress,
+        f'{ways}-way 1-shot, {mode}: {steps} iterations',
+      )
       rows[mode] = {k: results[k] for k in RESULTS}
   return out
 
@@ -134,20 +128,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
   """The program, once the flags are parsed."""
-  if len(argv) > 1 or not flag_values.workdir:
-    common.exit_with_one_line(
-      '--workdir is required and flags are --name=value; --helpfull lists them.'
-    )
-  unknown = sorted(set(flag_values.modes) - set(norms.MODES))
-  if unknown:
-    common.exit_with_one_line(
-      f'Unknown modes {unknown}; choose from {list(norms.MODES)}.'
-    )
+  compare.check_command_line(argv, flag_values, 'modes', norms.MODES)
   if flag_values.iterations_5way < 1 or flag_values.iterations_20way < 0:
     common.exit_with_one_line(
       '--iterations_5way must be >= 1 and --iterations_20way >= 0.'
     )
-  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
   iterations = {5: flag_values.iterations_5way}
   if flag_values.iterations_20way:
     iterations[20] = flag_values.iterations_20way

@@ -20,31 +20,24 @@ from ..configs import reptile_omniglot
 # The fields of Nichol et al.'s Omniglot recipe (`reptile_omniglot:5w1s`)
 # that Reptile takes into the comparison.
 REPTILE_FIELDS = (
-  'train_shots',
-  'train_queries',
-  'meta_batch_size',
-  'inner_steps',
-  'eval_inner_steps',
-  'inner_lr',
-  'inner_optimizer',
-  'meta_optimizer',
-  'meta_lr',
-  'meta_lr_final',
-)
+  'train_shots train_queries meta_batch_size inner_steps eval_inner_steps '
+  'inner_lr inner_optimizer meta_optimizer meta_lr meta_lr_final'
+).split()
 MAML = (
   "The main job's recipe (inner lr 0.4, one step, 3 at test time, "
   'meta-batch 8, Adam 2e-3 decayed linearly to 0).'
 )
+# The methods without an inner loop in training: one episode or minibatch
+# per update, Adam 1e-3.
+NO_INNER_LOOP = dict(meta_batch_size=1, inner_steps=0, meta_lr=1e-3)
 BASELINE = (
   'Minibatches of 16, Adam 1e-3; a new head fitted with 100 SGD steps at '
   '0.01, momentum 0.9 (Chen et al.).',
   dict(
-    meta_batch_size=1,
+    NO_INNER_LOOP,
     batch_size=16,
-    inner_steps=0,
     inner_lr=0.01,
     eval_inner_steps=100,
-    meta_lr=1e-3,
     meta_lr_final=-1.0,
   ),
 )
@@ -74,12 +67,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     '60-way training episodes, 5 queries, one episode per update, Adam 1e-3 '
     'halved every 2000 episodes (Snell et al.).',
     dict(
+      NO_INNER_LOOP,
       train_ways=60,
       train_queries=5,
-      meta_batch_size=1,
-      inner_steps=0,
       eval_inner_steps=0,
-      meta_lr=1e-3,
       meta_lr_schedule='halving',
       meta_lr_halve_every=2000,
     ),
