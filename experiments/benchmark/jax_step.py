@@ -71,16 +71,6 @@ def jax_setup(config: Config, algorithm: str, conv_impl: str):
   return learner, optax.adam(config.outer_lr)
 
 
-def _compile_unoptimised(fn, *args):
-  """Compiles `fn` for a one-off check: on GPUs without autotuning, which
-  takes tens of seconds on a full-size MAML step (benchmarks/README.md)."""
-  lowered = jax.jit(fn).lower(*args)
-  options = (
-    {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
-  )
-  return lowered.compile(compiler_options=options)
-
-
 def jax_task_chunk_size(config: Config, settings: Config) -> int | None:
   """The task chunking of jaxmeta's timed (and checked) step:
   `--task_chunk_size`, else the backend's default."""
@@ -111,7 +101,15 @@ def jax_meta_gradient(
       lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
       (params, tasks),
     )
-    grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
+    # A check runs once: on GPUs it compiles without autotuning, which takes
+    # tens of seconds on a full-size MAML step (benchmarks/README.md).
+    options = (
+      {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+    )
+    compiled = (
+      jax.jit(fn).lower(params, tasks).compile(compiler_options=options)
+    )
+    grads, _ = compiled(params, tasks)
   return flatten_params(grads, dtype)
 
 

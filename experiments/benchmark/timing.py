@@ -45,10 +45,7 @@ def timed_count(
   if settings.max_seconds_per_row <= 0 or last_warmup_s <= 0:
     return settings.num_steps
   affordable = int(settings.max_seconds_per_row / last_warmup_s)
-  return max(
-    min(settings.num_steps, MIN_TIMED_STEPS),
-    min(settings.num_steps, affordable),
-  )
+  return min(settings.num_steps, max(MIN_TIMED_STEPS, affordable))
 
 
 def time_interleaved(
@@ -86,30 +83,29 @@ def time_interleaved(
       if seconds is None:
         break
       last[k] = seconds
-  wanted = {k: timed_count(settings, last[k]) for k in active}
-  times = {k: [] for k in active}
-  turns = {k: [] for k in active}  # per turn: its timed steps
+  turns = {k: [] for k in active}  # per turn: its timed steps' seconds
+  todo = {k: timed_count(settings, last[k]) for k in active}  # timed steps
   block = max(1, settings.interleave_block)
-  while any(len(times[k]) < wanted[k] for k in active):
+  while any(todo[k] > 0 for k in active):
     for k in list(active):
-      todo = min(block, wanted[k] - len(times[k]))
-      if todo <= 0 or run(k) is None:  # the untimed step
+      if todo[k] <= 0 or run(k) is None:  # the untimed step
         continue
       turn = []
-      for _ in range(todo):
+      for _ in range(min(block, todo[k])):
         seconds = run(k)
         if seconds is None:
           break
         turn.append(seconds)
-      times[k].extend(turn)
+      todo[k] -= len(turn)
       if turn:
         turns[k].append(turn)
   for k in active:
+    times = [t for turn in turns[k] for t in turn]
     results[k].update(
-      summarise(times[k], meta_batch),
+      summarise(times, meta_batch),
       status='ok',
       timing=f'interleaved blocks of {block}',
-      step_ms=[1e3 * t for t in times[k]],
+      step_ms=[1e3 * t for t in times],
       turn_median_ms=[1e3 * statistics.median(t) for t in turns[k]],
       **timers[k].finish(),
     )

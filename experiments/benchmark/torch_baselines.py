@@ -189,21 +189,20 @@ def params_from_jax(model: Conv4, jax_params) -> None:
       p.copy_(torch.from_numpy(np.array(value, order='C')))
 
 
-def grads_to_jax(
-  model: Conv4, grads: Sequence[torch.Tensor] | None = None
-) -> dict[str, np.ndarray]:
-  """Torch gradients (default: each parameter's `.grad`) in jaxmeta layout.
+def grads_to_jax(model: Conv4) -> dict[str, np.ndarray]:
+  """The `.grad` of the model's parameters in jaxmeta layout.
 
   Returns:
     `{'conv0/w': [3, 3, Cin, F] array, ...}`, numpy; the conv biases, which
     jaxmeta's Conv-4 does not have (their gradient is zero in exact
     arithmetic), are left out.
   """
-  if grads is None:
-    grads = [p.grad for p in model.parameters()]
+  layout = _jax_param_layout(model.num_blocks)
   return {
-    name: np.transpose(g.detach().cpu().numpy(), np.argsort(_TO_TORCH[kind]))
-    for g, (name, kind) in zip(grads, _jax_param_layout(model.num_blocks))
+    name: np.transpose(
+      p.grad.detach().cpu().numpy(), np.argsort(_TO_TORCH[kind])
+    )
+    for p, (name, kind) in zip(model.parameters(), layout)
     if _TO_TORCH[kind] is not None
   }
 
