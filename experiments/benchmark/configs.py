@@ -162,9 +162,5 @@ def check_settings(s: ml_collections.ConfigDict) -> None:
 
 def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
   """Expands 'all' (alias 'both') and keeps the order, without duplicates."""
-  out = []
-  for impl in conv_impls:
-    for i in ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,):
-      if i not in out:
-        out.append(i)
-  return tuple(out)
+  expand = lambda impl: ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,)
+  return tuple(dict.fromkeys(i for impl in conv_impls for i in expand(impl)))

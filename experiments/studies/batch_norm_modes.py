@@ -3,13 +3,11 @@ r"""The batch-norm modes side by side, each scored both ways.
   python -m experiments.studies.batch_norm_modes --workdir=/tmp/bn_modes \
       --output_dir=benchmarks/batch_norm
 
-trains the main job (MAML, Omniglot with Vinyals' split, Conv-4 with 32
-filters, its recipe) once per batch-norm mode (`jaxmeta.models.norms.MODES`)
-for 5-way and for 20-way 1-shot, every mode of a task shape for the same
-number of iterations (1,000 and 150: a 20-way iteration costs about four
-5-way ones), and tests each on the same 600 test tasks twice: all
-queries of a task scored together, and each query scored alone. Writes
-`results.json` and `table.md` to `--output_dir`. A finished run in the
+trains the main job once per batch-norm mode (`jaxmeta.models.norms.MODES`)
+for 5-way and 20-way 1-shot (1,000 and 150 iterations: a 20-way iteration
+costs about four 5-way ones), and tests each on the same 600 test tasks
+twice: all queries of a task scored together, and each alone. Writes
+`results.json` and `table.md` to `--output_dir`; a finished run in the
 workdir is reused.
 """
 
