@@ -81,14 +81,6 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 PRESETS = tuple(RECIPES)
 
 
-def fields(method: str) -> dict[str, Any]:
-  """The fields `method`'s recipe sets, its algorithm included."""
-  if method == 'reptile':
-    preset = reptile_omniglot.get_config('5w1s')
-    return dict(algorithm=method, **{n: preset[n] for n in REPTILE_FIELDS})
-  return dict(algorithm=method, **RECIPES[method][1])
-
-
 def get_config(
   method: str = 'maml', base: ml_collections.ConfigDict | None = None
 ) -> ml_collections.ConfigDict:
@@ -98,6 +90,10 @@ def get_config(
       f'Unknown method {method!r}; choose one of {", ".join(PRESETS)}.'
     )
   c = ml_collections.ConfigDict((base or default.get_config()).to_dict())
-  c.update(fields(method))
+  c.algorithm = method
+  if method == 'reptile':
+    preset = reptile_omniglot.get_config('5w1s')
+    c.update({n: preset[n] for n in REPTILE_FIELDS})
+  c.update(RECIPES[method][1])
   c.preset = f'compare:{method}'
   return c
