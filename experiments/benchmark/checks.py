@@ -1,23 +1,16 @@
-"""The meta-gradient cross-check: tensor by tensor, float32 and float64.
-
-Every implementation's mean meta-gradient is compared with the reference
-(jaxmeta with the first `--conv_impls`) before anything is timed; `verdict`
-says which pass and why.
-"""
+"""The meta-gradient cross-check: tensor by tensor, float32 and float64."""
 
 from typing import Any
 
 import numpy as np
 
-# Gradients whose norm is below this fraction of the whole meta-gradient's
-# norm are zero in exact arithmetic (a parameter that batch norm cancels, as
-# a conv bias would be), so their per-tensor relative error is rounding noise
-# over rounding noise; they are compared against the global norm.
+# A tensor whose gradient norm is below this fraction of the whole
+# meta-gradient's is zero in exact arithmetic (e.g. a bias before batch norm):
+# its relative error would be rounding noise over rounding noise.
 ZERO_GRAD_FRACTION = 1e-4
 # Largest relative error between a PyTorch implementation's float64
-# meta-gradient and jaxmeta's (the float64 check): the same function computed
-# in float64 agrees to ~1e-13 even where float32 rounding, amplified by the
-# problem's conditioning, leaves 1e-3; a larger gap is a different function.
+# meta-gradient and jaxmeta's: the same function agrees to ~1e-13 in float64
+# even where float32 leaves 1e-3; a larger gap is a different function.
 FLOAT64_TOL = 1e-8
 
 
@@ -35,10 +28,8 @@ def cross_check(
 ) -> dict[str, Any]:
   """Compares two meta-gradients tensor by tensor.
 
-  The error of tensor `t` is `||c_t - r_t|| / ||r_t||`, except for tensors
-  whose reference norm is below `ZERO_GRAD_FRACTION * ||r||` (zero in exact
-  arithmetic, e.g. a bias before batch norm), whose error is
-  `||c_t - r_t|| / ||r||`.
+  The error of tensor `t` is `||c_t - r_t|| / ||r_t||`, or `/ ||r||` where
+  `||r_t|| < ZERO_GRAD_FRACTION * ||r||`.
 
   Args:
     reference: jaxmeta's meta-gradient, `{name: array}`.
@@ -73,12 +64,10 @@ def cross_check(
     near_zero = ref_norm < ZERO_GRAD_FRACTION * global_norm
     denom = global_norm if near_zero else ref_norm
     diff = float(np.linalg.norm(cand - ref))
-    if denom > 0:
-      err = diff / denom
-    else:
-      err = 0.0 if diff == 0 else float('inf')
-    if not np.isfinite(cand).all():
+    if not np.isfinite(cand).all() or (denom == 0 and diff > 0):
       err = float('inf')
+    else:
+      err = diff / denom if denom > 0 else 0.0
     tensors[name] = {
       'rel_err': err,
       'ref_norm': ref_norm,
@@ -106,14 +95,10 @@ def verdict(
   Passes if it computes the same function (its float64 meta-gradient agrees
   with jaxmeta's to `FLOAT64_TOL`, where the float64 check ran) and its
   float32 meta-gradient either agrees with the reference's to `tol`, or lies
-  within the reference's own float32 error `e` (its distance from the float64
-  meta-gradient) of the reference or of the float64 meta-gradient. The
-  second way exists because at full size no two float32 implementations
-  agree to 1e-4: a max-pool window whose two largest inputs (or a ReLU whose
-  input) are closer than float32 resolves (to each other, to zero) routes
-  the gradient another way (one window in one of 32 Omniglot tasks moves
-  that task's gradient by 4%), differently in each implementation, while in
-  float64 they agree to 1e-14.
+  within the reference's own float32 error (its distance from float64) of
+  the reference or of float64: at full size no two float32 implementations
+  agree to 1e-4, as a max-pool or ReLU tie routes the gradient differently
+  in each (benchmarks/README.md).
 
   Args:
     entry: `cross_check(reference, candidate, tol)` of the float32

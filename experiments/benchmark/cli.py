@@ -4,7 +4,6 @@ import sys
 from typing import Sequence
 
 from absl import flags
-import ml_collections
 
 import jaxmeta
 from .. import common
@@ -105,20 +104,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.register_validator('out', _validator(configs.out_problem), **fv)
 
 
-def settings_from_flags(
-  flag_values: flags.FlagValues = FLAGS,
-) -> ml_collections.ConfigDict:
-  """The run's settings: `--size`'s defaults, then the flags given."""
-  values = {name: flag_values[name].value for name in HELP}
-  values['configs'] = values['configs'] or None  # [] is --size's.
-  return configs.settings(flag_values.size, **values)
-
-
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   """The program, once the flags are parsed: exits 1 if a check failed."""
   del argv
+  # The settings: --size's defaults, then the flags given.
+  values = {name: flag_values[name].value for name in HELP}
+  values['configs'] = values['configs'] or None  # [] is --size's.
   try:
-    _, ok = run.run_benchmark(settings_from_flags(flag_values))
+    _, ok = run.run_benchmark(configs.settings(flag_values.size, **values))
   except configs.BenchmarkError as e:
     common.exit_with_one_line(e)
   if not ok:

@@ -1,9 +1,5 @@
-"""The benchmark's presets and run settings, as ml_collections ConfigDicts.
-
-A preset (`get_config(name)`) is one model, task shape and meta-batch; the
-settings (`settings(size, ...)`) are one run's flags. `check_settings`
-refuses, before any work, what cannot time or check anything.
-"""
+"""The benchmark's presets (one model, task shape and meta-batch each) and
+one run's settings (its flags), as ml_collections ConfigDicts."""
 
 from __future__ import annotations
 
@@ -73,13 +69,8 @@ def get_config(name: str) -> ml_collections.ConfigDict:
 
 
 def settings(size: str = 'full', **overrides) -> ml_collections.ConfigDict:
-  """One run's settings: `size`'s defaults, then `overrides` (None: keep).
-
-  Fields: out, configs, algorithms, implementations, conv_impls, num_steps,
-  warmup_steps, max_seconds_per_row, timing_precision, check_tol,
-  float64_check, task_chunk_size, interleave_block, seed, torch_device,
-  debug_perturb_check (the flags of the same names).
-  """
+  """One run's settings: `size`'s defaults, then `overrides` (None: keep);
+  each is the flag of the same name (`cli.HELP`)."""
   c = ml_collections.ConfigDict(
     dict(
       out='',
@@ -171,9 +162,5 @@ def check_settings(s: ml_collections.ConfigDict) -> None:
 
 def resolve_conv_impls(conv_impls: Sequence[str]) -> tuple[str, ...]:
   """Expands 'all' (alias 'both') and keeps the order, without duplicates."""
-  out = []
-  for impl in conv_impls:
-    for i in ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,):
-      if i not in out:
-        out.append(i)
-  return tuple(out)
+  expand = lambda impl: ALL_CONV_IMPLS if impl in ('all', 'both') else (impl,)
+  return tuple(dict.fromkeys(i for impl in conv_impls for i in expand(impl)))

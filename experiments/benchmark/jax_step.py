@@ -20,15 +20,13 @@ def make_tasks(config: Config, key: jax.Array) -> jaxmeta.Task:
   """A meta-batch of random image-like inputs with balanced labels.
 
   Pixels in [0, 1] like real images: Bernoulli(0.2) strokes for one channel
-  (Omniglot-like), uniform for three. N(0, 1) noise makes second-order MAML
-  with inner lr 0.4 so ill-conditioned that float32 meta-gradients of ANY
-  implementation (XLA's own convolution included) differ from the float64
-  value by 1e-4 to 2e-3 relative; on [0, 1] images they agree to ~3e-6.
+  (Omniglot-like), uniform for three. (On N(0, 1) noise, second-order MAML
+  is so ill-conditioned that float32 meta-gradients of any implementation
+  differ from float64 by up to 2e-3; on [0, 1] images by ~3e-6.)
 
   Returns:
-    A `Task` with `support_x` `[meta_batch, ways * shots, H, W, C]`,
-    `support_y` `[meta_batch, ways * shots]` int32 (and the same for the
-    query set with `ways * queries`).
+    A `Task`: `support_x` `[meta_batch, ways * shots, H, W, C]`, `support_y`
+    `[meta_batch, ways * shots]` int32; the query set with `ways * queries`.
   """
   support_key, query_key = jax.random.split(key)
 
@@ -73,26 +71,9 @@ def jax_setup(config: Config, algorithm: str, conv_impl: str):
   return learner, optax.adam(config.outer_lr)
 
 
-def _compile_unoptimised(fn, *args):
-  """Compiles `fn` for a one-off check: on GPUs without autotuning.
-
-  XLA:GPU autotunes every matmul and convolution of a program, which makes
-  compiling a full-size MAML step take tens of seconds (see
-  benchmarks/README.md). A check computed once does not need the fastest
-  kernels.
-  """
-  lowered = jax.jit(fn).lower(*args)
-  options = (
-    {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
-  )
-  return lowered.compile(compiler_options=options)
-
-
 def jax_task_chunk_size(config: Config, settings: Config) -> int | None:
-  """The task chunking of jaxmeta's timed step: `--task_chunk_size`, else
-  the backend's default (one task at a time on CPUs, all at once on
-  accelerators). The cross-check computes the meta-gradient with the same
-  chunking, so that it checks the program that is timed."""
+  """The task chunking of jaxmeta's timed (and checked) step:
+  `--task_chunk_size`, else the backend's default."""
   if settings.task_chunk_size > 0:
     return settings.task_chunk_size
   return jaxmeta.default_task_chunk_size(config.meta_batch)
@@ -120,21 +101,26 @@ def jax_meta_gradient(
       lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
       (params, tasks),
     )
-    grads, _ = _compile_unoptimised(fn, params, tasks)(params, tasks)
+    # A check runs once: on GPUs it compiles without autotuning, which takes
+    # tens of seconds on a full-size MAML step (benchmarks/README.md).
+    options = (
+      {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+    )
+    compiled = (
+      jax.jit(fn).lower(params, tasks).compile(compiler_options=options)
+    )
+    grads, _ = compiled(params, tasks)
   return flatten_params(grads, dtype)
 
 
 def program_peak_bytes(compiled) -> int | None:
-  """Device memory one run of a compiled program needs, from XLA's analysis.
-
-  Arguments + outputs - donated (aliased) buffers + temporaries. Not the
-  device's `peak_bytes_in_use`: that counts since the process started, so
-  every row after the largest would report the largest (seen on an H200).
-  """
+  """Device memory one run of a compiled program needs, from XLA's analysis:
+  arguments + outputs - donated buffers + temporaries (the device's
+  `peak_bytes_in_use` counts since the process started)."""
   try:
     m = compiled.memory_analysis()
   except Exception:
-    return None
+    m = None
   if m is None:
     return None
   return int(

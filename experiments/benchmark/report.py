@@ -1,7 +1,4 @@
-"""What a run writes: benchmark.json, benchmark.md and benchmark.png.
-
-With the machine facts every row carries (`environment`, `load_average`).
-"""
+"""What a run writes (benchmark.json, .md, .png), and the machine facts."""
 
 import importlib.metadata
 import math
@@ -96,11 +93,8 @@ def row_label(row: dict[str, Any]) -> str:
 
 
 def finite_or_null(value: Any) -> Any:
-  """`value` with every non-finite float (NaN, +-inf) replaced by None.
-
-  JSON has no NaN or Infinity (Python's `json` writes them, but strict
-  parsers refuse the file); null says "no finite value" in every parser.
-  """
+  """`value` with every non-finite float replaced by None: strict JSON
+  parsers refuse the NaN and Infinity that Python's `json` writes."""
   if isinstance(value, dict):
     return {k: finite_or_null(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
@@ -111,10 +105,8 @@ def finite_or_null(value: Any) -> Any:
 
 
 def write_outputs(results: dict[str, Any], out: str, plot: bool) -> None:
-  """Writes benchmark.json and benchmark.md (and benchmark.png if `plot`).
-
-  benchmark.json is strict JSON: non-finite numbers are written as null.
-  """
+  """Writes benchmark.json (strict JSON), benchmark.md and, if `plot`,
+  benchmark.png."""
   common.write_json(
     os.path.join(out, 'benchmark.json'),
     finite_or_null(common.to_python(results)),
@@ -126,6 +118,7 @@ def write_outputs(results: dict[str, Any], out: str, plot: bool) -> None:
 
 
 def _fmt(value, spec: str) -> str:
+  """`value` formatted, or '-' for None."""
   return '-' if value is None else format(value, spec)
 
 
@@ -218,20 +211,16 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
   import matplotlib.pyplot as plt
 
   ok_rows = [r for r in rows if r['status'] == 'ok']
-  groups = list(dict.fromkeys(f'{r["config"]}\n{r["algorithm"]}' for r in rows))
-  labels = list(dict.fromkeys(row_label(r) for r in rows))
+  group = lambda r: f'{r["config"]}\n{r["algorithm"]}'
+  groups = list(dict.fromkeys(map(group, rows)))
+  labels = list(dict.fromkeys(map(row_label, rows)))
   width = 0.8 / max(len(labels), 1)
   fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.5))
   for j, label in enumerate(labels):
-    xs, ys = [], []
-    for r in ok_rows:
-      if row_label(r) == label:
-        xs.append(
-          groups.index(f'{r["config"]}\n{r["algorithm"]}')
-          + (j - (len(labels) - 1) / 2) * width
-        )
-        ys.append(r['median_ms'])
-    ax.bar(xs, ys, width=width, label=label)
+    mine = [r for r in ok_rows if row_label(r) == label]
+    offset = (j - (len(labels) - 1) / 2) * width
+    xs = [groups.index(group(r)) + offset for r in mine]
+    ax.bar(xs, [r['median_ms'] for r in mine], width=width, label=label)
   ax.set_xticks(range(len(groups)))
   ax.set_xticklabels(groups, fontsize=8)
   if ok_rows:

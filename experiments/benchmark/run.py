@@ -17,19 +17,6 @@ from . import report
 from . import timing
 
 Config = ml_collections.ConfigDict
-NO_TORCH = (
-  'the PyTorch implementations need torch and higher. Fix: pip install -r '
-  'requirements-benchmark.txt, or pass --implementations=jaxmeta'
-)
-
-
-def load_torch_step():
-  """Returns the `torch_step` module, or raises BenchmarkError(NO_TORCH)."""
-  try:
-    from . import torch_step
-  except ImportError as e:
-    raise configs.BenchmarkError(f'{NO_TORCH} ({e}).') from e
-  return torch_step
 
 
 class Job(NamedTuple):
@@ -60,8 +47,8 @@ def label(impl: str, conv_impl: str | None) -> str:
 
 
 def implementations(h: Harness, with_reference: bool) -> list[tuple]:
-  """`(implementation, conv impl or None)` of the run, in order: jaxmeta's
-  (the reference among them if `with_reference`), then PyTorch's."""
+  """`(implementation, conv impl or None)` in order: jaxmeta's (with the
+  reference if `with_reference`), then PyTorch's."""
   conv_impls = h.conv_impls if with_reference else h.conv_impls[1:]
   if 'jaxmeta' not in h.settings.implementations:
     conv_impls = ()
@@ -244,7 +231,14 @@ def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
   )
   ts = device = None
   if torch_impls:
-    ts = load_torch_step()
+    try:
+      from . import torch_step as ts
+    except ImportError as e:
+      raise configs.BenchmarkError(
+        'the PyTorch implementations need torch and higher. Fix: pip install '
+        '-r requirements-benchmark.txt, or pass --implementations=jaxmeta '
+        f'({e}).'
+      ) from e
     device = ts.device_name(s.torch_device)
     ts.set_precision(True)
   h = Harness(

@@ -1,9 +1,4 @@
-"""Timing: implementations take turns in blocks; paired speed-ups.
-
-A `Timer` is one implementation's meta-step, compiled and run once;
-`time_interleaved` times the timers of one configuration and algorithm in
-turns, and `add_paired_speedups` compares them round by round.
-"""
+"""Timing: implementations take turns in blocks; paired speed-ups."""
 
 import dataclasses
 import statistics
@@ -17,7 +12,7 @@ MIN_TIMED_STEPS = 3
 
 @dataclasses.dataclass
 class Timer:
-  """One implementation's meta-step, compiled and run once, ready to time.
+  """One implementation's meta-step, compiled and run once.
 
   Attributes:
     step: runs one synchronised meta-step (device work finished on return).
@@ -50,10 +45,7 @@ def timed_count(
   if settings.max_seconds_per_row <= 0 or last_warmup_s <= 0:
     return settings.num_steps
   affordable = int(settings.max_seconds_per_row / last_warmup_s)
-  return max(
-    min(settings.num_steps, MIN_TIMED_STEPS),
-    min(settings.num_steps, affordable),
-  )
+  return min(settings.num_steps, max(MIN_TIMED_STEPS, affordable))
 
 
 def time_interleaved(
@@ -61,15 +53,12 @@ def time_interleaved(
 ) -> list[dict[str, Any]]:
   """Times the implementations of one configuration in interleaved blocks.
 
-  After `warmup_steps` steps of each, the implementations take turns: each
-  turn is one untimed step (the others' steps in between leave caches,
-  allocators and thread pools cold) and then up to `interleave_block` timed
-  steps. A change in the machine's load (large on shared CPUs) then shifts
-  every implementation rather than the ratios between them. Turns of a single
-  step are not the default: on 2 CPU cores each step paid for the other
-  framework's last, and the medians came out far above those of a sequential
-  run (benchmarks/README.md). An implementation whose warm-up says it would
-  overrun `max_seconds_per_row` leaves the rotation after fewer steps.
+  After `warmup_steps` steps of each, the implementations take turns of one
+  untimed step (the others' steps leave caches and thread pools cold) and up
+  to `interleave_block` timed ones, so that a change in the machine's load
+  shifts every implementation rather than their ratios (why blocks and not
+  single steps: benchmarks/README.md). An implementation whose warm-up says
+  it would overrun `max_seconds_per_row` leaves after fewer steps.
 
   Returns:
     One dict per timer: the row fields, or `{'status': 'error', 'error'}`.
@@ -94,30 +83,29 @@ def time_interleaved(
       if seconds is None:
         break
       last[k] = seconds
-  wanted = {k: timed_count(settings, last[k]) for k in active}
-  times = {k: [] for k in active}
-  turns = {k: [] for k in active}  # per turn: its timed steps
+  turns = {k: [] for k in active}  # per turn: its timed steps' seconds
+  todo = {k: timed_count(settings, last[k]) for k in active}  # timed steps
   block = max(1, settings.interleave_block)
-  while any(len(times[k]) < wanted[k] for k in active):
+  while any(todo[k] > 0 for k in active):
     for k in list(active):
-      todo = min(block, wanted[k] - len(times[k]))
-      if todo <= 0 or run(k) is None:  # the untimed step
+      if todo[k] <= 0 or run(k) is None:  # the untimed step
         continue
       turn = []
-      for _ in range(todo):
+      for _ in range(min(block, todo[k])):
         seconds = run(k)
         if seconds is None:
           break
         turn.append(seconds)
-      times[k].extend(turn)
+      todo[k] -= len(turn)
       if turn:
         turns[k].append(turn)
   for k in active:
+    times = [t for turn in turns[k] for t in turn]
     results[k].update(
-      summarise(times[k], meta_batch),
+      summarise(times, meta_batch),
       status='ok',
       timing=f'interleaved blocks of {block}',
-      step_ms=[1e3 * t for t in times[k]],
+      step_ms=[1e3 * t for t in times],
       turn_median_ms=[1e3 * statistics.median(t) for t in turns[k]],
       **timers[k].finish(),
     )
@@ -129,14 +117,11 @@ def add_paired_speedups(
 ) -> None:
   """Adds each timed row's speed-up over `baseline`, paired turn by turn.
 
-  The implementations of one configuration and algorithm take turns (see
-  `time_interleaved`), so turn `i` of every implementation falls in the same
-  round. `paired_x_vs_<baseline>` is the median over rounds of (the
-  baseline's median step time in that round / this row's), with the first
-  and third quartiles in `..._quartiles`. A burst of load that hits a few
-  turns moves it less than it moves the ratio of the two overall medians
-  (`x vs torch loop` in the table): on this 2-core CPU two runs ten minutes
-  apart gave MAML ratios of medians of 0.94 and 1.08.
+  Turn `i` of every implementation falls in the same round (see
+  `time_interleaved`). `paired_x_vs_<baseline>` is the median over rounds of
+  (the baseline's median step time in that round / this row's), with the
+  first and third quartiles in `..._quartiles`: a burst of load that hits a
+  few turns moves it less than the ratio of the overall medians.
 
   Args:
     rows: the result rows (modified in place); rows without

@@ -1,28 +1,24 @@
 """PyTorch baselines for the meta-learning benchmark, written as users write them.
 
-A torch Conv-4 that computes the same function as `jaxmeta.conv4` (same
-weights give the same logits), and three ways of writing one meta-step of
-MAML, first-order MAML and Reptile in PyTorch:
+A torch Conv-4 that computes the same function as `jaxmeta.conv4`, and three
+ways of writing one meta-step of MAML, first-order MAML and Reptile:
 
-* `loop`: the per-task loop of learn2learn / `higher`-style code: the
-  parameters are a list of tensors passed to a functional forward, inner steps
-  use `torch.autograd.grad(..., create_graph=True)` (without `create_graph`
-  for first-order MAML), one `backward()` per task accumulates the
-  meta-gradient in `.grad`, then the outer optimiser steps.
-* `func`: `torch.func`: `functional_call` + `grad` for the inner loop and the
-  outer gradient, `vmap` over the tasks of the meta-batch.
-* `higher`: the `higher` library itself: `higher.innerloop_ctx` around a
-  `torch.nn` Conv-4 module and a `torch.optim.SGD` inner optimiser.
+* `loop`: the per-task loop of learn2learn / `higher`-style code: a
+  functional forward on a list of tensors, inner steps by
+  `torch.autograd.grad` (with `create_graph` for MAML), one `backward()` per
+  task.
+* `func`: `torch.func`: `functional_call` + `grad`, `vmap` over the tasks.
+* `higher`: `higher.innerloop_ctx` around the `torch.nn` Conv-4 and an SGD
+  inner optimiser.
 
-Every implementation is a `meta_grad_fn(model, batch)` that leaves the mean
+Every implementation is a `meta_grad(model, batch)` that leaves the mean
 meta-gradient (Reptile: the mean pseudo-gradient `theta - phi`) in the
-`.grad` of `model.parameters()`; `make_meta_step` adds `zero_grad` and the
-outer optimiser step around it. The benchmark compares those `.grad`s with
+`.grad` of `model.parameters()`, which the benchmark compares with
 `jaxmeta.meta_gradient` before it times anything.
 
-Layout: torch is NCHW / OIHW, jaxmeta NHWC / HWIO. The torch model permutes
-the last feature map to NHWC before flattening so that its head weight is
-jaxmeta's `head/w` transposed; `params_from_jax` and `grads_to_jax` convert.
+Layout: torch is NCHW / OIHW, jaxmeta NHWC / HWIO; the torch model flattens
+its last feature map in NHWC order, so that its head weight is jaxmeta's
+`head/w` transposed. `params_from_jax` and `grads_to_jax` convert.
 """
 
 from typing import Callable, NamedTuple, Sequence
@@ -38,9 +34,8 @@ BN_EPS = 1e-5
 POOL_SIZE = 2
 KERNEL_SIZE = 3
 
-IMPLEMENTATIONS = ('loop', 'func', 'higher')
-# The library's algorithms that every implementation here writes: MAML
-# (second order), first-order MAML and Reptile; the benchmark times these.
+# The library's algorithms that every implementation here writes; the
+# benchmark times these.
 ALGORITHMS = ('maml', 'fomaml', 'reptile')
 
 
@@ -67,18 +62,8 @@ def batch_from_numpy(
   query_y: np.ndarray,
   device: torch.device | str = 'cpu',
 ) -> TorchBatch:
-  """Converts an NHWC numpy meta-batch (jaxmeta's `Task` layout) to torch.
-
-  Args:
-    support_x: `[tasks, ways * shots, H, W, C]`.
-    support_y: `[tasks, ways * shots]` integer labels.
-    query_x: `[tasks, ways * queries, H, W, C]`.
-    query_y: `[tasks, ways * queries]` integer labels.
-    device: torch device of the result.
-
-  Returns:
-    A `TorchBatch` with NCHW images.
-  """
+  """An NHWC numpy meta-batch (jaxmeta's `Task` layout) as a `TorchBatch` on
+  `device`: the same fields, images transposed to NCHW."""
   # np.array copies: torch must not share (read-only) jax buffers.
   to_x = lambda a: torch.from_numpy(
     np.array(np.transpose(a, (0, 1, 4, 2, 3)), np.float32, order='C')
@@ -92,12 +77,9 @@ def batch_from_numpy(
 class Conv4(nn.Module):
   """Conv-4 as a torch.nn module, the same function as `jaxmeta.conv4`.
 
-  Each block: 3x3 conv (stride 1, padding 1, bias, as in the reference
-  implementation; jaxmeta's Conv-4 has none, since batch norm cancels it:
-  `params_from_jax` sets it to zero) -> batch norm with the
-  current batch's statistics (`track_running_stats=False`, biased variance)
-  -> ReLU -> 2x2 max-pool (floor). The last feature map is permuted to NHWC
-  before flattening, so that features come in jaxmeta's order.
+  Each block: 3x3 conv (with a bias, as in the reference implementation;
+  `params_from_jax` zeroes it, batch norm cancels it) -> batch norm with the
+  batch's statistics -> ReLU -> 2x2 max-pool.
 
   Args:
     num_classes: outputs of the head.
@@ -165,18 +147,19 @@ def conv4_functional(
   return F.linear(h.permute(0, 2, 3, 1).flatten(1), head_w, head_b)
 
 
-def _jax_param_layout(num_blocks: int) -> list[tuple[str, str, str]]:
-  """`(jax_module, jax_leaf, kind)` in the order of `Conv4.parameters()`;
-  kind 'bias' is the torch conv bias, which jaxmeta's Conv-4 does not have."""
-  layout = []
-  for i in range(num_blocks):
-    layout += [
-      (f'conv{i}', 'w', 'conv'),
-      (f'conv{i}', 'b', 'bias'),
-      (f'conv{i}', 'scale', 'vec'),
-      (f'conv{i}', 'offset', 'vec'),
-    ]
-  return layout + [('head', 'w', 'dense'), ('head', 'b', 'vec')]
+# The axes of a jaxmeta parameter in torch's order, by kind: conv HWIO ->
+# OIHW, dense `[in, out]` -> `[out, in]`; None: the torch conv bias, which
+# jaxmeta's Conv-4 does not have.
+_TO_TORCH = {'conv': (3, 2, 0, 1), 'dense': (1, 0), 'vec': (0,), 'bias': None}
+
+
+def _jax_param_layout(num_blocks: int) -> list[tuple[str, str]]:
+  """`('module/leaf', kind)` in the order of `Conv4.parameters()`."""
+  kinds = (('w', 'conv'), ('b', 'bias'), ('scale', 'vec'), ('offset', 'vec'))
+  layout = [
+    (f'conv{i}/{leaf}', kind) for i in range(num_blocks) for leaf, kind in kinds
+  ]
+  return layout + [('head/w', 'dense'), ('head/b', 'vec')]
 
 
 def params_from_jax(model: Conv4, jax_params) -> None:
@@ -188,48 +171,40 @@ def params_from_jax(model: Conv4, jax_params) -> None:
       `[3, 3, Cin, F]` becomes OIHW, head `w` `[feat, classes]` is transposed.
   """
   with torch.no_grad():
-    for p, (m, leaf, kind) in zip(
+    for p, (name, kind) in zip(
       model.parameters(), _jax_param_layout(model.num_blocks)
     ):
-      if kind == 'bias':  # Cancelled by batch norm; zero, as initialised.
+      if _TO_TORCH[kind] is None:  # Cancelled by batch norm; zero.
         p.zero_()
         continue
-      value = np.asarray(jax_params[m][leaf], np.float32)
-      if kind == 'conv':
-        value = np.transpose(value, (3, 2, 0, 1))
-      elif kind == 'dense':
-        value = value.T
+      module, leaf = name.split('/')
+      value = np.transpose(
+        np.asarray(jax_params[module][leaf], np.float32), _TO_TORCH[kind]
+      )
       if tuple(value.shape) != tuple(p.shape):
         raise ValueError(
-          f'{m}/{leaf}: jax shape {value.shape} does not fit '
+          f'{name}: jax shape {value.shape} does not fit '
           f'torch shape {tuple(p.shape)}.'
         )
       p.copy_(torch.from_numpy(np.array(value, order='C')))
 
 
-def grads_to_jax(
-  model: Conv4, grads: Sequence[torch.Tensor] | None = None
-) -> dict[str, np.ndarray]:
-  """Torch gradients (default: each parameter's `.grad`) in jaxmeta layout.
+def grads_to_jax(model: Conv4) -> dict[str, np.ndarray]:
+  """The `.grad` of the model's parameters in jaxmeta layout.
 
   Returns:
-    `{'conv0/w': [3, 3, Cin, F] array, ...}`, float32 numpy; the conv biases,
-    which jaxmeta's Conv-4 does not have (their gradient is zero in exact
+    `{'conv0/w': [3, 3, Cin, F] array, ...}`, numpy; the conv biases, which
+    jaxmeta's Conv-4 does not have (their gradient is zero in exact
     arithmetic), are left out.
   """
-  if grads is None:
-    grads = [p.grad for p in model.parameters()]
-  out = {}
-  for g, (m, leaf, kind) in zip(grads, _jax_param_layout(model.num_blocks)):
-    if kind == 'bias':
-      continue
-    value = g.detach().cpu().numpy()
-    if kind == 'conv':
-      value = np.transpose(value, (2, 3, 1, 0))
-    elif kind == 'dense':
-      value = value.T
-    out[f'{m}/{leaf}'] = value
-  return out
+  layout = _jax_param_layout(model.num_blocks)
+  return {
+    name: np.transpose(
+      p.grad.detach().cpu().numpy(), np.argsort(_TO_TORCH[kind])
+    )
+    for p, (name, kind) in zip(model.parameters(), layout)
+    if _TO_TORCH[kind] is not None
+  }
 
 
 MetaGradFn = Callable[[Conv4, TorchBatch], None]
@@ -246,45 +221,41 @@ def _accumulate(
       p.grad.add_(g.detach(), alpha=weight)
 
 
-# ----------------------------------------------------------------------------
-# (a) per-task loop, functional parameters (learn2learn / higher style).
+def _accumulate_reptile(
+  theta: Sequence[torch.Tensor], phi: Sequence[torch.Tensor], weight: float
+) -> None:
+  """Adds `weight * (theta - phi)`, one task's Reptile pseudo-gradient."""
+  _accumulate(theta, [th - ph for th, ph in zip(theta, phi)], weight)
 
 
 def make_loop_meta_grad(
   algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
   """Per-task loop; leaves the mean meta-gradient in `.grad`."""
-  second_order = algorithm == 'maml'
+  reptile = algorithm == 'reptile'
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
     theta = list(model.parameters())
     num_tasks = batch.support_x.shape[0]
     forward = lambda p, x: conv4_functional(p, x, model.num_blocks)
     for t in range(num_tasks):
-      if algorithm == 'reptile':
-        phi = [p.detach().requires_grad_() for p in theta]
-        for _ in range(num_inner_steps):
-          loss = F.cross_entropy(
-            forward(phi, batch.support_x[t]), batch.support_y[t]
-          )
-          grads = torch.autograd.grad(loss, phi)
-          phi = [
-            (p - inner_lr * g).detach().requires_grad_()
-            for p, g in zip(phi, grads)
-          ]
-        _accumulate(
-          theta, [th - ph for th, ph in zip(theta, phi)], 1.0 / num_tasks
-        )
-        continue
-      fast = theta
+      # Reptile adapts a copy and never differentiates through the steps.
+      fast = [p.detach().requires_grad_() for p in theta] if reptile else theta
       for _ in range(num_inner_steps):
         loss = F.cross_entropy(
           forward(fast, batch.support_x[t]), batch.support_y[t]
         )
         # Without create_graph the inner gradients are constants: first-order
         # MAML, the query gradient flows back through `p - lr * g` unchanged.
-        grads = torch.autograd.grad(loss, fast, create_graph=second_order)
+        grads = torch.autograd.grad(
+          loss, fast, create_graph=algorithm == 'maml'
+        )
         fast = [p - inner_lr * g for p, g in zip(fast, grads)]
+        if reptile:
+          fast = [p.detach().requires_grad_() for p in fast]
+      if reptile:
+        _accumulate_reptile(theta, fast, 1.0 / num_tasks)
+        continue
       query_loss = F.cross_entropy(
         forward(fast, batch.query_x[t]), batch.query_y[t]
       )
@@ -293,14 +264,10 @@ def make_loop_meta_grad(
   return meta_grad
 
 
-# ----------------------------------------------------------------------------
-# (b) torch.func: functional_call + grad + vmap over tasks.
-
-
 def make_func_meta_grad(
   algorithm: str, inner_lr: float, num_inner_steps: int
 ) -> MetaGradFn:
-  """torch.func implementation; leaves the mean meta-gradient in `.grad`."""
+  """torch.func, `vmap` over tasks; leaves the mean meta-gradient in `.grad`."""
   from torch import func as tfunc
 
   def meta_grad(model: Conv4, batch: TorchBatch) -> None:
@@ -315,19 +282,13 @@ def make_func_meta_grad(
         params = {n: params[n] - inner_lr * grads[n] for n in names}
       return params
 
-    if algorithm == 'maml':
-
-      def task_grad(params, sx, sy, qx, qy):
+    def task_grad(params, sx, sy, qx, qy):
+      if algorithm == 'maml':
         return tfunc.grad(lambda p: loss(adapt(p, sx, sy), qx, qy))(params)
-    elif algorithm == 'fomaml':
-
-      def task_grad(params, sx, sy, qx, qy):
-        return tfunc.grad(loss)(adapt(params, sx, sy), qx, qy)
-    else:  # reptile
-
-      def task_grad(params, sx, sy, qx, qy):
-        phi = adapt(params, sx, sy)
-        return {n: params[n] - phi[n] for n in names}
+      phi = adapt(params, sx, sy)
+      if algorithm == 'fomaml':
+        return tfunc.grad(loss)(phi, qx, qy)
+      return {n: params[n] - phi[n] for n in names}  # Reptile
 
     params = {n: p.detach() for n, p in model.named_parameters()}
     per_task = tfunc.vmap(task_grad, in_dims=(None, 0, 0, 0, 0))(
@@ -337,10 +298,6 @@ def make_func_meta_grad(
       p.grad = per_task[n].mean(dim=0)
 
   return meta_grad
-
-
-# ----------------------------------------------------------------------------
-# (c) the `higher` library.
 
 
 def make_higher_meta_grad(
@@ -365,11 +322,7 @@ def make_higher_meta_grad(
             F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t])
           )
         if algorithm == 'reptile':
-          _accumulate(
-            theta,
-            [th - ph for th, ph in zip(theta, fmodel.parameters())],
-            1.0 / num_tasks,
-          )
+          _accumulate_reptile(theta, fmodel.parameters(), 1.0 / num_tasks)
           continue
         query_loss = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t])
         if algorithm == 'maml':
@@ -388,6 +341,7 @@ META_GRAD_FACTORIES = {
   'func': make_func_meta_grad,
   'higher': make_higher_meta_grad,
 }
+IMPLEMENTATIONS = tuple(META_GRAD_FACTORIES)
 
 
 def make_meta_grad(
@@ -407,16 +361,3 @@ def make_meta_grad(
   return META_GRAD_FACTORIES[implementation](
     algorithm, inner_lr, num_inner_steps
   )
-
-
-def make_meta_step(
-  meta_grad: MetaGradFn, model: Conv4, optimizer: torch.optim.Optimizer
-) -> Callable[[TorchBatch], None]:
-  """One whole meta-step: zero grads, meta-gradient, outer optimiser step."""
-
-  def step(batch: TorchBatch) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    meta_grad(model, batch)
-    optimizer.step()
-
-  return step

@@ -1,7 +1,6 @@
 """PyTorch's side: the same weights and batch, the checked and the timed step.
 
-Imports torch: the harness loads this module only when a PyTorch
-implementation is asked for (`run.load_torch_step`).
+Imports torch: `run` loads it only when a PyTorch implementation is asked for.
 """
 
 import time
@@ -43,8 +42,8 @@ def torch_setup(
   implementation: str,
   algorithm: str,
   params,
-  device,
-  dtype=None,
+  device: str,
+  dtype: torch.dtype | None = None,
 ):
   """A fresh torch `Conv4` at jaxmeta's `params`, and its meta-gradient."""
   model = torch_baselines.Conv4(
@@ -94,7 +93,7 @@ def start_torch_timer(
   implementation: str,
   algorithm: str,
   params,
-  batch,
+  batch: torch_baselines.TorchBatch,
   device: str,
 ) -> Timer:
   """A fresh model at `params` and its `zero_grad` + meta-gradient +
@@ -103,19 +102,21 @@ def start_torch_timer(
     config, implementation, algorithm, params, device
   )
   optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
-  meta_step = torch_baselines.make_meta_step(meta_grad, model, optimizer)
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  cuda = device == 'cuda'
 
   def run():
-    meta_step(batch)
-    sync()
+    optimizer.zero_grad(set_to_none=True)
+    meta_grad(model, batch)
+    optimizer.step()
+    if cuda:
+      torch.cuda.synchronize()
 
-  if device == 'cuda':
+  if cuda:
     torch.cuda.reset_peak_memory_stats()
   start = time.perf_counter()
   run()
   first_step_s = time.perf_counter() - start
-  peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  peak = torch.cuda.max_memory_allocated() if cuda else None
   return Timer(
     run,
     dict(

@@ -1,11 +1,9 @@
 """What XLA says a compiled program costs: FLOPs, memory, collective bytes.
 
-Read from the compiler, not measured: `compiled.cost_analysis()` (FLOPs and
-bytes accessed of the program, per device for an SPMD program),
-`compiled.memory_analysis()` (buffer sizes after XLA's buffer assignment) and
-the collective instructions of the optimised HLO. Used to size meta-batches
-per device and to judge the cost of the meta-gradient all-reduce; see
-`benchmarks/scaling/`.
+Read from the compiler, not measured: `cost_analysis()`, `memory_analysis()`
+and the collective instructions of the optimised HLO. Used to size
+meta-batches per device and to judge the cost of the meta-gradient
+all-reduce (`benchmarks/scaling/`).
 
 Example::
 
@@ -51,13 +49,8 @@ def shape_bytes(hlo_shape: str) -> int:
 
 
 def collectives(hlo_text: str) -> list[tuple[str, int]]:
-  """`(opcode, bytes)` of every collective instruction of an HLO module.
-
-  Counts instructions in every computation of the module (loop bodies
-  included, each once: a collective inside a `while` runs once per
-  iteration). For an all-reduce the bytes are those of its (tuple) result,
-  the payload each device contributes and receives.
-  """
+  """`(opcode, bytes of its result)` of every collective instruction of an
+  HLO module, each counted once (also inside a `while` body)."""
   return [
     (m.group('op'), shape_bytes(m.group('shape')))
     for m in _INSTRUCTION.finditer(hlo_text)
@@ -102,10 +95,9 @@ def task_costs(
 ) -> dict[str, float]:
   """`compiled_costs` of one task's meta-gradient, `learner.task_update`.
 
-  `temp_bytes` is the working memory of one task: for second-order MAML,
-  every activation of the inner loop kept for the outer derivative. A
-  device adapting `b` tasks at once (`vmap`) needs about `b` times that;
-  `task_chunk_size` bounds `b`.
+  `temp_bytes` is the working memory of one task (second-order MAML: every
+  activation of the inner loop); `b` tasks vmapped at once need about `b`
+  times that.
 
   Args:
     learner: the algorithm.

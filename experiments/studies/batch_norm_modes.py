@@ -3,30 +3,26 @@ r"""The batch-norm modes side by side, each scored both ways.
   python -m experiments.studies.batch_norm_modes --workdir=/tmp/bn_modes \
       --output_dir=benchmarks/batch_norm
 
-trains the main job (MAML, Omniglot with Vinyals' split, Conv-4 with 32
-filters, its recipe) once per batch-norm mode (`jaxmeta.models.norms.MODES`)
-for 5-way and for 20-way 1-shot, every mode of a task shape for the same
-number of iterations (1,000 and 150: a 20-way iteration costs about four
-5-way ones), and tests each on the same 600 test tasks twice: all
-queries of a task scored together, and each query scored alone. Writes
-`results.json` and `table.md` to `--output_dir`. A finished run in the
+trains the main job once per batch-norm mode (`jaxmeta.models.norms.MODES`)
+for 5-way and 20-way 1-shot (1,000 and 150 iterations: a 20-way iteration
+costs about four 5-way ones), and tests each on the same 600 test tasks
+twice: all queries of a task scored together, and each alone. Writes
+`results.json` and `table.md` to `--output_dir`; a finished run in the
 workdir is reused.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 
 from .. import common
-from .. import train
 from ..configs import default
+from . import compare
 from jaxmeta.models import norms
 
 
@@ -73,16 +69,12 @@ def run_modes(
   for ways, steps in iterations.items():
     rows = out.setdefault(f'{ways}-way', {})
     for mode in modes:
-      run_dir = os.path.join(workdir, f'{ways}way_{mode}')
-      path = os.path.join(run_dir, 'results.json')
-      if os.path.exists(path):
-        with open(path) as f:
-          results = json.load(f)
-      else:
-        print(f'{ways}-way 1-shot, {mode}: {steps} iterations')
-        results = train.train_and_evaluate(
-          mode_config(mode, ways, steps, base), run_dir, progress=progress
-        )
+      results = compare.train_or_read(
+        mode_config(mode, ways, steps, base),
+        os.path.join(workdir, f'{ways}way_{mode}'),
+        progress,
+        f'{ways}-way 1-shot, {mode}: {steps} iterations',
+      )
       rows[mode] = {k: results[k] for k in RESULTS}
   return out
 
@@ -134,20 +126,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
   """The program, once the flags are parsed."""
-  if len(argv) > 1 or not flag_values.workdir:
-    common.exit_with_one_line(
-      '--workdir is required and flags are --name=value; --helpfull lists them.'
-    )
-  unknown = sorted(set(flag_values.modes) - set(norms.MODES))
-  if unknown:
-    common.exit_with_one_line(
-      f'Unknown modes {unknown}; choose from {list(norms.MODES)}.'
-    )
+  compare.check_command_line(argv, flag_values, 'modes', norms.MODES)
   if flag_values.iterations_5way < 1 or flag_values.iterations_20way < 0:
     common.exit_with_one_line(
       '--iterations_5way must be >= 1 and --iterations_20way >= 0.'
     )
-  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
   iterations = {5: flag_values.iterations_5way}
   if flag_values.iterations_20way:
     iterations[20] = flag_values.iterations_20way

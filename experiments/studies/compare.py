@@ -3,21 +3,15 @@ r"""Every method on equal terms: the same tasks, backbone and training time.
   python -m experiments.studies.compare --workdir=/tmp/compare \
       --output_dir=benchmarks/methods --budget_s=300
 
-trains each method of `METHODS` on Omniglot 5-way 1-shot (the main job's
-data and backbone: Vinyals' split, 28x28, Conv-4 with 32 filters) for the
-same training time, then tests each on the same 600 test tasks (the main
-job's `eval_seed`). Each method keeps its own recipe (learning rates,
-inner steps, episode shape, meta-batch; see `compare_recipes`). The time
-budget becomes a number of iterations per method: a calibration run times
-the compiled step (after compilation) and the method then trains
-`budget_s * steps_per_second` iterations, so that a busy machine changes
-how long the comparison takes, not what it trains. MAML++ is timed in its
-slowest phase (second order, with the multi-step loss), so it trains
-somewhat less than the budget. Writes
-`results.json` (per method: test accuracy and its 95% CI, iterations,
-measured training seconds, the validation curve, the config) and
-`comparison.png` (accuracy with CI; validation accuracy against training
-time) to `--output_dir`.
+trains each method of `METHODS` with its own recipe (`compare_recipes`) on
+the main job's data and backbone (Omniglot 5-way 1-shot) for the same
+training time, then tests each on the main job's 600 test tasks. The budget
+becomes `budget_s * steps_per_second` iterations, the speed measured on the
+compiled step first, so that a busy machine changes how long the comparison
+takes, not what it trains (MAML++ is timed in its slowest phase, so it
+trains somewhat less). Writes `results.json` (per method: test accuracy and
+95% CI, iterations, training seconds, the validation curve, the config) and
+`comparison.png` to `--output_dir`.
 """
 
 from __future__ import annotations
@@ -42,6 +36,41 @@ from . import compare_recipes
 
 # The methods compared, each with its recipe (`compare_recipes`).
 METHODS = compare_recipes.PRESETS
+# What a run's results.json gives each method of the study.
+RESULTS = (
+  'test_accuracy test_ci95 num_test_tasks iterations config train_seconds '
+  'eval_inner_steps'
+).split()
+
+
+def check_command_line(
+  argv, flag_values: flags.FlagValues, what: str, known: Sequence[str]
+) -> None:
+  """Exits with one line on a stray argument, no --workdir, or a name in list
+  flag `what` not in `known`; then silences library logs below errors."""
+  if len(argv) > 1 or not flag_values.workdir:
+    common.exit_with_one_line(
+      '--workdir is required and flags are --name=value; --helpfull lists them.'
+    )
+  unknown = sorted(set(flag_values[what].value) - set(known))
+  if unknown:
+    common.exit_with_one_line(
+      f'Unknown {what} {unknown}; choose from {list(known)}.'
+    )
+  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
+
+
+def train_or_read(
+  config: ml_collections.ConfigDict, run_dir: str, progress: bool, what: str
+) -> dict[str, Any]:
+  """The results of the finished run in `run_dir`, else of training and
+  testing `config` there (after printing `what`)."""
+  path = os.path.join(run_dir, 'results.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  print(what)
+  return train.train_and_evaluate(config, run_dir, progress=progress)
 
 
 def method_config(
@@ -67,11 +96,8 @@ def _schedule(c: ml_collections.ConfigDict, iterations: int) -> None:
 def steps_per_second(
   config: ml_collections.ConfigDict, min_seconds: float = 5.0
 ) -> float:
-  """Compiled meta-steps per second of `config`, after compilation.
-
-  Runs 2 warm-up steps, then steps until `min_seconds` have passed (at least
-  3 steps).
-  """
+  """Compiled meta-steps per second of `config`: 2 warm-up steps, then at
+  least 3 and `min_seconds` of timed ones."""
   with tempfile.TemporaryDirectory() as workdir:
     run = build.Run(config, workdir, None, None, 'train')
     step = build.make_train_step(
@@ -149,23 +175,16 @@ def compare(
   for method in methods:
     config, rate = configs[method], rates[method]
     method_dir = os.path.join(workdir, method)
-    results_path = os.path.join(method_dir, 'results.json')
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        results = json.load(f)
-    else:
-      _schedule(config, max(1, int(budget_s * rate)))
-      print(f'{method}: {config.num_iterations} iterations')
-      results = train.train_and_evaluate(config, method_dir, progress=progress)
+    _schedule(config, max(1, int(budget_s * rate)))
+    results = train_or_read(
+      config,
+      method_dir,
+      progress,
+      f'{method}: {config.num_iterations} iterations',
+    )
     out['methods'][method] = {
-      'test_accuracy': results['test_accuracy'],
-      'test_ci95': results['test_ci95'],
-      'num_test_tasks': results['num_test_tasks'],
-      'iterations': results['iterations'],
+      **{k: results[k] for k in RESULTS},
       'calibrated_steps_per_second': rate,
-      'config': results['config'],
-      'train_seconds': results['train_seconds'],
-      'eval_inner_steps': results['eval_inner_steps'],
       'val_curve': _curve(method_dir, rate),
       'recipe': compare_recipes.RECIPES[method][0],
     }
@@ -218,12 +237,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the flags; only when run as a program, so that the experiment
-  modules can be imported together (absl flags are global)."""
+  """Defines the flags (only when run as a program: absl flags are global)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string(
-    'workdir', None, 'Where the runs go (one per method).', **fv
-  )
+  flags.DEFINE_string('workdir', None, 'Where the runs go, one a method.', **fv)
   flags.DEFINE_string(
     'output_dir', None, 'Where results.json and comparison.png go.', **fv
   )
@@ -233,19 +249,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
   """The program, once the flags are parsed."""
-  if len(argv) > 1 or not flag_values.workdir:
-    common.exit_with_one_line(
-      '--workdir is required and flags are --name=value; --helpfull lists them.'
-    )
-  unknown = sorted(set(flag_values.methods) - set(METHODS))
-  if unknown:
-    common.exit_with_one_line(
-      f'Unknown methods {unknown}; choose from {list(METHODS)}.'
-    )
+  check_command_line(argv, flag_values, 'methods', METHODS)
   if flag_values.budget_s <= 0:
     common.exit_with_one_line('--budget_s must be > 0.')
-  # Library logs below errors (orbax saves, TFDS reads) are noise here.
-  logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
   results = compare(
     flag_values.methods, flag_values.budget_s, flag_values.workdir
   )

@@ -20,31 +20,24 @@ from ..configs import reptile_omniglot
 # The fields of Nichol et al.'s Omniglot recipe (`reptile_omniglot:5w1s`)
 # that Reptile takes into the comparison.
 REPTILE_FIELDS = (
-  'train_shots',
-  'train_queries',
-  'meta_batch_size',
-  'inner_steps',
-  'eval_inner_steps',
-  'inner_lr',
-  'inner_optimizer',
-  'meta_optimizer',
-  'meta_lr',
-  'meta_lr_final',
-)
+  'train_shots train_queries meta_batch_size inner_steps eval_inner_steps '
+  'inner_lr inner_optimizer meta_optimizer meta_lr meta_lr_final'
+).split()
 MAML = (
   "The main job's recipe (inner lr 0.4, one step, 3 at test time, "
   'meta-batch 8, Adam 2e-3 decayed linearly to 0).'
 )
+# The methods without an inner loop in training: one episode or minibatch
+# per update, Adam 1e-3.
+NO_INNER_LOOP = dict(meta_batch_size=1, inner_steps=0, meta_lr=1e-3)
 BASELINE = (
   'Minibatches of 16, Adam 1e-3; a new head fitted with 100 SGD steps at '
   '0.01, momentum 0.9 (Chen et al.).',
   dict(
-    meta_batch_size=1,
+    NO_INNER_LOOP,
     batch_size=16,
-    inner_steps=0,
     inner_lr=0.01,
     eval_inner_steps=100,
-    meta_lr=1e-3,
     meta_lr_final=-1.0,
   ),
 )
@@ -74,12 +67,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     '60-way training episodes, 5 queries, one episode per update, Adam 1e-3 '
     'halved every 2000 episodes (Snell et al.).',
     dict(
+      NO_INNER_LOOP,
       train_ways=60,
       train_queries=5,
-      meta_batch_size=1,
-      inner_steps=0,
       eval_inner_steps=0,
-      meta_lr=1e-3,
       meta_lr_schedule='halving',
       meta_lr_halve_every=2000,
     ),
@@ -88,14 +79,6 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
   'baseline_plus_plus': BASELINE,
 }
 PRESETS = tuple(RECIPES)
-
-
-def fields(method: str) -> dict[str, Any]:
-  """The fields `method`'s recipe sets, its algorithm included."""
-  if method == 'reptile':
-    preset = reptile_omniglot.get_config('5w1s')
-    return dict(algorithm=method, **{n: preset[n] for n in REPTILE_FIELDS})
-  return dict(algorithm=method, **RECIPES[method][1])
 
 
 def get_config(
@@ -107,6 +90,10 @@ def get_config(
       f'Unknown method {method!r}; choose one of {", ".join(PRESETS)}.'
     )
   c = ml_collections.ConfigDict((base or default.get_config()).to_dict())
-  c.update(fields(method))
+  c.algorithm = method
+  if method == 'reptile':
+    preset = reptile_omniglot.get_config('5w1s')
+    c.update({n: preset[n] for n in REPTILE_FIELDS})
+  c.update(RECIPES[method][1])
   c.preset = f'compare:{method}'
   return c

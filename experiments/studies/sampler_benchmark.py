@@ -52,6 +52,7 @@ def define_flags() -> None:
 
 
 def _median_seconds(fn, repeats):
+  """Median and min seconds of `fn(i)`, i = 1..repeats, after `fn(0)`."""
   jax.block_until_ready(fn(0))  # Compile and warm up.
   times = []
   for i in range(1, repeats + 1):
@@ -84,10 +85,7 @@ def run(
 
   model = jaxmeta.conv4(ways, images.shape[2:], num_filters=num_filters)
   learner = jaxmeta.maml(
-    model,
-    jaxmeta.classification_loss,
-    inner_lr=0.1,
-    num_inner_steps=1,
+    model, jaxmeta.classification_loss, inner_lr=0.1, num_inner_steps=1
   )
   optimizer = optax.adam(1e-3)
   state = jaxmeta.init_train_state(learner, optimizer, key)
