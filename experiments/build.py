@@ -156,9 +156,18 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A mesh over every device of every process (one device: a mesh of it)."""
-  return sharding.make_mesh()
+def open_checkpoints(
+  workdir, config, family: tasks.TaskFamily, read_only: bool = False
+) -> checkpoints_lib.Checkpoints:
+  """The checkpoints of the run in `workdir`, ranked on validation by
+  `family.metric`."""
+  return checkpoints_lib.Checkpoints(
+    workdir,
+    config.keep_checkpoints,
+    f'val_{family.metric}',
+    family.higher_is_better,
+    read_only=read_only,
+  )
 
 
 def make_train_step(
@@ -236,7 +245,7 @@ class Run:
       raise config_checks.ConfigError(
         f'config.seed / config.eval_seed: {e}'
       ) from e
-    self.mesh = make_mesh()
+    self.mesh = sharding.make_mesh()
     try:
       sharding.check_divisible(
         config.meta_batch_size, self.mesh, config.task_chunk_size or None
@@ -262,13 +271,7 @@ class Run:
     )
     self.optimizer = build_optimizer(config)
     self.metric = self.family.metric
-    self.checkpoints = checkpoints_lib.Checkpoints(
-      workdir,
-      config.keep_checkpoints,
-      f'val_{self.metric}',
-      self.family.higher_is_better,
-      read_only=read_only,
-    )
+    self.checkpoints = open_checkpoints(workdir, config, self.family, read_only)
 
   def load(self, split):
     """The data of `split`, on every device of the mesh."""

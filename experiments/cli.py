@@ -21,7 +21,6 @@ import math
 import re
 from typing import Any, NamedTuple, Sequence
 
-from absl import flags
 import ml_collections
 
 from . import configs
@@ -303,8 +302,3 @@ def list_configs() -> str:
     listed = f': {", ".join(presets)}' if presets else ''
     lines.append(f'{name}{listed}\n    {summary}')
   return '\n'.join(lines)
-
-
-def read_flag_files(argv: Sequence[str]) -> list[str]:
-  """`argv` with every `--flagfile=FILE` replaced by the file's flags."""
-  return flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)

@@ -96,14 +96,18 @@ def is_local(path: epath.Path) -> bool:
 
 
 def write_json(path: 'str | os.PathLike', obj: Any) -> None:
-  """Writes JSON atomically: a crash never leaves a half-written file.
+  """Writes JSON atomically (`write_text`)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_text(path, json.dumps(to_python(obj), indent=2, sort_keys=True) + '\n')
+
+
+def write_text(path: epath.Path, text: str) -> None:
+  """Writes `text` atomically: a crash never leaves a half-written file.
 
   Written to a temporary file beside it, then renamed over it (on a remote
   store a single object write, which is atomic by itself).
   """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(to_python(obj), indent=2, sort_keys=True) + '\n'
   if not is_local(path):
     path.write_text(text)
     return
@@ -125,11 +129,10 @@ def locked_workdir(
 ) -> Iterator[None]:
   """Holds `workdir/lock` for a run (`exclusive`) or an evaluation (shared).
 
-  An advisory `flock` on a file of the workdir: the kernel releases it when
-  the process ends however it ends (kill -9 included), so no stale lock is
-  ever left. The file records the holder (pid, host, start time) for the
-  message of the run that is refused. Remote workdirs (`gs://` ...) and
-  workdirs this process cannot write are not locked: flock is local.
+  An advisory `flock`: the kernel releases it however the process ends (kill
+  -9 included), so no stale lock is left. The file names the holder (pid,
+  host, start time) for the refused run's message. Remote and read-only
+  workdirs are not locked: flock is local.
 
   Raises:
     OneLineError: another run holds the lock.
@@ -335,31 +338,28 @@ _REEXEC_MARKER = 'JAXMETA_REEXECUTED'
 def reexec_with_huge_pages() -> None:
   """Restarts this program with glibc's malloc on transparent huge pages.
 
-  XLA:CPU allocates the temporary buffers of a compiled program afresh on
-  every call (over 100 MB for a Conv-4 MAML step). glibc serves such sizes
-  with fresh `mmap`s, and with 4 KiB pages the kernel takes tens of thousands
-  of page faults per step to map and zero them; with huge pages it takes a few
-  hundred, and the step is faster (benchmarks/README.md). glibc reads
-  `GLIBC_TUNABLES` only at start-up, so the experiments' entry points call
-  this first: if the tunable is missing it re-executes the same command line
-  with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (the kernel still
-  decides, following /sys/kernel/mm/transparent_hugepage). It does nothing off
-  Linux, with a libc other than glibc >= 2.35, when the tunable is already
-  set, or with `JAXMETA_HUGE_PAGES=0` in the environment.
+  XLA:CPU allocates a compiled program's temporary buffers afresh on every
+  call; with huge pages mapping them takes far fewer page faults, and the
+  step is faster (benchmarks/README.md). glibc reads `GLIBC_TUNABLES` only at
+  start-up, so the entry points call this first: it re-executes the command
+  line with `glibc.malloc.hugetlb=1` added. It does nothing off Linux, with
+  a libc other than glibc >= 2.35, when the tunable is already set, or with
+  `JAXMETA_HUGE_PAGES=0` in the environment.
   """
-  if os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0':
-    return
-  if os.environ.get(_REEXEC_MARKER) or sys.platform != 'linux':
-    return
   libc, version = platform.libc_ver()
   try:
     major_minor = tuple(int(v) for v in version.split('.')[:2])
   except ValueError:
     return
-  if libc != 'glibc' or major_minor < (2, 35):
-    return
   tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' in tunables:
+  if (
+    os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0'
+    or os.environ.get(_REEXEC_MARKER)
+    or sys.platform != 'linux'
+    or libc != 'glibc'
+    or major_minor < (2, 35)
+    or 'glibc.malloc.hugetlb' in tunables
+  ):
     return
   env = dict(
     os.environ,

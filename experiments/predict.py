@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
 import jaxmeta
@@ -36,6 +35,7 @@ from . import build
 from . import checkpoints as checkpoints_lib
 from . import common
 from . import config_checks
+from . import main as main_lib
 from . import tasks
 from . import workdir as workdir_lib
 
@@ -83,19 +83,24 @@ def _load(
     )
   workdir = common.workdir_path(workdir)
   workdir_lib.prepare_workdir(workdir, create=False)
-  config = _read_config_json(workdir)
+  if (
+    not (workdir / 'checkpoints').is_dir()
+    or not (workdir / 'config.json').exists()
+  ):
+    raise config_checks.ConfigError(
+      f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
+      'the --workdir of a trained run.'
+    )
+  config = ml_collections.ConfigDict(
+    workdir_lib.read_config_json(
+      workdir / 'config.json', 'give the --workdir of an intact run'
+    )
+  )
   family = tasks.build(config, data_dir, source_dir)
-  lock = common.locked_workdir(workdir, exclusive=False)
   with (
-    lock,
+    common.locked_workdir(workdir, exclusive=False),
     contextlib.closing(
-      checkpoints_lib.Checkpoints(
-        workdir,
-        config.keep_checkpoints,
-        f'val_{family.metric}',
-        family.higher_is_better,
-        read_only=True,
-      )
+      build.open_checkpoints(workdir, config, family, read_only=True)
     ) as checkpoints,
   ):
     saved, _ = workdir_lib.read_saved_config(workdir, checkpoints)
@@ -118,25 +123,13 @@ def _load(
       config,
       family,
       tuple(input_shape),
-      lambda: _read(checkpoints, step, role, _saved_params, checkpoints, step),
+      lambda: _read(checkpoints, step, role, checkpoints.saved_tree, step),
     )
     like = jaxmeta.init_train_state(
       learner, build.build_optimizer(config), jax.random.PRNGKey(config.seed)
     )
     state, _ = _read(checkpoints, step, role, checkpoints.restore, like, step)
   return learner, state.merged_params(), config, tuple(input_shape)
-
-
-def _read_config_json(workdir) -> ml_collections.ConfigDict:
-  """The run's config as `config.json` holds it (written at its start)."""
-  path = workdir / 'config.json'
-  if not (workdir / 'checkpoints').is_dir() or not path.exists():
-    raise config_checks.ConfigError(
-      f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
-      'the --workdir of a trained run.'
-    )
-  fix = 'give the --workdir of an intact run'
-  return ml_collections.ConfigDict(workdir_lib.read_config_json(path, fix))
 
 
 def _read(checkpoints, step, role, read, *args):
@@ -148,23 +141,15 @@ def _read(checkpoints, step, role, read, *args):
     raise
 
 
-def _saved_params(checkpoints, step):
-  """The shapes of the parameters saved at `step` (nothing is read but the
-  metadata of the item 'state' that `Checkpoints.save` writes)."""
-  directory = checkpoints.workdir / 'checkpoints' / str(step) / 'state'
-  return ocp.StandardCheckpointHandler().metadata(directory).tree['params']
-
-
-def _build_learner(config, family, input_shape, saved_params):
-  """`build.build_learner` as the run built it. The number of training
-  classes (a head width of the algorithms taking `num_classes`) is read from
-  the shapes of the parameters (`saved_params()`), not from the training
-  split."""
-  if 'num_classes' not in jaxmeta.algorithms.options(config.algorithm):
+def _build_learner(config, family, input_shape, saved_tree):
+  """`build.build_learner` as the run built it, with the number of training
+  classes (a head width) read from the saved parameters' shapes."""
+  if (
+    'num_classes' not in jaxmeta.algorithms.options(config.algorithm)
+    or config.method.get('num_classes') is not None
+  ):
     return build.build_learner(config, family, input_shape)
-  if config.method.get('num_classes') is not None:
-    return build.build_learner(config, family, input_shape)
-  saved = saved_params()
+  saved = saved_tree()['params']
   shapes = {}
   for probe in (2, 3):
     learner = build.build_learner(config, family, input_shape, probe)
@@ -196,8 +181,7 @@ def _at(tree, path):
 
 
 def _to_unit_float(images: jax.Array) -> jax.Array:
-  """Images as the sampler feeds them to the model: uint8 scaled by 1/255,
-  floats cast to float32 unchanged."""
+  """Images as the model sees them: uint8 scaled by 1/255, floats as they are."""
   images = jnp.asarray(images)
   floats = images.astype(jnp.float32)
   return floats / 255.0 if images.dtype == jnp.uint8 else floats
@@ -321,9 +305,7 @@ def _image_files(folder: str) -> list[str]:
   )
 
 
-def _read_support(
-  folder: str, input_shape: Sequence[int], dataset: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_support(folder: str, input_shape: Sequence[int], dataset: str):
   """`(images [n, H, W, C] uint8, labels [n], class names)` of a folder
   with one sub-folder of images per class (classes in sorted order)."""
   if not os.path.isdir(folder):
@@ -413,17 +395,6 @@ def predict_files(
   return [(p, names[int(i)]) for p, i in zip(paths, predicted)]
 
 
-# Errors that already name the problem and the fix: printed as one line.
-_USER_ERRORS = (
-  config_checks.ConfigError,
-  checkpoints_lib.CheckpointError,
-  common.OneLineError,
-  common.RunError,
-  tasks.TaskFamilyError,
-  jaxmeta.data.DataError,
-)
-
-
 # The flags, in the order of `predict_files`' arguments.
 _ARGUMENTS = 'workdir support images checkpoint num_steps data_dir source_dir'
 
@@ -452,15 +423,8 @@ def define_flags() -> None:
     None,
     "Inner steps on the support set (default: the run's eval_inner_steps).",
   )
-  flags.DEFINE_string(
-    'data_dir',
-    None,
-    "TFDS data dir of the run's dataset, read only for a run whose "
-    'checkpoints do not record their input shape (default '
-    "$JAXMETA_DATA_DIR, else TFDS's default).",
-  )
-  flags.DEFINE_string(
-    'source_dir', None, "Folder of the dataset's source files, as in training."
+  main_lib.define_data_flags(
+    'read only for a run whose checkpoints do not record their input shape'
   )
 
 
@@ -473,7 +437,7 @@ def main(argv) -> None:
     rows = predict_files(
       *(flags.FLAGS[name].value for name in _ARGUMENTS.split())
     )
-  except _USER_ERRORS as e:
+  except main_lib.USER_ERRORS as e:
     common.exit_with_one_line(e)
   for path, name in rows:
     print(f'{path}\t{name}')

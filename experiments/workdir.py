@@ -141,13 +141,7 @@ def keep_records_up_to(path: epath.Path, step: int) -> None:
       continue  # A line cut short by a kill or a full disk.
     if record.get('step', 0) <= step:
       kept.append(json.dumps(record) + '\n')
-  text = ''.join(kept)
-  if not common.is_local(path):
-    path.write_text(text)
-    return
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text)
-  tmp.replace(path)
+  common.write_text(path, ''.join(kept))
 
 
 def check_schedule_horizon(
