@@ -23,12 +23,9 @@ def build_learner(
   input_shape: tuple[int, ...],
   num_train_classes: int | None = None,
 ) -> jaxmeta.MetaLearner:
-  """The backbone and algorithm named by the config.
-
-  `num_train_classes` (the training split's classes) is handed to the
-  algorithms that take `num_classes` (Baseline) unless `config.method` sets
-  it.
-  """
+  """The backbone and algorithm named by the config; `num_train_classes`
+  is the `num_classes` of the algorithms taking it, unless `config.method`
+  sets it."""
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
     if options.get('num_classes') is None:
@@ -126,10 +123,8 @@ def build_learner(
 def build_optimizer(
   config: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
-  """The outer optimiser. Its rate halves every `meta_lr_halve_every`
-  iterations with `meta_lr_schedule='halving'`; else it decays from `meta_lr`
-  to `meta_lr_final` over the run (linear, or cosine as in MAML++) if
-  `meta_lr_final >= 0`, and is constant otherwise."""
+  """The outer optimiser, with the rate schedule of the config (see
+  `experiments/configs/default.py`)."""
   lr = config.meta_lr
   steps = max(config.num_iterations, 1)
   if config.meta_lr_schedule == 'halving':
@@ -148,6 +143,7 @@ def build_optimizer(
 
 
 def all_finite(tree: Any) -> jax.Array:
+  """Whether every float of `tree` is finite (a bool scalar)."""
   leaves = [
     jnp.all(jnp.isfinite(x))
     for x in jax.tree.leaves(tree)
@@ -179,18 +175,13 @@ def make_train_step(
 ):
   """The jitted step `(state, batch) -> (state, metrics)` on `mesh`.
 
-  `batch` is the training split, and tasks are drawn inside the step from
-  `fold_in(state.key, state.step)`; or, where the family draws its
-  meta-batches on the host (`family.sample_host`), the meta-batch itself,
-  augmented inside the step. The meta-batch is split over the mesh's devices
-  (default: one device), each drawing and adapting its own tasks, and the
-  meta-gradient is averaged across them in the same program
-  (`jaxmeta.make_meta_train_step`). The model gets a key in training
-  (`jaxmeta.model_key`: dropout and DropBlock are active), the same on any
-  number of devices. A step whose loss, meta-gradient, new parameters or new
+  `batch` is the training split, from which the step draws its tasks; or,
+  where the family draws meta-batches on the host (`family.sample_host`),
+  the meta-batch, augmented in the step. See `jaxmeta.make_meta_train_step`
+  for the mesh. A step whose loss, meta-gradient, new parameters or new
   optimiser state are not all finite is not applied: the state stays the
-  last good one (so its `step` names the failing step) and
-  `metrics['finite']` is False.
+  last good one (its `step` names the failing step) and `metrics['finite']`
+  is False.
   """
   chunk = config.task_chunk_size or jaxmeta.default_task_chunk_size(
     config.meta_batch_size

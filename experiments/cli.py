@@ -1,16 +1,11 @@
 """The command line of the experiment programs: configs and their overrides.
 
 `--config=NAME[:preset]` or `--config=PATH[:preset]` selects a config
-(`experiments.configs.load`), and every `--config.<field>=<value>` overrides
-one field of it. The overrides are taken out of the command line before absl
-parses the rest and applied here, after the config is loaded, so that each
-mistake (an unknown field, a value of the wrong type, a field overridden
-after one inside it) is one line naming the field and the fix.
-
-Values are parsed by the type of the field they replace: a string field
-takes the text as it is, a bool `true`/`false` (or `--config.flag`,
-`--noconfig.flag`), numbers and Python literals (tuples, dicts for a whole
-group of fields) otherwise.
+(`experiments.configs.load`). Each `--config.<field>=<value>` is taken out of
+the command line before absl parses the rest and applied here, so that each
+mistake is one line naming the field and the fix. A value is parsed by the
+type of the field it replaces: a string as it is, a bool from `true`/`false`
+(or `--config.flag`, `--noconfig.flag`), else a number or Python literal.
 """
 
 from __future__ import annotations
@@ -63,13 +58,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[Override]]:
   return rest, overrides
 
 
-def _fields(group: ml_collections.ConfigDict, prefix: str) -> list[str]:
-  return [f'{prefix}{name}' for name in group.keys()]
-
-
 def _unknown(path: str, group, prefix: str) -> str:
   """The message for a field `path` that `group` (at `prefix`) lacks."""
-  names = _fields(group, prefix)
+  names = [f'{prefix}{name}' for name in group.keys()]
   hint = configs.did_you_mean(path, names)
   if len(names) <= _MAX_LISTED:
     fix = f'one of {", ".join(names)}'
@@ -181,11 +172,6 @@ def _assign(group, name: str, value: Any, override: Override) -> None:
     ) from None
 
 
-def _set(config, override: Override) -> None:
-  group, name = _parent(config, override.path)
-  _assign(group, name, parse_value(group[name], override), override)
-
-
 def _set_option(config, override: Override) -> None:
   """Sets `method.<option>`: an option of `config.algorithm`'s builder, at
   its default until set."""
@@ -208,14 +194,6 @@ def _set_option(config, override: Override) -> None:
   _assign(config.method, name, parse_value(current, override), override)
 
 
-def _is_option(config, path: str) -> bool:
-  return (
-    path.startswith('method.')
-    and isinstance(config.get('method'), ml_collections.ConfigDict)
-    and 'algorithm' in config
-  )
-
-
 def apply_overrides(
   config: ml_collections.ConfigDict, overrides: Sequence[Override]
 ) -> ml_collections.ConfigDict:
@@ -230,10 +208,17 @@ def apply_overrides(
   """
   _check_order(overrides)
   config = ml_collections.ConfigDict(config.to_dict())
-  options = [o for o in overrides if _is_option(config, o.path)]
+  has_options = (
+    isinstance(config.get('method'), ml_collections.ConfigDict)
+    and 'algorithm' in config
+  )
+  options = [
+    o for o in overrides if has_options and o.path.startswith('method.')
+  ]
   for override in overrides:
     if override not in options:
-      _set(config, override)
+      group, name = _parent(config, override.path)
+      _assign(group, name, parse_value(group[name], override), override)
   for override in options:
     _set_option(config, override)
   return config

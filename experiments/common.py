@@ -1,10 +1,8 @@
 """Pieces shared by the experiment modules: command line, workdirs, metrics,
 results.
 
-A workdir is an `etils.epath.Path`: a local directory, or a remote one
-(`gs://` with gcsfs installed: epath writes the files, orbax the
-checkpoints); `file://` URIs name local directories. Only local workdirs
-are locked (`locked_workdir`).
+A workdir is an `etils.epath.Path`: local, or remote (`gs://` with gcsfs
+installed); `file://` URIs name local directories.
 """
 
 import contextlib
@@ -27,9 +25,8 @@ import numpy as np
 
 
 def check_command_line(argv, required_flag: str) -> None:
-  """The start of every experiment's `main`: no stray arguments, the output
-  flag given, and library logs below errors (orbax saves, TFDS reads)
-  silenced."""
+  """The start of every program's `main`: no stray arguments, the output
+  flag given, library logs below errors silenced."""
   if len(argv) > 1:
     exit_with_one_line(
       f'Unexpected arguments: {argv[1:]} (flags are '
@@ -53,8 +50,8 @@ def to_python(value: Any) -> Any:
 
 
 class OneLineError(RuntimeError):
-  """A fault of the run's surroundings (a busy workdir, a full disk) whose
-  message names the problem and the fix: the programs print it as one line."""
+  """A fault of the run's surroundings (a busy workdir, a full disk), its
+  message naming the problem and the fix: printed as one line."""
 
 
 class DiskFullError(OneLineError):
@@ -177,60 +174,15 @@ def locked_workdir(
     os.close(fd)  # Releases the lock.
 
 
-class _EventFile:
-  """A TensorBoard event file (TFRecord framing of tensorboardX's `Event`
-  protos), written synchronously through `epath`, so that it can live in a
-  remote workdir and a failing write raises in the caller's thread."""
-
-  def __init__(self, logdir: epath.Path):
-    from tensorboardX.proto import event_pb2
-
-    self._event_pb2 = event_pb2
-    # TensorBoard's naming, made unique: a rerun within the same second
-    # must not overwrite the file of the run before.
-    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
-    path, n = logdir / name, 0
-    while path.exists():
-      n += 1
-      path = logdir / f'{name}.{n}'
-    self._file = path.open('wb')
-    self.write(
-      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2')
-    )
-
-  def add(self, summary, step: int) -> None:
-    self.write(
-      self._event_pb2.Event(
-        summary=summary, wall_time=time.time(), step=int(step)
-      )
-    )
-
-  def write(self, event) -> None:
-    from tensorboardX.record_writer import masked_crc32c
-
-    data = event.SerializeToString()
-    header = struct.pack('<Q', len(data))
-    self._file.write(
-      header
-      + struct.pack('<I', masked_crc32c(header))
-      + data
-      + struct.pack('<I', masked_crc32c(data))
-    )
-
-  def flush(self) -> None:
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
 class MetricWriter:
-  """Scalars to `workdir/metrics.jsonl` and TensorBoard event files.
+  """Scalars to `workdir/metrics.jsonl` and a TensorBoard event file.
 
-  The events are tensorboardX's protos (no TensorFlow needed), written
-  synchronously; `tensorboard --logdir WORKDIR/tensorboard` shows them. On a
-  remote store (`gs://`), which has no appends, metrics.jsonl is rewritten
-  whole at each write and the event file appears when closed.
+  The events are tensorboardX's protos in TFRecord framing (no TensorFlow
+  needed), written synchronously through `epath`: the file can live in a
+  remote workdir, and a failing write raises in the caller's thread.
+  `tensorboard --logdir WORKDIR/tensorboard` shows them. On a remote store
+  (`gs://`), which has no appends, metrics.jsonl is rewritten whole at each
+  write and the event file appears when closed.
   """
 
   def __init__(self, workdir: 'str | os.PathLike'):
@@ -245,7 +197,29 @@ class MetricWriter:
       self._lines = self._path.read_text() if self._path.exists() else ''
     logdir = workdir / 'tensorboard'
     logdir.mkdir(parents=True, exist_ok=True)
-    self._tb = _EventFile(logdir)
+    # TensorBoard's naming, made unique: a rerun within the same second
+    # must not overwrite the file of the run before.
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    path, n = logdir / name, 0
+    while path.exists():
+      n += 1
+      path = logdir / f'{name}.{n}'
+    self._events = path.open('wb')
+    self._add_event(file_version='brain.Event:2')
+
+  def _add_event(self, **fields) -> None:
+    """Appends an `Event` proto of `fields` to the event file."""
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = event_pb2.Event(wall_time=time.time(), **fields).SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._events.write(
+      header
+      + struct.pack('<I', masked_crc32c(header))
+      + data
+      + struct.pack('<I', masked_crc32c(data))
+    )
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
     from tensorboardX import summary
@@ -259,8 +233,8 @@ class MetricWriter:
       self._lines += line
       self._path.write_text(self._lines)
     for name, value in scalars.items():
-      self._tb.add(summary.scalar(name, value), step)
-    self._tb.flush()
+      self._add_event(summary=summary.scalar(name, value), step=int(step))
+    self._events.flush()
 
   def write_hparams(
     self, step: int, hparams: Mapping[str, Any], metrics: Mapping[str, float]
@@ -284,8 +258,8 @@ class MetricWriter:
     }
     metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
     for part in summary.hparams(plain, metrics):
-      self._tb.add(part, step)
-    self._tb.flush()
+      self._add_event(summary=part, step=int(step))
+    self._events.flush()
 
   def close(self):
     """Closes the files; a failure to flush them (a full disk) is raised,
@@ -294,16 +268,12 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
     finally:
-      self._tb.close()
+      self._events.close()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing with every error as one line (no `--help` dump).
-
-  Besides absl's own errors, config_flags raises plain exceptions for an
-  unknown `--config.<field>` or a config file's `get_config` error; each is
-  reported with its last line, which names the problem.
-  """
+  """absl's flag parsing with every error as one line (its last line, which
+  names the problem), without the `--help` dump."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -324,8 +294,7 @@ def last_line(error: BaseException) -> str:
 
 
 def exit_with_one_line(error: BaseException | str, code: int = 1) -> None:
-  """Ends the program with `Error: <message>` on stderr: no traceback, no
-  flag help, for errors that already name the problem and the fix."""
+  """Ends the program with `Error: <message>` on stderr, nothing more."""
   sys.stdout.flush()
   print(f'Error: {error}', file=sys.stderr)
   sys.exit(code)

@@ -9,14 +9,10 @@ r"""Runs one experiment: a config, a workdir, train or evaluate.
   python -m experiments.main --config=maml_omniglot:5w1s \
       --config.method.first_order=true --print_config
 
-(installed: `jaxmeta-train` with the same flags). `--config` is a config of
-`--list_configs` by name, or a config file by path, with an optional
-`:preset`. Every field of the config, the algorithm's options in
-`config.method` included, can be overridden with `--config.<field>=<value>`;
-`--print_config` prints every field with its value after the overrides and
-exits. Restarting with the same workdir and config resumes from the latest
-checkpoint; `--mode=eval` tests the best checkpoint of the run again. See
-`experiments.train` for the outputs.
+(installed: `jaxmeta-train`). Every field of the config, the algorithm's
+options in `config.method` included, can be overridden with
+`--config.<field>=<value>`. Restarting with the same workdir and config
+resumes from the latest checkpoint. See `experiments.train` for the outputs.
 """
 
 import os
@@ -99,10 +95,9 @@ def define_flags(default_config: str | None = None) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing of everything but the `--config.<field>`
-  overrides, which are returned after the positional arguments for `main`;
-  every error is one line."""
-  try:
+  """`common.parse_flags` of all but the `--config.<field>` overrides, which
+  are returned after the positional arguments, for `main`."""
+  try:  # --flagfile first: the overrides in a flag file are split out too.
     argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
   except flags.Error as e:
     common.exit_with_one_line(common.last_line(e))

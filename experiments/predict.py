@@ -8,11 +8,6 @@ PNG or JPEG images, `--images` a folder or image files; the program adapts
 once on the support set and prints `path<TAB>class name` for each image,
 each classified on its own. Images are read as the run's dataset prepared
 its training images (`read_image`).
-
-`load_run(workdir)` rebuilds the run's learner with the harness's own code
-(`experiments.build.build_learner`) from the config in the workdir, and
-restores the parameters of its best validated checkpoint (or the latest);
-it reads the workdir only, under the shared lock that `--mode=eval` takes.
 """
 
 from __future__ import annotations
@@ -51,6 +46,10 @@ def load_run(
 ) -> tuple[jaxmeta.MetaLearner, Any, ml_collections.ConfigDict]:
   """The learner, meta-parameters and config of the run in `workdir`.
 
+  The learner is rebuilt by `experiments.build.build_learner` from the
+  workdir's config; the workdir is only read, under the shared lock that
+  `--mode=eval` takes.
+
   Args:
     workdir: the run's directory (what `--workdir` named when training).
     checkpoint: 'best' (the best validated step, what the test scores) or
@@ -70,12 +69,7 @@ def load_run(
   return _load(workdir, checkpoint, data_dir, source_dir)[:3]
 
 
-def _load(
-  workdir: 'str | os.PathLike',
-  checkpoint: str = 'best',
-  data_dir: str | None = None,
-  source_dir: str | None = None,
-) -> tuple[jaxmeta.MetaLearner, Any, ml_collections.ConfigDict, tuple]:
+def _load(workdir, checkpoint, data_dir, source_dir):
   """`load_run`, and the shape `(H, W, C)` of one input of the model."""
   if checkpoint not in ('best', 'latest'):
     raise ValueError(
@@ -373,7 +367,7 @@ def predict_files(
   """`(path, predicted class name)` for each image of `images` (files or
   folders), adapted on the class folders of `support`; the command's work."""
   learner, params, config, shape = _load(
-    workdir, checkpoint=checkpoint, data_dir=data_dir, source_dir=source_dir
+    workdir, checkpoint, data_dir, source_dir
   )
   if config.dataset not in jaxmeta.data.DATASETS:
     raise common.OneLineError(

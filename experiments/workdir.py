@@ -20,16 +20,9 @@ from . import config_checks
 # long or how it runs, not what is learned (but for `num_iterations` with a
 # decaying meta learning rate, whose schedule follows it: see
 # `check_schedule_horizon`).
-RESUMABLE_FIELDS = (
-  'num_iterations',
-  'eval_every',
-  'num_eval_tasks',
-  'task_chunk_size',
-  'eval_batch_size',
-  'checkpoint_every',
-  'keep_checkpoints',
-  'log_every',
-  'model.conv_impl',
+RESUMABLE_FIELDS = tuple(
+  'num_iterations eval_every num_eval_tasks task_chunk_size eval_batch_size '
+  'checkpoint_every keep_checkpoints log_every model.conv_impl'.split()
 )
 
 
@@ -153,12 +146,9 @@ def check_schedule_horizon(
   """Refuses to resume, with another `num_iterations`, a run whose meta
   learning rate decays over `num_iterations` (linear or cosine).
 
-  Its schedule's horizon would move under the steps already taken, and the
-  run would equal a straight run of neither length. It is refused rather
-  than continued on the old horizon, because past that horizon the rate is
-  `meta_lr_final` (0 by default) and the extra steps would learn nothing.
-  A finished run may still be tested with a smaller `num_iterations`
-  (nothing is trained).
+  The schedule would move under the steps already taken (and past the old
+  horizon the rate is `meta_lr_final`: nothing more would be learned). A
+  finished run may still be tested with a smaller `num_iterations`.
   """
   if saved is None or step == 0 or step >= config.num_iterations:
     return
@@ -175,18 +165,6 @@ def check_schedule_horizon(
     f'--config.num_iterations={before}, or train '
     f'{config.num_iterations} iterations in a new --workdir.'
   )
-
-
-def saved_steps(workdir: epath.Path) -> list[int]:
-  """The finished checkpoint steps on disk (without asking orbax)."""
-  try:
-    return sorted(
-      int(p.name)
-      for p in (workdir / 'checkpoints').iterdir()
-      if p.name.isdigit()
-    )
-  except OSError:
-    return []
 
 
 def blocked_path(
@@ -218,6 +196,7 @@ def blocked_path(
 def disk_full(
   workdir: epath.Path, error: BaseException
 ) -> common.DiskFullError:
+  """A full disk while the run wrote `error`'s file, as one line."""
   cause = error
   while cause is not None and not getattr(cause, 'filename', None):
     cause = cause.__cause__ or cause.__context__
@@ -228,13 +207,15 @@ def disk_full(
       os.path.abspath(os.fspath(workdir))
     )
     where = f'{where} ({filename})' if inside else filename
-  steps = saved_steps(workdir)
-  kept = (
-    f'the latest checkpoint, step {steps[-1]}, is intact and the rerun '
-    f'resumes from it'
-    if steps
-    else 'no checkpoint had been saved yet, the rerun starts afresh'
-  )
+  try:  # The finished steps on disk, without asking orbax.
+    steps = [p.name for p in (workdir / 'checkpoints').iterdir()]
+    latest = max(int(name) for name in steps if name.isdigit())
+    kept = (
+      f'the latest checkpoint, step {latest}, is intact and the rerun '
+      'resumes from it'
+    )
+  except (OSError, ValueError):
+    kept = 'no checkpoint had been saved yet, the rerun starts afresh'
   return common.DiskFullError(
     f'The disk of {where} is full (or over quota): the run stopped, and '
     f'{kept}. Fix: free space there and rerun the same command.'
