@@ -277,12 +277,12 @@ def list_configs() -> str:
   lines = []
   for name in configs.names():
     module = configs.module(name)
-    presets = list(configs.presets(name))
+    presets = list(getattr(module, 'PRESETS', ()))
     default = inspect.signature(module.get_config).parameters.get('arg')
     default = None if default is None else default.default
     if default in presets:
-      presets[presets.index(default)] = f'{default} (default)'
-      presets.insert(0, presets.pop(presets.index(f'{default} (default)')))
+      presets.remove(default)
+      presets.insert(0, f'{default} (default)')
     summary = ' '.join((module.__doc__ or '').strip().split('\n\n')[0].split())
     listed = f': {", ".join(presets)}' if presets else ''
     lines.append(f'{name}{listed}\n    {summary}')

@@ -24,16 +24,17 @@ import jax
 import numpy as np
 
 
-def check_command_line(argv, required_flag: str) -> None:
-  """The start of every program's `main`: no stray arguments, the output
-  flag given, library logs below errors silenced."""
+def check_command_line(argv, *required_flags: str) -> None:
+  """The start of every program's `main`: no stray arguments, the required
+  flags given, library logs below errors silenced."""
   if len(argv) > 1:
     exit_with_one_line(
       f'Unexpected arguments: {argv[1:]} (flags are '
       '--name=value; --helpfull lists them).'
     )
-  if not flags.FLAGS[required_flag].value:
-    exit_with_one_line(f'--{required_flag} is required.')
+  for name in required_flags:
+    if not flags.FLAGS[name].value:
+      exit_with_one_line(f'--{name} is required.')
   logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
 
 
@@ -62,21 +63,26 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ('No space left on device', 'Disk quota exceeded')
 
 
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+  """`error`, then the error it was raised from or during, and so on."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def is_disk_full(error: BaseException) -> bool:
   """Whether `error`, or an error it was raised from, is a full disk.
 
   Orbax and TensorStore re-raise the `OSError` of a write as their own
   types, sometimes with only its text, so the chain and the text are read.
   """
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
-      return True
-    if any(text in str(error) for text in _DISK_FULL_TEXT):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(
+    (isinstance(e, OSError) and e.errno in _DISK_FULL)
+    or any(text in str(e) for text in _DISK_FULL_TEXT)
+    for e in error_chain(error)
+  )
 
 
 def workdir_path(workdir: 'str | os.PathLike') -> epath.Path:

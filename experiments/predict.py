@@ -423,10 +423,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  common.check_command_line(argv, 'workdir')
-  for name in ('support', 'images'):
-    if not flags.FLAGS[name].value:
-      common.exit_with_one_line(f'--{name} is required.')
+  common.check_command_line(argv, 'workdir', 'support', 'images')
   try:
     rows = predict_files(
       *(flags.FLAGS[name].value for name in _ARGUMENTS.split())

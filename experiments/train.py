@@ -196,13 +196,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
       if log or evaluate or save:
         metrics = jax.device_get(metrics)
         if not metrics.pop('finite'):
-          raise _diverged(
-            config,
-            workdir,
-            metrics,
-            int(state.step) + 1,
-            checkpoints.latest_step(),
-          )
+          raise _diverged(config, workdir, metrics, state, checkpoints)
       if log:
         writer.write(step, metrics, prefix='train/')
         bar.set_postfix(
@@ -278,7 +272,9 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
   return results
 
 
-def _diverged(config, workdir, metrics, step, last_saved) -> common.RunError:
+def _diverged(config, workdir, metrics, state, checkpoints) -> common.RunError:
+  """The error of a non-finite step (the one after `state`'s)."""
+  step, last_saved = int(state.step) + 1, checkpoints.latest_step()
   kept = (
     f'The last checkpoint, step {last_saved} in {workdir}/checkpoints, '
     'holds finite parameters.'

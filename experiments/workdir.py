@@ -173,23 +173,23 @@ def blocked_path(
   """An `OSError` on a path inside the workdir (a folder where the run
   writes a file, a file where it makes a folder, no permission) as one line;
   None for other errors."""
-  root = os.path.abspath(os.fspath(workdir)) if common.is_local(workdir) else ''
-  while error is not None:
-    if isinstance(error, OSError):
-      path = error.filename and os.path.abspath(os.fspath(error.filename))
-      if root and path and (path + os.sep).startswith(root + os.sep):
+  if not common.is_local(workdir):
+    return None
+  root = os.path.abspath(os.fspath(workdir))
+  fix = (
+    'Fix: move it out of the way, or use a new --workdir; then the same '
+    'command goes on from the last checkpoint.'
+  )
+  for e in common.error_chain(error):
+    if isinstance(e, OSError):
+      path = e.filename and os.path.abspath(os.fspath(e.filename))
+      if path and (path + os.sep).startswith(root + os.sep):
         return common.OneLineError(
-          f'Cannot use {path} ({error.strerror or error}): the run writes '
-          'its own file or folder there. Fix: move it out of the way, or use '
-          'a new --workdir; then the same command goes on from the last '
-          'checkpoint.'
+          f'Cannot use {path} ({e.strerror or e}): the run writes its own '
+          f'file or folder there. {fix}'
         )
-      if root and not path and root in str(error):
-        return common.OneLineError(
-          f'{error}. Fix: move it out of the way, or use a new --workdir; '
-          'then the same command goes on from the last checkpoint.'
-        )
-    error = error.__cause__ or error.__context__
+      if not path and root in str(e):
+        return common.OneLineError(f'{e}. {fix}')
   return None
 
 
@@ -197,10 +197,8 @@ def disk_full(
   workdir: epath.Path, error: BaseException
 ) -> common.DiskFullError:
   """A full disk while the run wrote `error`'s file, as one line."""
-  cause = error
-  while cause is not None and not getattr(cause, 'filename', None):
-    cause = cause.__cause__ or cause.__context__
-  filename = os.fspath(cause.filename) if cause is not None else None
+  filenames = [getattr(e, 'filename', None) for e in common.error_chain(error)]
+  filename = next((os.fspath(f) for f in filenames if f), None)
   where = f'--workdir={workdir}'
   if filename:
     inside = os.path.abspath(filename).startswith(

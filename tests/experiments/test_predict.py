@@ -15,11 +15,11 @@ from PIL import Image
 import pytest
 
 import jaxmeta
+from jaxmeta import sharding
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
 from jaxmeta.data import omniglot_tfds
 from jaxmeta.data import registry
-from jaxmeta import sharding
 from experiments import build
 from experiments import checkpoints as checkpoints_lib
 from experiments import config_checks
