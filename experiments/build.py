@@ -23,12 +23,9 @@ def build_learner(
   input_shape: tuple[int, ...],
   num_train_classes: int | None = None,
 ) -> jaxmeta.MetaLearner:
-  """The backbone and algorithm named by the config.
-
-  `num_train_classes` (the training split's classes) is handed to the
-  algorithms that take `num_classes` (Baseline) unless `config.method` sets
-  it.
-  """
+  """The backbone and algorithm named by the config; `num_train_classes`
+  is the `num_classes` of the algorithms taking it, unless `config.method`
+  sets it."""
   options = dict(config.method)
   if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
     if options.get('num_classes') is None:
@@ -126,10 +123,8 @@ def build_learner(
 def build_optimizer(
   config: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
-  """The outer optimiser. Its rate halves every `meta_lr_halve_every`
-  iterations with `meta_lr_schedule='halving'`; else it decays from `meta_lr`
-  to `meta_lr_final` over the run (linear, or cosine as in MAML++) if
-  `meta_lr_final >= 0`, and is constant otherwise."""
+  """The outer optimiser, with the rate schedule of the config (see
+  `experiments/configs/default.py`)."""
   lr = config.meta_lr
   steps = max(config.num_iterations, 1)
   if config.meta_lr_schedule == 'halving':
@@ -148,6 +143,7 @@ def build_optimizer(
 
 
 def all_finite(tree: Any) -> jax.Array:
+  """Whether every float of `tree` is finite (a bool scalar)."""
   leaves = [
     jnp.all(jnp.isfinite(x))
     for x in jax.tree.leaves(tree)
@@ -156,9 +152,18 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A mesh over every device of every process (one device: a mesh of it)."""
-  return sharding.make_mesh()
+def open_checkpoints(
+  workdir, config, family: tasks.TaskFamily, read_only: bool = False
+) -> checkpoints_lib.Checkpoints:
+  """The checkpoints of the run in `workdir`, ranked on validation by
+  `family.metric`."""
+  return checkpoints_lib.Checkpoints(
+    workdir,
+    config.keep_checkpoints,
+    f'val_{family.metric}',
+    family.higher_is_better,
+    read_only=read_only,
+  )
 
 
 def make_train_step(
@@ -170,18 +175,13 @@ def make_train_step(
 ):
   """The jitted step `(state, batch) -> (state, metrics)` on `mesh`.
 
-  `batch` is the training split, and tasks are drawn inside the step from
-  `fold_in(state.key, state.step)`; or, where the family draws its
-  meta-batches on the host (`family.sample_host`), the meta-batch itself,
-  augmented inside the step. The meta-batch is split over the mesh's devices
-  (default: one device), each drawing and adapting its own tasks, and the
-  meta-gradient is averaged across them in the same program
-  (`jaxmeta.make_meta_train_step`). The model gets a key in training
-  (`jaxmeta.model_key`: dropout and DropBlock are active), the same on any
-  number of devices. A step whose loss, meta-gradient, new parameters or new
+  `batch` is the training split, from which the step draws its tasks; or,
+  where the family draws meta-batches on the host (`family.sample_host`),
+  the meta-batch, augmented in the step. See `jaxmeta.make_meta_train_step`
+  for the mesh. A step whose loss, meta-gradient, new parameters or new
   optimiser state are not all finite is not applied: the state stays the
-  last good one (so its `step` names the failing step) and
-  `metrics['finite']` is False.
+  last good one (its `step` names the failing step) and `metrics['finite']`
+  is False.
   """
   chunk = config.task_chunk_size or jaxmeta.default_task_chunk_size(
     config.meta_batch_size
@@ -236,7 +236,7 @@ class Run:
       raise config_checks.ConfigError(
         f'config.seed / config.eval_seed: {e}'
       ) from e
-    self.mesh = make_mesh()
+    self.mesh = sharding.make_mesh()
     try:
       sharding.check_divisible(
         config.meta_batch_size, self.mesh, config.task_chunk_size or None
@@ -262,13 +262,7 @@ class Run:
     )
     self.optimizer = build_optimizer(config)
     self.metric = self.family.metric
-    self.checkpoints = checkpoints_lib.Checkpoints(
-      workdir,
-      config.keep_checkpoints,
-      f'val_{self.metric}',
-      self.family.higher_is_better,
-      read_only=read_only,
-    )
+    self.checkpoints = open_checkpoints(workdir, config, self.family, read_only)
 
   def load(self, split):
     """The data of `split`, on every device of the mesh."""

@@ -1,21 +1,17 @@
 """One orbax `CheckpointManager` per run: the latest few and the best.
 
 `workdir/checkpoints/<step>/` holds the train state, the run's config (JSON
-item `meta`) and, for steps where validation ran, the validation metric that
-orbax's preservation policy ranks. Kept: the latest `keep` steps
-(`LatestN`) and the best one on validation (`BestN`, n = 1); both policies
-run over the same directory, so there is one save per step and no second
+item `meta`) and, for validated steps, the validation metric. Kept: the
+latest `keep` steps (`LatestN`) and the best validated one (`BestN`); both
+policies run over the same directory, so one save per step, and no second
 bookkeeping that a kill could leave inconsistent.
 
-Why this survives a kill at any moment: orbax writes a step into a temporary
-directory and renames it when complete; the temporary directories of an
-interrupted save are removed when the manager opens
-(`cleanup_tmp_directories`), so the next run trains that step again and
-saves it afresh. A step directory that is nevertheless unreadable (a
-truncated file, a disk error) is moved aside to `workdir/unreadable/`, with a
-warning: the previous intact step is resumed from, and the next-best intact
-validated step is tested. Opened read-only (evaluation), an unreadable step
-is a `CheckpointError` that says how to recover.
+A kill at any moment loses nothing saved: orbax writes a step into a
+temporary directory, renamed when complete, and removes an interrupted
+save's when it opens. A step that is nevertheless unreadable is moved aside
+to `workdir/unreadable/` with a warning, and the previous intact step is
+resumed (the next-best validated one tested); opened read-only
+(evaluation), it is a `CheckpointError` that says how to recover.
 """
 
 from __future__ import annotations
@@ -111,10 +107,8 @@ class Checkpoints:
 
   def best_step(self) -> int | None:
     """The validated step with the best metric (the latest of ties)."""
-    steps = [
-      s for s in self.manager.all_steps() if self.manager.metrics(s) is not None
-    ]
-    if not steps:
+    steps = self.manager.all_steps()
+    if all(self.manager.metrics(s) is None for s in steps):
       return None
     return self.manager.best_step()
 
@@ -157,12 +151,7 @@ class Checkpoints:
     them) is read into the current layout (`restore_without_model_state`).
     """
     if isinstance(like, jaxmeta.MetaTrainState):
-      handler = ocp.PyTreeCheckpointHandler()
-      try:
-        saved = handler.metadata(self._state_directory(step)).tree
-      finally:
-        handler.close()
-      if 'model_state' not in saved:
+      if 'model_state' not in self.saved_tree(step):
         return self.restore_without_model_state(like, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     restored = self.manager.restore(
@@ -173,8 +162,16 @@ class Checkpoints:
     )
     return restored.state, restored.meta
 
-  def _state_directory(self, step: int):
+  def state_directory(self, step: int):
     return self.workdir / 'checkpoints' / str(step) / 'state'
+
+  def saved_tree(self, step: int) -> Any:
+    """The metadata (shapes, dtypes) of the state saved at `step`."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      return handler.metadata(self.state_directory(step)).tree
+    finally:
+      handler.close()
 
   def restore_without_model_state(
     self, like: 'jaxmeta.MetaTrainState', step: int
@@ -204,7 +201,7 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     with ocp.PyTreeCheckpointer() as checkpointer:
       old = checkpointer.restore(
-        self._state_directory(step),
+        self.state_directory(step),
         args=ocp.args.PyTreeRestore(
           abstract,
           restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
@@ -222,21 +219,17 @@ class Checkpoints:
     return state, self.read_meta(step)
 
   def restore_latest_readable(
-    self, like: Any, steps: list[int] | None = None
+    self, like: Any
   ) -> tuple[Any, dict[str, Any]] | None:
     """Restores the latest step that reads back, moving broken ones aside.
 
     Args:
       like: a state of the right structure, shapes and dtypes.
-      steps: the candidate steps (default: every saved step).
 
     Returns:
       `(state, meta)`, or None if no step reads back (or none exists).
     """
-    candidates = sorted(
-      self.manager.all_steps() if steps is None else steps, reverse=True
-    )
-    for step in candidates:
+    for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return self.restore(like, step)
       except Exception as e:

@@ -1,16 +1,11 @@
 """The command line of the experiment programs: configs and their overrides.
 
 `--config=NAME[:preset]` or `--config=PATH[:preset]` selects a config
-(`experiments.configs.load`), and every `--config.<field>=<value>` overrides
-one field of it. The overrides are taken out of the command line before absl
-parses the rest and applied here, after the config is loaded, so that each
-mistake (an unknown field, a value of the wrong type, a field overridden
-after one inside it) is one line naming the field and the fix.
-
-Values are parsed by the type of the field they replace: a string field
-takes the text as it is, a bool `true`/`false` (or `--config.flag`,
-`--noconfig.flag`), numbers and Python literals (tuples, dicts for a whole
-group of fields) otherwise.
+(`experiments.configs.load`). Each `--config.<field>=<value>` is taken out of
+the command line before absl parses the rest and applied here, so that each
+mistake is one line naming the field and the fix. A value is parsed by the
+type of the field it replaces: a string as it is, a bool from `true`/`false`
+(or `--config.flag`, `--noconfig.flag`), else a number or Python literal.
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ import math
 import re
 from typing import Any, NamedTuple, Sequence
 
-from absl import flags
 import ml_collections
 
 from . import configs
@@ -64,13 +58,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[Override]]:
   return rest, overrides
 
 
-def _fields(group: ml_collections.ConfigDict, prefix: str) -> list[str]:
-  return [f'{prefix}{name}' for name in group.keys()]
-
-
 def _unknown(path: str, group, prefix: str) -> str:
   """The message for a field `path` that `group` (at `prefix`) lacks."""
-  names = _fields(group, prefix)
+  names = [f'{prefix}{name}' for name in group.keys()]
   hint = configs.did_you_mean(path, names)
   if len(names) <= _MAX_LISTED:
     fix = f'one of {", ".join(names)}'
@@ -182,11 +172,6 @@ def _assign(group, name: str, value: Any, override: Override) -> None:
     ) from None
 
 
-def _set(config, override: Override) -> None:
-  group, name = _parent(config, override.path)
-  _assign(group, name, parse_value(group[name], override), override)
-
-
 def _set_option(config, override: Override) -> None:
   """Sets `method.<option>`: an option of `config.algorithm`'s builder, at
   its default until set."""
@@ -209,14 +194,6 @@ def _set_option(config, override: Override) -> None:
   _assign(config.method, name, parse_value(current, override), override)
 
 
-def _is_option(config, path: str) -> bool:
-  return (
-    path.startswith('method.')
-    and isinstance(config.get('method'), ml_collections.ConfigDict)
-    and 'algorithm' in config
-  )
-
-
 def apply_overrides(
   config: ml_collections.ConfigDict, overrides: Sequence[Override]
 ) -> ml_collections.ConfigDict:
@@ -231,10 +208,17 @@ def apply_overrides(
   """
   _check_order(overrides)
   config = ml_collections.ConfigDict(config.to_dict())
-  options = [o for o in overrides if _is_option(config, o.path)]
+  has_options = (
+    isinstance(config.get('method'), ml_collections.ConfigDict)
+    and 'algorithm' in config
+  )
+  options = [
+    o for o in overrides if has_options and o.path.startswith('method.')
+  ]
   for override in overrides:
     if override not in options:
-      _set(config, override)
+      group, name = _parent(config, override.path)
+      _assign(group, name, parse_value(group[name], override), override)
   for override in options:
     _set_option(config, override)
   return config
@@ -293,18 +277,13 @@ def list_configs() -> str:
   lines = []
   for name in configs.names():
     module = configs.module(name)
-    presets = list(configs.presets(name))
+    presets = list(getattr(module, 'PRESETS', ()))
     default = inspect.signature(module.get_config).parameters.get('arg')
     default = None if default is None else default.default
     if default in presets:
-      presets[presets.index(default)] = f'{default} (default)'
-      presets.insert(0, presets.pop(presets.index(f'{default} (default)')))
+      presets.remove(default)
+      presets.insert(0, f'{default} (default)')
     summary = ' '.join((module.__doc__ or '').strip().split('\n\n')[0].split())
     listed = f': {", ".join(presets)}' if presets else ''
     lines.append(f'{name}{listed}\n    {summary}')
   return '\n'.join(lines)
-
-
-def read_flag_files(argv: Sequence[str]) -> list[str]:
-  """`argv` with every `--flagfile=FILE` replaced by the file's flags."""
-  return flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)

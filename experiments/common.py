@@ -1,10 +1,8 @@
 """Pieces shared by the experiment modules: command line, workdirs, metrics,
 results.
 
-A workdir is an `etils.epath.Path`: a local directory, or a remote one
-(`gs://` with gcsfs installed: epath writes the files, orbax the
-checkpoints); `file://` URIs name local directories. Only local workdirs
-are locked (`locked_workdir`).
+A workdir is an `etils.epath.Path`: local, or remote (`gs://` with gcsfs
+installed); `file://` URIs name local directories.
 """
 
 import contextlib
@@ -26,17 +24,17 @@ import jax
 import numpy as np
 
 
-def check_command_line(argv, required_flag: str) -> None:
-  """The start of every experiment's `main`: no stray arguments, the output
-  flag given, and library logs below errors (orbax saves, TFDS reads)
-  silenced."""
+def check_command_line(argv, *required_flags: str) -> None:
+  """The start of every program's `main`: no stray arguments, the required
+  flags given, library logs below errors silenced."""
   if len(argv) > 1:
     exit_with_one_line(
       f'Unexpected arguments: {argv[1:]} (flags are '
       '--name=value; --helpfull lists them).'
     )
-  if not flags.FLAGS[required_flag].value:
-    exit_with_one_line(f'--{required_flag} is required.')
+  for name in required_flags:
+    if not flags.FLAGS[name].value:
+      exit_with_one_line(f'--{name} is required.')
   logging.set_verbosity(min(logging.get_verbosity(), logging.ERROR))
 
 
@@ -53,8 +51,8 @@ def to_python(value: Any) -> Any:
 
 
 class OneLineError(RuntimeError):
-  """A fault of the run's surroundings (a busy workdir, a full disk) whose
-  message names the problem and the fix: the programs print it as one line."""
+  """A fault of the run's surroundings (a busy workdir, a full disk), its
+  message naming the problem and the fix: printed as one line."""
 
 
 class DiskFullError(OneLineError):
@@ -65,21 +63,26 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ('No space left on device', 'Disk quota exceeded')
 
 
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+  """`error`, then the error it was raised from or during, and so on."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def is_disk_full(error: BaseException) -> bool:
   """Whether `error`, or an error it was raised from, is a full disk.
 
   Orbax and TensorStore re-raise the `OSError` of a write as their own
   types, sometimes with only its text, so the chain and the text are read.
   """
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
-      return True
-    if any(text in str(error) for text in _DISK_FULL_TEXT):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(
+    (isinstance(e, OSError) and e.errno in _DISK_FULL)
+    or any(text in str(e) for text in _DISK_FULL_TEXT)
+    for e in error_chain(error)
+  )
 
 
 def workdir_path(workdir: 'str | os.PathLike') -> epath.Path:
@@ -96,14 +99,18 @@ def is_local(path: epath.Path) -> bool:
 
 
 def write_json(path: 'str | os.PathLike', obj: Any) -> None:
-  """Writes JSON atomically: a crash never leaves a half-written file.
+  """Writes JSON atomically (`write_text`)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_text(path, json.dumps(to_python(obj), indent=2, sort_keys=True) + '\n')
+
+
+def write_text(path: epath.Path, text: str) -> None:
+  """Writes `text` atomically: a crash never leaves a half-written file.
 
   Written to a temporary file beside it, then renamed over it (on a remote
   store a single object write, which is atomic by itself).
   """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(to_python(obj), indent=2, sort_keys=True) + '\n'
   if not is_local(path):
     path.write_text(text)
     return
@@ -125,11 +132,10 @@ def locked_workdir(
 ) -> Iterator[None]:
   """Holds `workdir/lock` for a run (`exclusive`) or an evaluation (shared).
 
-  An advisory `flock` on a file of the workdir: the kernel releases it when
-  the process ends however it ends (kill -9 included), so no stale lock is
-  ever left. The file records the holder (pid, host, start time) for the
-  message of the run that is refused. Remote workdirs (`gs://` ...) and
-  workdirs this process cannot write are not locked: flock is local.
+  An advisory `flock`: the kernel releases it however the process ends (kill
+  -9 included), so no stale lock is left. The file names the holder (pid,
+  host, start time) for the refused run's message. Remote and read-only
+  workdirs are not locked: flock is local.
 
   Raises:
     OneLineError: another run holds the lock.
@@ -174,60 +180,15 @@ def locked_workdir(
     os.close(fd)  # Releases the lock.
 
 
-class _EventFile:
-  """A TensorBoard event file (TFRecord framing of tensorboardX's `Event`
-  protos), written synchronously through `epath`, so that it can live in a
-  remote workdir and a failing write raises in the caller's thread."""
-
-  def __init__(self, logdir: epath.Path):
-    from tensorboardX.proto import event_pb2
-
-    self._event_pb2 = event_pb2
-    # TensorBoard's naming, made unique: a rerun within the same second
-    # must not overwrite the file of the run before.
-    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
-    path, n = logdir / name, 0
-    while path.exists():
-      n += 1
-      path = logdir / f'{name}.{n}'
-    self._file = path.open('wb')
-    self.write(
-      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2')
-    )
-
-  def add(self, summary, step: int) -> None:
-    self.write(
-      self._event_pb2.Event(
-        summary=summary, wall_time=time.time(), step=int(step)
-      )
-    )
-
-  def write(self, event) -> None:
-    from tensorboardX.record_writer import masked_crc32c
-
-    data = event.SerializeToString()
-    header = struct.pack('<Q', len(data))
-    self._file.write(
-      header
-      + struct.pack('<I', masked_crc32c(header))
-      + data
-      + struct.pack('<I', masked_crc32c(data))
-    )
-
-  def flush(self) -> None:
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
 class MetricWriter:
-  """Scalars to `workdir/metrics.jsonl` and TensorBoard event files.
+  """Scalars to `workdir/metrics.jsonl` and a TensorBoard event file.
 
-  The events are tensorboardX's protos (no TensorFlow needed), written
-  synchronously; `tensorboard --logdir WORKDIR/tensorboard` shows them. On a
-  remote store (`gs://`), which has no appends, metrics.jsonl is rewritten
-  whole at each write and the event file appears when closed.
+  The events are tensorboardX's protos in TFRecord framing (no TensorFlow
+  needed), written synchronously through `epath`: the file can live in a
+  remote workdir, and a failing write raises in the caller's thread.
+  `tensorboard --logdir WORKDIR/tensorboard` shows them. On a remote store
+  (`gs://`), which has no appends, metrics.jsonl is rewritten whole at each
+  write and the event file appears when closed.
   """
 
   def __init__(self, workdir: 'str | os.PathLike'):
@@ -242,7 +203,29 @@ class MetricWriter:
       self._lines = self._path.read_text() if self._path.exists() else ''
     logdir = workdir / 'tensorboard'
     logdir.mkdir(parents=True, exist_ok=True)
-    self._tb = _EventFile(logdir)
+    # TensorBoard's naming, made unique: a rerun within the same second
+    # must not overwrite the file of the run before.
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    path, n = logdir / name, 0
+    while path.exists():
+      n += 1
+      path = logdir / f'{name}.{n}'
+    self._events = path.open('wb')
+    self._add_event(file_version='brain.Event:2')
+
+  def _add_event(self, **fields) -> None:
+    """Appends an `Event` proto of `fields` to the event file."""
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = event_pb2.Event(wall_time=time.time(), **fields).SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._events.write(
+      header
+      + struct.pack('<I', masked_crc32c(header))
+      + data
+      + struct.pack('<I', masked_crc32c(data))
+    )
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = ''):
     from tensorboardX import summary
@@ -256,8 +239,8 @@ class MetricWriter:
       self._lines += line
       self._path.write_text(self._lines)
     for name, value in scalars.items():
-      self._tb.add(summary.scalar(name, value), step)
-    self._tb.flush()
+      self._add_event(summary=summary.scalar(name, value), step=int(step))
+    self._events.flush()
 
   def write_hparams(
     self, step: int, hparams: Mapping[str, Any], metrics: Mapping[str, float]
@@ -281,8 +264,8 @@ class MetricWriter:
     }
     metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
     for part in summary.hparams(plain, metrics):
-      self._tb.add(part, step)
-    self._tb.flush()
+      self._add_event(summary=part, step=int(step))
+    self._events.flush()
 
   def close(self):
     """Closes the files; a failure to flush them (a full disk) is raised,
@@ -291,16 +274,12 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
     finally:
-      self._tb.close()
+      self._events.close()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing with every error as one line (no `--help` dump).
-
-  Besides absl's own errors, config_flags raises plain exceptions for an
-  unknown `--config.<field>` or a config file's `get_config` error; each is
-  reported with its last line, which names the problem.
-  """
+  """absl's flag parsing with every error as one line (its last line, which
+  names the problem), without the `--help` dump."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -321,8 +300,7 @@ def last_line(error: BaseException) -> str:
 
 
 def exit_with_one_line(error: BaseException | str, code: int = 1) -> None:
-  """Ends the program with `Error: <message>` on stderr: no traceback, no
-  flag help, for errors that already name the problem and the fix."""
+  """Ends the program with `Error: <message>` on stderr, nothing more."""
   sys.stdout.flush()
   print(f'Error: {error}', file=sys.stderr)
   sys.exit(code)
@@ -335,31 +313,28 @@ _REEXEC_MARKER = 'JAXMETA_REEXECUTED'
 def reexec_with_huge_pages() -> None:
   """Restarts this program with glibc's malloc on transparent huge pages.
 
-  XLA:CPU allocates the temporary buffers of a compiled program afresh on
-  every call (over 100 MB for a Conv-4 MAML step). glibc serves such sizes
-  with fresh `mmap`s, and with 4 KiB pages the kernel takes tens of thousands
-  of page faults per step to map and zero them; with huge pages it takes a few
-  hundred, and the step is faster (benchmarks/README.md). glibc reads
-  `GLIBC_TUNABLES` only at start-up, so the experiments' entry points call
-  this first: if the tunable is missing it re-executes the same command line
-  with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (the kernel still
-  decides, following /sys/kernel/mm/transparent_hugepage). It does nothing off
-  Linux, with a libc other than glibc >= 2.35, when the tunable is already
-  set, or with `JAXMETA_HUGE_PAGES=0` in the environment.
+  XLA:CPU allocates a compiled program's temporary buffers afresh on every
+  call; with huge pages mapping them takes far fewer page faults, and the
+  step is faster (benchmarks/README.md). glibc reads `GLIBC_TUNABLES` only at
+  start-up, so the entry points call this first: it re-executes the command
+  line with `glibc.malloc.hugetlb=1` added. It does nothing off Linux, with
+  a libc other than glibc >= 2.35, when the tunable is already set, or with
+  `JAXMETA_HUGE_PAGES=0` in the environment.
   """
-  if os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0':
-    return
-  if os.environ.get(_REEXEC_MARKER) or sys.platform != 'linux':
-    return
   libc, version = platform.libc_ver()
   try:
     major_minor = tuple(int(v) for v in version.split('.')[:2])
   except ValueError:
     return
-  if libc != 'glibc' or major_minor < (2, 35):
-    return
   tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' in tunables:
+  if (
+    os.environ.get('JAXMETA_HUGE_PAGES', '1') == '0'
+    or os.environ.get(_REEXEC_MARKER)
+    or sys.platform != 'linux'
+    or libc != 'glibc'
+    or major_minor < (2, 35)
+    or 'glibc.malloc.hugetlb' in tunables
+  ):
     return
   env = dict(
     os.environ,

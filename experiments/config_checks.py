@@ -20,44 +20,19 @@ from . import configs
 from . import tasks
 
 
-# Fields that count things: at least 1, or at least 0.
-_POSITIVE_FIELDS = (
-  'shots',
-  'queries',
-  'meta_batch_size',
-  'num_val_tasks',
-  'num_eval_tasks',
-  'eval_batch_size',
-  'eval_every',
-  'checkpoint_every',
-  'keep_checkpoints',
-  'log_every',
-)
-
-
-_NON_NEGATIVE_FIELDS = (
-  'inner_steps',
-  'eval_inner_steps',
-  'num_iterations',
-  'train_shots',
-  'train_queries',
-  'train_ways',
-  'task_chunk_size',
-)
-
-
-_INNER_OPTIMIZERS = ('sgd', 'adam')
-
-
-_META_OPTIMIZERS = ('adam', 'sgd')
-
-
-_SAMPLERS = ('device', 'host')
-
-
-_META_LR_SCHEDULES = ('linear', 'cosine', 'halving')
-
-
+# Fields that count things (or seed them), by their least value.
+_AT_LEAST = {
+  1: (
+    'shots queries meta_batch_size num_val_tasks num_eval_tasks '
+    'eval_batch_size eval_every checkpoint_every keep_checkpoints log_every '
+    'meta_lr_halve_every batch_size'
+  ).split(),
+  0: (
+    'inner_steps eval_inner_steps num_iterations train_shots train_queries '
+    'train_ways task_chunk_size seed eval_seed'
+  ).split(),
+}
+_SCHEDULES = ('linear', 'cosine', 'halving')
 # The step counter is an int32 on the device.
 _MAX_INT = 2**31 - 1
 
@@ -90,10 +65,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ('dataset', 'dataset', tasks.names()),
     ('backbone', 'backbone', jaxmeta.models.BACKBONES),
     ('config.batch_norm', 'batch_norm', norms.MODES),
-    ('config.inner_optimizer', 'inner_optimizer', _INNER_OPTIMIZERS),
-    ('config.meta_optimizer', 'meta_optimizer', _META_OPTIMIZERS),
-    ('config.meta_lr_schedule', 'meta_lr_schedule', _META_LR_SCHEDULES),
-    ('config.sampler', 'sampler', _SAMPLERS),
+    ('config.inner_optimizer', 'inner_optimizer', ('sgd', 'adam')),
+    ('config.meta_optimizer', 'meta_optimizer', ('adam', 'sgd')),
+    ('config.meta_lr_schedule', 'meta_lr_schedule', _SCHEDULES),
+    ('config.sampler', 'sampler', ('device', 'host')),
   ):
     value = config[field]
     if value not in choices:
@@ -112,12 +87,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
           f'config.{name}={value} is too large (at most {limit}).'
         )
-  for name in _POSITIVE_FIELDS:
-    if config[name] < 1:
-      raise ConfigError(f'config.{name} must be >= 1, got {config[name]}.')
-  for name in _NON_NEGATIVE_FIELDS:
-    if config[name] < 0:
-      raise ConfigError(f'config.{name} must be >= 0, got {config[name]}.')
+  for least, names in _AT_LEAST.items():
+    for name in names:
+      if config[name] < least:
+        raise ConfigError(
+          f'config.{name} must be >= {least}, got {config[name]}.'
+        )
   for name in ('inner_lr', 'meta_lr'):
     if not (math.isfinite(config[name]) and config[name] > 0):
       raise ConfigError(
@@ -128,9 +103,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'config.meta_lr_final must be finite (< 0 for a '
       f'constant rate), got {config.meta_lr_final}.'
     )
-  for name in ('seed', 'eval_seed'):
-    if config[name] < 0:
-      raise ConfigError(f'config.{name} must be >= 0, got {config[name]}.')
   chunk = config.task_chunk_size
   if chunk and config.meta_batch_size % chunk:
     raise ConfigError(
@@ -153,15 +125,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   for name, value in config.method.items():
     _check_option(config.algorithm, name, value, known[name])
-  if config.meta_lr_halve_every < 1:
-    raise ConfigError(
-      'config.meta_lr_halve_every must be >= 1, got '
-      f'{config.meta_lr_halve_every}.'
-    )
-  if config.batch_size < 1:
-    raise ConfigError(
-      f'config.batch_size must be >= 1, got {config.batch_size}.'
-    )
   if config.dataset in jaxmeta.data.DATASETS:
     _validate_classification(config)
   elif config.ways != 1 or config.train_ways:

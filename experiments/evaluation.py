@@ -72,9 +72,9 @@ class Evaluator:
 
 def to_host(x: jax.Array) -> np.ndarray:
   """A (possibly sharded over several processes) array, whole, on the host."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  if not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
 
 
 def summary(results: dict[str, Any], path: str) -> str:
@@ -86,13 +86,10 @@ def summary(results: dict[str, Any], path: str) -> str:
     figure = f'test accuracy {100 * value:.2f}% +- {100 * ci:.2f}%'
     if alone is not None:
       figure += f' ({100 * alone:.2f}% with each query scored alone)'
+    shape = f'{results["ways"]}-way {results["shots"]}-shot '
   else:
     figure = f'test MSE {value:.4f} +- {ci:.4f}'
-  shape = (
-    f'{results["ways"]}-way {results["shots"]}-shot '
-    if metric == 'accuracy'
-    else f'{results["shots"]}-shot '
-  )
+    shape = f'{results["shots"]}-shot '
   split = f' ({results["split"]} split)' if results.get('split') else ''
   return (
     f'{results["algorithm"]} {shape}{results["dataset"]}{split}: '

@@ -9,14 +9,10 @@ r"""Runs one experiment: a config, a workdir, train or evaluate.
   python -m experiments.main --config=maml_omniglot:5w1s \
       --config.method.first_order=true --print_config
 
-(installed: `jaxmeta-train` with the same flags). `--config` is a config of
-`--list_configs` by name, or a config file by path, with an optional
-`:preset`. Every field of the config, the algorithm's options in
-`config.method` included, can be overridden with `--config.<field>=<value>`;
-`--print_config` prints every field with its value after the overrides and
-exits. Restarting with the same workdir and config resumes from the latest
-checkpoint; `--mode=eval` tests the best checkpoint of the run again. See
-`experiments.train` for the outputs.
+(installed: `jaxmeta-train`). Every field of the config, the algorithm's
+options in `config.method` included, can be overridden with
+`--config.<field>=<value>`. Restarting with the same workdir and config
+resumes from the latest checkpoint. See `experiments.train` for the outputs.
 """
 
 import os
@@ -37,7 +33,7 @@ import jaxmeta.data
 
 FLAGS = flags.FLAGS
 # Errors that already name the problem and the fix: printed as one line.
-_USER_ERRORS = (
+USER_ERRORS = (
   config_checks.ConfigError,
   common.RunError,
   checkpoints.CheckpointError,
@@ -48,9 +44,24 @@ _USER_ERRORS = (
 )
 
 
+def define_data_flags(when: str = '') -> None:
+  """`--data_dir` and `--source_dir`, with `when` they are read in the help."""
+  flags.DEFINE_string(
+    'data_dir',
+    None,
+    f'TFDS data dir of the prepared datasets{when and ", " + when} (default '
+    "$JAXMETA_DATA_DIR, else TFDS's default).",
+  )
+  flags.DEFINE_string(
+    'source_dir',
+    None,
+    "Folder with the dataset's source files (for Omniglot "
+    'the zips; default: the copy shipped in data/omniglot).',
+  )
+
+
 def define_flags(default_config: str | None = None) -> None:
-  """Defines the flags; only when run as a program, so that the experiment
-  modules can be imported together (absl flags are global).
+  """Defines the flags; only when run as a program (absl flags are global).
 
   The `--config.<field>` overrides are no absl flags: `parse_flags` takes
   them out of the command line and `main` applies them (`experiments.cli`).
@@ -70,18 +81,7 @@ def define_flags(default_config: str | None = None) -> None:
     'train: meta-train (resuming if the workdir has a run), '
     'then test; eval: test the best checkpoint of the workdir.',
   )
-  flags.DEFINE_string(
-    'data_dir',
-    None,
-    'TFDS data dir of the prepared datasets (default '
-    "$JAXMETA_DATA_DIR, else TFDS's default).",
-  )
-  flags.DEFINE_string(
-    'source_dir',
-    None,
-    "Folder with the dataset's source files (for Omniglot "
-    'the zips; default: the copy shipped in data/omniglot).',
-  )
+  define_data_flags()
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
   flags.DEFINE_bool(
     'list_configs', False, 'List the configs and their presets, and exit.'
@@ -95,11 +95,10 @@ def define_flags(default_config: str | None = None) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing of everything but the `--config.<field>`
-  overrides, which are returned after the positional arguments for `main`;
-  every error is one line."""
-  try:
-    argv = cli.read_flag_files(argv)
+  """`common.parse_flags` of all but the `--config.<field>` overrides, which
+  are returned after the positional arguments, for `main`."""
+  try:  # --flagfile first: the overrides in a flag file are split out too.
+    argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
   except flags.Error as e:
     common.exit_with_one_line(common.last_line(e))
   rest, overrides = cli.split_overrides(argv)
@@ -144,7 +143,7 @@ def main(argv) -> None:
       train.train_and_evaluate(
         config, FLAGS.workdir, progress=FLAGS.progress, **kwargs
       )
-  except _USER_ERRORS as e:
+  except USER_ERRORS as e:
     common.exit_with_one_line(e)
 
 

@@ -8,11 +8,6 @@ PNG or JPEG images, `--images` a folder or image files; the program adapts
 once on the support set and prints `path<TAB>class name` for each image,
 each classified on its own. Images are read as the run's dataset prepared
 its training images (`read_image`).
-
-`load_run(workdir)` rebuilds the run's learner with the harness's own code
-(`experiments.build.build_learner`) from the config in the workdir, and
-restores the parameters of its best validated checkpoint (or the latest);
-it reads the workdir only, under the shared lock that `--mode=eval` takes.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
 import jaxmeta
@@ -36,6 +30,7 @@ from . import build
 from . import checkpoints as checkpoints_lib
 from . import common
 from . import config_checks
+from . import main as main_lib
 from . import tasks
 from . import workdir as workdir_lib
 
@@ -50,6 +45,10 @@ def load_run(
   source_dir: str | None = None,
 ) -> tuple[jaxmeta.MetaLearner, Any, ml_collections.ConfigDict]:
   """The learner, meta-parameters and config of the run in `workdir`.
+
+  The learner is rebuilt by `experiments.build.build_learner` from the
+  workdir's config; the workdir is only read, under the shared lock that
+  `--mode=eval` takes.
 
   Args:
     workdir: the run's directory (what `--workdir` named when training).
@@ -70,12 +69,7 @@ def load_run(
   return _load(workdir, checkpoint, data_dir, source_dir)[:3]
 
 
-def _load(
-  workdir: 'str | os.PathLike',
-  checkpoint: str = 'best',
-  data_dir: str | None = None,
-  source_dir: str | None = None,
-) -> tuple[jaxmeta.MetaLearner, Any, ml_collections.ConfigDict, tuple]:
+def _load(workdir, checkpoint, data_dir, source_dir):
   """`load_run`, and the shape `(H, W, C)` of one input of the model."""
   if checkpoint not in ('best', 'latest'):
     raise ValueError(
@@ -83,19 +77,24 @@ def _load(
     )
   workdir = common.workdir_path(workdir)
   workdir_lib.prepare_workdir(workdir, create=False)
-  config = _read_config_json(workdir)
+  if (
+    not (workdir / 'checkpoints').is_dir()
+    or not (workdir / 'config.json').exists()
+  ):
+    raise config_checks.ConfigError(
+      f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
+      'the --workdir of a trained run.'
+    )
+  config = ml_collections.ConfigDict(
+    workdir_lib.read_config_json(
+      workdir / 'config.json', 'give the --workdir of an intact run'
+    )
+  )
   family = tasks.build(config, data_dir, source_dir)
-  lock = common.locked_workdir(workdir, exclusive=False)
   with (
-    lock,
+    common.locked_workdir(workdir, exclusive=False),
     contextlib.closing(
-      checkpoints_lib.Checkpoints(
-        workdir,
-        config.keep_checkpoints,
-        f'val_{family.metric}',
-        family.higher_is_better,
-        read_only=True,
-      )
+      build.open_checkpoints(workdir, config, family, read_only=True)
     ) as checkpoints,
   ):
     saved, _ = workdir_lib.read_saved_config(workdir, checkpoints)
@@ -118,25 +117,13 @@ def _load(
       config,
       family,
       tuple(input_shape),
-      lambda: _read(checkpoints, step, role, _saved_params, checkpoints, step),
+      lambda: _read(checkpoints, step, role, checkpoints.saved_tree, step),
     )
     like = jaxmeta.init_train_state(
       learner, build.build_optimizer(config), jax.random.PRNGKey(config.seed)
     )
     state, _ = _read(checkpoints, step, role, checkpoints.restore, like, step)
   return learner, state.merged_params(), config, tuple(input_shape)
-
-
-def _read_config_json(workdir) -> ml_collections.ConfigDict:
-  """The run's config as `config.json` holds it (written at its start)."""
-  path = workdir / 'config.json'
-  if not (workdir / 'checkpoints').is_dir() or not path.exists():
-    raise config_checks.ConfigError(
-      f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
-      'the --workdir of a trained run.'
-    )
-  fix = 'give the --workdir of an intact run'
-  return ml_collections.ConfigDict(workdir_lib.read_config_json(path, fix))
 
 
 def _read(checkpoints, step, role, read, *args):
@@ -148,23 +135,15 @@ def _read(checkpoints, step, role, read, *args):
     raise
 
 
-def _saved_params(checkpoints, step):
-  """The shapes of the parameters saved at `step` (nothing is read but the
-  metadata of the item 'state' that `Checkpoints.save` writes)."""
-  directory = checkpoints.workdir / 'checkpoints' / str(step) / 'state'
-  return ocp.StandardCheckpointHandler().metadata(directory).tree['params']
-
-
-def _build_learner(config, family, input_shape, saved_params):
-  """`build.build_learner` as the run built it. The number of training
-  classes (a head width of the algorithms taking `num_classes`) is read from
-  the shapes of the parameters (`saved_params()`), not from the training
-  split."""
-  if 'num_classes' not in jaxmeta.algorithms.options(config.algorithm):
+def _build_learner(config, family, input_shape, saved_tree):
+  """`build.build_learner` as the run built it, with the number of training
+  classes (a head width) read from the saved parameters' shapes."""
+  if (
+    'num_classes' not in jaxmeta.algorithms.options(config.algorithm)
+    or config.method.get('num_classes') is not None
+  ):
     return build.build_learner(config, family, input_shape)
-  if config.method.get('num_classes') is not None:
-    return build.build_learner(config, family, input_shape)
-  saved = saved_params()
+  saved = saved_tree()['params']
   shapes = {}
   for probe in (2, 3):
     learner = build.build_learner(config, family, input_shape, probe)
@@ -196,8 +175,7 @@ def _at(tree, path):
 
 
 def _to_unit_float(images: jax.Array) -> jax.Array:
-  """Images as the sampler feeds them to the model: uint8 scaled by 1/255,
-  floats cast to float32 unchanged."""
+  """Images as the model sees them: uint8 scaled by 1/255, floats as they are."""
   images = jnp.asarray(images)
   floats = images.astype(jnp.float32)
   return floats / 255.0 if images.dtype == jnp.uint8 else floats
@@ -321,9 +299,7 @@ def _image_files(folder: str) -> list[str]:
   )
 
 
-def _read_support(
-  folder: str, input_shape: Sequence[int], dataset: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_support(folder: str, input_shape: Sequence[int], dataset: str):
   """`(images [n, H, W, C] uint8, labels [n], class names)` of a folder
   with one sub-folder of images per class (classes in sorted order)."""
   if not os.path.isdir(folder):
@@ -391,7 +367,7 @@ def predict_files(
   """`(path, predicted class name)` for each image of `images` (files or
   folders), adapted on the class folders of `support`; the command's work."""
   learner, params, config, shape = _load(
-    workdir, checkpoint=checkpoint, data_dir=data_dir, source_dir=source_dir
+    workdir, checkpoint, data_dir, source_dir
   )
   if config.dataset not in jaxmeta.data.DATASETS:
     raise common.OneLineError(
@@ -411,17 +387,6 @@ def predict_files(
   steps = config.eval_inner_steps if num_steps is None else num_steps
   predicted = classify(learner, params, support_x, support_y, x, steps)
   return [(p, names[int(i)]) for p, i in zip(paths, predicted)]
-
-
-# Errors that already name the problem and the fix: printed as one line.
-_USER_ERRORS = (
-  config_checks.ConfigError,
-  checkpoints_lib.CheckpointError,
-  common.OneLineError,
-  common.RunError,
-  tasks.TaskFamilyError,
-  jaxmeta.data.DataError,
-)
 
 
 # The flags, in the order of `predict_files`' arguments.
@@ -452,28 +417,18 @@ def define_flags() -> None:
     None,
     "Inner steps on the support set (default: the run's eval_inner_steps).",
   )
-  flags.DEFINE_string(
-    'data_dir',
-    None,
-    "TFDS data dir of the run's dataset, read only for a run whose "
-    'checkpoints do not record their input shape (default '
-    "$JAXMETA_DATA_DIR, else TFDS's default).",
-  )
-  flags.DEFINE_string(
-    'source_dir', None, "Folder of the dataset's source files, as in training."
+  main_lib.define_data_flags(
+    'read only for a run whose checkpoints do not record their input shape'
   )
 
 
 def main(argv) -> None:
-  common.check_command_line(argv, 'workdir')
-  for name in ('support', 'images'):
-    if not flags.FLAGS[name].value:
-      common.exit_with_one_line(f'--{name} is required.')
+  common.check_command_line(argv, 'workdir', 'support', 'images')
   try:
     rows = predict_files(
       *(flags.FLAGS[name].value for name in _ARGUMENTS.split())
     )
-  except _USER_ERRORS as e:
+  except main_lib.USER_ERRORS as e:
     common.exit_with_one_line(e)
   for path, name in rows:
     print(f'{path}\t{name}')

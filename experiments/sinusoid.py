@@ -5,9 +5,8 @@ r"""Sinusoid regression (Finn et al. 2017, Section 5.1) on the same harness.
       --config=sinusoid:pretrain
 
 (installed: `jaxmeta-sinusoid`) is `python -m experiments.main` with the
-config `sinusoid` (experiments/configs/sinusoid.py) as its default: MAML on an
-MLP 1-40-40-1, then the query MSE of held-out tasks after 0..10 inner steps
-(`test_mse_by_step` in results.json, the paper's Figure 2).
+config `sinusoid` as its default; results.json has the paper's Figure 2 as
+`test_mse_by_step`.
 """
 
 from . import main

@@ -1,19 +1,11 @@
 """Task families: what the training program samples its tasks from.
 
-A `TaskFamily` is everything `experiments.train` knows about data: the shape
-of one input, the number of outputs, the loss, the metric that picks the
-best checkpoint, and `sample(key, split, train)`, which draws ONE task inside
-the compiled step. Two kinds:
-
-* every dataset registered in `jaxmeta.data.DATASETS` (class-major uint8
-  image arrays per split): N-way K-shot episodes drawn on the device by
-  `jaxmeta.data.episodes.sample_task`; the loader's options are
-  `config.data`;
-* the families of `TASK_FAMILIES`, which generate their tasks (sinusoid
-  regression).
-
-Adding an image dataset is a loader registered in `jaxmeta.data`; adding a
-generated family is a builder here and a `TASK_FAMILIES` line.
+A `TaskFamily` is everything `experiments.train` knows about data. Every
+dataset of `jaxmeta.data.DATASETS` is one (N-way K-shot episodes drawn on
+the device; the loader's options are `config.data`), and so is each of
+`TASK_FAMILIES`, which generate their tasks (sinusoid regression). A new
+image dataset is a loader registered in `jaxmeta.data`; a new generated
+family, a builder here and a `TASK_FAMILIES` line.
 """
 
 from __future__ import annotations
@@ -43,24 +35,21 @@ class TaskFamily(NamedTuple):
       `(28, 28, 1)` or `(1,)`, from the data of any split.
     num_outputs: width of the model's output (the ways, or 1).
     make_loss: `jaxmeta.classification_loss` or `jaxmeta.regression_loss`.
-    metric: the metric that selects the best checkpoint on validation, a key
-      of the loss's metrics ('accuracy' or 'mse').
+    metric: the key of the loss's metrics ('accuracy' or 'mse') that selects
+      the best checkpoint on validation.
     higher_is_better: whether a larger `metric` is better.
-    load: `load(split) -> data` for 'train', 'val' or 'test', on the device
+    load: `load(split) -> data` of 'train', 'val' or 'test', on the device
       (None where tasks are generated); cached.
-    sample: `sample(key, data, train) -> Task`, one task on the device;
-      `train` selects the training task shape (`train_shots`,
-      `train_queries`) and the training augmentation.
+    sample: `sample(key, data, train) -> Task`, one task on the device, of
+      the training shape and augmented if `train`.
     sample_host: None, or `sample_host(key, data, num_tasks) -> Task`, a
-      training meta-batch drawn on the host from a split kept in host memory
-      (`config.sampler = 'host'`, for splits too large for the device);
-      `augment` is then applied on the device.
+      training meta-batch drawn on the host (`config.sampler = 'host'`),
+      augmented on the device by `augment`.
     augment: `augment(key, task) -> task`, the training augmentation of one
       task (the identity without one).
-    sample_batch: None, or `sample_batch(key, data, batch_size) -> Task`, a
-      training minibatch of images of all classes labelled with their class
-      index (`jaxmeta.data.episodes.sample_batch`), augmented, for the
-      algorithms trained as ordinary classifiers (`train_batches`).
+    sample_batch: None, or `sample_batch(key, data, batch_size) -> Task`, an
+      augmented minibatch of images of all classes labelled by class
+      (`jaxmeta.data.episodes.sample_batch`), for `train_batches` algorithms.
   """
 
   input_shape: Callable[[Any], tuple[int, ...]]
@@ -91,12 +80,8 @@ def train_ways(config: ml_collections.ConfigDict) -> int:
 
 
 def check_crop_padding(crop_padding: int, image_size: int) -> None:
-  """Refuses a padding of half the image size or more.
-
-  A random crop of padding `p` from an image of `image_size` pixels is
-  shifted by up to `p` pixels each way; below half the image size every crop
-  holds over half of the image's rows and columns, from there on some crops
-  hold a sliver of the image or none of it (all padding).
+  """Refuses a padding of half the image size or more, where some random
+  crops hold a sliver of the image or none of it (all padding).
 
   Raises:
     ValueError: naming the field, the bound and the fix.

@@ -1,24 +1,18 @@
 """The training program of every experiment: `train_and_evaluate(config, workdir)`.
 
-The loop: it checks the config (`experiments.config_checks`), builds the run
-(`experiments.build`), resumes from the workdir (`experiments.workdir`,
-`experiments.checkpoints`), trains with periodic validation and checkpoints,
-stops at a non-finite step, tests the best checkpoint
-(`experiments.evaluation`) and writes the metrics (JSONL, TensorBoard, a
-progress bar) and `results.json`.
+The loop: check the config, build the run, resume from the workdir, train
+with periodic validation and checkpoints, stop at a non-finite step, test
+the best checkpoint, write the metrics and `results.json`.
 
 Outputs in the workdir (local, or remote through `etils.epath`):
-`config.json` (written once the configuration has been checked),
-`metrics.jsonl`, `tensorboard/` (scalars, and the flattened config with the
-test metrics for the HParams tab), `checkpoints/<step>/`, `results.json` at
-the end of a run and `eval.json` for `--mode=eval`; `lock` while a run holds
-the workdir (`common.locked_workdir`).
+`config.json` (once the config is checked), `metrics.jsonl`, `tensorboard/`
+(scalars, and the flattened config with the test metrics for the HParams
+tab), `checkpoints/<step>/`, `results.json` at the end of a run, `eval.json`
+for `--mode=eval`, and `lock` while a run holds the workdir.
 
-Faults of the surroundings end the run with one line and lose nothing
-already saved, and rerunning the same command finishes the run: a second run
-on a busy workdir is refused; a full disk stops the run
-(`common.DiskFullError`) and the next run resumes from the last checkpoint;
-unreadable checkpoints are moved aside (`experiments.checkpoints`).
+A fault of the surroundings (a busy workdir, a full disk, an unreadable
+checkpoint) ends the run with one line and loses nothing saved; rerunning
+the same command finishes the run.
 """
 
 from __future__ import annotations
@@ -50,8 +44,7 @@ class _NoWriter:
   def write(self, *args, **kwargs):
     del args, kwargs
 
-  def write_hparams(self, *args, **kwargs):
-    del args, kwargs
+  write_hparams = write
 
   def close(self):
     pass
@@ -93,13 +86,8 @@ def train_and_evaluate(
   config_checks.validate(config)
   workdir = common.workdir_path(workdir)
   workdir_lib.prepare_workdir(workdir)
-  lock = (
-    common.locked_workdir(workdir)
-    if distributed.is_main_process()
-    else contextlib.nullcontext()
-  )
   try:
-    with lock:
+    with _lock(workdir):
       return _train_and_evaluate(
         config, workdir, data_dir, source_dir, progress
       )
@@ -112,6 +100,13 @@ def train_and_evaluate(
     if blocked is not None:
       raise blocked from e
     raise
+
+
+def _lock(workdir, exclusive: bool = True):
+  """The workdir's lock (`common.locked_workdir`), taken by the main process."""
+  if distributed.is_main_process():
+    return common.locked_workdir(workdir, exclusive)
+  return contextlib.nullcontext()
 
 
 def _close_quietly(*closers) -> None:
@@ -201,13 +196,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
       if log or evaluate or save:
         metrics = jax.device_get(metrics)
         if not metrics.pop('finite'):
-          raise _diverged(
-            config,
-            workdir,
-            metrics,
-            int(state.step) + 1,
-            checkpoints.latest_step(),
-          )
+          raise _diverged(config, workdir, metrics, state, checkpoints)
       if log:
         writer.write(step, metrics, prefix='train/')
         bar.set_postfix(
@@ -254,12 +243,7 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
       # Nothing trained in this call: keep the figures of the call that did.
       try:
         earlier = json.loads(results_path.read_text())
-        for key in (
-          'compile_seconds',
-          'train_seconds',
-          'steps_per_second',
-          'resumed_from_step',
-        ):
+        for key in timing.keys() - {'iterations'}:
           timing[key] = earlier.get(key, timing[key])
       except (OSError, ValueError, AttributeError):
         pass
@@ -288,7 +272,9 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
   return results
 
 
-def _diverged(config, workdir, metrics, step, last_saved) -> common.RunError:
+def _diverged(config, workdir, metrics, state, checkpoints) -> common.RunError:
+  """The error of a non-finite step (the one after `state`'s)."""
+  step, last_saved = int(state.step) + 1, checkpoints.latest_step()
   kept = (
     f'The last checkpoint, step {last_saved} in {workdir}/checkpoints, '
     'holds finite parameters.'
@@ -313,13 +299,10 @@ def evaluate(
 ) -> dict[str, Any]:
   """`--mode=eval`: tests the best checkpoint of the run in `workdir`.
 
-  The config must be the run's (but for `workdir.RESUMABLE_FIELDS`, e.g. a different
-  `num_eval_tasks`); the results go to `workdir/eval.json`, and are printed
-  first, so that a read-only workdir still shows them. It holds the
-  workdir's lock shared: refused while a run trains there (and a run is
-  refused while it evaluates), alongside other evaluations. Nothing in the
-  workdir is changed but `eval.json`: an unreadable best checkpoint is a
-  `checkpoints.CheckpointError` that says how to recover.
+  The config must be the run's (but for `workdir.RESUMABLE_FIELDS`). The
+  results are printed, then written to `workdir/eval.json`, the only file
+  changed; the workdir's lock is held shared (refused while a run trains).
+  An unreadable best checkpoint is a `checkpoints.CheckpointError`.
   """
   config_checks.validate(config)
   workdir = common.workdir_path(workdir)
@@ -329,12 +312,7 @@ def evaluate(
       f'{workdir} holds no run (no checkpoints/). Fix: train '
       'first (--mode=train), or give the workdir of a run.'
     )
-  lock = (
-    common.locked_workdir(workdir, exclusive=False)
-    if distributed.is_main_process()
-    else contextlib.nullcontext()
-  )
-  with lock:
+  with _lock(workdir, exclusive=False):
     run = build.Run(
       config, workdir, data_dir, source_dir, 'test', read_only=True
     )

@@ -20,16 +20,9 @@ from . import config_checks
 # long or how it runs, not what is learned (but for `num_iterations` with a
 # decaying meta learning rate, whose schedule follows it: see
 # `check_schedule_horizon`).
-RESUMABLE_FIELDS = (
-  'num_iterations',
-  'eval_every',
-  'num_eval_tasks',
-  'task_chunk_size',
-  'eval_batch_size',
-  'checkpoint_every',
-  'keep_checkpoints',
-  'log_every',
-  'model.conv_impl',
+RESUMABLE_FIELDS = tuple(
+  'num_iterations eval_every num_eval_tasks task_chunk_size eval_batch_size '
+  'checkpoint_every keep_checkpoints log_every model.conv_impl'.split()
 )
 
 
@@ -141,13 +134,7 @@ def keep_records_up_to(path: epath.Path, step: int) -> None:
       continue  # A line cut short by a kill or a full disk.
     if record.get('step', 0) <= step:
       kept.append(json.dumps(record) + '\n')
-  text = ''.join(kept)
-  if not common.is_local(path):
-    path.write_text(text)
-    return
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text)
-  tmp.replace(path)
+  common.write_text(path, ''.join(kept))
 
 
 def check_schedule_horizon(
@@ -159,12 +146,9 @@ def check_schedule_horizon(
   """Refuses to resume, with another `num_iterations`, a run whose meta
   learning rate decays over `num_iterations` (linear or cosine).
 
-  Its schedule's horizon would move under the steps already taken, and the
-  run would equal a straight run of neither length. It is refused rather
-  than continued on the old horizon, because past that horizon the rate is
-  `meta_lr_final` (0 by default) and the extra steps would learn nothing.
-  A finished run may still be tested with a smaller `num_iterations`
-  (nothing is trained).
+  The schedule would move under the steps already taken (and past the old
+  horizon the rate is `meta_lr_final`: nothing more would be learned). A
+  finished run may still be tested with a smaller `num_iterations`.
   """
   if saved is None or step == 0 or step >= config.num_iterations:
     return
@@ -183,64 +167,53 @@ def check_schedule_horizon(
   )
 
 
-def saved_steps(workdir: epath.Path) -> list[int]:
-  """The finished checkpoint steps on disk (without asking orbax)."""
-  try:
-    return sorted(
-      int(p.name)
-      for p in (workdir / 'checkpoints').iterdir()
-      if p.name.isdigit()
-    )
-  except OSError:
-    return []
-
-
 def blocked_path(
   workdir: epath.Path, error: BaseException
 ) -> common.OneLineError | None:
   """An `OSError` on a path inside the workdir (a folder where the run
   writes a file, a file where it makes a folder, no permission) as one line;
   None for other errors."""
-  root = os.path.abspath(os.fspath(workdir)) if common.is_local(workdir) else ''
-  while error is not None:
-    if isinstance(error, OSError):
-      path = error.filename and os.path.abspath(os.fspath(error.filename))
-      if root and path and (path + os.sep).startswith(root + os.sep):
+  if not common.is_local(workdir):
+    return None
+  root = os.path.abspath(os.fspath(workdir))
+  fix = (
+    'Fix: move it out of the way, or use a new --workdir; then the same '
+    'command goes on from the last checkpoint.'
+  )
+  for e in common.error_chain(error):
+    if isinstance(e, OSError):
+      path = e.filename and os.path.abspath(os.fspath(e.filename))
+      if path and (path + os.sep).startswith(root + os.sep):
         return common.OneLineError(
-          f'Cannot use {path} ({error.strerror or error}): the run writes '
-          'its own file or folder there. Fix: move it out of the way, or use '
-          'a new --workdir; then the same command goes on from the last '
-          'checkpoint.'
+          f'Cannot use {path} ({e.strerror or e}): the run writes its own '
+          f'file or folder there. {fix}'
         )
-      if root and not path and root in str(error):
-        return common.OneLineError(
-          f'{error}. Fix: move it out of the way, or use a new --workdir; '
-          'then the same command goes on from the last checkpoint.'
-        )
-    error = error.__cause__ or error.__context__
+      if not path and root in str(e):
+        return common.OneLineError(f'{e}. {fix}')
   return None
 
 
 def disk_full(
   workdir: epath.Path, error: BaseException
 ) -> common.DiskFullError:
-  cause = error
-  while cause is not None and not getattr(cause, 'filename', None):
-    cause = cause.__cause__ or cause.__context__
-  filename = os.fspath(cause.filename) if cause is not None else None
+  """A full disk while the run wrote `error`'s file, as one line."""
+  filenames = [getattr(e, 'filename', None) for e in common.error_chain(error)]
+  filename = next((os.fspath(f) for f in filenames if f), None)
   where = f'--workdir={workdir}'
   if filename:
     inside = os.path.abspath(filename).startswith(
       os.path.abspath(os.fspath(workdir))
     )
     where = f'{where} ({filename})' if inside else filename
-  steps = saved_steps(workdir)
-  kept = (
-    f'the latest checkpoint, step {steps[-1]}, is intact and the rerun '
-    f'resumes from it'
-    if steps
-    else 'no checkpoint had been saved yet, the rerun starts afresh'
-  )
+  try:  # The finished steps on disk, without asking orbax.
+    steps = [p.name for p in (workdir / 'checkpoints').iterdir()]
+    latest = max(int(name) for name in steps if name.isdigit())
+    kept = (
+      f'the latest checkpoint, step {latest}, is intact and the rerun '
+      'resumes from it'
+    )
+  except (OSError, ValueError):
+    kept = 'no checkpoint had been saved yet, the rerun starts afresh'
   return common.DiskFullError(
     f'The disk of {where} is full (or over quota): the run stopped, and '
     f'{kept}. Fix: free space there and rerun the same command.'

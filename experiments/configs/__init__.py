@@ -50,11 +50,6 @@ def module(name: str) -> types.ModuleType:
   return importlib.import_module(f'{__name__}.{name}')
 
 
-def presets(name: str) -> tuple[str, ...]:
-  """The presets of the config file `name` (its `PRESETS`), or ()."""
-  return tuple(getattr(module(name), 'PRESETS', ()))
-
-
 def did_you_mean(word: str, choices) -> str:
   """' (did you mean X?)' for the closest of `choices`, else ''."""
   close = difflib.get_close_matches(word, list(choices), n=1)
@@ -92,10 +87,8 @@ def load(spec: str) -> ml_collections.ConfigDict:
   source, has_preset, preset = spec.partition(':')
   if source.endswith('.py') or os.sep in source:
     config_module = _load_file(source)
-    label = source
   elif source in names():
     config_module = module(source)
-    label = source
   else:
     raise ConfigFileError(
       f'unknown config {source!r}{did_you_mean(source, names())}. Fix: one '
@@ -104,13 +97,13 @@ def load(spec: str) -> ml_collections.ConfigDict:
   get_config = getattr(config_module, 'get_config', None)
   if get_config is None:
     raise ConfigFileError(
-      f'{label} has no get_config(). Fix: define get_config(arg) returning '
+      f'{source} has no get_config(). Fix: define get_config(arg) returning '
       'an ml_collections.ConfigDict.'
     )
   choices = tuple(getattr(config_module, 'PRESETS', ()))
   if has_preset and choices and preset not in choices:
     raise ConfigFileError(
-      f'unknown preset {preset!r} of {label}{did_you_mean(preset, choices)}. '
+      f'unknown preset {preset!r} of {source}{did_you_mean(preset, choices)}. '
       f'Fix: one of {", ".join(choices)}.'
     )
   try:
@@ -119,7 +112,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     raise ConfigFileError(f'{spec}: {type(e).__name__}: {e}') from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigFileError(
-      f'{label}: get_config() returned {type(config).__name__}. Fix: '
+      f'{source}: get_config() returned {type(config).__name__}. Fix: '
       'return an ml_collections.ConfigDict.'
     )
   return config

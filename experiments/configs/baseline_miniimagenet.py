@@ -33,35 +33,16 @@ def get_config(
   arg: str = 'baseline_plus_plus_conv4_5w1s',
 ) -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   algorithm, backbone, shots = PRESETS[arg]
-  c = default.get_config()
-  # The published figures come from PyTorch's eval mode: running
-  # statistics from training normalise every test image.
-  c.batch_norm = 'running'
-  c.preset = f'baseline_miniimagenet:{arg}'
-  c.algorithm = algorithm
-  c.dataset = 'miniimagenet'
-  c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
-  c.backbone = backbone
-  if backbone == 'conv4':
-    c.model = ml_collections.ConfigDict(
-      {'num_filters': 64, 'conv_impl': 'auto'}
-    )
-  else:
-    c.model = ml_collections.ConfigDict({'conv_impl': 'auto'})
-  c.augment.update(
-    crop_padding=8, flip=True, brightness=0.4, contrast=0.4, saturation=0.4
-  )
-  c.update(
-    meta_lr=1e-3,
+  c = default.published(
+    f'baseline_miniimagenet:{arg}',
+    'running',
+    algorithm=algorithm,
+    augment=default.JITTER,
     meta_lr_final=-1.0,
     ways=5,
     shots=shots,
-    queries=15,
     meta_batch_size=1,
     batch_size=16,
     inner_lr=0.01,
@@ -70,7 +51,5 @@ def get_config(
     num_iterations=60_000,
     eval_every=2000,
     checkpoint_every=2000,
-    num_val_tasks=600,
-    eval_batch_size=20,
   )
-  return c
+  return default.on_miniimagenet(c, backbone)

@@ -30,32 +30,20 @@ def get_config(
   arg: str = 'baseline_plus_plus_5w1s',
 ) -> ml_collections.ConfigDict:
   """The setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   algorithm, ways, shots = PRESETS[arg]
-  c = default.get_config()
-  # The published figures come from PyTorch's eval mode: running
-  # statistics from training normalise every test image.
-  c.batch_norm = 'running'
-  c.preset = f'baseline_omniglot:{arg}'
-  c.algorithm = algorithm
-  c.model.num_filters = 64
-  c.update(
-    meta_lr=1e-3,
+  return default.published(
+    f'baseline_omniglot:{arg}',
+    'running',
+    algorithm=algorithm,
+    model={'num_filters': 64},
     meta_lr_final=-1.0,
     ways=ways,
     shots=shots,
-    queries=15,
     meta_batch_size=1,
     batch_size=16,
     inner_lr=0.01,
     inner_steps=0,
     eval_inner_steps=100,
     num_iterations=20_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
   )
-  return c

@@ -7,6 +7,8 @@
 Every other config file starts from this one and overrides a few fields.
 """
 
+from typing import Any
+
 import ml_collections
 
 
@@ -106,4 +108,74 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 800
   c.keep_checkpoints = 3
   c.log_every = 10
+  return c
+
+
+def check_preset(arg: str, presets) -> None:
+  """Refuses an `arg` that is not one of a config file's `presets`."""
+  if arg not in presets:
+    listed = sorted(presets) if isinstance(presets, dict) else presets
+    raise ValueError(f'Unknown preset {arg!r}; choose one of {listed}.')
+
+
+def published(
+  preset: str, batch_norm: str = 'transductive', **fields: Any
+) -> ml_collections.ConfigDict:
+  """The config of the published setting `preset` ('NAME:arg').
+
+  The papers' protocol (15 queries per class, Adam at 1e-3, 600 validation
+  tasks, validated and saved every 1000 iterations) over the default, then
+  `fields` (a dict for a group updates its fields one by one).
+
+  Args:
+    preset: the config's `preset` field, 'NAME:arg'.
+    batch_norm: 'transductive' where the published figures were measured
+      with batch statistics at test time too (a query's prediction depends
+      on the other queries); 'running' where they come from PyTorch's eval
+      mode (running statistics from training normalise every test image).
+    **fields: the setting's own values.
+
+  Returns:
+    The config.
+  """
+  c = get_config()
+  c.preset = preset
+  c.batch_norm = batch_norm
+  c.update(
+    queries=15,
+    meta_lr=1e-3,
+    eval_every=1000,
+    checkpoint_every=1000,
+    num_val_tasks=600,
+  )
+  c.update(fields)
+  return c
+
+
+# The augmentation of the mini-ImageNet recipes that use one: random crops
+# with 8 pixels of padding, flips and colour jitter.
+JITTER = {
+  'crop_padding': 8,
+  'flip': True,
+  'brightness': 0.4,
+  'contrast': 0.4,
+  'saturation': 0.4,
+}
+
+
+def on_miniimagenet(
+  c: ml_collections.ConfigDict, backbone: str = 'conv4', num_filters: int = 64
+) -> ml_collections.ConfigDict:
+  """`c` on mini-ImageNet: Ravi & Larochelle's split of 84x84 images,
+  `backbone` (Conv-4 with `num_filters`, or ResNet-12 at its defaults), 20
+  evaluation tasks per compiled call."""
+  c.dataset = 'miniimagenet'
+  c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
+  c.backbone = backbone
+  c.model = ml_collections.ConfigDict({'conv_impl': 'auto'})
+  if backbone == 'conv4':
+    c.model = ml_collections.ConfigDict(
+      {'num_filters': num_filters, 'conv_impl': 'auto'}
+    )
+  c.eval_batch_size = 20
   return c

@@ -16,43 +16,24 @@ Published for MAML on CIFAR-FS (Bertinetto et al. 2019, Table 1):
 import ml_collections
 
 from . import default
+from . import maml_miniimagenet
 
 # dataset -> its split scheme.
 SCHEMES = {'cifar_fs': 'bertinetto', 'fc100': 'oreshkin'}
-# shots -> meta_batch_size, as in MAML's mini-ImageNet runs.
-_META_BATCH = {1: 4, 5: 2}
 PRESETS = tuple(
-  f'{dataset}_5w{shots}s' for dataset in SCHEMES for shots in _META_BATCH
+  f'{dataset}_{shape}'
+  for dataset in SCHEMES
+  for shape in maml_miniimagenet.PRESETS
 )
 
 
 def get_config(arg: str = 'cifar_fs_5w1s') -> ml_collections.ConfigDict:
   """The setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(f'Unknown preset {arg!r}; choose one of {PRESETS}.')
+  default.check_preset(arg, PRESETS)
   dataset, shape = arg.rsplit('_', 1)
-  shots = int(shape[len('5w') : -1])
-  c = default.get_config()
-  # Batch statistics at test time too, as the published figures were
-  # measured: a query's prediction depends on the other queries.
-  c.batch_norm = 'transductive'
+  c = maml_miniimagenet.get_config(shape)
   c.preset = f'maml_cifar:{arg}'
   c.dataset = dataset
   c.data = ml_collections.ConfigDict({'scheme': SCHEMES[dataset]})
-  c.model.num_filters = 32
-  c.update(
-    meta_lr=1e-3,  # Adam, constant, as published.
-    meta_lr_final=-1.0,
-    ways=5,
-    shots=shots,
-    queries=15,
-    meta_batch_size=_META_BATCH[shots],
-    inner_lr=0.01,
-    inner_steps=5,
-    eval_inner_steps=10,
-    num_iterations=60_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
-  )
+  c.eval_batch_size = default.get_config().eval_batch_size
   return c

@@ -22,33 +22,17 @@ PRESETS = {'5w1s': (1, 4), '5w5s': (5, 2)}
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   shots, meta_batch_size = PRESETS[arg]
-  c = default.get_config()
-  # Batch statistics at test time too, as the published figures were
-  # measured: a query's prediction depends on the other queries.
-  c.batch_norm = 'transductive'
-  c.preset = f'maml_miniimagenet:{arg}'
-  c.dataset = 'miniimagenet'
-  c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
-  c.model.num_filters = 32
-  c.update(
-    meta_lr=1e-3,  # Adam, constant, as published.
-    meta_lr_final=-1.0,
+  c = default.published(
+    f'maml_miniimagenet:{arg}',
+    meta_lr_final=-1.0,  # Constant, as published.
     ways=5,
     shots=shots,
-    queries=15,
     meta_batch_size=meta_batch_size,
     inner_lr=0.01,
     inner_steps=5,
     eval_inner_steps=10,
     num_iterations=60_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
-    eval_batch_size=20,
   )
-  return c
+  return default.on_miniimagenet(c, num_filters=32)

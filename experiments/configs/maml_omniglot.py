@@ -27,32 +27,19 @@ def get_config(
   arg: str = '5w1s', algorithm: str = 'maml'
 ) -> ml_collections.ConfigDict:
   """The published setting `arg` (one of `PRESETS`) for `algorithm`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   ways, shots, meta_batch_size, inner_lr, inner_steps = PRESETS[arg]
-  c = default.get_config()
-  # Batch statistics at test time too, as the published figures were
-  # measured: a query's prediction depends on the other queries.
-  c.batch_norm = 'transductive'
-  c.preset = f'{algorithm}_omniglot:{arg}'
-  c.algorithm = algorithm
-  c.data.scheme = 'maml'
-  c.model.num_filters = 64
-  c.update(
-    meta_lr=1e-3,  # Adam, constant, as published.
-    meta_lr_final=-1.0,
+  return default.published(
+    f'{algorithm}_omniglot:{arg}',
+    algorithm=algorithm,
+    data={'scheme': 'maml'},
+    model={'num_filters': 64},
+    meta_lr_final=-1.0,  # Constant, as published.
     ways=ways,
     shots=shots,
-    queries=15,
     meta_batch_size=meta_batch_size,
     inner_lr=inner_lr,
     inner_steps=inner_steps,
     eval_inner_steps=10,
     num_iterations=60_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
   )
-  return c

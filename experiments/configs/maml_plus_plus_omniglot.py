@@ -25,18 +25,28 @@ PRESETS = {'5w1s': (5, 1), '20w1s': (20, 1)}
 
 def get_config(arg: str = '20w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   ways, shots = PRESETS[arg]
-  c = default.get_config()
   # The reference code normalises with batch statistics at test time too
   # (transductive); BNRS (`method.per_step_bn_stats`) needs
   # batch_norm='running'.
-  c.batch_norm = 'transductive'
-  c.preset = f'maml_plus_plus_omniglot:{arg}'
-  c.algorithm = 'maml_plus_plus'
+  c = default.published(
+    f'maml_plus_plus_omniglot:{arg}',
+    algorithm='maml_plus_plus',
+    data={'scheme': 'maml'},
+    model={'num_filters': 64},
+    meta_lr_final=1e-5,
+    meta_lr_schedule='cosine',
+    ways=ways,
+    shots=shots,
+    meta_batch_size=16,
+    inner_lr=0.1,
+    inner_steps=5,
+    eval_inner_steps=5,
+    num_iterations=150 * EPOCH,
+    eval_every=EPOCH,
+    checkpoint_every=EPOCH,
+  )
   c.method = ml_collections.ConfigDict(
     {
       'per_step_lr': True,
@@ -45,23 +55,5 @@ def get_config(arg: str = '20w1s') -> ml_collections.ConfigDict:
       'first_order_iterations': 50 * EPOCH,
       'per_step_bn': True,
     }
-  )
-  c.data.scheme = 'maml'
-  c.model.num_filters = 64
-  c.update(
-    meta_lr=1e-3,
-    meta_lr_final=1e-5,
-    meta_lr_schedule='cosine',
-    ways=ways,
-    shots=shots,
-    queries=15,
-    meta_batch_size=16,
-    inner_lr=0.1,
-    inner_steps=5,
-    eval_inner_steps=5,
-    num_iterations=150 * EPOCH,
-    eval_every=EPOCH,
-    checkpoint_every=EPOCH,
-    num_val_tasks=600,
   )
   return c

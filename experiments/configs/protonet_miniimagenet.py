@@ -30,44 +30,22 @@ PRESETS = {
 
 def get_config(arg: str = 'conv4_5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   backbone, shots, train_ways = PRESETS[arg]
-  c = default.get_config()
-  # The published figures come from PyTorch's eval mode: running
-  # statistics from training normalise every test image.
-  c.batch_norm = 'running'
-  c.preset = f'protonet_miniimagenet:{arg}'
-  c.algorithm = 'protonet'
-  c.dataset = 'miniimagenet'
-  c.data = ml_collections.ConfigDict({'scheme': 'ravi', 'image_size': 84})
-  c.backbone = backbone
-  if backbone == 'conv4':
-    c.model = ml_collections.ConfigDict(
-      {'num_filters': 64, 'conv_impl': 'auto'}
-    )
-  else:
-    c.model = ml_collections.ConfigDict({'conv_impl': 'auto'})
-    c.augment.update(
-      crop_padding=8, flip=True, brightness=0.4, contrast=0.4, saturation=0.4
-    )
-  c.update(
-    meta_lr=1e-3,
+  c = default.published(
+    f'protonet_miniimagenet:{arg}',
+    'running',
+    algorithm='protonet',
     meta_lr_schedule='halving',
     meta_lr_halve_every=2000,
     ways=5,
     shots=shots,
-    queries=15,
     train_ways=train_ways,
     meta_batch_size=1,
     inner_steps=0,
     eval_inner_steps=0,
     num_iterations=30_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
-    eval_batch_size=20,
   )
-  return c
+  if backbone == 'resnet12':
+    c.augment.update(default.JITTER)
+  return default.on_miniimagenet(c, backbone)

@@ -22,33 +22,21 @@ PRESETS = {'5w1s': (5, 1), '5w5s': (5, 5), '20w1s': (20, 1), '20w5s': (20, 5)}
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   ways, shots = PRESETS[arg]
-  c = default.get_config()
-  # The published figures come from PyTorch's eval mode: running
-  # statistics from training normalise every test image.
-  c.batch_norm = 'running'
-  c.preset = f'protonet_omniglot:{arg}'
-  c.algorithm = 'protonet'
-  c.model.num_filters = 64
-  c.update(
-    meta_lr=1e-3,
+  return default.published(
+    f'protonet_omniglot:{arg}',
+    'running',
+    algorithm='protonet',
+    model={'num_filters': 64},
     meta_lr_schedule='halving',
     meta_lr_halve_every=2000,
     ways=ways,
     shots=shots,
-    queries=15,
     train_ways=60,
     train_queries=5,
     meta_batch_size=1,
     inner_steps=0,
     eval_inner_steps=0,
     num_iterations=20_000,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
   )
-  return c

@@ -27,23 +27,15 @@ PRESETS = {
 
 def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
   """The published setting `arg`, one of `PRESETS`."""
-  if arg not in PRESETS:
-    raise ValueError(
-      f'Unknown preset {arg!r}; choose one of {sorted(PRESETS)}.'
-    )
+  default.check_preset(arg, PRESETS)
   ways, shots, inner_lr, inner_steps, num_iterations = PRESETS[arg]
-  c = default.get_config()
-  # Batch statistics at test time too, as the published figures were
-  # measured: a query's prediction depends on the other queries.
-  c.batch_norm = 'transductive'
-  c.preset = f'reptile_omniglot:{arg}'
-  c.algorithm = 'reptile'
-  c.data.scheme = 'maml'
-  c.model.num_filters = 64
-  c.update(
+  return default.published(
+    f'reptile_omniglot:{arg}',
+    algorithm='reptile',
+    data={'scheme': 'maml'},
+    model={'num_filters': 64},
     ways=ways,
     shots=shots,
-    queries=15,
     train_shots=10,
     train_queries=1,
     meta_batch_size=5,
@@ -55,8 +47,4 @@ def get_config(arg: str = '5w1s') -> ml_collections.ConfigDict:
     meta_lr=1.0,
     meta_lr_final=0.0,
     num_iterations=num_iterations,
-    eval_every=1000,
-    checkpoint_every=1000,
-    num_val_tasks=600,
   )
-  return c

@@ -23,8 +23,7 @@ PRESETS = ('maml', 'fomaml', 'reptile', 'pretrain')
 
 def get_config(arg: str = 'maml') -> ml_collections.ConfigDict:
   """The paper's setting, trained with the algorithm `arg` (of `PRESETS`)."""
-  if arg not in PRESETS:
-    raise ValueError(f'Unknown preset {arg!r}; choose one of {PRESETS}.')
+  default.check_preset(arg, PRESETS)
   c = default.get_config()
   c.preset = f'sinusoid:{arg}' if arg != 'maml' else ''
   c.algorithm = arg

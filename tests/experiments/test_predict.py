@@ -15,6 +15,7 @@ from PIL import Image
 import pytest
 
 import jaxmeta
+from jaxmeta import sharding
 from jaxmeta.data import episodes
 from jaxmeta.data import omniglot
 from jaxmeta.data import omniglot_tfds
@@ -77,7 +78,7 @@ def _check_load_run(workdir, config):
   # The test of the run, recomputed with the loaded learner and parameters.
   family = tasks.build(loaded_config)
   evaluator = evaluation.Evaluator(
-    learner, family, loaded_config, build.make_mesh(), alone=True
+    learner, family, loaded_config, sharding.make_mesh(), alone=True
   )
   keys = episodes.eval_task_keys(config.eval_seed, config.num_eval_tasks)
   values, _, alone = evaluator(params, family.load('test'), keys)
