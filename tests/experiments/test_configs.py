@@ -238,7 +238,8 @@ def test_published_settings_keep_their_constant_adam_rate(name, preset):
       config.num_iterations,
     ) == (1e-3, 1e-5, 'cosine', 75_000)
     return
-  if name.startswith('protonet'):  # Halved every 2000 episodes.
+  # Halved every 2000 episodes (R2-D2 takes ProtoNets' protocol).
+  if name.startswith(('protonet', 'r2d2')):
     assert (
       config.meta_lr,
       config.meta_lr_schedule,
@@ -322,8 +323,8 @@ def test_presets_normalise_as_their_published_figures_were_measured(
 ):
   # MAML and its descendants' code normalises test batches by themselves
   # (transductive); ProtoNets' and the Baselines' PyTorch code evaluates in
-  # eval mode (running statistics).
+  # eval mode (running statistics), and R2-D2 takes ProtoNets' protocol.
   module = importlib.import_module(f'experiments.configs.{name}')
   config = module.get_config() if preset is None else module.get_config(preset)
-  running = name.startswith(('protonet', 'baseline'))
+  running = name.startswith(('protonet', 'baseline', 'r2d2'))
   assert config.batch_norm == ('running' if running else 'transductive')
