@@ -16,10 +16,8 @@ from typing import Any
 
 import jax
 
-# Environment variables that say a launcher started several processes, with
-# the number of processes where the variable holds it. JAX's own cluster
-# detection (`jax.distributed.initialize()` without arguments) then finds the
-# coordinator, the process count and this process's index.
+# Environment variables in which a launcher says how many processes it
+# started; JAX's own cluster detection then finds the rest.
 _PROCESS_COUNT_VARS = (
   'SLURM_NTASKS',  # SLURM (srun).
   'OMPI_COMM_WORLD_SIZE',  # Open MPI (mpirun).
@@ -54,12 +52,8 @@ def initialize_distributed(
 
   Calls `jax.distributed.initialize` when an argument gives the run's
   layout, `JAX_COORDINATOR_ADDRESS` is set, a launcher says it started
-  several processes (SLURM's `SLURM_NTASKS`, Open MPI's
-  `OMPI_COMM_WORLD_SIZE`, a TPU slice's `TPU_WORKER_HOSTNAMES` or
-  `TPU_PROCESS_ADDRESSES`), or `force` is set (e.g. on a Cloud TPU VM slice,
-  whose hosts JAX finds through the metadata server). Without arguments JAX
-  detects the coordinator, the number of processes and this process's index
-  itself. Must be called before anything touches a device.
+  several processes (SLURM, Open MPI, a TPU slice), or `force` is set (a
+  Cloud TPU VM slice). Must be called before anything touches a device.
 
   Args:
     coordinator_address: `host:port` of process 0's coordinator.

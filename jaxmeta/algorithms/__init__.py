@@ -1,27 +1,12 @@
 """Meta-learning algorithms as bundles of pure per-task functions.
 
-Every algorithm is a `MetaLearner` (see `base`), a NamedTuple of pure
-functions in the style of optax's `GradientTransformation`, hyperparameters
-closed over, each written for ONE task; the meta-step (`jaxmeta.training`)
-vmaps them over the meta-batch. `MetaLearner.task_update(meta_params, task)`
-returns a gradient-like pytree with the structure of `meta_params`, which
-the meta-step averages over tasks and hands to any optax optimiser, so every
-algorithm shares one training loop and one compiled step:
-
-* MAML / first-order MAML (`maml`): the gradient of the query loss after
-  adaptation w.r.t. the initialisation.
-* Reptile (`reptile`): the pseudo-gradient `meta_params - adapted_params`.
-* ANIL (`anil`): MAML adapting the head only, on embeddings computed once.
-* Meta-SGD (`metasgd`), MAML++ (`mamlpp`): learned inner rates live beside
-  the model, `{'model': ..., 'inner': ...}`.
-* Prototypical Networks (`protonet`): no inner loop, class means.
-* Baseline / Baseline++ (`baseline`), 'pretrain': ordinary training, then a
-  fine-tuned head (Baseline) or the whole model (pretrain) per task.
-
-Every builder is `builder(model, make_loss, inner_lr, num_inner_steps, *,
-**options) -> MetaLearner`, its options keyword-only. `ALGORITHMS` maps each
-name to its builder (`register_algorithm` adds one); `make_learner` calls it
-and `traits(name)` says what the training harness must know of it.
+Every algorithm is a `MetaLearner` (see `base`) whose `task_update` returns a
+gradient-like pytree shaped like the meta-parameters, so every algorithm
+shares one meta-step and any optax optimiser. Every builder is
+`builder(model, make_loss, inner_lr, num_inner_steps, *, **options) ->
+MetaLearner`; `ALGORITHMS` maps each name to its builder
+(`register_algorithm` adds one), `make_learner` calls it and `traits(name)`
+says what the training harness must know of it.
 """
 
 import inspect
@@ -96,7 +81,7 @@ def register_algorithm(
   Args:
     name: the name configs use (`config.algorithm`).
     builder: `builder(model, make_loss, inner_lr, num_inner_steps, *,
-      **options) -> MetaLearner`; its keyword-only parameters are its options.
+      **options) -> MetaLearner`.
     train_batches: see `Traits`.
     any_ways: see `Traits`.
 
@@ -173,8 +158,7 @@ def make_learner(
     inner_lr: the inner learning rate.
     num_inner_steps: inner steps during meta-training.
     inner_optimizer: only for the algorithms whose builder takes one
-      (Reptile); MAML's inner step is plain gradient descent with
-      `inner_lr`, which its second-order derivative differentiates.
+      (Reptile).
     **kwargs: the builder's other options (see `options(name)`).
 
   Raises:

@@ -1,23 +1,10 @@
 """Any algorithm in any batch-norm mode, and scoring each query on its own.
 
 `normalised_learner(build, model)` gives the `MetaLearner` of `build(model)`
-whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
-
-* 'transductive': `build(model)` itself.
-* 'support', 'tasknorm': every per-task function rebuilds the algorithm on
-  `given_support(model, task.support_x)`, the model whose images are
-  normalised by that task's support set.
-* 'running': meta-training runs `build(self_normalised(model))` (batch
-  statistics) and returns each task's query statistics beside its metrics
-  (`task_statistics`); the meta-step averages them into the running
-  statistics, the train state's `model_state` (`MetaLearner.update_state`,
-  momentum `momentum`). Evaluation, `adapt` and `predict` are
-  `build(model)`'s: every image but the support set is normalised with the
-  running statistics.
-
-In every mode the algorithms normalise support images by themselves
-(`norms.self_normalised`, through `model_losses` or the support embedding)
-and every other image with the model they are built on.
+whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`): as is
+('transductive'), rebuilt per task on `given_support(model, task.support_x)`
+('support', 'tasknorm'), or trained self-normalised with the query sets'
+statistics averaged into the running ones ('running').
 """
 
 from typing import Callable
@@ -33,8 +20,8 @@ from jaxmeta.types import Array, Params, Task
 
 
 def _statistics_owner(params: Params) -> Params:
-  """The dict of `params` that holds the running statistics: the model's
-  parameters, at the top or under `'model'` (Meta-SGD, MAML++)."""
+  """The dict of `params` (at the top or under `'model'`) holding the running
+  statistics."""
   if norms.STATISTICS in params:
     return params
   if (
@@ -61,16 +48,12 @@ def task_statistics(
 ) -> Params:
   """The batch statistics one training task contributes to the running ones.
 
-  Those of a forward pass of the task's query set under the parameters after
-  `num_steps` inner steps (`learner.adapt`, without gradient): the
-  statistics the query loss normalised with, which the running statistics
-  replace at test time. For a method whose adaptation leaves the body as it
-  is (Prototypical Networks, whose `adapt` returns prototypes), under the
-  meta-parameters; for a minibatch without queries (Baseline's pretraining),
-  those of the minibatch. With per-step running statistics (MAML++'s BNRS:
-  the statistics leaves have a leading step axis), set `i` gets those after
-  `i + 1` inner steps. Variances are unbiased, as PyTorch's running
-  variances are.
+  Those of the task's query set under the parameters after `num_steps` inner
+  steps (`learner.adapt`, without gradient), or under the meta-parameters
+  where `adapt` returns no model parameters (Prototypical Networks); those of
+  the minibatch where there are no queries (Baseline's pretraining). With
+  per-step running statistics (MAML++'s BNRS) set `i` gets those after
+  `i + 1` steps. Variances are unbiased, as PyTorch's.
 
   Args:
     learner: the self-normalised learner (`normalised_learner`), with `model`.
@@ -175,11 +158,8 @@ def normalised_learner(
 def score_alone(
   learner: MetaLearner, params: Params, task: Task, num_steps: int
 ) -> Array:
-  """The task's metric with every query scored on its own.
-
-  Adapts once on the support set (`learner.adapt`), then predicts each query
-  image as a batch of one (`learner.predict`, vmapped over the queries): a
-  transductive model then normalises each image by itself alone.
+  """The task's metric with every query scored on its own: adapts once
+  (`learner.adapt`), then predicts each query as a batch of one.
 
   Args:
     learner: a learner with `predict`.

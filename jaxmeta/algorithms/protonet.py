@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_num_steps
+from jaxmeta.algorithms.base import gradient_task_update
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
@@ -57,29 +58,23 @@ def protonet(
 ) -> MetaLearner:
   """Prototypical Networks (Snell et al. 2017).
 
-  A task's classes are the means `c_k` of their support embeddings
-  (`model.embed`); a query is classified by the softmax of `-|f(x) - c_k|^2`
-  (squared Euclidean distance, Section 2.2 of the paper). Training minimises
-  that cross-entropy over episodes; there is no inner loop. Nothing depends
-  on the number of ways, so training episodes may have more classes than the
-  evaluation ones (`any_ways`; the paper trains Omniglot with 60 ways).
-
-  The meta-parameters are the body's (the model's head is dropped). Support
-  and query images are embedded as separate batches, as MAML processes them.
-  The number of classes is bounded by the support size, which must hold every
-  label in `[0, support_size)`.
+  A task's classes are the means `c_k` of their support embeddings; a query
+  is classified by the softmax of `-|f(x) - c_k|^2` (Section 2.2). There is
+  no inner loop and nothing depends on the number of ways (`any_ways`). The
+  meta-parameters are the body's; the support set must hold every label in
+  `[0, support_size)`.
 
   Args:
     model: a `Model` with `embed`.
     make_loss: `make_loss(apply) -> loss_fn` (classification), applied to
       the logits.
-    inner_lr: unused (no inner loop); accepted for the uniform signature.
+    inner_lr: unused; accepted for the uniform signature.
     num_inner_steps: unused, must be >= 0.
 
   Returns:
-    A `MetaLearner` named 'protonet'; `adapt` returns `{'prototypes':
+    A `MetaLearner` named 'protonet'; `adapt` returns `{'body', 'prototypes':
     [classes, d], 'counts': [classes]}`, and `evaluate`'s `*_by_step`
-    repeat the one result (adaptation has no steps).
+    repeat the one result.
 
   References:
     Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot
@@ -111,12 +106,9 @@ def protonet(
       query_features, classes['prototypes'], classes['counts']
     )
 
-  def task_update(body, task, key=None, global_step=None):
-    del global_step  # No schedule.
+  def meta_loss(body, task, key):
     check_batch(task.query_x, task.query_y, 'query')
-    return jax.grad(
-      lambda b: loss_fn(None, logits(b, task, key), task.query_y), has_aux=True
-    )(body)
+    return loss_fn(None, logits(body, task, key), task.query_y)
 
   def evaluate(body, task, num_steps):
     _, metrics = loss_fn(None, logits(body, task), task.query_y)
@@ -133,12 +125,7 @@ def protonet(
       adapted['counts'],
     )
 
+  task_update = gradient_task_update(meta_loss)
   return MetaLearner(
-    'protonet',
-    init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=predict,
-    model=model,
+    'protonet', init, adapt, task_update, evaluate, predict, model
   )

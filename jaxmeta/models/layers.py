@@ -1,7 +1,6 @@
-"""Layers shared by the backbones: convolutions, batch norm, pooling.
+"""Layers shared by the backbones: convolutions, batch norm, pooling."""
 
-Pure functions of arrays; every backbone of `jaxmeta.models` composes them.
-"""
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +18,9 @@ def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   """Returns the convolution implementation to use on the default backend.
 
-  All compute the same function (tested), at different speeds: channels-first
-  patches built in two passes ('patches_cf_2pass') are the fastest on CPUs,
-  built in one pass ('patches_cf') on GPUs, where XLA's convolution under
-  `vmap` becomes slow grouped cuDNN convolutions; TPUs run XLA's convolution
-  on the MXU. The measurements are in benchmarks/README.md.
+  All compute the same function (tested), at different speeds ('auto':
+  'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs, 'xla' on TPUs; the
+  measurements are in benchmarks/README.md).
 
   Args:
     conv_impl: one of `CONV_IMPLS`.
@@ -43,6 +40,36 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   if backend == 'cpu':
     return 'patches_cf_2pass'
   return 'patches_cf'
+
+
+class ConvLayout(NamedTuple):
+  """The activation layout of a resolved conv impl and its convolutions."""
+
+  channels_first: bool  # `[C, batch, H, W]`, else NHWC.
+  channel_axis: int
+  spatial_axes: tuple[int, int]
+  conv3x3: Callable[[Array, Array], Array]  # (h, HWIO kernel) -> h
+  conv1x1: Callable[[Array, Array], Array]
+
+
+def conv_layout(impl: str) -> ConvLayout:
+  """The `ConvLayout` of `impl`, a result of `resolve_conv_impl`."""
+  if impl in ('patches_cf', 'patches_cf_2pass'):
+    two_pass = impl == 'patches_cf_2pass'
+    return ConvLayout(
+      True,
+      0,
+      (2, 3),
+      lambda h, w: conv2d_3x3_same_cf(h, w, two_pass),
+      lambda h, w: jnp.tensordot(w[0, 0], h, axes=(0, 0)),
+    )
+  return ConvLayout(
+    False,
+    -1,
+    (1, 2),
+    lambda h, w: conv2d_3x3_same(h, w, impl),
+    lambda h, w: h @ w[0, 0],
+  )
 
 
 def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
@@ -84,23 +111,17 @@ def conv2d_3x3_same_cf(
   """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
 
   The nine shifted copies of the padded input are stacked on the leading
-  (channel) axis, and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
-  rest. With channels leading, building the copies moves whole contiguous
-  rows, and every matmul of the backward pass (filter gradient: contraction
-  over the minor `B H W` axis of both operands) needs no transposed copy;
-  XLA:CPU runs this layout faster than NHWC patches (see
-  benchmarks/README.md).
-
-  With `two_pass`, the copies are built in two passes: the three column
-  shifts of the padded input, `[3 c_in, B, H + 2, W]`, then the three row
-  shifts of that. Same patches, same matmul; but the derivative of the copy
-  (the sum of nine shifted gradients, col2im) becomes two sums of three,
-  which XLA:CPU runs much faster than one nine-input fusion of pads.
+  (channel) axis and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
+  rest: the copies move contiguous rows and no matmul of the backward pass
+  needs a transposed copy. With `two_pass` the copies are built as the three
+  column shifts, then the three row shifts of those: the derivative of the
+  copy becomes two sums of three, which XLA:CPU runs faster than one of nine
+  (benchmarks/README.md).
 
   Args:
     x: `[in_channels, batch, height, width]`.
     kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
-    two_pass: build the shifted copies in two passes (see above).
+    two_pass: build the shifted copies in two passes.
 
   Returns:
     `[out_channels, batch, height, width]`.
@@ -127,6 +148,21 @@ def conv2d_3x3_same_cf(
   return out.reshape(c_out, b, h, w)
 
 
+def _moments(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
+  """Two-pass `(mean, x - mean, biased variance)` over `axes` (kept)."""
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  centred = x - mean
+  return mean, centred, jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+
+
+def _per_channel(x: Array, channel_axis: int) -> tuple[tuple[int, ...], list]:
+  """`(every axis but the channels', the shape a [C] vector broadcasts as)`."""
+  channel_axis = channel_axis % x.ndim
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  return tuple(a for a in range(x.ndim) if a != channel_axis), shape
+
+
 def batch_norm(
   x: Array,
   scale: Array,
@@ -136,11 +172,8 @@ def batch_norm(
 ) -> Array:
   """Normalises with the statistics of the batch `x` itself.
 
-  Two-pass statistics: the mean, then the mean square of `x - mean`. The
-  centred input is computed once and serves the variance and the output,
-  so that the derivative reduces over it twice and keeps no other
-  activation-sized residual (`jnp.var` computes the mean again; see
-  `benchmarks/README.md`).
+  The centred input serves the variance and the output, so the derivative
+  keeps no other activation-sized residual (see `benchmarks/README.md`).
 
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
@@ -153,35 +186,17 @@ def batch_norm(
   Returns:
     `x` normalised per channel over every other axis, then scaled and offset.
   """
-  channel_axis = channel_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  centred = x - mean
-  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+  axes, shape = _per_channel(x, channel_axis)
+  _, centred, var = _moments(x, axes)
   return centred * (
     jax.lax.rsqrt(var + eps) * scale.reshape(shape)
   ) + offset.reshape(shape)
 
 
 def moments(x: Array, channel_axis: int = -1) -> tuple[Array, Array]:
-  """Per-channel mean and (biased) variance of `x` over every other axis.
-
-  Two-pass, as in `batch_norm`: the mean, then the mean square of `x -
-  mean`.
-
-  Args:
-    x: activations, channels on `channel_axis`.
-    channel_axis: the axis of `x` that holds the channels.
-
-  Returns:
-    `(mean, var)`, each `[C]`.
-  """
-  channel_axis = channel_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  """Per-channel `(mean [C], biased variance [C])` of `x` over every other
+  axis, two-pass as in `batch_norm`."""
+  mean, _, var = _moments(x, _per_channel(x, channel_axis)[0])
   return mean.reshape(-1), var.reshape(-1)
 
 
@@ -208,26 +223,11 @@ def normalise(
   Returns:
     An array shaped like `x`.
   """
-  channel_axis = channel_axis % x.ndim
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
+  _, shape = _per_channel(x, channel_axis)
   per_channel = lambda v: v.reshape(shape) if v.ndim == 1 else v
   return (x - per_channel(mean)) * (
     jax.lax.rsqrt(per_channel(var) + eps) * scale.reshape(shape)
   ) + offset.reshape(shape)
-
-
-def instance_moments(
-  x: Array, channel_axis: int = -1, batch_axis: int = 0
-) -> tuple[Array, Array]:
-  """Mean and (biased) variance of every example's every channel, over the
-  remaining (spatial) axes, kept as size-1 axes so that they broadcast
-  against `x`."""
-  channel_axis, batch_axis = channel_axis % x.ndim, batch_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a not in (channel_axis, batch_axis))
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-  return mean, var
 
 
 def task_norm(
@@ -243,15 +243,13 @@ def task_norm(
   channel_axis: int = -1,
   batch_axis: int = 0,
 ) -> Array:
-  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm with the
+  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm by the
   context's moments blended with each example's instance-norm moments.
 
-  `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`;
-  `mu = alpha mu_C + (1 - alpha) mu_I` and `sigma^2 = alpha (sigma_C^2 +
-  (mu_C - mu)^2) + (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`, where `mu_C,
-  sigma_C^2` are the context set's moments and `mu_I, sigma_I^2` those of
-  the example itself over its spatial positions. An example's output depends
-  on the context and on itself only, never on the other examples of `x`.
+  `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`, `mu = alpha
+  mu_C + (1 - alpha) mu_I`, `sigma^2 = alpha (sigma_C^2 + (mu_C - mu)^2) +
+  (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`: an example's output depends on
+  the context and on itself only.
 
   Args:
     x: activations, channels on `channel_axis`, examples on `batch_axis`.
@@ -260,9 +258,8 @@ def task_norm(
     context_size: the number of context examples.
     scale: `[C]`.
     offset: `[C]`.
-    alpha_scale: scalar, learned (0 at initialisation, as in the paper's
-      code).
-    alpha_offset: scalar, learned (0 at initialisation: `alpha = 0.5`).
+    alpha_scale: scalar, learned.
+    alpha_offset: scalar, learned.
     eps: added to the variance.
     channel_axis: the axis of `x` that holds the channels.
     batch_axis: the axis of `x` that holds the examples.
@@ -270,11 +267,12 @@ def task_norm(
   Returns:
     An array shaped like `x`.
   """
-  channel_axis = channel_axis % x.ndim
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
+  _, shape = _per_channel(x, channel_axis)
   mu_c, var_c = context_mean.reshape(shape), context_var.reshape(shape)
-  mu_i, var_i = instance_moments(x, channel_axis, batch_axis)
+  # Each example's moments over its spatial axes.
+  example_axes = (channel_axis % x.ndim, batch_axis % x.ndim)
+  spatial = tuple(a for a in range(x.ndim) if a not in example_axes)
+  mu_i, _, var_i = _moments(x, spatial)
   alpha = jax.nn.sigmoid(alpha_scale * context_size + alpha_offset)
   mean = alpha * mu_c + (1 - alpha) * mu_i
   var = alpha * (var_c + jnp.square(mu_c - mean)) + (1 - alpha) * (
@@ -286,21 +284,13 @@ def task_norm(
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  The four sub-grids of each 2x2 window come from a reshape that splits each
-  spatial axis into (size // 2, 2) (contiguous slices, unlike strided ones),
-  and are reduced pairwise by selection: `where(a >= b or a is NaN, a, b)`.
-  On a tie the earlier element of the window (row-major) wins and receives
-  the whole gradient, and a NaN anywhere in the window is the result, both
-  as in PyTorch's `max_pool2d`. Why not the alternatives:
-  `jnp.max` over the window divides by the number of elements equal to the
-  maximum in its derivative, and in MAML's second-order pass XLA may
-  recompute the window in a fusion that rounds differently, find no equal
-  element and return 0/0 = NaN (seen in float64 on Conv-4); `jnp.maximum`
-  splits a tie's gradient in halves, through compare/select/divide chains
-  that made the pool's backward pass the costliest elementwise fusion of the
-  CPU MAML step. A selection differentiates to the same selection at every
-  order, with no division. Ties are common: binary Omniglot strokes give
-  identical patches, hence identical activations.
+  The four sub-grids of each window come from a reshape and are reduced
+  pairwise by selection, `where(a >= b or a is NaN, a, b)`: as in PyTorch's
+  `max_pool2d`, a tie's earlier element (row-major) gets the whole gradient
+  and a NaN wins. A selection differentiates to the same selection at every
+  order, with no division: `jnp.max`'s derivative divides by the count of
+  maxima, which a rounding difference in MAML's second-order pass can make
+  0/0 = NaN, and ties are common on binary Omniglot strokes.
 
   Args:
     x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
@@ -338,26 +328,16 @@ def dropblock(
 ) -> Array:
   """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
 
-  Every channel of every example gets its own mask (Algorithm 1 of the
-  paper, the per-channel variant it reports as better, and what MetaOptNet
-  uses). Block centres are drawn with probability `gamma` on the positions
-  where a whole `block_size x block_size` block fits, every drawn centre
-  zeroes its block, and the output is rescaled by `count(mask) /
-  count_ones(mask)` over the whole tensor (Algorithm 1, line 7). `gamma` is
-  eq. (1), written for an `h x w` map:
+  Every channel of every example gets its own mask (the paper's per-channel
+  variant, as MetaOptNet). Block centres are drawn with probability
 
-    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1)),
+    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1))
 
-  with the block clipped to the map (`bh = min(block_size, h)`, likewise
-  `bw`, as in the paper's reference code), so that about `drop_rate` of the
-  activations are dropped (a little less where blocks overlap). The
-  rescaling keeps the mean activation; positions near the border, covered by
-  fewer blocks, are dropped less often and so come out larger on average
-  (`x * P(kept) / mean P(kept)`). With `block_size = 1` this is dropout with
-  rate `drop_rate`, rescaled by the kept count.
-
-  The mask is drawn in NHWC order whatever the layout, so both layouts of a
-  backbone drop the same activations for the same key.
+  (eq. 1, the block clipped to the `h x w` map) where a whole block fits;
+  each zeroes its block, and the output is rescaled by `count(mask) /
+  count_ones(mask)` (Algorithm 1). With `block_size = 1` this is dropout.
+  The mask is drawn in NHWC order, so both layouts drop the same
+  activations for the same key.
 
   Args:
     x: activations, `[batch, H, W, C]`, or `[C, batch, H, W]` with
@@ -369,10 +349,6 @@ def dropblock(
 
   Returns:
     `x` with the dropped blocks zeroed and the rest rescaled.
-
-  References:
-    Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
-    convolutional networks", Algorithm 1 and eq. (1).
   """
   if channels_first:
     c, b, h, w = x.shape

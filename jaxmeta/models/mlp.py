@@ -80,7 +80,4 @@ def mlp_backbone(
   Returns:
     `mlp((prod(input_shape), *hidden, num_outputs))`.
   """
-  size = 1
-  for s in input_shape:
-    size *= int(s)
-  return mlp((size, *hidden, num_outputs))
+  return mlp((math.prod(int(s) for s in input_shape), *hidden, num_outputs))
