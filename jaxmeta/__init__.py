@@ -31,6 +31,7 @@ from jaxmeta.algorithms import normalised_learner
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.algorithms import pretrain
 from jaxmeta.algorithms import protonet
+from jaxmeta.algorithms import r2d2
 from jaxmeta.algorithms import register_algorithm
 from jaxmeta.algorithms import reptile
 from jaxmeta.algorithms import score_alone

@@ -38,6 +38,7 @@ from jaxmeta.algorithms.normalised import score_alone
 from jaxmeta.algorithms.normalised import with_scoring_alone
 from jaxmeta.algorithms.pretrain import pretrain
 from jaxmeta.algorithms.protonet import protonet
+from jaxmeta.algorithms.r2d2 import r2d2
 from jaxmeta.algorithms.reptile import reptile
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -115,6 +116,7 @@ register_algorithm('anil', anil)
 register_algorithm('meta_sgd', meta_sgd)
 register_algorithm('maml_plus_plus', maml_plus_plus)
 register_algorithm('protonet', protonet, any_ways=True)
+register_algorithm('r2d2', r2d2, any_ways=True)
 register_algorithm('baseline', baseline, train_batches=True, any_ways=True)
 register_algorithm(
   'baseline_plus_plus', baseline_plus_plus, train_batches=True, any_ways=True
@@ -206,6 +208,7 @@ __all__ = [
   'options',
   'pretrain',
   'protonet',
+  'r2d2',
   'register_algorithm',
   'reptile',
   'require_embed',
