@@ -19,13 +19,8 @@ LossFn = Callable[..., tuple[Array, dict[str, Array]]]
 
 
 def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
-  """Raises ValueError unless `x` and `y` hold the same number of examples
-  (at trace time).
-
-  Args:
-    x: inputs `[batch, ...]`.
-    y: targets `[batch, ...]`.
-    what: what the pair is, for the message ('support', 'query', ...).
+  """Raises ValueError (at trace time) unless `x [batch, ...]` and `y [batch,
+  ...]` hold as many examples; `what` names the pair in the message.
   """
   if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
     raise ValueError(
@@ -51,6 +46,10 @@ def _per_batch_loss(
 def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Softmax cross-entropy on integer labels, with accuracy as a metric.
 
+  Labels out of `[0, classes)` raise ValueError where they are concrete;
+  traced ones make the loss, accuracy and gradients NaN, so that a loop
+  guarding against non-finite losses stops.
+
   Args:
     apply_fn: `apply(params, x, *, key=None, step=None) -> logits [batch,
       classes]` (or log-softmax outputs).
@@ -58,14 +57,6 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   Returns:
     `loss_fn(params, x [batch, ...], y [batch] int, key=None, step=None)
     -> (mean loss, {'loss', 'accuracy'})`.
-
-  Labels must lie in `[0, classes)`: their shape and dtype are checked when
-  the loss is traced, their values too where they are concrete (ValueError).
-  Traced labels cannot be checked in Python, so a batch holding any
-  out-of-range label gives a NaN loss, accuracy and gradients on purpose
-  (rather than a NaN loss with finite gradients, or a negative label
-  silently indexing from the end): a training loop that guards against
-  non-finite losses stops.
   """
 
   def score(logits, y):  # logits: [batch, classes]
@@ -100,12 +91,11 @@ def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Mean squared error, with 'mse' as a metric.
 
   Args:
-    apply_fn: `apply(params, x, *, key=None, step=None) -> predictions`,
-      the shape of `y`.
+    apply_fn: `apply(params, x, *, key=None, step=None) -> predictions`
+      shaped like `y`.
 
   Returns:
-    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss',
-    'mse'})`.
+    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss', 'mse'})`.
   """
 
   def score(pred, y):

@@ -1,18 +1,8 @@
 """Meshes and shardings of the meta-batch: tasks are the unit of work.
 
-The train state and the data every task reads are replicated, the meta-batch
-is split over a 1-D mesh along its leading task axis. Typical use (after
-`jaxmeta.distributed.initialize_distributed()` in a multi-host job)::
-
-  mesh = sharding.make_mesh()  # 1-D, all devices of all processes.
-  state = jaxmeta.init_train_state(learner, optimizer, key, mesh)
-  images = sharding.replicate(images, mesh)  # uint8 [classes, drawings, ...]
-  step = jax.jit(jaxmeta.make_meta_train_step(
-      learner, optimizer, sample_tasks, mesh=mesh), donate_argnums=0)
-  state, metrics = step(state, images)  # metrics: replicated scalars
-  keys = sharding.shard_tasks(episodes.eval_task_keys(seed, 600), mesh)
-
-`shard_tasks` splits a meta-batch every process holds whole;
+The train state and the data every task reads are replicated (`replicate`),
+the meta-batch is split over a 1-D mesh (`make_mesh`) along its leading
+task axis: `shard_tasks` splits one every process holds whole,
 `tasks_from_process_local` builds one from each process's own tasks.
 """
 
@@ -32,11 +22,11 @@ TASK_AXIS = 'tasks'
 def make_mesh(
   devices: Sequence[jax.Device] | None = None, axis_name: str = TASK_AXIS
 ) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: all devices of all processes),
+  """A 1-D mesh over `devices` (default: `jax.devices()`, of all processes),
   its axis `Auto` (a jitted function reshards other inputs).
 
   Args:
-    devices: the devices, in mesh order; default `jax.devices()`.
+    devices: the devices, in mesh order.
     axis_name: the name of the task axis.
 
   Returns:
@@ -81,13 +71,12 @@ def check_divisible(
   Args:
     num_tasks: tasks in the (global) meta-batch.
     mesh: the device mesh.
-    task_chunk_size: optional chunk of a device's tasks adapted at once
-      (`jaxmeta.meta_gradient`); if smaller than a device's tasks, it must
-      divide them.
+    task_chunk_size: optional chunk of a device's tasks adapted at once;
+      if smaller than a device's tasks, it must divide them.
 
   Raises:
     ValueError: naming the numbers, if the tasks do not divide evenly over
-      the devices (none are dropped) or the chunk does not divide them.
+      the devices or the chunk does not divide them.
   """
   num_devices = mesh.size
   if num_tasks < 1 or num_tasks % num_devices:
@@ -158,16 +147,15 @@ def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
 def tasks_from_process_local(
   local_tasks: PyTree, mesh: jax.sharding.Mesh
 ) -> PyTree:
-  """The global meta-batch `[local_tasks * process_count, ...]` from each
-  process's own `[local_tasks, ...]`, whose rows on this process's devices
-  are this process's tasks.
+  """The global meta-batch `[local_tasks * process_count, ...]`, sharded with
+  `task_sharding(mesh)`, whose rows on this process's devices are its own.
 
   Args:
-    local_tasks: a meta-batch pytree held by this process (NumPy or arrays).
+    local_tasks: a meta-batch pytree held by this process.
     mesh: the device mesh (all processes' devices).
 
   Returns:
-    The global meta-batch, sharded with `task_sharding(mesh)`.
+    The global meta-batch.
 
   Raises:
     ValueError: if the local meta-batch does not divide over this process's

@@ -5,6 +5,7 @@ meta-gradient, the optax update), jitted once by the caller into one XLA
 program, data parallel over the tasks of a mesh (`jaxmeta.sharding`).
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -28,14 +29,11 @@ class MetaTrainState(flax.struct.PyTreeNode):
 
   Attributes:
     step: int32 scalar, meta-iterations done so far.
-    params: the trainable meta-parameters (the initialisation MAML learns),
-      what the outer optimiser updates.
+    params: the trainable meta-parameters, what the outer optimiser updates.
     model_state: what no gradient moves: the running batch-norm statistics
-      (`norms.split_model_state`), updated by the learner's `update_state`;
-      `{}` for a model without state.
+      (`norms.split_model_state`), updated by the learner's `update_state`.
     opt_state: the outer optax optimiser's state, of `params` alone.
-    key: the run's base PRNG key; step `t` draws its tasks from
-      `jax.random.fold_in(key, t)` (and its model keys: `model_key`).
+    key: the run's base key; step `t` draws its tasks from `fold_in(key, t)`.
   """
 
   step: Array
@@ -121,12 +119,7 @@ def meta_gradient(
     `(meta_grad, metrics)`: the mean gradient (shaped like `params`) and the
     mean per-task metrics.
   """
-  if global_step is None:
-    task_update = learner.task_update
-  else:
-    task_update = lambda p, task, key=None: learner.task_update(
-      p, task, key, global_step=global_step
-    )
+  task_update = functools.partial(learner.task_update, global_step=global_step)
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
   if key is not None and task_keys is not None:
     raise ValueError('meta_gradient takes key or task_keys, not both.')
@@ -182,9 +175,8 @@ def meta_gradient(
 
 
 def default_task_chunk_size(meta_batch_size: int) -> int:
-  """The fastest `task_chunk_size` on the current backend: one task at a
-  time on the CPU (a vmap makes every matmul a batched one), the whole
-  meta-batch on accelerators (benchmarks/README.md).
+  """The fastest `task_chunk_size` (benchmarks/README.md): 1 on the CPU (a vmap
+  makes every matmul a batched one), `meta_batch_size` on accelerators.
 
   Args:
     meta_batch_size: tasks per meta-batch (per device, when sharded).

@@ -51,13 +51,11 @@ class Traits(NamedTuple):
 
   Attributes:
     options: the builder's keyword-only options.
-    train_batches: `task_update` expects a minibatch of images of all
-      training classes in the task's support set, labelled with their class
-      indices in the training split (the query set is empty), instead of an
-      episode: the pretraining of Baseline and Baseline++.
-    any_ways: nothing in the meta-parameters depends on the number of ways,
-      so training episodes may have more ways than the evaluation tasks
-      (Prototypical Networks, the Baselines).
+    train_batches: `task_update` takes a minibatch of all training classes
+      in the support set (labels: the classes' indices; no queries) instead of
+      an episode: Baseline's pretraining.
+    any_ways: training episodes may have more ways than the evaluation ones
+      (nothing in the meta-parameters depends on the ways).
   """
 
   options: tuple[str, ...]
@@ -90,8 +88,8 @@ def register_algorithm(
     `builder`.
 
   Raises:
-    ValueError: if `name` is taken by another builder, or the builder's
-      first four parameters are not the contract's.
+    ValueError: if `name` is taken, or the builder's positional parameters
+      are not the contract's.
   """
   if name in ALGORITHMS and ALGORITHMS[name] is not builder:
     raise ValueError(f'Algorithm {name!r} is already registered.')
@@ -123,16 +121,12 @@ register_algorithm(
 )
 
 
-def _check_name(name: str) -> None:
+def traits(name: str) -> Traits:
+  """The `Traits` of the registered algorithm `name`."""
   if name not in ALGORITHMS:
     raise ValueError(
       f'Unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.'
     )
-
-
-def traits(name: str) -> Traits:
-  """The `Traits` of the registered algorithm `name`."""
-  _check_name(name)
   return _TRAITS[name]
 
 
@@ -155,12 +149,10 @@ def make_learner(
   Args:
     name: a key of `ALGORITHMS`.
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the inner learning rate.
     num_inner_steps: inner steps during meta-training.
-    inner_optimizer: only for the algorithms whose builder takes one
-      (Reptile).
+    inner_optimizer: only for the builders that take one (Reptile).
     **kwargs: the builder's other options (see `options(name)`).
 
   Raises:

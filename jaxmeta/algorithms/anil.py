@@ -32,10 +32,9 @@ def anil(
 ) -> MetaLearner:
   """ANIL, "Almost No Inner Loop" (Raghu et al. 2020).
 
-  The inner loop adapts only the linear head, on the body's embeddings of the
-  support and query sets computed once per task: MAML's gradient for a model
-  whose body is frozen in the inner loop, flowing to the body through the
-  embeddings (and, second order, through the head's inner updates).
+  MAML whose inner loop adapts only the linear head, on the body's embeddings
+  of the support and query sets computed once per task; the body learns
+  through the embeddings (and, second order, the head's inner updates).
 
   Args:
     model: a `Model` with `embed` (conv4, resnet12).

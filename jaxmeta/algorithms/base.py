@@ -70,28 +70,23 @@ class MetaLearner(NamedTuple):
   Attributes:
     name: the algorithm's name, e.g. 'maml'.
     init: `init(key) -> meta_params`: the model's parameters, or
-      `{'model': model_params, 'inner': inner_learnables}` (Meta-SGD, MAML++).
+      `{'model': model_params, ...}` with learned inner parts (Meta-SGD).
     adapt: `adapt(meta_params, support_x, support_y, num_steps) ->
-      adapted_params`, `num_steps` a static int; what classifies the task
-      (the prototypes of Prototypical Networks).
+      adapted`, `num_steps` a static int: what `predict` takes.
     task_update: `task_update(meta_params, task, key=None, global_step=None)
-      -> (meta_grad, metrics)`: `meta_grad` shaped like `meta_params` (a
-      pseudo-gradient for Reptile), `metrics` a dict of scalars (the query
-      metrics after the training inner steps). `key`, if given, feeds the
-      model's randomness (`split_task_key`); `global_step`, the
-      meta-iteration (int32 scalar), drives MAML++'s schedules.
+      -> (meta_grad, metrics)`: `meta_grad` shaped like `meta_params`,
+      `metrics` the query metrics (scalars). `key` feeds the model's
+      randomness (`split_task_key`); `global_step` (int32) MAML++'s schedules.
     evaluate: `evaluate(meta_params, task, num_steps) -> metrics`, without a
-      key: for every metric `m` of the loss, `m` after the last step and
-      `m_by_step [num_steps + 1]` after 0, 1, ..., `num_steps` steps.
-    predict: `predict(adapted, x) -> outputs [batch, ...]`: the adapted
-      model applied to new inputs.
+      key: each metric `m` of the loss after the last step, and `m_by_step
+      [num_steps + 1]` after 0, 1, ..., `num_steps` steps.
+    predict: `predict(adapted, x) -> outputs [batch, ...]`.
     model: the `Model` the functions apply, after the algorithm's own
       transformations (MAML++'s per-step batch norm).
     update_state: `update_state(model_state, statistics) -> model_state`,
       or None: the meta-step's update of `MetaTrainState.model_state` by the
-      meta-batch mean of the metric `STATISTICS_METRIC` (see
-      `normalised_learner`); the other functions take the meta-parameters
-      with the model state merged in.
+      meta-batch mean of the metric `STATISTICS_METRIC`; the other functions
+      take the meta-parameters with the model state merged in.
   """
 
   name: str
@@ -149,11 +144,9 @@ def split_task_key(
 def learned_sgd(
   rates: Callable[[Array], Params | Array],
 ) -> optax.GradientTransformation:
-  """Gradient descent whose rates may differ per step and per parameter.
-
-  Step `i` updates `p <- p - rates(i) * grad`, `rates(i)` a scalar or a
-  pytree shaped like the parameters with broadcasting leaves (Meta-SGD's
-  per-parameter rates, MAML++'s LSLR); traced rates are differentiated.
+  """Gradient descent `p <- p - rates(i) * grad` at step `i`, `rates(i)` a
+  scalar or a pytree of broadcasting rates shaped like the parameters
+  (Meta-SGD, MAML++'s LSLR); traced rates are differentiated.
 
   Args:
     rates: `rates(i) -> scalar or pytree`, `i` an int32 scalar (traced).
@@ -191,10 +184,8 @@ def inner_loop(
   key: PRNGKey | None = None,
   support_loss: LossFn | None = None,
 ) -> tuple[Params, dict[str, Array]]:
-  """Runs `num_steps` steps of `optimizer` on the support set `(x, y)`.
-
-  Step `i` calls the losses with `step=i`; with `query`, the query set is
-  scored AFTER each update (MAML++'s multi-step loss weighs these).
+  """Runs `num_steps` steps of `optimizer` on the support set `(x, y)`; step
+  `i` calls the losses with `step=i` and scores `query` after its update.
 
   Args:
     loss_fn: `loss_fn(params, x, y, *, key=None, step=None) -> (loss,
@@ -203,20 +194,17 @@ def inner_loop(
     x: support inputs, `[support_size, ...]`.
     y: support targets, `[support_size, ...]`.
     num_steps: number of inner steps, a static Python int >= 0.
-    optimizer: the inner update, e.g. `optax.sgd(inner_lr)` or
-      `learned_sgd(rates)`.
+    optimizer: the inner update, e.g. `optax.sgd(inner_lr)`.
     first_order: if True, inner gradients are constants for the outer
       derivative (`stop_gradient`).
-    query: optional `(query_x, query_y)`, scored after every step.
-    key: optional key; step `i`'s losses get the keys of `split_task_key(
-      fold_in(key, i))`, or None.
-    support_loss: the support set's loss (default `loss_fn`; see
-      `model_losses`).
+    query: optional `(query_x, query_y)`.
+    key: optional key; step `i` uses `split_task_key(fold_in(key, i))`.
+    support_loss: the support set's loss (default `loss_fn`).
 
   Returns:
     `(adapted_params, trace)`: `trace` maps `support_<m>` to the support
-    metrics before each step and, with `query`, `query_<m>` to the query
-    metrics after each, each `[num_steps]`.
+    metrics before each step and `query_<m>` to the query metrics after
+    each, each `[num_steps]`.
   """
   num_steps = check_num_steps(num_steps, 'num_steps')
   check_batch(x, y, 'support')
@@ -346,6 +334,51 @@ def learned_inner_learner(
   )
 
 
+def closed_form_learner(
+  name: str,
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  init: Callable[[PRNGKey], Params],
+  adapt: Callable[..., Params],
+  predict: Callable[..., Array],
+) -> MetaLearner:
+  """The `MetaLearner` of a method whose adaptation is closed form, without
+  steps (Prototypical Networks, R2-D2).
+
+  `task_update` differentiates the query loss of `predict(adapted, query_x,
+  key=...)` through `adapt(meta, support_x, support_y, key=...)` (the keys
+  of `split_task_key`); `evaluate`'s `*_by_step` repeat its one result.
+  """
+  loss_fn = make_loss(head_apply(lambda _, logits: logits))
+
+  def logits(meta, task, key=None):
+    support_key, query_key = split_task_key(key)
+    adapted = adapt(meta, task.support_x, task.support_y, key=support_key)
+    return predict(adapted, task.query_x, key=query_key)
+
+  def meta_loss(meta, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
+    return loss_fn(None, logits(meta, task, key), task.query_y)
+
+  def evaluate(meta, task, num_steps):
+    _, metrics = loss_fn(None, logits(meta, task), task.query_y)
+    out = {}
+    for k, v in metrics.items():
+      out[k] = v
+      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
+    return out
+
+  return MetaLearner(
+    name,
+    init,
+    adapt,
+    gradient_task_update(meta_loss),
+    evaluate,
+    lambda adapted, x: predict(adapted, x),
+    model,
+  )
+
+
 def head_adaptation(
   model: Model,
   head_loss: LossFn,
@@ -382,9 +415,9 @@ def gradient_adaptation(
   optimizer: optax.GradientTransformation,
   support_loss: LossFn | None = None,
 ) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
-  """`(adapt, evaluate)` of a `MetaLearner` that adapts with `inner_loop`
-  and `optimizer` from the given parameters; `evaluate` is as
-  `MetaLearner.evaluate` says (before adaptation with `step=0`).
+  """`(adapt, evaluate)` of a `MetaLearner` adapting with `inner_loop` and
+  `optimizer` from the given parameters (see `MetaLearner`; before
+  adaptation, `step=0`).
 
   Args:
     loss_fn: the loss of every batch but the support set (`model_losses`).

@@ -46,27 +46,25 @@ def baseline(
 ) -> MetaLearner:
   """Baseline (`head='linear'`) and Baseline++ (`head='cosine'`).
 
-  Training is classification over all `num_classes` training classes:
-  `task_update` takes a minibatch of them in the support set (the query set
-  is empty, `train_batches`). To classify a task, a new head of the model's
-  head width is trained on the frozen body's support embeddings:
-  `num_steps` full-batch steps of SGD with `inner_lr` and `momentum` from a
-  fixed Glorot-uniform draw (Chen et al. fine-tune minibatches of 4 with
-  weight decay 1e-3). Baseline++'s head is a cosine classifier, `s *
-  cos(f, w_c)`, `s` from `cosine_scale`.
+  Training is classification of minibatches of all `num_classes` training
+  classes (`train_batches`). A task is classified by a new head of the
+  model's head width, trained on the frozen body's support embeddings with
+  `num_steps` full-batch steps of SGD (`inner_lr`, `momentum`) from a fixed
+  Glorot-uniform draw (Chen et al.: minibatches of 4, weight decay 1e-3).
+  Baseline++'s head is `cosine_logits` with `cosine_scale`.
 
   Args:
     model: a `Model` with `embed`; its head width is the evaluation ways.
     make_loss: `make_loss(apply) -> loss_fn` (classification).
     inner_lr: the fine-tuning learning rate.
-    num_inner_steps: unused in training, >= 0 (evaluation takes its steps).
+    num_inner_steps: unused in training, >= 0.
     num_classes: the number of training classes (pretraining head width).
     head: 'linear' (Baseline) or 'cosine' (Baseline++).
     momentum: the fine-tuning SGD momentum.
 
   Returns:
-    A `MetaLearner` named 'baseline' or 'baseline_plus_plus' whose
-    parameters are the body and the pretraining head.
+    A `MetaLearner` named 'baseline' or 'baseline_plus_plus' over the body
+    and the pretraining head.
 
   References:
     Chen, Liu, Kira, Wang & Huang 2019, "A Closer Look at Few-shot

@@ -25,13 +25,11 @@ from jaxmeta.types import Array
 def multi_step_loss_weights(
   global_step: Array, num_steps: int, anneal_iterations: int
 ) -> Array:
-  """The per-step weights of MAML++'s multi-step loss (MSL) at `global_step`.
+  """The per-step weights of MAML++'s multi-step loss at `global_step`.
 
-  They start equal (`1/N` each, `N = num_steps`); over `anneal_iterations`
-  meta-iterations the weights of steps `1..N-1` fall linearly to `0.03/N`
-  and the last step's rises to `1 - (N-1) * 0.03/N` (the reference code's
-  schedule, per iteration rather than per epoch); from `anneal_iterations`
-  on, all the weight is on the last step.
+  Equal (`1/N`) at first; over `anneal_iterations` the first `N-1` fall
+  linearly to `0.03/N` and the last rises to `1 - (N-1) * 0.03/N` (the
+  reference code's schedule, per iteration); then the last step's alone.
 
   Args:
     global_step: the meta-iteration, an int scalar (traced).
@@ -65,27 +63,19 @@ def maml_plus_plus(
 ) -> MetaLearner:
   """MAML++ (Antoniou et al. 2019), each trick switchable.
 
-  * LSLR (`per_step_lr`): a learned inner rate per parameter tensor and step,
-    `{'inner': {'lr': tree of [num_inner_steps]}}`, from `inner_lr` (later
-    steps reuse the last rates).
-  * MSL (`multi_step_loss`): the query losses after every inner step,
-    weighted by `multi_step_loss_weights`, for `msl_iterations`.
-  * DOA (`first_order_iterations`): first order for that many iterations,
-    then second order; the phases are branches of one `lax.switch`.
-  * BNWB (`per_step_bn`): per-step batch-norm weights and biases
-    (`jaxmeta.models.per_step_batch_norm`), which the inner loop leaves
-    unchanged, as in the reference code.
-  * BNRS (`per_step_bn_stats`): per-step running statistics of a 'running'
-    model (see `normalised_learner`).
-  * Cosine annealing of the meta learning rate is the outer optimiser's
-    schedule (`optax.cosine_decay_schedule`).
-
-  With every trick off the gradient is MAML's, the meta-parameters
-  `{'model': params, 'inner': {}}`.
+  LSLR (`per_step_lr`): learned inner rates per parameter tensor and step,
+  `{'inner': {'lr': tree of [num_inner_steps]}}` from `inner_lr` (later
+  steps reuse the last). MSL (`multi_step_loss`): the query losses after
+  every step, weighted by `multi_step_loss_weights`. DOA
+  (`first_order_iterations`): first order at first, then second order (one
+  `lax.switch`). BNWB (`per_step_bn`): per-step batch-norm weights and
+  biases (`per_step_batch_norm`), left unchanged by the inner loop as in the
+  reference code. BNRS (`per_step_bn_stats`): per-step running statistics
+  (`normalised_learner`). The cosine-annealed meta learning rate is the
+  outer optimiser's schedule. With every trick off the gradient is MAML's.
 
   Args:
-    model: the `Model` (batch-norm leaves named as `per_step_batch_norm`
-      expects).
+    model: the `Model` (batch-norm leaves named `BATCH_NORM_LEAVES`).
     make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the inner learning rate (the initial value of the learned ones).
     num_inner_steps: inner steps during meta-training, >= 1.
@@ -97,7 +87,8 @@ def maml_plus_plus(
     per_step_bn_stats: BNRS; needs `model.batch_norm == 'running'`.
 
   Returns:
-    A `MetaLearner` named 'maml_plus_plus'.
+    A `MetaLearner` named 'maml_plus_plus' over `{'model': params, 'inner':
+    {...}}`.
 
   References:
     Antoniou, Edwards & Storkey 2019, "How to train your MAML", Section 4.

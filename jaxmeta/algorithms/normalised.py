@@ -22,13 +22,9 @@ from jaxmeta.types import Array, Params, Task
 def _statistics_owner(params: Params) -> Params:
   """The dict of `params` (at the top or under `'model'`) holding the running
   statistics."""
-  if norms.STATISTICS in params:
-    return params
-  if (
-    isinstance(params.get('model'), dict)
-    and norms.STATISTICS in (params['model'])
-  ):
-    return params['model']
+  for owner in (params, params.get('model')):
+    if isinstance(owner, dict) and norms.STATISTICS in owner:
+      return owner
   raise ValueError(
     f'No running statistics (entry {norms.STATISTICS!r}) in the parameters '
     f'(entries {sorted(params)}).'
@@ -46,17 +42,15 @@ def _replace_statistics(params: Params, statistics: Params) -> Params:
 def task_statistics(
   learner: MetaLearner, params: Params, task: Task, num_steps: int
 ) -> Params:
-  """The batch statistics one training task contributes to the running ones.
+  """The batch statistics one training task adds to the running ones.
 
-  Those of the task's query set under the parameters after `num_steps` inner
-  steps (`learner.adapt`, without gradient), or under the meta-parameters
-  where `adapt` returns no model parameters (Prototypical Networks); those of
-  the minibatch where there are no queries (Baseline's pretraining). With
-  per-step running statistics (MAML++'s BNRS) set `i` gets those after
-  `i + 1` steps. Variances are unbiased, as PyTorch's.
+  Those of the task's query set after `num_steps` inner steps (or under the
+  meta-parameters where `adapt` returns no model parameters, as Prototypical
+  Networks'), of the minibatch where there are no queries; with per-step
+  statistics (BNRS), set `i` after `i + 1` steps. Unbiased variances.
 
   Args:
-    learner: the self-normalised learner (`normalised_learner`), with `model`.
+    learner: the self-normalised learner, with `model`.
     params: its meta-parameters.
     task: one task.
     num_steps: the training inner steps.
@@ -94,17 +88,14 @@ def normalised_learner(
   """The learner `build(model)` in the batch-norm mode of `model`.
 
   Args:
-    build: `build(model) -> MetaLearner`, e.g. `lambda m:
-      jaxmeta.make_learner('maml', m, jaxmeta.classification_loss, 0.4, 1)`.
+    build: `build(model) -> MetaLearner`.
     model: a model with a batch-norm mode (`jaxmeta.models.norms`).
-    momentum: 'running' mode: each meta-step moves the running statistics by
-      `momentum` towards the mean over its tasks of `task_statistics`
-      (PyTorch's convention: 0.1).
-    num_inner_steps: 'running' mode: the inner steps of meta-training (the
-      running statistics are the query sets' after them).
+    momentum: 'running' mode: the running statistics' step towards the
+      meta-batch mean of `task_statistics` (PyTorch's convention: 0.1).
+    num_inner_steps: 'running' mode: the training inner steps.
 
   Returns:
-    A `MetaLearner`. In 'support' and 'tasknorm' modes its `adapt` returns
+    A `MetaLearner`; in 'support' and 'tasknorm' modes its `adapt` returns
     `{'adapted': ..., 'support_x': ...}`, which its `predict` takes.
   """
   mode = norms.check_mode(model.batch_norm)
@@ -158,8 +149,8 @@ def normalised_learner(
 def score_alone(
   learner: MetaLearner, params: Params, task: Task, num_steps: int
 ) -> Array:
-  """The task's metric with every query scored on its own: adapts once
-  (`learner.adapt`), then predicts each query as a batch of one.
+  """The task's metric with every query scored on its own (`learner.adapt`
+  once, then `learner.predict` on batches of one).
 
   Args:
     learner: a learner with `predict`.
@@ -168,8 +159,7 @@ def score_alone(
     num_steps: inner steps (static).
 
   Returns:
-    A scalar: accuracy for integer labels (the argmax of the outputs), else
-    the mean squared error.
+    A scalar: accuracy for integer labels, else the mean squared error.
   """
   adapted = learner.adapt(params, task.support_x, task.support_y, num_steps)
   outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(

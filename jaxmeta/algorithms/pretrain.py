@@ -24,17 +24,14 @@ def pretrain(
   inner_lr: float,
   num_inner_steps: int = 0,
 ) -> MetaLearner:
-  """The conventional baseline: train one model on all tasks jointly.
-
-  `task_update` is the gradient of the loss on the task's support and query
-  sets together, without adaptation: minibatch training on the pooled data.
-  `adapt`/`evaluate` fine-tune with SGD at `inner_lr`, as the meta-learned
-  models are scored (Finn et al. 2017, Figure 2: "pretrained, step=0.01").
+  """The conventional baseline: one model trained on the pooled data of all
+  tasks (`task_update`: the gradient on support and query sets together),
+  fine-tuned with SGD at `inner_lr` to be scored (Finn et al. 2017, Figure
+  2: "pretrained, step=0.01").
 
   Args:
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: learning rate of the fine-tuning steps at evaluation.
     num_inner_steps: unused in training (must still be >= 0).
 

@@ -6,11 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import gradient_task_update
-from jaxmeta.algorithms.base import head_apply
+from jaxmeta.algorithms.base import closed_form_learner
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
-from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models import norms
@@ -58,11 +56,10 @@ def protonet(
 ) -> MetaLearner:
   """Prototypical Networks (Snell et al. 2017).
 
-  A task's classes are the means `c_k` of their support embeddings; a query
-  is classified by the softmax of `-|f(x) - c_k|^2` (Section 2.2). There is
-  no inner loop and nothing depends on the number of ways (`any_ways`). The
-  meta-parameters are the body's; the support set must hold every label in
-  `[0, support_size)`.
+  A task's classes are the means `c_k` of their support embeddings, a query's
+  logits `-|f(x) - c_k|^2` (Section 2.2); no inner loop, nothing depends on
+  the ways. The meta-parameters are the body's; the support set must hold
+  every label in `[0, support_size)`.
 
   Args:
     model: a `Model` with `embed`.
@@ -73,8 +70,7 @@ def protonet(
 
   Returns:
     A `MetaLearner` named 'protonet'; `adapt` returns `{'body', 'prototypes':
-    [classes, d], 'counts': [classes]}`, and `evaluate`'s `*_by_step`
-    repeat the one result.
+    [classes, d], 'counts': [classes]}`.
 
   References:
     Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot
@@ -83,7 +79,6 @@ def protonet(
   del inner_lr
   require_embed(model, 'protonet')
   check_num_steps(num_inner_steps)
-  loss_fn = make_loss(head_apply(lambda _, logits: logits))
   support_embed = norms.self_normalised(model).embed
 
   def init(key):
@@ -98,34 +93,11 @@ def protonet(
     )
     return {'body': body, 'prototypes': protos, 'counts': counts}
 
-  def logits(body, task, key=None):
-    support_key, query_key = split_task_key(key)
-    classes = adapt(body, task.support_x, task.support_y, key=support_key)
-    query_features = model.embed(body, task.query_x, key=query_key)
+  def predict(adapted, x, key=None):
     return prototype_logits(
-      query_features, classes['prototypes'], classes['counts']
-    )
-
-  def meta_loss(body, task, key):
-    check_batch(task.query_x, task.query_y, 'query')
-    return loss_fn(None, logits(body, task, key), task.query_y)
-
-  def evaluate(body, task, num_steps):
-    _, metrics = loss_fn(None, logits(body, task), task.query_y)
-    out = {}
-    for k, v in metrics.items():
-      out[k] = v
-      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
-    return out
-
-  def predict(adapted, x):
-    return prototype_logits(
-      model.embed(adapted['body'], x),
+      model.embed(adapted['body'], x, key=key),
       adapted['prototypes'],
       adapted['counts'],
     )
 
-  task_update = gradient_task_update(meta_loss)
-  return MetaLearner(
-    'protonet', init, adapt, task_update, evaluate, predict, model
-  )
+  return closed_form_learner('protonet', model, make_loss, init, adapt, predict)

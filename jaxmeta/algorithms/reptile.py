@@ -29,30 +29,25 @@ def reptile(
 ) -> MetaLearner:
   """Reptile (Nichol, Achiam & Schulman 2018).
 
-  Adapts `num_inner_steps` full-batch steps on the support set and returns
-  `theta - phi` (`phi` the adapted weights); with `optax.sgd(eps)` as the
-  outer optimiser the meta-step is the paper's batched rule `theta + eps *
-  mean_i(phi_i - theta)` (Algorithm 2). The query set plays no part in the
-  update: with `query_metrics` it is scored for monitoring (one more forward
-  pass), else the last inner step's support metrics `support_<m>` are
-  reported. Nichol et al. train on minibatches of a task; give Reptile more
-  training shots to match their `--train-shots`.
+  `task_update` adapts `num_inner_steps` full-batch steps on the support set
+  and returns `theta - phi` (`phi` the adapted weights): with `optax.sgd(eps)`
+  outside, the paper's batched rule `theta + eps * mean_i(phi_i - theta)`
+  (Algorithm 2). The query set is only scored, for monitoring. Nichol et al.
+  train on minibatches of a task: give more training shots to match.
 
   Args:
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
-    inner_lr: inner learning rate (for the default SGD inner optimiser).
+    make_loss: `make_loss(apply) -> loss_fn`.
+    inner_lr: inner learning rate (of the default SGD inner optimiser).
     num_inner_steps: inner steps `k` per task during meta-training.
-    inner_optimizer: optional optax optimiser for the inner loop, e.g.
-      `optax.adam(1e-3, b1=0.)` as in the paper's Omniglot runs; default
-      `optax.sgd(inner_lr)`.
-    query_metrics: if True, `task_update`'s metrics are the query metrics of
-      the adapted weights; if False, the support metrics of the last inner
-      step (`num_inner_steps` must then be >= 1).
+    inner_optimizer: optional optax inner optimiser, e.g. `optax.adam(1e-3,
+      b1=0.)` as in the paper's Omniglot runs; default `optax.sgd(inner_lr)`.
+    query_metrics: if True, the metrics are the adapted weights' query
+      metrics (one more forward pass); if False, the last inner step's
+      support metrics `support_<m>` (`num_inner_steps` must be >= 1).
 
   Returns:
-    A `MetaLearner`.
+    A `MetaLearner` named 'reptile'.
 
   References:
     Nichol et al. 2018, "On First-Order Meta-Learning Algorithms",

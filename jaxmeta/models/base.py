@@ -17,10 +17,8 @@ BATCH_NORM_LEAVES = ('scale', 'offset')
 
 
 def register_backbone(name: str):
-  """Decorator: `@register_backbone('conv4')` adds a builder to `BACKBONES`.
-
-  A builder takes the number of outputs, the shape of one input without the
-  batch axis and its own keyword options, and returns a `Model`.
+  """Decorator: `@register_backbone('conv4')` adds a builder `builder(
+  num_outputs, input_shape, **options) -> Model` to `BACKBONES`.
   """
 
   def add(builder):
@@ -33,23 +31,19 @@ def register_backbone(name: str):
 
 
 class Model(NamedTuple):
-  """A model as pure functions.
-
-  The parameters are a dict whose entry `'head'` is the linear head `{'w':
-  [feature_dim, outputs], 'b': [outputs]}`; the others are the body's.
+  """A model as pure functions; its parameters are a dict whose entry `'head'`
+  is the linear head `{'w': [feature_dim, outputs], 'b': [outputs]}`.
 
   Attributes:
     init: `init(key) -> params`, a dict pytree of float32 arrays.
     apply: `apply(params, x, *, key=None, step=None) -> outputs` for one
-      batch `x` of one task. `key` feeds dropout / DropBlock (None:
-      deterministic); `step` is the inner-step index, read by models with
-      per-step parameters (`per_step_batch_norm`), ignored by the others.
+      batch `x` of one task; `key` feeds dropout / DropBlock (None:
+      deterministic), `step` selects per-step parameters.
     embed: `embed(params, x, *, key=None, step=None) -> [batch,
       feature_dim]`, the body, or None.
     feature_dim: the width of `embed`'s output, or None.
-    forward: `forward(params, x, normaliser, *, key=None, step=None) ->
-      [batch, feature_dim]`, the body with its batch-norm layers left to
-      `normaliser` (`jaxmeta.models.norms`), or None.
+    forward: `forward(params, x, normaliser, *, key=None, step=None)`, the
+      body with its batch norm left to `normaliser` (`norms`), or None.
     batch_norm: the batch-norm mode, one of `jaxmeta.models.norms.MODES`.
   """
 
@@ -114,8 +108,7 @@ def init_linear_head(
 def cosine_logits(
   head: Params, features: Array, scale: float, eps: float = 1e-8
 ) -> Array:
-  """Baseline++'s classifier (Chen et al. 2019, Section 3.2): `logits[i, c]
-  = scale * <f_i, w_c> / (|f_i| |w_c|)`.
+  """Baseline++'s classifier (Chen et al. 2019, Section 3.2).
 
   Args:
     head: `{'w': [d, n]}`, one weight vector per class (a column).
@@ -124,7 +117,7 @@ def cosine_logits(
     eps: added to the norms; keeps a zero vector's logits finite.
 
   Returns:
-    `[batch, n]`.
+    `logits [batch, n] = scale * <f_i, w_c> / (|f_i| |w_c|)`.
   """
   w = head['w']
   f = features / (jnp.linalg.norm(features, axis=-1, keepdims=True) + eps)
@@ -141,17 +134,15 @@ def per_step_batch_norm(
   """Per-step batch norm (Antoniou et al. 2019): weights and biases (BNWB),
   running statistics (BNRS), or both.
 
-  Every selected leaf (`BATCH_NORM_LEAVES` with `weights`, the running
-  statistics `norms.STATISTICS` with `statistics`) gets a leading
-  `[num_steps]` axis, initialised to the model's values, and `apply(...,
-  step=i)` uses set `min(i, num_steps - 1)` (`step=None`: the last).
+  Every selected leaf gets a leading `[num_steps]` axis, initialised to the
+  model's values; `apply(..., step=i)` uses set `min(i, num_steps - 1)`
+  (`step=None`: the last).
 
   Args:
-    model: a `Model` whose batch-norm parameters are named as in
-      `BATCH_NORM_LEAVES`.
+    model: a `Model` whose batch-norm parameters are `BATCH_NORM_LEAVES`.
     num_steps: the number of sets, >= 1 (the training inner steps).
-    weights: per-step batch-norm weights and biases (BNWB).
-    statistics: per-step running statistics (BNRS).
+    weights: select the `BATCH_NORM_LEAVES` (BNWB).
+    statistics: select the running statistics `norms.STATISTICS` (BNRS).
 
   Returns:
     A `Model` whose `apply`, `embed` and `forward` select the step's set.

@@ -13,8 +13,9 @@ from jaxmeta.models import norms
 from jaxmeta.models.layers import _glorot_dense
 from jaxmeta.models.layers import conv_layout
 from jaxmeta.models.layers import max_pool_2x2
+from jaxmeta.models.layers import pooled_size
 from jaxmeta.models.layers import resolve_conv_impl
-from jaxmeta.types import Array, Params, PRNGKey
+from jaxmeta.types import Params, PRNGKey
 
 
 @register_backbone('conv4')
@@ -69,12 +70,7 @@ def conv4(
   norms.check_mode(batch_norm)
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
-  spatial_h, spatial_w = height >> num_blocks, width >> num_blocks
-  if spatial_h < 1 or spatial_w < 1:
-    raise ValueError(
-      f'Input {input_shape} is too small for {num_blocks} '
-      'blocks of 2x2 max-pooling.'
-    )
+  spatial_h, spatial_w = pooled_size(input_shape, num_blocks)
   feature_dim = spatial_h * spatial_w * num_filters
 
   def init(key: PRNGKey) -> Params:
@@ -86,11 +82,8 @@ def conv4(
         'w': jax.nn.initializers.glorot_uniform()(
           keys[i], (3, 3, c_in, num_filters), jnp.float32
         ),
-        'scale': jnp.ones((num_filters,), jnp.float32),
-        'offset': jnp.zeros((num_filters,), jnp.float32),
+        **norms.init_batch_norm(num_filters, batch_norm),
       }
-      if batch_norm == 'tasknorm':
-        params[f'conv{i}'].update(norms.init_task_norm())
       c_in = num_filters
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
     if batch_norm == 'running':
@@ -99,14 +92,7 @@ def conv4(
       )
     return params
 
-  def forward(
-    params: Params,
-    x: Array,
-    normaliser: norms.Normaliser,
-    *,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ) -> Array:
+  def forward(params, x, normaliser, *, key=None, step=None):
     del key, step  # Deterministic, no per-step parameters.
     check_images(x, (height, width, channels), 'conv4')
     layout = conv_layout(impl)

@@ -16,17 +16,10 @@ def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
 
 
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
-  """Returns the convolution implementation to use on the default backend.
-
-  All compute the same function (tested), at different speeds ('auto':
-  'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs, 'xla' on TPUs; the
-  measurements are in benchmarks/README.md).
-
-  Args:
-    conv_impl: one of `CONV_IMPLS`.
-
-  Returns:
-    'xla', 'patches', 'patches_cf' or 'patches_cf_2pass'.
+  """The implementation of `conv_impl` (one of `CONV_IMPLS`) on the default
+  backend: 'auto' is the fastest measured (benchmarks/README.md),
+  'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs, 'xla' on TPUs; all
+  compute the same function.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(
@@ -40,6 +33,21 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   if backend == 'cpu':
     return 'patches_cf_2pass'
   return 'patches_cf'
+
+
+def pooled_size(input_shape, num_pools: int) -> tuple[int, int]:
+  """`(height, width)` of images `input_shape = (height, width, channels)`
+  after `num_pools` 2x2 max-pools; a ValueError if nothing is left."""
+  height, width = (
+    int(input_shape[0]) >> num_pools,
+    int(input_shape[1]) >> num_pools,
+  )
+  if height < 1 or width < 1:
+    raise ValueError(
+      f'Input {input_shape} is too small for {num_pools} '
+      'blocks of 2x2 max-pooling.'
+    )
+  return height, width
 
 
 class ConvLayout(NamedTuple):
@@ -78,8 +86,8 @@ def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   Args:
     x: `[batch, height, width, in_channels]`.
     kernel: `[3, 3, in_channels, out_channels]` (HWIO).
-    impl: 'xla' (lax.conv_general_dilated) or 'patches' (the nine shifted
-      copies of the padded input concatenated on channels, then one matmul).
+    impl: 'xla' (`lax.conv_general_dilated`) or 'patches' (the nine shifted
+      copies concatenated on channels, then one matmul).
 
   Returns:
     `[batch, height, width, out_channels]`.
@@ -110,17 +118,14 @@ def conv2d_3x3_same_cf(
 ) -> Array:
   """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
 
-  The nine shifted copies of the padded input are stacked on the leading
-  (channel) axis and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
-  rest: the copies move contiguous rows and no matmul of the backward pass
-  needs a transposed copy. With `two_pass` the copies are built as the three
-  column shifts, then the three row shifts of those: the derivative of the
-  copy becomes two sums of three, which XLA:CPU runs faster than one of nine
-  (benchmarks/README.md).
+  The nine shifted copies of the padded input are stacked on the channel
+  axis, then one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]`. With
+  `two_pass`, the copies are the three row shifts of the three column shifts,
+  whose derivative XLA:CPU runs faster (benchmarks/README.md).
 
   Args:
     x: `[in_channels, batch, height, width]`.
-    kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO).
     two_pass: build the shifted copies in two passes.
 
   Returns:
@@ -170,10 +175,9 @@ def batch_norm(
   eps: float = 1e-5,
   channel_axis: int = -1,
 ) -> Array:
-  """Normalises with the statistics of the batch `x` itself.
-
-  The centred input serves the variance and the output, so the derivative
-  keeps no other activation-sized residual (see `benchmarks/README.md`).
+  """Normalises `x` per channel with its own statistics, then scales and
+  offsets; the centred input serves the variance and the output, so the
+  derivative keeps no other activation-sized residual.
 
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
@@ -184,7 +188,7 @@ def batch_norm(
     channel_axis: the axis of `x` that holds the channels.
 
   Returns:
-    `x` normalised per channel over every other axis, then scaled and offset.
+    An array shaped like `x`.
   """
   axes, shape = _per_channel(x, channel_axis)
   _, centred, var = _moments(x, axes)
@@ -213,7 +217,7 @@ def normalise(
 
   Args:
     x: activations, channels on `channel_axis`.
-    mean: `[C]`, or broadcastable against `x` (per-example moments).
+    mean: `[C]`, or broadcastable against `x`.
     var: like `mean`.
     scale: `[C]`.
     offset: `[C]`.
@@ -243,13 +247,12 @@ def task_norm(
   channel_axis: int = -1,
   batch_axis: int = 0,
 ) -> Array:
-  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm by the
-  context's moments blended with each example's instance-norm moments.
+  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm by the context's
+  moments blended with each example's own (over its spatial axes).
 
   `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`, `mu = alpha
   mu_C + (1 - alpha) mu_I`, `sigma^2 = alpha (sigma_C^2 + (mu_C - mu)^2) +
-  (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`: an example's output depends on
-  the context and on itself only.
+  (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`.
 
   Args:
     x: activations, channels on `channel_axis`, examples on `batch_axis`.
@@ -265,7 +268,8 @@ def task_norm(
     batch_axis: the axis of `x` that holds the examples.
 
   Returns:
-    An array shaped like `x`.
+    An array shaped like `x`; an example's output depends on the context and
+    on itself only.
   """
   _, shape = _per_channel(x, channel_axis)
   mu_c, var_c = context_mean.reshape(shape), context_var.reshape(shape)
@@ -284,18 +288,16 @@ def task_norm(
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  The four sub-grids of each window come from a reshape and are reduced
-  pairwise by selection, `where(a >= b or a is NaN, a, b)`: as in PyTorch's
-  `max_pool2d`, a tie's earlier element (row-major) gets the whole gradient
-  and a NaN wins. A selection differentiates to the same selection at every
-  order, with no division: `jnp.max`'s derivative divides by the count of
-  maxima, which a rounding difference in MAML's second-order pass can make
-  0/0 = NaN, and ties are common on binary Omniglot strokes.
+  The window's four sub-grids are reduced pairwise by selection, `where(a >=
+  b or a is NaN, a, b)`: as in PyTorch, a tie's first element gets the whole
+  gradient and NaN wins, and every derivative order is a selection (the
+  derivative of `jnp.max` divides by the count of maxima, which can be 0 in
+  MAML's second-order pass; ties are common on binary Omniglot strokes).
 
   Args:
-    x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
-      NHWC, (2, 3) for `[C, B, H, W]`.
-    spatial_axes: the (height, width) axes, adjacent.
+    x: activations with two adjacent spatial axes.
+    spatial_axes: the (height, width) axes: (1, 2) for NHWC, (2, 3) for
+      `[C, B, H, W]`.
 
   Returns:
     `x` with both spatial sizes halved (floored).
@@ -326,18 +328,14 @@ def dropblock(
   block_size: int,
   channels_first: bool = False,
 ) -> Array:
-  """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
+  """DropBlock (Ghiasi, Lin & Le 2018, Algorithm 1): drops square regions.
 
-  Every channel of every example gets its own mask (the paper's per-channel
-  variant, as MetaOptNet). Block centres are drawn with probability
-
-    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1))
-
-  (eq. 1, the block clipped to the `h x w` map) where a whole block fits;
-  each zeroes its block, and the output is rescaled by `count(mask) /
-  count_ones(mask)` (Algorithm 1). With `block_size = 1` this is dropout.
-  The mask is drawn in NHWC order, so both layouts drop the same
-  activations for the same key.
+  Every channel of every example gets its own mask. Block centres are drawn
+  where a whole block fits with probability `gamma = drop_rate / (bh * bw) *
+  (h * w) / ((h - bh + 1) * (w - bw + 1))` (eq. 1, the block clipped to the
+  map), each zeroes its block, and the rest is rescaled by `count(mask) /
+  count_ones(mask)`; `block_size = 1` is dropout. The mask is drawn in NHWC
+  order, so both layouts drop the same activations for the same key.
 
   Args:
     x: activations, `[batch, H, W, C]`, or `[C, batch, H, W]` with

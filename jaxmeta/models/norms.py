@@ -1,20 +1,14 @@
 """Batch-norm modes: which images' statistics normalise which images.
 
-A backbone with batch norm is written once as `forward(params, x, normaliser,
-*, key=None, step=None)`, calling `normaliser(name, h, p, channel_axis)` at
-each batch-norm layer; the mode picks the normaliser:
-
-* 'transductive': every batch normalises itself (MAML's reference code): a
-  query's prediction depends on the other queries scored with it.
-* 'support': queries are normalised with the support set's statistics at
-  each layer (`given_support`), each independently of the others.
-* 'running': every image but the support set is normalised with running
-  averages of the query sets' statistics in meta-training (`STATISTICS`).
-* 'tasknorm': TaskNorm-I (Bronskill et al. 2020), the support set's
-  statistics blended with each image's own, with a learned blend per layer.
-
-In every mode the support set normalises itself (`self_normalised(model)`):
-the algorithms name it by the function applied to it, never by its array.
+A backbone's body is `forward(params, x, normaliser, *, key=None,
+step=None)`, calling `normaliser(name, h, p, channel_axis)` at each
+batch-norm layer; the mode (`MODES`) picks the normaliser. 'transductive':
+every batch normalises itself (MAML's reference code). 'support': queries
+use the support set's statistics (`given_support`). 'running': running
+averages of the query sets' statistics in meta-training (`STATISTICS`).
+'tasknorm': TaskNorm-I (Bronskill et al. 2020). In every mode the support
+set normalises itself (`self_normalised`), named by the function applied to
+it, never by its array.
 """
 
 from typing import Callable
@@ -46,9 +40,7 @@ def split_model_state(params: Params) -> tuple[Params, Params]:
     params: parameters as a model's (or learner's) `init` returns them.
 
   Returns:
-    `(trainable, model_state)`: `model_state` is `{}` for a model without
-    running statistics, else e.g. `{STATISTICS: {layer: {'mean', 'var'}}}`
-    or `{'model': {STATISTICS: ...}}` (Meta-SGD, MAML++).
+    `(trainable, model_state)`, `model_state` `{}` without statistics.
   """
   if not isinstance(params, dict):
     return params, {}
@@ -189,13 +181,12 @@ def model_from_forward(
   feature_dim: int,
   mode: str = 'transductive',
 ) -> Model:
-  """The `Model` of a backbone body `forward` and a linear head, in `mode`;
-  its `apply` normalises a batch on its own ('running': with
-  `params[STATISTICS]`; see `given_support` for queries in the other modes).
+  """The `Model` of a body `forward` and a linear head in `mode`, whose `apply`
+  normalises a batch by itself (by `params[STATISTICS]` in 'running' mode).
 
   Args:
-    init: `init(key) -> params`, holding `STATISTICS` in 'running' mode and
-      the `TASKNORM_LEAVES` of every batch-norm layer in 'tasknorm' mode.
+    init: `init(key) -> params` (with `STATISTICS` in 'running' mode and the
+      `TASKNORM_LEAVES` of each layer in 'tasknorm' mode).
     forward: `forward(params, x, normaliser, *, key=None, step=None) ->
       [batch, feature_dim]`.
     feature_dim: the width of the embeddings.
@@ -236,17 +227,16 @@ def _from_embed(model: Model, embed: Callable[..., Array]) -> Model:
 def given_support(model: Model, support_x: Array) -> Model:
   """The model whose images are normalised by the support set `support_x`.
 
-  'support': every batch-norm layer normalises with the moments of the
-  support set's activations there, from a forward pass of `support_x` under
-  the same parameters; 'tasknorm': those moments are TaskNorm-I's context;
-  'transductive' and 'running': `model` unchanged.
+  'support': each layer uses the moments of the support set's activations
+  there (a forward pass of `support_x` under the same parameters);
+  'tasknorm': they are TaskNorm-I's context; otherwise `model` unchanged.
 
   Args:
     model: a model of `model_from_forward`.
     support_x: `[support_size, ...]`, the task's support images.
 
   Returns:
-    A `Model` (the same fields, another `apply` and `embed`).
+    A `Model` with another `apply` and `embed`.
   """
   if model.batch_norm == 'transductive':
     return model
@@ -288,16 +278,15 @@ def batch_statistics(
   step: Array | int | None = None,
   unbiased: bool = False,
 ) -> Params:
-  """The batch moments every batch-norm layer sees in a forward pass of `x`
-  normalised as `self_normalised(model)` does.
+  """The batch moments each batch-norm layer sees in a self-normalised forward
+  pass of `x` (as `self_normalised(model)`).
 
   Args:
     model: a model with `forward`.
     params: its parameters.
     x: a batch `[batch, ...]`.
     step: the inner step, for models with per-step parameters.
-    unbiased: scale the variances by `n / (n - 1)`, `n` the elements per
-      channel (PyTorch's running variance does).
+    unbiased: scale the variances by `n / (n - 1)` (PyTorch's running ones).
 
   Returns:
     `{layer_name: {'mean': [C], 'var': [C]}}`.
@@ -318,10 +307,17 @@ def init_statistics(channels: dict[str, int]) -> Params:
   }
 
 
-def init_task_norm() -> Params:
-  """A layer's TaskNorm-I blend parameters at initialisation (0 and 0,
-  `alpha = 0.5`, as in the reference code)."""
-  return {k: jnp.zeros((), jnp.float32) for k in TASKNORM_LEAVES}
+def init_batch_norm(channels: int, mode: str) -> Params:
+  """A batch-norm layer's `scale` (ones `[C]`) and `offset` (zeros `[C]`),
+  and in 'tasknorm' mode its blend parameters at 0 (`alpha = 0.5`, as in
+  the reference code)."""
+  params = {
+    'scale': jnp.ones((channels,), jnp.float32),
+    'offset': jnp.zeros((channels,), jnp.float32),
+  }
+  if mode == 'tasknorm':
+    params.update({k: jnp.zeros((), jnp.float32) for k in TASKNORM_LEAVES})
+  return params
 
 
 def running_average(

@@ -13,6 +13,7 @@ from jaxmeta.models.layers import _glorot_dense
 from jaxmeta.models.layers import conv_layout
 from jaxmeta.models.layers import dropblock
 from jaxmeta.models.layers import max_pool_2x2
+from jaxmeta.models.layers import pooled_size
 from jaxmeta.models.layers import resolve_conv_impl
 from jaxmeta.types import Array, Params, PRNGKey
 
@@ -30,11 +31,10 @@ def resnet12_embed(
   conv_impl: str = 'auto',
   normaliser: norms.Normaliser = norms.transductive,
 ) -> Array:
-  """The ResNet-12 embedding `[batch, widths[-1]]` of images `[batch, H, W, C]`.
+  """The ResNet-12 embedding (widths read from `params`; see `resnet12`).
 
   Args:
-    params: `resnet12(...).init(key)` (the widths are read from it; the head
-      is not used).
+    params: `resnet12(...).init(key)`; the head is not used.
     x: images `[batch, H, W, C]`.
     key: PRNG key of the DropBlock masks, or None (no DropBlock).
     drop_rate: see `resnet12`.
@@ -92,17 +92,14 @@ def resnet12(
 ) -> Model:
   """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019) with DropBlock.
 
-  `len(widths)` residual blocks: three bias-free 3x3 convolutions with batch
-  norm, a leaky ReLU (slope 0.1) after the first two; a 1x1 convolution with
-  batch norm as shortcut; a leaky ReLU and a 2x2 max-pool. Global average
-  pooling gives the embedding (`resnet12_embed`), a linear head the logits.
-  Kernels are He-normal with fan-out (MetaOptNet), the head Glorot-uniform;
-  batch norm follows `batch_norm`, as in `conv4`. With the standard widths
-  the body has the usual 12,424,320 parameters.
-
-  DropBlock (`jaxmeta.models.layers.dropblock`) follows the pool of the last
-  two blocks, as in MetaOptNet but at a constant rate (MetaOptNet ramps it
-  up over 40k passes), only when `apply` is given a key.
+  `len(widths)` residual blocks of three bias-free 3x3 convolutions with
+  batch norm (a leaky ReLU, slope 0.1, after the first two) plus a 1x1
+  shortcut with batch norm, then a leaky ReLU and a 2x2 max-pool; global
+  average pooling (`resnet12_embed`) and a linear head. Kernels are He-normal
+  fan-out (MetaOptNet), the head Glorot-uniform; the standard widths give
+  the body's usual 12,424,320 parameters. DropBlock follows the pool of the
+  last two blocks at a constant rate (MetaOptNet ramps it up over 40k
+  passes), only when `apply` is given a key.
 
   Args:
     num_classes: width of the head (the number of ways).
@@ -110,8 +107,7 @@ def resnet12(
     widths: the blocks' numbers of filters.
     drop_rate: DropBlock's drop rate (`1 - keep_prob`); 0 disables it.
     dropblock_size: side of the dropped blocks (clipped to the map).
-    early_dropout: also plain dropout after the blocks before the last two,
-      as MetaOptNet's code does.
+    early_dropout: also plain dropout after the earlier blocks (MetaOptNet).
     conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`.
     batch_norm: one of `jaxmeta.models.norms.MODES`; the layers are named
       `block{i}_bn{j}` and `block{i}_shortcut_bn`.
@@ -131,11 +127,7 @@ def resnet12(
   resolve_conv_impl(conv_impl)  # Fails early on an unknown name.
   if not widths or min(widths) < 1:
     raise ValueError(f'resnet12 needs >= 1 positive widths, got {widths}.')
-  if height >> len(widths) < 1 or width >> len(widths) < 1:
-    raise ValueError(
-      f'Input {input_shape} is too small for {len(widths)} '
-      'blocks of 2x2 max-pooling.'
-    )
+  pooled_size(input_shape, len(widths))
   if not 0 <= drop_rate < 1 or dropblock_size < 1:
     raise ValueError(
       f'drop_rate={drop_rate} must be in [0, 1) and '
@@ -149,11 +141,7 @@ def resnet12(
     c_in = channels
     for i, c in enumerate(widths):
       k = jax.random.split(keys[i], 4)
-      bn = lambda: {
-        'scale': jnp.ones((c,), jnp.float32),
-        'offset': jnp.zeros((c,), jnp.float32),
-        **(norms.init_task_norm() if batch_norm == 'tasknorm' else {}),
-      }
+      bn = lambda: norms.init_batch_norm(c, batch_norm)
       block = {}
       for j in range(3):
         block[f'conv{j}'] = he_normal(
@@ -175,14 +163,7 @@ def resnet12(
       )
     return params
 
-  def forward(
-    params: Params,
-    x: Array,
-    normaliser: norms.Normaliser,
-    *,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ) -> Array:
+  def forward(params, x, normaliser, *, key=None, step=None):
     del step  # No per-step parameters.
     check_images(x, (height, width, channels), 'resnet12')
     return resnet12_embed(
