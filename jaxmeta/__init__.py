@@ -10,6 +10,7 @@ from jaxmeta.algorithms import anil
 from jaxmeta.algorithms import baseline
 from jaxmeta.algorithms import baseline_plus_plus
 from jaxmeta.algorithms import fomaml
+from jaxmeta.algorithms import imaml
 from jaxmeta.algorithms import inner_loop
 from jaxmeta.algorithms import make_learner
 from jaxmeta.algorithms import maml

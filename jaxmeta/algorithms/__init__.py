@@ -28,6 +28,7 @@ from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.algorithms.base import STATISTICS_METRIC
 from jaxmeta.algorithms.baseline import baseline
 from jaxmeta.algorithms.baseline import baseline_plus_plus
+from jaxmeta.algorithms.imaml import imaml
 from jaxmeta.algorithms.maml import fomaml
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.algorithms.mamlpp import maml_plus_plus
@@ -109,6 +110,7 @@ def register_algorithm(
 register_algorithm('maml', maml)
 register_algorithm('fomaml', fomaml)
 register_algorithm('reptile', reptile)
+register_algorithm('imaml', imaml)
 register_algorithm('pretrain', pretrain)
 register_algorithm('anil', anil)
 register_algorithm('meta_sgd', meta_sgd)
@@ -188,6 +190,7 @@ __all__ = [
   'fomaml',
   'gradient_adaptation',
   'head_apply',
+  'imaml',
   'inner_loop',
   'learned_sgd',
   'learner_of_model',

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import jaxmeta
+from support.gradients import check_directional_derivative
 from jaxmeta.algorithms.r2d2 import ridge_weights
 
 
@@ -103,18 +104,8 @@ def test_meta_gradient_matches_finite_differences():
     task = _episode(jax.random.key(4))
     grad, _ = learner.task_update(meta, task)
     loss = lambda m: learner.task_update(m, task)[1]['loss']  # noqa: E731
-    leaves, treedef = jax.tree.flatten(meta)
-    keys = jax.random.split(jax.random.key(5), len(leaves))
-    direction = treedef.unflatten(
-      [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
-    )
-    eps = 1e-6
-    plus = jax.tree.map(lambda p, d: p + eps * d, meta, direction)
-    minus = jax.tree.map(lambda p, d: p - eps * d, meta, direction)
-    expected = (loss(plus) - loss(minus)) / (2 * eps)
-    got = sum(
-      jnp.vdot(g, d)
-      for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction))
+    got, expected = check_directional_derivative(
+      grad, loss, meta, jax.random.key(5)
     )
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     for name in ('log_lambda', 'log_scale'):
