@@ -200,26 +200,25 @@ def make_meta_train_step(
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
   """The (unjitted) meta-step on a mesh, to be jitted once by the caller.
 
-  Under `jax.shard_map` each device computes the mean meta-gradient of its
-  own tasks (`meta_gradient`), one `pmean` averages gradient and metrics, and
-  every device applies the same update to its replica of the state.
+  Each device computes the mean meta-gradient of its own tasks under
+  `jax.shard_map`, one `pmean` averages gradient and metrics, and every
+  device applies the same update to its replica of the state.
 
   Args:
     learner: the algorithm.
     optimizer: the outer optimiser.
     sample_tasks: optional `sample_tasks(key, *data) -> Task`, a meta-batch
-      `[num_tasks, ...]` drawn from `fold_in(state.key, state.step)` and split
-      over the devices; the step is then `step(state, *data)`, else
-      `step(state, tasks)`.
+      `[num_tasks, ...]` from `fold_in(state.key, state.step)`; the step is
+      then `step(state, *data)`, else `step(state, tasks)`.
     task_chunk_size: see `meta_gradient`; must divide a device's tasks.
     model_keys: if True, task `i` gets key `i` of `split(model_key(state),
-      num_tasks)` for the model's randomness; else the model is deterministic.
+      num_tasks)` for the model's randomness; else it is deterministic.
     mesh: a 1-D mesh (`sharding.make_mesh`); default: this process's first
       device.
 
   Returns:
-    `step(state, tasks)` or `step(state, *data)` -> `(new_state, metrics)`,
-    replicated: the query metrics averaged over tasks and `meta_grad_norm`.
+    `step(...) -> (new_state, metrics)`, replicated: the query metrics
+    averaged over tasks and `meta_grad_norm`.
 
   Raises:
     ValueError: (when traced) if the tasks do not divide over the devices or

@@ -26,11 +26,10 @@ def maml(
 ) -> MetaLearner:
   """MAML (Finn, Abbeel & Levine 2017) and its first-order approximation.
 
-  The inner loop takes `num_inner_steps` steps `theta' = theta - a * grad
-  L_s` on the support set and the meta-objective is the query loss
-  `L_q(theta'(theta))`; `jax.grad` differentiates through the whole inner
-  loop, so the second-order terms (`(I - a H_s) grad L_q(theta')` for one
-  step) are exact. `first_order=True` drops them: `grad L_q(theta')`.
+  The meta-objective is the query loss `L_q(theta')` after `num_inner_steps`
+  steps `theta' = theta - a * grad L_s`; `jax.grad` differentiates through
+  the inner loop, so the second-order terms are exact. `first_order=True`
+  drops them: `grad L_q(theta')`.
 
   Args:
     model: the `Model`.

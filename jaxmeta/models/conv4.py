@@ -29,13 +29,10 @@ def conv4(
 ) -> Model:
   """Conv-4, the standard few-shot backbone (Vinyals et al. 2016).
 
-  `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU, 2x2
-  max-pool], flatten, linear head with `num_classes` outputs, as in Finn et
-  al. 2017. Batch norm follows `batch_norm` (`jaxmeta.models.norms`; the
-  default normalises every batch by itself, as MAML's reference code). The
-  ReLU follows the pool (they commute, ties' gradients included) and touches
-  a quarter of the elements; the convolutions have no bias, which the batch
-  norm right after would cancel exactly.
+  `num_blocks` x [3x3 conv, batch norm, ReLU, 2x2 max-pool], flatten, linear
+  head, as in Finn et al. 2017. The ReLU follows the pool (they commute, ties'
+  gradients included) to touch a quarter of the elements; the convolutions
+  have no bias, which the batch norm right after would cancel exactly.
 
   Args:
     num_classes: width of the head (the number of ways).
@@ -43,13 +40,13 @@ def conv4(
     num_filters: filters of every conv layer (64 for Omniglot, 32 for 84x84).
     num_blocks: number of conv blocks.
     conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`.
-    batch_norm: one of `jaxmeta.models.norms.MODES`; the layers are named
-      `conv{i}`.
+    batch_norm: one of `jaxmeta.models.norms.MODES` (default: every batch
+      normalises itself, as MAML's reference code); layers named `conv{i}`.
 
   Returns:
     A `Model` mapping `[batch, H, W, C]` to logits `[batch, num_classes]`;
-    `embed` gives the flattened features of the last block, `feature_dim =
-    (H // 2**num_blocks) * (W // 2**num_blocks) * num_filters`.
+    `embed` gives the flattened last block, `feature_dim = (H >> num_blocks)
+    * (W >> num_blocks) * num_filters`.
   """
   for name, value in (
     ('num_classes', num_classes),
