@@ -25,12 +25,9 @@ def meta_sgd(
   *,
   first_order: bool = False,
 ) -> MetaLearner:
-  """Meta-SGD (Li, Zhou, Chen & Li 2017).
-
-  MAML whose inner step is `theta' = theta - alpha * grad L_s(theta)`,
-  `alpha` of the parameters' shape, learned with the initialisation: the
-  meta-parameters are `{'model': theta, 'inner': {'lr': alpha}}`, `alpha`
-  starting at `inner_lr`, the same rates at every step.
+  """Meta-SGD (Li, Zhou, Chen & Li 2017): MAML whose inner step is `theta' =
+  theta - alpha * grad L_s(theta)`, the rates `alpha` (shaped like `theta`,
+  from `inner_lr`, the same at every step) learned with the initialisation.
 
   Args:
     model: the `Model`.
@@ -41,7 +38,8 @@ def meta_sgd(
       gradient, through the last update).
 
   Returns:
-    A `MetaLearner` named 'meta_sgd'.
+    A `MetaLearner` named 'meta_sgd' over `{'model': theta, 'inner': {'lr':
+    alpha}}`.
 
   References:
     Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot

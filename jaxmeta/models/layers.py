@@ -175,9 +175,8 @@ def batch_norm(
   eps: float = 1e-5,
   channel_axis: int = -1,
 ) -> Array:
-  """Normalises `x` per channel with its own statistics, then scales and
-  offsets; the centred input serves the variance and the output, so the
-  derivative keeps no other activation-sized residual.
+  """Normalises `x` per channel with its own statistics (the centred input
+  serves the variance and the output: no other activation-sized residual).
 
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`

@@ -30,12 +30,11 @@ def rematerialised(
 ) -> Model:
   """`model` whose activations are recomputed in the backward pass, not kept.
 
-  `apply` and `embed` become `jax.custom_vjp`s whose backward pass is a
-  `jax.checkpoint`ed vector-Jacobian product: a derivative of any order keeps
-  only each pass's inputs and cotangents, so a scanned inner loop stores a few
-  parameter-sized values per step. The derivatives are `model`'s up to
-  reassociation; `jax.jvp` raises. `forward` is left as it is (a normaliser
-  may record statistics), so only 'transductive' models are rematerialised.
+  `apply` and `embed` become `jax.custom_vjp`s with a `jax.checkpoint`ed
+  backward pass: a derivative of any order keeps only each pass's inputs and
+  cotangents, so a scanned inner loop stores a few parameter-sized values per
+  step (`jax.jvp` raises). `forward` is left as it is (a normaliser may
+  record statistics): only 'transductive' models are rematerialised.
 
   Args:
     model: a `Model` whose `apply` (and `embed`) take `x` as a float array.
@@ -43,11 +42,8 @@ def rematerialised(
       `jax.checkpoint_policies` policy.
 
   Returns:
-    A `Model` with the same fields but `apply` and `embed`.
-
-  Example::
-
-    model = jaxmeta.models.rematerialised(jaxmeta.resnet12(num_classes=5))
+    A `Model` with the same fields but `apply` and `embed`, e.g.
+    `jaxmeta.models.rematerialised(jaxmeta.resnet12(num_classes=5))`.
   """
   if isinstance(policy, str):
     if policy not in REMAT_POLICIES:
