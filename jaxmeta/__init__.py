@@ -2,19 +2,7 @@
 
 Pure functions for the model, the inner update and the meta-loss, composed
 with `jax.grad`, batched over tasks with `jax.vmap` and compiled with
-`jax.jit`: one MAML meta-step, second-order terms included, is one XLA
-program.
-
-Typical use::
-
-  import jax, optax, jaxmeta
-  model = jaxmeta.conv4(num_classes=5)
-  learner = jaxmeta.maml(model, jaxmeta.classification_loss,
-                         inner_lr=0.4, num_inner_steps=1)
-  optimizer = optax.adam(1e-3)
-  state = jaxmeta.init_train_state(learner, optimizer, jax.random.key(0))
-  step = jax.jit(jaxmeta.make_meta_train_step(learner, optimizer))
-  state, metrics = step(state, tasks)  # tasks: a Task with a [tasks] axis
+`jax.jit`: one MAML meta-step is one XLA program (README.md has an example).
 """
 
 from jaxmeta.algorithms import ALGORITHMS

@@ -1,14 +1,5 @@
-"""Joining a multi-process run: launcher detection and the main process.
-
-Typical use (every process of a multi-host job, before anything touches a
-device)::
-
-  from jaxmeta import distributed, sharding
-  distributed.initialize_distributed()
-  mesh = sharding.make_mesh()  # All devices of all processes.
-  ...
-  if distributed.is_main_process():
-    ...  # Logging, checkpoints.
+"""Joining a multi-process run (`initialize_distributed`, before anything
+touches a device) and the main process that logs (`is_main_process`).
 """
 
 import os
@@ -16,10 +7,8 @@ from typing import Any
 
 import jax
 
-# Environment variables that say a launcher started several processes, with
-# the number of processes where the variable holds it. JAX's own cluster
-# detection (`jax.distributed.initialize()` without arguments) then finds the
-# coordinator, the process count and this process's index.
+# Environment variables in which a launcher says how many processes it
+# started; JAX's own cluster detection then finds the rest.
 _PROCESS_COUNT_VARS = (
   'SLURM_NTASKS',  # SLURM (srun).
   'OMPI_COMM_WORLD_SIZE',  # Open MPI (mpirun).
@@ -52,23 +41,16 @@ def initialize_distributed(
 ) -> bool:
   """Joins a multi-process run if there is one; a no-op on one process.
 
-  Calls `jax.distributed.initialize` when an argument gives the run's
-  layout, `JAX_COORDINATOR_ADDRESS` is set, a launcher says it started
-  several processes (SLURM's `SLURM_NTASKS`, Open MPI's
-  `OMPI_COMM_WORLD_SIZE`, a TPU slice's `TPU_WORKER_HOSTNAMES` or
-  `TPU_PROCESS_ADDRESSES`), or `force` is set (e.g. on a Cloud TPU VM slice,
-  whose hosts JAX finds through the metadata server). Without arguments JAX
-  detects the coordinator, the number of processes and this process's index
-  itself. Must be called before anything touches a device.
+  Calls `jax.distributed.initialize` if an argument, `JAX_COORDINATOR_ADDRESS`,
+  a launcher (SLURM, Open MPI, a TPU slice) or `force` (a Cloud TPU VM
+  slice) says there are several processes; before anything touches a device.
 
   Args:
     coordinator_address: `host:port` of process 0's coordinator.
     num_processes: processes in the run.
     process_id: this process's index.
-    force: initialise even if nothing in the environment says there are
-      several processes.
-    **kwargs: passed to `jax.distributed.initialize` (e.g.
-      `local_device_ids`, `initialization_timeout`).
+    force: initialise whatever the environment says.
+    **kwargs: passed to `jax.distributed.initialize`.
 
   Returns:
     True if `jax.distributed.initialize` was called.

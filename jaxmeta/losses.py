@@ -1,12 +1,9 @@
 """Per-batch losses with the signature the algorithms expect.
 
 A loss function is `loss_fn(params, x, y, key=None, step=None) -> (loss,
-metrics)`: a scalar loss on one batch of one task and a dict of scalar
-metrics. Build one from a model's `apply(params, x, *, key=None, step=None)`
-with `classification_loss` or `regression_loss`; `key` (the model's
-randomness in meta-training: dropout, DropBlock; None at evaluation) and
-`step` (the inner-step index, for per-step parameters as in MAML++) are
-handed to it as they are.
+metrics)` on one batch of one task, built from a model's `apply` by
+`classification_loss` or `regression_loss`, which hands `key` and `step` to
+`apply` as they are.
 """
 
 from typing import Callable
@@ -16,20 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmeta.types import Array, Params, PRNGKey
+from jaxmeta.types import Array
 
 LossFn = Callable[..., tuple[Array, dict[str, Array]]]
 
 
 def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
-  """Raises ValueError unless `x` and `y` hold the same number of examples.
-
-  Shapes are static, so this runs at trace time, also under `jit`/`vmap`.
-
-  Args:
-    x: inputs `[batch, ...]`.
-    y: targets `[batch, ...]`.
-    what: what the pair is, for the message ('support', 'query', ...).
+  """Raises ValueError (at trace time) unless `x [batch, ...]` and `y [batch,
+  ...]` hold as many examples; `what` names the pair in the message.
   """
   if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
     raise ValueError(
@@ -39,45 +30,41 @@ def check_batch(x: Array, y: Array, what: str = 'batch') -> None:
     )
 
 
+def _per_batch_loss(
+  apply_fn: Callable[..., Array],
+  score: Callable[[Array, Array], tuple[Array, dict[str, Array]]],
+) -> LossFn:
+  """The `LossFn` of `score(outputs, y) -> (loss, metrics)`."""
+
+  def loss_fn(params, x, y, key=None, step=None):
+    check_batch(x, y)
+    return score(apply_fn(params, x, key=key, step=step), y)
+
+  return loss_fn
+
+
 def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Softmax cross-entropy on integer labels, with accuracy as a metric.
 
+  Labels out of `[0, classes)` raise ValueError where they are concrete;
+  traced ones make the loss, accuracy and gradients NaN, so that a loop
+  guarding against non-finite losses stops.
+
   Args:
     apply_fn: `apply(params, x, *, key=None, step=None) -> logits [batch,
-      classes]` (log-softmax outputs work too: the softmax of
-      log-probabilities is unchanged).
+      classes]` (or log-softmax outputs).
 
   Returns:
     `loss_fn(params, x [batch, ...], y [batch] int, key=None, step=None)
     -> (mean loss, {'loss', 'accuracy'})`.
-
-  Labels must lie in `[0, classes)`, `classes` the number of logits. Their
-  number and dtype are checked when the loss is traced (ValueError). Their
-  values are checked then too when they are concrete (not traced, e.g. an
-  eager call). Under `jit`/`vmap`/`grad` they are traced values that cannot
-  be checked in Python, so a batch holding any out-of-range label gives a
-  NaN loss, NaN accuracy and NaN gradients on purpose: left alone, a label
-  `>= classes` would give a NaN loss with finite gradients, and a negative
-  one would silently index from the end, and training would go on with
-  wrong targets. A NaN meta-loss stops a training loop that guards against
-  non-finite losses; in MAML a bad support label makes the adapted weights,
-  hence the query loss, NaN too.
   """
 
-  def loss_fn(
-    params: Params,
-    x: Array,
-    y: Array,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ):
-    check_batch(x, y)
+  def score(logits, y):  # logits: [batch, classes]
     if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
       raise ValueError(
         'classification_loss needs integer class labels of shape [batch], '
         f'got {jnp.result_type(y)} {jnp.shape(y)}.'
       )
-    logits = apply_fn(params, x, key=key, step=step)  # [batch, classes]
     num_classes = logits.shape[-1]
     if not isinstance(y, jax.core.Tracer):
       bad = np.asarray(y)
@@ -97,31 +84,22 @@ def classification_loss(apply_fn: Callable[..., Array]) -> LossFn:
     accuracy = jnp.where(in_range, accuracy, jnp.nan)
     return loss, {'loss': loss, 'accuracy': accuracy}
 
-  return loss_fn
+  return _per_batch_loss(apply_fn, score)
 
 
 def regression_loss(apply_fn: Callable[..., Array]) -> LossFn:
   """Mean squared error, with 'mse' as a metric.
 
   Args:
-    apply_fn: `apply(params, x, *, key=None, step=None) -> predictions`,
-      the shape of `y`.
+    apply_fn: `apply(params, x, *, key=None, step=None) -> predictions`
+      shaped like `y`.
 
   Returns:
-    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss',
-    'mse'})`.
+    `loss_fn(params, x, y, key=None, step=None) -> (mse, {'loss', 'mse'})`.
   """
 
-  def loss_fn(
-    params: Params,
-    x: Array,
-    y: Array,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ):
-    check_batch(x, y)
-    pred = apply_fn(params, x, key=key, step=step)
+  def score(pred, y):
     mse = jnp.mean(jnp.square(pred - y))
     return mse, {'loss': mse, 'mse': mse}
 
-  return loss_fn
+  return _per_batch_loss(apply_fn, score)

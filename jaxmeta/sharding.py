@@ -1,24 +1,9 @@
 """Meshes and shardings of the meta-batch: tasks are the unit of work.
 
-A meta-step is data parallel over tasks (`jaxmeta.training`): the train state
-and the data every task reads (an image array) are replicated, the meta-batch
-is split over a 1-D mesh along its leading task axis. On one device the mesh
-has one device and nothing here costs anything.
-
-Typical use (one process, or every process of a multi-host job after
-`jaxmeta.distributed.initialize_distributed()`)::
-
-  mesh = sharding.make_mesh()  # 1-D, all devices of all processes.
-  state = jaxmeta.init_train_state(learner, optimizer, key, mesh)
-  images = sharding.replicate(images, mesh)  # uint8 [classes, drawings, ...]
-  step = jax.jit(jaxmeta.make_meta_train_step(
-      learner, optimizer, sample_tasks, mesh=mesh), donate_argnums=0)
-  state, metrics = step(state, images)  # metrics: replicated scalars
-  keys = sharding.shard_tasks(episodes.eval_task_keys(seed, 600), mesh)
-
-`shard_tasks` splits a meta-batch every process holds whole;
-`tasks_from_process_local` builds one from each process's own tasks. Every
-meta-batch must divide by the number of devices (a ValueError says so).
+The train state and the data every task reads are replicated (`replicate`),
+the meta-batch is split over a 1-D mesh (`make_mesh`) along its leading
+task axis: `shard_tasks` splits one every process holds whole,
+`tasks_from_process_local` builds one from each process's own tasks.
 """
 
 from collections.abc import Sequence
@@ -37,13 +22,11 @@ TASK_AXIS = 'tasks'
 def make_mesh(
   devices: Sequence[jax.Device] | None = None, axis_name: str = TASK_AXIS
 ) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: all devices of all processes).
-
-  The axis is of type `Auto`, so a jitted function given an array with
-  another sharding reshards it instead of failing.
+  """A 1-D mesh over `devices` (default: `jax.devices()`, of all processes),
+  its axis `Auto` (a jitted function reshards other inputs).
 
   Args:
-    devices: the devices, in mesh order; default `jax.devices()`.
+    devices: the devices, in mesh order.
     axis_name: the name of the task axis.
 
   Returns:
@@ -83,22 +66,17 @@ def check_divisible(
   mesh: jax.sharding.Mesh,
   task_chunk_size: int | None = None,
 ) -> int:
-  """Tasks per device; raises if the meta-batch does not divide evenly.
+  """Tasks per device, `num_tasks // mesh.size`.
 
   Args:
     num_tasks: tasks in the (global) meta-batch.
     mesh: the device mesh.
-    task_chunk_size: optional chunk of a device's tasks adapted at once
-      (`jaxmeta.meta_gradient`); if smaller than a device's tasks, it must
-      divide them.
-
-  Returns:
-    `num_tasks // mesh.size`.
+    task_chunk_size: optional chunk of a device's tasks adapted at once;
+      if smaller than a device's tasks, it must divide them.
 
   Raises:
-    ValueError: naming the numbers, if `num_tasks % mesh.size != 0` (every
-      device must adapt the same number of tasks; none are dropped) or the
-      chunk does not divide a device's tasks.
+    ValueError: naming the numbers, if the tasks do not divide evenly over
+      the devices or the chunk does not divide them.
   """
   num_devices = mesh.size
   if num_tasks < 1 or num_tasks % num_devices:
@@ -123,34 +101,21 @@ def check_divisible(
 
 
 def per_device(params: Params, axis: str) -> Params:
-  """Inside `shard_map`: the replicated parameters as this device's copy.
-
-  The gradient with respect to a replicated (invariant) value is summed over
-  the devices (the transpose of using it in per-device work): every
-  inner-loop gradient of every task would be an all-reduce, and adaptation
-  would see the sum over devices. Differentiating with respect to a
-  per-device copy keeps each task's gradients on its device.
-  """
+  """Inside `shard_map`: the replicated parameters as this device's copy,
+  so that a task's gradients stay on its device (a gradient with respect to
+  a replicated value is summed over the devices)."""
   return jax.lax.pcast(params, axis, to='varying')
 
 
 def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-  """Puts a full copy of every leaf on every device of `mesh`.
-
-  For the train state and for data every device reads (the image array of a
-  split). In a multi-process run every process must pass the same values:
-  each process copies its own to its own devices, nothing is sent between
-  processes.
-  """
+  """Puts a full copy of every leaf on every device of `mesh`; in a
+  multi-process run every process must pass the same values."""
   return _put(tree, replicated(mesh))
 
 
 def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
-  """`device_put` that also works when `sharding` spans several processes.
-
-  `jax.device_put` only reaches this process's devices; across processes,
-  every process builds its own shards from its (identical) host copy.
-  """
+  """`device_put` that also works when `sharding` spans several processes
+  (each builds its own shards from its identical host copy)."""
   if sharding.is_fully_addressable:
     return jax.device_put(tree, sharding)
   return jax.tree.map(lambda v: _global_from_host(v, sharding), tree)
@@ -169,12 +134,8 @@ def _global_from_host(value: Any, sharding: NamedSharding) -> Array:
 
 
 def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-  """Splits a meta-batch (every leaf `[num_tasks, ...]`) over the devices.
-
-  For a meta-batch that every process holds whole (one process, or the
-  same evaluation keys on every process); each device receives only its
-  rows. Where each process holds only its own tasks, use
-  `tasks_from_process_local`.
+  """Splits a meta-batch (every leaf `[num_tasks, ...]`) that every process
+  holds whole over the devices.
 
   Raises:
     ValueError: if `num_tasks` does not divide by the number of devices.
@@ -186,20 +147,15 @@ def shard_tasks(tasks: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
 def tasks_from_process_local(
   local_tasks: PyTree, mesh: jax.sharding.Mesh
 ) -> PyTree:
-  """The global meta-batch from each process's own tasks.
-
-  Every process passes its `[local_tasks, ...]` slice (e.g. read from its own
-  data shard); the result is one global array per leaf, `[local_tasks *
-  process_count, ...]`, sharded over the task axis, whose rows on this
-  process's devices are this process's tasks (in the order of the mesh). No
-  data crosses processes.
+  """The global meta-batch `[local_tasks * process_count, ...]`, sharded with
+  `task_sharding(mesh)`, whose rows on this process's devices are its own.
 
   Args:
-    local_tasks: a meta-batch pytree held by this process (NumPy or arrays).
+    local_tasks: a meta-batch pytree held by this process.
     mesh: the device mesh (all processes' devices).
 
   Returns:
-    The global meta-batch, sharded with `task_sharding(mesh)`.
+    The global meta-batch.
 
   Raises:
     ValueError: if the local meta-batch does not divide over this process's

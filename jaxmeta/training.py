@@ -1,12 +1,11 @@
 """The meta-training step and batched evaluation, always on a mesh.
 
-`make_meta_train_step` is the whole of one meta-iteration: task sampling,
-per-task inner adaptation, outer loss, meta-gradient (second order for MAML),
-averaging over the meta-batch and the optax update. Jitted once by the
-caller, it is one XLA program on one device or data parallel over the tasks
-of a mesh's devices (`jaxmeta.sharding`); `make_evaluate` likewise.
+`make_meta_train_step` is one meta-iteration (task sampling, adaptation,
+meta-gradient, the optax update), jitted once by the caller into one XLA
+program, data parallel over the tasks of a mesh (`jaxmeta.sharding`).
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -30,17 +29,11 @@ class MetaTrainState(flax.struct.PyTreeNode):
 
   Attributes:
     step: int32 scalar, meta-iterations done so far.
-    params: the trainable meta-parameters (the initialisation MAML learns),
-      what the outer optimiser updates.
-    model_state: the model's state, which no gradient moves: the running
-      batch-norm statistics of a 'running' model (`norms.split_model_state`),
-      updated by the meta-step with the learner's `update_state`; `{}` for a
-      model without state.
+    params: the trainable meta-parameters, what the outer optimiser updates.
+    model_state: what no gradient moves: the running batch-norm statistics
+      (`norms.split_model_state`), updated by the learner's `update_state`.
     opt_state: the outer optax optimiser's state, of `params` alone.
-    key: the run's base PRNG key; step `t` draws its tasks from
-      `jax.random.fold_in(key, t)`, so a resumed run sees the same tasks
-      (and, with `make_meta_train_step(..., model_keys=True)`, the same
-      dropout or DropBlock masks: see `model_key`).
+    key: the run's base key; step `t` draws its tasks from `fold_in(key, t)`.
   """
 
   step: Array
@@ -50,13 +43,8 @@ class MetaTrainState(flax.struct.PyTreeNode):
   key: PRNGKey
 
   def merged_params(self) -> Params:
-    """The parameters the learner's functions take (`adapt`, `evaluate`,
-    `predict`, `task_update`): `params` with `model_state` merged back in.
-
-    The learners keep one parameter pytree because every forward pass holds
-    the statistics constant: no algorithm needs a second argument, and the
-    step merges where it calls them.
-    """
+    """`params` with `model_state` merged back in: what the learner's
+    functions take (their forward passes hold the statistics constant)."""
     return merge_model_state(self.params, self.model_state)
 
 
@@ -74,15 +62,9 @@ def init_train_state(
   key: PRNGKey,
   mesh: jax.sharding.Mesh | None = None,
 ) -> MetaTrainState:
-  """Initialises meta-parameters, model state, optimiser state and the
-  data key.
-
-  The learner's initial parameters are split into the trainable ones, the
-  optimiser's, and the model state (`norms.split_model_state`).
-  The state is replicated over `mesh` (default: this process's first
-  device), where the step built with the same mesh leaves it: the step's
-  first call then compiles the program its later calls run.
-  """
+  """The `MetaTrainState` of `learner.init`, split into trainable
+  parameters and model state, replicated over `mesh` (default: this
+  process's first device) where the step with the same mesh leaves it."""
   init_key, data_key = jax.random.split(key)
   params, model_state = split_model_state(learner.init(init_key))
   state = MetaTrainState(
@@ -102,20 +84,9 @@ _MODEL_STREAM = 0x4D444C  # 'MDL'
 
 
 def model_key(state: MetaTrainState) -> PRNGKey:
-  """The key of the model's randomness at `state.step` (dropout, DropBlock).
-
-  `fold_in(fold_in(state.key, step), MODEL_STREAM)`. Tasks are drawn from
-  `fold_in(state.key, step)` itself, and a sampler that splits it into `n`
-  keys gets `fold_in(., 0..n-1)`; the stream constant lies beyond any
-  meta-batch size, so the model's key is none of the tasks' keys.
-
-  Args:
-    state: the current train state.
-
-  Returns:
-    A PRNG key, the same for the same `state.key` and `state.step` (a resumed
-    run draws the same masks).
-  """
+  """The key of the model's randomness (dropout, DropBlock) at
+  `state.step`: `fold_in(fold_in(state.key, step), _MODEL_STREAM)`, none of
+  the tasks' keys, the same in a resumed run."""
   return jax.random.fold_in(
     jax.random.fold_in(state.key, state.step), _MODEL_STREAM
   )
@@ -136,31 +107,19 @@ def meta_gradient(
     learner: the algorithm.
     params: meta-parameters.
     tasks: a meta-batch, every leaf with a leading `[num_tasks]` axis.
-    task_chunk_size: tasks are vmapped in chunks of this many and the
-      chunks run one after another under `lax.scan`, summing gradients: the
-      same result with the activation memory of one chunk (second-order MAML
-      keeps every activation of every task of the chunk alive). Must divide
-      the meta-batch size; the meta-batch size (or more) vmaps every task at
-      once. None: `default_task_chunk_size`, the backend's fastest.
-    key: optional key for the model's randomness: split into one key per
-      task (`split(key, num_tasks)`, task `i` gets key `i` whatever the
-      chunking), each handed to `learner.task_update`. None: no keys, the
-      deterministic meta-gradient.
-    task_keys: instead of `key`, the per-task keys `[num_tasks]` themselves
-      (a device's slice of a meta-batch's keys on a mesh).
-    global_step: optional meta-iteration (int32 scalar), handed to every
-      `task_update` as `global_step=` for the algorithm's schedules.
+    task_chunk_size: tasks are vmapped in chunks of this many, the chunks
+      summed under `lax.scan` (the memory of one chunk); must divide the
+      meta-batch, or be >= it. None: `default_task_chunk_size`.
+    key: optional key for the model's randomness, split into one key per task
+      (`split(key, num_tasks)`). None: no keys.
+    task_keys: instead of `key`, the per-task keys `[num_tasks]`.
+    global_step: optional meta-iteration (int32 scalar) for `task_update`.
 
   Returns:
-    `(meta_grad, metrics)`: the averaged gradient (structure of `params`) and
-    the per-task metrics averaged over tasks.
+    `(meta_grad, metrics)`: the mean gradient (shaped like `params`) and the
+    mean per-task metrics.
   """
-  if global_step is None:
-    task_update = learner.task_update
-  else:
-    task_update = lambda p, task, key=None: learner.task_update(
-      p, task, key, global_step=global_step
-    )
+  task_update = functools.partial(learner.task_update, global_step=global_step)
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
   if key is not None and task_keys is not None:
     raise ValueError('meta_gradient takes key or task_keys, not both.')
@@ -216,13 +175,8 @@ def meta_gradient(
 
 
 def default_task_chunk_size(meta_batch_size: int) -> int:
-  """The fastest `task_chunk_size` on the current backend.
-
-  On the CPU, one task at a time under `lax.scan` (no vmap): XLA:CPU already
-  spreads each matmul over the cores, a vmapped batch of per-task weights
-  turns every matmul into a batched one, and one task at a time keeps the
-  activations of one task only. On accelerators, the whole meta-batch at
-  once. The measurements are in benchmarks/README.md.
+  """The fastest `task_chunk_size` (benchmarks/README.md): 1 on the CPU (a vmap
+  makes every matmul a batched one), `meta_batch_size` on accelerators.
 
   Args:
     meta_batch_size: tasks per meta-batch (per device, when sharded).
@@ -233,35 +187,6 @@ def default_task_chunk_size(meta_batch_size: int) -> int:
   if jax.default_backend() == 'cpu':
     return 1
   return meta_batch_size
-
-
-def apply_meta_gradient(
-  learner: MetaLearner,
-  optimizer: optax.GradientTransformation,
-  state: MetaTrainState,
-  grad: Params,
-  metrics: dict[str, Array],
-) -> tuple[MetaTrainState, dict[str, Array]]:
-  """The end of a meta-step: the optimiser's update of the trainable
-  parameters by `grad` (structured like `state.params`), then, for a learner
-  with `update_state`, the update of the model state (the running batch-norm
-  statistics) by the tasks' mean `STATISTICS_METRIC`, which leaves the
-  metrics."""
-  updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics)
-  statistics = metrics.pop(STATISTICS_METRIC, None)
-  model_state = state.model_state
-  if learner.update_state is not None:
-    model_state = learner.update_state(model_state, statistics)
-  metrics['meta_grad_norm'] = optax.tree.norm(grad)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=params,
-    model_state=model_state,
-    opt_state=opt_state,
-  )
-  return new_state, metrics
 
 
 def make_meta_train_step(
@@ -275,46 +200,29 @@ def make_meta_train_step(
 ) -> Callable[..., tuple[MetaTrainState, dict[str, Array]]]:
   """The (unjitted) meta-step on a mesh, to be jitted once by the caller.
 
-  The meta-batch is split over the devices of `mesh` (one device by
-  default). Under `jax.shard_map` each device computes the mean
-  meta-gradient of its own tasks (`meta_gradient`, chunked by
-  `task_chunk_size` within the device), one `pmean` averages gradient and
-  metrics together (one all-reduce, none on one device), and every device
-  applies the same optimiser update to its replica of the state.
-
-  The sampler draws a meta-batch, `sample_tasks(key, *data)`, because the
-  data modules draw meta-batches (`episodes.sample_tasks` is a per-task
-  sampler vmapped over `split(key, num_tasks)`) and its output's leading axis
-  gives the meta-batch size; with that output split over the task axis, XLA
-  gathers each task's images only on the device that adapts it. Task `i` of
-  step `t` is drawn from `split(fold_in(state.key, t), num_tasks)[i]` on any
-  number of devices.
+  Each device computes the mean meta-gradient of its own tasks under
+  `jax.shard_map`, one `pmean` averages gradient and metrics, and every
+  device applies the same update to its replica of the state.
 
   Args:
     learner: the algorithm.
     optimizer: the outer optimiser.
     sample_tasks: optional `sample_tasks(key, *data) -> Task`, a meta-batch
-      `[num_tasks, ...]` drawn on the device from
-      `fold_in(state.key, state.step)`; the step is then
-      `step(state, *data)` (e.g. the image array, replicated). Without it the
-      step is `step(state, tasks)` for a given meta-batch.
-    task_chunk_size: see `meta_gradient` (None: the backend's fastest); must
-      divide the tasks of one device.
-    model_keys: if True, the model gets a key during meta-training (dropout,
-      DropBlock active): task `i` gets key `i` of `split(model_key(state),
-      num_tasks)`, on whichever device adapts it; the model's `apply` must
-      then accept `key=`. If False (default), the model is deterministic.
+      `[num_tasks, ...]` from `fold_in(state.key, state.step)`; the step is
+      then `step(state, *data)`, else `step(state, tasks)`.
+    task_chunk_size: see `meta_gradient`; must divide a device's tasks.
+    model_keys: if True, task `i` gets key `i` of `split(model_key(state),
+      num_tasks)` for the model's randomness; else it is deterministic.
     mesh: a 1-D mesh (`sharding.make_mesh`); default: this process's first
       device.
 
   Returns:
-    `step(state, tasks)` or `step(state, *data)` -> `(new_state, metrics)`:
-    metrics are the algorithm's query metrics averaged over tasks and
-    `meta_grad_norm`; state and metrics come back replicated.
+    `step(...) -> (new_state, metrics)`, replicated: the query metrics
+    averaged over tasks and `meta_grad_norm`.
 
   Raises:
-    ValueError: (when traced) if the meta-batch does not divide over the
-      devices, or `task_chunk_size` does not divide the tasks of one device.
+    ValueError: (when traced) if the tasks do not divide over the devices or
+      the chunks.
   """
   mesh = _one_device_mesh(mesh)
   axis = sharding.task_axis(mesh)
@@ -355,7 +263,20 @@ def make_meta_train_step(
     sharding.check_divisible(num_tasks, mesh, task_chunk_size)
     grad, metrics = sharded_gradient(state, tasks)
     # Replicated: every device applies the same update to its copy.
-    return apply_meta_gradient(learner, optimizer, state, grad, metrics)
+    updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
+    metrics = dict(metrics)
+    statistics = metrics.pop(STATISTICS_METRIC, None)
+    model_state = state.model_state
+    if learner.update_state is not None:
+      model_state = learner.update_state(model_state, statistics)
+    metrics['meta_grad_norm'] = optax.tree.norm(grad)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      model_state=model_state,
+      opt_state=opt_state,
+    )
+    return new_state, metrics
 
   return step
 
@@ -384,23 +305,17 @@ def make_evaluate(
 ) -> Callable[[Params, Task], dict[str, Array]]:
   """Per-task evaluation of a batch of tasks on a mesh (jit it once).
 
-  Evaluation tasks are independent: each device adapts and scores its own,
-  and nothing is reduced across devices.
-
   Args:
     learner: the algorithm.
     num_steps: inner steps of the adaptation (static).
-    task_chunk_size: tasks evaluated at once (vmapped) on a device, chunks
-      one after another (`lax.map`); must divide the tasks of one device.
-      None: `default_task_chunk_size`, the backend's fastest.
-    mesh: a 1-D mesh (`sharding.make_mesh`); default: this process's first
-      device.
+    task_chunk_size: tasks vmapped at once on a device (`lax.map` over the
+      chunks); must divide a device's tasks. None: `default_task_chunk_size`.
+    mesh: see `make_meta_train_step`.
 
   Returns:
-    `evaluate(params, tasks) -> metrics` (`params` merged with the model
-    state: `MetaTrainState.merged_params`), every metric with a leading
-    `[num_tasks]` axis (and `[num_tasks, num_steps + 1]` for `*_by_step`),
-    split over the mesh like the tasks.
+    `evaluate(params, tasks) -> metrics` (`params` as
+    `MetaTrainState.merged_params`), every metric with a leading `[num_tasks]`
+    axis (`[num_tasks, num_steps + 1]` for `*_by_step`), split like the tasks.
   """
   mesh = _one_device_mesh(mesh)
   axis = sharding.task_axis(mesh)
@@ -429,10 +344,8 @@ def make_evaluate(
 
 
 def mean_and_ci95(values: Any) -> tuple[float, float]:
-  """Mean and the 95% confidence half-width `1.96 * std / sqrt(n)`.
-
-  The convention of the few-shot literature (Finn et al. 2017, Snell et al.
-  2017): per-task accuracies of `n` evaluation tasks, population std.
+  """Mean and the 95% confidence half-width `1.96 * std / sqrt(n)`
+  (population std, as the few-shot literature reports).
 
   Args:
     values: per-task values, shape `[n]`.

@@ -1,30 +1,12 @@
 """Meta-learning algorithms as bundles of pure per-task functions.
 
-Every algorithm is a `MetaLearner` (see `base`), a NamedTuple of pure
-functions in the style of optax's `GradientTransformation`, hyperparameters
-closed over, each written for ONE task; the meta-step (`jaxmeta.training`)
-vmaps them over the meta-batch. `MetaLearner.task_update(meta_params, task)`
-returns a gradient-like pytree with the structure of `meta_params`, which
-the meta-step averages over tasks and hands to any optax optimiser, so every
-algorithm shares one training loop and one compiled step:
-
-* MAML / first-order MAML (`maml`): the gradient of the query loss after
-  adaptation w.r.t. the initialisation.
-* Implicit MAML (`imaml`): the meta-gradient of a proximal inner problem
-  from its optimality condition, by conjugate gradient.
-* Reptile (`reptile`): the pseudo-gradient `meta_params - adapted_params`.
-* ANIL (`anil`): MAML adapting the head only, on embeddings computed once.
-* Meta-SGD (`metasgd`), MAML++ (`mamlpp`): learned inner rates live beside
-  the model, `{'model': ..., 'inner': ...}`.
-* Prototypical Networks (`protonet`): no inner loop, class means.
-* R2-D2 (`r2d2`): a ridge-regression head solved in closed form per task.
-* Baseline / Baseline++ (`baseline`), 'pretrain': ordinary training, then a
-  fine-tuned head (Baseline) or the whole model (pretrain) per task.
-
-Every builder is `builder(model, make_loss, inner_lr, num_inner_steps, *,
-**options) -> MetaLearner`, its options keyword-only. `ALGORITHMS` maps each
-name to its builder (`register_algorithm` adds one); `make_learner` calls it
-and `traits(name)` says what the training harness must know of it.
+Every algorithm is a `MetaLearner` (see `base`) whose `task_update` returns a
+gradient-like pytree shaped like the meta-parameters, so every algorithm
+shares one meta-step and any optax optimiser. Every builder is
+`builder(model, make_loss, inner_lr, num_inner_steps, *, **options) ->
+MetaLearner`; `ALGORITHMS` maps each name to its builder
+(`register_algorithm` adds one), `make_learner` calls it and `traits(name)`
+says what the training harness must know of it.
 """
 
 import inspect
@@ -70,13 +52,11 @@ class Traits(NamedTuple):
 
   Attributes:
     options: the builder's keyword-only options.
-    train_batches: `task_update` expects a minibatch of images of all
-      training classes in the task's support set, labelled with their class
-      indices in the training split (the query set is empty), instead of an
-      episode: the pretraining of Baseline and Baseline++.
-    any_ways: nothing in the meta-parameters depends on the number of ways,
-      so training episodes may have more ways than the evaluation tasks
-      (Prototypical Networks, the Baselines).
+    train_batches: `task_update` takes a minibatch of all training classes
+      in the support set (labels: the classes' indices; no queries) instead of
+      an episode: Baseline's pretraining.
+    any_ways: training episodes may have more ways than the evaluation ones
+      (nothing in the meta-parameters depends on the ways).
   """
 
   options: tuple[str, ...]
@@ -101,7 +81,7 @@ def register_algorithm(
   Args:
     name: the name configs use (`config.algorithm`).
     builder: `builder(model, make_loss, inner_lr, num_inner_steps, *,
-      **options) -> MetaLearner`; its keyword-only parameters are its options.
+      **options) -> MetaLearner`.
     train_batches: see `Traits`.
     any_ways: see `Traits`.
 
@@ -109,8 +89,8 @@ def register_algorithm(
     `builder`.
 
   Raises:
-    ValueError: if `name` is taken by another builder, or the builder's
-      first four parameters are not the contract's.
+    ValueError: if `name` is taken, or the builder's positional parameters
+      are not the contract's.
   """
   if name in ALGORITHMS and ALGORITHMS[name] is not builder:
     raise ValueError(f'Algorithm {name!r} is already registered.')
@@ -143,16 +123,12 @@ register_algorithm(
 )
 
 
-def _check_name(name: str) -> None:
+def traits(name: str) -> Traits:
+  """The `Traits` of the registered algorithm `name`."""
   if name not in ALGORITHMS:
     raise ValueError(
       f'Unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.'
     )
-
-
-def traits(name: str) -> Traits:
-  """The `Traits` of the registered algorithm `name`."""
-  _check_name(name)
   return _TRAITS[name]
 
 
@@ -175,13 +151,10 @@ def make_learner(
   Args:
     name: a key of `ALGORITHMS`.
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the inner learning rate.
     num_inner_steps: inner steps during meta-training.
-    inner_optimizer: only for the algorithms whose builder takes one
-      (Reptile); MAML's inner step is plain gradient descent with
-      `inner_lr`, which its second-order derivative differentiates.
+    inner_optimizer: only for the builders that take one (Reptile).
     **kwargs: the builder's other options (see `options(name)`).
 
   Raises:

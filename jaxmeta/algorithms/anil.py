@@ -2,12 +2,12 @@
 
 from typing import Callable
 
-import jax
 import optax
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import gradient_task_update
+from jaxmeta.algorithms.base import head_adaptation
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learner_of_model
@@ -17,11 +17,9 @@ from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models import norms
-from jaxmeta.models.base import join_head
 from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import split_head
-from jaxmeta.types import Task
 
 
 def anil(
@@ -34,23 +32,13 @@ def anil(
 ) -> MetaLearner:
   """ANIL, "Almost No Inner Loop" (Raghu et al. 2020).
 
-  The inner loop adapts only the linear head; the body is learned by the
-  outer loop alone. The body's embeddings of the support and query sets are
-  computed once per task, outside the inner loop, so the inner loop is
-  gradient descent on a linear model: `theta_h' = theta_h - a * grad_h
-  L_s(theta_h; f_s)` for `num_inner_steps` steps, then the query loss
-  `L_q(theta_h'; f_q)` with `f = embed(theta_b, x)`. Its gradient w.r.t. the
-  body flows through the embeddings (and, second order, through the inner
-  updates of the head); it is MAML's gradient for a model whose body is
-  frozen in the inner loop.
-
-  Support and query images are embedded as separate batches, as MAML
-  processes them (batch norm with each batch's statistics).
+  MAML whose inner loop adapts only the linear head, on the body's embeddings
+  of the support and query sets computed once per task; the body learns
+  through the embeddings (and, second order, the head's inner updates).
 
   Args:
     model: a `Model` with `embed` (conv4, resnet12).
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`; applied to the head alone.
+    make_loss: `make_loss(apply) -> loss_fn`, applied to the head alone.
     inner_lr: the head's inner learning rate.
     num_inner_steps: inner steps during meta-training.
     first_order: drop the second-order terms.
@@ -67,13 +55,10 @@ def anil(
   check_inner_lr(inner_lr)
   head_loss = make_loss(head_apply(linear_head))
   optimizer = optax.sgd(inner_lr)
-  adapt_head, evaluate_head = gradient_adaptation(head_loss, optimizer)
+  adapt, evaluate = head_adaptation(
+    model, head_loss, optimizer, lambda params: split_head(params)[1]
+  )
   support_embed = norms.self_normalised(model).embed
-
-  def adapt(params, support_x, support_y, num_steps):
-    body, head = split_head(params)
-    features = support_embed(body, support_x)
-    return join_head(body, adapt_head(head, features, support_y, num_steps))
 
   def meta_loss(params, task, key):
     check_batch(task.query_x, task.query_y, 'query')
@@ -92,18 +77,5 @@ def anil(
     )
     return head_loss(adapted, query_features, task.query_y)
 
-  def task_update(params, task, key=None, global_step=None):
-    del global_step  # No schedule.
-    return jax.grad(meta_loss, has_aux=True)(params, task, key)
-
-  def evaluate(params, task, num_steps):
-    body, head = split_head(params)
-    features = Task(
-      support_embed(body, task.support_x),
-      task.support_y,
-      model.embed(body, task.query_x),
-      task.query_y,
-    )
-    return evaluate_head(head, features, num_steps)
-
+  task_update = gradient_task_update(meta_loss)
   return learner_of_model('anil', model, adapt, task_update, evaluate)

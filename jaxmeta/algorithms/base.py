@@ -1,16 +1,9 @@
 """What every algorithm shares: `MetaLearner`, the inner loop, checks.
 
-Every algorithm is a `MetaLearner`, a NamedTuple of pure functions in the
-style of optax's `GradientTransformation`, hyperparameters closed over. Each
-function is written for ONE task; the meta-step (`jaxmeta.training`) vmaps
-them over the meta-batch, which is also what lets the meta-batch be sharded
-over devices.
-
-There is one inner loop, `inner_loop`, under `lax.scan` (the compiled program
-holds the inner update once, whatever the number of steps), and one
-evaluation of it, `gradient_adaptation`. Learned inner rates (Meta-SGD,
-MAML++) are an optax transformation, `learned_sgd`, so they go through the
-same loop as plain SGD or Adam.
+Every function of a `MetaLearner` is written for ONE task; the meta-step
+(`jaxmeta.training`) vmaps them over the meta-batch. There is one inner loop,
+`inner_loop`, under `lax.scan`, evaluated by `gradient_adaptation`; learned
+inner rates (Meta-SGD, MAML++) are an optax transformation, `learned_sgd`.
 """
 
 import functools
@@ -26,7 +19,9 @@ import optax
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models import norms
+from jaxmeta.models.base import join_head
 from jaxmeta.models.base import Model
+from jaxmeta.models.base import split_head
 from jaxmeta.types import Array, Params, PRNGKey, Task
 
 
@@ -49,10 +44,8 @@ def check_num_steps(num_steps, name: str = 'num_inner_steps') -> int:
 
 
 def check_inner_lr(inner_lr) -> None:
-  """Raises ValueError if a numeric `inner_lr` is not finite and positive.
-
-  Anything else (a schedule, an array) is left to the inner optimiser.
-  """
+  """Raises ValueError if a numeric `inner_lr` is not finite and positive
+  (a schedule or an array is left to the inner optimiser)."""
   if isinstance(inner_lr, numbers.Real) and not (
     math.isfinite(inner_lr) and inner_lr > 0
   ):
@@ -76,40 +69,24 @@ class MetaLearner(NamedTuple):
 
   Attributes:
     name: the algorithm's name, e.g. 'maml'.
-    init: `init(key) -> meta_params`: the model's parameters, or, for methods
-      that also meta-learn parts of the inner loop (Meta-SGD, MAML++),
-      `{'model': model_params, 'inner': inner_learnables}`.
+    init: `init(key) -> meta_params`: the model's parameters, or
+      `{'model': model_params, ...}` with learned inner parts (Meta-SGD).
     adapt: `adapt(meta_params, support_x, support_y, num_steps) ->
-      adapted_params`; `num_steps` is a static Python int. For methods
-      without an inner loop (Prototypical Networks) the adapted "parameters"
-      are what classifies the task (the class prototypes).
+      adapted`, `num_steps` a static int: what `predict` takes.
     task_update: `task_update(meta_params, task, key=None, global_step=None)
-      -> (meta_grad, metrics)`; `meta_grad` has the structure of
-      `meta_params` (a pseudo-gradient for Reptile) and `metrics` is a dict
-      of scalars (query loss/metrics after the training number of inner
-      steps). `key`, if given, is the task's key for the model's randomness
-      (dropout, DropBlock): the inner loop gets `fold_in(key, 0)` and the
-      query loss `fold_in(key, 1)` (`split_task_key`); None means no
-      randomness. `global_step`, the meta-iteration (an int32 scalar, the
-      same for every task), drives schedules (MAML++'s multi-step-loss
-      weights and derivative-order annealing); the others ignore it.
-    evaluate: `evaluate(meta_params, task, num_steps) -> metrics`: adapts on
-      the support set for `num_steps` (static) steps and scores the query set,
-      without a key (evaluation is deterministic).
-      For every metric `m` of the loss function it returns `m` (after the
-      last step) and `m_by_step` of shape `[num_steps + 1]` (after 0, 1, ...,
-      `num_steps` steps; index 0 is before adaptation).
-    predict: `predict(adapted, x) -> outputs [batch, ...]`: the adapted
-      model (what `adapt` returned) applied to new inputs, e.g. logits for
-      classification.
+      -> (meta_grad, metrics)`: `meta_grad` shaped like `meta_params`,
+      `metrics` the query metrics (scalars). `key` feeds the model's
+      randomness (`split_task_key`); `global_step` (int32) MAML++'s schedules.
+    evaluate: `evaluate(meta_params, task, num_steps) -> metrics`, without a
+      key: each metric `m` of the loss after the last step, and `m_by_step
+      [num_steps + 1]` after 0, 1, ..., `num_steps` steps.
+    predict: `predict(adapted, x) -> outputs [batch, ...]`.
     model: the `Model` the functions apply, after the algorithm's own
       transformations (MAML++'s per-step batch norm).
     update_state: `update_state(model_state, statistics) -> model_state`,
-      or None: applied by the meta-step to `MetaTrainState.model_state` (the
-      running batch-norm statistics, `norms.split_model_state`), with the
-      mean over the meta-batch of the per-task metric `STATISTICS_METRIC`
-      that `task_update` returns (see `normalised_learner`). The other
-      functions take the meta-parameters with the model state merged in.
+      or None: the meta-step's update of `MetaTrainState.model_state` by the
+      meta-batch mean of the metric `STATISTICS_METRIC`; the other functions
+      take the meta-parameters with the model state merged in.
   """
 
   name: str
@@ -129,8 +106,7 @@ def learner_of_model(
   task_update: Callable[..., tuple[Params, dict[str, Array]]],
   evaluate: Callable[[Params, Task, int], dict[str, Array]],
 ) -> MetaLearner:
-  """The `MetaLearner` of an algorithm whose meta-parameters and adapted
-  parameters are the model's own: `init` is `model.init` and `predict` is
+  """The `MetaLearner` whose `init` is `model.init` and `predict` is
   `model.apply` (MAML, Reptile, ANIL, pretrain)."""
   return MetaLearner(
     name, model.init, adapt, task_update, evaluate, model.apply, model
@@ -146,9 +122,8 @@ STATISTICS_METRIC = 'batch_statistics'
 def model_losses(
   make_loss: Callable[..., LossFn], model: Model
 ) -> tuple[LossFn, LossFn]:
-  """`(loss_fn, support_loss)`: `make_loss` of `model.apply`, for every
-  batch but the support set, and of `norms.self_normalised(model).apply`,
-  for the support set (normalised by itself in every batch-norm mode)."""
+  """`(loss_fn, support_loss)`: `make_loss` of `model.apply` and of
+  `norms.self_normalised(model).apply` (for the support set)."""
   return make_loss(model.apply), make_loss(norms.self_normalised(model).apply)
 
 
@@ -158,9 +133,8 @@ def split_task_key(
   """A task's key -> (inner-loop key, query-loss key), or (None, None).
 
   `fold_in(key, 0)` and `fold_in(key, 1)`: no key is both handed to a loss
-  and folded from (with JAX's partitionable threefry `split(k, n)[j]` is
-  `fold_in(k, j)`, so a model splitting its key would otherwise draw the
-  keys of another loss).
+  and folded from (with partitionable threefry `split(k, n)[j]` is
+  `fold_in(k, j)`, so a model splitting its key would draw another loss's).
   """
   if key is None:
     return None, None
@@ -170,13 +144,9 @@ def split_task_key(
 def learned_sgd(
   rates: Callable[[Array], Params | Array],
 ) -> optax.GradientTransformation:
-  """Gradient descent whose rates may differ per step and per parameter.
-
-  Step `i` updates `p <- p - rates(i) * grad`, where `rates(i)` is a scalar
-  or a pytree with the structure of the parameters whose leaves broadcast
-  against them: one rate per parameter (Meta-SGD), or one per parameter
-  tensor at step `i` (MAML++'s LSLR). The rates may be traced values (the
-  meta-parameters), so the outer loop differentiates through them.
+  """Gradient descent `p <- p - rates(i) * grad` at step `i`, `rates(i)` a
+  scalar or a pytree of broadcasting rates shaped like the parameters
+  (Meta-SGD, MAML++'s LSLR); traced rates are differentiated.
 
   Args:
     rates: `rates(i) -> scalar or pytree`, `i` an int32 scalar (traced).
@@ -214,36 +184,27 @@ def inner_loop(
   key: PRNGKey | None = None,
   support_loss: LossFn | None = None,
 ) -> tuple[Params, dict[str, Array]]:
-  """Runs `num_steps` steps of `optimizer` on `loss_fn(params, x, y)`.
-
-  Step `i` calls the support loss with `step=i` (read by models with
-  per-step parameters, ignored by the others) and, with `query`, scores the
-  query set AFTER the update, also with `step=i`: MAML++'s multi-step loss
-  is a weighted sum of these.
+  """Runs `num_steps` steps of `optimizer` on the support set `(x, y)`; step
+  `i` calls the losses with `step=i` and scores `query` after its update.
 
   Args:
     loss_fn: `loss_fn(params, x, y, *, key=None, step=None) -> (loss,
-      metrics)` for one batch; it scores `query`.
+      metrics)`; it scores `query`.
     params: the starting point (the meta-parameters).
     x: support inputs, `[support_size, ...]`.
     y: support targets, `[support_size, ...]`.
-    num_steps: number of inner steps, a static Python int (0 is allowed).
-    optimizer: the inner update, e.g. `optax.sgd(inner_lr)` (MAML's inner
-      step) or `learned_sgd(rates)` (Meta-SGD, MAML++).
+    num_steps: number of inner steps, a static Python int >= 0.
+    optimizer: the inner update, e.g. `optax.sgd(inner_lr)`.
     first_order: if True, inner gradients are constants for the outer
-      derivative (`stop_gradient`): first-order MAML.
-    query: optional `(query_x, query_y)`, scored after every step.
-    key: optional key for the model's randomness. Step `i` derives
-      `step_key = fold_in(key, i)` and calls the support loss with
-      `fold_in(step_key, 0)` and the query loss with `fold_in(step_key, 1)`.
-      With None the losses get `key=None`.
-    support_loss: the loss of the support set `x` (default `loss_fn`); with
-      batch norm, that of `norms.self_normalised(model)` (`model_losses`).
+      derivative (`stop_gradient`).
+    query: optional `(query_x, query_y)`.
+    key: optional key; step `i` uses `split_task_key(fold_in(key, i))`.
+    support_loss: the support set's loss (default `loss_fn`).
 
   Returns:
-    `(adapted_params, trace)` where `trace` maps `support_<m>` to the support
-    metrics before each step and, with `query`, `query_<m>` to the query
-    metrics after each step, each `[num_steps]`.
+    `(adapted_params, trace)`: `trace` maps `support_<m>` to the support
+    metrics before each step and `query_<m>` to the query metrics after
+    each, each `[num_steps]`.
   """
   num_steps = check_num_steps(num_steps, 'num_steps')
   check_batch(x, y, 'support')
@@ -278,19 +239,185 @@ def inner_loop(
   return adapted, trace
 
 
+def task_inner_loop(
+  loss_fn: LossFn,
+  support_loss: LossFn | None,
+  params: Params,
+  task: Task,
+  num_steps: int,
+  optimizer: optax.GradientTransformation,
+  key: PRNGKey | None,
+  **options,
+) -> tuple[Params, dict[str, Array], PRNGKey | None]:
+  """`inner_loop` on `task`'s support set with the inner-loop key of `key`
+  (`split_task_key`); returns `(adapted, trace, query_key)`."""
+  inner_key, query_key = split_task_key(key)
+  adapted, trace = inner_loop(
+    loss_fn,
+    params,
+    task.support_x,
+    task.support_y,
+    num_steps,
+    optimizer,
+    key=inner_key,
+    support_loss=support_loss,
+    **options,
+  )
+  return adapted, trace, query_key
+
+
+def adapted_query_loss(
+  loss_fn: LossFn,
+  support_loss: LossFn,
+  num_steps: int,
+  optimizer_of: Callable[[Params], optax.GradientTransformation],
+  first_order: bool = False,
+  params_of: Callable[[Params], Params] = lambda meta: meta,
+) -> Callable[..., tuple[Array, dict[str, Array]]]:
+  """MAML's `meta_loss(meta, task, key) -> (loss, metrics)`: the query loss
+  after `num_steps` steps of `optimizer_of(meta)` from `params_of(meta)`."""
+
+  def meta_loss(meta, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
+    adapted, _, query_key = task_inner_loop(
+      loss_fn,
+      support_loss,
+      params_of(meta),
+      task,
+      num_steps,
+      optimizer_of(meta),
+      key,
+      first_order=first_order,
+    )
+    return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
+
+  return meta_loss
+
+
+def gradient_task_update(
+  meta_loss: Callable[..., tuple[Array, dict[str, Array]]],
+) -> Callable[..., tuple[Params, dict[str, Array]]]:
+  """The `task_update` of an algorithm without schedules: the gradient of
+  `meta_loss(params, task, key) -> (loss, metrics)`, and its metrics."""
+
+  def task_update(params, task, key=None, global_step=None):
+    del global_step  # No schedule.
+    return jax.grad(meta_loss, has_aux=True)(params, task, key)
+
+  return task_update
+
+
+def learned_inner_learner(
+  name: str,
+  model: Model,
+  init: Callable[[PRNGKey], Params],
+  loss_fn: LossFn,
+  support_loss: LossFn,
+  optimizer_of: Callable[[Params], optax.GradientTransformation],
+  task_update: Callable[..., tuple[Params, dict[str, Array]]],
+) -> MetaLearner:
+  """The `MetaLearner` of meta-parameters `{'model': ..., 'inner': ...}`
+  whose inner update `optimizer_of(meta)` is meta-learned (Meta-SGD,
+  MAML++)."""
+
+  def adaptation(meta):
+    return gradient_adaptation(loss_fn, optimizer_of(meta), support_loss)
+
+  def adapt(meta, support_x, support_y, num_steps):
+    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
+
+  def evaluate(meta, task, num_steps):
+    return adaptation(meta)[1](meta['model'], task, num_steps)
+
+  return MetaLearner(
+    name, init, adapt, task_update, evaluate, model.apply, model
+  )
+
+
+def closed_form_learner(
+  name: str,
+  model: Model,
+  make_loss: Callable[..., LossFn],
+  init: Callable[[PRNGKey], Params],
+  adapt: Callable[..., Params],
+  predict: Callable[..., Array],
+) -> MetaLearner:
+  """The `MetaLearner` of a method whose adaptation is closed form, without
+  steps (Prototypical Networks, R2-D2).
+
+  `task_update` differentiates the query loss of `predict(adapted, query_x,
+  key=...)` through `adapt(meta, support_x, support_y, key=...)` (the keys
+  of `split_task_key`); `evaluate`'s `*_by_step` repeat its one result.
+  """
+  loss_fn = make_loss(head_apply(lambda _, logits: logits))
+
+  def logits(meta, task, key=None):
+    support_key, query_key = split_task_key(key)
+    adapted = adapt(meta, task.support_x, task.support_y, key=support_key)
+    return predict(adapted, task.query_x, key=query_key)
+
+  def meta_loss(meta, task, key):
+    check_batch(task.query_x, task.query_y, 'query')
+    return loss_fn(None, logits(meta, task, key), task.query_y)
+
+  def evaluate(meta, task, num_steps):
+    _, metrics = loss_fn(None, logits(meta, task), task.query_y)
+    out = {}
+    for k, v in metrics.items():
+      out[k] = v
+      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
+    return out
+
+  return MetaLearner(
+    name,
+    init,
+    adapt,
+    gradient_task_update(meta_loss),
+    evaluate,
+    lambda adapted, x: predict(adapted, x),
+    model,
+  )
+
+
+def head_adaptation(
+  model: Model,
+  head_loss: LossFn,
+  optimizer: optax.GradientTransformation,
+  start_head: Callable[[Params], Params],
+) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
+  """`(adapt, evaluate)` of a method that adapts a head only, from
+  `start_head(params)`, on the embeddings of the frozen body (ANIL, the
+  Baselines); support and query images are embedded as separate batches."""
+  adapt_head, evaluate_head = gradient_adaptation(head_loss, optimizer)
+  support_embed = norms.self_normalised(model).embed
+
+  def adapt(params, support_x, support_y, num_steps):
+    body, _ = split_head(params)
+    features = support_embed(body, support_x)
+    head = adapt_head(start_head(params), features, support_y, num_steps)
+    return join_head(body, head)
+
+  def evaluate(params, task, num_steps):
+    body, _ = split_head(params)
+    features = Task(
+      support_embed(body, task.support_x),
+      task.support_y,
+      model.embed(body, task.query_x),
+      task.query_y,
+    )
+    return evaluate_head(start_head(params), features, num_steps)
+
+  return adapt, evaluate
+
+
 def gradient_adaptation(
   loss_fn: LossFn,
   optimizer: optax.GradientTransformation,
   support_loss: LossFn | None = None,
 ) -> tuple[Callable[..., Params], Callable[..., dict[str, Array]]]:
-  """`(adapt, evaluate)` of a `MetaLearner` that adapts with `inner_loop`
-  and `optimizer` from the given parameters (MAML, Reptile, Meta-SGD, MAML++,
-  and the heads of ANIL and the Baselines).
-
-  `evaluate(params, task, num_steps)` returns, for every metric `m` of
-  `loss_fn`, `m` after the last step and `m_by_step [num_steps + 1]`, the
-  query metric after 0, 1, ..., `num_steps` steps (before adaptation with
-  `step=0`). Without a key: evaluation is deterministic.
+  """`(adapt, evaluate)` of a `MetaLearner` adapting with `inner_loop` and
+  `optimizer` from the given parameters (see `MetaLearner`; before
+  adaptation, `step=0`).
 
   Args:
     loss_fn: the loss of every batch but the support set (`model_losses`).
@@ -327,9 +454,7 @@ def head_apply(
   head_fn: Callable[[Params, Array], Array],
 ) -> Callable[..., Array]:
   """`head_fn(head, features)` with the model signature `apply(params, x, *,
-  key=None, step=None)`: a head has neither randomness nor per-step
-  parameters, so a loss built on it (`make_loss(head_apply(...))`) takes
-  the same arguments as any other."""
+  key=None, step=None)` (a head ignores both), for `make_loss`."""
 
   def apply(head, features, *, key=None, step=None):
     del key, step

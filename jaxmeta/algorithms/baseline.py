@@ -8,7 +8,8 @@ import optax
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import gradient_task_update
+from jaxmeta.algorithms.base import head_adaptation
 from jaxmeta.algorithms.base import head_apply
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
@@ -21,7 +22,6 @@ from jaxmeta.models.base import join_head
 from jaxmeta.models.base import linear_head
 from jaxmeta.models.base import Model
 from jaxmeta.models.base import split_head
-from jaxmeta.types import Task
 
 HEADS = ('linear', 'cosine')
 # The fine-tuned head starts from a fixed draw: evaluation is deterministic.
@@ -46,33 +46,25 @@ def baseline(
 ) -> MetaLearner:
   """Baseline (`head='linear'`) and Baseline++ (`head='cosine'`).
 
-  Training is ordinary classification: `task_update` takes a minibatch of
-  images of all `num_classes` training classes, labelled with their class
-  indices (`train_batches`: the support set holds the minibatch, the query
-  set is empty), and returns the gradient of the cross-entropy of the body
-  and a head over all training classes. To classify a task, the body is
-  frozen and a new head with the task's number of ways (the model's head
-  width) is trained on the support embeddings: `num_steps` full-batch steps
-  of SGD with `inner_lr` and `momentum`, from a fixed Glorot-uniform draw.
-  Chen et al. fine-tune 100 iterations of minibatches of 4 with SGD at 0.01,
-  momentum 0.9 and weight decay 1e-3; here every step sees the whole support
-  set and there is no weight decay.
-
-  Baseline++'s head is a cosine classifier: `logits = s * cos(f, w_c)`, `s`
-  from `cosine_scale`, in pretraining and in fine-tuning.
+  Training is classification of minibatches of all `num_classes` training
+  classes (`train_batches`). A task is classified by a new head of the
+  model's head width, trained on the frozen body's support embeddings with
+  `num_steps` full-batch steps of SGD (`inner_lr`, `momentum`) from a fixed
+  Glorot-uniform draw (Chen et al.: minibatches of 4, weight decay 1e-3).
+  Baseline++'s head is `cosine_logits` with `cosine_scale`.
 
   Args:
     model: a `Model` with `embed`; its head width is the evaluation ways.
     make_loss: `make_loss(apply) -> loss_fn` (classification).
     inner_lr: the fine-tuning learning rate.
-    num_inner_steps: unused in training, >= 0 (evaluation takes its steps).
+    num_inner_steps: unused in training, >= 0.
     num_classes: the number of training classes (pretraining head width).
     head: 'linear' (Baseline) or 'cosine' (Baseline++).
     momentum: the fine-tuning SGD momentum.
 
   Returns:
-    A `MetaLearner` named 'baseline' or 'baseline_plus_plus' whose
-    parameters are the body and the pretraining head.
+    A `MetaLearner` named 'baseline' or 'baseline_plus_plus' over the body
+    and the pretraining head.
 
   References:
     Chen, Liu, Kira, Wang & Huang 2019, "A Closer Look at Few-shot
@@ -100,7 +92,6 @@ def baseline(
   train_loss = make_loss(head_apply(classifier(num_classes)))
   task_loss = make_loss(head_apply(classifier(ways)))
   optimizer = optax.sgd(inner_lr, momentum=momentum or None)
-  fit_head, evaluate_head = gradient_adaptation(task_loss, optimizer)
   support_embed = norms.self_normalised(model).embed
 
   def init(key):
@@ -110,35 +101,19 @@ def baseline(
       body, init_linear_head(head_key, model.feature_dim, num_classes)
     )
 
-  def new_head():
+  def new_head(params):
+    del params  # Every task's head starts from the same draw.
     return init_linear_head(jax.random.key(_HEAD_SEED), model.feature_dim, ways)
 
-  def adapt(params, support_x, support_y, num_steps):
-    body, _ = split_head(params)
-    features = support_embed(body, support_x)
-    return join_head(body, fit_head(new_head(), features, support_y, num_steps))
+  adapt, evaluate = head_adaptation(model, task_loss, optimizer, new_head)
 
-  def minibatch_loss(params, x, y, key):
+  def minibatch_loss(params, task, key):
+    check_batch(task.support_x, task.support_y, 'minibatch')
     body, h = split_head(params)
     # A minibatch of all classes has no queries: it normalises itself.
-    return train_loss(h, support_embed(body, x, key=key), y)
-
-  def task_update(params, task, key=None, global_step=None):
-    del global_step  # No schedule.
-    check_batch(task.support_x, task.support_y, 'minibatch')
-    return jax.grad(minibatch_loss, has_aux=True)(
-      params, task.support_x, task.support_y, key
+    return train_loss(
+      h, support_embed(body, task.support_x, key=key), task.support_y
     )
-
-  def evaluate(params, task, num_steps):
-    body, _ = split_head(params)
-    features = Task(
-      support_embed(body, task.support_x),
-      task.support_y,
-      model.embed(body, task.query_x),
-      task.query_y,
-    )
-    return evaluate_head(new_head(), features, num_steps)
 
   task_classifier = classifier(ways)
 
@@ -147,15 +122,8 @@ def baseline(
     return task_classifier(h, model.embed(body, x))
 
   name = 'baseline' if head == 'linear' else 'baseline_plus_plus'
-  return MetaLearner(
-    name,
-    init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=predict,
-    model=model,
-  )
+  task_update = gradient_task_update(minibatch_loss)
+  return MetaLearner(name, init, adapt, task_update, evaluate, predict, model)
 
 
 def baseline_plus_plus(

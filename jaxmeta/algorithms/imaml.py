@@ -8,11 +8,11 @@ import optax
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
-from jaxmeta.algorithms.base import inner_loop
 from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import model_losses
 from jaxmeta.algorithms.base import split_task_key
+from jaxmeta.algorithms.base import task_inner_loop
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
@@ -31,26 +31,21 @@ def imaml(
 ) -> MetaLearner:
   """Implicit MAML (Rajeswaran et al. 2019).
 
-  The inner problem is proximal: `phi* = argmin_phi L_s(phi) + (lambda / 2)
-  |phi - theta|^2`, solved approximately by `num_inner_steps` steps of
-  gradient descent at `inner_lr` from `theta`. At its optimum `dphi*/dtheta
-  = (I + H / lambda)^-1` with `H` the Hessian of `L_s` at `phi*` (the
-  paper's Lemma 1), so the task's meta-gradient is `(I + H / lambda)^-1
-  grad L_q(phi*)`, found by `cg_steps` iterations of conjugate gradient on
-  Hessian-vector products (`jax.jvp` of `jax.grad`). The inner loop is not
-  differentiated: memory does not grow with the number of inner steps.
+  The inner problem is proximal, `phi* = argmin_phi L_s(phi) + (lambda / 2)
+  |phi - theta|^2`, solved by `num_inner_steps` steps of gradient descent at
+  `inner_lr` from `theta` (not differentiated: memory does not grow with the
+  steps). At the optimum `dphi*/dtheta = (I + H / lambda)^-1` (Lemma 1), so
+  the meta-gradient is that matrix times `grad L_q(phi*)`, by `cg_steps`
+  iterations of conjugate gradient on Hessian-vector products.
 
-  Where it departs from the authors' code: their inner loop takes its steps
-  on `L_s` alone and then one gradient step on the proximal term, and their
-  CG matrix is `(1 + 1) I + H / (lambda + 10)`; here the steps descend the
-  proximal objective itself and the matrix is `(1 + cg_damping) I + H /
-  lambda` (the paper's, for `cg_damping=0`). Evaluation adapts with the
-  same proximal steps.
+  Unlike the authors' code (steps on `L_s` alone, then one on the proximal
+  term; CG matrix `2 I + H / (lambda + 10)`), the steps descend the proximal
+  objective and the matrix is `(1 + cg_damping) I + H / lambda` (the
+  paper's, for `cg_damping=0`). Evaluation adapts with the same steps.
 
   Args:
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the inner gradient-descent rate, > 0.
     num_inner_steps: inner steps during meta-training, a Python int >= 0.
     reg_lambda: the proximal regularisation `lambda`, > 0.
@@ -100,29 +95,20 @@ def imaml(
   def task_update(params, task, key=None, global_step=None):
     del global_step  # No schedule.
     check_batch(task.query_x, task.query_y, 'query')
-    inner_key, query_key = split_task_key(key)
     params = jax.lax.stop_gradient(params)
-    support = (task.support_x, task.support_y)
-    phi, _ = inner_loop(
-      loss_fn,
-      params,
-      *support,
-      num_inner_steps,
-      optimizer,
-      key=inner_key,
-      support_loss=proximal(params),
+    phi, _, query_key = task_inner_loop(
+      loss_fn, proximal(params), params, task, num_inner_steps, optimizer, key
     )
+    inner_key, _ = split_task_key(key)
     query_grad, metrics = jax.grad(loss_fn, has_aux=True)(
       phi, task.query_x, task.query_y, key=query_key
     )
-    support_grad = jax.grad(
-      lambda p: support_loss(p, task.support_x, task.support_y, key=inner_key)[
-        0
-      ]
-    )
+
+    def support_value(p):
+      return support_loss(p, task.support_x, task.support_y, key=inner_key)[0]
 
     def matrix(v):
-      hessian_v = jax.jvp(support_grad, (phi,), (v,))[1]
+      hessian_v = jax.jvp(jax.grad(support_value), (phi,), (v,))[1]
       return jax.tree.map(
         lambda a, b: (1 + cg_damping) * a + b / reg_lambda, v, hessian_v
       )

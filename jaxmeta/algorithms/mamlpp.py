@@ -9,12 +9,11 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import gradient_adaptation
-from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import learned_inner_learner
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import model_losses
-from jaxmeta.algorithms.base import split_task_key
+from jaxmeta.algorithms.base import task_inner_loop
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import BATCH_NORM_LEAVES
@@ -26,14 +25,11 @@ from jaxmeta.types import Array
 def multi_step_loss_weights(
   global_step: Array, num_steps: int, anneal_iterations: int
 ) -> Array:
-  """The per-step weights of MAML++'s multi-step loss (MSL) at `global_step`.
+  """The per-step weights of MAML++'s multi-step loss at `global_step`.
 
-  They start equal (`1/N` each, `N = num_steps`); over `anneal_iterations`
-  meta-iterations the weights of steps `1..N-1` fall linearly to their floor
-  `0.03/N` and the last step's rises to `1 - (N-1) * 0.03/N` (the reference
-  code's schedule, which moves per epoch; here it moves per iteration). From
-  `anneal_iterations` on, all the weight is on the last step, as the
-  reference code switches to the last step's loss alone.
+  Equal (`1/N`) at first; over `anneal_iterations` the first `N-1` fall
+  linearly to `0.03/N` and the last rises to `1 - (N-1) * 0.03/N` (the
+  reference code's schedule, per iteration); then the last step's alone.
 
   Args:
     global_step: the meta-iteration, an int scalar (traced).
@@ -67,39 +63,19 @@ def maml_plus_plus(
 ) -> MetaLearner:
   """MAML++ (Antoniou et al. 2019), each trick switchable.
 
-  * LSLR (`per_step_lr`): a learned inner learning rate per parameter tensor
-    and per step, `{'inner': {'lr': tree of [num_inner_steps]}}` beside the
-    model's parameters in the meta-parameters, starting at `inner_lr`.
-    Evaluation past the last trained step reuses the last step's rates.
-  * MSL (`multi_step_loss`): the query loss after EVERY inner step, weighted
-    by `multi_step_loss_weights(global_step, ...)`, for the first
-    `msl_iterations` meta-iterations; then the last step's loss alone.
-  * DOA (`first_order_iterations`): first-order meta-gradients for the first
-    `first_order_iterations` meta-iterations, second order after (0: second
-    order throughout). The phases are branches of one compiled program
-    (`lax.switch` on the global step), each computing only its own terms.
-  * BNWB (`per_step_bn`): per-step batch-norm weights and biases
-    (`jaxmeta.models.per_step_batch_norm`); the support loss of step `i` and
-    the query loss after it use set `i`. As in the reference code, they are
-    learned by the outer loop only: the inner loop leaves them unchanged
-    (their learned rates, with LSLR, are unused).
-  * Cosine annealing of the meta learning rate is the outer optimiser's
-    schedule (`optax.cosine_decay_schedule`; the harness's
-    `meta_lr_schedule='cosine'`).
-
-  * BNRS (`per_step_bn_stats`): per-step running statistics, one set per
-    inner step (`per_step_batch_norm(..., statistics=True)`), for a model
-    in the 'running' batch-norm mode (`jaxmeta.models.norms`): meta-training
-    averages the statistics of inner step `i` into set `i`, and evaluation
-    normalises step `i` with set `i` (see `normalised_learner`).
-
-  With every trick off (`per_step_lr=False, multi_step_loss=False,
-  per_step_bn=False`, `first_order_iterations=0`) the model's gradient is
-  MAML's; the meta-parameters are then `{'model': params, 'inner': {}}`.
+  LSLR (`per_step_lr`): learned inner rates per parameter tensor and step,
+  `{'inner': {'lr': tree of [num_inner_steps]}}` from `inner_lr` (later
+  steps reuse the last). MSL (`multi_step_loss`): the query losses after
+  every step, weighted by `multi_step_loss_weights`. DOA
+  (`first_order_iterations`): first order at first, then second order (one
+  `lax.switch`). BNWB (`per_step_bn`): per-step batch-norm weights and
+  biases (`per_step_batch_norm`), left unchanged by the inner loop as in the
+  reference code. BNRS (`per_step_bn_stats`): per-step running statistics
+  (`normalised_learner`). The cosine-annealed meta learning rate is the
+  outer optimiser's schedule. With every trick off the gradient is MAML's.
 
   Args:
-    model: the `Model` (conv4 and resnet12 name their batch-norm leaves as
-      `per_step_batch_norm` expects).
+    model: the `Model` (batch-norm leaves named `BATCH_NORM_LEAVES`).
     make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the inner learning rate (the initial value of the learned ones).
     num_inner_steps: inner steps during meta-training, >= 1.
@@ -111,7 +87,8 @@ def maml_plus_plus(
     per_step_bn_stats: BNRS; needs `model.batch_norm == 'running'`.
 
   Returns:
-    A `MetaLearner` named 'maml_plus_plus'.
+    A `MetaLearner` named 'maml_plus_plus' over `{'model': params, 'inner':
+    {...}}`.
 
   References:
     Antoniou, Edwards & Storkey 2019, "How to train your MAML", Section 4.
@@ -168,25 +145,17 @@ def maml_plus_plus(
 
     return learned_sgd(rates)
 
-  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
-    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
-
-  def adapt(meta, support_x, support_y, num_steps):
-    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
-
   def meta_loss(meta, task, key, global_step, msl, first_order):
-    inner_key, query_key = split_task_key(key)
-    adapted, trace = inner_loop(
+    adapted, trace, query_key = task_inner_loop(
       loss_fn,
+      support_loss,
       meta['model'],
-      task.support_x,
-      task.support_y,
+      task,
       num_inner_steps,
       optimizer(meta),
+      key,
       first_order=first_order,
       query=(task.query_x, task.query_y) if msl else None,
-      key=inner_key,
-      support_loss=support_loss,
     )
     if msl:
       weights = multi_step_loss_weights(
@@ -207,11 +176,12 @@ def maml_plus_plus(
       step=jnp.asarray(last, jnp.int32),
     )
 
-  # The phases of the schedule: (MSL on, first order) for each reachable pair.
+  # The phases of the schedule, (MSL on, first order), for each reachable
+  # pair; phase `msl * len(first_orders) + first_order` of the switch.
+  first_orders = (False, True) if first_order_iterations else (False,)
   phases = list(
     itertools.product(
-      (True, False) if multi_step_loss else (False,),
-      (True, False) if first_order_iterations else (False,),
+      (False, True) if multi_step_loss else (False,), first_orders
     )
   )
 
@@ -228,31 +198,9 @@ def maml_plus_plus(
       return branches[0](meta, task, key)
     msl_on = multi_step_loss & (step < msl_iterations)
     fo_on = (first_order_iterations > 0) & (step < first_order_iterations)
-    # (MSL on, first order) -> branch index.
-    table = jnp.array(
-      [
-        [phases.index((m, f)) if (m, f) in phases else 0 for f in (False, True)]
-        for m in (False, True)
-      ],
-      jnp.int32,
-    )
-    return jax.lax.switch(
-      table[msl_on.astype(jnp.int32), fo_on.astype(jnp.int32)],
-      branches,
-      meta,
-      task,
-      key,
-    )
+    index = msl_on.astype(jnp.int32) * len(first_orders) + fo_on
+    return jax.lax.switch(index, branches, meta, task, key)
 
-  def evaluate(meta, task, num_steps):
-    return adaptation(meta)[1](meta['model'], task, num_steps)
-
-  return MetaLearner(
-    'maml_plus_plus',
-    init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
+  return learned_inner_learner(
+    'maml_plus_plus', model, init, loss_fn, support_loss, optimizer, task_update
   )

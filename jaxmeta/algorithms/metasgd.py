@@ -5,15 +5,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.algorithms.base import adapted_query_loss
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import gradient_adaptation
-from jaxmeta.algorithms.base import inner_loop
+from jaxmeta.algorithms.base import gradient_task_update
+from jaxmeta.algorithms.base import learned_inner_learner
 from jaxmeta.algorithms.base import learned_sgd
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import model_losses
-from jaxmeta.algorithms.base import split_task_key
-from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models.base import Model
 
@@ -26,27 +25,21 @@ def meta_sgd(
   *,
   first_order: bool = False,
 ) -> MetaLearner:
-  """Meta-SGD (Li, Zhou, Chen & Li 2017).
-
-  MAML whose inner step is `theta' = theta - alpha * grad L_s(theta)` with
-  `alpha` a vector of the parameters' shape (an elementwise product), learned
-  by the outer loop with the initialisation. The meta-parameters are
-  `{'model': theta, 'inner': {'lr': alpha}}`, `alpha` starting at `inner_lr`
-  everywhere; with every rate equal to `a` the update is MAML's with inner
-  learning rate `a`. The same rates are used at every step (the paper takes
-  one step).
+  """Meta-SGD (Li, Zhou, Chen & Li 2017): MAML whose inner step is `theta' =
+  theta - alpha * grad L_s(theta)`, the rates `alpha` (shaped like `theta`,
+  from `inner_lr`, the same at every step) learned with the initialisation.
 
   Args:
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: the initial value of every learned rate.
     num_inner_steps: inner steps during meta-training.
     first_order: drop the second-order terms (the rates still get their
       gradient, through the last update).
 
   Returns:
-    A `MetaLearner` named 'meta_sgd'.
+    A `MetaLearner` named 'meta_sgd' over `{'model': theta, 'inner': {'lr':
+    alpha}}`.
 
   References:
     Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot
@@ -64,41 +57,20 @@ def meta_sgd(
   def optimizer(meta):
     return learned_sgd(lambda i: meta['inner']['lr'])
 
-  def adaptation(meta):  # `(adapt, evaluate)` of the model's parameters.
-    return gradient_adaptation(loss_fn, optimizer(meta), support_loss)
-
-  def adapt(meta, support_x, support_y, num_steps):
-    return adaptation(meta)[0](meta['model'], support_x, support_y, num_steps)
-
-  def meta_loss(meta, task, key):
-    check_batch(task.query_x, task.query_y, 'query')
-    inner_key, query_key = split_task_key(key)
-    adapted, _ = inner_loop(
-      loss_fn,
-      meta['model'],
-      task.support_x,
-      task.support_y,
-      num_inner_steps,
-      optimizer(meta),
-      first_order=first_order,
-      key=inner_key,
-      support_loss=support_loss,
-    )
-    return loss_fn(adapted, task.query_x, task.query_y, key=query_key)
-
-  def task_update(meta, task, key=None, global_step=None):
-    del global_step  # No schedule.
-    return jax.grad(meta_loss, has_aux=True)(meta, task, key)
-
-  def evaluate(meta, task, num_steps):
-    return adaptation(meta)[1](meta['model'], task, num_steps)
-
-  return MetaLearner(
+  meta_loss = adapted_query_loss(
+    loss_fn,
+    support_loss,
+    num_inner_steps,
+    optimizer,
+    first_order,
+    params_of=lambda meta: meta['model'],
+  )
+  return learned_inner_learner(
     'meta_sgd',
+    model,
     init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=model.apply,
-    model=model,
+    loss_fn,
+    support_loss,
+    optimizer,
+    gradient_task_update(meta_loss),
   )

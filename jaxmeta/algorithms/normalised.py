@@ -1,23 +1,10 @@
 """Any algorithm in any batch-norm mode, and scoring each query on its own.
 
 `normalised_learner(build, model)` gives the `MetaLearner` of `build(model)`
-whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`):
-
-* 'transductive': `build(model)` itself.
-* 'support', 'tasknorm': every per-task function rebuilds the algorithm on
-  `given_support(model, task.support_x)`, the model whose images are
-  normalised by that task's support set.
-* 'running': meta-training runs `build(self_normalised(model))` (batch
-  statistics) and returns each task's query statistics beside its metrics
-  (`task_statistics`); the meta-step averages them into the running
-  statistics, the train state's `model_state` (`MetaLearner.update_state`,
-  momentum `momentum`). Evaluation, `adapt` and `predict` are
-  `build(model)`'s: every image but the support set is normalised with the
-  running statistics.
-
-In every mode the algorithms normalise support images by themselves
-(`norms.self_normalised`, through `model_losses` or the support embedding)
-and every other image with the model they are built on.
+whose batch norm follows `model.batch_norm` (`jaxmeta.models.norms`): as is
+('transductive'), rebuilt per task on `given_support(model, task.support_x)`
+('support', 'tasknorm'), or trained self-normalised with the query sets'
+statistics averaged into the running ones ('running').
 """
 
 from typing import Callable
@@ -33,15 +20,11 @@ from jaxmeta.types import Array, Params, Task
 
 
 def _statistics_owner(params: Params) -> Params:
-  """The dict of `params` that holds the running statistics: the model's
-  parameters, at the top or under `'model'` (Meta-SGD, MAML++)."""
-  if norms.STATISTICS in params:
-    return params
-  if (
-    isinstance(params.get('model'), dict)
-    and norms.STATISTICS in (params['model'])
-  ):
-    return params['model']
+  """The dict of `params` (at the top or under `'model'`) holding the running
+  statistics."""
+  for owner in (params, params.get('model')):
+    if isinstance(owner, dict) and norms.STATISTICS in owner:
+      return owner
   raise ValueError(
     f'No running statistics (entry {norms.STATISTICS!r}) in the parameters '
     f'(entries {sorted(params)}).'
@@ -59,21 +42,15 @@ def _replace_statistics(params: Params, statistics: Params) -> Params:
 def task_statistics(
   learner: MetaLearner, params: Params, task: Task, num_steps: int
 ) -> Params:
-  """The batch statistics one training task contributes to the running ones.
+  """The batch statistics one training task adds to the running ones.
 
-  Those of a forward pass of the task's query set under the parameters after
-  `num_steps` inner steps (`learner.adapt`, without gradient): the
-  statistics the query loss normalised with, which the running statistics
-  replace at test time. For a method whose adaptation leaves the body as it
-  is (Prototypical Networks, whose `adapt` returns prototypes), under the
-  meta-parameters; for a minibatch without queries (Baseline's pretraining),
-  those of the minibatch. With per-step running statistics (MAML++'s BNRS:
-  the statistics leaves have a leading step axis), set `i` gets those after
-  `i + 1` inner steps. Variances are unbiased, as PyTorch's running
-  variances are.
+  Those of the task's query set after `num_steps` inner steps (or under the
+  meta-parameters where `adapt` returns no model parameters, as Prototypical
+  Networks'), of the minibatch where there are no queries; with per-step
+  statistics (BNRS), set `i` after `i + 1` steps. Unbiased variances.
 
   Args:
-    learner: the self-normalised learner (`normalised_learner`), with `model`.
+    learner: the self-normalised learner, with `model`.
     params: its meta-parameters.
     task: one task.
     num_steps: the training inner steps.
@@ -111,17 +88,14 @@ def normalised_learner(
   """The learner `build(model)` in the batch-norm mode of `model`.
 
   Args:
-    build: `build(model) -> MetaLearner`, e.g. `lambda m:
-      jaxmeta.make_learner('maml', m, jaxmeta.classification_loss, 0.4, 1)`.
+    build: `build(model) -> MetaLearner`.
     model: a model with a batch-norm mode (`jaxmeta.models.norms`).
-    momentum: 'running' mode: each meta-step moves the running statistics by
-      `momentum` towards the mean over its tasks of `task_statistics`
-      (PyTorch's convention: 0.1).
-    num_inner_steps: 'running' mode: the inner steps of meta-training (the
-      running statistics are the query sets' after them).
+    momentum: 'running' mode: the running statistics' step towards the
+      meta-batch mean of `task_statistics` (PyTorch's convention: 0.1).
+    num_inner_steps: 'running' mode: the training inner steps.
 
   Returns:
-    A `MetaLearner`. In 'support' and 'tasknorm' modes its `adapt` returns
+    A `MetaLearner`; in 'support' and 'tasknorm' modes its `adapt` returns
     `{'adapted': ..., 'support_x': ...}`, which its `predict` takes.
   """
   mode = norms.check_mode(model.batch_norm)
@@ -175,11 +149,8 @@ def normalised_learner(
 def score_alone(
   learner: MetaLearner, params: Params, task: Task, num_steps: int
 ) -> Array:
-  """The task's metric with every query scored on its own.
-
-  Adapts once on the support set (`learner.adapt`), then predicts each query
-  image as a batch of one (`learner.predict`, vmapped over the queries): a
-  transductive model then normalises each image by itself alone.
+  """The task's metric with every query scored on its own (`learner.adapt`
+  once, then `learner.predict` on batches of one).
 
   Args:
     learner: a learner with `predict`.
@@ -188,8 +159,7 @@ def score_alone(
     num_steps: inner steps (static).
 
   Returns:
-    A scalar: accuracy for integer labels (the argmax of the outputs), else
-    the mean squared error.
+    A scalar: accuracy for integer labels, else the mean squared error.
   """
   adapted = learner.adapt(params, task.support_x, task.support_y, num_steps)
   outputs = jax.vmap(lambda x: learner.predict(adapted, x[None])[0])(

@@ -3,13 +3,13 @@ pooled data of all tasks, fine-tuned per task at evaluation."""
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from jaxmeta.algorithms.base import check_inner_lr
 from jaxmeta.algorithms.base import check_num_steps
 from jaxmeta.algorithms.base import gradient_adaptation
+from jaxmeta.algorithms.base import gradient_task_update
 from jaxmeta.algorithms.base import learner_of_model
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import model_losses
@@ -24,22 +24,16 @@ def pretrain(
   inner_lr: float,
   num_inner_steps: int = 0,
 ) -> MetaLearner:
-  """The conventional baseline: train one model on all tasks jointly.
-
-  `task_update` is the plain gradient of the loss on the task's support and
-  query sets together, at the current parameters (no adaptation): averaged
-  over a meta-batch it is minibatch training on the pooled data of all tasks.
-  `adapt`/`evaluate` fine-tune with SGD at `inner_lr`, so the pretrained model
-  is scored exactly as the meta-learned ones are (Finn et al. 2017, Figure 2:
-  "pretrained, step=0.01").
+  """The conventional baseline: one model trained on the pooled data of all
+  tasks (`task_update`: the gradient on support and query sets together),
+  fine-tuned with SGD at `inner_lr` to be scored (Finn et al. 2017, Figure
+  2: "pretrained, step=0.01").
 
   Args:
     model: the `Model`.
-    make_loss: `make_loss(apply) -> loss_fn`, e.g.
-      `jaxmeta.classification_loss`.
+    make_loss: `make_loss(apply) -> loss_fn`.
     inner_lr: learning rate of the fine-tuning steps at evaluation.
-    num_inner_steps: unused in training (must still be >= 0); kept for a
-      uniform signature.
+    num_inner_steps: unused in training (must still be >= 0).
 
   Returns:
     A `MetaLearner` named 'pretrain'.
@@ -51,12 +45,12 @@ def pretrain(
     loss_fn, optax.sgd(inner_lr), support_loss
   )
 
-  def task_update(params, task, key=None, global_step=None):
-    del global_step  # No schedule.
+  def pooled_loss(params, task, key):
     check_batch(task.support_x, task.support_y, 'support')
     check_batch(task.query_x, task.query_y, 'query')
     x = jnp.concatenate([task.support_x, task.query_x])
     y = jnp.concatenate([task.support_y, task.query_y])
-    return jax.grad(loss_fn, has_aux=True)(params, x, y, key=key)
+    return loss_fn(params, x, y, key=key)
 
+  task_update = gradient_task_update(pooled_loss)
   return learner_of_model('pretrain', model, adapt, task_update, evaluate)

@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import head_apply
+from jaxmeta.algorithms.base import closed_form_learner
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
-from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models import norms
@@ -57,29 +56,21 @@ def protonet(
 ) -> MetaLearner:
   """Prototypical Networks (Snell et al. 2017).
 
-  A task's classes are the means `c_k` of their support embeddings
-  (`model.embed`); a query is classified by the softmax of `-|f(x) - c_k|^2`
-  (squared Euclidean distance, Section 2.2 of the paper). Training minimises
-  that cross-entropy over episodes; there is no inner loop. Nothing depends
-  on the number of ways, so training episodes may have more classes than the
-  evaluation ones (`any_ways`; the paper trains Omniglot with 60 ways).
-
-  The meta-parameters are the body's (the model's head is dropped). Support
-  and query images are embedded as separate batches, as MAML processes them.
-  The number of classes is bounded by the support size, which must hold every
-  label in `[0, support_size)`.
+  A task's classes are the means `c_k` of their support embeddings, a query's
+  logits `-|f(x) - c_k|^2` (Section 2.2); no inner loop, nothing depends on
+  the ways. The meta-parameters are the body's; the support set must hold
+  every label in `[0, support_size)`.
 
   Args:
     model: a `Model` with `embed`.
     make_loss: `make_loss(apply) -> loss_fn` (classification), applied to
       the logits.
-    inner_lr: unused (no inner loop); accepted for the uniform signature.
+    inner_lr: unused; accepted for the uniform signature.
     num_inner_steps: unused, must be >= 0.
 
   Returns:
-    A `MetaLearner` named 'protonet'; `adapt` returns `{'prototypes':
-    [classes, d], 'counts': [classes]}`, and `evaluate`'s `*_by_step`
-    repeat the one result (adaptation has no steps).
+    A `MetaLearner` named 'protonet'; `adapt` returns `{'body', 'prototypes':
+    [classes, d], 'counts': [classes]}`.
 
   References:
     Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot
@@ -88,7 +79,6 @@ def protonet(
   del inner_lr
   require_embed(model, 'protonet')
   check_num_steps(num_inner_steps)
-  loss_fn = make_loss(head_apply(lambda _, logits: logits))
   support_embed = norms.self_normalised(model).embed
 
   def init(key):
@@ -103,42 +93,11 @@ def protonet(
     )
     return {'body': body, 'prototypes': protos, 'counts': counts}
 
-  def logits(body, task, key=None):
-    support_key, query_key = split_task_key(key)
-    classes = adapt(body, task.support_x, task.support_y, key=support_key)
-    query_features = model.embed(body, task.query_x, key=query_key)
+  def predict(adapted, x, key=None):
     return prototype_logits(
-      query_features, classes['prototypes'], classes['counts']
-    )
-
-  def task_update(body, task, key=None, global_step=None):
-    del global_step  # No schedule.
-    check_batch(task.query_x, task.query_y, 'query')
-    return jax.grad(
-      lambda b: loss_fn(None, logits(b, task, key), task.query_y), has_aux=True
-    )(body)
-
-  def evaluate(body, task, num_steps):
-    _, metrics = loss_fn(None, logits(body, task), task.query_y)
-    out = {}
-    for k, v in metrics.items():
-      out[k] = v
-      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
-    return out
-
-  def predict(adapted, x):
-    return prototype_logits(
-      model.embed(adapted['body'], x),
+      model.embed(adapted['body'], x, key=key),
       adapted['prototypes'],
       adapted['counts'],
     )
 
-  return MetaLearner(
-    'protonet',
-    init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=predict,
-    model=model,
-  )
+  return closed_form_learner('protonet', model, make_loss, init, adapt, predict)

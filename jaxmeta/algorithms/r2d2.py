@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import check_num_steps
-from jaxmeta.algorithms.base import head_apply
+from jaxmeta.algorithms.base import closed_form_learner
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.base import require_embed
-from jaxmeta.algorithms.base import split_task_key
 from jaxmeta.losses import check_batch
 from jaxmeta.losses import LossFn
 from jaxmeta.models import norms
@@ -22,11 +21,9 @@ from jaxmeta.types import Array
 def ridge_weights(
   features: Array, labels: Array, num_classes: int, ridge: Array
 ) -> Array:
-  """The ridge regression of one-hot labels on features, Woodbury form.
-
-  `W = X^T (X X^T + ridge * I)^-1 Y`, which equals `(X^T X + ridge *
-  I)^-1 X^T Y` but solves a `[support_size, support_size]` system instead
-  of a `[d, d]` one (few examples, many features).
+  """`W = X^T (X X^T + ridge * I)^-1 Y` `[d, num_classes]`, the ridge regression
+  of one-hot labels `Y` on features `X` in Woodbury form (a `[support_size]`
+  system, not a `[d]` one); an absent class's column is zero.
 
   Args:
     features: `X`, `[support_size, d]`.
@@ -35,8 +32,7 @@ def ridge_weights(
     ridge: `lambda > 0`, a scalar.
 
   Returns:
-    `W`, `[d, num_classes]`; the column of a class without support examples
-    is zero.
+    `W`, `[d, num_classes]`.
   """
   targets = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)
   gram = features @ features.T
@@ -56,30 +52,25 @@ def r2d2(
 ) -> MetaLearner:
   """R2-D2 (Bertinetto et al. 2019), the ridge-regression base learner.
 
-  Each task fits a linear head to its support embeddings (`model.embed`) by
-  ridge regression onto one-hot labels (`ridge_weights`); a query's logits
-  are `scale * f(x) @ W`. The body, the ridge `lambda` and the `scale` are
-  meta-learned through the closed-form solution (the paper's Section 3.2).
-  `lambda` and `scale` are learned as logarithms, so they stay positive.
-  The paper's scalar bias `beta` is left out: one number added to every
-  class's logit leaves the softmax unchanged, so it would get no gradient.
-  Nothing depends on the number of ways (`any_ways`). Support and query
-  images are embedded as separate batches, as in `protonet`.
+  Each task fits a linear head to its support embeddings by ridge regression
+  onto one-hot labels (`ridge_weights`); a query's logits are `scale * f(x)
+  @ W`. The body, `lambda` and `scale` (learned as logarithms) are
+  meta-learned through the closed form (Section 3.2). The paper's bias
+  `beta`, added to every logit, would get no gradient and is left out.
 
   Args:
     model: a `Model` with `embed`.
     make_loss: `make_loss(apply) -> loss_fn` (classification), applied to
       the logits.
-    inner_lr: unused (no inner loop); accepted for the uniform signature.
+    inner_lr: unused; accepted for the uniform signature.
     num_inner_steps: unused, must be >= 0.
     init_ridge: the initial `lambda` (> 0).
     init_scale: the initial `scale` (> 0).
 
   Returns:
     A `MetaLearner` named 'r2d2' whose meta-parameters are `{'model': body,
-    'ridge': {'log_lambda': [], 'log_scale': []}}`; `adapt` returns
-    `{'body', 'weights': [d, classes], 'counts': [classes], 'scale'}`, and
-    `evaluate`'s `*_by_step` repeat the one result (no steps).
+    'ridge': {'log_lambda': [], 'log_scale': []}}`; `adapt` returns `{'body',
+    'weights': [d, classes], 'counts': [classes], 'scale'}`.
 
   References:
     Bertinetto, Henriques, Torr & Vedaldi 2019, "Meta-learning with
@@ -93,7 +84,6 @@ def r2d2(
       f'init_ridge and init_scale must be > 0, got {init_ridge!r} and '
       f'{init_scale!r}.'
     )
-  loss_fn = make_loss(head_apply(lambda _, logits: logits))
   support_embed = norms.self_normalised(model).embed
 
   def init(key):
@@ -123,33 +113,4 @@ def r2d2(
     # A class without support examples is never predicted.
     return jnp.where(adapted['counts'][None, :] > 0, logits, -jnp.inf)
 
-  def logits(meta, task, key=None):
-    support_key, query_key = split_task_key(key)
-    adapted = adapt(meta, task.support_x, task.support_y, key=support_key)
-    return predict(adapted, task.query_x, key=query_key)
-
-  def task_update(meta, task, key=None, global_step=None):
-    del global_step  # No schedule.
-    check_batch(task.query_x, task.query_y, 'query')
-    return jax.grad(
-      lambda m: loss_fn(None, logits(m, task, key), task.query_y),
-      has_aux=True,
-    )(meta)
-
-  def evaluate(meta, task, num_steps):
-    _, metrics = loss_fn(None, logits(meta, task), task.query_y)
-    out = {}
-    for k, v in metrics.items():
-      out[k] = v
-      out[f'{k}_by_step'] = jnp.full((num_steps + 1,), v)
-    return out
-
-  return MetaLearner(
-    'r2d2',
-    init,
-    adapt,
-    task_update,
-    evaluate,
-    predict=lambda adapted, x: predict(adapted, x),
-    model=model,
-  )
+  return closed_form_learner('r2d2', model, make_loss, init, adapt, predict)

@@ -1,6 +1,4 @@
-"""`Model`, the pure functions every backbone returns, the registry of
-backbones by name, and the pieces that let a method treat a model as a body
-(images to embeddings) and a head (embeddings to logits)."""
+"""`Model`, the registry of backbones, and the body/head split."""
 
 from typing import Callable, NamedTuple
 
@@ -19,14 +17,8 @@ BATCH_NORM_LEAVES = ('scale', 'offset')
 
 
 def register_backbone(name: str):
-  """Decorator: `@register_backbone('conv4')` adds a builder to `BACKBONES`.
-
-  A builder takes the number of outputs (the ways, or 1 for regression), the
-  shape of one input without the batch axis, and its own keyword options.
-  The model's `apply(params, x, *, key=None, step=None)` must accept a key
-  and a step: the training program passes a key in meta-training (dropout,
-  DropBlock) and none at evaluation; a deterministic model ignores it, and a
-  model without per-step parameters ignores the step.
+  """Decorator: `@register_backbone('conv4')` adds a builder `builder(
+  num_outputs, input_shape, **options) -> Model` to `BACKBONES`.
   """
 
   def add(builder):
@@ -39,31 +31,20 @@ def register_backbone(name: str):
 
 
 class Model(NamedTuple):
-  """A model as pure functions.
-
-  The parameters are a dict whose entry `'head'` is the linear head
-  `{'w': [feature_dim, outputs], 'b': [outputs]}`; every other entry belongs
-  to the body. `apply` is `linear_head(params['head'], embed(params, x))`.
+  """A model as pure functions; its parameters are a dict whose entry `'head'`
+  is the linear head `{'w': [feature_dim, outputs], 'b': [outputs]}`.
 
   Attributes:
     init: `init(key) -> params`, a dict pytree of float32 arrays.
     apply: `apply(params, x, *, key=None, step=None) -> outputs` for one
-      batch `x` of one task. `key` feeds the model's randomness in training
-      (dropout, DropBlock); with None the model is deterministic
-      (evaluation). `step` is the inner-loop step index, read by models with
-      per-step parameters (`per_step_batch_norm`) and ignored by the others.
-      Every caller in jaxmeta passes both (None when there is none).
+      batch `x` of one task; `key` feeds dropout / DropBlock (None:
+      deterministic), `step` selects per-step parameters.
     embed: `embed(params, x, *, key=None, step=None) -> [batch,
-      feature_dim]`, the body: everything but the head (whose entry it does
-      not read). None for a model without a body/head split.
+      feature_dim]`, the body, or None.
     feature_dim: the width of `embed`'s output, or None.
-    forward: `forward(params, x, normaliser, *, key=None, step=None) ->
-      [batch, feature_dim]`, the body with its batch-norm layers left to
-      `normaliser(name, h, layer_params, channel_axis)`: the hook through
-      which `jaxmeta.models.norms` gives the batch-norm modes. None for a
-      model without batch norm (or without the hook).
-    batch_norm: the batch-norm mode `apply` and `embed` follow, one of
-      `jaxmeta.models.norms.MODES`.
+    forward: `forward(params, x, normaliser, *, key=None, step=None)`, the
+      body with its batch norm left to `normaliser` (`norms`), or None.
+    batch_norm: the batch-norm mode, one of `jaxmeta.models.norms.MODES`.
   """
 
   init: Callable[[PRNGKey], Params]
@@ -75,10 +56,8 @@ class Model(NamedTuple):
 
 
 def check_images(x: Array, input_shape: tuple[int, ...], model: str) -> None:
-  """Raises ValueError unless `x` is a batch `[batch, *input_shape]`.
-
-  Shapes are static, so this runs when the model is traced, and names the
-  shape the model was built for rather than an XLA shape error deep inside.
+  """Raises ValueError unless `x` is a batch `[batch, *input_shape]` (at
+  trace time, naming the shape the model was built for).
 
   Args:
     x: the images given to the model.
@@ -92,20 +71,6 @@ def check_images(x: Array, input_shape: tuple[int, ...], model: str) -> None:
       f'shape {tuple(x.shape)}: resize the images, or build the model with '
       f'input_shape={tuple(x.shape[1:])}.'
     )
-
-
-def with_linear_head(
-  init: Callable[[PRNGKey], Params],
-  embed: Callable[..., Array],
-  feature_dim: int,
-) -> Model:
-  """The `Model` whose `apply` is `embed` followed by the linear head
-  `params['head']`."""
-
-  def apply(params, x, *, key=None, step=None):
-    return linear_head(params['head'], embed(params, x, key=key, step=step))
-
-  return Model(init, apply, embed, feature_dim)
 
 
 def split_head(params: Params) -> tuple[Params, Params]:
@@ -143,20 +108,16 @@ def init_linear_head(
 def cosine_logits(
   head: Params, features: Array, scale: float, eps: float = 1e-8
 ) -> Array:
-  """Scaled cosine similarity of each embedding with each class weight.
-
-  The classifier of Baseline++ (Chen et al. 2019, Section 3.2):
-  `logits[i, c] = scale * <f_i, w_c> / (|f_i| |w_c|)`.
+  """Baseline++'s classifier (Chen et al. 2019, Section 3.2).
 
   Args:
     head: `{'w': [d, n]}`, one weight vector per class (a column).
     features: `[batch, d]`.
-    scale: the temperature (Chen et al. use 2, or 10 for more than 200
-      classes).
+    scale: the temperature.
     eps: added to the norms; keeps a zero vector's logits finite.
 
   Returns:
-    `[batch, n]`.
+    `logits [batch, n] = scale * <f_i, w_c> / (|f_i| |w_c|)`.
   """
   w = head['w']
   f = features / (jnp.linalg.norm(features, axis=-1, keepdims=True) + eps)
@@ -174,24 +135,17 @@ def per_step_batch_norm(
   running statistics (BNRS), or both.
 
   Every selected leaf gets a leading `[num_steps]` axis, initialised to the
-  model's values, and `apply(..., step=i)` uses the set of step `min(i,
-  num_steps - 1)`: inner step `i` of the adaptation uses set `i`; steps past
-  the last set (evaluation with more steps than training) reuse the last
-  one, and `step=None` means the last one. With `weights`, the batch-norm
-  scales and offsets (`BATCH_NORM_LEAVES`) are selected; with `statistics`,
-  the running statistics of a 'running' model (the entry
-  `jaxmeta.models.norms.STATISTICS`).
+  model's values; `apply(..., step=i)` uses set `min(i, num_steps - 1)`
+  (`step=None`: the last).
 
   Args:
-    model: a `Model` whose batch-norm parameters are named as in
-      `BATCH_NORM_LEAVES`.
+    model: a `Model` whose batch-norm parameters are `BATCH_NORM_LEAVES`.
     num_steps: the number of sets, >= 1 (the training inner steps).
-    weights: per-step batch-norm weights and biases (BNWB).
-    statistics: per-step running statistics (BNRS).
+    weights: select the `BATCH_NORM_LEAVES` (BNWB).
+    statistics: select the running statistics `norms.STATISTICS` (BNRS).
 
   Returns:
-    A `Model` with the same `feature_dim`; its `forward` (if the model has
-    one) selects the step's set too.
+    A `Model` whose `apply`, `embed` and `forward` select the step's set.
   """
   if num_steps < 1:
     raise ValueError(
@@ -220,21 +174,18 @@ def per_step_batch_norm(
       lambda path, v: v[index] if is_selected(path) else v, params
     )
 
-  def apply(params, x, *, key=None, step=None):
-    return model.apply(select(params, step), x, key=key, step=step)
+  def per_step(fn):  # `apply`, `embed` or `forward`, on the step's set.
+    if fn is None:
+      return None
 
-  embed = None
-  if model.embed is not None:
+    def with_step(params, *args, key=None, step=None):
+      return fn(select(params, step), *args, key=key, step=step)
 
-    def embed(params, x, *, key=None, step=None):
-      return model.embed(select(params, step), x, key=key, step=step)
+    return with_step
 
-  forward = None
-  if model.forward is not None:
-
-    def forward(params, x, normaliser, *, key=None, step=None):
-      return model.forward(
-        select(params, step), x, normaliser, key=key, step=step
-      )
-
-  return model._replace(init=init, apply=apply, embed=embed, forward=forward)
+  return model._replace(
+    init=init,
+    apply=per_step(model.apply),
+    embed=per_step(model.embed),
+    forward=per_step(model.forward),
+  )

@@ -11,11 +11,11 @@ from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models import norms
 from jaxmeta.models.layers import _glorot_dense
-from jaxmeta.models.layers import conv2d_3x3_same
-from jaxmeta.models.layers import conv2d_3x3_same_cf
+from jaxmeta.models.layers import conv_layout
 from jaxmeta.models.layers import max_pool_2x2
+from jaxmeta.models.layers import pooled_size
 from jaxmeta.models.layers import resolve_conv_impl
-from jaxmeta.types import Array, Params, PRNGKey
+from jaxmeta.types import Params, PRNGKey
 
 
 @register_backbone('conv4')
@@ -29,50 +29,24 @@ def conv4(
 ) -> Model:
   """Conv-4, the standard few-shot backbone (Vinyals et al. 2016).
 
-  `num_blocks` x [3x3 conv, `num_filters` filters, batch norm, ReLU, 2x2
-  max-pool], flatten, linear head with `num_classes` outputs (logits), as in
-  Finn et al. 2017.
-
-  With `batch_norm='transductive'` (the default), batch norm normalises with
-  the statistics of the batch being processed, as in MAML's reference
-  implementation: there are no running averages. During adaptation the
-  statistics are the support set's; the loss on the query set normalises
-  with the query set's statistics. At test time this is transductive: a
-  query image's prediction depends on the other query images of its task
-  (all `ways * queries` of them are scored together), as in the published
-  MAML numbers. The other modes ('support', 'running', 'tasknorm'; see
-  `jaxmeta.models.norms`) score each image independently of the others.
-
-  The ReLU is applied after the max-pool: the two commute (ReLU is monotone),
-  ties included (`max_pool_2x2` passes a tie's gradient to the first element
-  of the window; PyTorch's pool of the ReLU does too, and where the maximum
-  is <= 0 both pass no gradient), and the ReLU and its derivative then touch
-  a quarter of the elements.
-
-  The conv layers have no bias, unlike the reference Conv-4 and PyTorch's
-  `nn.Conv2d`: batch norm subtracts the batch mean right after, which cancels
-  any bias exactly (`(h + b) - mean(h + b) = h - mean(h)`, the variance is
-  unchanged), so the function is the same and a bias would be a parameter
-  whose gradient is exactly zero.
+  `num_blocks` x [3x3 conv, batch norm, ReLU, 2x2 max-pool], flatten, linear
+  head, as in Finn et al. 2017. The ReLU follows the pool (they commute, ties'
+  gradients included) to touch a quarter of the elements; the convolutions
+  have no bias, which the batch norm right after would cancel exactly.
 
   Args:
     num_classes: width of the head (the number of ways).
     input_shape: `(height, width, channels)` of one image.
     num_filters: filters of every conv layer (64 for Omniglot, 32 for 84x84).
     num_blocks: number of conv blocks.
-    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
-      same function of the same parameters (HWIO kernels, NHWC inputs).
-    batch_norm: one of `jaxmeta.models.norms.MODES`. 'running' adds the
-      running statistics (`params['batch_stats']`, one entry per block
-      `conv{i}`), 'tasknorm' the blend parameters `alpha_scale` and
-      `alpha_offset` to each block.
+    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`.
+    batch_norm: one of `jaxmeta.models.norms.MODES` (default: every batch
+      normalises itself, as MAML's reference code); layers named `conv{i}`.
 
   Returns:
-    A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H, W,
-    C]` to logits `[batch, num_classes]` (`key` and `step` are accepted and
-    ignored); `embed` gives the flattened features of the last block,
-    `feature_dim = (H // 2**num_blocks) * (W // 2**num_blocks) *
-    num_filters`.
+    A `Model` mapping `[batch, H, W, C]` to logits `[batch, num_classes]`;
+    `embed` gives the flattened last block, `feature_dim = (H >> num_blocks)
+    * (W >> num_blocks) * num_filters`.
   """
   for name, value in (
     ('num_classes', num_classes),
@@ -93,14 +67,7 @@ def conv4(
   norms.check_mode(batch_norm)
   height, width, channels = (int(s) for s in input_shape)
   impl = resolve_conv_impl(conv_impl)
-  spatial_h, spatial_w = height, width
-  for _ in range(num_blocks):
-    spatial_h, spatial_w = spatial_h // 2, spatial_w // 2
-  if spatial_h < 1 or spatial_w < 1:
-    raise ValueError(
-      f'Input {input_shape} is too small for {num_blocks} '
-      'blocks of 2x2 max-pooling.'
-    )
+  spatial_h, spatial_w = pooled_size(input_shape, num_blocks)
   feature_dim = spatial_h * spatial_w * num_filters
 
   def init(key: PRNGKey) -> Params:
@@ -112,11 +79,8 @@ def conv4(
         'w': jax.nn.initializers.glorot_uniform()(
           keys[i], (3, 3, c_in, num_filters), jnp.float32
         ),
-        'scale': jnp.ones((num_filters,), jnp.float32),
-        'offset': jnp.zeros((num_filters,), jnp.float32),
+        **norms.init_batch_norm(num_filters, batch_norm),
       }
-      if batch_norm == 'tasknorm':
-        params[f'conv{i}'].update(norms.init_task_norm())
       c_in = num_filters
     params['head'] = _glorot_dense(keys[-1], feature_dim, num_classes)
     if batch_norm == 'running':
@@ -125,34 +89,18 @@ def conv4(
       )
     return params
 
-  def forward(
-    params: Params,
-    x: Array,
-    normaliser: norms.Normaliser,
-    *,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ) -> Array:
+  def forward(params, x, normaliser, *, key=None, step=None):
     del key, step  # Deterministic, no per-step parameters.
     check_images(x, (height, width, channels), 'conv4')
-    if impl in ('patches_cf', 'patches_cf_2pass'):
-      two_pass = impl == 'patches_cf_2pass'
-      h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
-      for i in range(num_blocks):
-        p = params[f'conv{i}']
-        h = conv2d_3x3_same_cf(
-          h, p['w'], two_pass
-        )  # No bias: see the docstring.
-        h = normaliser(f'conv{i}', h, p, 0)
-        h = jax.nn.relu(max_pool_2x2(h, spatial_axes=(2, 3)))
-      h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order
-    else:
-      h = x  # [batch, H, W, C]
-      for i in range(num_blocks):
-        p = params[f'conv{i}']
-        h = conv2d_3x3_same(h, p['w'], impl)  # No bias: see the docstring.
-        h = normaliser(f'conv{i}', h, p, -1)
-        h = jax.nn.relu(max_pool_2x2(h))
+    layout = conv_layout(impl)
+    h = jnp.transpose(x, (3, 0, 1, 2)) if layout.channels_first else x
+    for i in range(num_blocks):
+      p = params[f'conv{i}']
+      h = layout.conv3x3(h, p['w'])  # No bias: see the docstring.
+      h = normaliser(f'conv{i}', h, p, layout.channel_axis)
+      h = jax.nn.relu(max_pool_2x2(h, layout.spatial_axes))
+    if layout.channels_first:
+      h = jnp.transpose(h, (1, 2, 3, 0))  # NHWC: the head's feature order.
     return h.reshape(h.shape[0], -1)  # [batch, feature_dim]
 
   return norms.model_from_forward(init, forward, feature_dim, batch_norm)

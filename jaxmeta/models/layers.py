@@ -1,7 +1,6 @@
-"""Layers shared by the backbones: convolutions, batch norm, pooling.
+"""Layers shared by the backbones: convolutions, batch norm, pooling."""
 
-Pure functions of arrays; every backbone of `jaxmeta.models` composes them.
-"""
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,19 +16,10 @@ def _glorot_dense(key: PRNGKey, fan_in: int, fan_out: int) -> Params:
 
 
 def resolve_conv_impl(conv_impl: str = 'auto') -> str:
-  """Returns the convolution implementation to use on the default backend.
-
-  All compute the same function (tested), at different speeds: channels-first
-  patches built in two passes ('patches_cf_2pass') are the fastest on CPUs,
-  built in one pass ('patches_cf') on GPUs, where XLA's convolution under
-  `vmap` becomes slow grouped cuDNN convolutions; TPUs run XLA's convolution
-  on the MXU. The measurements are in benchmarks/README.md.
-
-  Args:
-    conv_impl: one of `CONV_IMPLS`.
-
-  Returns:
-    'xla', 'patches', 'patches_cf' or 'patches_cf_2pass'.
+  """The implementation of `conv_impl` (one of `CONV_IMPLS`) on the default
+  backend: 'auto' is the fastest measured (benchmarks/README.md),
+  'patches_cf_2pass' on CPUs, 'patches_cf' on GPUs, 'xla' on TPUs; all
+  compute the same function.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(
@@ -45,14 +35,59 @@ def resolve_conv_impl(conv_impl: str = 'auto') -> str:
   return 'patches_cf'
 
 
+def pooled_size(input_shape, num_pools: int) -> tuple[int, int]:
+  """`(height, width)` of images `input_shape = (height, width, channels)`
+  after `num_pools` 2x2 max-pools; a ValueError if nothing is left."""
+  height, width = (
+    int(input_shape[0]) >> num_pools,
+    int(input_shape[1]) >> num_pools,
+  )
+  if height < 1 or width < 1:
+    raise ValueError(
+      f'Input {input_shape} is too small for {num_pools} '
+      'blocks of 2x2 max-pooling.'
+    )
+  return height, width
+
+
+class ConvLayout(NamedTuple):
+  """The activation layout of a resolved conv impl and its convolutions."""
+
+  channels_first: bool  # `[C, batch, H, W]`, else NHWC.
+  channel_axis: int
+  spatial_axes: tuple[int, int]
+  conv3x3: Callable[[Array, Array], Array]  # (h, HWIO kernel) -> h
+  conv1x1: Callable[[Array, Array], Array]
+
+
+def conv_layout(impl: str) -> ConvLayout:
+  """The `ConvLayout` of `impl`, a result of `resolve_conv_impl`."""
+  if impl in ('patches_cf', 'patches_cf_2pass'):
+    two_pass = impl == 'patches_cf_2pass'
+    return ConvLayout(
+      True,
+      0,
+      (2, 3),
+      lambda h, w: conv2d_3x3_same_cf(h, w, two_pass),
+      lambda h, w: jnp.tensordot(w[0, 0], h, axes=(0, 0)),
+    )
+  return ConvLayout(
+    False,
+    -1,
+    (1, 2),
+    lambda h, w: conv2d_3x3_same(h, w, impl),
+    lambda h, w: h @ w[0, 0],
+  )
+
+
 def conv2d_3x3_same(x: Array, kernel: Array, impl: str) -> Array:
   """3x3 convolution, stride 1, 'SAME' padding, NHWC.
 
   Args:
     x: `[batch, height, width, in_channels]`.
     kernel: `[3, 3, in_channels, out_channels]` (HWIO).
-    impl: 'xla' (lax.conv_general_dilated) or 'patches' (the nine shifted
-      copies of the padded input concatenated on channels, then one matmul).
+    impl: 'xla' (`lax.conv_general_dilated`) or 'patches' (the nine shifted
+      copies concatenated on channels, then one matmul).
 
   Returns:
     `[batch, height, width, out_channels]`.
@@ -83,24 +118,15 @@ def conv2d_3x3_same_cf(
 ) -> Array:
   """3x3 convolution, stride 1, 'SAME' padding, channels-first `[C, B, H, W]`.
 
-  The nine shifted copies of the padded input are stacked on the leading
-  (channel) axis, and one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]` does the
-  rest. With channels leading, building the copies moves whole contiguous
-  rows, and every matmul of the backward pass (filter gradient: contraction
-  over the minor `B H W` axis of both operands) needs no transposed copy;
-  XLA:CPU runs this layout faster than NHWC patches (see
-  benchmarks/README.md).
-
-  With `two_pass`, the copies are built in two passes: the three column
-  shifts of the padded input, `[3 c_in, B, H + 2, W]`, then the three row
-  shifts of that. Same patches, same matmul; but the derivative of the copy
-  (the sum of nine shifted gradients, col2im) becomes two sums of three,
-  which XLA:CPU runs much faster than one nine-input fusion of pads.
+  The nine shifted copies of the padded input are stacked on the channel
+  axis, then one matmul `[c_out, 9 c_in] @ [9 c_in, B H W]`. With
+  `two_pass`, the copies are the three row shifts of the three column shifts,
+  whose derivative XLA:CPU runs faster (benchmarks/README.md).
 
   Args:
     x: `[in_channels, batch, height, width]`.
-    kernel: `[3, 3, in_channels, out_channels]` (HWIO, as everywhere).
-    two_pass: build the shifted copies in two passes (see above).
+    kernel: `[3, 3, in_channels, out_channels]` (HWIO).
+    two_pass: build the shifted copies in two passes.
 
   Returns:
     `[out_channels, batch, height, width]`.
@@ -127,6 +153,21 @@ def conv2d_3x3_same_cf(
   return out.reshape(c_out, b, h, w)
 
 
+def _moments(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
+  """Two-pass `(mean, x - mean, biased variance)` over `axes` (kept)."""
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  centred = x - mean
+  return mean, centred, jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+
+
+def _per_channel(x: Array, channel_axis: int) -> tuple[tuple[int, ...], list]:
+  """`(every axis but the channels', the shape a [C] vector broadcasts as)`."""
+  channel_axis = channel_axis % x.ndim
+  shape = [1] * x.ndim
+  shape[channel_axis] = x.shape[channel_axis]
+  return tuple(a for a in range(x.ndim) if a != channel_axis), shape
+
+
 def batch_norm(
   x: Array,
   scale: Array,
@@ -134,13 +175,8 @@ def batch_norm(
   eps: float = 1e-5,
   channel_axis: int = -1,
 ) -> Array:
-  """Normalises with the statistics of the batch `x` itself.
-
-  Two-pass statistics: the mean, then the mean square of `x - mean`. The
-  centred input is computed once and serves the variance and the output,
-  so that the derivative reduces over it twice and keeps no other
-  activation-sized residual (`jnp.var` computes the mean again; see
-  `benchmarks/README.md`).
+  """Normalises `x` per channel with its own statistics (the centred input
+  serves the variance and the output: no other activation-sized residual).
 
   Args:
     x: activations, NHWC (`channel_axis=-1`) or `[C, B, H, W]`
@@ -151,37 +187,19 @@ def batch_norm(
     channel_axis: the axis of `x` that holds the channels.
 
   Returns:
-    `x` normalised per channel over every other axis, then scaled and offset.
+    An array shaped like `x`.
   """
-  channel_axis = channel_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  centred = x - mean
-  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+  axes, shape = _per_channel(x, channel_axis)
+  _, centred, var = _moments(x, axes)
   return centred * (
     jax.lax.rsqrt(var + eps) * scale.reshape(shape)
   ) + offset.reshape(shape)
 
 
 def moments(x: Array, channel_axis: int = -1) -> tuple[Array, Array]:
-  """Per-channel mean and (biased) variance of `x` over every other axis.
-
-  Two-pass, as in `batch_norm`: the mean, then the mean square of `x -
-  mean`.
-
-  Args:
-    x: activations, channels on `channel_axis`.
-    channel_axis: the axis of `x` that holds the channels.
-
-  Returns:
-    `(mean, var)`, each `[C]`.
-  """
-  channel_axis = channel_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  """Per-channel `(mean [C], biased variance [C])` of `x` over every other
+  axis, two-pass as in `batch_norm`."""
+  mean, _, var = _moments(x, _per_channel(x, channel_axis)[0])
   return mean.reshape(-1), var.reshape(-1)
 
 
@@ -198,7 +216,7 @@ def normalise(
 
   Args:
     x: activations, channels on `channel_axis`.
-    mean: `[C]`, or broadcastable against `x` (per-example moments).
+    mean: `[C]`, or broadcastable against `x`.
     var: like `mean`.
     scale: `[C]`.
     offset: `[C]`.
@@ -208,26 +226,11 @@ def normalise(
   Returns:
     An array shaped like `x`.
   """
-  channel_axis = channel_axis % x.ndim
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
+  _, shape = _per_channel(x, channel_axis)
   per_channel = lambda v: v.reshape(shape) if v.ndim == 1 else v
   return (x - per_channel(mean)) * (
     jax.lax.rsqrt(per_channel(var) + eps) * scale.reshape(shape)
   ) + offset.reshape(shape)
-
-
-def instance_moments(
-  x: Array, channel_axis: int = -1, batch_axis: int = 0
-) -> tuple[Array, Array]:
-  """Mean and (biased) variance of every example's every channel, over the
-  remaining (spatial) axes, kept as size-1 axes so that they broadcast
-  against `x`."""
-  channel_axis, batch_axis = channel_axis % x.ndim, batch_axis % x.ndim
-  axes = tuple(a for a in range(x.ndim) if a not in (channel_axis, batch_axis))
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-  return mean, var
 
 
 def task_norm(
@@ -243,15 +246,12 @@ def task_norm(
   channel_axis: int = -1,
   batch_axis: int = 0,
 ) -> Array:
-  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm with the
-  context's moments blended with each example's instance-norm moments.
+  """TaskNorm-I (Bronskill et al. 2020, eq. 5-7): batch norm by the context's
+  moments blended with each example's own (over its spatial axes).
 
-  `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`;
-  `mu = alpha mu_C + (1 - alpha) mu_I` and `sigma^2 = alpha (sigma_C^2 +
-  (mu_C - mu)^2) + (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`, where `mu_C,
-  sigma_C^2` are the context set's moments and `mu_I, sigma_I^2` those of
-  the example itself over its spatial positions. An example's output depends
-  on the context and on itself only, never on the other examples of `x`.
+  `alpha = sigmoid(alpha_scale * context_size + alpha_offset)`, `mu = alpha
+  mu_C + (1 - alpha) mu_I`, `sigma^2 = alpha (sigma_C^2 + (mu_C - mu)^2) +
+  (1 - alpha) (sigma_I^2 + (mu_I - mu)^2)`.
 
   Args:
     x: activations, channels on `channel_axis`, examples on `batch_axis`.
@@ -260,21 +260,22 @@ def task_norm(
     context_size: the number of context examples.
     scale: `[C]`.
     offset: `[C]`.
-    alpha_scale: scalar, learned (0 at initialisation, as in the paper's
-      code).
-    alpha_offset: scalar, learned (0 at initialisation: `alpha = 0.5`).
+    alpha_scale: scalar, learned.
+    alpha_offset: scalar, learned.
     eps: added to the variance.
     channel_axis: the axis of `x` that holds the channels.
     batch_axis: the axis of `x` that holds the examples.
 
   Returns:
-    An array shaped like `x`.
+    An array shaped like `x`; an example's output depends on the context and
+    on itself only.
   """
-  channel_axis = channel_axis % x.ndim
-  shape = [1] * x.ndim
-  shape[channel_axis] = x.shape[channel_axis]
+  _, shape = _per_channel(x, channel_axis)
   mu_c, var_c = context_mean.reshape(shape), context_var.reshape(shape)
-  mu_i, var_i = instance_moments(x, channel_axis, batch_axis)
+  # Each example's moments over its spatial axes.
+  example_axes = (channel_axis % x.ndim, batch_axis % x.ndim)
+  spatial = tuple(a for a in range(x.ndim) if a not in example_axes)
+  mu_i, _, var_i = _moments(x, spatial)
   alpha = jax.nn.sigmoid(alpha_scale * context_size + alpha_offset)
   mean = alpha * mu_c + (1 - alpha) * mu_i
   var = alpha * (var_c + jnp.square(mu_c - mean)) + (1 - alpha) * (
@@ -286,26 +287,16 @@ def task_norm(
 def max_pool_2x2(x: Array, spatial_axes: tuple[int, int] = (1, 2)) -> Array:
   """2x2 max-pool, stride 2, 'VALID' (odd sizes are floored: 7 -> 3).
 
-  The four sub-grids of each 2x2 window come from a reshape that splits each
-  spatial axis into (size // 2, 2) (contiguous slices, unlike strided ones),
-  and are reduced pairwise by selection: `where(a >= b or a is NaN, a, b)`.
-  On a tie the earlier element of the window (row-major) wins and receives
-  the whole gradient, and a NaN anywhere in the window is the result, both
-  as in PyTorch's `max_pool2d`. Why not the alternatives:
-  `jnp.max` over the window divides by the number of elements equal to the
-  maximum in its derivative, and in MAML's second-order pass XLA may
-  recompute the window in a fusion that rounds differently, find no equal
-  element and return 0/0 = NaN (seen in float64 on Conv-4); `jnp.maximum`
-  splits a tie's gradient in halves, through compare/select/divide chains
-  that made the pool's backward pass the costliest elementwise fusion of the
-  CPU MAML step. A selection differentiates to the same selection at every
-  order, with no division. Ties are common: binary Omniglot strokes give
-  identical patches, hence identical activations.
+  The window's four sub-grids are reduced pairwise by selection, `where(a >=
+  b or a is NaN, a, b)`: as in PyTorch, a tie's first element gets the whole
+  gradient and NaN wins, and every derivative order is a selection (the
+  derivative of `jnp.max` divides by the count of maxima, which can be 0 in
+  MAML's second-order pass; ties are common on binary Omniglot strokes).
 
   Args:
-    x: activations with two adjacent spatial axes `spatial_axes`: (1, 2) for
-      NHWC, (2, 3) for `[C, B, H, W]`.
-    spatial_axes: the (height, width) axes, adjacent.
+    x: activations with two adjacent spatial axes.
+    spatial_axes: the (height, width) axes: (1, 2) for NHWC, (2, 3) for
+      `[C, B, H, W]`.
 
   Returns:
     `x` with both spatial sizes halved (floored).
@@ -336,28 +327,14 @@ def dropblock(
   block_size: int,
   channels_first: bool = False,
 ) -> Array:
-  """DropBlock (Ghiasi, Lin & Le 2018): drops contiguous square regions.
+  """DropBlock (Ghiasi, Lin & Le 2018, Algorithm 1): drops square regions.
 
-  Every channel of every example gets its own mask (Algorithm 1 of the
-  paper, the per-channel variant it reports as better, and what MetaOptNet
-  uses). Block centres are drawn with probability `gamma` on the positions
-  where a whole `block_size x block_size` block fits, every drawn centre
-  zeroes its block, and the output is rescaled by `count(mask) /
-  count_ones(mask)` over the whole tensor (Algorithm 1, line 7). `gamma` is
-  eq. (1), written for an `h x w` map:
-
-    gamma = drop_rate / (bh * bw) * (h * w) / ((h - bh + 1) * (w - bw + 1)),
-
-  with the block clipped to the map (`bh = min(block_size, h)`, likewise
-  `bw`, as in the paper's reference code), so that about `drop_rate` of the
-  activations are dropped (a little less where blocks overlap). The
-  rescaling keeps the mean activation; positions near the border, covered by
-  fewer blocks, are dropped less often and so come out larger on average
-  (`x * P(kept) / mean P(kept)`). With `block_size = 1` this is dropout with
-  rate `drop_rate`, rescaled by the kept count.
-
-  The mask is drawn in NHWC order whatever the layout, so both layouts of a
-  backbone drop the same activations for the same key.
+  Every channel of every example gets its own mask. Block centres are drawn
+  where a whole block fits with probability `gamma = drop_rate / (bh * bw) *
+  (h * w) / ((h - bh + 1) * (w - bw + 1))` (eq. 1, the block clipped to the
+  map), each zeroes its block, and the rest is rescaled by `count(mask) /
+  count_ones(mask)`; `block_size = 1` is dropout. The mask is drawn in NHWC
+  order, so both layouts drop the same activations for the same key.
 
   Args:
     x: activations, `[batch, H, W, C]`, or `[C, batch, H, W]` with
@@ -369,10 +346,6 @@ def dropblock(
 
   Returns:
     `x` with the dropped blocks zeroed and the rest rescaled.
-
-  References:
-    Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
-    convolutional networks", Algorithm 1 and eq. (1).
   """
   if channels_first:
     c, b, h, w = x.shape

@@ -15,16 +15,12 @@ def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
   """A fully connected ReLU network.
 
   Args:
-    layer_sizes: widths from input to output, e.g. `(784, 400, 10)` for the
-      MLP of the original design document or `(1, 40, 40, 1)` for sinusoids.
-    log_softmax_output: if True, the output is a log-softmax (log
-      probabilities), otherwise raw outputs (logits or regression values).
+    layer_sizes: widths from input to output, e.g. `(1, 40, 40, 1)`.
+    log_softmax_output: if True, the output is a log-softmax.
 
   Returns:
-    A `Model` without a body/head split (`embed` is None); `apply(params, x,
-    *, key=None, step=None)` flattens `x` of shape `[batch, ...]` to
-    `[batch, layer_sizes[0]]` and returns `[batch, layer_sizes[-1]]` (`key`
-    and `step` are accepted and ignored).
+    A `Model` without a body/head split mapping `[batch, ...]` (flattened to
+    `[batch, layer_sizes[0]]`) to `[batch, layer_sizes[-1]]`.
   """
   layer_sizes = tuple(int(s) for s in layer_sizes)
   if len(layer_sizes) < 2 or min(layer_sizes) < 1:
@@ -70,7 +66,7 @@ def mlp(layer_sizes: Sequence[int], log_softmax_output: bool = False) -> Model:
 def mlp_backbone(
   num_outputs: int, input_shape: Sequence[int], hidden: Sequence[int] = (40, 40)
 ) -> Model:
-  """`mlp` with the backbone signature: flattened input, `hidden`, outputs.
+  """`mlp((prod(input_shape), *hidden, num_outputs))`, the backbone signature.
 
   Args:
     num_outputs: width of the output layer.
@@ -78,9 +74,6 @@ def mlp_backbone(
     hidden: widths of the hidden ReLU layers.
 
   Returns:
-    `mlp((prod(input_shape), *hidden, num_outputs))`.
+    A `Model`.
   """
-  size = 1
-  for s in input_shape:
-    size *= int(s)
-  return mlp((size, *hidden, num_outputs))
+  return mlp((math.prod(int(s) for s in input_shape), *hidden, num_outputs))

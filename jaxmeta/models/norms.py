@@ -1,30 +1,14 @@
 """Batch-norm modes: which images' statistics normalise which images.
 
-A backbone with batch norm is written once as `forward(params, x, normaliser,
-*, key=None, step=None) -> embeddings`, calling `normaliser(name, h, p,
-channel_axis)` at each batch-norm layer (`name` the layer's, `p` its
-parameters, `h` its input). The mode picks the normaliser:
-
-* 'transductive': every batch normalises itself with its own statistics (as
-  in MAML's and Reptile's reference code, and their published numbers). A
-  query image's prediction then depends on the other queries scored with it.
-* 'support': a batch normalises itself, and `given_support(model, support_x)`
-  normalises any images with the statistics of the support set (at each
-  inner step, under that step's parameters). Each query is scored
-  independently of the others.
-* 'running': every image but the support set is normalised with running
-  averages of the statistics the query sets had in meta-training (kept in
-  the train state's `model_state`, entry `STATISTICS`, updated by the
-  meta-step; see `jaxmeta.algorithms.normalised_learner`), where every batch
-  normalises itself.
-* 'tasknorm': TaskNorm-I (Bronskill et al. 2020): the support set's
-  statistics blended with each image's own instance-norm statistics, with a
-  learned blend per layer.
-
-In every mode the support set normalises itself (`self_normalised(model)`).
-The algorithms apply that form to support images and the model to every
-other image: the support set is named by the function applied to it, never
-recognised by its array, so copies, casts and `jax.checkpoint` keep it.
+A backbone's body is `forward(params, x, normaliser, *, key=None,
+step=None)`, calling `normaliser(name, h, p, channel_axis)` at each
+batch-norm layer; the mode (`MODES`) picks the normaliser. 'transductive':
+every batch normalises itself (MAML's reference code). 'support': queries
+use the support set's statistics (`given_support`). 'running': running
+averages of the query sets' statistics in meta-training (`STATISTICS`).
+'tasknorm': TaskNorm-I (Bronskill et al. 2020). In every mode the support
+set normalises itself (`self_normalised`), named by the function applied to
+it, never by its array.
 """
 
 from typing import Callable
@@ -43,28 +27,20 @@ from jaxmeta.types import Array, Params, PRNGKey
 MODES = ('transductive', 'support', 'running', 'tasknorm')
 
 # The entry of a 'running' model's parameters that holds the running
-# statistics, `{layer_name: {'mean': [C], 'var': [C]}}`. A model's `init` and
-# its forward passes see them in the parameters (at the top, or under
-# `'model'` for Meta-SGD and MAML++); the train state keeps them apart, as
-# `MetaTrainState.model_state` (`split_model_state`), out of the outer
-# optimiser, and the meta-step's running average alone changes them.
+# statistics, `{layer_name: {'mean': [C], 'var': [C]}}`; the train state keeps
+# them apart, out of the optimiser (`split_model_state`).
 STATISTICS = 'batch_stats'
 
 
 def split_model_state(params: Params) -> tuple[Params, Params]:
-  """Splits the running statistics out of a model's parameters.
-
-  Every `STATISTICS` entry of the nested dicts of `params` goes to the model
-  state, at the same path; the rest are the trainable parameters.
-  `merge_model_state` is the inverse.
+  """Moves every `STATISTICS` entry of the nested dicts of `params` to the
+  model state, at the same path (`merge_model_state` is the inverse).
 
   Args:
     params: parameters as a model's (or learner's) `init` returns them.
 
   Returns:
-    `(trainable, model_state)`: `model_state` is `{}` for a model without
-    running statistics, else e.g. `{STATISTICS: {layer: {'mean', 'var'}}}`
-    or `{'model': {STATISTICS: ...}}` (Meta-SGD, MAML++).
+    `(trainable, model_state)`, `model_state` `{}` without statistics.
   """
   if not isinstance(params, dict):
     return params, {}
@@ -184,6 +160,16 @@ def _collecting(
   return normaliser
 
 
+def _forward_statistics(
+  model: Model, params: Params, x: Array, unbiased: bool = False, **options
+) -> Params:
+  """The moments each batch-norm layer sees in a self-normalised pass."""
+  found = {}
+  normaliser = _collecting(found, _self_normaliser(model.batch_norm), unbiased)
+  model.forward(params, x, normaliser, **options)
+  return found
+
+
 def _self_normaliser(mode: str) -> Normaliser:
   """How a batch normalises itself in meta-training, for `mode`."""
   return self_task_norm if mode == 'tasknorm' else transductive
@@ -195,17 +181,12 @@ def model_from_forward(
   feature_dim: int,
   mode: str = 'transductive',
 ) -> Model:
-  """The `Model` of a backbone body `forward` and a linear head, in `mode`.
-
-  `apply(params, x)` of the model returned normalises as the mode does a
-  batch on its own: 'transductive' and 'support' with the batch's statistics
-  (see `given_support` for the queries), 'tasknorm' with TaskNorm-I taking
-  the batch as its context, 'running' with the running statistics
-  `params[STATISTICS]` (see `self_normalised` for the support set).
+  """The `Model` of a body `forward` and a linear head in `mode`, whose `apply`
+  normalises a batch by itself (by `params[STATISTICS]` in 'running' mode).
 
   Args:
-    init: `init(key) -> params`, holding `STATISTICS` in 'running' mode and
-      the `TASKNORM_LEAVES` of every batch-norm layer in 'tasknorm' mode.
+    init: `init(key) -> params` (with `STATISTICS` in 'running' mode and the
+      `TASKNORM_LEAVES` of each layer in 'tasknorm' mode).
     forward: `forward(params, x, normaliser, *, key=None, step=None) ->
       [batch, feature_dim]`.
     feature_dim: the width of the embeddings.
@@ -225,10 +206,7 @@ def model_from_forward(
       normaliser = _self_normaliser(mode)
     return forward(params, x, normaliser, key=key, step=step)
 
-  def apply(params, x, *, key=None, step=None):
-    return linear_head(params['head'], embed(params, x, key=key, step=step))
-
-  return Model(init, apply, embed, feature_dim, forward, mode)
+  return _from_embed(Model(init, None, None, feature_dim, forward, mode), embed)
 
 
 def _require_forward(model: Model, what: str) -> None:
@@ -249,23 +227,16 @@ def _from_embed(model: Model, embed: Callable[..., Array]) -> Model:
 def given_support(model: Model, support_x: Array) -> Model:
   """The model whose images are normalised by the support set `support_x`.
 
-  In 'support' mode every batch-norm layer normalises its input with the
-  moments of the support set's activations at that layer (computed by a
-  forward pass of `support_x` under the same parameters, hence at every inner
-  step those of the step's parameters); in 'tasknorm' mode those moments are
-  TaskNorm-I's context. 'transductive' and 'running': `model` unchanged. The
-  support set itself goes through `self_normalised(model)`, which gives it
-  the same values in 'support' and 'tasknorm' modes in one pass.
-
-  Under `jax.vmap` over the images (scoring queries one at a time), the
-  support pass does not depend on the mapped image and is computed once.
+  'support': each layer uses the moments of the support set's activations
+  there (a forward pass of `support_x` under the same parameters);
+  'tasknorm': they are TaskNorm-I's context; otherwise `model` unchanged.
 
   Args:
     model: a model of `model_from_forward`.
     support_x: `[support_size, ...]`, the task's support images.
 
   Returns:
-    A `Model` (the same fields, another `apply` and `embed`).
+    A `Model` with another `apply` and `embed`.
   """
   if model.batch_norm == 'transductive':
     return model
@@ -274,14 +245,7 @@ def given_support(model: Model, support_x: Array) -> Model:
     return model
 
   def embed(params, x, *, key=None, step=None):
-    found = {}
-    model.forward(
-      params,
-      support_x,
-      _collecting(found, _self_normaliser(model.batch_norm)),
-      key=key,
-      step=step,
-    )
+    found = _forward_statistics(model, params, support_x, key=key, step=step)
     if model.batch_norm == 'support':
       normaliser = with_statistics(found)
     else:
@@ -292,13 +256,9 @@ def given_support(model: Model, support_x: Array) -> Model:
 
 
 def self_normalised(model: Model) -> Model:
-  """The model that normalises every batch by itself, as meta-training does.
-
-  With the batch's own statistics ('tasknorm': TaskNorm-I with the batch as
-  its context), never the running ones. It is how every mode normalises a
-  support set, and every batch of 'running' mode's meta-training. A
-  'transductive' model is returned unchanged.
-  """
+  """The model that normalises every batch by itself ('tasknorm': as its
+  own context), never with running statistics: how every mode normalises a
+  support set, and 'running' mode every batch of meta-training."""
   if model.batch_norm == 'transductive':
     return model
   _require_forward(model, f'batch_norm={model.batch_norm!r}')
@@ -318,30 +278,21 @@ def batch_statistics(
   step: Array | int | None = None,
   unbiased: bool = False,
 ) -> Params:
-  """The batch moments every batch-norm layer sees in a forward pass of `x`.
-
-  The pass normalises as `self_normalised(model)` does.
+  """The batch moments each batch-norm layer sees in a self-normalised forward
+  pass of `x` (as `self_normalised(model)`).
 
   Args:
     model: a model with `forward`.
     params: its parameters.
     x: a batch `[batch, ...]`.
     step: the inner step, for models with per-step parameters.
-    unbiased: scale the variances by `n / (n - 1)`, `n` the elements per
-      channel (PyTorch's running variance does).
+    unbiased: scale the variances by `n / (n - 1)` (PyTorch's running ones).
 
   Returns:
     `{layer_name: {'mean': [C], 'var': [C]}}`.
   """
   _require_forward(model, 'batch_statistics')
-  found = {}
-  model.forward(
-    params,
-    x,
-    _collecting(found, _self_normaliser(model.batch_norm), unbiased),
-    step=step,
-  )
-  return found
+  return _forward_statistics(model, params, x, unbiased, step=step)
 
 
 def init_statistics(channels: dict[str, int]) -> Params:
@@ -356,10 +307,17 @@ def init_statistics(channels: dict[str, int]) -> Params:
   }
 
 
-def init_task_norm() -> Params:
-  """A layer's TaskNorm-I blend parameters at initialisation (0 and 0,
-  `alpha = 0.5`, as in the reference code)."""
-  return {k: jnp.zeros((), jnp.float32) for k in TASKNORM_LEAVES}
+def init_batch_norm(channels: int, mode: str) -> Params:
+  """A batch-norm layer's `scale` (ones `[C]`) and `offset` (zeros `[C]`),
+  and in 'tasknorm' mode its blend parameters at 0 (`alpha = 0.5`, as in
+  the reference code)."""
+  params = {
+    'scale': jnp.ones((channels,), jnp.float32),
+    'offset': jnp.zeros((channels,), jnp.float32),
+  }
+  if mode == 'tasknorm':
+    params.update({k: jnp.zeros((), jnp.float32) for k in TASKNORM_LEAVES})
+  return params
 
 
 def running_average(

@@ -1,12 +1,6 @@
-"""Rematerialisation: a `Model` whose activations are recomputed, not kept.
-
-Second-order MAML differentiates through the inner loop, so the backward
-pass needs every activation of every inner step's forward and backward
-passes; with ResNet-12 at 84x84 that is gigabytes per task
-(`benchmarks/scaling`). `rematerialised(model)` makes the
-backward pass recompute what it needs from the parameters and the batch,
-trading compute for memory (`benchmarks/scaling/NOTES.md` has the numbers).
-"""
+"""Rematerialisation: a `Model` whose activations are recomputed, not kept,
+trading compute for the memory of second-order MAML
+(`benchmarks/scaling/NOTES.md`)."""
 
 import functools
 from typing import Callable
@@ -34,41 +28,22 @@ REMAT_POLICIES: dict[str, Callable[..., bool]] = {
 def rematerialised(
   model: Model, policy: str | Callable[..., bool] = 'full'
 ) -> Model:
-  """`model` whose forward and backward passes are recomputed, not kept.
+  """`model` whose activations are recomputed in the backward pass, not kept.
 
-  `apply` and `embed` become functions whose derivative is a
-  `jax.checkpoint`ed vector-Jacobian product: a backward pass through them
-  keeps only their inputs (parameters and batch) and recomputes the forward
-  pass; a second derivative through that backward pass (second-order MAML
-  differentiating the inner gradient) keeps only the parameters, the batch
-  and the incoming cotangent of each inner step, and recomputes that step's
-  forward and backward passes. A scanned inner loop then stores a few
-  parameter-sized values per step instead of every activation of it. The
-  policy picks intermediate values to keep inside each recomputation.
-
-  The derivatives are those of `model`, up to floating-point reassociation.
-  Only reverse-mode differentiation is defined (`jax.grad`, `jax.vjp`, of
-  any order): the functions are `jax.custom_vjp`s, so `jax.jvp` of them
-  raises.
-
-  `forward` (the batch-norm hook of `jaxmeta.models.norms`) is left as it
-  is: a normaliser may record the statistics it sees (`norms.given_support`
-  does), and a recomputed function cannot hand those out. The batch-norm
-  modes other than 'transductive', whose training passes go through
-  `forward`, are therefore not rematerialised.
+  `apply` and `embed` become `jax.custom_vjp`s with a `jax.checkpoint`ed
+  backward pass: a derivative of any order keeps only each pass's inputs and
+  cotangents, so a scanned inner loop stores a few parameter-sized values per
+  step (`jax.jvp` raises). `forward` is left as it is (a normaliser may
+  record statistics): only 'transductive' models are rematerialised.
 
   Args:
-    model: a `Model` whose `apply(params, x, *, key=None, step=None)` (and
-      `embed`) take `x` as a float array.
+    model: a `Model` whose `apply` (and `embed`) take `x` as a float array.
     policy: a name in `REMAT_POLICIES` ('full': keep nothing) or a
       `jax.checkpoint_policies` policy.
 
   Returns:
-    A `Model` with the same fields but `apply` and `embed`.
-
-  Example::
-
-    model = jaxmeta.models.rematerialised(jaxmeta.resnet12(num_classes=5))
+    A `Model` with the same fields but `apply` and `embed`, e.g.
+    `jaxmeta.models.rematerialised(jaxmeta.resnet12(num_classes=5))`.
   """
   if isinstance(policy, str):
     if policy not in REMAT_POLICIES:

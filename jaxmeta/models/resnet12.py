@@ -10,10 +10,10 @@ from jaxmeta.models.base import Model
 from jaxmeta.models.base import register_backbone
 from jaxmeta.models import norms
 from jaxmeta.models.layers import _glorot_dense
-from jaxmeta.models.layers import conv2d_3x3_same
-from jaxmeta.models.layers import conv2d_3x3_same_cf
+from jaxmeta.models.layers import conv_layout
 from jaxmeta.models.layers import dropblock
 from jaxmeta.models.layers import max_pool_2x2
+from jaxmeta.models.layers import pooled_size
 from jaxmeta.models.layers import resolve_conv_impl
 from jaxmeta.types import Array, Params, PRNGKey
 
@@ -31,57 +31,40 @@ def resnet12_embed(
   conv_impl: str = 'auto',
   normaliser: norms.Normaliser = norms.transductive,
 ) -> Array:
-  """The ResNet-12 embedding: every block, then global average pooling.
-
-  The widths are read from `params` (`init` of `resnet12`); the options are
-  those given to `resnet12`.
+  """The ResNet-12 embedding (widths read from `params`; see `resnet12`).
 
   Args:
     params: `resnet12(...).init(key)`; the head is not used.
     x: images `[batch, H, W, C]`.
-    key: PRNG key of the DropBlock masks, or None (evaluation: no DropBlock,
-      deterministic).
+    key: PRNG key of the DropBlock masks, or None (no DropBlock).
     drop_rate: see `resnet12`.
     dropblock_size: see `resnet12`.
     early_dropout: see `resnet12`.
     conv_impl: see `resnet12`.
-    normaliser: the batch-norm layers (`jaxmeta.models.norms`); the layers
-      are named `block{i}_bn{j}` and `block{i}_shortcut_bn`.
+    normaliser: the batch-norm layers (`jaxmeta.models.norms`).
 
   Returns:
     Embeddings `[batch, widths[-1]]`.
   """
-  impl = resolve_conv_impl(conv_impl)
+  layout = conv_layout(resolve_conv_impl(conv_impl))
   num_blocks = sum(1 for name in params if name.startswith('block'))
-  channels_first = impl in ('patches_cf', 'patches_cf_2pass')
-  if channels_first:
-    two_pass = impl == 'patches_cf_2pass'
-    conv3x3 = lambda h, w: conv2d_3x3_same_cf(h, w, two_pass)
-    conv1x1 = lambda h, w: jnp.tensordot(w[0, 0], h, axes=(0, 0))
-    channel_axis = 0
-    pool = lambda h: max_pool_2x2(h, spatial_axes=(2, 3))
-    h = jnp.transpose(x, (3, 0, 1, 2))  # [C, batch, H, W]
-  else:
-    conv3x3 = lambda h, w: conv2d_3x3_same(h, w, impl)
-    conv1x1 = lambda h, w: h @ w[0, 0]
-    channel_axis = -1
-    pool = max_pool_2x2
-    h = x  # [batch, H, W, C]
+  channels_first = layout.channels_first
+  h = jnp.transpose(x, (3, 0, 1, 2)) if channels_first else x
   for i in range(num_blocks):
     p = params[f'block{i}']
     out = h
 
     def norm(h, name, i=i, p=p):
-      return normaliser(f'block{i}_{name}', h, p[name], channel_axis)
+      return normaliser(f'block{i}_{name}', h, p[name], layout.channel_axis)
 
     for j in range(3):
-      out = norm(conv3x3(out, p[f'conv{j}']), f'bn{j}')
+      out = norm(layout.conv3x3(out, p[f'conv{j}']), f'bn{j}')
       if j < 2:
         out = jax.nn.leaky_relu(out, _LEAKY_SLOPE)
-    out = out + norm(conv1x1(h, p['shortcut']), 'shortcut_bn')
+    out = out + norm(layout.conv1x1(h, p['shortcut']), 'shortcut_bn')
     # The leaky ReLU after the pool: both commute (it is increasing), ties
     # included, and it then touches a quarter of the elements.
-    h = jax.nn.leaky_relu(pool(out), _LEAKY_SLOPE)
+    h = jax.nn.leaky_relu(max_pool_2x2(out, layout.spatial_axes), _LEAKY_SLOPE)
     last_two = i >= num_blocks - 2
     if key is not None and drop_rate > 0 and (last_two or early_dropout):
       h = dropblock(
@@ -91,8 +74,7 @@ def resnet12_embed(
         dropblock_size if last_two else 1,
         channels_first,
       )
-  spatial = (2, 3) if channels_first else (1, 2)
-  h = jnp.mean(h, axis=spatial)  # [C, batch] or [batch, C]
+  h = jnp.mean(h, axis=layout.spatial_axes)  # [C, batch] or [batch, C]
   return h.T if channels_first else h
 
 
@@ -110,63 +92,34 @@ def resnet12(
 ) -> Model:
   """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019) with DropBlock.
 
-  `len(widths)` residual blocks (four in the papers). Block `i` with width
-  `c`: three 3x3 convolutions without bias, `c` filters each, each followed
-  by batch norm, a leaky ReLU (slope 0.1) after the first two; a shortcut of
-  a 1x1 convolution (no bias) and batch norm added to the third; a leaky
-  ReLU and a 2x2 max-pool. Then global average pooling gives the embedding
-  `[batch, widths[-1]]` (`resnet12_embed`) and a linear head the logits.
-  Conv kernels are He-normal with fan-out, as MetaOptNet's
-  `kaiming_normal_(mode='fan_out')`; the head is Glorot-uniform.
-
-  Batch norm follows `batch_norm`, as in `conv4` (by default the statistics
-  of the batch being processed: transductive at test time).
-
-  DropBlock (`jaxmeta.models.layers.dropblock`, Ghiasi et al. 2018) follows
-  the pool of the last two blocks, as in MetaOptNet, with a constant drop
-  rate: MetaOptNet ramps the drop rate linearly from 0 to `drop_rate` over
-  its first 40k forward passes (the keep-probability schedule of Ghiasi et
-  al., Section 3); that schedule is not implemented here. MetaOptNet also
-  applies plain dropout at `drop_rate` after the first two blocks:
-  `early_dropout=True` does so (DropBlock with blocks of 1, i.e. dropout
-  rescaled by the kept count). DropBlock is active only when `apply` is
-  given a key; with `key=None` (evaluation) the model is deterministic.
-  With 84x84 inputs the maps of the last two blocks are 10x10 and 5x5, so
-  a 5x5 block drops a whole channel of the last block.
-
-  With the standard widths the embedding has 12,424,320 parameters (convs
-  and batch norm), the 12.4M usually quoted for ResNet-12, and the head
-  `640 * num_classes + num_classes` more.
+  `len(widths)` residual blocks of three bias-free 3x3 convolutions with
+  batch norm (a leaky ReLU, slope 0.1, after the first two) plus a 1x1
+  shortcut with batch norm, then a leaky ReLU and a 2x2 max-pool; global
+  average pooling (`resnet12_embed`) and a linear head. Kernels are He-normal
+  fan-out (MetaOptNet), the head Glorot-uniform; the standard widths give
+  the body's usual 12,424,320 parameters. DropBlock follows the pool of the
+  last two blocks at a constant rate (MetaOptNet ramps it up over 40k
+  passes), only when `apply` is given a key.
 
   Args:
     num_classes: width of the head (the number of ways).
-    input_shape: `(height, width, channels)` of one image, e.g. (84, 84, 3)
-      for miniImageNet, (32, 32, 3) for CIFAR-FS / FC100.
+    input_shape: `(height, width, channels)` of one image, e.g. (84, 84, 3).
     widths: the blocks' numbers of filters.
     drop_rate: DropBlock's drop rate (`1 - keep_prob`); 0 disables it.
-    dropblock_size: side of the dropped blocks (5 in MetaOptNet for 84x84;
-      clipped to the map's size).
-    early_dropout: also drop (plain dropout at `drop_rate`) after the blocks
-      before the last two, as MetaOptNet's code does.
-    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`. All give the
-      same function of the same parameters (HWIO kernels, NHWC inputs), and
-      the same DropBlock masks for the same key.
-    batch_norm: one of `jaxmeta.models.norms.MODES` (see `conv4`); the
-      batch-norm layers are named `block{i}_bn{j}` and
-      `block{i}_shortcut_bn`.
+    dropblock_size: side of the dropped blocks (clipped to the map).
+    early_dropout: also plain dropout after the earlier blocks (MetaOptNet).
+    conv_impl: one of `CONV_IMPLS`; see `resolve_conv_impl`.
+    batch_norm: one of `jaxmeta.models.norms.MODES`; the layers are named
+      `block{i}_bn{j}` and `block{i}_shortcut_bn`.
 
   Returns:
-    A `Model`; `apply(params, x, *, key=None, step=None)` maps `[batch, H,
-    W, C]` to logits `[batch, num_classes]` (`step` is ignored); `embed`
-    gives the `[batch, widths[-1]]` embeddings, `feature_dim = widths[-1]`.
+    A `Model` mapping `[batch, H, W, C]` to logits `[batch, num_classes]`;
+    `embed` gives `[batch, widths[-1]]`, `feature_dim = widths[-1]`.
 
   References:
-    Oreshkin, Rodriguez & Lacoste 2018, "TADAM: Task dependent adaptive
-    metric for improved few-shot learning", Section 3 (ResNet-12).
-    Lee, Maji, Ravichandran & Soatto 2019, "Meta-Learning with
-    Differentiable Convex Optimization" (MetaOptNet), Section 4.2.
-    Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for
-    convolutional networks".
+    Oreshkin, Rodriguez & Lacoste 2018, "TADAM", Section 3 (ResNet-12).
+    Lee et al. 2019, "Meta-Learning with Differentiable Convex Optimization"
+    (MetaOptNet), Section 4.2. Ghiasi, Lin & Le 2018, "DropBlock".
   """
   norms.check_mode(batch_norm)
   height, width, channels = (int(s) for s in input_shape)
@@ -174,11 +127,7 @@ def resnet12(
   resolve_conv_impl(conv_impl)  # Fails early on an unknown name.
   if not widths or min(widths) < 1:
     raise ValueError(f'resnet12 needs >= 1 positive widths, got {widths}.')
-  if height >> len(widths) < 1 or width >> len(widths) < 1:
-    raise ValueError(
-      f'Input {input_shape} is too small for {len(widths)} '
-      'blocks of 2x2 max-pooling.'
-    )
+  pooled_size(input_shape, len(widths))
   if not 0 <= drop_rate < 1 or dropblock_size < 1:
     raise ValueError(
       f'drop_rate={drop_rate} must be in [0, 1) and '
@@ -192,11 +141,7 @@ def resnet12(
     c_in = channels
     for i, c in enumerate(widths):
       k = jax.random.split(keys[i], 4)
-      bn = lambda: {
-        'scale': jnp.ones((c,), jnp.float32),
-        'offset': jnp.zeros((c,), jnp.float32),
-        **(norms.init_task_norm() if batch_norm == 'tasknorm' else {}),
-      }
+      bn = lambda: norms.init_batch_norm(c, batch_norm)
       block = {}
       for j in range(3):
         block[f'conv{j}'] = he_normal(
@@ -218,14 +163,7 @@ def resnet12(
       )
     return params
 
-  def forward(
-    params: Params,
-    x: Array,
-    normaliser: norms.Normaliser,
-    *,
-    key: PRNGKey | None = None,
-    step: Array | None = None,
-  ) -> Array:
+  def forward(params, x, normaliser, *, key=None, step=None):
     del step  # No per-step parameters.
     check_images(x, (height, width, channels), 'resnet12')
     return resnet12_embed(
