@@ -59,11 +59,7 @@ def r2d2(
   `beta`, added to every logit, would get no gradient and is left out.
 
   Args:
-    model: a `Model` with `embed`.
-    make_loss: `make_loss(apply) -> loss_fn` (classification), applied to
-      the logits.
-    inner_lr: unused; accepted for the uniform signature.
-    num_inner_steps: unused, must be >= 0.
+    model, make_loss, inner_lr, num_inner_steps: as for `protonet`.
     init_ridge: the initial `lambda` (> 0).
     init_scale: the initial `scale` (> 0).
 
