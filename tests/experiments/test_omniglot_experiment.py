@@ -104,6 +104,7 @@ def test_command_line_train_resume_eval_and_refusals(
   assert code == 1 and 'different configuration' in err
 
 
+@pytest.mark.slow  # A training run in its own process (~40 s).
 def test_first_order_maml_from_the_command_line(
   tmp_path, cli, omniglot_data_dir
 ):

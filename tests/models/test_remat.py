@@ -74,9 +74,9 @@ MODELS = {
 @pytest.mark.parametrize(
   'name,policy',
   [
-    ('conv4', 'full'),
     ('conv4', 'dots'),
-    # Compiles for about 20 s: the slow tier.
+    # Each compiles a second-order step for 20 to 40 s: the slow tier.
+    pytest.param('conv4', 'full', marks=pytest.mark.slow),
     pytest.param('resnet12', 'full', marks=pytest.mark.slow),
   ],
 )
@@ -131,6 +131,7 @@ def test_a_model_without_embed_keeps_none():
   assert rematerialised(model).embed is None
 
 
+@pytest.mark.slow  # Compiles two ResNet-12 second-order steps (~50 s).
 def test_second_order_step_needs_less_memory():
   """XLA's buffer assignment of the scanned second-order step: with every
   inner step recomputed in the backward pass, the program keeps a few
