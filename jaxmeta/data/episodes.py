@@ -101,8 +101,8 @@ def check_counts(counts, num_classes: int, num_drawings: int) -> np.ndarray:
     raise EpisodeConfigError(
       f'counts must be integers [classes] = [{num_classes}] in [1, '
       f'{num_drawings}] (the real examples of each class), got '
-      f'{counts.dtype} {counts.shape} {np.ravel(counts)[:8].tolist()}. Fix: pass '
-      '`load(...).counts`, or None where every class is full.'
+      f'{counts.dtype} {counts.shape} {np.ravel(counts)[:8].tolist()}. '
+      'Fix: pass `load(...).counts`, or None where every class is full.'
     )
   return counts.astype(np.int64)
 
