@@ -170,3 +170,17 @@ def test_too_few_drawable_classes_or_bad_counts_are_refused(sample):
   for bad in (COUNTS[:-1], COUNTS * 0, COUNTS + 1, COUNTS / 2):
     with pytest.raises(episodes.EpisodeConfigError, match='counts must be'):
       sample(bad)
+
+
+def test_one_program_for_any_counts():
+  traces = []
+
+  @jax.jit
+  def sample(key, images, counts):
+    traces.append(None)
+    return episodes.sample_tasks(key, images, 2, WAYS, SHOTS, QUERIES, counts)
+
+  images = _ragged_images()
+  for counts in (COUNTS, np.minimum(COUNTS, 5), np.minimum(COUNTS, 4)):
+    _decode(sample(jax.random.key(3), images, counts).query_x)
+  assert len(traces) == 1
