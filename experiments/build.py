@@ -253,7 +253,7 @@ class Run:
     self.load(first_split)
     num_train_classes = None
     if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
-      num_train_classes = int(self.load('train').shape[0])
+      num_train_classes = len(tasks.class_images(self.load('train'))[0])
     # Recorded in the workdir (`meta`) so that `predict.load_run` rebuilds the
     # learner without the data.
     self.input_shape = tuple(self.family.input_shape(self.data[first_split]))

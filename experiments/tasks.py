@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 import jaxmeta
 from jaxmeta.data import augment as augment_lib
@@ -39,7 +40,9 @@ class TaskFamily(NamedTuple):
       the best checkpoint on validation.
     higher_is_better: whether a larger `metric` is better.
     load: `load(split) -> data` of 'train', 'val' or 'test', on the device
-      (None where tasks are generated); cached.
+      (None where tasks are generated); cached. An image split's data is its
+      images, or `(images, counts)` where its classes are ragged (see
+      `class_images`).
     sample: `sample(key, data, train) -> Task`, one task on the device, of
       the training shape and augmented if `train`.
     sample_host: None, or `sample_host(key, data, num_tasks) -> Task`, a
@@ -77,6 +80,13 @@ def train_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def train_ways(config: ml_collections.ConfigDict) -> int:
   """Classes per training episode (`train_ways`, 0 = `ways`)."""
   return config.get('train_ways', 0) or config.ways
+
+
+def class_images(data) -> tuple[Any, Any]:
+  """`(images, counts)` of an image split's data: `counts` is None where
+  every class is full (`load` then gives the images alone), else int32
+  `[classes]` (see `jaxmeta.data.ClassImages`)."""
+  return data if isinstance(data, tuple) else (data, None)
 
 
 def check_crop_padding(crop_padding: int, image_size: int) -> None:
@@ -129,31 +139,37 @@ def episodic(
     for ways, shots, queries in set(shapes.values()):
       try:
         episodes.check_episode_config(
-          num_classes, num_examples, ways, shots, queries
+          num_classes, num_examples, ways, shots, queries, data.counts
         )
       except episodes.EpisodeConfigError as e:
         raise TaskFamilyError(
           f'The {split} split of {config.dataset} ({options}): {e}'
         ) from e
-    if on_host and split == 'train':
-      return data.images  # Stays in host memory: see `sample_host`.
-    return jax.device_put(data.images)  # uint8 [classes, examples, H, W, C]
+    arrays = data.images  # uint8 [classes, examples, H, W, C]
+    if data.counts is not None:  # Ragged classes: see `class_images`.
+      arrays = data.images, np.asarray(data.counts, np.int32)
+    if not (on_host and split == 'train'):  # Else host memory: `sample_host`.
+      arrays = jax.device_put(arrays)
+    return arrays
 
-  def sample(key, images, train):
-    task = episodes.sample_task(key, images, *shapes[train])
+  def sample(key, data, train):
+    images, counts = class_images(data)
+    task = episodes.sample_task(key, images, *shapes[train], counts)
     return augment_task(jax.random.fold_in(key, 1), task) if train else task
 
-  def sample_host(key, images, num_tasks):
+  def sample_host(key, data, num_tasks):
+    images, counts = class_images(data)
     return host_episodes.sample_tasks_host(
-      key, images, num_tasks, *shapes[True]
+      key, images, num_tasks, *shapes[True], counts=counts
     )
 
-  def sample_batch(key, images, batch_size):
-    batch = episodes.sample_batch(key, images, batch_size)
+  def sample_batch(key, data, batch_size):
+    images, counts = class_images(data)
+    batch = episodes.sample_batch(key, images, batch_size, counts)
     return augment_task(jax.random.fold_in(key, 1), batch)
 
   return TaskFamily(
-    input_shape=lambda images: tuple(images.shape[2:]),
+    input_shape=lambda data: tuple(class_images(data)[0].shape[2:]),
     num_outputs=config.ways,
     make_loss=jaxmeta.classification_loss,
     metric='accuracy',

@@ -1,7 +1,8 @@
 """Data for few-shot learning: datasets by name and episodic task sampling.
 
 `load(name, split, ...)` gives a split of a registered dataset (`DATASETS`)
-as one uint8 array `[classes, examples, H, W, C]`;
+as one uint8 array `[classes, examples, H, W, C]` (and, where classes hold
+unequal numbers of examples, their counts: `ClassImages`);
 `episodes.sample_task` / `sample_tasks` draw N-way K-shot tasks from it inside
 `jit`; `sample_tasks_host` draws them on the host when a split is too large for
 the device. Registered: 'omniglot', 'miniimagenet', 'cifar_fs', 'fc100'.

@@ -20,6 +20,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmeta.types import Array, PRNGKey, Task
 
@@ -46,10 +47,16 @@ def _static_int(name: str, value) -> int:
 
 
 def check_episode_config(
-  num_classes: int, num_drawings: int, ways: int, shots: int, queries: int
+  num_classes: int,
+  num_drawings: int,
+  ways: int,
+  shots: int,
+  queries: int,
+  counts=None,
 ) -> None:
   """Checks that a split of `num_classes` classes of `num_drawings` drawings
-  can supply tasks of this shape (see `sample_task`); else an
+  (the first `counts[c]` of class c where `counts` is given, see
+  `check_counts`) can supply tasks of this shape (see `sample_task`); else an
   `EpisodeConfigError` (a ValueError) naming the problem and the fix."""
   num_classes = _static_int('num_classes', num_classes)
   num_drawings = _static_int('num_drawings', num_drawings)
@@ -69,6 +76,40 @@ def check_episode_config(
       f'drawings must be disjoint. Fix: use shots + queries <= '
       f'{num_drawings}.'
     )
+  if counts is None:
+    return
+  counts = check_counts(counts, num_classes, num_drawings)
+  drawable = int(np.sum(counts >= shots + queries))
+  if ways > drawable:
+    raise EpisodeConfigError(
+      f'ways={ways} is more than the {drawable} of {num_classes} classes '
+      f'with at least shots + queries = {shots + queries} examples (only '
+      f'those are drawn). Fix: use ways <= {drawable}, or shots + queries <= '
+      f'{np.sort(counts)[-ways]}.'
+    )
+
+
+def check_counts(counts, num_classes: int, num_drawings: int) -> np.ndarray:
+  """`counts` as int64 `[num_classes]` in `[1, num_drawings]`, else an
+  `EpisodeConfigError`."""
+  counts = np.asarray(counts)
+  if (
+    counts.shape != (num_classes,)
+    or not np.issubdtype(counts.dtype, np.integer)
+    or not np.all((counts >= 1) & (counts <= num_drawings))
+  ):
+    raise EpisodeConfigError(
+      f'counts must be integers [classes] = [{num_classes}] in [1, '
+      f'{num_drawings}] (the real examples of each class), got '
+      f'{counts.dtype} {counts.shape} {np.ravel(counts)[:8].tolist()}. '
+      'Fix: pass `load(...).counts`, or None where every class is full.'
+    )
+  return counts.astype(np.int64)
+
+
+def _concrete(counts):
+  """`counts`, or None where traced (under `jit` the caller checks them)."""
+  return None if isinstance(counts, jax.core.Tracer) else counts
 
 
 def check_at_least_one(name: str, value) -> int:
@@ -114,7 +155,12 @@ def split_support_query(chosen: Array, shots: int) -> Task:
 
 
 def sample_task(
-  key: PRNGKey, images: Array, ways: int, shots: int, queries: int
+  key: PRNGKey,
+  images: Array,
+  ways: int,
+  shots: int,
+  queries: int,
+  counts: Array | None = None,
 ) -> Task:
   """Samples one `ways`-way `shots`-shot task with `queries` queries per class.
 
@@ -124,6 +170,14 @@ def sample_task(
   [1]*shots + ...`). Cost: a top-k over classes plus O(ways * drawings); only
   the chosen images are gathered.
 
+  With `counts` (ragged classes, see `jaxmeta.data.ClassImages`), class c's
+  drawings are drawn uniformly among its first `counts[c]`, never a padding
+  row, and classes are drawn uniformly among those with at least `shots +
+  queries` drawings. Smaller classes are skipped rather than refused, so
+  that a split with a few small classes stays usable at every task shape it
+  has enough classes for. One program for any counts: the padding rows' and
+  skipped classes' random scores are masked before the top-k.
+
   Args:
     key: PRNG key.
     images: `[classes, drawings, H, W, C]`, uint8 (scaled by 1/255) or float
@@ -131,6 +185,9 @@ def sample_task(
     ways: classes per task (static).
     shots: support examples per class (static).
     queries: query examples per class (static).
+    counts: None (every class has all `drawings`) or int `[classes]`, the
+      real drawings of each class, each in `[1, drawings]`. Under `jit`, the
+      caller checks them with `check_episode_config`.
 
   Returns:
     `Task` with support_x float32 `[ways * shots, H, W, C]`, support_y int32
@@ -143,7 +200,9 @@ def sample_task(
   images = jnp.asarray(images)
   check_images(images)
   num_classes, num_drawings = images.shape[:2]
-  check_episode_config(num_classes, num_drawings, ways, shots, queries)
+  check_episode_config(
+    num_classes, num_drawings, ways, shots, queries, _concrete(counts)
+  )
   class_key, drawing_key = jax.random.split(key)
   # The `ways` largest of iid uniform scores: distinct classes, a uniformly
   # random subset in a uniformly random order, so label i -> classes[i] is a
@@ -152,27 +211,39 @@ def sample_task(
   # Scores have 23 random bits; a tie at the boundary, p ~ ways * classes /
   # 2**23 per task, favours the lower class index, a negligible bias.)
   scores = jax.random.uniform(class_key, (num_classes,))
+  if counts is not None:  # Scores are >= 0: a -1 is never among the top.
+    scores = jnp.where(jnp.asarray(counts) >= shots + queries, scores, -1.0)
   _, classes = jax.lax.top_k(scores, ways)  # [ways]
-  drawings = jax.vmap(
-    lambda k: jax.random.choice(
-      k, num_drawings, (shots + queries,), replace=False
-    )
-  )(jax.random.split(drawing_key, ways))  # [ways, shots + queries]
+  if counts is None:
+    drawings = jax.vmap(
+      lambda k: jax.random.choice(
+        k, num_drawings, (shots + queries,), replace=False
+      )
+    )(jax.random.split(drawing_key, ways))  # [ways, shots + queries]
+  else:  # The same top-k, over each class's real drawings.
+    scores = jax.random.uniform(drawing_key, (ways, num_drawings))
+    real = jnp.arange(num_drawings) < jnp.asarray(counts)[classes, None]
+    _, drawings = jax.lax.top_k(jnp.where(real, scores, -1.0), shots + queries)
   chosen = images[classes[:, None], drawings]  # [ways, shots + queries, ...]
   return split_support_query(chosen, shots)
 
 
-def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
+def sample_batch(
+  key: PRNGKey, images: Array, batch_size: int, counts: Array | None = None
+) -> Task:
   """A minibatch of images of all classes, labelled with their class index.
 
   What ordinary classification training draws (Baseline's pretraining):
-  `batch_size` (class, drawing) pairs uniformly with replacement, as a `Task`
-  whose query set is empty, so that it travels through the meta-step.
+  `batch_size` images with replacement, each of a uniformly drawn class and a
+  uniformly drawn drawing of it (among its first `counts[c]` with `counts`),
+  as a `Task` whose query set is empty, so that it travels through the
+  meta-step.
 
   Args:
     key: PRNG key.
     images: `[classes, drawings, H, W, C]` (see `sample_task`).
     batch_size: images in the minibatch (static, >= 1).
+    counts: None or int `[classes]` (see `sample_task`).
 
   Returns:
     `Task` with support_x float32 `[batch_size, H, W, C]`, support_y int32
@@ -183,9 +254,12 @@ def sample_batch(key: PRNGKey, images: Array, batch_size: int) -> Task:
   check_images(images)
   batch_size = check_at_least_one('batch_size', batch_size)
   num_classes, num_drawings = images.shape[:2]
+  if _concrete(counts) is not None:
+    check_counts(counts, num_classes, num_drawings)
   class_key, drawing_key = jax.random.split(key)
   classes = jax.random.randint(class_key, (batch_size,), 0, num_classes)
-  drawings = jax.random.randint(drawing_key, (batch_size,), 0, num_drawings)
+  ends = num_drawings if counts is None else jnp.asarray(counts)[classes]
+  drawings = jax.random.randint(drawing_key, (batch_size,), 0, ends)
   x = to_unit_float(images[classes, drawings])
   y = classes.astype(jnp.int32)
   return Task(support_x=x, support_y=y, query_x=x[:0], query_y=y[:0])
@@ -198,12 +272,13 @@ def sample_tasks(
   ways: int,
   shots: int,
   queries: int,
+  counts: Array | None = None,
 ) -> Task:
   """Samples a meta-batch: `vmap(sample_task)` over `split(key, num_tasks)`.
 
   Args:
     key: PRNG key.
-    images, ways, shots, queries: see `sample_task`.
+    images, ways, shots, queries, counts: see `sample_task`.
     num_tasks: tasks in the batch (static).
 
   Returns:
@@ -213,7 +288,12 @@ def sample_tasks(
   num_tasks = check_at_least_one('num_tasks', num_tasks)
   keys = jax.random.split(key, num_tasks)
   sample_one = functools.partial(
-    sample_task, images=images, ways=ways, shots=shots, queries=queries
+    sample_task,
+    images=images,
+    ways=ways,
+    shots=shots,
+    queries=queries,
+    counts=counts,
   )
   return jax.vmap(sample_one)(keys)
 

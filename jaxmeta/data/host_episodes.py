@@ -56,20 +56,28 @@ def sample_task_indices(
   ways: int,
   shots: int,
   queries: int,
+  counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Which classes (label i is `classes[t, i]`) and examples (the first
-  `shots` for the support set) a meta-batch uses, all without replacement.
+  `shots` for the support set) a meta-batch uses, all without replacement;
+  with `counts`, as `episodes.sample_task` draws them.
 
   Returns:
     (classes int64 `[num_tasks, ways]`, examples int64
     `[num_tasks, ways, shots + queries]`).
   """
-  check_episode_config(num_classes, num_examples, ways, shots, queries)
+  check_episode_config(num_classes, num_examples, ways, shots, queries, counts)
   num_tasks = episodes.check_at_least_one('num_tasks', num_tasks)
+  drawable = np.arange(num_classes)
+  if counts is not None:
+    counts = np.asarray(counts)
+    drawable = np.flatnonzero(counts >= shots + queries)
   classes = np.stack(
-    [rng.choice(num_classes, ways, replace=False) for _ in range(num_tasks)]
+    [rng.choice(drawable, ways, replace=False) for _ in range(num_tasks)]
   )
   scores = rng.random((num_tasks, ways, num_examples))
+  if counts is not None:  # Padding rows sort last.
+    scores[np.arange(num_examples) >= counts[classes][..., None]] = np.inf
   examples = np.argsort(scores, axis=-1)[..., : shots + queries]
   return classes, examples
 
@@ -90,6 +98,7 @@ def sample_tasks_host(
   queries: int,
   *,
   device=None,
+  counts: np.ndarray | None = None,
 ) -> Task:
   """Samples a meta-batch on the host and transfers only its images.
 
@@ -101,6 +110,8 @@ def sample_tasks_host(
     num_tasks, ways, shots, queries: as `episodes.sample_tasks`'s.
     device: where to put the tasks (a device or sharding for
       `jax.device_put`); default JAX's default device.
+    counts: None or int `[classes]`, the real examples of each class, drawn
+      as `episodes.sample_task` draws them (never a padding row).
 
   Returns:
     `Task` on the device, as `episodes.sample_tasks` returns, e.g. support_x
@@ -112,7 +123,7 @@ def sample_tasks_host(
   episodes.check_images(images)
   rng = host_rng(key)
   classes, examples = sample_task_indices(
-    rng, images.shape[0], images.shape[1], num_tasks, ways, shots, queries
+    rng, *images.shape[:2], num_tasks, ways, shots, queries, counts
   )
   # [num_tasks, ways, shots + queries, H, W, C]
   chosen = np.asarray(images[classes[:, :, None], examples])

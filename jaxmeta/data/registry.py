@@ -6,8 +6,6 @@ the sampler (`jaxmeta.data.episodes`) and the harness know nothing else, so
 adding one is a module with such a loader and a `register_dataset` line.
 """
 
-from __future__ import annotations
-
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -28,15 +26,23 @@ class DataError(ValueError):
 class ClassImages(NamedTuple):
   """Every example of every class of one split.
 
+  Classes may hold unequal numbers of examples (e.g. CUB-200, a user's own
+  folders): `examples` is then the largest class's, class c's real examples
+  are its first `counts[c]` rows and the rows past them are padding (zeros),
+  which the samplers never draw (see `jaxmeta.data.episodes.sample_task`).
+
   Attributes:
     images: uint8 `[classes, examples, H, W, C]`, class-major; the examples
       of a class in a fixed, documented order.
     class_names: one name per class, e.g. `'Angelic/character01/rot090'` for
       Omniglot or a WordNet id `'n01532829'` for mini-ImageNet.
+    counts: None (every class has all `examples`) or int `[classes]`, the
+      real examples of each class, each in `[1, examples]`.
   """
 
   images: np.ndarray
   class_names: tuple[str, ...]
+  counts: np.ndarray | None = None
 
 
 Loader = Callable[..., ClassImages]  # See the module docstring.

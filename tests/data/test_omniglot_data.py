@@ -112,7 +112,8 @@ def test_split_sizes_and_disjointness(omniglot_data_dir, scheme):
     for s in omniglot.SPLITS
   }
   for split, expected in zip(omniglot.SPLITS, EXPECTED_CLASSES[scheme]):
-    images, names = splits[split]
+    images, names, counts = splits[split]
+    assert counts is None  # Every class has its 20 drawings.
     assert images.shape == (expected, 20, 28, 28, 1)
     assert images.dtype == np.uint8
     assert len(names) == expected == len(set(names))
@@ -140,7 +141,7 @@ def test_split_sizes_and_disjointness(omniglot_data_dir, scheme):
   ],
 )
 def test_forced_rotations(omniglot_data_dir, scheme, split, rotations, classes):
-  images, names = omniglot.load(
+  images, names, _ = omniglot.load(
     split, scheme, rotations=rotations, data_dir=omniglot_data_dir
   )
   assert images.shape[0] == len(names) == classes
@@ -226,7 +227,7 @@ def test_known_image_round_trips(omniglot_data_dir):
       )
     )
   assert len(members) == 20 and members[0].endswith('_01.png')
-  images, names = omniglot.load(
+  images, names, _ = omniglot.load(
     'test', 'lake', rotations=False, data_dir=omniglot_data_dir
   )
   index = names.index('Angelic/character01/rot000')
@@ -239,7 +240,9 @@ def test_known_image_round_trips(omniglot_data_dir):
 
 
 def test_rotations_are_counter_clockwise(omniglot_data_dir):
-  images, names = omniglot.load('train', 'vinyals', data_dir=omniglot_data_dir)
+  images, names, _ = omniglot.load(
+    'train', 'vinyals', data_dir=omniglot_data_dir
+  )
   base = names.index('Angelic/character01/rot000')
   upright = images[base, 3, :, :, 0]
   for k in range(4):
