@@ -4,8 +4,11 @@ Never asserts a speed: only that the numbers are the recorded FLOPs over the
 recorded times, and what is measured when.
 """
 
+import sys
+
 import pytest
 
+from experiments import benchmark as package
 from experiments.benchmark import roofline
 from experiments.benchmark import run
 from support.tiny_runs import tiny_benchmark_settings
@@ -89,3 +92,20 @@ def test_peak_off_leaves_achieved_gflops_without_a_fraction(
   markdown = (tmp_path / 'out' / 'benchmark.md').read_text()
   assert '- Matmul peak: not measured' in markdown
   assert '| FLOPs per step | GFLOP/s | of fp32 peak |' in markdown
+
+
+def test_without_torch_the_peak_is_xlas_alone(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
+  for name in ('torch_step', 'torch_baselines'):
+    monkeypatch.delitem(sys.modules, f'{package.__name__}.{name}', False)
+    monkeypatch.delattr(package, name, raising=False)
+  settings = tiny_benchmark_settings(
+    tmp_path, algorithms=('reptile',), matmul_peak_size=16
+  )
+  results, ok = run.run_benchmark(settings)
+  assert ok
+  _assert_two_n_cubed_over_own_time(results['matmul_peak'], 16, ['xla'])
+  (row,) = results['rows']
+  assert row['fraction_of_fp32_peak'] == pytest.approx(
+    row['achieved_gflops'] / results['matmul_peak'][0]['gflops'], rel=1e-12
+  )
