@@ -208,8 +208,8 @@ def timings(h: Harness, job: Job, found: dict, env: dict) -> list[dict]:
   timing.add_paired_speedups(rows)
   torch_rows = [r for r in rows if r['framework'] == 'torch']
   if any(r['status'] == 'ok' for r in torch_rows):
-    # The same computation as jaxmeta's reference step: the meta-gradients
-    # agree. Its count, from its row or else from the step not run.
+    # The same computation as jaxmeta's reference step (their meta-gradients
+    # agree): its row's count, or its step's lowered without running it.
     reference = rows[0] if rows[0]['framework'] == 'jax' else {}
     flops = reference.get('flops') or reference_flops(h, job)
     source = label('jaxmeta', jaxmeta.resolve_conv_impl(h.conv_impls[0]))

@@ -1,6 +1,7 @@
 """PyTorch's side: the same weights and batch, the checked and the timed step.
 
-Imports torch: `run` loads it only when a PyTorch implementation is asked for.
+Imports torch: `run` loads it where torch is installed (for the matmul peak)
+and refuses PyTorch implementations where it is not.
 """
 
 import time
