@@ -18,6 +18,10 @@ speed does not depend on pixel values), then:
    and run once each, the implementations of one configuration and algorithm
    are then timed in turns of `--interleave_block` steps, so that a change of
    load does not bias their ratios. Median and min over the timed steps.
+3. Roofline: each timed row's FLOPs per step (XLA's count of jaxmeta's step;
+   a torch row has that of the same algorithm), achieved GFLOP/s and its
+   fraction of the best float32 matmul peak, timed at the start of the run
+   (`--matmul_peak_size`; 0: none).
 
 Implementations: `jaxmeta` (one row per `--conv_impls` entry), `torch_loop`
 (per-task loop), `torch_func` (`torch.func`, `vmap` over tasks) and
@@ -37,7 +41,8 @@ meta-step, log scale).
 
 Modules: `configs` (presets and settings), `checks` (the cross-check),
 `jax_step` and `torch_step` (each side's checked and timed step, with
-`torch_baselines`), `timing`, `report` (outputs), `run` (the whole run),
-`cli` (flags and `main`), `xla_costs` (what XLA says a program costs, for
+`torch_baselines`), `timing`, `roofline` (the matmul peak, each row's
+GFLOP/s), `report` (outputs), `run` (the whole run), `cli` (flags and
+`main`), `xla_costs` (what XLA says a program costs: the rows' FLOPs, and
 `benchmarks/scaling/`).
 """

@@ -48,13 +48,17 @@ HELP = {
   'interleave_block': 'Timed steps of one implementation per turn (each '
   'turn starts with one untimed step); see `timing.time_interleaved`.',
   'seed': 'Seed of the initial weights and the batch.',
+  'matmul_peak_size': 'Side n of the square matmul timed at the start (XLA '
+  "and PyTorch, float32 and bfloat16) for the peak that each row's "
+  f'achieved GFLOP/s is a fraction of (default {_FULL["matmul_peak_size"]}; '
+  f'{_TINY["matmul_peak_size"]} at --size=tiny); 0: no peak.',
   'torch_device': "'auto' (cuda if available), 'cpu' or 'cuda'.",
   'debug_perturb_check': 'Testing aid: torch implementations whose '
   'gradients are scaled by 1 + 1e-3 before the cross-check, which must '
   'then fail.',
 }
 # Settings whose flag has no default: --size's.
-BY_SIZE = ('configs', 'num_steps', 'warmup_steps')
+BY_SIZE = ('configs', 'num_steps', 'warmup_steps', 'matmul_peak_size')
 
 
 def _validator(problem):

@@ -39,14 +39,18 @@ PRESETS = {
 FIELDS = (
   'ways shots queries meta_batch inner_steps inner_lr input_shape num_filters'
 )
-# --size -> the presets it runs, timed and untimed steps per row.
+# --size -> the presets it runs, timed and untimed steps per row, the side
+# of the square matmul that measures the machine's peak.
 SIZES = {
   'full': dict(
     configs=('omniglot_5w1s', 'omniglot_20w1s', 'miniimagenet_5w1s'),
     num_steps=20,
     warmup_steps=2,
+    matmul_peak_size=4096,
   ),
-  'tiny': dict(configs=('tiny',), num_steps=3, warmup_steps=1),
+  'tiny': dict(
+    configs=('tiny',), num_steps=3, warmup_steps=1, matmul_peak_size=256
+  ),
 }
 # Settings that count something: (lowest value, what it counts).
 LOWER_BOUNDS = {
@@ -55,6 +59,7 @@ LOWER_BOUNDS = {
   'interleave_block': (1, 'timed steps per turn'),
   'task_chunk_size': (0, '0: the default'),
   'seed': (0, 'a PRNG seed'),
+  'matmul_peak_size': (0, '0: no peak measurement'),
 }
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import optax
 
 import jaxmeta
+from . import xla_costs
 from .checks import flatten_params
 from .timing import Timer
 
 Config = ml_collections.ConfigDict
+FLOPS_SOURCE = 'XLA cost analysis of the step, loops unrolled'
 
 
 def make_tasks(config: Config, key: jax.Array) -> jaxmeta.Task:
@@ -131,6 +133,24 @@ def program_peak_bytes(compiled) -> int | None:
   )
 
 
+def meta_step(
+  config: Config,
+  algorithm: str,
+  conv_impl: str,
+  init_key: jax.Array,
+  settings: Config,
+):
+  """jaxmeta's timed meta-step, jitted with the state donated, its initial
+  state and its task chunking."""
+  learner, optimizer = jax_setup(config, algorithm, conv_impl)
+  chunk = jax_task_chunk_size(config, settings)
+  step = jax.jit(
+    jaxmeta.make_meta_train_step(learner, optimizer, task_chunk_size=chunk),
+    donate_argnums=0,
+  )
+  return step, jaxmeta.init_train_state(learner, optimizer, init_key), chunk
+
+
 def start_jax_timer(
   config: Config,
   algorithm: str,
@@ -140,14 +160,11 @@ def start_jax_timer(
   settings: Config,
 ) -> Timer:
   """Compiles jaxmeta's jitted meta-step (meta-gradient + Adam, state
-  donated) and runs it once."""
-  learner, optimizer = jax_setup(config, algorithm, conv_impl)
-  chunk = jax_task_chunk_size(config, settings)
-  step = jax.jit(
-    jaxmeta.make_meta_train_step(learner, optimizer, task_chunk_size=chunk),
-    donate_argnums=0,
+  donated) and runs it once; its info has XLA's FLOP count of the step."""
+  step, state, chunk = meta_step(
+    config, algorithm, conv_impl, init_key, settings
   )
-  carry = {'state': jaxmeta.init_train_state(learner, optimizer, init_key)}
+  carry = {'state': state}
   # The precision is fixed when the step is traced and compiled.
   precision = None if settings.timing_precision == 'default' else 'highest'
   with jax.default_matmul_precision(precision):
@@ -161,6 +178,7 @@ def start_jax_timer(
 
   run()
   first_step_s = time.perf_counter() - start
+  flops = xla_costs.unrolled_flops(step, carry['state'], tasks)
 
   def finish():
     metrics = carry['metrics']
@@ -177,6 +195,8 @@ def start_jax_timer(
       first_run_s=first_step_s - compile_s,
       peak_memory_bytes=program_peak_bytes(compiled),
       peak_memory_source='XLA memory analysis of the compiled step',
+      flops=flops,
+      flops_source=FLOPS_SOURCE,
     ),
     finish,
   )

@@ -14,15 +14,18 @@ from .. import common
 from .checks import FLOAT64_TOL
 
 BYTES_PER_MIB = 2**20
-# The table's columns of a timed row: (row field, format).
+# The table's columns of a timed row: (row field, format, header).
 TIMED_COLUMNS = [
-  ('median_ms', '.1f'),
-  ('min_ms', '.1f'),
-  ('num_timed_steps', 'd'),
-  ('tasks_per_s', '.2f'),
-  ('compile_s', '.2f'),
-  ('first_step_s', '.2f'),
-  ('peak_mib', '.0f'),
+  ('median_ms', '.1f', 'median ms'),
+  ('min_ms', '.1f', 'min ms'),
+  ('num_timed_steps', 'd', 'steps'),
+  ('tasks_per_s', '.2f', 'tasks/s'),
+  ('compile_s', '.2f', 'compile s'),
+  ('first_step_s', '.2f', 'first step s'),
+  ('peak_mib', '.0f', 'peak MiB'),
+  ('flops', '.3g', 'FLOPs per step'),
+  ('achieved_gflops', '.1f', 'GFLOP/s'),
+  ('fraction_of_fp32_peak', '.1%', 'of fp32 peak'),
 ]
 
 
@@ -122,6 +125,15 @@ def _fmt(value, spec: str) -> str:
   return '-' if value is None else format(value, spec)
 
 
+def peak_summary(peaks: Sequence[dict[str, Any]] | None) -> str:
+  """`roofline.matmul_peaks` in one line, or 'not measured'."""
+  if not peaks:
+    return 'not measured'
+  return f'n = {peaks[0]["size"]}, GFLOP/s ' + ', '.join(
+    f'{p["framework"]} {p["dtype"]} {p["gflops"]:.1f}' for p in peaks
+  )
+
+
 def markdown(results: dict[str, Any]) -> str:
   """The results as a markdown table with the machine and the date."""
   env = results['environment']
@@ -155,12 +167,22 @@ def markdown(results: dict[str, Any]) -> str:
     'required). Pass: float64 agreement, and float32 error within the '
     'tolerance or "(f64 rule)": within the reference\'s own float32 error '
     '(its distance from float64) of the reference or of float64.',
+    "- FLOPs per step: XLA's count of the jaxmeta step, every loop "
+    "unrolled (a torch row: the same algorithm's reference jaxmeta step); "
+    'GFLOP/s: FLOPs over the median step time; of fp32 peak: that over the '
+    'best float32 matmul below.',
+    f'- Matmul peak: {peak_summary(results.get("matmul_peak"))}',
     '',
-    '| config | algorithm | implementation | median ms | min ms | steps | '
-    'tasks/s | compile s | first step s | peak MiB | x vs torch loop | '
-    'paired x vs loop [quartiles] | '
-    'grad check (max rel err) | vs float64 (f64 agreement) |',
-    '|' + '---|' * 14,
+  ]
+  headers = (
+    ['config', 'algorithm', 'implementation']
+    + [header for _, _, header in TIMED_COLUMNS]
+    + ['x vs torch loop', 'paired x vs loop [quartiles]']
+    + ['grad check (max rel err)', 'vs float64 (f64 agreement)']
+  )
+  lines += [
+    '| ' + ' | '.join(headers) + ' |',
+    '|' + '---|' * len(headers),
   ]
   loop_ms = {
     (r['config'], r['algorithm']): r['median_ms']
@@ -169,6 +191,7 @@ def markdown(results: dict[str, Any]) -> str:
   }
   for r in results['rows']:
     ok = r['status'] == 'ok'
+    untimed = [r['status']] + [''] * (len(TIMED_COLUMNS) + 1)
     base = loop_ms.get((r['config'], r['algorithm']))
     speedup = f'{base / r["median_ms"]:.2f}' if ok and base else '-'
     paired = '-'
@@ -189,15 +212,11 @@ def markdown(results: dict[str, Any]) -> str:
     vs64 = _fmt(r.get('cross_check_vs_float64'), '.1e')
     if r.get('float64_agreement') is not None:
       vs64 += f' ({r["float64_agreement"]:.0e})'
-    timed = [_fmt(r.get(k), spec) for k, spec in TIMED_COLUMNS]
+    timed = [_fmt(r.get(k), spec) for k, spec, _ in TIMED_COLUMNS]
     lines.append(
       f'| {r["config"]} (mb {r["settings"]["meta_batch"]}) | '
       f'{r["algorithm"]} | {row_label(r)} | '
-      + (
-        ' | '.join(timed + [speedup, paired])
-        if ok
-        else f'{r["status"]} | | | | | | | | '
-      )
+      + (' | '.join(timed + [speedup, paired] if ok else untimed))
       + f' | {check} | {vs64} |'
     )
   return '\n'.join(lines) + '\n'

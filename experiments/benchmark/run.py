@@ -14,7 +14,9 @@ from . import checks
 from . import configs
 from . import jax_step
 from . import report
+from . import roofline
 from . import timing
+from . import xla_costs
 
 Config = ml_collections.ConfigDict
 
@@ -39,6 +41,7 @@ class Harness(NamedTuple):
   torch_impls: tuple[str, ...]
   torch_step: Any  # The `torch_step` module, or None.
   device: str | None  # torch's.
+  fp32_peak: float | None  # The best float32 matmul GFLOP/s measured.
 
 
 def label(impl: str, conv_impl: str | None) -> str:
@@ -144,6 +147,15 @@ def cross_checks(h: Harness, job: Job) -> tuple[dict, list[dict]]:
   return found, entries
 
 
+def reference_flops(h: Harness, job: Job) -> float:
+  """XLA's FLOP count of jaxmeta's timed step with the reference conv impl,
+  neither compiled nor run."""
+  step, state, _ = jax_step.meta_step(
+    job.config, job.algorithm, h.conv_impls[0], job.init_key, h.settings
+  )
+  return xla_costs.unrolled_flops(step, state, job.tasks)
+
+
 def timings(h: Harness, job: Job, found: dict, env: dict) -> list[dict]:
   """One row per implementation: timed if its cross-check passed."""
   s = h.settings
@@ -194,6 +206,16 @@ def timings(h: Harness, job: Job, found: dict, env: dict) -> list[dict]:
   for row, measurement in zip(timed_rows, measured):
     row.update(measurement)
   timing.add_paired_speedups(rows)
+  torch_rows = [r for r in rows if r['framework'] == 'torch']
+  if any(r['status'] == 'ok' for r in torch_rows):
+    # The same computation as jaxmeta's reference step (their meta-gradients
+    # agree): its row's count, or its step's lowered without running it.
+    reference = rows[0] if rows[0]['framework'] == 'jax' else {}
+    flops = reference.get('flops') or reference_flops(h, job)
+    source = label('jaxmeta', jaxmeta.resolve_conv_impl(h.conv_impls[0]))
+    for row in torch_rows:
+      row.update(flops=flops, flops_source=f'{source}: {jax_step.FLOPS_SOURCE}')
+  roofline.add_achieved(rows, h.fp32_peak)
   if h.torch_step:
     h.torch_step.set_precision(True)
   for row in rows:
@@ -230,22 +252,31 @@ def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
     i for i in s.implementations if i in configs.TORCH_IMPLEMENTATIONS
   )
   ts = device = None
-  if torch_impls:
-    try:
-      from . import torch_step as ts
-    except ImportError as e:
+  try:  # Optional without PyTorch implementations: for the matmul peak.
+    from . import torch_step as ts
+  except ImportError as e:
+    if torch_impls:
       raise configs.BenchmarkError(
         'the PyTorch implementations need torch and higher. Fix: pip install '
         '-r requirements-benchmark.txt, or pass --implementations=jaxmeta '
         f'({e}).'
       ) from e
+  if ts:
     device = ts.device_name(s.torch_device)
     ts.set_precision(True)
-  h = Harness(
-    s, configs.resolve_conv_impls(s.conv_impls), torch_impls, ts, device
-  )
   os.makedirs(s.out, exist_ok=True)
   env = report.environment(device)
+  peaks = roofline.matmul_peaks(
+    s.matmul_peak_size, s.timing_precision == 'highest', ts, device
+  )
+  h = Harness(
+    s,
+    configs.resolve_conv_impls(s.conv_impls),
+    torch_impls,
+    ts,
+    device,
+    roofline.fp32_peak(peaks),
+  )
   results = {
     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds'
@@ -262,6 +293,8 @@ def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
     'check_precision': 'float32; JAX matmul precision highest; torch TF32 '
     'off' + ('; and float64' if s.float64_check else ''),
     'timing_precision': s.timing_precision,
+    'matmul_peak': peaks,
+    'fp32_peak_gflops': h.fp32_peak,
     'cross_checks': [],
     'rows': [],
   }
@@ -270,7 +303,7 @@ def run_benchmark(settings: Config) -> tuple[dict[str, Any], bool]:
     config = configs.get_config(name)
     data_key, init_key = jax.random.split(jax.random.key(s.seed))
     tasks = jax_step.make_tasks(config, data_key)
-    batch = ts.batch_from_tasks(tasks, device) if ts else None
+    batch = ts.batch_from_tasks(tasks, device) if torch_impls else None
     chunk = jax_step.jax_task_chunk_size(config, s)
     for algorithm in s.algorithms:
       # Same initial weights as init_train_state gives the timed JAX step.

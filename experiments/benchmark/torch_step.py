@@ -1,9 +1,11 @@
 """PyTorch's side: the same weights and batch, the checked and the timed step.
 
-Imports torch: `run` loads it only when a PyTorch implementation is asked for.
+Imports torch: `run` loads it where torch is installed (for the matmul peak)
+and refuses PyTorch implementations where it is not.
 """
 
 import time
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -28,6 +30,26 @@ def set_precision(highest: bool) -> None:
   """Full float32 matmuls and convolutions (no TF32), or TF32 allowed."""
   torch.backends.cudnn.allow_tf32 = not highest
   torch.backends.cuda.matmul.allow_tf32 = not highest
+
+
+def synchronize(device: str) -> None:
+  """Waits for `device`'s queued work (CUDA runs asynchronously)."""
+  if device == 'cuda':
+    torch.cuda.synchronize()
+
+
+def matmul(size: int, dtype: str, device: str) -> Callable[[], None]:
+  """One synchronised `torch.matmul` of two random square matrices."""
+  generator = torch.Generator().manual_seed(0)
+  a, b = torch.randn(2, size, size, generator=generator).to(
+    device, getattr(torch, dtype)
+  )
+
+  def run():
+    torch.matmul(a, b)
+    synchronize(device)
+
+  return run
 
 
 def batch_from_tasks(tasks, device: str) -> torch_baselines.TorchBatch:
@@ -108,8 +130,7 @@ def start_torch_timer(
     optimizer.zero_grad(set_to_none=True)
     meta_grad(model, batch)
     optimizer.step()
-    if cuda:
-      torch.cuda.synchronize()
+    synchronize(device)
 
   if cuda:
     torch.cuda.reset_peak_memory_stats()

@@ -57,6 +57,11 @@ def collectives(hlo_text: str) -> list[tuple[str, int]]:
   ]
 
 
+def cost_dict(cost: Any) -> dict[str, float]:
+  """A `cost_analysis()` result as one dict (older JAX: one per program)."""
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
 def compiled_costs(compiled: Any) -> dict[str, float]:
   """FLOPs, memory and collective bytes of a compiled (`.compile()`) program.
 
@@ -66,14 +71,13 @@ def compiled_costs(compiled: Any) -> dict[str, float]:
       number is per device.
 
   Returns:
-    A dict: `flops` and `bytes_accessed` (XLA's cost model), `temp_bytes`,
-    `argument_bytes`, `output_bytes`, `generated_code_bytes` (buffer
-    assignment), `all_reduce_count`, `all_reduce_bytes` and
+    A dict: `flops` and `bytes_accessed` (XLA's cost model, which counts a
+    loop body once whatever its trip count: see `unrolled_flops`),
+    `temp_bytes`, `argument_bytes`, `output_bytes`, `generated_code_bytes`
+    (buffer assignment), `all_reduce_count`, `all_reduce_bytes` and
     `other_collective_count`.
   """
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
-    cost = cost[0]
+  cost = cost_dict(compiled.cost_analysis())
   memory = compiled.memory_analysis()
   ops = collectives(compiled.as_text())
   all_reduce = [b for op, b in ops if op == 'all-reduce']
@@ -110,3 +114,15 @@ def task_costs(
   return compiled_costs(
     jax.jit(learner.task_update).lower(params, task).compile()
   )
+
+
+def unrolled_flops(fn: Any, *args: Any) -> float:
+  """XLA's FLOP count of `jax.jit(fn)(*args)` with every loop unrolled.
+
+  XLA's cost analysis counts the body of a `while` loop (`lax.scan`,
+  `lax.map`) once; traced under `jax.disable_jit`, those loops run in Python,
+  so the program counted does every iteration. Lowered only, not compiled.
+  """
+  with jax.disable_jit():
+    cost = jax.jit(fn).lower(*args).cost_analysis()
+  return float(cost_dict(cost).get('flops', 0.0))

@@ -124,8 +124,39 @@ def test_tiny_benchmark_outputs(tiny_run):
     assert row['paired_x_vs_torch_loop'] > 0
     if row['implementation'] == 'torch_loop':
       assert row['paired_x_vs_torch_loop'] == 1.0
+    # The roofline: FLOPs over the median time, over the best fp32 matmul.
+    assert row['flops'] > 0
+    assert row['achieved_gflops'] == pytest.approx(
+      row['flops'] / (row['median_ms'] / 1e3) / 1e9, rel=1e-12
+    )
+    assert row['fraction_of_fp32_peak'] == pytest.approx(
+      row['achieved_gflops'] / results['fp32_peak_gflops'], rel=1e-12
+    )
+  # A torch row counts the FLOPs of jaxmeta's step of the same algorithm.
+  jax_flops = {
+    r['algorithm']: r['flops'] for r in rows if r['framework'] == 'jax'
+  }
+  assert len(set(jax_flops.values())) == len(configs.ALGORITHMS)
+  for row in rows:
+    assert row['flops'] == jax_flops[row['algorithm']]
+  # The peak, measured at --size=tiny's matmul size by both frameworks.
+  peaks = results['matmul_peak']
+  size = configs.SIZES['tiny']['matmul_peak_size']
+  assert {(p['framework'], p['dtype']) for p in peaks} == {
+    (f, d) for f in ('xla', 'torch') for d in ('float32', 'bfloat16')
+  }
+  for p in peaks:
+    assert p['size'] == size
+    assert p['gflops'] == pytest.approx(
+      2 * size**3 / p['seconds'] / 1e9, rel=1e-12
+    )
+  assert results['fp32_peak_gflops'] == max(
+    p['gflops'] for p in peaks if p['dtype'] == 'float32'
+  )
   markdown = (out_dir / 'benchmark.md').read_text()
   assert '| config | algorithm |' in markdown
+  assert '| FLOPs per step | GFLOP/s | of fp32 peak |' in markdown
+  assert f'- Matmul peak: n = {size}, GFLOP/s xla float32' in markdown
   assert results['environment']['cpu'] in markdown
   assert markdown.count('| tiny (mb 2) |') == len(rows)
   png = (out_dir / 'benchmark.png').read_bytes()
@@ -149,6 +180,33 @@ def test_cli_fails_when_a_torch_gradient_differs(tmp_path):
   assert row['status'] == 'gradient_mismatch'
   assert 'median_ms' not in row
   assert (tmp_path / 'benchmark.md').exists()
+
+
+def test_torch_row_without_jaxmeta_counts_jaxmetas_step(tmp_path):
+  # jaxmeta not timed: the torch row's FLOPs come from its reference step,
+  # counted without running it, the same count as its timer's.
+  code = _run_cli(
+    tmp_path,
+    '--algorithms=reptile',
+    '--implementations=torch_loop',
+    '--matmul_peak_size=0',
+  )
+  assert code == 0
+  with open(tmp_path / 'benchmark.json') as f:
+    (row,) = json.load(f)['rows']
+  config = configs.get_config('tiny')
+  data_key, init_key = jax.random.split(jax.random.key(0))
+  timer = jax_step.start_jax_timer(
+    config,
+    'reptile',
+    'auto',
+    init_key,
+    jax_step.make_tasks(config, data_key),
+    configs.settings(size='tiny'),
+  )
+  assert row['implementation'] == 'torch_loop' and row['status'] == 'ok'
+  assert row['flops'] == timer.info['flops'] > 0
+  assert row['flops_source'].startswith('jaxmeta[')
 
 
 def _tiny_setup(algorithm):
@@ -284,6 +342,7 @@ def test_cross_check_uses_the_timed_steps_task_chunking(tmp_path, monkeypatch):
     num_steps=1,
     warmup_steps=0,
     task_chunk_size=2,
+    matmul_peak_size=0,
   )
   results, ok = run.run_benchmark(settings)
   assert ok

@@ -86,6 +86,18 @@ def test_valid_flags_parse():
   assert flag_values.configs == ['tiny']
 
 
+def test_matmul_peak_size_defaults_to_the_size_and_zero_turns_it_off():
+  flag_values = _flags('--out=/tmp/unused')
+  assert flag_values.matmul_peak_size is None  # --size's
+  assert '0: no peak' in flag_values['matmul_peak_size'].help
+  for size in configs.SIZES:
+    assert configs.settings(size).matmul_peak_size > 0
+  assert (
+    _flags('--out=/tmp/unused', '--matmul_peak_size=0').matmul_peak_size == 0
+  )
+  assert configs.settings('tiny', matmul_peak_size=0).matmul_peak_size == 0
+
+
 def test_all_and_both_expand_to_every_conv_impl():
   # Before: 'both' was xla and patches only, and the help named no patches_cf.
   expected = ('xla', 'patches', 'patches_cf', 'patches_cf_2pass')
@@ -153,3 +165,27 @@ def test_benchmark_json_is_strict_json_with_null_for_non_finite(tmp_path):
     }
   ]
   assert written['settings'] == {'check_tol': 1e-4}
+
+
+def test_markdown_rows_have_as_many_cells_as_the_header():
+  row = {
+    'config': 'tiny',
+    'algorithm': 'maml',
+    'implementation': 'jaxmeta',
+    'conv_impl': 'xla',
+    'settings': {'meta_batch': 2},
+    'cross_check_passed': True,
+    'cross_check_max_rel_err': 0.0,
+  }
+  timed = dict(row, status='ok', median_ms=4.0, min_ms=3.0, flops=2e8)
+  timed.update(achieved_gflops=50.0, fraction_of_fp32_peak=0.25)
+  failed = dict(row, implementation='torch_loop', status='error')
+  results = _results([], [timed, failed])
+  results['matmul_peak'] = [
+    {'framework': 'xla', 'dtype': 'float32', 'size': 64, 'gflops': 200.0}
+  ]
+  lines = report.markdown(results).splitlines()
+  table = [line for line in lines if line.startswith('|')]
+  assert len({line.count('|') for line in table}) == 1
+  assert '| 2e+08 | 50.0 | 25.0% |' in table[2]
+  assert '- Matmul peak: n = 64, GFLOP/s xla float32 200.0' in lines

@@ -36,3 +36,15 @@ def test_compiled_costs_of_a_matmul():
   assert costs['output_bytes'] == 8 * 4 * 4
   assert costs['all_reduce_count'] == 0
   assert costs['other_collective_count'] == 0
+
+
+def test_unrolled_flops_counts_every_loop_iteration():
+  def power(x):
+    return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=10)[0]
+
+  x = jnp.ones((8, 8), jnp.float32)
+  one_matmul = 2 * 8**3
+  assert xla_costs.unrolled_flops(power, x) == 10 * one_matmul
+  # XLA's count of the compiled loop: its body once (and the counter).
+  compiled = jax.jit(power).lower(x).compile()
+  assert xla_costs.compiled_costs(compiled)['flops'] < 2 * one_matmul
