@@ -41,6 +41,18 @@ BASELINE = (
     meta_lr_final=-1.0,
   ),
 )
+PROTONET = (
+  '60-way training episodes, 5 queries, one episode per update, Adam 1e-3 '
+  'halved every 2000 episodes (Snell et al.).',
+  dict(
+    NO_INNER_LOOP,
+    train_ways=60,
+    train_queries=5,
+    eval_inner_steps=0,
+    meta_lr_schedule='halving',
+    meta_lr_halve_every=2000,
+  ),
+)
 # method -> (the recipe in words, the fields it sets on the main job's
 # config; Reptile's come from `reptile_omniglot`).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -63,17 +75,15 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
       meta_lr_schedule='cosine',
     ),
   ),
-  'protonet': (
-    '60-way training episodes, 5 queries, one episode per update, Adam 1e-3 '
-    'halved every 2000 episodes (Snell et al.).',
-    dict(
-      NO_INNER_LOOP,
-      train_ways=60,
-      train_queries=5,
-      eval_inner_steps=0,
-      meta_lr_schedule='halving',
-      meta_lr_halve_every=2000,
-    ),
+  'protonet': PROTONET,
+  'r2d2': (
+    "ProtoNets' episodes and schedule with the ridge head (not tuned).",
+    PROTONET[1],
+  ),
+  'imaml': (
+    "The main job's recipe with five proximal steps (lambda 2, five CG "
+    'steps; not tuned).',
+    dict(inner_steps=5, eval_inner_steps=5),
   ),
   'baseline': BASELINE,
   'baseline_plus_plus': BASELINE,
