@@ -4,6 +4,7 @@ alone, with 95% confidence intervals; the test of a run's best checkpoint
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -26,6 +27,8 @@ class Evaluator:
 
   With `alone`, also the metric with each query scored on its own
   (`jaxmeta.algorithms.score_alone`), beside all queries scored together.
+  `tasks_per_second` is the speed of the last call, the chunk that compiled the
+  program left out (None until a compiled chunk has run).
   """
 
   def __init__(
@@ -54,6 +57,8 @@ class Evaluator:
       return tuple(metrics[name] for name in names)
 
     self._run_chunk = jax.jit(run_chunk)
+    self._compiled = False
+    self.tasks_per_second = None
 
   def __call__(self, params, data, keys) -> tuple[np.ndarray, ...]:
     """Per-task metric `[n]` and the metric after each step `[n, steps+1]`
@@ -62,11 +67,17 @@ class Evaluator:
     padded = -(-n // self._chunk) * self._chunk
     if padded > n:  # Every call has the same shape: pad with the last key.
       keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, 0)])
-    outputs = []
+    outputs, timed_tasks, start = [], 0, time.perf_counter()
     for i in range(0, padded, self._chunk):
       # Each device (of each process) its rows.
       chunk = sharding.shard_tasks(keys[i : i + self._chunk], self._mesh)
       outputs.append([to_host(v) for v in self._run_chunk(params, data, chunk)])
+      if self._compiled:
+        timed_tasks += self._chunk
+      else:  # Time from the end of the chunk that compiled.
+        self._compiled, start = True, time.perf_counter()
+    if timed_tasks:
+      self.tasks_per_second = timed_tasks / (time.perf_counter() - start)
     return tuple(np.concatenate(column)[:n] for column in zip(*outputs))
 
 
@@ -153,6 +164,8 @@ def test_run(
     f'test_{m}_alone': mean_alone,
     'test_ci95_alone': ci95_alone,
     'num_test_tasks': config.num_eval_tasks,
+    # Queries scored together and alone; compiling left out.
+    'test_tasks_per_second': evaluator.tasks_per_second,
     f'test_{m}_by_step': by_step.mean(axis=0).tolist(),
     'best_step': step,
     f'best_val_{m}': checkpoints.best_metric(),

@@ -159,9 +159,10 @@ def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
     def validate_now(state):
       values = evaluator(state.merged_params(), val_data, val_keys)[0]
       value, ci95 = jaxmeta.mean_and_ci95(values)
-      writer.write(
-        int(state.step), {metric: value, 'ci95': ci95}, prefix='val/'
-      )
+      scalars = {metric: value, 'ci95': ci95}
+      if evaluator.tasks_per_second is not None:
+        scalars['tasks_per_second'] = evaluator.tasks_per_second
+      writer.write(int(state.step), scalars, prefix='val/')
       return value
 
     start = time.time()

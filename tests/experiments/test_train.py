@@ -130,6 +130,14 @@ def test_outputs_layout_and_results(tmp_path, tiny_dataset):
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2, 3, 4]
   val = {r['step']: r['val/accuracy'] for r in records if 'val/accuracy' in r}
   assert sorted(val) == [2, 4]
+  # Tasks per second leave out the call that compiled: the first validation.
+  speed = {
+    r['step']: r.get('val/tasks_per_second')
+    for r in records
+    if 'val/accuracy' in r
+  }
+  assert speed[2] is None and speed[4] > 0
+  assert on_disk['test_tasks_per_second'] > 0
   # The best checkpoint is the step with the best validation accuracy (the
   # later one on a tie).
   assert on_disk['best_step'] == max(sorted(val), key=lambda s: (val[s], s))
