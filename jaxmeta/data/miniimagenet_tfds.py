@@ -30,7 +30,6 @@ holds one record per class (`tfds_cache.class_images_feature`).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 from pathlib import Path
 import re
@@ -235,25 +234,10 @@ def read_split_list(
   return classes
 
 
-@dataclasses.dataclass
-class MiniImageNetConfig(tfds.core.BuilderConfig):
-  """Builder config: where the pixels come from and their size."""
-
-  source: str = 'ilsvrc'  # 'ilsvrc' (folder or tar) | 'images' | 'pickles'
-  image_size: int = 84
-
-
-def config_for(source: str, image_size: int) -> MiniImageNetConfig:
+def config_for(source: str, image_size: int) -> tfds_cache.SourceConfig:
   """The (registered or ad-hoc) builder config for a source kind and size."""
-  for config in JaxmetaMiniImageNet.BUILDER_CONFIGS:
-    if config.source == source and config.image_size == image_size:
-      return config
-  return MiniImageNetConfig(
-    name=f'{source}{image_size}',
-    source=source,
-    image_size=image_size,
-    description=f'From {source}, {image_size}x{image_size}.',
-  )
+  configs = JaxmetaMiniImageNet.BUILDER_CONFIGS
+  return tfds_cache.config_for(configs, source, image_size)
 
 
 def config_source(kind: str) -> str:
@@ -285,7 +269,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
     'booktitle={ICLR}, year={2017}}'
   )
   BUILDER_CONFIGS = [
-    MiniImageNetConfig(
+    tfds_cache.SourceConfig(
       name=f'{source}84', source=source, image_size=84, description=description
     )
     for source, description in (

@@ -14,6 +14,7 @@ variable, else TFDS's manual dir (`<data_dir>/downloads/manual`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -216,6 +217,31 @@ def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
     shape=(None,) + tuple(image_shape),
     dtype=np.uint8,
     encoding=tfds.features.Encoding.BYTES,
+  )
+
+
+@dataclasses.dataclass
+class SourceConfig(tfds.core.BuilderConfig):
+  """Builder config: the family of sources the pixels come from ('ilsvrc',
+  a preprocessed format, ...), and their size."""
+
+  source: str = 'ilsvrc'
+  image_size: int = 84
+
+
+def config_for(
+  configs: Sequence[SourceConfig], source: str, image_size: int
+) -> SourceConfig:
+  """The config of `configs` (a builder's registered ones) for a source
+  family and size, else an ad-hoc one."""
+  for config in configs:
+    if config.source == source and config.image_size == image_size:
+      return config
+  return SourceConfig(
+    name=f'{source}{image_size}',
+    source=source,
+    image_size=image_size,
+    description=f'From {source}, {image_size}x{image_size}.',
   )
 
 
