@@ -365,3 +365,15 @@ def test_protonet_preset_trains_on_ragged_classes(tmp_path):
   assert results['dataset'] == 'tieredimagenet' and results['split'] == 'ren'
   assert results['iterations'] == 2 and 0 <= results['test_accuracy'] <= 1
   assert results['preset'] == 'protonet_tieredimagenet:conv4_5w1s'
+
+
+def test_cache_without_its_counts_is_one_line(tmp_path):
+  source = files.write_npz(tmp_path / 'ren', files.ren_content())
+  _load('val', source, tmp_path / 'd')
+  (metadata,) = Path(tmp_path / 'd').rglob('npz84/*/metadata.json')
+  metadata.unlink()
+  _one_line_error(
+    lambda: tieredimagenet.load('val', data_dir=str(tmp_path / 'd')),
+    'does not count the images of each class of the val split list. Fix: '
+    'delete',
+  )
