@@ -15,6 +15,7 @@ import sys
 import jaxmeta
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import omniglot
+from jaxmeta.data import tieredimagenet_tfds
 import jaxmeta_experiments
 from jaxmeta_experiments import configs
 
@@ -32,6 +33,8 @@ sizes = [
 ]
 assert sizes == [1028, 1200, 423], sizes
 assert len(miniimagenet_tfds.read_split_list('test')) == 20
+assert len(tieredimagenet_tfds.read_split_list('test')) == 160
+assert len(tieredimagenet_tfds.read_words()) == 642  # words.tsv
 assert configs.load('maml_omniglot:5w1s').preset == 'maml_omniglot:5w1s'
 
 

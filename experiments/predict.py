@@ -254,7 +254,7 @@ def _omniglot_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def _plain_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-  """The colour datasets' preparation (`jaxmeta.data.miniimagenet_tfds`):
+  """The colour datasets' preparation (`jaxmeta.data.ilsvrc.preprocess`):
   resized whole with LANCZOS, uint8."""
   if image.size != size:
     image = image.resize(size, Image.Resampling.LANCZOS)

@@ -179,3 +179,14 @@ def on_miniimagenet(
     )
   c.eval_batch_size = 20
   return c
+
+
+def on_tieredimagenet(
+  c: ml_collections.ConfigDict, backbone: str = 'conv4', num_filters: int = 64
+) -> ml_collections.ConfigDict:
+  """`c` on tiered-ImageNet: Ren et al.'s split of 84x84 images, otherwise
+  as `on_miniimagenet`."""
+  c = on_miniimagenet(c, backbone, num_filters)
+  c.dataset = 'tieredimagenet'
+  c.data = ml_collections.ConfigDict({'scheme': 'ren', 'image_size': 84})
+  return c

@@ -5,7 +5,8 @@ as one uint8 array `[classes, examples, H, W, C]` (and, where classes hold
 unequal numbers of examples, their counts: `ClassImages`);
 `episodes.sample_task` / `sample_tasks` draw N-way K-shot tasks from it inside
 `jit`; `sample_tasks_host` draws them on the host when a split is too large for
-the device. Registered: 'omniglot', 'miniimagenet', 'cifar_fs', 'fc100'.
+the device. Registered: 'omniglot', 'miniimagenet', 'tieredimagenet',
+'cifar_fs', 'fc100'.
 """
 
 from jaxmeta.data import augment
@@ -14,6 +15,7 @@ from jaxmeta.data import episodes
 from jaxmeta.data import host_episodes
 from jaxmeta.data import miniimagenet
 from jaxmeta.data import omniglot
+from jaxmeta.data import tieredimagenet
 from jaxmeta.data import registry
 from jaxmeta.data.augment import AugmentConfig
 from jaxmeta.data.cifar100 import Cifar100Error
@@ -31,3 +33,4 @@ from jaxmeta.data.registry import DataError
 from jaxmeta.data.registry import DATASETS
 from jaxmeta.data.registry import load
 from jaxmeta.data.registry import register_dataset
+from jaxmeta.data.tieredimagenet import TieredImageNetError

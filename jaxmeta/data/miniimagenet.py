@@ -66,38 +66,35 @@ def load(
   return _read_split(builder, split)
 
 
-def _builder(data_dir, source, image_size, **kwargs):
-  config = miniimagenet_tfds.config_for(source, image_size)
-  return miniimagenet_tfds.JaxmetaMiniImageNet(
-    data_dir=data_dir, config=config, **kwargs
-  )
-
-
 def _prepared_builder(
   data_dir: str | None, source_dir: str | None, image_size: int
 ):
   """The builder of the cache to read; prepares it from the source if needed."""
-  probe = _builder(data_dir, 'ilsvrc', image_size)
-  how, folder = tfds_cache.source_folders(
-    source_dir, SOURCE_ENV, tfds_cache.manual_dir(probe)
-  )[0]
-  source = miniimagenet_tfds.locate(folder)
-  if source is not None:
-    kind = miniimagenet_tfds.config_source(source.kind)
-    miniimagenet_tfds.check_pickle_size(kind, image_size, folder)
-    builder = _builder(data_dir, kind, image_size, source_dir=source.path)
-    if not builder.is_prepared():
-      tfds_cache.prepare_cache(builder, MiniImageNetError)
-    return builder
-  kinds = ('images', 'pickles')[: 1 + (image_size == PICKLE_SIZE)]
-  candidates = [probe] + [_builder(data_dir, k, image_size) for k in kinds]
-  for builder in candidates:
-    if builder.is_prepared():
-      return builder
-  raise MiniImageNetError(
-    f'mini-ImageNet ({image_size}x{image_size}) is not prepared in '
-    f'{probe.data_dir_root} and there is no source in {folder} ({how}). '
-    f'{miniimagenet_tfds.HOW_TO_GET}'
+
+  def make(source, **kwargs):
+    config = miniimagenet_tfds.config_for(source, image_size)
+    return miniimagenet_tfds.JaxmetaMiniImageNet(
+      data_dir=data_dir, config=config, **kwargs
+    )
+
+  def locate(folder):
+    source = miniimagenet_tfds.locate(folder)
+    if source is None:
+      return None
+    family = miniimagenet_tfds.config_source(source.kind)
+    miniimagenet_tfds.check_pickle_size(family, image_size, folder)
+    return family, source.path
+
+  families = ('ilsvrc', 'images', 'pickles')[: 2 + (image_size == PICKLE_SIZE)]
+  return tfds_cache.prepared_builder(
+    make,
+    families,
+    source_dir,
+    SOURCE_ENV,
+    locate,
+    MiniImageNetError,
+    miniimagenet_tfds.HOW_TO_GET,
+    f'mini-ImageNet ({image_size}x{image_size})',
   )
 
 

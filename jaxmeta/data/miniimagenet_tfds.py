@@ -20,7 +20,7 @@ row `n0153282900000005.jpg,n01532829` names the image with 1-based index 5 in
 ascending numeric order of `k` among class n01532829's ILSVRC files
 `n01532829_<k>.JPEG` (not `k = 5`).
 
-Images (`preprocess`) are resized whole to SxS with PIL's LANCZOS, as MAML's
+Images (`ilsvrc.preprocess`) are resized whole to SxS with PIL's LANCZOS, as MAML's
 `proc_images.py`; the pickles' are used unchanged (84x84). Ready-made images
 and pickles were made by other code, so each source family ('ilsvrc' for
 folder and tar, 'images', 'pickles') is its own builder config. The cache
@@ -30,39 +30,30 @@ holds one record per class (`tfds_cache.class_images_feature`).
 from __future__ import annotations
 
 import csv
-import dataclasses
-import io
 import os
 from pathlib import Path
 import re
-import tarfile
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxmeta.data import ilsvrc
 from jaxmeta.data import registry
 from jaxmeta.data import tfds_cache
+from jaxmeta.data.ilsvrc import IMAGENET_URL
+from jaxmeta.data.ilsvrc import TAR_NAME
 from jaxmeta.data.registry import SPLITS
 
 SPLITS_DIR = (
   Path(__file__).resolve().parent / 'splits' / 'miniimagenet' / 'ravi'
 )
 SOURCE_ENV = 'JAXMETA_MINIIMAGENET_DIR'
-TAR_NAME = 'ILSVRC2012_img_train.tar'
 PICKLE_NAMES = {s: f'mini-imagenet-cache-{s}.pkl' for s in SPLITS}
 PICKLE_SIZE = 84
-IMAGENET_URL = 'https://image-net.org/challenges/LSVRC/2012/'
 
 # A split list's file name: wnid, then the 1-based index of the image.
 CSV_NAME_RE = re.compile(r'^(n\d{8})(\d{8})\.jpg$')
-_WNID_RE = re.compile(r'^n\d{8}$')
-_ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
-
-# What PIL raises for a file that is not a decodable image.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
-_DECODE_ERRORS += (Image.DecompressionBombError,)
 # Appended to every error about the source: what to bring, where to put it.
 HOW_TO_GET = (
   "mini-ImageNet cannot be downloaded for you (ImageNet's terms); bring one "
@@ -131,51 +122,12 @@ def locate(folder: os.PathLike | str) -> Source | None:
 def _class_folders_kind(folder: Path) -> str | None:
   """'folder' (ILSVRC files), 'images' (CSV-named files) or None: the kind
   of the first file in `folder`'s class folders."""
-  if not folder.is_dir():
-    return None
-  for sub in sorted(folder.iterdir()):
-    if sub.is_dir() and _WNID_RE.match(sub.name):
-      for path in sub.iterdir():
-        if _ILSVRC_FILE_RE.match(path.name):
-          return 'folder'
-        if CSV_NAME_RE.match(path.name):
-          return 'images'
+  for name in ilsvrc.class_folder_files(folder):
+    if ilsvrc.FILE_RE.match(name):
+      return 'folder'
+    if CSV_NAME_RE.match(name):
+      return 'images'
   return None
-
-
-def _select_ilsvrc(
-  names: list[str], wnid: str, indices: list[int], where: str
-) -> list[str]:
-  """Those of a class's file `names` that are its ILSVRC images `indices`:
-  1-based ranks in numeric order of `k` in `<wnid>_<k>.JPEG`."""
-  pattern = re.compile(rf'^{wnid}_(\d+)\.jpe?g$', re.IGNORECASE)
-  ks = {n: int(m[1]) for n in names if (m := pattern.match(Path(n).name))}
-  ordered = sorted(ks, key=ks.__getitem__)
-  if max(indices) > len(ordered):
-    raise MiniImageNetError(
-      f'Class {wnid} has {len(ordered)} images in {where}, but the split '
-      f'list needs image #{max(indices)} (1-based, in numeric order of '
-      f'{wnid}_<k>.JPEG): the class is incomplete. Fix: use the complete '
-      f'ILSVRC-2012 training class {wnid}. {HOW_TO_GET}'
-    )
-  return [ordered[i - 1] for i in indices]
-
-
-def scan_folder(
-  root: Path, classes: dict[str, list[int]]
-) -> dict[str, list[Path]]:
-  """wnid -> the selected files, in split-list order; checks completeness."""
-  selected = {}
-  for wnid, indices in classes.items():
-    folder = root / wnid
-    if not folder.is_dir():
-      raise MiniImageNetError(
-        f'Class {wnid} is missing: no folder {folder}. {HOW_TO_GET}'
-      )
-    names = [p.name for p in folder.iterdir()]
-    chosen = _select_ilsvrc(names, wnid, indices, str(folder))
-    selected[wnid] = [folder / n for n in chosen]
-  return selected
 
 
 def scan_images(
@@ -198,36 +150,6 @@ def scan_images(
         )
       paths.append(path)
     selected[wnid] = paths
-  return selected
-
-
-def tar_error(path: Path, e: Exception) -> MiniImageNetError:
-  """The error for an unreadable train tar."""
-  fix = f'Fix: replace it by an intact copy of {TAR_NAME}. {HOW_TO_GET}'
-  return tfds_cache.unreadable(MiniImageNetError, path, 'tar', e, fix)
-
-
-def scan_tar(path: Path, classes: dict[str, list[int]]) -> dict[str, list[str]]:
-  """wnid -> selected member names of its inner tar; checks completeness."""
-  selected = {}
-  try:
-    with tarfile.open(path, 'r:*') as outer:
-      members = {Path(m.name).name: m for m in outer.getmembers() if m.isfile()}
-      for wnid, indices in classes.items():
-        member = members.get(f'{wnid}.tar')
-        if member is None:
-          raise MiniImageNetError(
-            f'Class {wnid} is missing: {path} has no member {wnid}.tar '
-            f'(an incomplete or truncated tar?). {HOW_TO_GET}'
-          )
-        with tarfile.open(
-          fileobj=outer.extractfile(member), mode='r:'
-        ) as inner:
-          names = [m.name for m in inner.getmembers() if m.isfile()]
-        where = f'{path}:{wnid}.tar'
-        selected[wnid] = _select_ilsvrc(names, wnid, indices, where)
-  except tfds_cache.ARCHIVE_ERRORS as e:
-    raise tar_error(path, e) from e
   return selected
 
 
@@ -312,36 +234,10 @@ def read_split_list(
   return classes
 
 
-def preprocess(jpeg: bytes, image_size: int) -> np.ndarray:
-  """Decodes one JPEG to RGB (some ILSVRC images are grayscale or CMYK) and
-  resizes it whole (no crop) with LANCZOS to uint8 `[S, S, 3]`, unless it is
-  SxS already."""
-  with Image.open(io.BytesIO(jpeg)) as image:
-    image = image.convert('RGB')
-    if image.size != (image_size, image_size):
-      image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    return np.asarray(image, dtype=np.uint8)
-
-
-@dataclasses.dataclass
-class MiniImageNetConfig(tfds.core.BuilderConfig):
-  """Builder config: where the pixels come from and their size."""
-
-  source: str = 'ilsvrc'  # 'ilsvrc' (folder or tar) | 'images' | 'pickles'
-  image_size: int = 84
-
-
-def config_for(source: str, image_size: int) -> MiniImageNetConfig:
+def config_for(source: str, image_size: int) -> tfds_cache.SourceConfig:
   """The (registered or ad-hoc) builder config for a source kind and size."""
-  for config in JaxmetaMiniImageNet.BUILDER_CONFIGS:
-    if config.source == source and config.image_size == image_size:
-      return config
-  return MiniImageNetConfig(
-    name=f'{source}{image_size}',
-    source=source,
-    image_size=image_size,
-    description=f'From {source}, {image_size}x{image_size}.',
-  )
+  configs = JaxmetaMiniImageNet.BUILDER_CONFIGS
+  return tfds_cache.config_for(configs, source, image_size)
 
 
 def config_source(kind: str) -> str:
@@ -373,7 +269,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
     'booktitle={ICLR}, year={2017}}'
   )
   BUILDER_CONFIGS = [
-    MiniImageNetConfig(
+    tfds_cache.SourceConfig(
       name=f'{source}84', source=source, image_size=84, description=description
     )
     for source, description in (
@@ -422,9 +318,10 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
       )
     check_pickle_size(wanted, self.builder_config.image_size, folder)
     lists = {s: read_split_list(s, self._splits_dir) for s in SPLITS}
+    errors = MiniImageNetError, HOW_TO_GET
     scan = {
-      'folder': lambda s: scan_folder(source.path, lists[s]),
-      'tar': lambda s: scan_tar(source.path, lists[s]),
+      'folder': lambda s: ilsvrc.scan_folder(source.path, lists[s], *errors),
+      'tar': lambda s: ilsvrc.scan_tar(source.path, lists[s], *errors),
       'images': lambda s: scan_images(source.path, s, lists[s]),
       'pickles': lambda s: read_pickle(source.path / PICKLE_NAMES[s], lists[s]),
     }[source.kind]
@@ -441,15 +338,16 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
       data, rows = selected
       for wnid in classes:
         yield self._example(wnid, data[rows[wnid]], rows[wnid])
-    elif source.kind != 'tar':  # Files: 'folder' or 'images'.
-      for wnid, indices in classes.items():
-        images = [
-          self._decode(path.read_bytes(), wnid, str(path))
-          for path in selected[wnid]
-        ]
-        yield self._example(wnid, images, indices)
-    else:
-      yield from self._generate_from_tar(source.path, classes, selected)
+      return
+    size = self.builder_config.image_size
+    if source.kind == 'tar':
+      read = ilsvrc.read_tar(
+        source.path, selected, size, MiniImageNetError, HOW_TO_GET
+      )
+    else:  # Files: 'folder' or 'images'.
+      read = ilsvrc.read_files(selected, size, MiniImageNetError)
+    for wnid, images in read:
+      yield self._example(wnid, images, classes[wnid])
 
   def _example(
     self, wnid: str, images, source_indices
@@ -459,33 +357,3 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
       'wnid': wnid,
       'source_indices': np.asarray(source_indices, np.int64),
     }
-
-  def _decode(self, jpeg: bytes, wnid: str, where: str) -> np.ndarray:
-    try:
-      return preprocess(jpeg, self.builder_config.image_size)
-    except _DECODE_ERRORS as e:
-      raise MiniImageNetError(
-        f'Cannot decode {where} (class {wnid}): {e!r}. Fix: replace it by '
-        'the intact ILSVRC-2012 file.'
-      ) from e
-
-  def _generate_from_tar(self, path, classes, selected):
-    try:
-      with tarfile.open(path, 'r:*') as outer:
-        members = {
-          Path(m.name).name: m for m in outer.getmembers() if m.isfile()
-        }
-        for wnid, indices in classes.items():
-          inner_file = outer.extractfile(members[f'{wnid}.tar'])
-          with tarfile.open(fileobj=inner_file, mode='r:') as inner:
-            images = [
-              self._decode(
-                inner.extractfile(name).read(),
-                wnid,
-                f'{path}:{wnid}.tar:{name}',
-              )
-              for name in selected[wnid]
-            ]
-          yield self._example(wnid, images, indices)
-    except tfds_cache.ARCHIVE_ERRORS as e:
-      raise tar_error(path, e) from e

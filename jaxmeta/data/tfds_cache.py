@@ -14,12 +14,13 @@ variable, else TFDS's manual dir (`<data_dir>/downloads/manual`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
 import pickle
 import tarfile
-from typing import Any, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import zipfile
 import zlib
 
@@ -163,18 +164,28 @@ def prepare_cache(
     raise
 
 
-def unpickle(
-  data: bytes, where: str, error: type[DataError], how_to_get: str
-) -> Mapping[str, Any]:
-  """A pickled dict (Python 2 or 3, `latin1` as NumPy needs) with str keys;
+def load_pickle(
+  source: bytes | BinaryIO, where: str, error: type[DataError], how_to_get: str
+) -> Any:
+  """A pickle's content, from bytes or a binary file (large pickles: no
+  second copy). Python 2 pickles load as `latin1`, as NumPy's arrays need;
   `where` names the file and `how_to_get` ends every message."""
   try:
-    content = pickle.loads(data, encoding='latin1')
+    if isinstance(source, bytes):
+      return pickle.loads(source, encoding='latin1')
+    return pickle.load(source, encoding='latin1')
   except Exception as e:
     # Truncated or corrupted pickles raise EOFError, UnpicklingError,
     # ValueError, ... depending on where they break.
     fix = f'Fix: replace it by an intact copy. {how_to_get}'
     raise unreadable(error, where, 'pickle', e, fix) from e
+
+
+def unpickle(
+  data: bytes, where: str, error: type[DataError], how_to_get: str
+) -> Mapping[str, Any]:
+  """A pickled dict (`load_pickle`) with str keys (bytes keys decoded)."""
+  content = load_pickle(data, where, error, how_to_get)
   if not isinstance(content, dict):
     raise error(
       f'{where} holds a {type(content).__name__}, not the dict of a '
@@ -209,11 +220,37 @@ def class_images_feature(image_shape: tuple[int, ...]) -> tfds.features.Tensor:
   )
 
 
+@dataclasses.dataclass
+class SourceConfig(tfds.core.BuilderConfig):
+  """Builder config: the family of sources the pixels come from ('ilsvrc',
+  a preprocessed format, ...), and their size."""
+
+  source: str = 'ilsvrc'
+  image_size: int = 84
+
+
+def config_for(
+  configs: Sequence[SourceConfig], source: str, image_size: int
+) -> SourceConfig:
+  """The config of `configs` (a builder's registered ones) for a source
+  family and size, else an ad-hoc one."""
+  for config in configs:
+    if config.source == source and config.image_size == image_size:
+      return config
+  return SourceConfig(
+    name=f'{source}{image_size}',
+    source=source,
+    image_size=image_size,
+    description=f'From {source}, {image_size}x{image_size}.',
+  )
+
+
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A TFDS builder reading its source from `source_dir=`, else the manual dir.
 
   A dataset sets `error` (its `DataError` subclass), `HOMEPAGE`, `CITATION`,
-  `_description` and `_features`; the file format defaults to array_record.
+  `_description` and `_features` (and `_metadata` to keep more than the
+  records); the file format defaults to array_record.
   """
 
   error: type[DataError] = DataError
@@ -240,7 +277,13 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features=tfds.features.FeaturesDict(self._features()),
       homepage=self.HOMEPAGE,
       citation=self.CITATION,
+      metadata=self._metadata(),
     )
+
+  def _metadata(self) -> tfds.core.MetadataDict | None:
+    """None, or a dict filled while preparing and saved with the cache
+    (`builder.info.metadata`), e.g. the classes' sizes."""
+    return None
 
   def find_source(
     self,
@@ -270,10 +313,15 @@ def read_class_records(
   shape: tuple[int, ...],
   slot: Callable[[Mapping[str, Any]], int | None],
   error: type[DataError],
+  counts: Sequence[int] | None = None,
 ) -> np.ndarray:
   """Reads a `split` of one record per class (its `images`) into one uint8
   array of `shape` `[classes, examples, H, W, C]`, each class filled once at
-  `slot(record)` (None: the record is not a class of it)."""
+  `slot(record)` (None: the record is not a class of it).
+
+  With `counts` (ragged classes, int `[classes]`), the record of slot c holds
+  `counts[c]` images, the first rows of its class; the rest stay zero.
+  """
   source = builder.as_data_source()[split]
   where = f'The prepared {error.dataset} cache in {builder.data_dir}'
   fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
@@ -282,16 +330,71 @@ def read_class_records(
       f'{where} has {len(source)} classes in its {split} split, not '
       f'{shape[0]}. {fix}'
     )
-  images = np.empty(shape, np.uint8)
+  ragged = counts is not None
+  images = (np.zeros if ragged else np.empty)(shape, np.uint8)
   filled = np.zeros(shape[0], bool)
   for i in range(len(source)):  # One class at a time: no second copy.
     record = source[i]
     index = slot(record)
-    if index is None or record['images'].shape != shape[1:] or filled[index]:
+    expected = shape[1:]
+    if ragged and index is not None:
+      expected = (int(counts[index]), *shape[2:])
+    if index is None or record['images'].shape != expected or filled[index]:
       raise error(
         f'{where} holds a class with images {record["images"].shape} that '
-        f'is not one of the {split} split, of images {shape[1:]}. {fix}'
+        f'is not one of the {split} split, of images {expected}. {fix}'
       )
-    images[index] = record['images']
+    images[index, : expected[0]] = record['images']
     filled[index] = True
   return images
+
+
+def prepared_builder(
+  make: Callable[..., tfds.core.DatasetBuilder],
+  families: Sequence[str],
+  source_dir: os.PathLike | str | None,
+  env: str,
+  locate: Callable[[Path], tuple[str, Path] | None],
+  error: type[DataError],
+  how_to_get: str,
+  what: str,
+) -> tfds.core.DatasetBuilder:
+  """The builder of the cache to read; prepares it from a source if needed.
+
+  The source folder is the first of `source_folders`; where it holds no
+  source, the first prepared cache of `families` serves.
+
+  Args:
+    make: `make(family, **kwargs)`, the dataset's builder of the builder
+      config family `family` ('ilsvrc', 'pickles', ...), `source_dir=`
+      among TFDS's `kwargs`.
+    families: the families whose caches serve without a source, in order of
+      preference; the first's data dir holds the TFDS manual dir.
+    source_dir: the folder of a source, else `$env`, else the manual dir.
+    env: the dataset's environment variable naming a source folder.
+    locate: `locate(folder) -> (family, path)` of the source in `folder`
+      (raising `error` for an unusable one), or None.
+    error: the dataset's `DataError` subclass.
+    how_to_get: what to bring, ending the error for no source and no cache.
+    what: the data in that error, e.g. 'mini-ImageNet (84x84)'.
+
+  Returns:
+    The prepared builder.
+  """
+  probe = make(families[0])
+  how, folder = source_folders(source_dir, env, manual_dir(probe))[0]
+  found = locate(folder)
+  if found is not None:
+    family, path = found
+    builder = make(family, source_dir=path)
+    if not builder.is_prepared():
+      prepare_cache(builder, error)
+    return builder
+  for family in families:
+    builder = make(family)
+    if builder.is_prepared():
+      return builder
+  raise error(
+    f'{what} is not prepared in {probe.data_dir_root} and there is no '
+    f'source in {folder} ({how}). {how_to_get}'
+  )

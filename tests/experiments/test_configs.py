@@ -328,3 +328,25 @@ def test_presets_normalise_as_their_published_figures_were_measured(
   config = module.get_config() if preset is None else module.get_config(preset)
   running = name.startswith(('protonet', 'baseline', 'r2d2'))
   assert config.batch_norm == ('running' if running else 'transductive')
+
+
+def test_tieredimagenet_presets_are_the_miniimagenet_ones_on_its_split():
+  from experiments.configs import maml_miniimagenet
+  from experiments.configs import maml_tieredimagenet
+  from experiments.configs import protonet_miniimagenet
+  from experiments.configs import protonet_tieredimagenet
+
+  for tiered, mini in (
+    (protonet_tieredimagenet, protonet_miniimagenet),
+    (maml_tieredimagenet, maml_miniimagenet),
+  ):
+    assert set(tiered.PRESETS) <= set(mini.PRESETS)
+    for preset in tiered.PRESETS:
+      a = tiered.get_config(preset).to_dict()
+      b = mini.get_config(preset).to_dict()
+      assert (a['dataset'], a['data']) == (
+        'tieredimagenet',
+        {'scheme': 'ren', 'image_size': 84},
+      )
+      assert {k for k in a if a[k] != b[k]} == {'dataset', 'data', 'preset'}
+  assert protonet_tieredimagenet.PRESETS == ('conv4_5w1s', 'conv4_5w5s')
