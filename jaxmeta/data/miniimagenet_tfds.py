@@ -61,8 +61,8 @@ _WNID_RE = re.compile(r'^n\d{8}$')
 _ILSVRC_FILE_RE = re.compile(r'^n\d{8}_\d+\.jpe?g$', re.IGNORECASE)
 
 # What PIL raises for a file that is not a decodable image.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
-_DECODE_ERRORS += (Image.DecompressionBombError,)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+DECODE_ERRORS += (Image.DecompressionBombError,)
 # Appended to every error about the source: what to bring, where to put it.
 HOW_TO_GET = (
   "mini-ImageNet cannot be downloaded for you (ImageNet's terms); bring one "
@@ -463,7 +463,7 @@ class JaxmetaMiniImageNet(tfds_cache.SourceBuilder):
   def _decode(self, jpeg: bytes, wnid: str, where: str) -> np.ndarray:
     try:
       return preprocess(jpeg, self.builder_config.image_size)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
       raise MiniImageNetError(
         f'Cannot decode {where} (class {wnid}): {e!r}. Fix: replace it by '
         'the intact ILSVRC-2012 file.'

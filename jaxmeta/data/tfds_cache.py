@@ -264,6 +264,47 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return folder, source
 
 
+def _class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  num_classes: int,
+  slot: Callable[[Mapping[str, Any]], int | None],
+  error: type[DataError],
+  image_shape: tuple[int, ...],
+  examples: int | None = None,
+):
+  """Yields `(slot, images)` of each record of a `split` of `num_classes`
+  records, one per class, after checking that it fills a new slot and holds
+  images `[n, *image_shape]` (`n == examples` unless `examples` is None,
+  else `n >= 1`); `error` naming the fix otherwise."""
+  source = builder.as_data_source()[split]
+  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
+  if len(source) != num_classes:
+    raise error(
+      f'{where} has {len(source)} classes in its {split} split, not '
+      f'{num_classes}. {fix}'
+    )
+  filled = np.zeros(num_classes, bool)
+  for i in range(len(source)):  # One class at a time: no second copy.
+    record = source[i]
+    index, images = slot(record), record['images']
+    count = images.shape[0]
+    if (
+      index is None
+      or images.shape[1:] != tuple(image_shape)
+      or (count < 1 if examples is None else count != examples)
+      or filled[index]
+    ):
+      wanted = ('n' if examples is None else examples, *image_shape)
+      raise error(
+        f'{where} holds a class with images {images.shape} that is not one '
+        f'of the {split} split, of images {wanted}. {fix}'
+      )
+    filled[index] = True
+    yield index, images
+
+
 def read_class_records(
   builder: tfds.core.DatasetBuilder,
   split: str,
@@ -274,24 +315,37 @@ def read_class_records(
   """Reads a `split` of one record per class (its `images`) into one uint8
   array of `shape` `[classes, examples, H, W, C]`, each class filled once at
   `slot(record)` (None: the record is not a class of it)."""
-  source = builder.as_data_source()[split]
-  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
-  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
-  if len(source) != shape[0]:
-    raise error(
-      f'{where} has {len(source)} classes in its {split} split, not '
-      f'{shape[0]}. {fix}'
-    )
   images = np.empty(shape, np.uint8)
-  filled = np.zeros(shape[0], bool)
-  for i in range(len(source)):  # One class at a time: no second copy.
-    record = source[i]
-    index = slot(record)
-    if index is None or record['images'].shape != shape[1:] or filled[index]:
-      raise error(
-        f'{where} holds a class with images {record["images"].shape} that '
-        f'is not one of the {split} split, of images {shape[1:]}. {fix}'
-      )
-    images[index] = record['images']
-    filled[index] = True
+  records = _class_records(
+    builder, split, shape[0], slot, error, shape[2:], shape[1]
+  )
+  for index, class_images in records:
+    images[index] = class_images
   return images
+
+
+def read_ragged_class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  num_classes: int,
+  image_shape: tuple[int, ...],
+  slot: Callable[[Mapping[str, Any]], int | None],
+  error: type[DataError],
+) -> tuple[np.ndarray, np.ndarray]:
+  """`read_class_records` for classes of unequal sizes.
+
+  Returns:
+    `(images, counts)`: uint8 `[classes, examples, *image_shape]` with
+    `examples` the largest class's and zeros past each class's images, and
+    int64 `[classes]`, the images of each class (`ClassImages`'s contract).
+    The split is read twice (sizes, then images) to hold one class at a time
+    besides the result.
+  """
+  args = (builder, split, num_classes, slot, error, image_shape)
+  counts = np.zeros(num_classes, np.int64)
+  for index, class_images in _class_records(*args):
+    counts[index] = len(class_images)
+  images = np.zeros((num_classes, counts.max(), *image_shape), np.uint8)
+  for index, class_images in _class_records(*args):
+    images[index, : len(class_images)] = class_images
+  return images, counts
