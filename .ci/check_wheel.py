@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jaxmeta
+from jaxmeta.data import cub_tfds
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import omniglot
 from jaxmeta.data import tieredimagenet_tfds
@@ -35,6 +36,7 @@ assert sizes == [1028, 1200, 423], sizes
 assert len(miniimagenet_tfds.read_split_list('test')) == 20
 assert len(tieredimagenet_tfds.read_split_list('test')) == 160
 assert len(tieredimagenet_tfds.read_words()) == 642  # words.tsv
+assert len(cub_tfds.read_split_list('train')) == 100
 assert configs.load('maml_omniglot:5w1s').preset == 'maml_omniglot:5w1s'
 
 

@@ -190,3 +190,14 @@ def on_tieredimagenet(
   c.dataset = 'tieredimagenet'
   c.data = ml_collections.ConfigDict({'scheme': 'ren', 'image_size': 84})
   return c
+
+
+def on_cub(
+  c: ml_collections.ConfigDict, num_filters: int = 64
+) -> ml_collections.ConfigDict:
+  """`c` on CUB-200-2011: Chen et al.'s split (100 / 50 / 50 classes) of
+  84x84 images, Conv-4 with `num_filters`, as `on_miniimagenet` otherwise."""
+  c = on_miniimagenet(c, 'conv4', num_filters)
+  c.dataset = 'cub'
+  c.data = ml_collections.ConfigDict({'scheme': 'chen', 'image_size': 84})
+  return c

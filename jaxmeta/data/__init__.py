@@ -6,11 +6,12 @@ unequal numbers of examples, their counts: `ClassImages`);
 `episodes.sample_task` / `sample_tasks` draw N-way K-shot tasks from it inside
 `jit`; `sample_tasks_host` draws them on the host when a split is too large for
 the device. Registered: 'omniglot', 'miniimagenet', 'tieredimagenet',
-'cifar_fs', 'fc100'.
+'cifar_fs', 'fc100', 'cub'.
 """
 
 from jaxmeta.data import augment
 from jaxmeta.data import cifar100
+from jaxmeta.data import cub
 from jaxmeta.data import episodes
 from jaxmeta.data import host_episodes
 from jaxmeta.data import miniimagenet
@@ -19,6 +20,7 @@ from jaxmeta.data import tieredimagenet
 from jaxmeta.data import registry
 from jaxmeta.data.augment import AugmentConfig
 from jaxmeta.data.cifar100 import Cifar100Error
+from jaxmeta.data.cub import CUBError
 from jaxmeta.data.episodes import check_episode_config
 from jaxmeta.data.episodes import EpisodeConfigError
 from jaxmeta.data.episodes import eval_task_keys

@@ -307,6 +307,47 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return folder, source
 
 
+def _class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  num_classes: int,
+  slot: Callable[[Mapping[str, Any]], int | None],
+  error: type[DataError],
+  image_shape: tuple[int, ...],
+  examples: int | None = None,
+):
+  """Yields `(slot, images)` of each record of a `split` of `num_classes`
+  records, one per class, after checking that it fills a new slot and holds
+  images `[n, *image_shape]` (`n == examples` unless `examples` is None,
+  else `n >= 1`); `error` naming the fix otherwise."""
+  source = builder.as_data_source()[split]
+  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
+  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
+  if len(source) != num_classes:
+    raise error(
+      f'{where} has {len(source)} classes in its {split} split, not '
+      f'{num_classes}. {fix}'
+    )
+  filled = np.zeros(num_classes, bool)
+  for i in range(len(source)):  # One class at a time: no second copy.
+    record = source[i]
+    index, images = slot(record), record['images']
+    count = images.shape[0]
+    if (
+      index is None
+      or images.shape[1:] != tuple(image_shape)
+      or (count < 1 if examples is None else count != examples)
+      or filled[index]
+    ):
+      wanted = ('n' if examples is None else examples, *image_shape)
+      raise error(
+        f'{where} holds a class with images {images.shape} that is not one '
+        f'of the {split} split, of images {wanted}. {fix}'
+      )
+    filled[index] = True
+    yield index, images
+
+
 def read_class_records(
   builder: tfds.core.DatasetBuilder,
   split: str,
@@ -322,30 +363,26 @@ def read_class_records(
   With `counts` (ragged classes, int `[classes]`), the record of slot c holds
   `counts[c]` images, the first rows of its class; the rest stay zero.
   """
-  source = builder.as_data_source()[split]
-  where = f'The prepared {error.dataset} cache in {builder.data_dir}'
-  fix = f'Fix: delete {builder.data_dir} and load again to rebuild it.'
-  if len(source) != shape[0]:
-    raise error(
-      f'{where} has {len(source)} classes in its {split} split, not '
-      f'{shape[0]}. {fix}'
+  if counts is None:
+    images = np.empty(shape, np.uint8)
+    records = _class_records(
+      builder, split, shape[0], slot, error, shape[2:], shape[1]
     )
-  ragged = counts is not None
-  images = (np.zeros if ragged else np.empty)(shape, np.uint8)
-  filled = np.zeros(shape[0], bool)
-  for i in range(len(source)):  # One class at a time: no second copy.
-    record = source[i]
-    index = slot(record)
-    expected = shape[1:]
-    if ragged and index is not None:
-      expected = (int(counts[index]), *shape[2:])
-    if index is None or record['images'].shape != expected or filled[index]:
+    for index, class_images in records:
+      images[index] = class_images
+    return images
+  images = np.zeros(shape, np.uint8)
+  for index, class_images in _class_records(
+    builder, split, shape[0], slot, error, shape[2:]
+  ):
+    if len(class_images) != counts[index]:
       raise error(
-        f'{where} holds a class with images {record["images"].shape} that '
-        f'is not one of the {split} split, of images {expected}. {fix}'
+        f'The prepared {error.dataset} cache in {builder.data_dir} holds '
+        f'{len(class_images)} images of class {index} of its {split} split, '
+        f'not the {counts[index]} it records. Fix: delete '
+        f'{builder.data_dir} and load again to rebuild it.'
       )
-    images[index, : expected[0]] = record['images']
-    filled[index] = True
+    images[index, : len(class_images)] = class_images
   return images
 
 
@@ -398,3 +435,30 @@ def prepared_builder(
     f'{what} is not prepared in {probe.data_dir_root} and there is no '
     f'source in {folder} ({how}). {how_to_get}'
   )
+
+
+def read_ragged_class_records(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  num_classes: int,
+  image_shape: tuple[int, ...],
+  slot: Callable[[Mapping[str, Any]], int | None],
+  error: type[DataError],
+) -> tuple[np.ndarray, np.ndarray]:
+  """`read_class_records` for classes of unequal sizes.
+
+  Returns:
+    `(images, counts)`: uint8 `[classes, examples, *image_shape]` with
+    `examples` the largest class's and zeros past each class's images, and
+    int64 `[classes]`, the images of each class (`ClassImages`'s contract).
+    The split is read twice (sizes, then images) to hold one class at a time
+    besides the result.
+  """
+  args = (builder, split, num_classes, slot, error, image_shape)
+  counts = np.zeros(num_classes, np.int64)
+  for index, class_images in _class_records(*args):
+    counts[index] = len(class_images)
+  images = np.zeros((num_classes, counts.max(), *image_shape), np.uint8)
+  for index, class_images in _class_records(*args):
+    images[index, : len(class_images)] = class_images
+  return images, counts

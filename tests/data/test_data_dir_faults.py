@@ -1,4 +1,4 @@
-"""Omniglot, mini-ImageNet and CIFAR-FS/FC100 with a data dir that cannot be
+"""Omniglot, mini-ImageNet, CIFAR-FS/FC100 and CUB with a data dir that cannot be
 written, or that is removed while their cache is prepared: one `DataError`
 each, and the next load (with the fault removed) prepares the cache."""
 
@@ -13,12 +13,15 @@ import tensorflow_datasets as tfds
 
 from jaxmeta.data import cifar100
 from jaxmeta.data import cifar100_tfds
+from jaxmeta.data import cub
+from jaxmeta.data import cub_tfds
 from jaxmeta.data import miniimagenet
 from jaxmeta.data import miniimagenet_tfds
 from jaxmeta.data import omniglot
 from jaxmeta.data import omniglot_tfds
 from jaxmeta.data import registry
 
+from support import cub_files
 from support import REPO
 from support.cifar_files import fake_cifar
 from support.cifar_files import write_archive
@@ -52,6 +55,14 @@ def _cifar(tmp_path):
   return load, cifar100_tfds.JaxmetaCifar100
 
 
+def _cub(tmp_path):
+  tgz = cub_files.write_tgz(tmp_path / 'cub', cub_files.fake_cub()[0])
+  load = lambda data_dir: cub.load(
+    'val', data_dir=str(data_dir), source_dir=str(tgz)
+  )
+  return load, cub_tfds.JaxmetaCUB
+
+
 def _omniglot(tmp_path):
   del tmp_path
   source = REPO / 'data' / 'omniglot'
@@ -61,11 +72,17 @@ def _omniglot(tmp_path):
   return load, omniglot_tfds.JaxmetaOmniglot
 
 
-DATASETS = {'miniimagenet': _mini, 'fc100': _cifar, 'omniglot': _omniglot}
+DATASETS = {
+  'miniimagenet': _mini,
+  'fc100': _cifar,
+  'cub': _cub,
+  'omniglot': _omniglot,
+}
 # Omniglot's cache is its 32,460 real drawings: prepared twice, ~30 s a test.
 NAMES = [
   'fc100',
   'miniimagenet',
+  'cub',
   pytest.param('omniglot', marks=pytest.mark.slow),
 ]
 
@@ -136,7 +153,7 @@ def test_a_data_dir_removed_while_preparing_is_one_error(
   assert first.images.shape[0] > 0
 
 
-@pytest.mark.parametrize('dataset', NAMES[:2])
+@pytest.mark.parametrize('dataset', NAMES[:3])
 def test_a_full_disk_is_one_error(tmp_path, monkeypatch, dataset):
   load, builder_class = DATASETS[dataset](tmp_path)
 
@@ -157,6 +174,7 @@ def test_a_full_disk_is_one_error(tmp_path, monkeypatch, dataset):
   [
     (miniimagenet_tfds.JaxmetaMiniImageNet, 'pickles84'),
     (cifar100_tfds.JaxmetaCifar100, None),
+    (cub_tfds.JaxmetaCUB, None),
   ],
 )
 def test_a_builder_with_an_empty_manual_dir_is_one_line(

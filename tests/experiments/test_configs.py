@@ -317,6 +317,30 @@ def test_method_presets_follow_their_papers():
   assert baseline_omniglot.get_config('baseline_5w1s').algorithm == 'baseline'
 
 
+def test_cub_presets_are_the_miniimagenet_conv4_recipes_on_cub():
+  from experiments.configs import baseline_cub
+  from experiments.configs import baseline_miniimagenet
+  from experiments.configs import protonet_cub
+  from experiments.configs import protonet_miniimagenet
+
+  pairs = (
+    (protonet_cub, protonet_miniimagenet),
+    (baseline_cub, baseline_miniimagenet),
+  )
+  for cub, mini in pairs:
+    for preset in cub.PRESETS:
+      c, m = cub.get_config(preset), mini.get_config(preset)
+      assert (c.dataset, c.data.to_dict(), c.backbone, c.model.num_filters) == (
+        'cub',
+        {'scheme': 'chen', 'image_size': 84},
+        'conv4',
+        64,
+      )
+      c.dataset, c.data, c.preset = m.dataset, m.data, m.preset
+      assert c.to_dict() == m.to_dict(), preset
+  assert (len(protonet_cub.PRESETS), len(baseline_cub.PRESETS)) == (2, 4)
+
+
 @pytest.mark.parametrize('name,preset', CASES)
 def test_presets_normalise_as_their_published_figures_were_measured(
   name, preset
