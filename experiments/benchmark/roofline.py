@@ -28,9 +28,14 @@ def best_seconds(run: Callable[[], None], repeats: int) -> float:
 
 
 def xla_matmul(size: int, dtype: str) -> Callable[[], None]:
-  """One synchronised `jax.jit(jnp.matmul)` of two random square matrices."""
+  """One synchronised jitted matmul of two random square matrices, with
+  float32 accumulation and output: as PyTorch's bf16 matmul accumulates in
+  float32, and XLA:CPU's bf16-output matmul took a path 6x slower than this
+  one on AMX (benchmarks/cpu/NOTES.md)."""
   a, b = jax.random.normal(jax.random.key(0), (2, size, size), dtype)
-  matmul = jax.jit(jnp.matmul)
+  matmul = jax.jit(
+    lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)
+  )
   return lambda: matmul(a, b).block_until_ready()
 
 
