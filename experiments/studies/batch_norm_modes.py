@@ -21,6 +21,7 @@ from absl import flags
 import ml_collections
 
 from .. import common
+from ..main import USER_ERRORS
 from ..configs import default
 from . import compare
 from jaxmeta.models import norms
@@ -134,13 +135,16 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
   iterations = {5: flag_values.iterations_5way}
   if flag_values.iterations_20way:
     iterations[20] = flag_values.iterations_20way
-  results = run_modes(flag_values.modes, iterations, flag_values.workdir)
-  output_dir = flag_values.output_dir or flag_values.workdir
-  common.write_json(os.path.join(output_dir, 'results.json'), results)
-  text = table(results)
-  with open(os.path.join(output_dir, 'table.md'), 'w') as f:
-    f.write(text)
-  print(text, end='')
+  try:
+    results = run_modes(flag_values.modes, iterations, flag_values.workdir)
+    output_dir = flag_values.output_dir or flag_values.workdir
+    common.write_json(os.path.join(output_dir, 'results.json'), results)
+    text = table(results)
+    with open(os.path.join(output_dir, 'table.md'), 'w') as f:
+      f.write(text)
+    print(text, end='')
+  except USER_ERRORS as e:  # A busy workdir, a full disk...: one line.
+    common.exit_with_one_line(e)
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 
 from .. import common
+from ..main import USER_ERRORS
 from .. import build
 from .. import train
 from . import compare_recipes
@@ -252,17 +253,20 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
   check_command_line(argv, flag_values, 'methods', METHODS)
   if flag_values.budget_s <= 0:
     common.exit_with_one_line('--budget_s must be > 0.')
-  results = compare(
-    flag_values.methods, flag_values.budget_s, flag_values.workdir
-  )
-  output_dir = flag_values.output_dir or flag_values.workdir
-  common.write_json(os.path.join(output_dir, 'results.json'), results)
-  plot(results, os.path.join(output_dir, 'comparison.png'))
-  for method, r in results['methods'].items():
-    print(
-      f'{method:>20}: {100 * r["test_accuracy"]:.1f}% +- '
-      f'{100 * r["test_ci95"]:.1f}% ({r["iterations"]} iterations)'
+  try:
+    results = compare(
+      flag_values.methods, flag_values.budget_s, flag_values.workdir
     )
+    output_dir = flag_values.output_dir or flag_values.workdir
+    common.write_json(os.path.join(output_dir, 'results.json'), results)
+    plot(results, os.path.join(output_dir, 'comparison.png'))
+    for method, r in results['methods'].items():
+      print(
+        f'{method:>20}: {100 * r["test_accuracy"]:.1f}% +- '
+        f'{100 * r["test_ci95"]:.1f}% ({r["iterations"]} iterations)'
+      )
+  except USER_ERRORS as e:  # A busy workdir, a full disk...: one line.
+    common.exit_with_one_line(e)
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 from absl import flags
 import pytest
 
+from experiments import common
 from experiments.studies import batch_norm_modes
 from support.tiny_runs import tiny_config
 
@@ -63,3 +64,20 @@ def test_the_command_line_refuses_bad_flags_in_one_line(
   assert exit_info.value.code == 1
   err = capsys.readouterr().err.strip()
   assert err.startswith('Error: ') and message in err and '\n' not in err
+
+
+def test_a_busy_workdir_is_one_line(tmp_path, capsys):
+  (tmp_path / '5way_support').mkdir()
+  values = flags.FlagValues()
+  batch_norm_modes.define_flags(values)
+  values(
+    ['batch_norm_modes', f'--workdir={tmp_path}', '--modes=support']
+    + ['--iterations_5way=1', '--iterations_20way=0']
+  )
+  with common.locked_workdir(tmp_path / '5way_support'):
+    with pytest.raises(SystemExit) as exit_info:
+      batch_norm_modes.main(['batch_norm_modes'], values)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('Error: ') and 'in use by another run' in err
+  assert '\n' not in err and not (tmp_path / 'results.json').exists()

@@ -6,6 +6,7 @@ import os
 from absl import flags
 import pytest
 
+from experiments import common
 from experiments import config_checks
 from experiments import configs
 from experiments.studies import compare
@@ -124,3 +125,19 @@ def test_the_command_line_refuses_bad_flags_in_one_line(
   err = capsys.readouterr().err.strip()
   assert err.startswith('Error: ') and message in err and '\n' not in err
   assert not (tmp_path / 'results.json').exists()
+
+
+def test_a_busy_workdir_is_one_line(tmp_path, capsys):
+  # The speed is on record, so the run goes straight to its workdir.
+  (tmp_path / 'calibration.json').write_text('{"maml": 10.0}')
+  (tmp_path / 'maml').mkdir()
+  values = flags.FlagValues()
+  compare.define_flags(values)
+  values(['compare', f'--workdir={tmp_path}', '--methods=maml', '--budget_s=1'])
+  with common.locked_workdir(tmp_path / 'maml'):
+    with pytest.raises(SystemExit) as exit_info:
+      compare.main(['compare'], values)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('Error: ') and 'in use by another run' in err
+  assert '\n' not in err and not (tmp_path / 'results.json').exists()
