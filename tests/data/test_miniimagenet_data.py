@@ -2,7 +2,6 @@
 
 import io
 from pathlib import Path
-import tarfile
 
 import numpy as np
 from PIL import Image
@@ -16,6 +15,8 @@ from support.miniimagenet_files import LISTS
 from support.miniimagenet_files import SHIPPED
 from support.miniimagenet_files import shipped_classes
 from support.miniimagenet_files import write_pickles
+from support.ilsvrc_files import write_folder
+from support.ilsvrc_files import write_tar
 
 pytestmark = pytest.mark.usefixtures('miniimagenet_tiny_lists')
 
@@ -51,33 +52,6 @@ def _fake_ilsvrc(seed=0):
   }
 
 
-def _write_folder(root, classes):
-  for wnid, files in classes.items():
-    (root / wnid).mkdir(parents=True)
-    for name, data in files.items():
-      (root / wnid / name).write_bytes(data)
-  return root
-
-
-def _tar_bytes(files):
-  buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w') as archive:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      archive.addfile(info, io.BytesIO(data))
-  return buffer.getvalue()
-
-
-def _write_tar(root, classes):
-  root.mkdir(parents=True, exist_ok=True)
-  path = root / miniimagenet_tfds.TAR_NAME
-  path.write_bytes(
-    _tar_bytes({f'{w}.tar': _tar_bytes(files) for w, files in classes.items()})
-  )
-  return path
-
-
 def _no_prepared_dataset(data_dir):
   return not list(Path(data_dir).rglob('dataset_info.json'))
 
@@ -99,7 +73,7 @@ def test_registered():
 
 
 def test_folder_source_selects_by_numeric_rank(tmp_path):
-  source = _write_folder(tmp_path / 'ilsvrc', _fake_ilsvrc())
+  source = write_folder(tmp_path / 'ilsvrc', _fake_ilsvrc())
   data_dir = str(tmp_path / 'd')
   for split, classes in LISTS.items():
     data = registry.load(
@@ -120,8 +94,8 @@ def test_folder_source_selects_by_numeric_rank(tmp_path):
 
 def test_tar_source_matches_folder_and_one_image_matches_pil(tmp_path):
   classes = _fake_ilsvrc()
-  folder = _write_folder(tmp_path / 'ilsvrc', classes)
-  tar = _write_tar(tmp_path / 'tar', classes)
+  folder = write_folder(tmp_path / 'ilsvrc', classes)
+  tar = write_tar(tmp_path / 'tar', classes)
   from_folder = miniimagenet.load(
     'train', data_dir=str(tmp_path / 'a'), source_dir=str(folder)
   )
@@ -139,7 +113,7 @@ def test_tar_source_matches_folder_and_one_image_matches_pil(tmp_path):
 
 
 def test_other_image_size_and_a_train_subfolder(tmp_path):
-  _write_folder(tmp_path / 'ILSVRC' / 'train', _fake_ilsvrc())
+  write_folder(tmp_path / 'ILSVRC' / 'train', _fake_ilsvrc())
   data = miniimagenet.load(
     'val',
     image_size=32,
@@ -248,7 +222,7 @@ def test_missing_class_folder_names_the_class(tmp_path):
   classes = _fake_ilsvrc()
   wnid = ALL_WNIDS[2]
   del classes[wnid]
-  folder = _write_folder(tmp_path / 'ilsvrc', classes)
+  folder = write_folder(tmp_path / 'ilsvrc', classes)
   with pytest.raises(
     miniimagenet.MiniImageNetError, match=f'{wnid} is missing'
   ):
@@ -264,9 +238,9 @@ def test_incomplete_class_names_the_class(tmp_path, kind):
   wnid = ALL_WNIDS[-1]  # Test class; its list needs image #5.
   del classes[wnid][f'{wnid}_150.JPEG']
   if kind == 'folder':
-    source = _write_folder(tmp_path / 'src', classes)
+    source = write_folder(tmp_path / 'src', classes)
   else:
-    source = _write_tar(tmp_path / 'src', classes).parent
+    source = write_tar(tmp_path / 'src', classes).parent
   with pytest.raises(
     miniimagenet.MiniImageNetError, match=f'{wnid} has 4 images.*needs image #5'
   ):
@@ -277,7 +251,7 @@ def test_incomplete_class_names_the_class(tmp_path, kind):
 
 
 def test_truncated_tar_raises_and_is_not_cached(tmp_path):
-  path = _write_tar(tmp_path / 'src', _fake_ilsvrc())
+  path = write_tar(tmp_path / 'src', _fake_ilsvrc())
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
   with pytest.raises(miniimagenet.MiniImageNetError, match='truncated'):
@@ -293,7 +267,7 @@ def test_corrupt_jpeg_midway_leaves_no_cache_and_next_load_rebuilds(tmp_path):
   name = f'{wnid}_{NUMERIC_KS[0]}.JPEG'
   good = classes[wnid][name]
   classes[wnid][name] = good[:40]
-  folder = _write_folder(tmp_path / 'ilsvrc', classes)
+  folder = write_folder(tmp_path / 'ilsvrc', classes)
   data_dir = str(tmp_path / 'd')
   with pytest.raises(
     miniimagenet.MiniImageNetError,

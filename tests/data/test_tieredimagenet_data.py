@@ -15,6 +15,8 @@ from jaxmeta.data import registry
 from jaxmeta.data import tieredimagenet
 from jaxmeta.data import tieredimagenet_tfds
 from support import tieredimagenet_files as files
+from support.ilsvrc_files import write_folder
+from support.ilsvrc_files import write_tar
 from support.tieredimagenet_files import COUNTS
 from support.tieredimagenet_files import SHIPPED
 
@@ -86,7 +88,7 @@ def _pil_8x8(jpeg):
 
 def test_ilsvrc_folder_every_image_in_numeric_order_of_k(tmp_path):
   classes = files.fake_ilsvrc()
-  source = files.write_folder(tmp_path / 'ilsvrc', classes)
+  source = write_folder(tmp_path / 'ilsvrc', classes)
   for split in COUNTS:
     data = _load(split, source, tmp_path / 'd', image_size=8)
     _check_ragged(data, split)
@@ -101,8 +103,8 @@ def test_ilsvrc_folder_every_image_in_numeric_order_of_k(tmp_path):
 
 def test_ilsvrc_tar_matches_the_folder(tmp_path):
   classes = files.fake_ilsvrc()
-  folder = files.write_folder(tmp_path / 'ILSVRC' / 'train', classes)
-  tar = files.write_tar(tmp_path / 'tar', classes)
+  folder = write_folder(tmp_path / 'ILSVRC' / 'train', classes)
+  tar = write_tar(tmp_path / 'tar', classes)
   for split in COUNTS:
     from_folder = _load(split, folder.parent, tmp_path / 'a', image_size=8)
     from_tar = _load(split, tar.parent, tmp_path / 'b', image_size=8)
@@ -202,7 +204,7 @@ def test_missing_class_is_one_line_naming_it(tmp_path):
   classes = files.fake_ilsvrc()
   wnid = list(COUNTS['test'])[1]
   del classes[wnid]
-  folder = files.write_folder(tmp_path / 'ilsvrc', classes)
+  folder = write_folder(tmp_path / 'ilsvrc', classes)
   _one_line_error(
     lambda: _load('train', folder, tmp_path / 'd'), f'Class {wnid} is missing'
   )
@@ -252,7 +254,7 @@ def test_truncated_file_is_one_line_naming_it(tmp_path, name):
 
 
 def test_truncated_tar_is_one_line(tmp_path):
-  path = files.write_tar(tmp_path / 'src', files.fake_ilsvrc())
+  path = write_tar(tmp_path / 'src', files.fake_ilsvrc())
   path.write_bytes(path.read_bytes()[:3000])
   _one_line_error(
     lambda: _load('train', path.parent, tmp_path / 'd', image_size=8),
@@ -338,7 +340,7 @@ def test_protonet_preset_trains_on_ragged_classes(tmp_path):
   """The training program, end to end on the fake ILSVRC folder at 8x8; the
   train split's second class (one image) cannot fill a task of one shot and
   one query, and the sampler leaves it out."""
-  source = files.write_folder(tmp_path / 'ilsvrc', files.fake_ilsvrc())
+  source = write_folder(tmp_path / 'ilsvrc', files.fake_ilsvrc())
   config = protonet_tieredimagenet.get_config('conv4_5w1s')
   config.data.image_size = 8
   config.model = ml_collections.ConfigDict({'num_filters': 4, 'num_blocks': 2})

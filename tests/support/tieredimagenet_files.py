@@ -3,12 +3,10 @@
 import csv
 import io
 import pickle
-import tarfile
 
 import numpy as np
 from PIL import Image
 
-from jaxmeta.data import ilsvrc
 from jaxmeta.data import tieredimagenet_tfds
 from support import REPO
 
@@ -74,34 +72,6 @@ def fake_ilsvrc(seed=0):
     }
     for i, w in enumerate(ALL_WNIDS)
   }
-
-
-def write_folder(root, classes):
-  for wnid, files in classes.items():
-    (root / wnid).mkdir(parents=True)
-    for name, data in files.items():
-      (root / wnid / name).write_bytes(data)
-  return root
-
-
-def _tar_bytes(files):
-  buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w') as archive:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      archive.addfile(info, io.BytesIO(data))
-  return buffer.getvalue()
-
-
-def write_tar(root, classes):
-  """`ILSVRC2012_img_train.tar` in `root`: a tar of per-class tars."""
-  root.mkdir(parents=True, exist_ok=True)
-  path = root / ilsvrc.TAR_NAME
-  path.write_bytes(
-    _tar_bytes({f'{w}.tar': _tar_bytes(files) for w, files in classes.items()})
-  )
-  return path
 
 
 # ---- Ren et al.'s preprocessed files --------------------------------------
