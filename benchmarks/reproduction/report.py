@@ -39,7 +39,7 @@ def main() -> None:
     )
   (HERE / 'table.md').write_text('\n'.join(rows) + '\n')
 
-  fig, ax = plt.subplots(figsize=(6, 0.6 + 0.7 * len(cards)), dpi=120)
+  fig, ax = plt.subplots(figsize=(6, 1.2 + 0.7 * len(cards)), dpi=120)
   for i, (name, card) in enumerate(cards):
     test = card['test']
     first = i == 0
@@ -71,7 +71,7 @@ def main() -> None:
   ax.set_yticks(range(len(cards)), [name for name, _ in cards])
   ax.set_ylim(-0.6, len(cards) - 0.4)
   ax.set_xlabel('test accuracy (%), trained on 2 CPU cores')
-  ax.legend(loc='lower left', fontsize=8)
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8)
   fig.tight_layout()
   fig.savefig(HERE / 'figure.png')
 

@@ -416,8 +416,8 @@ def test_the_command_errors_are_one_line(tmp_path, omniglot_run):
 
 @pytest.mark.slow
 def test_the_readme_example_runs(omniglot_run, monkeypatch):
-  """The README's example as written, on a tiny run instead of the main
-  job's."""
+  """The README's example as written, on a tiny MAML run instead of the
+  published ProtoNets model."""
   workdir, _, data_dir = omniglot_run
   text = (REPO / 'README.md').read_text()
   code = next(
@@ -425,8 +425,9 @@ def test_the_readme_example_runs(omniglot_run, monkeypatch):
     for block in text.split('```python\n')[1:]
     if 'load_run(' in block.split('```')[0]
   ).split('```')[0]
-  assert "load_run('runs/omniglot')" in code
-  code = code.replace("'runs/omniglot'", repr(workdir))
+  published = "'benchmarks/reproduction/protonet_omniglot_5w1s'"
+  assert f'model = {published}' in code and 'load_run(model)' in code
+  code = code.replace(published, repr(workdir))
   monkeypatch.setenv('JAXMETA_DATA_DIR', data_dir)
   namespace = {}
   exec(compile(code, 'README.md', 'exec'), namespace)
