@@ -253,7 +253,8 @@ class Run:
     self.load(first_split)
     num_train_classes = None
     if 'num_classes' in jaxmeta.algorithms.options(config.algorithm):
-      num_train_classes = len(tasks.class_images(self.load('train'))[0])
+      train_data = self.load(config.get('train_split', 'train'))
+      num_train_classes = len(tasks.class_images(train_data)[0])
     # Recorded in the workdir (`meta`) so that `predict.load_run` rebuilds the
     # learner without the data.
     self.input_shape = tuple(self.family.input_shape(self.data[first_split]))

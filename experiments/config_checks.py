@@ -69,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ('config.meta_optimizer', 'meta_optimizer', ('adam', 'sgd')),
     ('config.meta_lr_schedule', 'meta_lr_schedule', _SCHEDULES),
     ('config.sampler', 'sampler', ('device', 'host')),
+    ('config.train_split', 'train_split', tasks.TRAIN_SPLITS),
   ):
     value = config[field]
     if value not in choices:

@@ -24,6 +24,10 @@ from jaxmeta.data import host_episodes
 from jaxmeta.data import sinusoid
 
 
+# The values of `config.train_split`: the classes trained on.
+TRAIN_SPLITS = ('train', 'trainval')
+
+
 class TaskFamilyError(ValueError):
   """A configuration that the task family cannot supply tasks for."""
 
@@ -39,7 +43,8 @@ class TaskFamily(NamedTuple):
     metric: the key of the loss's metrics ('accuracy' or 'mse') that selects
       the best checkpoint on validation.
     higher_is_better: whether a larger `metric` is better.
-    load: `load(split) -> data` of 'train', 'val' or 'test', on the device
+    load: `load(split) -> data` of 'train', 'val', 'test' or 'trainval'
+      (the classes of 'train' then 'val'; see `TRAIN_SPLITS`), on the device
       (None where tasks are generated); cached. An image split's data is its
       images, or `(images, counts)` where its classes are ragged (see
       `class_images`).
@@ -123,8 +128,14 @@ def episodic(
   augment_task = make_augment(config)
 
   @functools.cache
+  def read(split):
+    if split == 'trainval':
+      return jaxmeta.data.registry.union(read('train'), read('val'))
+    return loader(split, data_dir=data_dir, source_dir=source_dir, **options)
+
+  @functools.cache
   def load(split):
-    data = loader(split, data_dir=data_dir, source_dir=source_dir, **options)
+    data = read(split)
     num_classes, num_examples, height, width, channels = data.images.shape
     try:
       check_crop_padding(settings.crop_padding, min(height, width))
@@ -148,7 +159,9 @@ def episodic(
     arrays = data.images  # uint8 [classes, examples, H, W, C]
     if data.counts is not None:  # Ragged classes: see `class_images`.
       arrays = data.images, np.asarray(data.counts, np.int32)
-    if not (on_host and split == 'train'):  # Else host memory: `sample_host`.
+    if not (
+      on_host and split in TRAIN_SPLITS
+    ):  # Else host memory: `sample_host`.
       arrays = jax.device_put(arrays)
     return arrays
 

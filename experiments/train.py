@@ -120,13 +120,13 @@ def _close_quietly(*closers) -> None:
 
 def _train_and_evaluate(config, workdir, data_dir, source_dir, progress):
   """`train_and_evaluate` in a checked, locked workdir."""
-  run = build.Run(config, workdir, data_dir, source_dir, 'train')
+  run = build.Run(config, workdir, data_dir, source_dir, config.train_split)
   checkpoints = run.checkpoints
   writer, bar = _NoWriter(), None
   try:
     saved, source = workdir_lib.read_saved_config(workdir, checkpoints)
     workdir_lib.check_same_run(saved, source, config, workdir)
-    train_data, val_data = run.load('train'), run.load('val')
+    train_data, val_data = run.load(config.train_split), run.load('val')
     state = run.init_state()
     restored = checkpoints.restore_latest_readable(state)
     if restored is not None:

@@ -25,6 +25,10 @@ RESUMABLE_FIELDS = tuple(
   'checkpoint_every keep_checkpoints log_every model.conv_impl'.split()
 )
 
+# Fields added since runs were first saved, with the value that runs saved
+# before them had.
+ADDED_FIELDS = {'train_split': 'train'}
+
 
 def prepare_workdir(workdir: epath.Path, create: bool = True) -> None:
   """Refuses a workdir that is a file, not writable, or of an older layout."""
@@ -105,7 +109,8 @@ def check_same_run(
   `RESUMABLE_FIELDS`)."""
   if saved is None:
     return
-  before, now = config_checks.flatten(saved), config_checks.flatten(config)
+  before = {**ADDED_FIELDS, **config_checks.flatten(saved)}
+  now = config_checks.flatten(config)
   diffs = {
     k: (before.get(k), now.get(k))
     for k in sorted(set(before) | set(now))

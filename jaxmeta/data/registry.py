@@ -45,6 +45,41 @@ class ClassImages(NamedTuple):
   counts: np.ndarray | None = None
 
 
+def union(*parts: ClassImages) -> ClassImages:
+  """The classes of every part, in order (e.g. a training and a validation
+  split); classes of unequal examples are padded as `ClassImages` says.
+
+  Raises:
+    ValueError: parts whose images differ in shape (but for the examples)
+      or dtype.
+  """
+  shapes = {p.images.shape[2:] + (p.images.dtype,) for p in parts}
+  if len(shapes) != 1:
+    raise ValueError(f'Cannot join splits of different image shapes {shapes}.')
+  examples = max(p.images.shape[1] for p in parts)
+  if all(p.counts is None and p.images.shape[1] == examples for p in parts):
+    counts = None
+  else:
+    counts = np.concatenate(
+      [
+        np.full(len(p.images), p.images.shape[1])
+        if p.counts is None
+        else np.asarray(p.counts)
+        for p in parts
+      ]
+    )
+  images = np.concatenate(
+    [
+      np.pad(
+        p.images, [(0, 0), (0, examples - p.images.shape[1])] + [(0, 0)] * 3
+      )
+      for p in parts
+    ]
+  )
+  names = tuple(name for p in parts for name in p.class_names)
+  return ClassImages(images, names, counts)
+
+
 Loader = Callable[..., ClassImages]  # See the module docstring.
 
 DATASETS: dict[str, Loader] = {}

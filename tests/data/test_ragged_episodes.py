@@ -15,6 +15,7 @@ import pytest
 
 from jaxmeta.data import episodes
 from jaxmeta.data import host_episodes
+from jaxmeta.data import registry
 
 COUNTS = np.array([8, 3, 5, 8, 2, 6, 4, 7, 5])  # Classes 1 and 4 too small.
 WAYS, SHOTS, QUERIES = 3, 2, 2
@@ -184,3 +185,21 @@ def test_one_program_for_any_counts():
   for counts in (COUNTS, np.minimum(COUNTS, 5), np.minimum(COUNTS, 4)):
     _decode(sample(jax.random.key(3), images, counts).query_x)
   assert len(traces) == 1
+
+
+def test_union_of_splits_pads_the_smaller_and_keeps_every_count():
+  full = registry.ClassImages(np.full((2, 3, 2, 2, 1), 7, np.uint8), ('a', 'b'))
+  ragged = registry.ClassImages(
+    np.full((3, 5, 2, 2, 1), 9, np.uint8), ('c', 'd', 'e'), np.array([5, 1, 4])
+  )
+  joined = registry.union(full, ragged)
+  assert joined.images.shape == (5, 5, 2, 2, 1)
+  assert joined.class_names == ('a', 'b', 'c', 'd', 'e')
+  np.testing.assert_array_equal(joined.counts, [3, 3, 5, 1, 4])
+  np.testing.assert_array_equal(joined.images[:2, :3], full.images)
+  assert not joined.images[:2, 3:].any()  # Padding, never drawn.
+  np.testing.assert_array_equal(joined.images[2:], ragged.images)
+  # Full classes of one size stay full: no counts.
+  assert registry.union(full, full).counts is None
+  with pytest.raises(ValueError, match='different image shapes'):
+    registry.union(full, full._replace(images=full.images[:, :, :1]))

@@ -131,6 +131,7 @@ def test_the_baselines_refuse_an_episode_shape_they_would_ignore(
     ('dataset', 'omniglott', "did you mean 'omniglot'"),
     ('backbone', 'conv_4', "did you mean 'conv4'"),
     ('batch_norm', 'runing', "did you mean 'running'"),
+    ('train_split', 'trainvall', "did you mean 'trainval'"),
   ],
 )
 def test_registry_names_suggest_the_closest(field, value, message):

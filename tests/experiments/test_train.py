@@ -17,6 +17,7 @@ from experiments import build
 from experiments import config_checks
 from experiments import common
 from experiments import train
+from experiments import workdir
 from experiments.configs import sinusoid as sinusoid_config
 from support import tb_events
 from support.tiny_runs import restore
@@ -407,6 +408,21 @@ def test_backbone_errors_are_config_errors(tmp_path, tiny_dataset):
   config.model.num_blocks = 4  # 8x8 images cannot be pooled four times.
   with pytest.raises(config_checks.ConfigError, match='too small'):
     run(config, tmp_path)
+
+
+def test_a_run_saved_before_a_field_was_added_has_its_former_value(
+  tiny_dataset,
+):
+  config = tiny_config(tiny_dataset)
+  saved = config.to_dict()
+  del saved['train_split']  # As runs saved before the field existed.
+  workdir.check_same_run(saved, 'config.json', config, 'old_run')
+  config.train_split = 'trainval'
+  with pytest.raises(
+    config_checks.ConfigError,
+    match=r"train_split: saved 'train' vs now 'trainval'",
+  ):
+    workdir.check_same_run(saved, 'config.json', config, 'old_run')
 
 
 def test_a_different_configuration_is_refused_even_without_config_json(

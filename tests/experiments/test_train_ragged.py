@@ -7,6 +7,7 @@ import pytest
 
 import jaxmeta
 from experiments import config_checks
+from experiments import predict
 from experiments import tasks
 from jaxmeta.data import registry
 from support.tiny_runs import run
@@ -83,3 +84,24 @@ def test_too_few_classes_with_enough_images_is_one_config_error(
     r'4 of 12 classes with at least shots \+ queries = 6 examples',
   ):
     run(config, tmp_path)
+
+
+def test_trainval_trains_on_the_classes_of_train_then_val(
+  tmp_path, ragged_dataset
+):
+  config = tiny_config(ragged_dataset, algorithm='baseline', batch_size=8)
+  config.train_split = 'trainval'
+  family = tasks.build(config)
+  images, counts = tasks.class_images(family.load('trainval'))
+  train, val = (
+    registry.load(ragged_dataset, split) for split in ('train', 'val')
+  )
+  np.testing.assert_array_equal(
+    images, np.concatenate([train.images, val.images])
+  )
+  np.testing.assert_array_equal(counts, np.concatenate([COUNTS, COUNTS]))
+  results = run(config, tmp_path)
+  assert results['iterations'] == 4
+  _, params, _ = predict.load_run(tmp_path)
+  # Baseline's head: one output per class trained on, 12 + 12.
+  assert params['head']['w'].shape[-1] == 2 * len(COUNTS)
