@@ -41,6 +41,20 @@ class ConfigError(ValueError):
   """A configuration or workdir that cannot run, found before any training."""
 
 
+# Fields added since runs were first saved, with the value that runs saved
+# before them had.
+ADDED_FIELDS = {'train_split': 'train'}
+
+
+def with_added_fields(config: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` (a ConfigDict or the dict of a run's config.json)
+  holding every one of `ADDED_FIELDS`: those it lacks take their former
+  value, so that runs saved before them evaluate and resume as they were."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  return ml_collections.ConfigDict({**ADDED_FIELDS, **config})
+
+
 def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
   """`{'model': {'num_filters': 8}}` -> `{'model.num_filters': 8}`."""
   if isinstance(config, ml_collections.ConfigDict):

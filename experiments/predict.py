@@ -85,7 +85,7 @@ def _load(workdir, checkpoint, data_dir, source_dir):
       f'{workdir} holds no run (no config.json and checkpoints/). Fix: give '
       'the --workdir of a trained run.'
     )
-  config = ml_collections.ConfigDict(
+  config = config_checks.with_added_fields(
     workdir_lib.read_config_json(
       workdir / 'config.json', 'give the --workdir of an intact run'
     )
@@ -98,7 +98,7 @@ def _load(workdir, checkpoint, data_dir, source_dir):
     ) as checkpoints,
   ):
     saved, _ = workdir_lib.read_saved_config(workdir, checkpoints)
-    config = ml_collections.ConfigDict(saved)
+    config = config_checks.with_added_fields(saved)
     family = tasks.build(config, data_dir, source_dir)
     if checkpoint == 'best':
       step, role = checkpoints.best_step(), 'the best on validation'

@@ -83,6 +83,7 @@ def train_and_evaluate(
     common.OneLineError: the workdir is in use by another run, or its disk
       is full (`common.DiskFullError`; what was saved before stays).
   """
+  config = config_checks.with_added_fields(config)
   config_checks.validate(config)
   workdir = common.workdir_path(workdir)
   workdir_lib.prepare_workdir(workdir)
@@ -305,6 +306,7 @@ def evaluate(
   changed; the workdir's lock is held shared (refused while a run trains).
   An unreadable best checkpoint is a `checkpoints.CheckpointError`.
   """
+  config = config_checks.with_added_fields(config)
   config_checks.validate(config)
   workdir = common.workdir_path(workdir)
   workdir_lib.prepare_workdir(workdir, create=False)

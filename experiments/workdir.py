@@ -25,10 +25,6 @@ RESUMABLE_FIELDS = tuple(
   'checkpoint_every keep_checkpoints log_every model.conv_impl'.split()
 )
 
-# Fields added since runs were first saved, with the value that runs saved
-# before them had.
-ADDED_FIELDS = {'train_split': 'train'}
-
 
 def prepare_workdir(workdir: epath.Path, create: bool = True) -> None:
   """Refuses a workdir that is a file, not writable, or of an older layout."""
@@ -109,7 +105,7 @@ def check_same_run(
   `RESUMABLE_FIELDS`)."""
   if saved is None:
     return
-  before = {**ADDED_FIELDS, **config_checks.flatten(saved)}
+  before = config_checks.flatten(config_checks.with_added_fields(saved))
   now = config_checks.flatten(config)
   diffs = {
     k: (before.get(k), now.get(k))
