@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Sequence
 
 import ml_collections
 
+from jaxmeta import data as data_lib
 from . import configs
 
 # Groups of fields listed in full in an error about one of their fields;
@@ -194,6 +195,34 @@ def _set_option(config, override: Override) -> None:
   _assign(config.method, name, parse_value(current, override), override)
 
 
+def _data_options(config) -> dict[str, Any]:
+  """The keyword options of `config.dataset`'s loader and their defaults
+  (none for a dataset that is not registered)."""
+  loader = data_lib.DATASETS.get(config.get('dataset'))
+  if loader is None:
+    return {}
+  return {
+    name: p.default
+    for name, p in inspect.signature(loader).parameters.items()
+    if p.default is not inspect.Parameter.empty
+    and name not in ('split', 'data_dir', 'source_dir')
+  }
+
+
+def _is_unset_data_option(config, override: Override) -> bool:
+  """Whether `override` sets `data.<option>`, an option of the dataset's
+  loader that `config.data` leaves at its default."""
+  parts = override.path.split('.')
+  data = config.get('data')
+  return (
+    len(parts) == 2
+    and parts[0] == 'data'
+    and isinstance(data, ml_collections.ConfigDict)
+    and parts[1] not in data
+    and parts[1] in _data_options(config)
+  )
+
+
 def apply_overrides(
   config: ml_collections.ConfigDict, overrides: Sequence[Override]
 ) -> ml_collections.ConfigDict:
@@ -201,7 +230,8 @@ def apply_overrides(
 
   The algorithm's options (`method.<option>`) come last, once `algorithm`
   is final: any option of its builder can be set (`configs.option_defaults`),
-  whether or not the config lists it.
+  whether or not the config lists it; so can any keyword option of the
+  dataset's loader (`data.<option>`, e.g. Omniglot's `resample`).
 
   Raises:
     OverrideError: naming the field and the fix.
@@ -216,9 +246,15 @@ def apply_overrides(
     o for o in overrides if has_options and o.path.startswith('method.')
   ]
   for override in overrides:
-    if override not in options:
-      group, name = _parent(config, override.path)
-      _assign(group, name, parse_value(group[name], override), override)
+    if override in options:
+      continue
+    if _is_unset_data_option(config, override):
+      name = override.path.split('.')[1]
+      default = _data_options(config)[name]
+      config.data[name] = parse_value(default, override)
+      continue
+    group, name = _parent(config, override.path)
+    _assign(group, name, parse_value(group[name], override), override)
   for override in options:
     _set_option(config, override)
   return config

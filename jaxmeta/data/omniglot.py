@@ -74,6 +74,7 @@ def load(
   *,
   image_size: int = 28,
   rotations: bool | None = None,
+  resample: str = 'box',
   data_dir: str | None = None,
   source_dir: str | None = None,
 ) -> ClassImages:
@@ -90,6 +91,9 @@ def load(
     rotations: whether every 90-degree rotation of a character is a class of
       its own. None: the scheme's convention (vinyals: every split; maml and
       lake: train only). True / False force it.
+    resample: 'box' (antialiased grey levels) or 'nearest' (binary, the
+      resizing of the MAML and Prototypical Networks reference code); see
+      `omniglot_tfds`.
     data_dir: TFDS data dir of the cache (see `jaxmeta.data.tfds_cache`).
     source_dir: folder holding images_background.zip and
       images_evaluation.zip (and optionally `splits/vinyals/*.txt`, read
@@ -113,6 +117,10 @@ def load(
   tfds_cache.check_image_size(
     image_size, OmniglotError, '28 or 84', omniglot_tfds.ORIGINAL_SIZE
   )
+  if resample not in omniglot_tfds.RESAMPLING:
+    raise OmniglotError(
+      f'resample must be one of {omniglot_tfds.RESAMPLING}, got {resample!r}.'
+    )
   if rotations not in (None, True, False):
     raise OmniglotError(
       f'rotations must be None, True or False, got {rotations!r}.'
@@ -124,6 +132,7 @@ def load(
     tfds_cache.data_dir_or_default(data_dir),
     image_size,
     None if source is None else str(source),
+    resample,
   )
   images_by_character = {**by_source['background'], **by_source['evaluation']}
   if scheme != 'vinyals':
@@ -251,13 +260,13 @@ def _read_vinyals_list(name: str, source_dir: Path | None) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _load_characters(
-  data_dir: str | None, image_size: int, source_dir: str
+  data_dir: str | None, image_size: int, source_dir: str, resample: str
 ) -> dict[str, dict[str, np.ndarray]]:
   """Prepares (if needed) and reads the TFDS cache: 'background' /
   'evaluation' -> {'Alphabet/characterNN' -> uint8 `[20, S, S, 1]`}."""
   root = Path(data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR))
   tfds_cache.check_data_dir(root, OmniglotError)
-  config = omniglot_tfds.config_for_size(image_size)
+  config = omniglot_tfds.config_for_size(image_size, resample)
   cache_dir = (
     root
     / omniglot_tfds.JaxmetaOmniglot.name

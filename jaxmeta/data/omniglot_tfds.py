@@ -1,6 +1,6 @@
 """The TensorFlow-free TFDS builder behind `jaxmeta.data.omniglot.load`.
 
-Preprocessing, once per builder config (= image size):
+Preprocessing, once per builder config (= image size and resampling):
 
 1. Decode the 105x105 1-bit PNG; strokes are black (0), background white (1).
 2. Invert to float32, strokes 1.0 and background 0.0, as MAML's reference
@@ -10,6 +10,10 @@ Preprocessing, once per builder config (= image size):
    (antialiased, no ringing, nothing to clip). MAML's reference asks LANCZOS
    of the 1-bit image, which PIL silently replaces by NEAREST.
 4. Quantise: `uint8(round(255 * x))`, shape `[S, S, 1]`, strokes 255.
+
+With `resample='nearest'` step 3 is instead PIL's NEAREST on the 1-bit image,
+as both the MAML and the Prototypical Networks reference code get it: binary
+images (0 or 255).
 """
 
 from __future__ import annotations
@@ -84,12 +88,19 @@ class Drawing(NamedTuple):
   drawer: int  # 1..20.
 
 
-def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
+# How the 105x105 images are brought to the configured size.
+RESAMPLING = ('box', 'nearest')
+
+
+def preprocess(
+  png_bytes: bytes, image_size: int, resample: str = 'box'
+) -> np.ndarray:
   """Decodes, inverts, resizes and quantises one Omniglot PNG.
 
   Args:
     png_bytes: the content of one 105x105 Omniglot PNG.
     image_size: side `S` of the output.
+    resample: one of `RESAMPLING` (see the module docstring).
 
   Returns:
     uint8 `[S, S, 1]`, strokes 255 (see the module docstring).
@@ -101,8 +112,15 @@ def preprocess(png_bytes: bytes, image_size: int) -> np.ndarray:
       f'Expected a {ORIGINAL_SIZE}x{ORIGINAL_SIZE} Omniglot PNG, got shape '
       f'{gray.shape}. Fix: use the official Omniglot zips.'
     )
-  strokes = 1.0 - gray / 255.0  # float32 [105, 105], strokes = 1.
-  if image_size != ORIGINAL_SIZE:
+  if resample == 'nearest' and image_size != ORIGINAL_SIZE:
+    gray = np.asarray(
+      Image.fromarray(gray.astype(np.uint8)).resize(
+        (image_size, image_size), Image.Resampling.NEAREST
+      ),
+      np.float32,
+    )
+  strokes = 1.0 - gray / 255.0  # float32 [S or 105, ...], strokes = 1.
+  if strokes.shape[0] != image_size:
     strokes = np.asarray(
       Image.fromarray(strokes, mode='F').resize(
         (image_size, image_size), Image.Resampling.BOX
@@ -258,20 +276,25 @@ def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 @dataclasses.dataclass
 class OmniglotConfig(tfds.core.BuilderConfig):
-  """Builder config: images resized to `image_size` x `image_size`."""
+  """Builder config: images resized to `image_size` x `image_size` with
+  `resample` (one of `RESAMPLING`)."""
 
   image_size: int = 28
+  resample: str = 'box'
 
 
-def config_for_size(image_size: int) -> OmniglotConfig:
-  """The (registered or ad-hoc) builder config for one image size."""
+def config_for_size(image_size: int, resample: str = 'box') -> OmniglotConfig:
+  """The (registered or ad-hoc) builder config for one image size and
+  resampling."""
   for config in JaxmetaOmniglot.BUILDER_CONFIGS:
-    if config.image_size == image_size:
+    if (config.image_size, config.resample) == (image_size, resample):
       return config
+  suffix = '' if resample == 'box' else f'_{resample}'
   return OmniglotConfig(
-    name=f'size{image_size}',
+    name=f'size{image_size}{suffix}',
     image_size=image_size,
-    description=f'Images resized to {image_size}x{image_size}.',
+    resample=resample,
+    description=f'Images resized to {image_size}x{image_size} ({resample}).',
   )
 
 
@@ -304,10 +327,13 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
 
   def _description(self) -> str:
     size = self.builder_config.image_size
+    how = {
+      'box': 'with PIL BOX on the float image',
+      'nearest': 'with PIL NEAREST on the 1-bit image',
+    }[self.builder_config.resample]
     return (
       f'Omniglot (Lake et al. 2015), {size}x{size} uint8 images, strokes 255 '
-      'and background 0 (inverted), resized from 105x105 with PIL BOX on the '
-      'float image.'
+      f'and background 0 (inverted), resized from 105x105 {how}.'
     )
 
   def _features(self) -> dict[str, Any]:
@@ -373,7 +399,9 @@ class JaxmetaOmniglot(tfds_cache.SourceBuilder):
     with zipfile.ZipFile(zip_path) as archive:
       for d in drawings:
         try:
-          image = preprocess(archive.read(d.member), size)
+          image = preprocess(
+            archive.read(d.member), size, self.builder_config.resample
+          )
         except (OSError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
           raise OmniglotError(
             f'Cannot decode {d.member!r} in {zip_path}: {e}. Fix: replace '

@@ -267,6 +267,7 @@ def test_rotations_are_counter_clockwise(omniglot_data_dir):
     (dict(scheme='ravi'), 'Unknown split scheme'),
     (dict(image_size=0), 'image_size'),
     (dict(image_size=28.0), 'image_size'),
+    (dict(resample='bilinear'), 'resample must be one of'),
   ],
 )
 def test_bad_arguments_raise(kwargs, message):
@@ -396,6 +397,22 @@ def test_other_image_sizes_are_builder_configs(tmp_path):
     image = omniglot_tfds.preprocess(archive.read(name), 84)
   assert image.shape == (84, 84, 1) and image.dtype == np.uint8
   np.testing.assert_array_equal(image[:, :, 0], _expected_image(name, 84))
+
+
+def test_nearest_resampling_is_that_of_the_reference_code(tmp_path):
+  config = omniglot_tfds.config_for_size(28, 'nearest')
+  assert (config.name, config.resample) == ('size28_nearest', 'nearest')
+  with zipfile.ZipFile(SOURCE_DIR / 'images_evaluation.zip') as archive:
+    names = [n for n in archive.namelist() if n.endswith('.png')][:20]
+    for name in names:
+      png = archive.read(name)
+      image = omniglot_tfds.preprocess(png, 28, 'nearest')
+      # The Prototypical Networks reference: PIL's default resize of the
+      # 1-bit image (always NEAREST), then `1 - x`.
+      ink = Image.open(io.BytesIO(png)).resize((28, 28))
+      expected = (1 - np.array(ink, np.float32)) * 255
+      np.testing.assert_array_equal(image[:, :, 0], expected)
+      assert set(np.unique(image)) <= {0, 255}
 
 
 def test_offline_without_zips_fails_in_seconds(tmp_path, monkeypatch):

@@ -135,6 +135,22 @@ def test_overrides_take_the_type_of_their_field(args, field, value):
   assert config == value and type(config) is type(value)
 
 
+def test_any_option_of_the_dataset_loader_is_settable():
+  _, overrides = cli.split_overrides(
+    ['prog', '--config.data.resample=nearest', '--config.data.rotations=False']
+  )
+  config = cli.load('default', overrides)
+  assert config.data.to_dict() == {
+    'scheme': 'vinyals',
+    'image_size': 28,
+    'resample': 'nearest',
+    'rotations': False,
+  }
+  _, overrides = cli.split_overrides(['prog', '--config.data.resampel=x'])
+  with pytest.raises(cli.OverrideError, match='unknown config field'):
+    cli.load('default', overrides)
+
+
 def test_split_overrides_keeps_the_rest_and_positional_arguments():
   rest, overrides = cli.split_overrides(
     ['prog', '--config=default', '--config.seed=3', '--workdir=x', '--', '-c']
