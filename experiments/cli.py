@@ -209,18 +209,20 @@ def _data_options(config) -> dict[str, Any]:
   }
 
 
-def _is_unset_data_option(config, override: Override) -> bool:
-  """Whether `override` sets `data.<option>`, an option of the dataset's
-  loader that `config.data` leaves at its default."""
+def _unset_data_option(config, override: Override) -> tuple[str, Any] | None:
+  """`(name, default)` if `override` sets `data.<name>`, an option of the
+  dataset's loader that `config.data` leaves at its default; else None."""
   parts = override.path.split('.')
   data = config.get('data')
-  return (
+  if not (
     len(parts) == 2
     and parts[0] == 'data'
     and isinstance(data, ml_collections.ConfigDict)
     and parts[1] not in data
-    and parts[1] in _data_options(config)
-  )
+  ):
+    return None
+  defaults = _data_options(config)
+  return (parts[1], defaults[parts[1]]) if parts[1] in defaults else None
 
 
 def apply_overrides(
@@ -248,9 +250,9 @@ def apply_overrides(
   for override in overrides:
     if override in options:
       continue
-    if _is_unset_data_option(config, override):
-      name = override.path.split('.')[1]
-      default = _data_options(config)[name]
+    data_option = _unset_data_option(config, override)
+    if data_option is not None:
+      name, default = data_option
       config.data[name] = parse_value(default, override)
       continue
     group, name = _parent(config, override.path)

@@ -159,9 +159,8 @@ def episodic(
     arrays = data.images  # uint8 [classes, examples, H, W, C]
     if data.counts is not None:  # Ragged classes: see `class_images`.
       arrays = data.images, np.asarray(data.counts, np.int32)
-    if not (
-      on_host and split in TRAIN_SPLITS
-    ):  # Else host memory: `sample_host`.
+    # A training split sampled on the host stays in host memory.
+    if not (on_host and split in TRAIN_SPLITS):
       arrays = jax.device_put(arrays)
     return arrays
 
