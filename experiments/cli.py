@@ -197,12 +197,15 @@ def _set_option(config, override: Override) -> None:
 
 def _data_options(config) -> dict[str, Any]:
   """The keyword options of `config.dataset`'s loader and their defaults
-  (none for a dataset that is not registered)."""
+  (none for a dataset that is not registered); a `bool | None` option's
+  default reads as False, so that its override parses as a flag does."""
   loader = data_lib.DATASETS.get(config.get('dataset'))
   if loader is None:
     return {}
   return {
-    name: p.default
+    name: False
+    if p.default is None and 'bool' in str(p.annotation)
+    else p.default
     for name, p in inspect.signature(loader).parameters.items()
     if p.default is not inspect.Parameter.empty
     and name not in ('split', 'data_dir', 'source_dir')

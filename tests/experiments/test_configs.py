@@ -146,6 +146,18 @@ def test_any_option_of_the_dataset_loader_is_settable():
     'resample': 'nearest',
     'rotations': False,
   }
+  # A `bool | None` option parses as a flag, not as the text 'false'.
+  for arg, value in [
+    ('--config.data.rotations=false', False),
+    ('--config.data.rotations=true', True),
+    ('--noconfig.data.rotations', False),
+    ('--config.data.rotations', True),
+  ]:
+    _, overrides = cli.split_overrides(['prog', arg])
+    assert cli.load('default', overrides).data.rotations is value, arg
+  _, overrides = cli.split_overrides(['prog', '--config.data.rotations=no'])
+  with pytest.raises(cli.OverrideError, match='true or false'):
+    cli.load('default', overrides)
   _, overrides = cli.split_overrides(['prog', '--config.data.resampel=x'])
   with pytest.raises(cli.OverrideError, match='unknown config field'):
     cli.load('default', overrides)
