@@ -6,7 +6,8 @@
 
 `NAME/` becomes a workdir holding only what `--mode=eval` and
 `experiments.load_run` read: `config.json`, the best-validation checkpoint
-(`checkpoints/STEP/`, Orbax), and the run's `results.json` and
+(`checkpoints/STEP/`, Orbax) without the optimiser's state (with Adam's two
+moments it would be three times the size), and the run's `results.json` and
 `metrics.jsonl`; beside them `curve.png` and `model.json`, the card: the
 command that trained it, the paper's figure, the minutes of training, the
 SHA-256 of every file, and the accuracy on the first `--check_tasks` test
@@ -25,8 +26,10 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 
 from experiments import train  # noqa: E402
 
@@ -44,6 +47,26 @@ def digests(folder: pathlib.Path) -> dict[str, str]:
     for p in sorted(folder.rglob('*'))
     if p.is_file() and p.name not in NOT_HASHED
   }
+
+
+def drop_optimiser_state(step_dir: pathlib.Path) -> None:
+  """Rewrites the train state saved in `step_dir` without `opt_state`."""
+  state_dir = step_dir / 'state'
+  handler = ocp.PyTreeCheckpointHandler()
+  saved = handler.metadata(state_dir).tree
+  handler.close()
+  as_numpy = ocp.RestoreArgs(restore_type=np.ndarray)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    state = checkpointer.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+        restore_args=jax.tree.map(lambda _: as_numpy, saved)
+      ),
+    )
+  del state['opt_state']
+  shutil.rmtree(state_dir)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(state_dir, state)
 
 
 def check_scores(folder: pathlib.Path, num_tasks: int) -> dict[str, float]:
@@ -79,13 +102,13 @@ def plot_curve(folder: pathlib.Path, title: str, published: float) -> None:
     [(r['step'], r['train/accuracy']) for r in records if 'train/accuracy' in r]
   )
   ax.plot(*train.T, lw=0.5, alpha=0.3, color='C0')
-  window = min(20, len(train))  # Logged every 10 episodes: 200 at a time.
+  window = min(20, len(train))  # 20 logs (every `log_every` steps).
   smooth = np.convolve(train[:, 1], np.ones(window) / window, mode='valid')
   ax.plot(
     train[window - 1 :, 0],
     smooth,
     color='C0',
-    label=f'training episodes ({config["train_ways"] or config["ways"]}-way),'
+    label=f'training tasks ({config["train_ways"] or config["ways"]}-way),'
     f' mean of {window} logs',
   )
   val = [(r['step'], r['val/accuracy']) for r in records if 'val/accuracy' in r]
@@ -110,7 +133,9 @@ def plot_curve(folder: pathlib.Path, title: str, published: float) -> None:
     published / 100, color='r', ls='--', lw=1, label=f'published {published}%'
   )
   low = min(0.9, results['test_accuracy'] - 0.05)
-  ax.set(xlabel='episode', ylabel='accuracy', ylim=(low, 1.0), title=title)
+  tasks = config['meta_batch_size']
+  xlabel = 'episode' if tasks == 1 else f'meta-step ({tasks} tasks)'
+  ax.set(xlabel=xlabel, ylabel='accuracy', ylim=(low, 1.0), title=title)
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
   fig.savefig(folder / 'curve.png')
@@ -144,6 +169,7 @@ def main() -> None:
   shutil.copytree(
     args.workdir / 'checkpoints' / step, out / 'checkpoints' / step
   )
+  drop_optimiser_state(out / 'checkpoints' / step)
   files = digests(out)  # Before evaluation writes its lock and eval.json.
   check = check_scores(out, args.check_tasks)
   for name in ('lock', 'eval.json'):

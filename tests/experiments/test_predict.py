@@ -1,8 +1,10 @@
 """Loading a trained run and classifying new images (`experiments.predict`)."""
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -52,6 +54,56 @@ def _checkpoint(config, workdir, step):
 
 def test_load_run_gives_the_best_checkpoint_and_the_tested_accuracy(tiny_run):
   _check_load_run(*tiny_run)
+
+
+def _publish_module():
+  spec = importlib.util.spec_from_file_location(
+    'publish', REPO / 'benchmarks' / 'reproduction' / 'publish.py'
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_a_step_saved_without_optimiser_state_loads_and_resumes(
+  tiny_run, tmp_path, capsys
+):
+  """A published model's checkpoint (`publish.drop_optimiser_state`):
+  smaller, the same parameters for `load_run`, and a resume that starts the
+  optimiser afresh and says so."""
+  workdir, config = tiny_run
+  copy = tmp_path / 'published'
+  shutil.copytree(workdir, copy)
+  step = json.loads((copy / 'results.json').read_text())['best_step']
+  step_dir = copy / 'checkpoints' / str(step)
+  size = lambda d: sum(p.stat().st_size for p in d.rglob('*') if p.is_file())
+  before = size(step_dir / 'state')
+  _publish_module().drop_optimiser_state(step_dir)
+  assert size(step_dir / 'state') < before
+  _, params, _ = experiments.load_run(copy)
+  _, expected, _ = experiments.load_run(workdir)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, expected)))
+
+  full, _ = _checkpoint(config, workdir, step)
+  capsys.readouterr()
+  state, meta = _checkpoint(config, str(copy), step)
+  assert 'holds no optimiser state' in capsys.readouterr().err
+  assert meta == _checkpoint(config, workdir, step)[1]
+  for field in ('step', 'params', 'model_state', 'key'):
+    same = jax.tree.map(
+      np.array_equal, getattr(state, field), getattr(full, field)
+    )
+    assert all(jax.tree.leaves(same)), field
+  fresh = build.Run(config, str(tmp_path / 'fresh'), None, None, 'train')
+  expected_opt = fresh.init_state().opt_state
+  fresh.checkpoints.close()
+  same = jax.tree.map(np.array_equal, state.opt_state, expected_opt)
+  assert all(jax.tree.leaves(same))
+  assert not all(
+    jax.tree.leaves(
+      jax.tree.map(np.array_equal, state.opt_state, full.opt_state)
+    )
+  )
 
 
 @pytest.mark.slow
