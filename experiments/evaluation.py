@@ -25,8 +25,10 @@ class Evaluator:
   """A metric over a fixed set of tasks, in compiled chunks of tasks split
   over the devices of `mesh`.
 
-  With `alone`, also the metric with each query scored on its own
-  (`jaxmeta.algorithms.score_alone`), beside all queries scored together.
+  With `by_step`, also the metric after each inner step; with `alone`, the
+  metric with each query scored on its own (`jaxmeta.algorithms.score_alone`),
+  beside all queries scored together. Without `by_step` the queries are
+  scored after the last step only (`jaxmeta.algorithms.scoring_last_step`).
   `tasks_per_second` is the speed of the last call, the chunk that compiled the
   program left out (None until a compiled chunk has run).
   """
@@ -38,9 +40,12 @@ class Evaluator:
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     alone: bool = False,
+    by_step: bool = True,
   ):
     metric = family.metric
     self._mesh = mesh
+    if not by_step:
+      learner = jaxmeta.algorithms.scoring_last_step(learner)
     if alone:
       learner = jaxmeta.algorithms.with_scoring_alone(learner)
     # Every device scores the same number of tasks of each chunk.
@@ -53,7 +58,8 @@ class Evaluator:
       # The keys are split over the devices, so each draws its own tasks.
       tasks = jax.vmap(lambda k: family.sample(k, data, False))(keys)
       metrics = evaluate(params, tasks)
-      names = [metric, f'{metric}_by_step'] + [f'{metric}_alone'] * alone
+      names = [metric] + [f'{metric}_by_step'] * by_step
+      names += [f'{metric}_alone'] * alone
       return tuple(metrics[name] for name in names)
 
     self._run_chunk = jax.jit(run_chunk)
@@ -61,8 +67,9 @@ class Evaluator:
     self.tasks_per_second = None
 
   def __call__(self, params, data, keys) -> tuple[np.ndarray, ...]:
-    """Per-task metric `[n]` and the metric after each step `[n, steps+1]`
-    (and, with `alone`, the per-task metric of queries scored alone)."""
+    """Per-task metric `[n]`, then with `by_step` the metric after each step
+    `[n, steps+1]`, with `alone` the per-task metric of queries scored
+    alone `[n]`."""
     n = keys.shape[0]
     padded = -(-n // self._chunk) * self._chunk
     if padded > n:  # Every call has the same shape: pad with the last key.

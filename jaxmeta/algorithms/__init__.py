@@ -36,6 +36,8 @@ from jaxmeta.algorithms.mamlpp import multi_step_loss_weights
 from jaxmeta.algorithms.metasgd import meta_sgd
 from jaxmeta.algorithms.normalised import normalised_learner
 from jaxmeta.algorithms.normalised import score_alone
+from jaxmeta.algorithms.normalised import score_together
+from jaxmeta.algorithms.normalised import scoring_last_step
 from jaxmeta.algorithms.normalised import with_scoring_alone
 from jaxmeta.algorithms.pretrain import pretrain
 from jaxmeta.algorithms.protonet import protonet
@@ -208,6 +210,8 @@ __all__ = [
   'reptile',
   'require_embed',
   'score_alone',
+  'score_together',
+  'scoring_last_step',
   'split_task_key',
   'traits',
   'with_scoring_alone',

@@ -11,6 +11,7 @@ import pytest
 import jaxmeta
 from jaxmeta.algorithms import normalised_learner
 from jaxmeta.algorithms import score_alone
+from jaxmeta.algorithms import scoring_last_step
 from jaxmeta.models import norms
 from jaxmeta.types import Task
 
@@ -363,6 +364,29 @@ def test_a_query_is_scored_the_same_alone_or_in_a_batch(mode, name, options):
     np.testing.assert_allclose(
       alone_score(learner, params, task, 2), accuracy, atol=1e-12
     )
+
+
+@pytest.mark.parametrize('mode', ['transductive', 'support', 'running'])
+@pytest.mark.parametrize('name, options', _METHODS)
+def test_scoring_the_last_step_only_gives_evaluate_s_last_score(
+  mode, name, options
+):
+  """Validation's `scoring_last_step`: adapt, then predict on the query set,
+  gives `evaluate`'s metric and the last of its `accuracy_by_step`."""
+  with jax.enable_x64(True):
+    learner = normalised_learner(_build(name, **options), _model(mode))
+    params = _to64(learner.init(jax.random.key(0)))
+    task = _task(jax.random.key(1), queries=5, dtype=jnp.float64)
+    full = jax.jit(learner.evaluate, static_argnums=2)(params, task, 2)
+    last = jax.jit(scoring_last_step(learner).evaluate, static_argnums=2)(
+      params, task, 2
+    )
+  assert set(last) == {'accuracy'}
+  assert 0 < full['accuracy'] < 1  # A score that a wrong model would miss.
+  np.testing.assert_allclose(last['accuracy'], full['accuracy'], atol=1e-12)
+  np.testing.assert_allclose(
+    last['accuracy'], full['accuracy_by_step'][-1], atol=1e-12
+  )
 
 
 @pytest.mark.parametrize('name, options', _METHODS)
