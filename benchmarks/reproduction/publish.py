@@ -132,7 +132,7 @@ def plot_curve(folder: pathlib.Path, title: str, published: float) -> None:
   ax.axhline(
     published / 100, color='r', ls='--', lw=1, label=f'published {published}%'
   )
-  low = min(0.9, results['test_accuracy'] - 0.05)
+  low = min(0.9, results['test_accuracy'] - 0.05, min(v for _, v in val) - 0.05)
   tasks = config['meta_batch_size']
   xlabel = 'episode' if tasks == 1 else f'meta-step ({tasks} tasks)'
   ax.set(xlabel=xlabel, ylabel='accuracy', ylim=(low, 1.0), title=title)

@@ -30,12 +30,16 @@ def main() -> None:
   ]
   for name, card in cards:
     test, paper = card['test'], card['published']
+    tasks = json.loads((HERE / name / 'config.json').read_text())[
+      'meta_batch_size'
+    ]
+    steps = 'episodes' if tasks == 1 else f'meta-steps of {tasks} tasks'
     rows.append(
       f'| `{name}` | {100 * paper["test_accuracy"]:.1f} ({paper["source"]}) '
       f'| {100 * test["test_accuracy"]:.2f} +- {100 * test["test_ci95"]:.2f} '
       f'({100 * test["test_accuracy_alone"]:.2f}) '
       f'| {card["training_minutes"]:.0f} min, {test["iterations"]:,} '
-      f'episodes | `{card["command"]}` |'
+      f'{steps} | `{card["command"]}` |'
     )
   (HERE / 'table.md').write_text('\n'.join(rows) + '\n')
 
