@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -69,6 +70,16 @@ def drop_optimiser_state(step_dir: pathlib.Path) -> None:
     checkpointer.save(state_dir, state)
 
 
+def eval_command(command: str, name: str) -> str:
+  """The training `command` as `--mode=eval` of the published folder `name`:
+  evaluation takes the run's own config, overrides included."""
+  workdir = f'--workdir=benchmarks/reproduction/{name}'
+  found = re.subn(r'--workdir=\S+', workdir, command)
+  if found[1] != 1:
+    raise ValueError(f'The command needs one --workdir=...: {command}')
+  return f'{found[0]} --mode=eval'
+
+
 def check_scores(folder: pathlib.Path, num_tasks: int) -> dict[str, float]:
   """Test accuracy of the model in `folder` on its first `num_tasks` test
   tasks, scored on a copy (evaluation writes into its workdir)."""
@@ -112,13 +123,10 @@ def plot_curve(folder: pathlib.Path, title: str, published: float) -> None:
     f' mean of {window} logs',
   )
   val = [(r['step'], r['val/accuracy']) for r in records if 'val/accuracy' in r]
-  ax.plot(
-    *zip(*val),
-    'o-',
-    color='C1',
-    ms=3,
-    label=f'validation ({config["num_val_tasks"]} tasks)',
-  )
+  val_label = f'validation ({config["num_val_tasks"]} tasks)'
+  if config.get('train_split') == 'trainval':
+    val_label += ', classes trained on'  # Not held out: no estimate.
+  ax.plot(*zip(*val), 'o-', color='C1', ms=3, label=val_label)
   ax.errorbar(
     [results['best_step']],
     [results['test_accuracy']],
@@ -183,8 +191,7 @@ def main() -> None:
   card = {
     'config': preset,
     'command': args.command,
-    'eval_command': f'python -m experiments.main --config={preset} '
-    f'--workdir=benchmarks/reproduction/{args.name} --mode=eval',
+    'eval_command': eval_command(args.command, args.name),
     'published': {'test_accuracy': args.published / 100, 'source': args.source},
     'test': {
       k: results[k]

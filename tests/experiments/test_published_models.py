@@ -3,9 +3,13 @@ and scoring what their cards (`model.json`) record."""
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
+import shlex
 import shutil
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -103,16 +107,31 @@ def test_readme_example_classifies_new_characters(
 
 @pytest.mark.slow
 @pytest.mark.parametrize('folder', MODELS, ids=lambda p: p.name)
-def test_eval_mode_reproduces_published_test_accuracy(
+def test_card_eval_command_reproduces_published_test_accuracy(
   folder, tmp_path, omniglot_data_dir
 ):
+  """The card's `eval_command`, run as written on a copy of the folder (and
+  compiled as a user's process compiles it, not with the tests' flags)."""
   card = _card(folder)
-  config = ml_collections.ConfigDict(
-    json.loads((folder / 'config.json').read_text())
+  command = shlex.split(card['eval_command'])
+  assert command[:3] == ['python', '-m', 'experiments.main']
+  published = f'--workdir={folder.relative_to(REPO)}'
+  assert published in command and '--mode=eval' in command
+  copy = _copy(folder, tmp_path)
+  command[command.index(published)] = f'--workdir={copy}'
+  done = subprocess.run(
+    [sys.executable, *command[1:], f'--data_dir={omniglot_data_dir}'],
+    cwd=REPO,
+    env=dict(
+      os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu', XLA_FLAGS=''
+    ),
+    capture_output=True,
+    text=True,
+    timeout=1200,
+    check=False,
   )
-  results = train.evaluate(
-    config, _copy(folder, tmp_path), data_dir=omniglot_data_dir
-  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((copy / 'eval.json').read_text())
   assert results['num_test_tasks'] == card['test']['num_test_tasks'] == 600
   for key in ('test_accuracy', 'test_accuracy_alone'):
     assert results[key] == pytest.approx(card['test'][key], abs=1e-6), key
